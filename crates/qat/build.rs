@@ -1,0 +1,1 @@
+include!("../../build_support/link_torch.rs");

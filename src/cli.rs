@@ -1,0 +1,249 @@
+//! The subcommand enum; its doc comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Autonomous research harness for ternary and binary QAT of small language models.
+#[derive(Debug, Parser)]
+#[command(name = "autoqat", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every subcommand of `autoqat`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the libtorch version, the devices seen and where libtorch was found.
+    Doctor(DoctorArgs),
+    /// Score a model's perplexity on a text file.
+    Eval(EvalArgs),
+    /// Run one quantization-aware-training trial from a recipe.
+    Trial(TrialArgs),
+    /// Run the research loop until a stop condition.
+    Run(RunArgs),
+    /// Print results.tsv, or rebuild it from git alone.
+    Results(ResultsArgs),
+    /// Show every experiment: status, metrics and diff, for review.
+    Log(LogArgs),
+    /// Write the Markdown report and the plot of the run.
+    Report(ReportArgs),
+    /// Show the live run: current experiment, trial progress, best so far.
+    Status(StatusArgs),
+    /// Scaffold a research workspace.
+    Init(InitArgs),
+    /// Fetch (or take local) model, train text and eval text, and cache tokens.
+    Prepare(PrepareArgs),
+    /// The whole loop offline in minutes: corpus, tokenizer, teacher, experiments, report.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `autoqat doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `autoqat eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Hugging Face model directory, hub id, or an exported autoqat model directory.
+    #[arg(long)]
+    pub model: String,
+    /// UTF-8 text file to score.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Context length of each window (default: the model's max positions, at most 1024).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Stride between windows (default: ctx, i.e. disjoint windows).
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// auto, cpu, cuda, cuda:N or mps.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `autoqat trial`.
+#[derive(Debug, Args)]
+pub struct TrialArgs {
+    /// The recipe.
+    #[arg(long, default_value = "experiments/train.toml")]
+    pub config: PathBuf,
+    /// Output directory (default: runs/<timestamp>).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Continue from the last checkpoint in --run-dir.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the recipe schema as JSON and exit.
+    #[arg(long)]
+    pub schema: bool,
+    /// Only validate the recipe and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Print machine-readable JSON lines instead of progress.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `autoqat run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run tag: the branch is autoqat/<tag>.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Stop after this many experiments (the baseline counts).
+    #[arg(long)]
+    pub max_experiments: Option<u32>,
+    /// Stop after this many wall-clock hours.
+    #[arg(long)]
+    pub hours: Option<f64>,
+    /// Stop once the proposer has cost this many US dollars.
+    #[arg(long)]
+    pub max_cost: Option<f64>,
+    /// openai, anthropic, command or builtin (default: from autoqat.toml).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Resume the run of --tag after an interruption.
+    #[arg(long)]
+    pub resume: bool,
+    /// Workspace directory.
+    #[arg(long, default_value = ".")]
+    pub workspace: PathBuf,
+    /// Print machine-readable JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `autoqat results`.
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// Rewrite results.tsv from git notes alone.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Run tag (default: the current autoqat/<tag> branch).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Workspace directory.
+    #[arg(long, default_value = ".")]
+    pub workspace: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `autoqat log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Run tag (default: the current autoqat/<tag> branch).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Workspace directory.
+    #[arg(long, default_value = ".")]
+    pub workspace: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `autoqat report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Run tag (default: the current autoqat/<tag> branch).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Workspace directory.
+    #[arg(long, default_value = ".")]
+    pub workspace: PathBuf,
+    /// Output directory for report.md and progress.png (default: <workspace>/report).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Arguments of `autoqat status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Workspace directory.
+    #[arg(long, default_value = ".")]
+    pub workspace: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `autoqat init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// tiny-demo, smollm-ternary or smollm-binary.
+    #[arg(long, default_value = "smollm-ternary")]
+    pub template: String,
+    /// Directory to create (default: the current directory).
+    pub dir: Option<PathBuf>,
+}
+
+/// Arguments of `autoqat prepare`.
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// Workspace directory.
+    #[arg(long, default_value = ".")]
+    pub workspace: PathBuf,
+    /// Model: hub id or local directory (default: from the recipe).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Local train text instead of the Hub data set.
+    #[arg(long)]
+    pub train_text: Option<PathBuf>,
+    /// Local eval text instead of the Hub data set.
+    #[arg(long)]
+    pub eval_text: Option<PathBuf>,
+}
+
+/// Arguments of `autoqat demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Workspace directory to create or reuse.
+    #[arg(long, default_value = "autoqat-demo")]
+    pub dir: PathBuf,
+    /// Number of experiments after the baseline.
+    #[arg(long, default_value_t = 5)]
+    pub experiments: u32,
+    /// Smaller corpus, teacher and trials (for tests).
+    #[arg(long)]
+    pub quick: bool,
+    /// Use the real SmolLM-135M template instead of the offline tiny model.
+    #[arg(long)]
+    pub real: bool,
+}
+
+/// Sets up `tracing`: `-v` flags pick the level unless RUST_LOG is set.
+pub fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}

@@ -1,0 +1,32 @@
+//! One module per subcommand; each exposes `run(args) -> anyhow::Result<()>`.
+
+pub mod demo;
+pub mod doctor;
+pub mod eval;
+pub mod init;
+pub mod log;
+pub mod prepare;
+pub mod report;
+pub mod results;
+pub mod run;
+pub mod status;
+pub mod trial;
+
+use crate::cli::Command;
+
+/// Runs one subcommand.
+pub fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Doctor(a) => doctor::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Trial(a) => trial::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Results(a) => results::run(a),
+        Command::Log(a) => log::run(a),
+        Command::Report(a) => report::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Init(a) => init::run(a),
+        Command::Prepare(a) => prepare::run(a),
+        Command::Demo(a) => demo::run(a),
+    }
+}

@@ -1,0 +1,21 @@
+//! `autoqat`: the command-line edge. Parses arguments, sets up logging, dispatches to one
+//! module per subcommand, and prints any error once with its cause chain.
+
+mod cli;
+mod commands;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    cli::init_logging(cli.verbose);
+    if let Err(err) = commands::dispatch(cli.command) {
+        // One line a user can act on: the top error, then its causes joined.
+        let mut msg = format!("error: {err}");
+        for cause in err.chain().skip(1) {
+            msg.push_str(&format!(": {cause}"));
+        }
+        eprintln!("{msg}");
+        std::process::exit(1);
+    }
+}
