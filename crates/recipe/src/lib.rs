@@ -10,8 +10,19 @@
 //! - `FieldSpec::locked`: keys the proposer may not change (model, data, budget, eval
 //!   protocol): the goalposts cannot move.
 //! - `FieldSpec::choices`: the values the built-in proposer may try for that key.
+//!
+//! Validation is driven by the schema table in `spec.rs`; the typed `Recipe` is then read from
+//! the validated, default-filled table with `deny_unknown_fields`, and a unit test checks that
+//! the table and the structs name exactly the same keys, so the two cannot drift apart.
+
+mod spec;
+mod types;
+mod validate;
 
 use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+pub use types::*;
 
 /// Errors from reading a recipe.
 #[derive(Debug, thiserror::Error)]
@@ -97,17 +108,123 @@ impl Schema {
     }
 }
 
-/// A validated recipe. (Fields filled in by the QAT-runner work.)
-#[derive(Debug, Clone, serde::Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Recipe {}
-
 /// Parses and validates a recipe.
 pub fn parse(text: &str) -> Result<Recipe, RecipeError> {
-    toml::from_str(text).map_err(|e| RecipeError::Invalid(e.to_string()))
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| RecipeError::Invalid(e.to_string().trim().to_string()))?;
+    let filled = validate::validate_and_fill(&table, &schema())?;
+    let recipe: Recipe = toml::Value::Table(filled)
+        .try_into()
+        .map_err(|e: toml::de::Error| RecipeError::Invalid(e.to_string().trim().to_string()))?;
+    recipe.check_consistency()?;
+    Ok(recipe)
+}
+
+/// Reads, parses and validates a recipe file; relative data paths are resolved against the
+/// file's directory.
+pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| RecipeError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let mut recipe = parse(&text).map_err(|e| match e {
+        RecipeError::Invalid(m) => RecipeError::Invalid(format!("{}: {m}", path.display())),
+        other => other,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    recipe.resolve_paths(base);
+    Ok(recipe)
 }
 
 /// The schema of every recipe key.
 pub fn schema() -> Schema {
-    Schema { fields: Vec::new() }
+    Schema { fields: spec::fields() }
 }
+
+impl Recipe {
+    /// Makes data paths (and a model or teacher given as an existing relative directory)
+    /// absolute against `base`, the directory of the recipe file.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let join = |p: &str| -> String {
+            let pb = PathBuf::from(p);
+            if pb.is_absolute() {
+                p.to_string()
+            } else {
+                base.join(pb).to_string_lossy().into_owned()
+            }
+        };
+        self.data.train_text = join(&self.data.train_text);
+        self.data.eval_text = join(&self.data.eval_text);
+        // A hub id like `org/name` also looks like a relative path: only resolve when the
+        // directory exists next to the recipe.
+        for src in [&mut self.model.source, &mut self.model.teacher] {
+            if !src.is_empty() && !Path::new(src.as_str()).is_absolute() && base.join(&*src).is_dir() {
+                *src = join(src);
+            }
+        }
+    }
+
+    /// The teacher checkpoint: `model.teacher`, or the starting model when empty.
+    pub fn teacher_source(&self) -> &str {
+        if self.model.teacher.is_empty() {
+            &self.model.source
+        } else {
+            &self.model.teacher
+        }
+    }
+
+    /// Tokens consumed by one optimizer step.
+    pub fn tokens_per_step(&self) -> u64 {
+        self.optim.batch_size as u64 * self.optim.grad_accum as u64 * self.data.seq_len as u64
+    }
+
+    /// Optimizer steps of the trial: `budget.steps`, or `budget.tokens` divided by the tokens
+    /// per step (rounded up) when a token budget is set.
+    pub fn total_steps(&self) -> u64 {
+        if self.budget.tokens > 0 {
+            self.budget.tokens.div_ceil(self.tokens_per_step()).max(1)
+        } else {
+            self.budget.steps
+        }
+    }
+
+    /// The recipe as TOML text (all keys, defaults written out).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Rules that involve more than one key.
+    fn check_consistency(&self) -> Result<(), RecipeError> {
+        if self.data.eval_stride > self.data.eval_ctx {
+            return Err(RecipeError::OutOfRange {
+                key: "data.eval_stride".into(),
+                value: self.data.eval_stride.to_string(),
+                allowed: format!("at most data.eval_ctx = {}", self.data.eval_ctx),
+            });
+        }
+        if self.budget.steps == 0 && self.budget.tokens == 0 {
+            return Err(RecipeError::OutOfRange {
+                key: "budget.steps".into(),
+                value: "0".into(),
+                allowed: "a positive step count, or a positive budget.tokens".into(),
+            });
+        }
+        if self.distill.enabled && self.distill.ce_weight == 0.0 && self.distill.kl_weight == 0.0 {
+            return Err(RecipeError::OutOfRange {
+                key: "distill.kl_weight".into(),
+                value: "0".into(),
+                allowed: "a positive weight when distill.ce_weight is 0".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        // The empty recipe is valid: every key has a default in the schema table.
+        parse("").unwrap_or_else(|e| panic!("schema defaults must form a valid recipe: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests;
