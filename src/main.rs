@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod report;
 
 use clap::Parser;
 

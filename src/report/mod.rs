@@ -1,0 +1,81 @@
+//! The run report: `report.md` (best recipe and its diff against the baseline, every
+//! experiment, noise) and `progress.png` / `progress.svg`, all built from `results.tsv` and git.
+
+pub mod markdown;
+pub mod plot;
+pub mod recipe_diff;
+pub mod results;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// What `generate` wrote and found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Written {
+    /// The Markdown report.
+    pub report_md: PathBuf,
+    /// The PNG plot.
+    pub png: PathBuf,
+    /// The same plot as SVG.
+    pub svg: PathBuf,
+    /// Eval PPL of the baseline.
+    pub baseline_ppl: Option<f64>,
+    /// Eval PPL of the best kept experiment.
+    pub best_ppl: Option<f64>,
+    /// Experiment id of the best.
+    pub best_exp: Option<String>,
+    /// The best recipe as a unified diff against the baseline (empty when the baseline is best).
+    pub best_diff: String,
+    /// Number of experiments.
+    pub experiments: usize,
+}
+
+/// Reads `<workspace>/results.tsv` and git, writes the report into `out` (default
+/// `<workspace>/report`).
+pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyhow::Result<Written> {
+    let rows = results::read(&workspace.join("results.tsv"))?;
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| workspace.join("report"));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let title = tag.map(str::to_string).or_else(|| current_tag(workspace)).unwrap_or_else(|| "autoqat".into());
+
+    let baseline = rows.iter().position(|r| r.status == "baseline");
+    let best = results::best(&rows);
+    let diff = match (baseline, best) {
+        (Some(b), Some(k)) if rows[b].commit != rows[k].commit && !rows[k].commit.is_empty() => {
+            recipe_diff::between(workspace, &rows[b].commit, &rows[k].commit)?
+        }
+        _ => Vec::new(),
+    };
+    let png = out.join("progress.png");
+    let svg = out.join("progress.svg");
+    plot::write(&rows, &title, &png, &svg)?;
+    let md = markdown::render(&markdown::Summary {
+        title: &title,
+        rows: &rows,
+        best,
+        baseline,
+        noise: results::noise(&rows),
+        diff: &diff,
+        plot: "progress.png",
+    });
+    let report_md = out.join("report.md");
+    std::fs::write(&report_md, md).with_context(|| format!("cannot write {}", report_md.display()))?;
+    Ok(Written {
+        report_md,
+        png,
+        svg,
+        baseline_ppl: baseline.and_then(|i| rows[i].eval_ppl),
+        best_ppl: best.and_then(|i| rows[i].eval_ppl),
+        best_exp: best.map(|i| rows[i].exp.clone()),
+        best_diff: diff.iter().map(|d| d.unified.as_str()).collect(),
+        experiments: rows.len(),
+    })
+}
+
+/// The tag of the checked-out `autoqat/<tag>` branch, if any.
+pub fn current_tag(workspace: &Path) -> Option<String> {
+    let repo = git2::Repository::discover(workspace).ok()?;
+    let head = repo.head().ok()?;
+    head.shorthand().ok()?.strip_prefix("autoqat/").map(str::to_string)
+}
