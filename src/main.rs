@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod report;
+mod workspace;
 
 use clap::Parser;
 

@@ -1,0 +1,180 @@
+//! Research workspaces: the files of each template and `init`, which writes them and makes the
+//! first git commit. The smollm templates embed the repository root's own workspace files, so
+//! the repository and a fresh `autoqat init` never drift apart.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// The brief shown to the proposer (the repository's own program.md).
+const PROGRAM: &str = include_str!("../../program.md");
+/// The repository root's recipe (SmolLM-135M, ternary).
+const SMOLLM_TRAIN: &str = include_str!("../../experiments/train.toml");
+const SMOLLM_SETTINGS: &str = include_str!("templates/smollm.autoqat.toml");
+const TINY_TRAIN: &str = include_str!("templates/tiny-demo.train.toml");
+const TINY_SETTINGS: &str = include_str!("templates/tiny-demo.autoqat.toml");
+const GITIGNORE: &str = "# autoqat: rebuildable or large outputs\nresults.tsv\nruns/\nreport/\ndata/\nteacher\n.autoqat/\nSTOP\n";
+
+/// Where `autoqat prepare` puts the train and eval text, relative to `experiments/`.
+pub const TRAIN_TEXT: &str = "../data/train.txt";
+/// See [`TRAIN_TEXT`].
+pub const EVAL_TEXT: &str = "../data/eval.txt";
+
+/// A workspace template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    /// Offline tiny Llama on a generated corpus (what `autoqat demo` uses).
+    TinyDemo,
+    /// SmolLM-135M to ternary (the repository root).
+    SmollmTernary,
+    /// SmolLM-135M to binary.
+    SmollmBinary,
+}
+
+impl Template {
+    /// Every template name, for help and errors.
+    pub const NAMES: [&'static str; 3] = ["tiny-demo", "smollm-ternary", "smollm-binary"];
+
+    /// Parses a template name.
+    pub fn parse(name: &str) -> anyhow::Result<Template> {
+        match name {
+            "tiny-demo" => Ok(Template::TinyDemo),
+            "smollm-ternary" => Ok(Template::SmollmTernary),
+            "smollm-binary" => Ok(Template::SmollmBinary),
+            other => anyhow::bail!("unknown template `{other}`; expected one of {}", Template::NAMES.join(", ")),
+        }
+    }
+}
+
+/// Sizes of the tiny-demo recipe.
+#[derive(Debug, Clone, Copy)]
+pub struct TinySizes {
+    /// Optimizer steps per trial.
+    pub steps: u32,
+    /// Evaluate every this many steps.
+    pub eval_every: u32,
+    /// Trial wall-clock limit in seconds.
+    pub timeout_s: u32,
+}
+
+impl Default for TinySizes {
+    fn default() -> Self {
+        TinySizes { steps: 120, eval_every: 40, timeout_s: 600 }
+    }
+}
+
+/// The files of a template: (path relative to the workspace, contents).
+pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut out = vec![(PathBuf::from(".gitignore"), GITIGNORE.to_string())];
+    let (program, settings, train) = match template {
+        Template::TinyDemo => (
+            PROGRAM.to_string(),
+            TINY_SETTINGS.replace("{{timeout_s}}", &tiny.timeout_s.to_string()),
+            TINY_TRAIN
+                .replace("{{steps}}", &tiny.steps.to_string())
+                .replace("{{eval_every}}", &tiny.eval_every.to_string()),
+        ),
+        Template::SmollmTernary => (PROGRAM.to_string(), SMOLLM_SETTINGS.to_string(), smollm_train()?),
+        Template::SmollmBinary => {
+            let train = replace_once(&smollm_train()?, "method = \"ternary_absmean\"", "method = \"binary_absmean\"")?;
+            let program = format!(
+                "{PROGRAM}\n## This workspace: binary weights\n\nThe starting recipe quantizes to {{-1, +1}} \
+                 (`binary_absmean`): q_zero stays 0 and the knobs that shape the zero state \
+                 (deadzone threshold, deadzone recovery) matter less than the scale granularity, the \
+                 learning rate and distillation.\n"
+            );
+            (program, SMOLLM_SETTINGS.replace("tag = \"smollm\"", "tag = \"smollm-binary\""), train)
+        }
+    };
+    out.push(("program.md".into(), program));
+    out.push(("autoqat.toml".into(), settings));
+    out.push(("experiments/train.toml".into(), train));
+    for (name, text) in prompts() {
+        out.push((Path::new("prompts").join(name), text.to_string()));
+    }
+    Ok(out)
+}
+
+/// The prompt templates a workspace starts with.
+fn prompts() -> Vec<(&'static str, &'static str)> {
+    vec![(
+        "README.md",
+        "Prompt templates of the research loop (system.md, propose.md, repair.md).\n\
+         When a file is absent the harness uses its built-in copy; copy one here to change it.\n",
+    )]
+}
+
+/// The repository's recipe with its data paths pointed at what `autoqat prepare` writes.
+fn smollm_train() -> anyhow::Result<String> {
+    let mut text = String::new();
+    let mut seen = (false, false);
+    for line in SMOLLM_TRAIN.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        if key == "train_text" {
+            text.push_str(&format!("train_text = \"{TRAIN_TEXT}\"\n"));
+            seen.0 = true;
+        } else if key == "eval_text" {
+            text.push_str(&format!("eval_text = \"{EVAL_TEXT}\"\n"));
+            seen.1 = true;
+        } else {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    anyhow::ensure!(seen == (true, true), "built-in recipe lacks data.train_text or data.eval_text");
+    Ok(text)
+}
+
+fn replace_once(text: &str, from: &str, to: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(text.matches(from).count() == 1, "built-in recipe does not contain `{from}` exactly once");
+    Ok(text.replacen(from, to, 1))
+}
+
+/// Writes a template into `dir` (created if needed), refusing to overwrite any file, then
+/// initialises a git repository there (unless `dir` is already inside one) and commits.
+pub fn init(dir: &Path, template: Template, tiny: TinySizes) -> anyhow::Result<Vec<PathBuf>> {
+    let files = files(template, tiny)?;
+    for (rel, _) in &files {
+        let path = dir.join(rel);
+        anyhow::ensure!(
+            !path.exists(),
+            "{} already exists (hint: `autoqat init` only writes into a directory without these files; choose a new directory)",
+            path.display()
+        );
+    }
+    let mut written = Vec::new();
+    for (rel, text) in &files {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(rel.clone());
+    }
+    commit_all(dir, &written, "autoqat init: workspace from template")?;
+    Ok(written)
+}
+
+/// Commits `paths` (relative to `dir`) in the repository at or above `dir`, creating one at
+/// `dir` when there is none.
+pub fn commit_all(dir: &Path, paths: &[PathBuf], message: &str) -> anyhow::Result<git2::Oid> {
+    let repo = match git2::Repository::discover(dir) {
+        Ok(r) => r,
+        Err(_) => git2::Repository::init(dir).with_context(|| format!("cannot create a git repository in {}", dir.display()))?,
+    };
+    let workdir = repo.workdir().context("the git repository has no working tree")?.to_path_buf();
+    let abs = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let prefix = abs.strip_prefix(workdir.canonicalize()?).unwrap_or(Path::new("")).to_path_buf();
+    let mut index = repo.index()?;
+    for p in paths {
+        index.add_path(&prefix.join(p)).with_context(|| format!("cannot stage {}", p.display()))?;
+    }
+    index.write()?;
+    let tree = repo.find_tree(index.write_tree()?)?;
+    let sig = repo
+        .signature()
+        .or_else(|_| git2::Signature::now("autoqat", "autoqat@localhost"))?;
+    let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    Ok(repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)?)
+}

@@ -1,0 +1,85 @@
+//! `autoqat init`: each template yields a committed, clean workspace whose recipe passes the
+//! recipe schema.
+
+use std::path::Path;
+use std::process::Command;
+
+fn autoqat(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_autoqat")).args(args).arg(dir).output().unwrap()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn init(template: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ws");
+    let out = autoqat(&["init", "--template", template], &dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tmp
+}
+
+#[test]
+fn every_template_is_a_clean_committed_workspace_with_a_valid_recipe() {
+    let repo_program = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("program.md")).unwrap();
+    for template in ["tiny-demo", "smollm-ternary", "smollm-binary"] {
+        let tmp = init(template);
+        let dir = tmp.path().join("ws");
+        for f in ["program.md", "autoqat.toml", "experiments/train.toml", ".gitignore"] {
+            assert!(dir.join(f).is_file(), "{template}: {f} missing");
+        }
+        assert!(dir.join("prompts").is_dir(), "{template}: prompts/ missing");
+        let ignore = std::fs::read_to_string(dir.join(".gitignore")).unwrap();
+        assert!(ignore.lines().any(|l| l == "results.tsv") && ignore.lines().any(|l| l == "runs/"), "{ignore}");
+        assert_eq!(git(&dir, &["rev-list", "--count", "HEAD"]).trim(), "1", "{template}: one first commit");
+        assert_eq!(git(&dir, &["status", "--porcelain"]), "", "{template}: worktree not clean");
+        let tracked = git(&dir, &["ls-files"]);
+        assert!(tracked.lines().any(|l| l == "experiments/train.toml"), "{tracked}");
+
+        let program = std::fs::read_to_string(dir.join("program.md")).unwrap();
+        assert!(program.starts_with(&repo_program), "{template}: program.md is not the repository's brief");
+        let recipe_text = std::fs::read_to_string(dir.join("experiments/train.toml")).unwrap();
+        let recipe = autoqat_recipe::parse(&recipe_text)
+            .unwrap_or_else(|e| panic!("{template}: recipe does not parse: {e}\n{recipe_text}"));
+        let method = format!("{:?}", recipe.quant.method);
+        let want = if template == "smollm-binary" { "BinaryAbsmean" } else { "TernaryAbsmean" };
+        assert_eq!(method, want, "{template}");
+        assert_eq!(recipe.data.train_text, "../data/train.txt", "{template}");
+    }
+}
+
+#[test]
+fn smollm_ternary_recipe_is_the_repository_recipe_apart_from_data_paths() {
+    let tmp = init("smollm-ternary");
+    let ours = std::fs::read_to_string(tmp.path().join("ws/experiments/train.toml")).unwrap();
+    let root = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/train.toml")).unwrap();
+    let differing: Vec<(&str, &str)> = ours.lines().zip(root.lines()).filter(|(a, b)| a != b).collect();
+    assert_eq!(ours.lines().count(), root.lines().count());
+    assert_eq!(differing.len(), 2, "{differing:?}");
+    assert!(differing.iter().all(|(a, _)| a.starts_with("train_text") || a.starts_with("eval_text")));
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_names_the_file() {
+    let tmp = init("tiny-demo");
+    let dir = tmp.path().join("ws");
+    std::fs::write(dir.join("program.md"), "my own brief\n").unwrap();
+    let out = autoqat(&["init", "--template", "tiny-demo"], &dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("program.md")).unwrap(), "my own brief\n");
+}
+
+#[test]
+fn unknown_template_lists_the_known_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = autoqat(&["init", "--template", "smollm-quaternary"], &tmp.path().join("ws"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tiny-demo, smollm-ternary, smollm-binary"), "{err}");
+    assert!(!tmp.path().join("ws").exists(), "a failed init left a directory behind");
+}
