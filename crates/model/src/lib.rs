@@ -4,8 +4,21 @@
 //! Linear layers are built in one place ([`linear::LinearBuilder`]), so a quantization crate
 //! swaps in its own layers without copying model code.
 
+pub mod config;
+pub mod device;
 pub mod error;
+pub mod eval;
+pub mod hub;
 pub mod linear;
+pub mod llama;
+pub mod load;
+pub mod tokenizer;
 
+pub use config::{Arch, ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
+pub use device::{device_name, parse_device, parse_kind};
 pub use error::{ModelError, Result};
+pub use eval::{perplexity, EvalOptions, EvalReport};
 pub use linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec, PlainBuilder, PlainLinear};
+pub use llama::CausalLM;
+pub use load::{build_causal_lm, load_causal_lm, load_weights, save_pretrained, LoadedModel};
+pub use tokenizer::TextTokenizer;

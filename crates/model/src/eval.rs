@@ -1,0 +1,205 @@
+//! Perplexity exactly as the Hugging Face guide "Perplexity of fixed-length models":
+//!
+//! ```text
+//! for begin in range(0, seq_len, stride):
+//!     end = min(begin + ctx, seq_len); trg_len = end - prev_end
+//!     labels = ids[begin:end] with all but the last trg_len set to -100
+//!     loss = model(ids[begin:end], labels).loss      # mean over the valid shifted labels
+//!     nll_sum += loss * (trg_len - 1); n_tokens += trg_len - 1   # "num_valid - batch_size"
+//!     prev_end = end; stop when end == seq_len
+//! eval_loss = nll_sum / n_tokens
+//! ```
+//!
+//! With `stride == ctx` (disjoint windows) this is the plain token-weighted mean of the
+//! shifted next-token cross entropy. A window whose weight is zero is skipped (the guide would
+//! add `0 * NaN`). Several windows of equal length go through one forward pass (`batch`);
+//! the lm_head is applied only to positions that are scored; cross entropy is computed in f32
+//! and accumulated in f64.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{Kind, Reduction, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::llama::CausalLM;
+
+/// How the text is cut into windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Tokens per window.
+    pub ctx: usize,
+    /// Tokens between window starts (`ctx` = disjoint windows).
+    pub stride: usize,
+    /// Windows per forward pass.
+    pub batch: usize,
+}
+
+/// The metrics of one evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// Mean negative log-likelihood, nats per token.
+    pub eval_loss: f64,
+    /// `exp(eval_loss)`.
+    pub eval_ppl: f64,
+    /// `eval_loss * tokens / (bytes * ln 2)`.
+    pub eval_bpb: f64,
+    /// Tokens the loss is averaged over (the guide's count).
+    pub tokens: usize,
+    /// UTF-8 bytes of the text.
+    pub bytes: usize,
+    /// Tokens of the whole text.
+    pub text_tokens: usize,
+    /// Windows evaluated.
+    pub windows: usize,
+    /// Seconds spent in forward passes and loss.
+    pub time_s: f64,
+    /// `tokens / time_s`.
+    pub tokens_per_s: f64,
+}
+
+/// One window of the guide's loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    begin: usize,
+    end: usize,
+    trg_len: usize,
+}
+
+/// The windows of the guide's loop for `seq_len` tokens.
+fn windows(seq_len: usize, ctx: usize, stride: usize) -> Vec<Window> {
+    let mut out = Vec::new();
+    let mut prev_end = 0;
+    let mut begin = 0;
+    while begin < seq_len {
+        let end = (begin + ctx).min(seq_len);
+        out.push(Window { begin, end, trg_len: end - prev_end });
+        prev_end = end;
+        if end == seq_len {
+            break;
+        }
+        begin += stride;
+    }
+    out
+}
+
+/// Checks the options against the model and the text length.
+fn validate(model: &CausalLM, n_ids: usize, opts: &EvalOptions) -> Result<()> {
+    if n_ids < 2 {
+        return Err(ModelError::Eval(format!(
+            "the text has {n_ids} token(s); perplexity needs at least 2 (is the text file empty?)"
+        )));
+    }
+    let max_pos = model.cfg.max_position_embeddings as usize;
+    if opts.ctx > max_pos {
+        return Err(ModelError::Eval(format!(
+            "ctx {} is larger than the model's max_position_embeddings {max_pos} (hint: --ctx {max_pos} or less)",
+            opts.ctx
+        )));
+    }
+    if opts.ctx < 2 {
+        return Err(ModelError::Eval(format!("ctx {} is too small (at least 2)", opts.ctx)));
+    }
+    if opts.stride == 0 || opts.stride > opts.ctx {
+        return Err(ModelError::Eval(format!(
+            "stride {} must be between 1 and ctx {} (a larger stride would skip tokens)",
+            opts.stride, opts.ctx
+        )));
+    }
+    if opts.batch == 0 {
+        return Err(ModelError::Eval("batch must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Perplexity of `model` on token ids `ids` of a text of `n_bytes` UTF-8 bytes.
+pub fn perplexity(model: &CausalLM, ids: &[i64], n_bytes: usize, opts: &EvalOptions, device: tch::Device) -> Result<EvalReport> {
+    validate(model, ids.len(), opts)?;
+    let start = Instant::now();
+    let wins = windows(ids.len(), opts.ctx, opts.stride);
+    let (mut nll_sum, mut n_tokens) = (0.0f64, 0usize);
+    // Consecutive windows of equal length share a forward pass.
+    let mut i = 0;
+    while i < wins.len() {
+        let len = wins[i].end - wins[i].begin;
+        let mut j = i + 1;
+        while j < wins.len() && j - i < opts.batch && wins[j].end - wins[j].begin == len {
+            j += 1;
+        }
+        let group = &wins[i..j];
+        let losses = tch::no_grad(|| window_losses(model, ids, group, device))?;
+        for (w, loss) in group.iter().zip(losses) {
+            let weight = w.trg_len - 1;
+            if weight == 0 {
+                continue;
+            }
+            nll_sum += loss * weight as f64;
+            n_tokens += weight;
+        }
+        i = j;
+    }
+    let time_s = start.elapsed().as_secs_f64();
+    if n_tokens == 0 {
+        return Err(ModelError::Eval("no token was scored (text too short for ctx/stride)".into()));
+    }
+    let eval_loss = nll_sum / n_tokens as f64;
+    if !eval_loss.is_finite() {
+        return Err(ModelError::Eval(format!("eval loss is {eval_loss} (the model produced NaN/Inf logits)")));
+    }
+    Ok(EvalReport {
+        eval_loss,
+        eval_ppl: eval_loss.exp(),
+        eval_bpb: if n_bytes == 0 { f64::NAN } else { eval_loss * n_tokens as f64 / (n_bytes as f64 * std::f64::consts::LN_2) },
+        tokens: n_tokens,
+        bytes: n_bytes,
+        text_tokens: ids.len(),
+        windows: wins.len(),
+        time_s,
+        tokens_per_s: n_tokens as f64 / time_s.max(1e-9),
+    })
+}
+
+/// The guide's per-window loss (mean over the valid shifted labels) for windows of equal length.
+fn window_losses(model: &CausalLM, ids: &[i64], group: &[Window], device: tch::Device) -> Result<Vec<f64>> {
+    let len = (group[0].end - group[0].begin) as i64;
+    let flat: Vec<i64> = group.iter().flat_map(|w| ids[w.begin..w.end].iter().copied()).collect();
+    let input = Tensor::from_slice(&flat).view([group.len() as i64, len]).to_device(device);
+    // Label position p (1..len) is valid when p >= len - trg_len; its logits sit at p - 1.
+    let first_label = |w: &Window| (len - w.trg_len as i64).max(1);
+    let s = group.iter().map(first_label).min().unwrap_or(1);
+    let hidden = model.hidden(&input).narrow(1, s - 1, len - s); // [B, len-s, C]
+    let logits = model.head(&hidden).to_kind(Kind::Float); // [B, len-s, V]
+    let targets = input.narrow(1, s, len - s);
+    let v = logits.size()[2];
+    let nll = logits
+        .reshape([-1, v])
+        .f_cross_entropy_loss::<Tensor>(&targets.reshape([-1]), None, Reduction::None, -100, 0.0)?
+        .view([group.len() as i64, len - s])
+        .to_kind(Kind::Double)
+        .to_device(tch::Device::Cpu);
+    let rows: Vec<Vec<f64>> = Vec::<Vec<f64>>::try_from(&nll)?;
+    Ok(group
+        .iter()
+        .zip(rows)
+        .map(|(w, row)| {
+            let skip = (first_label(w) - s) as usize;
+            let scored = &row[skip..];
+            scored.iter().sum::<f64>() / scored.len().max(1) as f64
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_follow_the_guide_loop() {
+        // Disjoint: every token after the first is a target once.
+        let w = windows(10, 4, 4);
+        assert_eq!(w.iter().map(|w| (w.begin, w.end, w.trg_len)).collect::<Vec<_>>(), vec![(0, 4, 4), (4, 8, 4), (8, 10, 2)]);
+        // Overlapping: stops as soon as a window reaches the end.
+        let w = windows(10, 6, 3);
+        assert_eq!(w.iter().map(|w| (w.begin, w.end, w.trg_len)).collect::<Vec<_>>(), vec![(0, 6, 6), (3, 9, 3), (6, 10, 1)]);
+    }
+}

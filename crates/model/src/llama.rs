@@ -1,0 +1,307 @@
+//! The Llama family causal LM (Llama, SmolLM, TinyLlama, Llama 3.x) with the two Qwen
+//! variations switched on by config flags: Qwen2's q/k/v bias and Qwen3's per-head q/k
+//! RMSNorm. Follows `transformers/models/llama/modeling_llama.py` (and `qwen2`, `qwen3`)
+//! block for block; variable names equal the Hugging Face checkpoint keys.
+//!
+//! Shapes in comments: B batch, T time, H query heads, K key/value heads, D head_dim,
+//! C hidden size, V vocabulary.
+
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+use crate::config::{ModelConfig, RopeScaling};
+use crate::error::Result;
+use crate::linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec};
+
+/// RMSNorm as in HF: normalize in f32, cast back, then scale.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Creates the scale at `p / "weight"` (`[dim]`, initialized to ones).
+    pub fn new(p: &nn::Path, dim: i64, eps: f64) -> Result<Self> {
+        Ok(Self { weight: p.f_var("weight", &[dim], Init::Const(1.0))?, eps })
+    }
+
+    /// `[.., dim] -> [.., dim]`.
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        let kind = xs.kind();
+        if kind == Kind::Float {
+            // Fused kernel: same math as the HF formula in f32.
+            return xs.rms_norm([xs.size()[xs.dim() - 1]], Some(&self.weight), self.eps);
+        }
+        let x = xs.to_kind(Kind::Float);
+        let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let x = x * (var + self.eps).rsqrt();
+        &self.weight * x.to_kind(kind)
+    }
+}
+
+/// Rotary position embedding; the frequency table is built in f32.
+#[derive(Debug)]
+pub struct RotaryEmbedding {
+    /// `[D/2]` f32.
+    inv_freq: Tensor,
+}
+
+impl RotaryEmbedding {
+    /// Builds the inverse frequencies for `cfg` on `device`.
+    pub fn new(cfg: &ModelConfig, device: tch::Device) -> Self {
+        let dim = cfg.head_dim;
+        // As HF: base ** (arange(0, dim, 2) / dim), in f32.
+        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
+        let base = Tensor::full([1], cfg.rope_theta, (Kind::Float, device));
+        let inv_freq = base.pow(&exponents).reciprocal();
+        let inv_freq = match cfg.rope_scaling {
+            RopeScaling::Default => inv_freq,
+            RopeScaling::Linear { factor } => inv_freq / factor,
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+                let low_freq_wavelen = old / low_freq_factor;
+                let high_freq_wavelen = old / high_freq_factor;
+                let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+                let scaled = wavelen.gt(low_freq_wavelen).where_self(&(&inv_freq / factor), &inv_freq);
+                let smooth = ((wavelen.reciprocal() * old) - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                let smoothed = (1.0 - &smooth) * &scaled / factor + &smooth * &scaled;
+                let medium = wavelen.lt(high_freq_wavelen).logical_not().logical_and(&wavelen.gt(low_freq_wavelen).logical_not());
+                medium.where_self(&smoothed, &scaled)
+            }
+        };
+        Self { inv_freq }
+    }
+
+    /// `(cos, sin)`, each `[T, D]` in `kind`, for positions `0..t`.
+    pub fn cos_sin(&self, t: i64, kind: Kind) -> (Tensor, Tensor) {
+        let pos = Tensor::arange(t, (Kind::Float, self.inv_freq.device()));
+        let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0); // [T, D/2]
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+}
+
+/// `[.., D] -> [.., D]`: `(x1, x2) -> (-x2, x1)`.
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[x.dim() - 1] / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+/// Applies rotary embedding to `x` `[B, heads, T, D]` with `cos`/`sin` `[T, D]`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}
+
+/// Multi-head attention with grouped key/value heads.
+#[derive(Debug)]
+pub struct Attention {
+    q_proj: Box<dyn Linear>,
+    k_proj: Box<dyn Linear>,
+    v_proj: Box<dyn Linear>,
+    o_proj: Box<dyn Linear>,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    n_heads: i64,
+    n_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    /// Builds `p` = `model.layers.<layer>.self_attn`.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig, layer: usize, b: &dyn LinearBuilder) -> Result<Self> {
+        let c = cfg.hidden_size;
+        let (h, k, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let lin = |role: LinearRole, in_dim: i64, out_dim: i64, bias: bool| {
+            b.linear(&(p / role.hf_name()), LinearSpec { role, layer: Some(layer), in_dim, out_dim, bias, tied: None })
+        };
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            (
+                Some(RmsNorm::new(&(p / "q_norm"), d, cfg.rms_norm_eps)?),
+                Some(RmsNorm::new(&(p / "k_norm"), d, cfg.rms_norm_eps)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            q_proj: lin(LinearRole::Q, c, h * d, cfg.qkv_bias)?,
+            k_proj: lin(LinearRole::K, c, k * d, cfg.qkv_bias)?,
+            v_proj: lin(LinearRole::V, c, k * d, cfg.qkv_bias)?,
+            o_proj: lin(LinearRole::O, h * d, c, cfg.o_bias)?,
+            q_norm,
+            k_norm,
+            n_heads: h,
+            n_kv_heads: k,
+            head_dim: d,
+        })
+    }
+
+    /// `[B, T, C] -> [B, T, C]`, causal.
+    pub fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let (b, t) = (xs.size()[0], xs.size()[1]);
+        let heads = |proj: &Box<dyn Linear>, n: i64, norm: &Option<RmsNorm>| {
+            let x = proj.forward(xs).view([b, t, n, self.head_dim]);
+            let x = match norm {
+                Some(norm) => norm.forward(&x),
+                None => x,
+            };
+            x.transpose(1, 2) // [B, n, T, D]
+        };
+        let q = apply_rope(&heads(&self.q_proj, self.n_heads, &self.q_norm), cos, sin);
+        let k = apply_rope(&heads(&self.k_proj, self.n_kv_heads, &self.k_norm), cos, sin);
+        let v = heads(&self.v_proj, self.n_kv_heads, &None);
+        let groups = self.n_heads / self.n_kv_heads;
+        let k = repeat_kv(&k, groups);
+        let v = repeat_kv(&v, groups);
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, scale, false);
+        let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
+        self.o_proj.forward(&y)
+    }
+}
+
+/// `[B, K, T, D] -> [B, K * groups, T, D]`, each kv head repeated for its query group.
+pub fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
+    if groups == 1 {
+        return x.shallow_clone();
+    }
+    let s = x.size();
+    let (b, k, t, d) = (s[0], s[1], s[2], s[3]);
+    x.unsqueeze(2).expand([b, k, groups, t, d], false).reshape([b, k * groups, t, d])
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    gate_proj: Box<dyn Linear>,
+    up_proj: Box<dyn Linear>,
+    down_proj: Box<dyn Linear>,
+}
+
+impl Mlp {
+    /// Builds `p` = `model.layers.<layer>.mlp`.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig, layer: usize, b: &dyn LinearBuilder) -> Result<Self> {
+        let (c, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        let lin = |role: LinearRole, in_dim: i64, out_dim: i64| {
+            b.linear(&(p / role.hf_name()), LinearSpec { role, layer: Some(layer), in_dim, out_dim, bias, tied: None })
+        };
+        Ok(Self {
+            gate_proj: lin(LinearRole::Gate, c, i)?,
+            up_proj: lin(LinearRole::Up, c, i)?,
+            down_proj: lin(LinearRole::Down, i, c)?,
+        })
+    }
+
+    /// `[B, T, C] -> [B, T, C]`.
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        self.down_proj.forward(&(self.gate_proj.forward(xs).silu() * self.up_proj.forward(xs)))
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// Builds `p` = `model.layers.<layer>`.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig, layer: usize, b: &dyn LinearBuilder) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: RmsNorm::new(&(p / "input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            self_attn: Attention::new(&(p / "self_attn"), cfg, layer, b)?,
+            post_attention_layernorm: RmsNorm::new(&(p / "post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            mlp: Mlp::new(&(p / "mlp"), cfg, layer, b)?,
+        })
+    }
+
+    /// `[B, T, C] -> [B, T, C]`.
+    pub fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let h = xs + self.self_attn.forward(&self.input_layernorm.forward(xs), cos, sin);
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+}
+
+/// The decoder stack without the head (`model.*`).
+#[derive(Debug)]
+pub struct Model {
+    embed_tokens: Box<dyn Embedding>,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    rotary: RotaryEmbedding,
+}
+
+impl Model {
+    /// Builds `p` = `model`.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig, b: &dyn LinearBuilder) -> Result<Self> {
+        let embed_tokens = b.embedding(&(p / "embed_tokens"), cfg.vocab_size, cfg.hidden_size)?;
+        let layers = (0..cfg.num_hidden_layers as usize)
+            .map(|i| DecoderLayer::new(&(p / "layers" / i), cfg, i, b))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(&(p / "norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            rotary: RotaryEmbedding::new(cfg, p.device()),
+        })
+    }
+
+    /// Token ids `[B, T]` -> final normed hidden states `[B, T, C]`.
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        let t = ids.size()[1];
+        let mut h = self.embed_tokens.forward(ids);
+        let (cos, sin) = self.rotary.cos_sin(t, h.kind());
+        for layer in &self.layers {
+            h = layer.forward(&h, &cos, &sin);
+        }
+        self.norm.forward(&h)
+    }
+}
+
+/// A causal language model: decoder stack plus lm_head (tied or not).
+#[derive(Debug)]
+pub struct CausalLM {
+    /// The resolved configuration it was built from.
+    pub cfg: ModelConfig,
+    model: Model,
+    lm_head: Box<dyn Linear>,
+}
+
+impl CausalLM {
+    /// Builds every variable under `p` (the VarStore root) with `b` building the linears.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig, b: &dyn LinearBuilder) -> Result<Self> {
+        let model = Model::new(&(p / "model"), cfg, b)?;
+        let tied = cfg.tie_word_embeddings.then(|| model.embed_tokens.weight().shallow_clone());
+        let lm_head = b.linear(
+            &(p / "lm_head"),
+            LinearSpec {
+                role: LinearRole::LmHead,
+                layer: None,
+                in_dim: cfg.hidden_size,
+                out_dim: cfg.vocab_size,
+                bias: false,
+                tied,
+            },
+        )?;
+        Ok(Self { cfg: cfg.clone(), model, lm_head })
+    }
+
+    /// Token ids `[B, T]` (i64) -> final hidden states `[B, T, C]`.
+    pub fn hidden(&self, ids: &Tensor) -> Tensor {
+        self.model.forward(ids)
+    }
+
+    /// Hidden states `[.., C]` -> logits `[.., V]`.
+    pub fn head(&self, hidden: &Tensor) -> Tensor {
+        self.lm_head.forward(hidden)
+    }
+
+    /// Token ids `[B, T]` (i64) -> logits `[B, T, V]`.
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        self.head(&self.hidden(ids))
+    }
+}
