@@ -1,0 +1,116 @@
+//! Step schedules: the STE blend factor lambda and the learning rate. Pure functions of the
+//! step, so a resumed trial recomputes them exactly. The lr schedules follow the formulas of
+//! Hugging Face `transformers.optimization` (checked against it in the tests).
+
+use autoqat_recipe::{LambdaSchedule, LrSchedule, Recipe};
+use std::f64::consts::PI;
+
+/// Steps covered by a warmup fraction of `total` steps.
+pub fn frac_steps(frac: f64, total: u64) -> u64 {
+    (frac * total as f64).round() as u64
+}
+
+/// lambda at 0-based `step`: ramps from 0 to 1 over `warmup` steps with the given shape, then 1.
+pub fn lambda_at(kind: LambdaSchedule, step: u64, warmup: u64) -> f64 {
+    if warmup == 0 || kind == LambdaSchedule::Constant {
+        return 1.0;
+    }
+    let p = (step as f64 / warmup as f64).min(1.0);
+    match kind {
+        LambdaSchedule::Constant => 1.0,
+        LambdaSchedule::Linear => p,
+        LambdaSchedule::Cosine => 0.5 * (1.0 - (PI * p).cos()),
+        LambdaSchedule::Exponential => (1.0 - (-5.0 * p).exp()) / (1.0 - (-5.0f64).exp()),
+        // Four stairs; the last one (1.0) is reached when the warmup ends.
+        LambdaSchedule::Step => (p * 4.0).floor() / 4.0,
+        LambdaSchedule::Sigmoid => {
+            let s = |x: f64| 1.0 / (1.0 + (-x).exp());
+            let k = 10.0;
+            (s(k * (p - 0.5)) - s(-k / 2.0)) / (s(k / 2.0) - s(-k / 2.0))
+        }
+    }
+}
+
+/// Multiplier of the peak lr at 0-based `step` out of `total` (as `LambdaLR` would apply it).
+pub fn lr_factor(kind: LrSchedule, step: u64, total: u64, warmup: u64, min_frac: f64, decay: u64) -> f64 {
+    let s = step as f64;
+    match kind {
+        LrSchedule::Constant => {
+            if step < warmup {
+                s / (warmup.max(1) as f64)
+            } else {
+                1.0
+            }
+        }
+        LrSchedule::Cosine => {
+            if step < warmup {
+                return s / (warmup.max(1) as f64);
+            }
+            let progress = (step - warmup) as f64 / (total.saturating_sub(warmup).max(1) as f64);
+            let f = 0.5 * (1.0 + (PI * progress).cos());
+            (f * (1.0 - min_frac) + min_frac).max(0.0)
+        }
+        LrSchedule::Wsd => {
+            let stable = total.saturating_sub(warmup).saturating_sub(decay);
+            if step < warmup {
+                let f = s / (warmup.max(1) as f64);
+                return (f * (1.0 - min_frac) + min_frac).max(0.0);
+            }
+            if step < warmup + stable {
+                return 1.0;
+            }
+            if step < warmup + stable + decay {
+                let progress = (step - warmup - stable) as f64 / (decay.max(1) as f64);
+                let f = 1.0 - progress;
+                return (f * (1.0 - min_frac) + min_frac).max(0.0);
+            }
+            min_frac
+        }
+    }
+}
+
+/// Every schedule of one trial, resolved to step counts.
+#[derive(Debug, Clone)]
+pub struct Schedules {
+    /// Total optimizer steps.
+    pub total: u64,
+    lambda_kind: LambdaSchedule,
+    lambda_warmup: u64,
+    lr: f64,
+    lr_kind: LrSchedule,
+    lr_warmup: u64,
+    min_frac: f64,
+    decay: u64,
+    /// First step at 4-bit activations (A8 -> A4 flip), if any.
+    pub a4_from: Option<u64>,
+}
+
+impl Schedules {
+    /// Resolves the schedules of `recipe`.
+    pub fn new(recipe: &Recipe) -> Self {
+        let total = recipe.total_steps();
+        let a4_from = (recipe.activations.bits == autoqat_recipe::ActBits::A8 && recipe.activations.a4_flip_frac < 1.0)
+            .then(|| frac_steps(recipe.activations.a4_flip_frac, total));
+        Self {
+            total,
+            lambda_kind: recipe.ste.lambda_schedule,
+            lambda_warmup: frac_steps(recipe.ste.lambda_warmup_frac, total),
+            lr: recipe.optim.lr,
+            lr_kind: recipe.optim.lr_schedule,
+            lr_warmup: frac_steps(recipe.optim.lr_warmup_frac, total),
+            min_frac: recipe.optim.min_lr_frac,
+            decay: frac_steps(recipe.optim.wsd_decay_frac, total),
+            a4_from,
+        }
+    }
+
+    /// lambda used by the forward passes of 0-based `step`.
+    pub fn lambda(&self, step: u64) -> f64 {
+        lambda_at(self.lambda_kind, step, self.lambda_warmup)
+    }
+
+    /// Learning rate of 0-based `step`.
+    pub fn lr(&self, step: u64) -> f64 {
+        self.lr * lr_factor(self.lr_kind, step, self.total, self.lr_warmup, self.min_frac, self.decay)
+    }
+}
