@@ -1,8 +1,182 @@
-//! `autoqat demo`.
+//! `autoqat demo`: the whole loop offline. Corpus, tokenizer and tiny teacher (cached), a
+//! tiny-demo workspace pointing at them, the research loop with the builtin proposer, and the
+//! report; prints where everything is and the wall time of each phase.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
 
 use crate::cli::DemoArgs;
+use crate::demo::teacher::{self, TeacherSpec};
+use crate::report;
+use crate::workspace::{self, Template, TinySizes};
+
+/// The run tag of the demo: its branch is `autoqat/demo`.
+pub const TAG: &str = "demo";
+
+/// Wall time of one phase.
+#[derive(Debug, Serialize)]
+struct Phase {
+    name: &'static str,
+    seconds: f64,
+}
+
+/// What the demo leaves behind, also written to `<dir>/demo-summary.json`.
+#[derive(Debug, Serialize)]
+struct Summary {
+    workspace: PathBuf,
+    teacher_dir: PathBuf,
+    teacher_reused: bool,
+    teacher_fp_ppl: f64,
+    teacher_params: i64,
+    vocab_size: usize,
+    results: PathBuf,
+    report: PathBuf,
+    plot: PathBuf,
+    branch: String,
+    experiments: usize,
+    baseline_ppl: Option<f64>,
+    best_ppl: Option<f64>,
+    best_exp: Option<String>,
+    phases: Vec<Phase>,
+    total_s: f64,
+}
 
 /// Runs `autoqat demo`.
-pub fn run(_args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`autoqat demo` is not implemented yet")
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.real,
+        "`autoqat demo --real` needs the Hub: run `autoqat init --template smollm-ternary DIR`, then \
+         `autoqat prepare` and `autoqat run` in DIR"
+    );
+    let start = Instant::now();
+    let dir = args.dir.clone();
+    refuse_existing(&dir)?;
+    let (spec, sizes) = if args.quick {
+        (TeacherSpec::quick(), TinySizes { steps: 16, eval_every: 8, timeout_s: 300, seq_len: 64, batch: 8 })
+    } else {
+        (TeacherSpec::standard(), TinySizes::default())
+    };
+    let mut phases = Vec::new();
+
+    let cache = teacher::cache_dir();
+    say(&format!("phase 1/4: corpus, tokenizer and teacher (cache: {})", cache.display()));
+    let t0 = Instant::now();
+    let teacher = teacher::get_or_build(&cache, &spec, &mut |line| say(&format!("  {line}")))?;
+    if teacher.reused {
+        say(&format!("  reusing the cached teacher {}", teacher.root.display()));
+    }
+    phases.push(Phase { name: "teacher", seconds: t0.elapsed().as_secs_f64() });
+
+    say(&format!("phase 2/4: workspace {}", dir.display()));
+    let t0 = Instant::now();
+    workspace::init(&dir, Template::TinyDemo, sizes)?;
+    link_teacher(&dir, &teacher)?;
+    phases.push(Phase { name: "workspace", seconds: t0.elapsed().as_secs_f64() });
+
+    let total = args.experiments + 1;
+    say(&format!("phase 3/4: research loop, baseline + {} experiments (builtin proposer)", args.experiments));
+    let t0 = Instant::now();
+    let exe = std::env::current_exe().context("cannot locate the autoqat executable")?;
+    let status = Command::new(&exe)
+        .arg("run")
+        .arg("--workspace")
+        .arg(&dir)
+        .args(["--tag", TAG, "--provider", "builtin", "--max-experiments", &total.to_string()])
+        .status()
+        .with_context(|| format!("cannot start {} run", exe.display()))?;
+    anyhow::ensure!(status.success(), "`autoqat run` failed ({status}); see the trial logs under {}", dir.join("runs").display());
+    phases.push(Phase { name: "research loop", seconds: t0.elapsed().as_secs_f64() });
+
+    say("phase 4/4: report");
+    let t0 = Instant::now();
+    let w = report::generate(&dir, Some(TAG), None)?;
+    phases.push(Phase { name: "report", seconds: t0.elapsed().as_secs_f64() });
+
+    let summary = Summary {
+        workspace: abs(&dir),
+        teacher_dir: teacher.model_dir.clone(),
+        teacher_reused: teacher.reused,
+        teacher_fp_ppl: teacher.fp_eval_ppl,
+        teacher_params: teacher.params,
+        vocab_size: teacher.vocab_size,
+        results: abs(&dir.join("results.tsv")),
+        report: abs(&w.report_md),
+        plot: abs(&w.png),
+        branch: format!("autoqat/{TAG}"),
+        experiments: w.experiments,
+        baseline_ppl: w.baseline_ppl,
+        best_ppl: w.best_ppl,
+        best_exp: w.best_exp.clone(),
+        phases,
+        total_s: start.elapsed().as_secs_f64(),
+    };
+    let json = dir.join("demo-summary.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&summary)?).with_context(|| format!("cannot write {}", json.display()))?;
+    print_summary(&summary, &w.best_diff);
+    Ok(())
+}
+
+fn say(line: &str) {
+    eprintln!("[demo] {line}");
+}
+
+fn abs(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The demo creates its workspace; it never writes into an existing one.
+fn refuse_existing(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        let non_empty = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true);
+        anyhow::ensure!(
+            !non_empty,
+            "{} already exists and is not empty (hint: pass --dir NEW_DIR, or delete it; the cached teacher is reused either way)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Copies the cached teacher and texts into the workspace (git-ignored `teacher/` and
+/// `data/`), where the tiny-demo recipe expects them; a copy keeps the workspace valid if the
+/// cache is cleared.
+fn link_teacher(dir: &Path, t: &teacher::Teacher) -> anyhow::Result<()> {
+    let copy = |from: &Path, to: &Path| -> anyhow::Result<()> {
+        if let Some(p) = to.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        Ok(())
+    };
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        copy(&t.model_dir.join(f), &dir.join("teacher").join(f))?;
+    }
+    copy(&t.train_text, &dir.join("data/train.txt"))?;
+    copy(&t.eval_text, &dir.join("data/eval.txt"))?;
+    Ok(())
+}
+
+fn print_summary(s: &Summary, diff: &str) {
+    let ppl = |p: Option<f64>| p.map(report::markdown::fmt_ppl).unwrap_or_else(|| "-".into());
+    println!();
+    println!("autoqat demo finished in {:.1} s", s.total_s);
+    for p in &s.phases {
+        println!("  {:<14} {:>7.1} s", p.name, p.seconds);
+    }
+    println!("fp teacher eval PPL:     {}", report::markdown::fmt_ppl(s.teacher_fp_ppl));
+    println!("ternary baseline PPL:    {}", ppl(s.baseline_ppl));
+    println!("best recipe PPL:         {} (experiment {})", ppl(s.best_ppl), s.best_exp.as_deref().unwrap_or("-"));
+    println!("workspace:   {}", s.workspace.display());
+    println!("teacher:     {}{}", s.teacher_dir.display(), if s.teacher_reused { " (cached)" } else { "" });
+    println!("results:     {}", s.results.display());
+    println!("report:      {}", s.report.display());
+    println!("plot:        {}", s.plot.display());
+    println!("git branch:  {} (git -C {} log --all --oneline)", s.branch, s.workspace.display());
+    if !diff.is_empty() {
+        println!("best recipe against the baseline:\n{diff}");
+    }
 }

@@ -2,4 +2,5 @@
 //! pre-trained once and cached, then the research loop and the report.
 
 pub mod corpus;
+pub mod teacher;
 pub mod tokenizer;

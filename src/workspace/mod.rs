@@ -55,11 +55,15 @@ pub struct TinySizes {
     pub eval_every: u32,
     /// Trial wall-clock limit in seconds.
     pub timeout_s: u32,
+    /// Training and eval sequence length.
+    pub seq_len: u32,
+    /// Sequences per step.
+    pub batch: u32,
 }
 
 impl Default for TinySizes {
     fn default() -> Self {
-        TinySizes { steps: 120, eval_every: 40, timeout_s: 600 }
+        TinySizes { steps: 120, eval_every: 40, timeout_s: 600, seq_len: 128, batch: 16 }
     }
 }
 
@@ -72,7 +76,9 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
             TINY_SETTINGS.replace("{{timeout_s}}", &tiny.timeout_s.to_string()),
             TINY_TRAIN
                 .replace("{{steps}}", &tiny.steps.to_string())
-                .replace("{{eval_every}}", &tiny.eval_every.to_string()),
+                .replace("{{eval_every}}", &tiny.eval_every.to_string())
+                .replace("{{seq_len}}", &tiny.seq_len.to_string())
+                .replace("{{batch}}", &tiny.batch.to_string()),
         ),
         Template::SmollmTernary => (PROGRAM.to_string(), SMOLLM_SETTINGS.to_string(), smollm_train()?),
         Template::SmollmBinary => {
