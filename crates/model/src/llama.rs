@@ -62,11 +62,12 @@ impl RotaryEmbedding {
                 let low_freq_wavelen = old / low_freq_factor;
                 let high_freq_wavelen = old / high_freq_factor;
                 let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
-                let scaled = wavelen.gt(low_freq_wavelen).where_self(&(&inv_freq / factor), &inv_freq);
+                // torch.where(cond, a, b) is a.where_self(cond, b) in tch.
+                let scaled: Tensor = (&inv_freq / factor).where_self(&wavelen.gt(low_freq_wavelen), &inv_freq);
                 let smooth = ((wavelen.reciprocal() * old) - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                let smoothed = (1.0 - &smooth) * &scaled / factor + &smooth * &scaled;
+                let smoothed: Tensor = (1.0 - &smooth) * &scaled / factor + &smooth * &scaled;
                 let medium = wavelen.lt(high_freq_wavelen).logical_not().logical_and(&wavelen.gt(low_freq_wavelen).logical_not());
-                medium.where_self(&smoothed, &scaled)
+                smoothed.where_self(&medium, &scaled)
             }
         };
         Self { inv_freq }

@@ -1,0 +1,106 @@
+//! Shared test fixture: tiny random checkpoints and reference outputs made by
+//! `tests/reference/make_tiny.py` with Python transformers, generated once per script version
+//! under the cargo target's temp dir (offline, self-contained). Used by this crate's tests and
+//! by the root crate's `tests/eval_cli.rs`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Works from both the model crate (crates/model) and the root crate.
+    if here.join("crates").is_dir() {
+        here.to_path_buf()
+    } else {
+        here.join("../..")
+    }
+}
+
+/// `$AUTOQAT_PYTHON`, else `<repo>/.venv/bin/python`, else None.
+pub fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("AUTOQAT_PYTHON") {
+        let p = PathBuf::from(p);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    let venv = repo_root().join(".venv/bin/python");
+    venv.exists().then_some(venv)
+}
+
+/// `<repo>/../shared/data/wikitext-2-raw-test.txt` when present.
+pub fn wikitext() -> Option<PathBuf> {
+    let p = repo_root().join("../shared/data/wikitext-2-raw-test.txt");
+    p.is_file().then_some(p)
+}
+
+fn script() -> PathBuf {
+    repo_root().join("crates/model/tests/reference/make_tiny.py")
+}
+
+/// The fixture directory, or None (with the reason printed) when it cannot be made here.
+pub fn fixtures() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(make_fixtures).as_deref()
+}
+
+fn make_fixtures() -> Option<PathBuf> {
+    let Some(py) = python() else {
+        eprintln!("skipping: no Python with transformers (set AUTOQAT_PYTHON or create .venv)");
+        return None;
+    };
+    let script_text = std::fs::read(script()).ok()?;
+    // A content hash keys the cache, so an edited script regenerates.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in script_text.iter().chain(wikitext().is_some().to_string().as_bytes()) {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+    }
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let dir = base.join(format!("model-ref-{h:016x}"));
+    if dir.join("reference.json").is_file() {
+        return Some(dir);
+    }
+    let tmp = base.join(format!("model-ref-{h:016x}.tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut cmd = Command::new(&py);
+    cmd.arg(script()).arg(&tmp);
+    if let Some(w) = wikitext() {
+        cmd.arg("--wikitext").arg(w);
+    } else {
+        eprintln!("note: wikitext-2 absent; perplexity references use a generated text");
+    }
+    let out = cmd.output().expect("running the reference script");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No module named") {
+            eprintln!("skipping: reference Python lacks a module: {err}");
+            return None;
+        }
+        panic!("make_tiny.py failed:\n{err}");
+    }
+    // Another test process may have won the race; either copy is complete.
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Some(dir)
+}
+
+/// Reference perplexities: model -> "ctx/stride" -> (eval_loss, eval_ppl, tokens).
+pub fn reference_ppl(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
+    serde_json::from_str(&text).expect("reference.json parses")
+}
+
+/// True when the references were computed on WikiText-2 (not the generated fallback).
+pub fn on_wikitext(reference: &serde_json::Value) -> bool {
+    reference["source"] == "wikitext"
+}
+
+/// Relative error `|a - b| / |b|`.
+pub fn rel_err(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs()
+}
