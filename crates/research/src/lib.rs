@@ -1,1 +1,25 @@
-//! autoqat-research
+//! autoqat-research: the unattended research loop. It asks a proposer for one focused edit
+//! of the mutable recipe, commits it, runs the trial as a child process, and keeps or reverts
+//! the commit. Git notes are the source of truth for every finished experiment; `results.tsv`
+//! is a cache that can always be rebuilt from them.
+//!
+//! This crate never links libtorch: trials are child processes.
+
+pub mod answer;
+pub mod driver;
+pub mod edit;
+pub mod error;
+pub mod focus;
+pub mod git;
+pub mod killpoint;
+pub mod noise;
+pub mod prompt;
+pub mod proposer;
+pub mod prune;
+pub mod results;
+pub mod review;
+pub mod settings;
+pub mod trial;
+pub mod validate;
+
+pub use error::ResearchError;

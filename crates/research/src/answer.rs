@@ -1,0 +1,111 @@
+//! Parses a proposer's answer: a JSON object `{"description","rationale","edits":[...]}`,
+//! also when it is wrapped in prose or a code fence.
+
+use serde::{Deserialize, Serialize};
+
+/// One search/replace edit of a mutable file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Edit {
+    /// Workspace-relative path of a mutable file.
+    pub path: String,
+    /// Exact text to find (must occur exactly once).
+    pub search: String,
+    /// Text to put in its place.
+    pub replace: String,
+}
+
+/// A parsed proposal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Proposal {
+    /// One line: what changes.
+    pub description: String,
+    /// Why it should help.
+    #[serde(default)]
+    pub rationale: String,
+    /// The edits, applied in order.
+    pub edits: Vec<Edit>,
+}
+
+/// Finds and parses the proposal JSON in `text`; the error says why none was found.
+pub fn parse(text: &str) -> Result<Proposal, String> {
+    let mut last_err = None;
+    for candidate in candidates(text) {
+        match serde_json::from_str::<Proposal>(candidate) {
+            Ok(p) => return check(p),
+            Err(e) => {
+                // A JSON object of the wrong shape is a more useful error than a syntax error.
+                if serde_json::from_str::<serde_json::Value>(candidate).is_ok() || last_err.is_none()
+                {
+                    last_err = Some(e.to_string());
+                }
+            }
+        }
+    }
+    Err(match last_err {
+        Some(e) => format!("the answer's JSON does not parse as a proposal: {e}"),
+        None => "the answer contains no JSON object (expected {\"description\", \"rationale\", \"edits\"})".into(),
+    })
+}
+
+fn check(p: Proposal) -> Result<Proposal, String> {
+    if p.description.trim().is_empty() {
+        return Err("`description` is empty".into());
+    }
+    if p.edits.is_empty() {
+        return Err("`edits` is empty: propose exactly one focused change".into());
+    }
+    Ok(p)
+}
+
+/// Substrings that may hold the JSON: the whole text, fenced blocks, then balanced objects.
+fn candidates(text: &str) -> Vec<&str> {
+    let mut out = vec![text.trim()];
+    let mut rest = text;
+    while let Some(start) = rest.find("```") {
+        let after = &rest[start + 3..];
+        let body_start = after.find('\n').map(|i| i + 1).unwrap_or(0);
+        let body = &after[body_start..];
+        match body.find("```") {
+            Some(end) => {
+                out.push(body[..end].trim());
+                rest = &body[end + 3..];
+            }
+            None => break,
+        }
+    }
+    for (i, _) in text.match_indices('{') {
+        if let Some(len) = balanced(&text[i..]) {
+            out.push(&text[i..i + len]);
+        }
+    }
+    out
+}
+
+/// Length of the balanced `{...}` at the start of `s`, skipping braces inside strings.
+fn balanced(s: &str) -> Option<usize> {
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    for (i, c) in s.char_indices() {
+        if in_str {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, '\\') => esc = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_str = true,
+            '{' => depth += 1,
+            '}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}

@@ -1,0 +1,127 @@
+//! Applies a proposal's search/replace edits with every rejection the loop needs: paths
+//! outside the mutable set (`../`, absolute, symlinks leaving the workspace), search text
+//! absent or ambiguous, a result that fails the validator, an unfocused change, a repeat.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Component, Path};
+
+use crate::answer::Proposal;
+use crate::focus;
+use crate::validate::Validator;
+
+/// An accepted proposal: the new file contents and what changed.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// Workspace-relative path and new content of each changed file.
+    pub files: Vec<(String, String)>,
+    /// The changed lines, for notes and prompts.
+    pub diff: String,
+    /// Fingerprint of `diff`.
+    pub diff_key: String,
+    /// Changed lines in total.
+    pub changed_lines: usize,
+}
+
+/// What the edits are checked against.
+pub struct EditRules<'a> {
+    /// The workspace root.
+    pub root: &'a Path,
+    /// Files the proposer may edit.
+    pub mutable_paths: &'a [String],
+    /// Checks the first mutable path (the recipe).
+    pub validator: &'a Validator,
+    /// Most changed lines allowed.
+    pub max_changed_lines: usize,
+    /// Fingerprints of edits already tried.
+    pub tried: &'a HashSet<String>,
+}
+
+/// Applies `p` to the current files; the error is one line quoting the reason.
+pub fn apply(p: &Proposal, rules: &EditRules) -> Result<Applied, String> {
+    let mut files: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (i, e) in p.edits.iter().enumerate() {
+        let n = i + 1;
+        let path = check_path(&e.path, rules).map_err(|m| format!("edit {n}: {m}"))?;
+        if !files.contains_key(&path) {
+            let full = rules.root.join(&path);
+            let text = std::fs::read_to_string(&full)
+                .map_err(|err| format!("edit {n}: cannot read `{path}`: {err}"))?;
+            files.insert(path.clone(), (text.clone(), text));
+        }
+        let (_, cur) = files.get_mut(&path).ok_or("internal: file vanished")?;
+        if e.search.is_empty() {
+            return Err(format!("edit {n}: `search` is empty; quote the exact lines to replace"));
+        }
+        match cur.matches(&e.search).count() {
+            0 => return Err(format!("edit {n}: search text not found in `{path}`: {:?}", clip(&e.search))),
+            1 => {}
+            k => return Err(format!("edit {n}: search text occurs {k} times in `{path}`; include more surrounding lines so it is unique")),
+        }
+        *cur = cur.replacen(&e.search, &e.replace, 1);
+    }
+    let mut diff = String::new();
+    let mut changed = 0;
+    for (path, (old, new)) in &files {
+        changed += focus::changed_lines(old, new);
+        diff.push_str(&focus::compact_diff(path, old, new));
+        if Some(path) == rules.mutable_paths.first() {
+            rules.validator.check(old, new).map_err(|m| format!("`{path}` fails the schema: {m}"))?;
+        }
+    }
+    if changed == 0 {
+        return Err("the edits change nothing".into());
+    }
+    if changed > rules.max_changed_lines {
+        return Err(format!(
+            "the change touches {changed} lines; at most {} are allowed: propose one focused change",
+            rules.max_changed_lines
+        ));
+    }
+    let key = focus::diff_key(&diff);
+    if rules.tried.contains(&key) {
+        return Err(format!("this exact change was already tried:\n{diff}propose something different"));
+    }
+    Ok(Applied {
+        files: files.into_iter().filter(|(_, (o, n))| o != n).map(|(p, (_, n))| (p, n)).collect(),
+        diff,
+        diff_key: key,
+        changed_lines: changed,
+    })
+}
+
+/// Normalises `raw` and accepts it only if it is one of the mutable paths, inside the workspace.
+fn check_path(raw: &str, rules: &EditRules) -> Result<String, String> {
+    let p = Path::new(raw);
+    if p.is_absolute() {
+        return Err(format!("path `{raw}` is absolute; use a path relative to the workspace"));
+    }
+    let mut parts = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_string_lossy().to_string()),
+            Component::CurDir => {}
+            _ => return Err(format!("path `{raw}` leaves the workspace (`..` is not allowed)")),
+        }
+    }
+    let norm = parts.join("/");
+    if !rules.mutable_paths.iter().any(|m| m == &norm) {
+        return Err(format!(
+            "path `{raw}` is not mutable; only {} may be edited",
+            rules.mutable_paths.join(", ")
+        ));
+    }
+    let root = rules.root.canonicalize().map_err(|e| format!("workspace: {e}"))?;
+    let real = rules.root.join(&norm).canonicalize().map_err(|e| format!("`{norm}`: {e}"))?;
+    if !real.starts_with(&root) {
+        return Err(format!("path `{raw}` is a symlink that leaves the workspace"));
+    }
+    Ok(norm)
+}
+
+fn clip(s: &str) -> String {
+    let mut c: String = s.chars().take(120).collect();
+    if c.len() < s.len() {
+        c.push('…');
+    }
+    c
+}

@@ -1,0 +1,335 @@
+//! Git side of the loop (git2): workspace lock, clean-worktree check, the run branch, one
+//! commit per experiment with trailers, `refs/autoqat/<tag>/discarded/<exp>`, and the metrics
+//! note on every experiment commit (`refs/notes/autoqat`).
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use git2::{Oid, Repository, Signature, StatusOptions};
+
+use crate::error::{ResearchError, Result};
+use crate::results::Record;
+
+/// The notes ref that holds every experiment's metrics JSON.
+pub const NOTES_REF: &str = "refs/notes/autoqat";
+
+/// Paths the harness writes that must never make the worktree dirty.
+const EXCLUDES: &[&str] = &["/runs/", "/results.tsv", "/results.tsv.tmp", "/.autoqat/", "/STOP"];
+
+/// An exclusive lock on a workspace, released when dropped or when the process dies.
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Takes `<workspace>/.autoqat/lock`; fails at once if another run holds it.
+    pub fn acquire(workspace: &Path) -> Result<Lock> {
+        let dir = workspace.join(".autoqat");
+        std::fs::create_dir_all(&dir).map_err(|e| ResearchError::io(&dir, e))?;
+        let path = dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ResearchError::io(&path, e))?;
+        // flock, not a pid file: the kernel releases it even after kill -9.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(ResearchError::Workspace(format!(
+                "{} is locked by another `autoqat run`; wait for it or stop it (touch STOP)",
+                workspace.display()
+            )));
+        }
+        Ok(Lock { _file: file })
+    }
+}
+
+/// The trailers of an experiment commit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trailers {
+    /// `Autoqat-Experiment`.
+    pub exp: Option<u32>,
+    /// `Autoqat-Status` (`running` while the trial has not finished).
+    pub status: Option<String>,
+    /// `Autoqat-Eval-PPL`.
+    pub eval_ppl: Option<String>,
+}
+
+/// Builds a commit message: subject, optional body, trailers.
+pub fn message(subject: &str, body: &str, exp: u32, status: &str, ppl: Option<f64>) -> String {
+    let mut m = crate::results::one_line(subject);
+    if m.is_empty() {
+        m.push_str("experiment");
+    }
+    m.push_str("\n\n");
+    if !body.trim().is_empty() {
+        m.push_str(body.trim());
+        m.push_str("\n\n");
+    }
+    m.push_str(&format!("Autoqat-Experiment: {exp}\nAutoqat-Status: {status}\n"));
+    let ppl = ppl.map(|p| format!("{p:.4}")).unwrap_or_else(|| "none".into());
+    m.push_str(&format!("Autoqat-Eval-PPL: {ppl}\n"));
+    m
+}
+
+/// Reads the autoqat trailers of a commit message.
+pub fn parse_trailers(msg: &str) -> Trailers {
+    let mut t = Trailers::default();
+    for line in msg.lines() {
+        if let Some(v) = line.strip_prefix("Autoqat-Experiment: ") {
+            t.exp = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("Autoqat-Status: ") {
+            t.status = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("Autoqat-Eval-PPL: ") {
+            t.eval_ppl = Some(v.trim().to_string());
+        }
+    }
+    t
+}
+
+/// A workspace repository.
+pub struct Git {
+    /// The repository.
+    pub repo: Repository,
+    /// Its worktree root (the workspace).
+    pub root: PathBuf,
+}
+
+impl Git {
+    /// Opens the repository whose worktree root is `workspace`.
+    pub fn open(workspace: &Path) -> Result<Git> {
+        let repo = Repository::open(workspace).map_err(|e| {
+            ResearchError::Workspace(format!(
+                "{} is not the root of a git repository ({}); run `git init` and commit the workspace",
+                workspace.display(),
+                e.message()
+            ))
+        })?;
+        let root = repo
+            .workdir()
+            .ok_or_else(|| ResearchError::Workspace("bare repositories are not supported".into()))?
+            .to_path_buf();
+        Ok(Git { repo, root })
+    }
+
+    /// Adds the harness outputs to `.git/info/exclude` so they never dirty the worktree.
+    pub fn ensure_excludes(&self) -> Result<()> {
+        let path = self.repo.path().join("info").join("exclude");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let missing: Vec<&str> =
+            EXCLUDES.iter().copied().filter(|e| !old.lines().any(|l| l.trim() == *e)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ResearchError::io(dir, e))?;
+        }
+        let mut text = old;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str("# autoqat outputs\n");
+        for m in missing {
+            text.push_str(m);
+            text.push('\n');
+        }
+        std::fs::write(&path, text).map_err(|e| ResearchError::io(&path, e))
+    }
+
+    /// Paths with uncommitted changes (untracked files included, ignored ones not).
+    pub fn dirty_paths(&self) -> Result<Vec<String>> {
+        let mut opts = StatusOptions::new();
+        opts.include_untracked(true).include_ignored(false).recurse_untracked_dirs(true);
+        let statuses = self.repo.statuses(Some(&mut opts))?;
+        Ok(statuses.iter().filter_map(|s| s.path().ok().map(str::to_string)).collect())
+    }
+
+    /// Fails with the dirty paths listed unless the worktree is clean.
+    pub fn require_clean(&self) -> Result<()> {
+        let dirty = self.dirty_paths()?;
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<_> = dirty.iter().take(5).cloned().collect();
+        Err(ResearchError::Workspace(format!(
+            "the worktree has uncommitted changes ({}{}); commit or remove them first",
+            shown.join(", "),
+            if dirty.len() > 5 { ", ..." } else { "" }
+        )))
+    }
+
+    /// The signature for experiment commits: the user's git identity, or `autoqat`.
+    pub fn signature(&self) -> Result<Signature<'static>> {
+        match self.repo.signature() {
+            Ok(s) => Ok(s.to_owned()),
+            Err(_) => Ok(Signature::now("autoqat", "autoqat@localhost")?),
+        }
+    }
+
+    /// The full name of the run branch.
+    pub fn branch_ref(tag: &str) -> String {
+        format!("refs/heads/autoqat/{tag}")
+    }
+
+    /// The ref that keeps a discarded experiment reachable.
+    pub fn discarded_ref(tag: &str, exp: u32) -> String {
+        format!("refs/autoqat/{tag}/discarded/{exp:04}")
+    }
+
+    /// The commit a ref points to, if the ref exists.
+    pub fn ref_target(&self, name: &str) -> Option<Oid> {
+        self.repo.find_reference(name).ok().and_then(|r| r.peel_to_commit().ok()).map(|c| c.id())
+    }
+
+    /// Creates `autoqat/<tag>` at HEAD (fails if it exists) and checks it out.
+    pub fn create_branch(&self, tag: &str) -> Result<Oid> {
+        let head = self.repo.head()?.peel_to_commit().map_err(|e| {
+            ResearchError::Workspace(format!("the repository has no commit yet ({})", e.message()))
+        })?;
+        let name = Git::branch_ref(tag);
+        if self.ref_target(&name).is_some() {
+            return Err(ResearchError::Workspace(format!(
+                "branch autoqat/{tag} already exists; pass --resume to continue it or --tag to start another run"
+            )));
+        }
+        self.repo.reference(&name, head.id(), false, "autoqat: start run")?;
+        self.repo.set_head(&name)?;
+        Ok(head.id())
+    }
+
+    /// Checks out an existing `autoqat/<tag>`.
+    pub fn checkout_branch(&self, tag: &str) -> Result<Oid> {
+        let name = Git::branch_ref(tag);
+        let oid = self.ref_target(&name).ok_or_else(|| {
+            ResearchError::Workspace(format!(
+                "branch autoqat/{tag} does not exist; run without --resume to start it"
+            ))
+        })?;
+        self.repo.set_head(&name)?;
+        self.force_checkout_head()?;
+        Ok(oid)
+    }
+
+    /// Makes the worktree and index equal HEAD (only tracked files change).
+    pub fn force_checkout_head(&self) -> Result<()> {
+        let mut co = git2::build::CheckoutBuilder::new();
+        co.force();
+        self.repo.checkout_head(Some(&mut co))?;
+        Ok(())
+    }
+
+    /// The commit HEAD points to.
+    pub fn head(&self) -> Result<Oid> {
+        Ok(self.repo.head()?.peel_to_commit()?.id())
+    }
+
+    /// Writes `files` (workspace-relative path, new content) and commits them on HEAD's branch.
+    pub fn commit_files(&self, files: &[(String, String)], msg: &str) -> Result<Oid> {
+        let mut index = self.repo.index()?;
+        for (path, content) in files {
+            let full = self.root.join(path);
+            std::fs::write(&full, content).map_err(|e| ResearchError::io(&full, e))?;
+            index.add_path(Path::new(path))?;
+        }
+        index.write()?;
+        let tree = self.repo.find_tree(index.write_tree()?)?;
+        let parent = self.repo.head()?.peel_to_commit()?;
+        let sig = self.signature()?;
+        Ok(self.repo.commit(Some("HEAD"), &sig, &sig, msg, &tree, &[&parent])?)
+    }
+
+    /// A copy of `commit` (same tree and parents) with a new message; moves no ref.
+    pub fn amend(&self, commit: Oid, msg: &str) -> Result<Oid> {
+        let c = self.repo.find_commit(commit)?;
+        let parents: Vec<_> = c.parents().collect();
+        let parent_refs: Vec<_> = parents.iter().collect();
+        let sig = self.signature()?;
+        let author = c.author().to_owned();
+        let tree = c.tree()?;
+        Ok(self.repo.commit(None, &author, &sig, msg, &tree, &parent_refs)?)
+    }
+
+    /// Points `name` at `oid` (created or overwritten).
+    pub fn set_ref(&self, name: &str, oid: Oid, why: &str) -> Result<()> {
+        self.repo.reference(name, oid, true, why)?;
+        Ok(())
+    }
+
+    /// Moves the run branch to `oid`, then makes the worktree match it.
+    pub fn reset_branch(&self, tag: &str, oid: Oid, between: impl FnOnce()) -> Result<()> {
+        self.set_ref(&Git::branch_ref(tag), oid, "autoqat: reset to best")?;
+        between();
+        self.force_checkout_head()
+    }
+
+    /// Attaches (or replaces) the metrics note of an experiment commit.
+    pub fn write_note(&self, commit: Oid, record: &Record) -> Result<()> {
+        let json = serde_json::to_string_pretty(record)
+            .map_err(|e| ResearchError::Results(e.to_string()))?;
+        let sig = self.signature()?;
+        self.repo.note(&sig, &sig, Some(NOTES_REF), commit, &json, true)?;
+        Ok(())
+    }
+
+    /// The note of one commit, if any.
+    pub fn read_note(&self, commit: Oid) -> Option<Record> {
+        let note = self.repo.find_note(Some(NOTES_REF), commit).ok()?;
+        serde_json::from_str(note.message().ok()?).ok()
+    }
+
+    /// Every experiment record of `tag`, sorted by exp; one per exp.
+    pub fn records(&self, tag: &str) -> Result<Vec<Record>> {
+        let notes = match self.repo.notes(Some(NOTES_REF)) {
+            Ok(n) => n,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out: Vec<Record> = Vec::new();
+        for item in notes {
+            let (blob_id, _commit) = item?;
+            let blob = self.repo.find_blob(blob_id)?;
+            let Ok(rec) = serde_json::from_slice::<Record>(blob.content()) else { continue };
+            if rec.tag == tag {
+                out.push(rec);
+            }
+        }
+        out.sort_by_key(|r| r.exp);
+        out.dedup_by_key(|r| r.exp);
+        Ok(out)
+    }
+
+    /// Tags that have at least one note, for `--tag` defaults.
+    pub fn current_tag(&self) -> Option<String> {
+        let head = self.repo.head().ok()?;
+        head.shorthand().ok()?.strip_prefix("autoqat/").map(str::to_string)
+    }
+
+    /// The commit message of `oid`.
+    pub fn message_of(&self, oid: Oid) -> Result<String> {
+        Ok(self.repo.find_commit(oid)?.message().unwrap_or_default().to_string())
+    }
+
+    /// The parent of a commit.
+    pub fn parent_of(&self, oid: Oid) -> Result<Option<Oid>> {
+        Ok(self.repo.find_commit(oid)?.parent_ids().next())
+    }
+
+    /// A file's content at a commit, if it exists there.
+    pub fn file_at(&self, oid: Oid, path: &str) -> Option<String> {
+        let tree = self.repo.find_commit(oid).ok()?.tree().ok()?;
+        let entry = tree.get_path(Path::new(path)).ok()?;
+        let blob = self.repo.find_blob(entry.id()).ok()?;
+        String::from_utf8(blob.content().to_vec()).ok()
+    }
+}
+
+impl Git {
+    /// A commit of HEAD's tree on top of HEAD that moves no ref (for invalid experiments).
+    pub fn commit_detached(&self, msg: &str) -> Result<Oid> {
+        let parent = self.repo.head()?.peel_to_commit()?;
+        let sig = self.signature()?;
+        Ok(self.repo.commit(None, &sig, &sig, msg, &parent.tree()?, &[&parent])?)
+    }
+}

@@ -1,0 +1,164 @@
+//! The `builtin` proposer: no LLM. A search over the schema's declared values that changes
+//! one key at a time, never repeats a change already tried, and follows the results: keys
+//! whose last change was kept are pushed further along the same ladder first, untried keys
+//! come next, then the least-tried keys, nearest values first.
+
+use std::collections::HashMap;
+
+use autoqat_recipe::Schema;
+use serde_json::{json, Value};
+
+use super::{Context, Proposer, ProposerError, Reply, Request};
+use crate::focus;
+use crate::results::Status;
+
+/// The builtin search.
+pub struct Builtin {
+    seed: u64,
+}
+
+impl Builtin {
+    /// `seed` rotates ties between equally good candidates.
+    pub fn new(seed: u64) -> Builtin {
+        Builtin { seed }
+    }
+}
+
+/// One candidate change.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Dotted key.
+    pub key: String,
+    /// New value.
+    pub value: Value,
+    /// Exact search text.
+    pub search: String,
+    /// Replacement text.
+    pub replace: String,
+    /// Ranking: lower first.
+    pub rank: (i64, i64, u64),
+}
+
+impl Proposer for Builtin {
+    fn propose(&mut self, req: &Request) -> Result<Reply, ProposerError> {
+        let schema = req.ctx.schema.ok_or_else(|| {
+            ProposerError::Config("the builtin proposer needs a schema: set validator.kind = \"autoqat\" or declare [[validator.fields]] with kind = \"toml\"".into())
+        })?;
+        let cands = candidates(schema, &req.ctx, self.seed);
+        let Some(c) = cands.into_iter().next() else {
+            return Err(ProposerError::Exhausted(
+                "the builtin search has tried every declared value of every unlocked key".into(),
+            ));
+        };
+        let answer = json!({
+            "description": format!("set {} = {}", c.key, c.value),
+            "rationale": "builtin search: one key at a time, following what was kept",
+            "edits": [{"path": req.ctx.recipe_path, "search": c.search, "replace": c.replace}],
+        });
+        Ok(Reply { text: answer.to_string(), ..Reply::default() })
+    }
+}
+
+/// Every untried single-key change, best first.
+pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
+    let Ok(table) = ctx.recipe.parse::<toml::Table>() else { return Vec::new() };
+    // Per key: how often it was tried, and whether its latest change was kept (and the value).
+    let mut tries: HashMap<String, i64> = HashMap::new();
+    let mut last_keep: HashMap<String, (Value, Value)> = HashMap::new();
+    for r in ctx.records {
+        if let Some((key, val)) = r.description.strip_prefix("set ").and_then(|d| d.split_once(" = ")) {
+            *tries.entry(key.to_string()).or_default() += 1;
+            let v: Value = serde_json::from_str(val).unwrap_or(Value::String(val.to_string()));
+            if r.status() == Status::Keep {
+                last_keep.insert(key.to_string(), (Value::Null, v));
+            } else {
+                last_keep.remove(key);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (fi, f) in schema.fields.iter().enumerate() {
+        if f.locked || f.choices.is_empty() {
+            continue;
+        }
+        let current = crate::validate::lookup(&table, &f.key)
+            .map(crate::validate::toml_to_json)
+            .unwrap_or_else(|| f.default.clone());
+        let cur_idx = f.choices.iter().position(|c| same(c, &current));
+        for (ci, choice) in f.choices.iter().enumerate() {
+            if same(choice, &current) {
+                continue;
+            }
+            let Some((search, replace)) = line_edit(ctx.recipe, &f.key, choice) else { continue };
+            let new_text = ctx.recipe.replacen(&search, &replace, 1);
+            let key = focus::diff_key(&focus::compact_diff(ctx.recipe_path, ctx.recipe, &new_text));
+            if ctx.tried.contains(&key) {
+                continue;
+            }
+            let dist = cur_idx.map(|c| (c as i64 - ci as i64).abs()).unwrap_or(1);
+            let n = *tries.get(&f.key).unwrap_or(&0);
+            // A kept change on a ladder: continue one step in the same direction first.
+            let follows_keep = last_keep.contains_key(&f.key) && dist == 1;
+            let tier = if follows_keep { -1 } else { n };
+            let tie = (fi as u64).wrapping_mul(0x9e3779b97f4a7c15) ^ seed.wrapping_mul(0xbf58476d1ce4e5b9);
+            out.push(Candidate { key: f.key.clone(), value: choice.clone(), search, replace, rank: (tier, dist, if seed == 0 { fi as u64 } else { tie }) });
+        }
+    }
+    out.sort_by_key(|c| c.rank);
+    out
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+        _ => a == b,
+    }
+}
+
+/// TOML text of a JSON scalar.
+fn toml_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => toml::Value::String(s.clone()).to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The exact `(search, replace)` that sets dotted `key` to `value` in `text`: the key's line
+/// is rewritten, or a line is added under its section header when the key is absent.
+pub fn line_edit(text: &str, key: &str, value: &Value) -> Option<(String, String)> {
+    let (section, leaf) = match key.rsplit_once('.') {
+        Some((s, l)) => (s, l),
+        None => ("", key),
+    };
+    let mut cur = String::new();
+    let mut header: Option<&str> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && !t.starts_with("[[") {
+            cur = t.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string();
+            if cur == section {
+                header = Some(line);
+            }
+            continue;
+        }
+        if cur != section {
+            continue;
+        }
+        let Some(rest) = t.strip_prefix(leaf) else { continue };
+        if !rest.trim_start().starts_with('=') {
+            continue;
+        }
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let comment = rest.find(" #").map(|i| &rest[i..]).unwrap_or("");
+        let new_line = format!("{indent}{leaf} = {}{comment}", toml_value(value));
+        if text.matches(line).count() != 1 {
+            return None;
+        }
+        return Some((line.to_string(), new_line));
+    }
+    let h = header?;
+    if text.matches(h).count() != 1 {
+        return None;
+    }
+    Some((h.to_string(), format!("{h}\n{leaf} = {}", toml_value(value))))
+}

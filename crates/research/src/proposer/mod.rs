@@ -1,0 +1,92 @@
+//! Proposers: who suggests the next edit. `openai` and `anthropic` speak HTTP APIs, `command`
+//! runs a program (prompt on stdin, answer on stdout), `builtin` searches the schema's values.
+
+pub mod anthropic;
+pub mod builtin;
+pub mod command;
+pub mod http;
+pub mod openai;
+
+use std::collections::HashSet;
+
+use autoqat_recipe::Schema;
+
+use crate::results::Record;
+use crate::settings::ProviderSettings;
+
+/// Why a proposer gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposerError {
+    /// Settings or environment are wrong (missing key, bad URL); retrying will not help.
+    #[error("{0}")]
+    Config(String),
+    /// The service failed after all retries.
+    #[error("{0}")]
+    Failed(String),
+    /// The builtin search has nothing left to try.
+    #[error("{0}")]
+    Exhausted(String),
+}
+
+/// What the proposer sees besides the prompt text (the builtin one uses only this).
+pub struct Context<'a> {
+    /// The recipe schema, when a validator declares one.
+    pub schema: Option<&'a Schema>,
+    /// Workspace-relative path of the recipe.
+    pub recipe_path: &'a str,
+    /// Current recipe text (the best so far).
+    pub recipe: &'a str,
+    /// Finished experiments, by exp.
+    pub records: &'a [Record],
+    /// Fingerprints of edits already tried.
+    pub tried: &'a HashSet<String>,
+}
+
+/// One request: the rendered prompt and its context.
+pub struct Request<'a> {
+    /// System prompt.
+    pub system: String,
+    /// User prompt.
+    pub user: String,
+    /// Set in the repair round: the reason the previous answer was rejected.
+    pub repair: Option<String>,
+    /// Structured context.
+    pub ctx: Context<'a>,
+}
+
+/// An answer and what it cost.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// The raw answer text.
+    pub text: String,
+    /// Input tokens billed.
+    pub input_tokens: u64,
+    /// Output tokens billed.
+    pub output_tokens: u64,
+    /// US dollars.
+    pub cost_usd: f64,
+}
+
+/// Something that proposes edits.
+pub trait Proposer {
+    /// Asks for one proposal.
+    fn propose(&mut self, req: &Request) -> Result<Reply, ProposerError>;
+}
+
+/// Builds the proposer named by `settings.kind`.
+pub fn make(settings: &ProviderSettings) -> Result<Box<dyn Proposer>, ProposerError> {
+    match settings.kind.as_str() {
+        "openai" => Ok(Box::new(openai::OpenAi::new(settings)?)),
+        "anthropic" => Ok(Box::new(anthropic::Anthropic::new(settings)?)),
+        "command" => Ok(Box::new(command::CommandProposer::new(settings)?)),
+        "builtin" => Ok(Box::new(builtin::Builtin::new(settings.seed))),
+        other => Err(ProposerError::Config(format!(
+            "unknown provider `{other}`; expected openai, anthropic, command or builtin"
+        ))),
+    }
+}
+
+/// US dollars for a token count at the configured prices.
+pub fn cost(settings: &ProviderSettings, input: u64, output: u64) -> f64 {
+    (input as f64 * settings.price_in_per_mtok + output as f64 * settings.price_out_per_mtok) / 1e6
+}

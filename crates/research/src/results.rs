@@ -1,0 +1,218 @@
+//! results.tsv and the per-experiment record stored as a git note. The note is the source of
+//! truth; a results row is a pure function of it, so `autoqat results --rebuild` reproduces
+//! the live file byte for byte.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ResearchError, Result};
+
+/// The header of results.tsv (DESIGN.md section 5).
+pub const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription";
+
+/// The outcome of one experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The unmodified recipe, run first.
+    Baseline,
+    /// Better than the best by the required margin: the branch advanced.
+    Keep,
+    /// Finished but not better: the branch was reset.
+    Discard,
+    /// The trial failed (non-zero exit, NaN, no metric).
+    Crash,
+    /// The trial ran past its wall-clock limit.
+    Timeout,
+    /// Stopped early because it was clearly worse than the best run at the same step.
+    Pruned,
+    /// The proposer's answer was rejected even after the repair round.
+    Invalid,
+}
+
+impl Status {
+    /// The lowercase name used in results.tsv and trailers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Baseline => "baseline",
+            Status::Keep => "keep",
+            Status::Discard => "discard",
+            Status::Crash => "crash",
+            Status::Timeout => "timeout",
+            Status::Pruned => "pruned",
+            Status::Invalid => "invalid",
+        }
+    }
+
+    /// Whether the branch advanced to this experiment.
+    pub fn is_kept(self) -> bool {
+        matches!(self, Status::Baseline | Status::Keep)
+    }
+}
+
+/// Everything recorded about one finished experiment (the JSON of its git note).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// Run tag.
+    pub tag: String,
+    /// Experiment number (baseline = 0).
+    pub exp: u32,
+    /// The experiment commit (the note is attached to it).
+    pub commit: String,
+    /// The best commit it was tried against.
+    pub parent: String,
+    /// Outcome.
+    pub status: Option<Status>,
+    /// Eval perplexity (or the configured metric; lower is better).
+    pub eval_ppl: Option<f64>,
+    /// Eval bits per byte.
+    pub eval_bpb: Option<f64>,
+    /// Last train loss.
+    pub train_loss: Option<f64>,
+    /// Relative change of eval_ppl against the best before it.
+    pub delta: Option<f64>,
+    /// Trial wall-clock seconds.
+    pub time_s: Option<f64>,
+    /// Training tokens seen.
+    pub tokens: Option<u64>,
+    /// Peak memory in MB.
+    pub peak_mem_mb: Option<f64>,
+    /// Fraction of weights at -1.
+    pub q_neg1: Option<f64>,
+    /// Fraction of weights at 0.
+    pub q_zero: Option<f64>,
+    /// Fraction of weights at +1.
+    pub q_pos1: Option<f64>,
+    /// Proposer cost of this experiment in US dollars.
+    pub cost_usd: f64,
+    /// Proposer input tokens.
+    pub input_tokens: u64,
+    /// Proposer output tokens.
+    pub output_tokens: u64,
+    /// One line: what was changed.
+    pub description: String,
+    /// Why the proposer expected it to help.
+    pub rationale: String,
+    /// The changed lines (`-old` / `+new`), per file.
+    pub diff: String,
+    /// Fingerprint of the changed lines, to refuse repeating an edit.
+    pub diff_key: String,
+    /// Why the trial crashed or the answer was rejected.
+    pub error: Option<String>,
+    /// Eval perplexity of the second-seed confirmation, when run.
+    pub confirm_ppl: Option<f64>,
+    /// For the baseline: each repeat's eval_ppl.
+    pub baseline_ppls: Vec<f64>,
+    /// For the baseline: sample standard deviation of the repeats.
+    pub sigma: Option<f64>,
+}
+
+impl Record {
+    /// The status, `crash` when missing (cannot happen for written notes).
+    pub fn status(&self) -> Status {
+        self.status.unwrap_or(Status::Crash)
+    }
+
+    /// The results.tsv row of this record (no trailing newline).
+    pub fn to_row(&self) -> String {
+        let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_default();
+        let mut s = String::new();
+        let short = |c: &str| c.chars().take(12).collect::<String>();
+        let _ = write!(
+            s,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{}",
+            self.exp,
+            short(&self.commit),
+            short(&self.parent),
+            self.status().as_str(),
+            f(self.eval_ppl, 4),
+            f(self.eval_bpb, 4),
+            f(self.train_loss, 4),
+            self.delta.map(|d| format!("{d:+.4}")).unwrap_or_default(),
+            f(self.time_s, 1),
+            self.tokens.map(|t| t.to_string()).unwrap_or_default(),
+            f(self.peak_mem_mb, 0),
+            f(self.q_neg1, 4),
+            f(self.q_zero, 4),
+            f(self.q_pos1, 4),
+            self.cost_usd,
+            one_line(&self.description),
+        );
+        s
+    }
+}
+
+/// Collapses tabs and newlines so that a description cannot break a row.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The whole results.tsv text for these records (sorted by exp).
+pub fn render(records: &[Record]) -> String {
+    let mut out = String::with_capacity(64 + records.len() * 160);
+    out.push_str(HEADER);
+    out.push('\n');
+    for r in records {
+        out.push_str(&r.to_row());
+        out.push('\n');
+    }
+    out
+}
+
+/// Atomically replaces results.tsv with the rows of these records.
+pub fn write_all(path: &Path, records: &[Record]) -> Result<()> {
+    let tmp = path.with_extension("tsv.tmp");
+    std::fs::write(&tmp, render(records)).map_err(|e| ResearchError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ResearchError::io(path, e))
+}
+
+/// Appends one row (writing the header first if the file is new or empty).
+pub fn append(path: &Path, record: &Record) -> Result<()> {
+    let fresh = std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| ResearchError::io(path, e))?;
+    let mut text = String::new();
+    if fresh {
+        text.push_str(HEADER);
+        text.push('\n');
+    }
+    text.push_str(&record.to_row());
+    text.push('\n');
+    file.write_all(text.as_bytes()).map_err(|e| ResearchError::io(path, e))?;
+    file.sync_data().map_err(|e| ResearchError::io(path, e))
+}
+
+/// One parsed row of results.tsv (strings as written; for display and checks).
+pub type Row = Vec<String>;
+
+/// Reads results.tsv into rows (header skipped); a missing file is empty.
+pub fn read(path: &Path) -> Result<Vec<Row>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ResearchError::io(path, e)),
+    };
+    let mut lines = text.lines();
+    match lines.next() {
+        None => return Ok(Vec::new()),
+        Some(h) if h == HEADER => {}
+        Some(_) => {
+            return Err(ResearchError::Results(format!(
+                "{}: unexpected header; run `autoqat results --rebuild`",
+                path.display()
+            )))
+        }
+    }
+    Ok(lines.map(|l| l.split('\t').map(str::to_string).collect()).collect())
+}
+
+/// The best kept record: the latest keep or baseline (the branch head).
+pub fn best(records: &[Record]) -> Option<&Record> {
+    records.iter().rev().find(|r| r.status().is_kept())
+}

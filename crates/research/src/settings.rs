@@ -1,0 +1,283 @@
+//! `autoqat.toml`: harness settings (provider, trial command, metric, mutable paths, budgets,
+//! noise and pruning policy). Unknown keys are errors so that a typo is not silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{ResearchError, Result};
+
+/// All harness settings of one workspace.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Loop settings.
+    pub run: RunSettings,
+    /// How a trial is run and read.
+    pub trial: TrialSettings,
+    /// Which proposer answers and what it costs.
+    pub provider: ProviderSettings,
+    /// Keep policy under noise.
+    pub noise: NoiseSettings,
+    /// Early stopping of clearly worse trials.
+    pub prune: PruneSettings,
+    /// Which validator checks the mutable file.
+    pub validator: ValidatorSettings,
+}
+
+/// Loop settings (`[run]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSettings {
+    /// Default run tag: the branch is `autoqat/<tag>`.
+    pub tag: String,
+    /// Files the proposer may edit, relative to the workspace.
+    pub mutable_paths: Vec<String>,
+    /// The research brief shown to the proposer.
+    pub program: String,
+    /// Directory of the prompt templates (system.md, propose.md, repair.md).
+    pub prompts_dir: String,
+    /// Most changed lines one experiment may have (counted with `similar`).
+    pub max_changed_lines: usize,
+    /// Stop after this many invalid answers in a row.
+    pub max_invalid_streak: u32,
+    /// Stop after this many experiments (the baseline counts).
+    pub max_experiments: Option<u32>,
+    /// Stop after this many wall-clock hours.
+    pub hours: Option<f64>,
+    /// Stop once the proposer has cost this many US dollars.
+    pub max_cost_usd: Option<f64>,
+    /// Stop when this file exists (relative to the workspace); it is removed on stop.
+    pub stop_file: String,
+    /// Recent results rows shown in the prompt.
+    pub recent_rows: usize,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            tag: "default".into(),
+            mutable_paths: vec!["experiments/train.toml".into()],
+            program: "program.md".into(),
+            prompts_dir: "prompts".into(),
+            max_changed_lines: 8,
+            max_invalid_streak: 5,
+            max_experiments: None,
+            hours: None,
+            max_cost_usd: None,
+            stop_file: "STOP".into(),
+            recent_rows: 15,
+        }
+    }
+}
+
+/// How a trial runs (`[trial]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrialSettings {
+    /// Command line run by `sh -c`; `{exp}` becomes the experiment number, `{run_dir}` its
+    /// output directory. A leading `autoqat` is replaced by the running executable.
+    pub command: String,
+    /// Wall-clock limit in seconds; the whole process group is killed after it.
+    pub timeout_s: f64,
+    /// Where a trial writes its outputs; `{exp}` is replaced.
+    pub run_dir: String,
+    /// Regex with one capture group for eval_ppl in the trial log, for foreign trials that
+    /// write no summary.json. With it, summary.json is still preferred when present.
+    pub metric_regex: Option<String>,
+    /// Name of the metric the regex captures (reported as eval_ppl; lower is better).
+    pub metric_name: String,
+    /// Recipe key that holds the seed (for second-seed confirmation and baseline repeats).
+    pub seed_key: Option<String>,
+}
+
+impl Default for TrialSettings {
+    fn default() -> Self {
+        TrialSettings {
+            command: "autoqat trial --config experiments/train.toml --run-dir {run_dir}".into(),
+            timeout_s: 3600.0,
+            run_dir: "runs/{exp}".into(),
+            metric_regex: None,
+            metric_name: "eval_ppl".into(),
+            seed_key: Some("optim.seed".into()),
+        }
+    }
+}
+
+/// Which proposer answers (`[provider]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSettings {
+    /// openai, anthropic, command or builtin.
+    pub kind: String,
+    /// Model name sent to the API.
+    pub model: String,
+    /// Base URL, e.g. `https://api.openai.com/v1` or `https://api.anthropic.com`.
+    pub base_url: String,
+    /// Name of the environment variable that holds the API key (never the key itself).
+    pub api_key_env: String,
+    /// Per-request timeout in seconds.
+    pub timeout_s: f64,
+    /// Retries on 429, 5xx and transport errors.
+    pub max_retries: u32,
+    /// First backoff in seconds; doubled on each retry unless Retry-After says otherwise.
+    pub backoff_s: f64,
+    /// Longest wait honoured from a Retry-After header, in seconds.
+    pub max_backoff_s: f64,
+    /// Largest answer in tokens.
+    pub max_tokens: u32,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// US dollars per million input tokens.
+    pub price_in_per_mtok: f64,
+    /// US dollars per million output tokens.
+    pub price_out_per_mtok: f64,
+    /// For `command`: the program line run by `sh -c`, prompt on stdin, answer on stdout.
+    pub command: String,
+    /// Seed of the builtin proposer's tie-breaking.
+    pub seed: u64,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        ProviderSettings {
+            kind: "builtin".into(),
+            model: String::new(),
+            base_url: String::new(),
+            api_key_env: String::new(),
+            timeout_s: 120.0,
+            max_retries: 4,
+            backoff_s: 2.0,
+            max_backoff_s: 120.0,
+            max_tokens: 2048,
+            temperature: 0.7,
+            price_in_per_mtok: 0.0,
+            price_out_per_mtok: 0.0,
+            command: String::new(),
+            seed: 0,
+        }
+    }
+}
+
+/// Keep policy under noise (`[noise]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoiseSettings {
+    /// Keep only if `eval_ppl < best * (1 - min_rel_improvement)`.
+    pub min_rel_improvement: f64,
+    /// Re-run a would-be keep with another seed; keep only if that also beats the bar.
+    pub confirm_seed: bool,
+    /// How many times the baseline is run (with different seeds) to measure noise.
+    pub baseline_repeats: u32,
+}
+
+impl Default for NoiseSettings {
+    fn default() -> Self {
+        NoiseSettings { min_rel_improvement: 0.002, confirm_seed: false, baseline_repeats: 1 }
+    }
+}
+
+/// Early stopping (`[prune]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneSettings {
+    /// Compare the live steps.tsv with the best run's.
+    pub enabled: bool,
+    /// Stop when `eval_ppl > best_at_step * (1 + margin)`.
+    pub margin: f64,
+    /// Ignore evals before this step (early evals are noisy).
+    pub min_step: u64,
+    /// How often steps.tsv is re-read, in seconds.
+    pub poll_s: f64,
+}
+
+impl Default for PruneSettings {
+    fn default() -> Self {
+        PruneSettings { enabled: true, margin: 0.25, min_step: 1, poll_s: 1.0 }
+    }
+}
+
+/// Which validator checks the mutable file (`[validator]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidatorSettings {
+    /// `autoqat` (the recipe schema), `toml` (the fields below), or `none` (foreign trials).
+    pub kind: String,
+    /// For `toml`: the keys the builtin proposer may change and their values.
+    pub fields: Vec<FieldSetting>,
+}
+
+impl Default for ValidatorSettings {
+    fn default() -> Self {
+        ValidatorSettings { kind: "autoqat".into(), fields: Vec::new() }
+    }
+}
+
+/// One searchable key for the `toml` validator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSetting {
+    /// Dotted key, e.g. `optim.lr`.
+    pub key: String,
+    /// Allowed values (also what the builtin proposer tries).
+    pub choices: Vec<toml::Value>,
+    /// One line on what it does.
+    #[serde(default)]
+    pub doc: String,
+}
+
+impl Settings {
+    /// Reads `<workspace>/autoqat.toml`; a missing file means all defaults.
+    pub fn load(workspace: &Path) -> Result<Settings> {
+        let path = workspace.join("autoqat.toml");
+        if !path.exists() {
+            return Ok(Settings::default());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| ResearchError::io(&path, e))?;
+        Settings::parse(&text, &path)
+    }
+
+    /// Parses settings text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Settings> {
+        let s: Settings = toml::from_str(text)
+            .map_err(|e| ResearchError::Settings { path: path.into(), msg: e.to_string() })?;
+        s.check(path)?;
+        Ok(s)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let bad = |msg: String| Err(ResearchError::Settings { path: path.into(), msg });
+        if self.run.mutable_paths.is_empty() {
+            return bad("run.mutable_paths is empty; name the file the proposer may edit".into());
+        }
+        if !["openai", "anthropic", "command", "builtin"].contains(&self.provider.kind.as_str()) {
+            return bad(format!(
+                "provider.kind = {:?}; expected openai, anthropic, command or builtin",
+                self.provider.kind
+            ));
+        }
+        if !["autoqat", "toml", "none"].contains(&self.validator.kind.as_str()) {
+            return bad(format!(
+                "validator.kind = {:?}; expected autoqat, toml or none",
+                self.validator.kind
+            ));
+        }
+        if !(self.noise.min_rel_improvement >= 0.0 && self.noise.min_rel_improvement < 1.0) {
+            return bad("noise.min_rel_improvement must be in [0, 1)".into());
+        }
+        if self.trial.timeout_s <= 0.0 {
+            return bad("trial.timeout_s must be positive".into());
+        }
+        if let Some(re) = &self.trial.metric_regex {
+            if let Err(e) = regex::Regex::new(re) {
+                return bad(format!("trial.metric_regex does not compile: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The run directory of experiment `exp`, relative to the workspace.
+    pub fn run_dir(&self, exp: u32) -> PathBuf {
+        PathBuf::from(self.trial.run_dir.replace("{exp}", &format!("{exp:04}")))
+    }
+}

@@ -1,0 +1,256 @@
+//! Runs one trial: `sh -c <command>` in its own process group, output to `trial.log`, a
+//! wall-clock timeout and a stop flag that kill the whole group, optional pruning, then the
+//! result from `summary.json` or from a configured regex over the log.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::error::{ResearchError, Result};
+use crate::results::Status;
+
+/// How to run one trial.
+pub struct TrialSpec<'a> {
+    /// Shell command line (placeholders already replaced).
+    pub command: String,
+    /// The workspace (cwd of the trial).
+    pub workspace: &'a Path,
+    /// Absolute run directory (created, emptied first).
+    pub run_dir: PathBuf,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// Set by SIGINT/SIGTERM: kill the trial and return.
+    pub stop: &'a AtomicBool,
+    /// Called every `poll` with the run dir; `Some(reason)` prunes the trial.
+    pub prune: Option<Box<dyn Fn(&Path) -> Option<String> + 'a>>,
+    /// How often `prune` runs.
+    pub poll: Duration,
+    /// Regex with one capture group for the metric in the log (foreign trials).
+    pub metric_regex: Option<regex::Regex>,
+    /// Environment variables removed from the child (API keys).
+    pub env_remove: Vec<String>,
+    /// Extra environment for the child.
+    pub env: Vec<(String, String)>,
+}
+
+/// What a trial produced.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// crash / timeout / pruned, or `None` when the trial finished with a metric.
+    pub failure: Option<Status>,
+    /// Set when the trial was stopped by a signal to the driver.
+    pub interrupted: bool,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Metrics from summary.json or the regex.
+    pub summary: Summary,
+    /// Wall-clock seconds measured by the driver.
+    pub wall_s: f64,
+}
+
+/// The fields of summary.json the loop records.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Summary {
+    /// ok or crash.
+    pub status: Option<String>,
+    /// Eval perplexity.
+    pub eval_ppl: Option<f64>,
+    /// Eval bits per byte.
+    pub eval_bpb: Option<f64>,
+    /// Last train loss.
+    pub train_loss: Option<f64>,
+    /// Trial seconds.
+    pub time_s: Option<f64>,
+    /// Training tokens.
+    pub tokens: Option<u64>,
+    /// Peak memory.
+    pub peak_mem_mb: Option<f64>,
+    /// Weight fractions.
+    pub q_neg1: Option<f64>,
+    /// Weight fractions.
+    pub q_zero: Option<f64>,
+    /// Weight fractions.
+    pub q_pos1: Option<f64>,
+    /// Error message of a crashed trial.
+    pub error: Option<String>,
+}
+
+/// The file that records the running trial's process group (killed on resume if orphaned).
+pub fn pgid_file(workspace: &Path) -> PathBuf {
+    workspace.join(".autoqat").join("trial.pgid")
+}
+
+/// Kills the process group left behind by a driver that died mid-trial.
+pub fn kill_orphan(workspace: &Path) {
+    let f = pgid_file(workspace);
+    if let Ok(t) = std::fs::read_to_string(&f) {
+        if let Ok(pgid) = t.trim().parse::<i32>() {
+            if pgid > 1 {
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&f);
+    }
+}
+
+fn kill_group(pgid: i32) {
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// Runs the trial to completion, timeout, prune or stop.
+pub fn run(spec: &TrialSpec) -> Result<Outcome> {
+    let dir = &spec.run_dir;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| ResearchError::io(dir, e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ResearchError::io(dir, e))?;
+    let log_path = dir.join("trial.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| ResearchError::io(&log_path, e))?;
+    let log2 = log.try_clone().map_err(|e| ResearchError::io(&log_path, e))?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(&spec.command)
+        .current_dir(spec.workspace)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    for k in &spec.env_remove {
+        cmd.env_remove(k);
+    }
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    unsafe {
+        cmd.pre_exec(|| {
+            // Own process group, so that a timeout kills the trial's children too.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            #[cfg(target_os = "linux")]
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ResearchError::Trial(format!("cannot start `sh -c {}`: {e}", spec.command)))?;
+    let pgid = child.id() as i32;
+    let pf = pgid_file(spec.workspace);
+    let _ = std::fs::write(&pf, pgid.to_string());
+    crate::killpoint::hit("trial");
+    let mut out = Outcome::default();
+    let mut last_poll = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) => {}
+            Err(e) => return Err(ResearchError::Trial(format!("waiting for the trial: {e}"))),
+        }
+        if start.elapsed() >= spec.timeout {
+            out.failure = Some(Status::Timeout);
+            out.error = Some(format!("ran past the {:.0} s limit", spec.timeout.as_secs_f64()));
+            break None;
+        }
+        if spec.stop.load(Ordering::SeqCst) {
+            out.failure = Some(Status::Crash);
+            out.interrupted = true;
+            out.error = Some("interrupted: the run was stopped by a signal".into());
+            break None;
+        }
+        if let Some(prune) = &spec.prune {
+            if last_poll.elapsed() >= spec.poll {
+                last_poll = Instant::now();
+                if let Some(reason) = prune(dir) {
+                    out.failure = Some(Status::Pruned);
+                    out.error = Some(reason);
+                    break None;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if status.is_none() {
+        kill_group(pgid);
+        let _ = child.wait();
+    } else {
+        // The shell is gone; stray children of the trial must not outlive it.
+        kill_group(pgid);
+    }
+    let _ = std::fs::remove_file(&pf);
+    out.wall_s = start.elapsed().as_secs_f64();
+    if out.failure.is_some() {
+        if let Some(s) = read_summary(dir) {
+            out.summary = s;
+        }
+        return Ok(out);
+    }
+    let exit_ok = status.map(|s| s.success()).unwrap_or(false);
+    let summary = read_summary(dir).or_else(|| {
+        let re = spec.metric_regex.as_ref()?;
+        let text = std::fs::read_to_string(&log_path).ok()?;
+        let v: f64 = re.captures_iter(&text).last()?.get(1)?.as_str().parse().ok()?;
+        Some(Summary { status: Some("ok".into()), eval_ppl: Some(v), ..Summary::default() })
+    });
+    match summary {
+        Some(s) if s.status.as_deref() == Some("crash") => {
+            out.failure = Some(Status::Crash);
+            out.error = Some(s.error.clone().unwrap_or_else(|| "the trial reported a crash".into()));
+            out.summary = s;
+        }
+        Some(s) if s.eval_ppl.is_some_and(f64::is_finite) && exit_ok => out.summary = s,
+        Some(s) if !exit_ok => {
+            out.failure = Some(Status::Crash);
+            out.error = Some(format!("exit status {}; {}", describe(status), tail(&log_path)));
+            out.summary = s;
+        }
+        Some(s) => {
+            out.failure = Some(Status::Crash);
+            out.error = Some(format!("eval_ppl is missing or not finite ({:?})", s.eval_ppl));
+            out.summary = s;
+        }
+        None => {
+            out.failure = Some(Status::Crash);
+            out.error = Some(format!(
+                "no summary.json and no metric in trial.log (exit status {}); {}",
+                describe(status),
+                tail(&log_path)
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn read_summary(dir: &Path) -> Option<Summary> {
+    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
+    // NaN is not JSON; a trial that writes it has crashed in all but name.
+    let fixed = text.replace("NaN", "null").replace("-Infinity", "null").replace("Infinity", "null");
+    serde_json::from_str(&fixed).ok()
+}
+
+fn describe(s: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match s {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "unknown".into(),
+        },
+        None => "killed".into(),
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    let t: Vec<&str> = lines.into_iter().rev().collect();
+    format!("last log lines: {}", t.join(" | ").chars().take(400).collect::<String>())
+}

@@ -1,0 +1,147 @@
+//! Which checks a changed recipe must pass, and the schema the proposers see: the autoqat
+//! recipe schema, a schema declared in autoqat.toml (`toml`), or none for foreign trials.
+
+use autoqat_recipe::{FieldSpec, FieldType, Schema};
+
+use crate::settings::{FieldSetting, Settings};
+
+/// The validator of the recipe file.
+#[derive(Debug, Clone)]
+pub enum Validator {
+    /// `autoqat_recipe::parse`, plus: locked keys may not change.
+    Autoqat(Schema),
+    /// Parses as TOML; declared keys take declared values; undeclared keys may not change.
+    Toml(Schema),
+    /// No check (foreign trials).
+    None,
+}
+
+impl Validator {
+    /// The validator named in the settings.
+    pub fn from_settings(s: &Settings) -> Validator {
+        match s.validator.kind.as_str() {
+            "autoqat" => Validator::Autoqat(autoqat_recipe::schema()),
+            "toml" => Validator::Toml(schema_from_settings(&s.validator.fields)),
+            _ => Validator::None,
+        }
+    }
+
+    /// The schema shown to proposers and searched by the builtin one.
+    pub fn schema(&self) -> Option<&Schema> {
+        match self {
+            Validator::Autoqat(s) | Validator::Toml(s) => Some(s),
+            Validator::None => None,
+        }
+    }
+
+    /// Checks the new recipe text against the old one; the error names the key.
+    pub fn check(&self, old: &str, new: &str) -> Result<(), String> {
+        match self {
+            Validator::None => Ok(()),
+            Validator::Autoqat(schema) => {
+                autoqat_recipe::parse(new).map_err(|e| e.to_string())?;
+                let (o, n) = (parse_toml(old)?, parse_toml(new)?);
+                for f in schema.fields.iter().filter(|f| f.locked) {
+                    if lookup(&o, &f.key) != lookup(&n, &f.key) {
+                        return Err(format!("`{}` is locked (model, data, budget or eval protocol); leave it as it is", f.key));
+                    }
+                }
+                Ok(())
+            }
+            Validator::Toml(schema) => {
+                let (o, n) = (parse_toml(old)?, parse_toml(new)?);
+                for f in &schema.fields {
+                    if let Some(v) = lookup(&n, &f.key) {
+                        let json = toml_to_json(v);
+                        if !f.choices.contains(&json) {
+                            let allowed: Vec<String> = f.choices.iter().map(|c| c.to_string()).collect();
+                            return Err(format!("`{}` = {} is not allowed; expected one of {}", f.key, json, allowed.join(", ")));
+                        }
+                    }
+                }
+                let (mut ol, mut nl) = (Vec::new(), Vec::new());
+                leaves(&o, "", &mut ol);
+                leaves(&n, "", &mut nl);
+                let declared = |k: &str| schema.fields.iter().any(|f| f.key == k);
+                for (k, v) in &nl {
+                    if !declared(k) && ol.iter().find(|(ok, _)| ok == k).map(|(_, ov)| ov) != Some(v) {
+                        return Err(format!("`{k}` may not be changed (only declared keys may)"));
+                    }
+                }
+                for (k, _) in &ol {
+                    if !declared(k) && !nl.iter().any(|(nk, _)| nk == k) {
+                        return Err(format!("`{k}` may not be removed"));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn parse_toml(text: &str) -> Result<toml::Table, String> {
+    text.parse::<toml::Table>().map_err(|e| format!("not valid TOML: {e}"))
+}
+
+/// The value at a dotted key.
+pub fn lookup<'a>(t: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let mut cur = t.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_table()?.get(p)?;
+    }
+    Some(cur)
+}
+
+fn leaves(t: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in t {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(sub) => leaves(sub, &key, out),
+            _ => out.push((key, v.clone())),
+        }
+    }
+}
+
+/// A TOML scalar as JSON (for comparing with schema choices).
+pub fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::String(s.clone()),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(f) => serde_json::Value::from(*f),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+        other => serde_json::Value::String(other.to_string()),
+    }
+}
+
+fn schema_from_settings(fields: &[FieldSetting]) -> Schema {
+    let fields = fields
+        .iter()
+        .map(|f| {
+            let choices: Vec<serde_json::Value> = f.choices.iter().map(toml_to_json).collect();
+            let ty = if choices.iter().all(|c| c.is_boolean()) {
+                FieldType::Bool
+            } else if choices.iter().all(|c| c.is_i64()) {
+                let v: Vec<i64> = choices.iter().filter_map(|c| c.as_i64()).collect();
+                FieldType::Int { min: *v.iter().min().unwrap_or(&0), max: *v.iter().max().unwrap_or(&0) }
+            } else if choices.iter().all(|c| c.is_number()) {
+                let v: Vec<f64> = choices.iter().filter_map(|c| c.as_f64()).collect();
+                FieldType::Float {
+                    min: v.iter().cloned().fold(f64::INFINITY, f64::min),
+                    max: v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                }
+            } else {
+                FieldType::Enum { values: choices.iter().map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string())).collect() }
+            };
+            FieldSpec {
+                key: f.key.clone(),
+                doc: f.doc.clone(),
+                ty,
+                default: choices.first().cloned().unwrap_or(serde_json::Value::Null),
+                choices,
+                locked: false,
+            }
+        })
+        .collect();
+    Schema { fields }
+}
