@@ -1,0 +1,197 @@
+//! Exports of a trained student.
+//!
+//! `<run>/export/` (packed): `config.json`, `tokenizer.json`, `quant.json` (which tensors are
+//! packed, the quantizer) and `model.safetensors` where each quantized weight `W` is stored as
+//! `W.codes` (u8, four 2-bit codes per byte, code + 1 in {0, 1, 2}, row-major over the grouped
+//! view) and `W.scales` (f16, one per group); every other tensor is stored as is. Deadzone
+//! recovery is folded into per-output biases. [`load_packed`] rebuilds a runnable model.
+//!
+//! `<run>/hf/` (dequantized): a plain Hugging Face directory with `codes * scale` weights
+//! that transformers loads (written only when no bias had to be folded, which a Llama config
+//! cannot express per layer).
+
+use crate::error::{io_err, QatError, Result};
+use crate::quant::bitlinear::deadzone_bias;
+use crate::quant::QuantHandle;
+use crate::train::trial::Student;
+use autoqat_model::linear::{Linear, LinearBuilder, LinearSpec, PlainLinear};
+use autoqat_model::load::{build_causal_lm, write_safetensors};
+use autoqat_model::{CausalLM, ModelConfig};
+use autoqat_recipe::Recipe;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// `quant.json` of a packed export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackedInfo {
+    /// Format version.
+    pub format: String,
+    /// Quantizer name (`ternary_absmean`, ...).
+    pub method: String,
+    /// Granularity name.
+    pub granularity: String,
+    /// Packed weights: name -> shape `[out, in]`.
+    pub packed: Vec<(String, Vec<i64>)>,
+    /// Biases added by folding deadzone recovery (VarStore names of the layers' `bias`).
+    pub folded_biases: Vec<String>,
+}
+
+/// Packs codes in {-1, 0, 1} four to a byte.
+pub fn pack_codes(codes: &Tensor) -> Tensor {
+    let flat = (codes.flatten(0, -1).to_kind(Kind::Int64) + 1).to_device(Device::Cpu);
+    let n = flat.numel() as i64;
+    let pad = (4 - n % 4) % 4;
+    let flat = if pad > 0 { Tensor::cat(&[flat, Tensor::ones([pad], (Kind::Int64, Device::Cpu))], 0) } else { flat };
+    let q = flat.reshape([-1, 4]);
+    (q.select(1, 0) + q.select(1, 1) * 4 + q.select(1, 2) * 16 + q.select(1, 3) * 64).to_kind(Kind::Uint8)
+}
+
+/// Unpacks `n` codes (as f32 in {-1, 0, 1}) from [`pack_codes`] bytes.
+pub fn unpack_codes(packed: &Tensor, n: i64) -> Tensor {
+    let x = packed.to_kind(Kind::Int64);
+    let parts: Vec<Tensor> = (0..4).map(|k| x.floor_divide_scalar(1i64 << (2 * k)).remainder(4)).collect();
+    (Tensor::stack(&parts, 1).flatten(0, -1).narrow(0, 0, n) - 1).to_kind(Kind::Float)
+}
+
+fn dequantized(h: &QuantHandle) -> Tensor {
+    tch::no_grad(|| {
+        let c = h.quant.codes(&h.weight, h.alpha.as_ref());
+        h.quant.dequant(&c, &h.weight.size())
+    })
+}
+
+fn enum_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+/// Writes `<run>/export/` (packed) and, when representable, `<run>/hf/` (dequantized).
+pub fn export_all(recipe: &Recipe, student: &Student, run: &Path) -> Result<()> {
+    let cfg = &student.loaded.model.cfg;
+    let vars = student.loaded.vs.variables();
+    let handles: HashMap<&str, &QuantHandle> = student.handles.iter().map(|h| (h.name.as_str(), h)).collect();
+    let mut packed_tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut hf_tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut info = PackedInfo {
+        format: "autoqat-packed-v1".into(),
+        method: enum_name(&recipe.quant.method),
+        granularity: enum_name(&recipe.quant.granularity),
+        packed: Vec::new(),
+        folded_biases: Vec::new(),
+    };
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        if name.contains("qat_") {
+            continue;
+        }
+        let var = &vars[name];
+        match handles.get(name.as_str()) {
+            Some(h) => {
+                let c = tch::no_grad(|| h.quant.codes(&h.weight, h.alpha.as_ref()));
+                packed_tensors.push((format!("{name}.codes"), pack_codes(&c.codes)));
+                packed_tensors.push((format!("{name}.scales"), c.scale.to_kind(Kind::Half)));
+                info.packed.push((name.clone(), var.size()));
+                hf_tensors.push((name.clone(), dequantized(h)));
+                if let Some(dz) = &h.dz_scale {
+                    let bias = tch::no_grad(|| deadzone_bias(&h.weight, h.alpha.as_ref(), &h.quant, dz));
+                    let bname = name.trim_end_matches("weight").to_string() + "bias";
+                    packed_tensors.push((bname.clone(), bias));
+                    info.folded_biases.push(bname);
+                }
+            }
+            None => {
+                packed_tensors.push((name.clone(), var.detach()));
+                hf_tensors.push((name.clone(), var.detach()));
+            }
+        }
+    }
+    let tokenizer = student.loaded.dir.join("tokenizer.json");
+    let out = run.join("export");
+    write_dir(&out, cfg, &tokenizer)?;
+    write_safetensors(&packed_tensors, &out.join("model.safetensors"))?;
+    let qpath = out.join("quant.json");
+    std::fs::write(&qpath, serde_json::to_string_pretty(&info).unwrap_or_default()).map_err(io_err(&qpath))?;
+    if info.folded_biases.is_empty() {
+        let hf = run.join("hf");
+        write_dir(&hf, cfg, &tokenizer)?;
+        write_safetensors(&hf_tensors, &hf.join("model.safetensors"))?;
+    }
+    Ok(())
+}
+
+fn write_dir(dir: &Path, cfg: &ModelConfig, tokenizer: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg.to_hf_json()).unwrap_or_default()).map_err(io_err(&cfg_path))?;
+    if tokenizer.is_file() {
+        std::fs::copy(tokenizer, dir.join("tokenizer.json")).map_err(io_err(tokenizer))?;
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds a packed export (has `quant.json`).
+pub fn is_packed(dir: &Path) -> bool {
+    dir.join("quant.json").is_file()
+}
+
+/// Builds plain layers, with a bias where a deadzone bias was folded.
+struct FoldedBiasBuilder {
+    biases: HashSet<String>,
+}
+
+impl LinearBuilder for FoldedBiasBuilder {
+    fn linear(&self, p: &nn::Path, mut spec: LinearSpec) -> autoqat_model::Result<Box<dyn Linear>> {
+        if self.biases.contains(&p.path("bias")) {
+            spec.bias = true;
+        }
+        Ok(Box::new(PlainLinear::new(p, spec)?))
+    }
+}
+
+/// A packed export loaded for inference.
+#[derive(Debug)]
+pub struct PackedModel {
+    /// The configuration.
+    pub cfg: ModelConfig,
+    /// The network with dequantized weights.
+    pub model: CausalLM,
+    /// Its variables.
+    pub vs: nn::VarStore,
+}
+
+/// Loads a packed export (`<run>/export`) onto `device` in f32; `autoqat eval` calls this when
+/// [`is_packed`] is true. The tokenizer is `dir/tokenizer.json`.
+pub fn load_packed(dir: &Path, device: Device) -> Result<PackedModel> {
+    let qpath = dir.join("quant.json");
+    let text = std::fs::read_to_string(&qpath).map_err(io_err(&qpath))?;
+    let info: PackedInfo =
+        serde_json::from_str(&text).map_err(|e| QatError::Checkpoint(format!("{}: {e}", qpath.display())))?;
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let builder = FoldedBiasBuilder { biases: info.folded_biases.iter().cloned().collect() };
+    let (vs, model) = build_causal_lm(&cfg, device, Kind::Float, &builder)?;
+    let wpath = dir.join("model.safetensors");
+    let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&wpath)?.into_iter().collect();
+    let shapes: HashMap<&str, &Vec<i64>> = info.packed.iter().map(|(n, s)| (n.as_str(), s)).collect();
+    let missing = |n: &str| QatError::Checkpoint(format!("{} lacks {n}", wpath.display()));
+    tch::no_grad(|| -> Result<()> {
+        for (name, mut var) in vs.variables() {
+            let value = match shapes.get(name.as_str()) {
+                Some(shape) => {
+                    let codes = stored.get(&format!("{name}.codes")).ok_or_else(|| missing(&format!("{name}.codes")))?;
+                    let scales = stored.get(&format!("{name}.scales")).ok_or_else(|| missing(&format!("{name}.scales")))?;
+                    let sc = scales.to_kind(Kind::Float);
+                    let ss = sc.size();
+                    let n: i64 = shape.iter().product();
+                    let c = unpack_codes(codes, n).reshape([ss[0], ss[1], -1]);
+                    (c * sc).reshape(shape.as_slice())
+                }
+                None => stored.get(&name).ok_or_else(|| missing(&name))?.to_kind(Kind::Float),
+            };
+            var.f_copy_(&value.to_device(device))?;
+        }
+        Ok(())
+    })?;
+    Ok(PackedModel { cfg, model, vs })
+}

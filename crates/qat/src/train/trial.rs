@@ -1,0 +1,358 @@
+//! The QAT trial: load the full-precision model as a BitLinear student (and a frozen teacher),
+//! train with the recipe's schedules, evaluate every N steps, checkpoint, and write the run
+//! directory. Any failure ends the trial with `status: crash` and its reason in summary.json.
+
+use super::checkpoint;
+use super::data::{Rng, TrainData};
+use super::loss::{cross_entropy, distill_kl};
+use super::optim::AdamW;
+use super::outputs::{peak_rss_mb, RunFiles, StepRow, Summary};
+use crate::error::{QatError, Result};
+use crate::quant::schedule::Schedules;
+use crate::quant::{code_fractions, init_learned_scales, QatState, QuantBuilder, QuantHandle};
+use autoqat_model::{load_causal_lm, perplexity, CausalLM, EvalOptions, EvalReport, LoadedModel, PlainBuilder, TextTokenizer};
+use autoqat_recipe::{Precision, Recipe};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// How to run a trial (everything that is not part of the recipe).
+pub struct TrialOptions<'a> {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Continue from the checkpoint in `run_dir`.
+    pub resume: bool,
+    /// Stop (without the final export) after this many steps; for tests of `--resume`.
+    pub stop_after: Option<u64>,
+    /// Write the packed and HF exports at the end.
+    pub export: bool,
+    /// Called with each steps.tsv row as it is written.
+    pub on_row: Option<&'a mut dyn FnMut(&StepRow)>,
+}
+
+impl<'a> TrialOptions<'a> {
+    /// A fresh trial in `run_dir` with exports.
+    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
+        Self { run_dir: run_dir.into(), resume: false, stop_after: None, export: true, on_row: None }
+    }
+}
+
+/// The model and tensors a running trial holds.
+pub struct Student {
+    /// The student network and its variables.
+    pub loaded: LoadedModel,
+    /// The quantized weights.
+    pub handles: Vec<QuantHandle>,
+    /// lambda and activation bits shared with every BitLinear.
+    pub state: Arc<QatState>,
+}
+
+use std::sync::Arc;
+
+/// Loads the starting checkpoint with the recipe's quantized layers.
+pub fn load_student(recipe: &Recipe, device: Device) -> Result<Student> {
+    let bits = recipe.activations.bits.bits().unwrap_or(0);
+    let state = QatState::new(1.0, bits);
+    let builder = QuantBuilder::new(recipe, state.clone());
+    let loaded = load_causal_lm(&recipe.model.source, device, Kind::Float, &builder)?;
+    let handles = builder.take_handles();
+    init_learned_scales(&handles);
+    Ok(Student { loaded, handles, state })
+}
+
+/// The compute device of a recipe.
+pub fn recipe_device(recipe: &Recipe) -> Result<Device> {
+    let name = serde_json::to_value(recipe.runtime.device).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    Ok(autoqat_model::parse_device(&name)?)
+}
+
+/// Whether to autocast to bf16 (CUDA only).
+fn use_bf16(recipe: &Recipe, device: Device) -> Result<bool> {
+    match (recipe.runtime.precision, device) {
+        (Precision::Fp32, _) => Ok(false),
+        (Precision::Auto, Device::Cuda(_)) | (Precision::Bf16, Device::Cuda(_)) => Ok(true),
+        (Precision::Auto, _) => Ok(false),
+        (Precision::Bf16, d) => Err(QatError::Config(format!(
+            "runtime.precision = \"bf16\" needs a CUDA device, but the device is {} (hint: precision = \"auto\")",
+            autoqat_model::device_name(d)
+        ))),
+    }
+}
+
+/// The eval text's token ids and UTF-8 bytes, cut to `max_tokens` (0: all).
+pub fn eval_tokens(tok: &TextTokenizer, path: &Path, max_tokens: u64) -> Result<(Vec<i64>, usize)> {
+    let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
+    if max_tokens == 0 {
+        return Ok((tok.encode(&text)?, text.len()));
+    }
+    let enc = tok
+        .inner()
+        .encode(text.as_str(), true)
+        .map_err(|e| QatError::Config(format!("tokenizing {}: {e}", path.display())))?;
+    let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+    let n = (max_tokens as usize).min(ids.len());
+    if n == ids.len() {
+        return Ok((ids, text.len()));
+    }
+    // Bytes up to the end of the last kept token, so bits-per-byte counts the scored text.
+    let bytes = enc.get_offsets().get(n.saturating_sub(1)).map(|o| o.1).unwrap_or(text.len());
+    Ok((ids[..n].to_vec(), bytes))
+}
+
+/// Evaluates `model` on `ids` with the recipe's protocol.
+pub fn evaluate(model: &CausalLM, ids: &[i64], bytes: usize, recipe: &Recipe, device: Device, bf16: bool) -> Result<EvalReport> {
+    let opts = EvalOptions { ctx: recipe.data.eval_ctx as usize, stride: recipe.data.eval_stride as usize, batch: 4 };
+    Ok(tch::autocast(bf16, || perplexity(model, ids, bytes, &opts, device))?)
+}
+
+/// Runs a trial; always writes summary.json and returns the summary (status `crash` with the
+/// reason on any failure).
+pub fn run_trial(recipe: &Recipe, mut opts: TrialOptions<'_>) -> Summary {
+    let start = Instant::now();
+    let mut files = match RunFiles::open(&opts.run_dir, if opts.resume { checkpoint::saved_step(&opts.run_dir) } else { None }) {
+        Ok(f) => f,
+        Err(e) => {
+            let s = crash_summary(&e.to_string(), 0, 0, start.elapsed().as_secs_f64(), "?");
+            let _ = super::outputs::write_summary(&opts.run_dir, &s);
+            return s;
+        }
+    };
+    let mut progress = Progress::default();
+    let summary = match train(recipe, &mut opts, &mut files, &mut progress, start) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = e.to_string();
+            files.log(&format!("crash: {msg}"));
+            crash_summary(&msg, progress.steps, progress.tokens, progress.time_s(start), &progress.device)
+        }
+    };
+    if let Err(e) = files.summary(&summary) {
+        files.log(&format!("cannot write summary.json: {e}"));
+    }
+    summary
+}
+
+fn crash_summary(msg: &str, steps: u64, tokens: u64, time_s: f64, device: &str) -> Summary {
+    Summary {
+        status: "crash".into(),
+        eval_ppl: None,
+        eval_bpb: None,
+        eval_loss: None,
+        train_loss: None,
+        steps,
+        tokens,
+        time_s,
+        peak_mem_mb: peak_rss_mb(),
+        device: device.into(),
+        q_neg1: None,
+        q_zero: None,
+        q_pos1: None,
+        fp_ppl: None,
+        error: Some(msg.into()),
+    }
+}
+
+/// What the crash summary needs to know about how far a trial got.
+#[derive(Default)]
+struct Progress {
+    steps: u64,
+    tokens: u64,
+    prior_time_s: f64,
+    device: String,
+}
+
+impl Progress {
+    fn time_s(&self, start: Instant) -> f64 {
+        self.prior_time_s + start.elapsed().as_secs_f64()
+    }
+}
+
+fn finite(x: f64, what: &str, step: u64, lr: f64) -> Result<()> {
+    if x.is_finite() {
+        Ok(())
+    } else {
+        Err(QatError::NonFinite(format!(
+            "{what} is {x} at step {step} (lr {lr:.3e}); the trial diverged (hint: lower optim.lr or set optim.grad_clip)"
+        )))
+    }
+}
+
+fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, progress: &mut Progress, start: Instant) -> Result<Summary> {
+    let device = recipe_device(recipe)?;
+    progress.device = autoqat_model::device_name(device);
+    let bf16 = use_bf16(recipe, device)?;
+    tch::manual_seed(recipe.optim.seed as i64);
+    let sched = Schedules::new(recipe);
+    let total = sched.total;
+    files.log(&format!("recipe:\n{}", recipe.to_toml()));
+    files.log(&format!("device {} bf16 {bf16} steps {total} tokens/step {}", progress.device, recipe.tokens_per_step()));
+
+    let student = load_student(recipe, device)?;
+    let model = &student.loaded.model;
+    let teacher = if recipe.distill.enabled {
+        let mut t = load_causal_lm(recipe.teacher_source(), device, Kind::Float, &PlainBuilder)?;
+        t.vs.freeze();
+        Some(t)
+    } else {
+        None
+    };
+    let tok = TextTokenizer::from_path(&student.loaded.dir)?;
+    let train_path = Path::new(&recipe.data.train_text);
+    let train_text = std::fs::read_to_string(train_path).map_err(crate::error::io_err(train_path))?;
+    let data = TrainData::new(tok.encode(&train_text)?, recipe.data.seq_len as usize)
+        .map_err(|m| QatError::Config(format!("{m} ({})", train_path.display())))?;
+    let (eval_ids, eval_bytes) = eval_tokens(&tok, Path::new(&recipe.data.eval_text), recipe.data.eval_max_tokens)?;
+    files.log(&format!("train tokens {} eval tokens {} eval bytes {eval_bytes}", data.len(), eval_ids.len()));
+
+    let vars: Vec<(String, Tensor)> =
+        student.loaded.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+    let mut opt = AdamW::new(vars, recipe.optim.beta1, recipe.optim.beta2, recipe.optim.weight_decay);
+    let mut rng = Rng::new(recipe.optim.seed);
+    let base_bits = recipe.activations.bits.bits().unwrap_or(0);
+    let final_bits = if sched.a4_from.is_some() { 4 } else { base_bits };
+
+    let mut first = 0u64;
+    let mut best_ppl = f64::INFINITY;
+    let fp_ppl;
+    if opts.resume {
+        let meta = checkpoint::load(&opts.run_dir, &student.loaded.vs, &mut opt)?;
+        first = meta.step;
+        rng.state = meta.rng_state;
+        best_ppl = meta.best_ppl;
+        fp_ppl = meta.fp_ppl;
+        progress.prior_time_s = meta.time_s;
+        files.log(&format!("resumed at step {first}"));
+    } else {
+        // The baseline: the full-precision model under the same protocol.
+        let fp_model = teacher.as_ref().map(|t| &t.model);
+        student.state.set_lambda(0.0);
+        student.state.set_act_bits(0);
+        let r = evaluate(fp_model.unwrap_or(model), &eval_ids, eval_bytes, recipe, device, bf16)?;
+        fp_ppl = r.eval_ppl;
+        files.log(&format!("fp_ppl {:.4} fp_bpb {:.4}", r.eval_ppl, r.eval_bpb));
+    }
+    progress.steps = first;
+    progress.tokens = first * recipe.tokens_per_step();
+
+    let (batch, accum, seq) = (recipe.optim.batch_size as usize, recipe.optim.grad_accum as usize, recipe.data.seq_len as i64);
+    let mut interval_loss = 0.0;
+    let mut interval_n = 0u64;
+    let mut last_report: Option<(EvalReport, [f64; 3], f64)> = None;
+    let mut last_train = None;
+    let mut lr = 0.0;
+    let mut lambda = 0.0;
+    for step in first..total {
+        lambda = sched.lambda(step);
+        lr = sched.lr(step);
+        student.state.set_lambda(lambda);
+        student.state.set_act_bits(if sched.a4_from.is_some_and(|f| step >= f) { 4 } else { base_bits });
+        opt.zero_grad();
+        let mut ce_sum = 0.0;
+        for _ in 0..accum {
+            let b = data.batch(batch, &mut rng, device);
+            let inp = b.narrow(1, 0, seq);
+            let tgt = b.narrow(1, 1, seq);
+            let logits = tch::autocast(bf16, || model.forward(&inp));
+            let ce = cross_entropy(&logits, &tgt);
+            let loss = match &teacher {
+                Some(t) => {
+                    let tl = tch::no_grad(|| tch::autocast(bf16, || t.model.forward(&inp)));
+                    let kl = distill_kl(&logits, &tl, recipe.distill.temperature);
+                    &ce * recipe.distill.ce_weight + kl * recipe.distill.kl_weight
+                }
+                None => ce.shallow_clone(),
+            };
+            let loss_v = loss.double_value(&[]);
+            finite(loss_v, "the training loss", step + 1, lr)?;
+            (loss / accum as f64).backward();
+            ce_sum += ce.double_value(&[]);
+        }
+        let ce_mean = ce_sum / accum as f64;
+        let norm = opt.grad_norm();
+        finite(norm, "the gradient norm", step + 1, lr)?;
+        if recipe.optim.grad_clip > 0.0 && norm > recipe.optim.grad_clip {
+            opt.scale_grads(recipe.optim.grad_clip / (norm + 1e-6));
+        }
+        opt.step(lr);
+        let done = step + 1;
+        progress.steps = done;
+        progress.tokens = done * recipe.tokens_per_step();
+        interval_loss += ce_mean;
+        interval_n += 1;
+        files.log(&format!("step {done} lambda {lambda:.6} lr {lr:.6e} ce {ce_mean:.17} grad_norm {norm:.6}"));
+
+        if done % recipe.budget.eval_every == 0 || done == total {
+            student.state.set_lambda(1.0);
+            student.state.set_act_bits(final_bits);
+            let report = evaluate(model, &eval_ids, eval_bytes, recipe, device, bf16)?;
+            finite(report.eval_ppl, "the eval perplexity", done, lr)?;
+            let fr = code_fractions(&student.handles);
+            best_ppl = best_ppl.min(report.eval_ppl);
+            let train_loss = interval_loss / interval_n as f64;
+            let row = StepRow {
+                step: done,
+                lambda,
+                train_loss,
+                train_ppl: train_loss.exp(),
+                eval_ppl: report.eval_ppl,
+                eval_bpb: report.eval_bpb,
+                lr,
+                time_s: progress.time_s(start),
+                best_ppl,
+                q_neg1: fr[0],
+                q_zero: fr[1],
+                q_pos1: fr[2],
+            };
+            files.row(&row)?;
+            files.log(&format!("eval step {done} eval_ppl {:.4} eval_bpb {:.4}", report.eval_ppl, report.eval_bpb));
+            if let Some(cb) = opts.on_row.as_mut() {
+                cb(&row);
+            }
+            last_train = Some(train_loss);
+            last_report = Some((report, fr, train_loss));
+            interval_loss = 0.0;
+            interval_n = 0;
+        }
+        let ck = recipe.budget.checkpoint_every;
+        if (ck > 0 && done % ck == 0) || done == total || opts.stop_after == Some(done) {
+            let meta = checkpoint::Meta {
+                step: done,
+                rng_state: rng.state,
+                best_ppl,
+                fp_ppl,
+                time_s: progress.time_s(start),
+                adam_step: opt.step,
+            };
+            checkpoint::save(&opts.run_dir, &student.loaded.vs, &opt, &meta)?;
+        }
+        if opts.stop_after == Some(done) {
+            files.log(&format!("stopped after step {done} as asked"));
+            break;
+        }
+    }
+    let _ = (lr, lambda);
+    let summary_from = |r: Option<&(EvalReport, [f64; 3], f64)>| Summary {
+        status: "ok".into(),
+        eval_ppl: r.map(|r| r.0.eval_ppl),
+        eval_bpb: r.map(|r| r.0.eval_bpb),
+        eval_loss: r.map(|r| r.0.eval_loss),
+        train_loss: last_train,
+        steps: progress.steps,
+        tokens: progress.tokens,
+        time_s: progress.time_s(start),
+        peak_mem_mb: peak_rss_mb(),
+        device: progress.device.clone(),
+        q_neg1: r.map(|r| r.1[0]),
+        q_zero: r.map(|r| r.1[1]),
+        q_pos1: r.map(|r| r.1[2]),
+        fp_ppl: Some(fp_ppl),
+        error: None,
+    };
+    if opts.export && opts.stop_after.is_none_or(|s| s >= total) {
+        student.state.set_lambda(1.0);
+        student.state.set_act_bits(final_bits);
+        crate::export::export_all(recipe, &student, &opts.run_dir)?;
+        files.log("exported packed model to export/ and a dequantized HF model to hf/");
+    }
+    Ok(summary_from(last_report.as_ref()))
+}
