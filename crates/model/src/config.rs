@@ -124,7 +124,7 @@ impl ModelConfig {
     /// Reads and resolves `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+            .map_err(|err| ModelError::Io { path: path.to_path_buf(), err })?;
         Self::from_json_str(&text).map_err(|e| match e {
             ModelError::Config { msg, .. } => ModelError::Config { path: path.to_path_buf(), msg },
             other => other,

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {err}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (a plain field, not a `source`, so a printed cause chain says it once).
+        err: std::io::Error,
     },
     /// config.json is not valid JSON or lacks a field.
     #[error("invalid config {path}: {msg}")]
@@ -100,7 +100,14 @@ pub enum ModelError {
     Eval(String),
     /// libtorch failed.
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(tch::TchError),
+}
+
+// By hand rather than `#[from]`, so the message is not repeated as a separate cause.
+impl From<tch::TchError> for ModelError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch(e)
+    }
 }
 
 /// Result alias for this crate.

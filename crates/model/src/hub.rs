@@ -23,7 +23,7 @@ pub fn resolve_model_dir(source: &str) -> Result<PathBuf> {
     if !looks_like_hub_id(source) {
         return Err(ModelError::Io {
             path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory (and not a hub id org/name)"),
+            err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory (and not a hub id org/name)"),
         });
     }
     if let Some(dir) = from_cache(source) {
@@ -52,7 +52,7 @@ fn from_cache(repo: &str) -> Option<PathBuf> {
 }
 
 fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io { path: index.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(index).map_err(|err| ModelError::Io { path: index.to_path_buf(), err })?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::CorruptWeights { path: index.to_path_buf(), msg: e.to_string() })?;
     let mut names: Vec<String> = v

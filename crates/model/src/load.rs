@@ -63,7 +63,7 @@ fn weight_files(dir: &Path) -> Result<(PathBuf, HashMap<String, PathBuf>)> {
     if !index.is_file() {
         return Err(ModelError::NoWeights(dir.to_path_buf()));
     }
-    let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io { path: index.clone(), source })?;
+    let text = std::fs::read_to_string(&index).map_err(|err| ModelError::Io { path: index.clone(), err })?;
     let corrupt = |msg: String| ModelError::CorruptWeights { path: index.clone(), msg };
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
     let map = value
@@ -97,7 +97,7 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path, builder: &dyn LinearBuilder) 
         by_file.entry(file).or_default().push((name, var));
     }
     for (file, wanted) in by_file {
-        let bytes = std::fs::read(&file).map_err(|source| ModelError::Io { path: file.clone(), source })?;
+        let bytes = std::fs::read(&file).map_err(|err| ModelError::Io { path: file.clone(), err })?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| ModelError::CorruptWeights { path: file.clone(), msg: e.to_string() })?;
         for (name, mut var) in wanted {
@@ -178,12 +178,12 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()
 /// Saves `vs` as `model.safetensors` and `cfg` as `config.json` in `dir` (created if needed),
 /// loadable by this crate and by transformers.
 pub fn save_pretrained(vs: &nn::VarStore, cfg: &ModelConfig, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|err| ModelError::Io { path: dir.to_path_buf(), err })?;
     let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     write_safetensors(&tensors, &dir.join("model.safetensors"))?;
     let cfg_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&cfg.to_hf_json())
         .map_err(|e| ModelError::Config { path: cfg_path.clone(), msg: e.to_string() })?;
-    std::fs::write(&cfg_path, text).map_err(|source| ModelError::Io { path: cfg_path, source })
+    std::fs::write(&cfg_path, text).map_err(|err| ModelError::Io { path: cfg_path, err })
 }
