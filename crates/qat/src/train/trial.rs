@@ -235,6 +235,7 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
     progress.tokens = first * recipe.tokens_per_step();
 
     let (batch, accum, seq) = (recipe.optim.batch_size as usize, recipe.optim.grad_accum as usize, recipe.data.seq_len as i64);
+    let diverged_above = 10.0 * (model.cfg.vocab_size as f64).ln();
     let mut interval_loss = 0.0;
     let mut interval_n = 0u64;
     let mut last_report: Option<(EvalReport, [f64; 3], f64)> = None;
@@ -263,9 +264,19 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
                 None => ce.shallow_clone(),
             };
             let loss_v = loss.double_value(&[]);
+            let ce_v = ce.double_value(&[]);
             finite(loss_v, "the training loss", step + 1, lr)?;
+            // Far worse than guessing uniformly: the weights have blown up even if still finite.
+            if ce_v > diverged_above {
+                return Err(QatError::NonFinite(format!(
+                    "the training cross entropy {ce_v:.1} at step {} is far above ln(vocab) = {:.2}; the trial diverged (hint: lower optim.lr, now {:.3e}, or set optim.grad_clip)",
+                    step + 1,
+                    diverged_above / 10.0,
+                    lr
+                )));
+            }
             (loss / accum as f64).backward();
-            ce_sum += ce.double_value(&[]);
+            ce_sum += ce_v;
         }
         let ce_mean = ce_sum / accum as f64;
         let norm = opt.grad_norm();

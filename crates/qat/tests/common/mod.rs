@@ -42,3 +42,56 @@ pub fn run_reference(py: &std::path::Path, name: &str, args: &[&std::ffi::OsStr]
     let out = std::process::Command::new(py).arg(&script).args(args).output().expect("spawn python");
     assert!(out.status.success(), "{} failed:\n{}", name, String::from_utf8_lossy(&out.stderr));
 }
+
+/// A tiny random Llama HF directory (config, weights, tokenizer, train.txt) made once per
+/// test process by tests/reference/make_tiny_teacher.py; `None` when Python is missing.
+pub fn tiny_model() -> Option<PathBuf> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let py = python()?;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/make_tiny_teacher.py");
+        let text = std::fs::read(&script).ok()?;
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in &text {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+        }
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let dir = base.join(format!("qat-tiny-{h:016x}"));
+        if dir.join("model.safetensors").is_file() {
+            return Some(dir);
+        }
+        let tmp = base.join(format!("qat-tiny-{h:016x}.tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let mut cmd = std::process::Command::new(&py);
+        cmd.arg(&script).arg(&tmp);
+        if let Some(t) = shared_data("tinystories-valid-sample.txt") {
+            cmd.arg(t);
+        }
+        let out = cmd.output().expect("spawn python");
+        assert!(out.status.success(), "make_tiny_teacher.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Some(dir)
+    })
+    .clone()
+}
+
+/// A recipe for the tiny model: `extra` is TOML merged over the defaults (whole sections).
+pub fn tiny_recipe(model: &std::path::Path, extra: &str) -> autoqat_recipe::Recipe {
+    let base = format!(
+        "[model]\nsource = \"{m}\"\n[data]\ntrain_text = \"{m}/train.txt\"\neval_text = \"{m}/train.txt\"\nseq_len = 32\neval_ctx = 64\neval_stride = 64\neval_max_tokens = 1024\n[runtime]\ndevice = \"cpu\"\n",
+        m = model.display()
+    );
+    let mut table: toml::Table = base.parse().unwrap();
+    let over: toml::Table = extra.parse().unwrap();
+    for (k, v) in over {
+        match (table.get_mut(&k), v) {
+            (Some(toml::Value::Table(t)), toml::Value::Table(o)) => t.extend(o),
+            (_, v) => {
+                table.insert(k, v);
+            }
+        }
+    }
+    autoqat_recipe::parse(&toml::to_string(&table).unwrap()).unwrap_or_else(|e| panic!("{e}"))
+}

@@ -1,0 +1,138 @@
+//! End-to-end trials on a tiny random Llama made by transformers: loss falls, code fractions
+//! sum to one, divergence crashes with its reason, resume equals an uninterrupted run, and
+//! the exports agree with the in-memory model (packed) and with transformers (HF directory).
+
+mod common;
+
+use autoqat_model::{load_causal_lm, PlainBuilder, TextTokenizer};
+use autoqat_qat::train::trial::{evaluate, eval_tokens};
+use autoqat_qat::train::{read_steps, run_trial, TrialOptions, STEPS_COLUMNS};
+use tch::{Device, Kind, Tensor};
+
+fn lines_with(path: &std::path::Path, prefix: &str) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap().lines().filter(|l| l.starts_with(prefix)).map(String::from).collect()
+}
+
+#[test]
+fn loss_falls_fractions_sum_to_one_and_exports_agree() {
+    let Some(model) = common::tiny_model() else { return };
+    let recipe = common::tiny_recipe(
+        &model,
+        "[budget]\nsteps = 40\neval_every = 10\ncheckpoint_every = 0\n[optim]\nlr = 3e-3\nbatch_size = 4\n[quant]\ngranularity = \"group64\"\n[distill]\nenabled = false\n",
+    );
+    let run = tempfile::tempdir().unwrap();
+    let summary = run_trial(&recipe, TrialOptions::new(run.path()));
+    assert_eq!(summary.status, "ok", "{:?}", summary.error);
+    assert_eq!(summary.steps, 40);
+    assert_eq!(summary.tokens, 40 * 4 * 32);
+
+    let header = std::fs::read_to_string(run.path().join("steps.tsv")).unwrap();
+    assert_eq!(header.lines().next().unwrap(), STEPS_COLUMNS.join("\t"));
+    let rows = read_steps(run.path()).unwrap();
+    assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), vec![10, 20, 30, 40]);
+    assert!(rows[3].train_loss < rows[0].train_loss - 0.2, "train loss did not fall: {rows:?}");
+    for r in &rows {
+        let sum = r.q_neg1 + r.q_zero + r.q_pos1;
+        assert!((sum - 1.0).abs() < 1e-5, "fractions sum to {sum}");
+        assert!(r.q_zero > 0.0 && r.q_neg1 > 0.0 && r.q_pos1 > 0.0);
+    }
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.path().join("summary.json")).unwrap()).unwrap();
+    for key in ["status", "eval_ppl", "eval_bpb", "eval_loss", "train_loss", "steps", "tokens", "time_s", "peak_mem_mb", "device", "q_neg1", "q_zero", "q_pos1", "fp_ppl", "error"] {
+        assert!(s.get(key).is_some(), "summary.json lacks {key}");
+    }
+    assert_eq!(s["error"], serde_json::Value::Null);
+
+    // The packed export scores what the in-memory model scored (scales are stored in f16).
+    let packed = autoqat_qat::load_packed(&run.path().join("export"), Device::Cpu).unwrap();
+    let tok = TextTokenizer::from_path(&run.path().join("export")).unwrap();
+    let (ids, bytes) = eval_tokens(&tok, std::path::Path::new(&recipe.data.eval_text), recipe.data.eval_max_tokens).unwrap();
+    let r = evaluate(&packed.model, &ids, bytes, &recipe, Device::Cpu, false).unwrap();
+    let in_memory = summary.eval_ppl.unwrap();
+    let rel = (r.eval_ppl - in_memory).abs() / in_memory;
+    assert!(rel < 1e-3, "packed ppl {} vs in-memory {in_memory} (rel {rel})", r.eval_ppl);
+    let packed_bytes = std::fs::metadata(run.path().join("export/model.safetensors")).unwrap().len();
+    let hf_bytes = std::fs::metadata(run.path().join("hf/model.safetensors")).unwrap().len();
+    assert!(packed_bytes < hf_bytes, "packed {packed_bytes} B is not smaller than dequantized {hf_bytes} B");
+
+    // The dequantized HF directory: transformers loads it and agrees with our loader.
+    let hf = run.path().join("hf");
+    let ours = load_causal_lm(hf.to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap();
+    let r_hf = evaluate(&ours.model, &ids, bytes, &recipe, Device::Cpu, false).unwrap();
+    assert!((r_hf.eval_ppl - in_memory).abs() / in_memory < 1e-4, "hf ppl {} vs {in_memory}", r_hf.eval_ppl);
+    let Some(py) = common::python() else { return };
+    let x = Tensor::from_slice(&ids[..48]).reshape([2, 24]);
+    let logits = tch::no_grad(|| ours.model.forward(&x));
+    let dir = tempfile::tempdir().unwrap();
+    Tensor::write_safetensors(&[("ids", &x)], dir.path().join("ids.safetensors")).unwrap();
+    common::run_reference(&py, "hf_logits.py", &[hf.as_os_str(), dir.path().join("ids.safetensors").as_os_str(), dir.path().join("out.safetensors").as_os_str()]);
+    let theirs = &Tensor::read_safetensors(dir.path().join("out.safetensors")).unwrap()[0].1;
+    let err = (&logits - theirs).abs().max().double_value(&[]);
+    assert!(err < 1e-4, "transformers logits differ by {err}");
+}
+
+#[test]
+fn absurd_lr_ends_in_crash_with_reason() {
+    let Some(model) = common::tiny_model() else { return };
+    let recipe = common::tiny_recipe(
+        &model,
+        "[budget]\nsteps = 30\neval_every = 30\ncheckpoint_every = 0\n[optim]\nlr = 100.0\ngrad_clip = 0.0\nlr_warmup_frac = 0.0\n[ste]\nlambda_warmup_frac = 0.0\n",
+    );
+    let run = tempfile::tempdir().unwrap();
+    let summary = run_trial(&recipe, TrialOptions::new(run.path()));
+    assert_eq!(summary.status, "crash");
+    let err = summary.error.clone().unwrap();
+    assert!(err.contains("diverged") && err.contains("optim.lr"), "{err}");
+    assert!(summary.steps < 30, "the crash should end the trial early");
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["status"], "crash");
+    assert_eq!(s["error"], serde_json::Value::String(err));
+}
+
+#[test]
+fn resume_equals_an_uninterrupted_run() {
+    let Some(model) = common::tiny_model() else { return };
+    // Every moving part at once: learned scales, A8->A4 flip, deadzone recovery, distillation.
+    let recipe = common::tiny_recipe(
+        &model,
+        "[budget]\nsteps = 8\neval_every = 2\ncheckpoint_every = 4\n[optim]\nlr = 2e-3\nbatch_size = 2\ngrad_accum = 2\nweight_decay = 0.1\n[quant]\nmethod = \"paretoq_stretched\"\ngranularity = \"per_row\"\n[activations]\nbits = \"8\"\na4_flip_frac = 0.5\n[deadzone_recovery]\nenabled = true\n[distill]\nenabled = true\n[ste]\nlambda_schedule = \"sigmoid\"\nlambda_warmup_frac = 0.5\n",
+    );
+    let full = tempfile::tempdir().unwrap();
+    let mut o = TrialOptions::new(full.path());
+    o.export = false;
+    assert_eq!(run_trial(&recipe, o).status, "ok");
+
+    let part = tempfile::tempdir().unwrap();
+    let mut o = TrialOptions::new(part.path());
+    o.stop_after = Some(4);
+    assert_eq!(run_trial(&recipe, o).status, "ok");
+    let mut o = TrialOptions::new(part.path());
+    o.resume = true;
+    o.export = false;
+    let resumed = run_trial(&recipe, o);
+    assert_eq!(resumed.status, "ok", "{:?}", resumed.error);
+
+    let a = lines_with(&full.path().join("trial.log"), "step ");
+    let b = lines_with(&part.path().join("trial.log"), "step ");
+    assert_eq!(a.len(), 8);
+    assert_eq!(b.len(), 8, "{b:?}");
+    assert_eq!(a, b, "per-step losses differ after resuming");
+    let ra = read_steps(full.path()).unwrap();
+    let rb = read_steps(part.path()).unwrap();
+    assert_eq!(ra.len(), 4);
+    assert_eq!(rb.len(), 4);
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!((x.step, x.train_loss, x.eval_ppl, x.q_zero), (y.step, y.train_loss, y.eval_ppl, y.q_zero));
+    }
+}
+
+#[test]
+fn resume_without_checkpoint_is_a_clear_crash() {
+    let Some(model) = common::tiny_model() else { return };
+    let recipe = common::tiny_recipe(&model, "[budget]\nsteps = 2\n");
+    let run = tempfile::tempdir().unwrap();
+    let mut o = TrialOptions::new(run.path());
+    o.resume = true;
+    let s = run_trial(&recipe, o);
+    assert_eq!(s.status, "crash");
+    assert!(s.error.unwrap().contains("no checkpoint"));
+}
