@@ -34,9 +34,10 @@ pub fn parse(text: &str) -> Result<Proposal, String> {
         match serde_json::from_str::<Proposal>(candidate) {
             Ok(p) => return check(p),
             Err(e) => {
-                // A JSON object of the wrong shape is a more useful error than a syntax error.
-                if serde_json::from_str::<serde_json::Value>(candidate).is_ok() || last_err.is_none()
-                {
+                // A JSON object of the wrong shape is a more useful error than a syntax error;
+                // prose that merely contains no JSON gives neither.
+                let shaped = serde_json::from_str::<serde_json::Value>(candidate).is_ok();
+                if shaped || (last_err.is_none() && candidate.starts_with('{')) {
                     last_err = Some(e.to_string());
                 }
             }

@@ -64,9 +64,6 @@ pub fn apply(p: &Proposal, rules: &EditRules) -> Result<Applied, String> {
     for (path, (old, new)) in &files {
         changed += focus::changed_lines(old, new);
         diff.push_str(&focus::compact_diff(path, old, new));
-        if Some(path) == rules.mutable_paths.first() {
-            rules.validator.check(old, new).map_err(|m| format!("`{path}` fails the schema: {m}"))?;
-        }
     }
     if changed == 0 {
         return Err("the edits change nothing".into());
@@ -76,6 +73,11 @@ pub fn apply(p: &Proposal, rules: &EditRules) -> Result<Applied, String> {
             "the change touches {changed} lines; at most {} are allowed: propose one focused change",
             rules.max_changed_lines
         ));
+    }
+    for (path, (old, new)) in &files {
+        if Some(path) == rules.mutable_paths.first() {
+            rules.validator.check(old, new).map_err(|m| format!("`{path}` fails the schema: {m}"))?;
+        }
     }
     let key = focus::diff_key(&diff);
     if rules.tried.contains(&key) {

@@ -62,17 +62,22 @@ impl Proposer for Builtin {
 /// Every untried single-key change, best first.
 pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
     let Ok(table) = ctx.recipe.parse::<toml::Table>() else { return Vec::new() };
-    // Per key: how often it was tried, and whether its latest change was kept (and the value).
+    // Per key: how often it was tried, and the (old, new) values of its latest change if
+    // that change was kept (so the search can continue in the same direction).
     let mut tries: HashMap<String, i64> = HashMap::new();
     let mut last_keep: HashMap<String, (Value, Value)> = HashMap::new();
     for r in ctx.records {
         if let Some((key, val)) = r.description.strip_prefix("set ").and_then(|d| d.split_once(" = ")) {
             *tries.entry(key.to_string()).or_default() += 1;
-            let v: Value = serde_json::from_str(val).unwrap_or(Value::String(val.to_string()));
-            if r.status() == Status::Keep {
-                last_keep.insert(key.to_string(), (Value::Null, v));
-            } else {
-                last_keep.remove(key);
+            let new: Value = serde_json::from_str(val).unwrap_or(Value::String(val.to_string()));
+            let leaf = key.rsplit('.').next().unwrap_or(key);
+            match (r.status() == Status::Keep, old_value(&r.diff, leaf)) {
+                (true, Some(old)) => {
+                    last_keep.insert(key.to_string(), (old, new));
+                }
+                _ => {
+                    last_keep.remove(key);
+                }
             }
         }
     }
@@ -97,15 +102,38 @@ pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
             }
             let dist = cur_idx.map(|c| (c as i64 - ci as i64).abs()).unwrap_or(1);
             let n = *tries.get(&f.key).unwrap_or(&0);
-            // A kept change on a ladder: continue one step in the same direction first.
-            let follows_keep = last_keep.contains_key(&f.key) && dist == 1;
-            let tier = if follows_keep { -1 } else { n };
+            let mut tier = n;
+            if let (Some((old, new)), Some(cur)) = (last_keep.get(&f.key), cur_idx) {
+                let old_idx = f.choices.iter().position(|c| same(c, old));
+                if same(new, &current) {
+                    if let Some(o) = old_idx {
+                        let dir = (cur as i64 - o as i64).signum();
+                        if ci as i64 == cur as i64 + dir {
+                            // A kept change on a ladder: one more step the same way comes first.
+                            tier = -1;
+                        } else if ci == o {
+                            // Going back is known to be worse.
+                            tier = i64::MAX / 2;
+                        }
+                    }
+                }
+            }
             let tie = (fi as u64).wrapping_mul(0x9e3779b97f4a7c15) ^ seed.wrapping_mul(0xbf58476d1ce4e5b9);
             out.push(Candidate { key: f.key.clone(), value: choice.clone(), search, replace, rank: (tier, dist, if seed == 0 { fi as u64 } else { tie }) });
         }
     }
     out.sort_by_key(|c| c.rank);
     out
+}
+
+/// The old value of `leaf` in a compact diff (`path: -leaf = value`).
+fn old_value(diff: &str, leaf: &str) -> Option<Value> {
+    diff.lines().find_map(|l| {
+        let rest = l.split_once(": -")?.1.trim();
+        let v = rest.strip_prefix(leaf)?.trim_start().strip_prefix('=')?;
+        let t: toml::Table = format!("v = {}", v.trim()).parse().ok()?;
+        t.get("v").map(crate::validate::toml_to_json)
+    })
 }
 
 fn same(a: &Value, b: &Value) -> bool {
@@ -132,7 +160,9 @@ pub fn line_edit(text: &str, key: &str, value: &Value) -> Option<(String, String
     };
     let mut cur = String::new();
     let mut header: Option<&str> = None;
+    let mut prev = "";
     for line in text.lines() {
+        let before = std::mem::replace(&mut prev, line);
         let t = line.trim();
         if t.starts_with('[') && !t.starts_with("[[") {
             cur = t.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string();
@@ -151,10 +181,15 @@ pub fn line_edit(text: &str, key: &str, value: &Value) -> Option<(String, String
         let indent = &line[..line.len() - line.trim_start().len()];
         let comment = rest.find(" #").map(|i| &rest[i..]).unwrap_or("");
         let new_line = format!("{indent}{leaf} = {}{comment}", toml_value(value));
-        if text.matches(line).count() != 1 {
-            return None;
+        // `lr = 0.1` also matches inside `warmup_lr = 0.1`: widen to the line before if needed.
+        if text.matches(line).count() == 1 {
+            return Some((line.to_string(), new_line));
         }
-        return Some((line.to_string(), new_line));
+        let wide = format!("{before}\n{line}");
+        if text.matches(&wide).count() == 1 {
+            return Some((wide, format!("{before}\n{new_line}")));
+        }
+        return None;
     }
     let h = header?;
     if text.matches(h).count() != 1 {

@@ -1,0 +1,211 @@
+//! Provider tests against a real HTTP server on 127.0.0.1 that speaks both the OpenAI chat
+//! completions and the Anthropic Messages APIs, and the `command` provider with a script.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use autoqat_research::answer;
+use autoqat_research::proposer::{self, Context, ProposerError, Reply, Request};
+use autoqat_research::settings::ProviderSettings;
+use common::*;
+
+fn settings(kind: &str, url: &str, var: &str) -> ProviderSettings {
+    ProviderSettings {
+        kind: kind.into(),
+        model: "test-model".into(),
+        base_url: url.into(),
+        api_key_env: var.into(),
+        timeout_s: 2.0,
+        max_retries: 2,
+        backoff_s: 0.01,
+        max_backoff_s: 5.0,
+        price_in_per_mtok: 2.0,
+        price_out_per_mtok: 10.0,
+        ..ProviderSettings::default()
+    }
+}
+
+fn ask(s: &ProviderSettings) -> Result<Reply, ProposerError> {
+    let mut p = proposer::make(s)?;
+    let tried = HashSet::new();
+    let req = Request {
+        system: "sys".into(),
+        user: "user prompt".into(),
+        repair: None,
+        ctx: Context { schema: None, recipe_path: "experiments/train.toml", recipe: RECIPE, records: &[], tried: &tried },
+    };
+    p.propose(&req)
+}
+
+/// Each test gets its own env var, so tests running in parallel never race on one name.
+fn key(var: &str, value: &str) {
+    std::env::set_var(var, value);
+}
+
+const GOOD: &str = r#"{"description":"raise lr","rationale":"r","edits":[{"path":"experiments/train.toml","search":"lr = 0.001","replace":"lr = 0.003"}]}"#;
+
+#[test]
+fn openai_good_answer_sends_key_model_and_prices_tokens() {
+    let srv = serve(vec![Canned::json(200, openai_body(GOOD))]);
+    key("AQ_T_OPENAI_GOOD", "sk-test-openai-good");
+    let r = ask(&settings("openai", &format!("{}/v1", srv.url), "AQ_T_OPENAI_GOOD")).unwrap();
+    assert_eq!(answer::parse(&r.text).unwrap().description, "raise lr");
+    assert_eq!((r.input_tokens, r.output_tokens), (1000, 200));
+    // 1000 * 2 / 1e6 + 200 * 10 / 1e6
+    assert!((r.cost_usd - 0.004).abs() < 1e-12, "{}", r.cost_usd);
+    let seen = srv.seen.lock().unwrap();
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    assert!(seen[0].headers.contains(&("authorization".into(), "Bearer sk-test-openai-good".into())));
+    let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
+    assert_eq!(body["model"], "test-model");
+    assert_eq!(body["messages"][1]["content"], "user prompt");
+}
+
+#[test]
+fn anthropic_good_answer_uses_messages_api() {
+    let srv = serve(vec![Canned::json(200, anthropic_body(GOOD))]);
+    key("AQ_T_ANTHROPIC_GOOD", "sk-ant-test");
+    let r = ask(&settings("anthropic", &srv.url, "AQ_T_ANTHROPIC_GOOD")).unwrap();
+    assert_eq!(answer::parse(&r.text).unwrap().edits.len(), 1);
+    assert_eq!((r.input_tokens, r.output_tokens), (900, 100));
+    let seen = srv.seen.lock().unwrap();
+    assert_eq!(seen[0].path, "/v1/messages");
+    assert!(seen[0].headers.contains(&("x-api-key".into(), "sk-ant-test".into())));
+    assert!(seen[0].headers.iter().any(|(k, _)| k == "anthropic-version"));
+    let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
+    assert_eq!(body["system"], "sys");
+}
+
+#[test]
+fn retry_after_on_429_is_honoured() {
+    let mut busy = Canned::json(429, r#"{"error":"rate limited"}"#);
+    busy.headers.push(("retry-after".into(), "1".into()));
+    let srv = serve(vec![busy, Canned::json(200, anthropic_body(GOOD))]);
+    key("AQ_T_429", "k-429-xxxx");
+    let t = Instant::now();
+    let r = ask(&settings("anthropic", &srv.url, "AQ_T_429")).unwrap();
+    assert!(answer::parse(&r.text).is_ok());
+    let seen = srv.seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    // backoff_s is 0.01: only Retry-After explains a gap of a second.
+    let gap = seen[1].at.duration_since(seen[0].at);
+    assert!(gap >= Duration::from_millis(950), "waited only {gap:?}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn server_error_then_success() {
+    let srv = serve(vec![Canned::json(500, "oops"), Canned::json(503, "busy"), Canned::json(200, openai_body(GOOD))]);
+    key("AQ_T_500", "k-500-xxxx");
+    let r = ask(&settings("openai", &srv.url, "AQ_T_500")).unwrap();
+    assert!(answer::parse(&r.text).is_ok());
+    assert_eq!(srv.seen.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn server_errors_exhaust_retries_with_a_clear_error() {
+    let srv = serve(vec![Canned::json(500, "a"), Canned::json(500, "b"), Canned::json(500, "c")]);
+    key("AQ_T_500X", "k-500x-xxxx");
+    let e = ask(&settings("openai", &srv.url, "AQ_T_500X")).unwrap_err().to_string();
+    assert!(e.contains("giving up after 3 attempts") && e.contains("500"), "{e}");
+}
+
+#[test]
+fn a_hung_request_times_out_and_is_retried() {
+    let mut slow = Canned::json(200, openai_body(GOOD));
+    slow.delay = Duration::from_millis(1500);
+    let srv = serve(vec![slow, Canned::json(200, openai_body(GOOD))]);
+    key("AQ_T_TIMEOUT", "k-timeout-xxxx");
+    let mut s = settings("openai", &srv.url, "AQ_T_TIMEOUT");
+    s.timeout_s = 0.4;
+    let t = Instant::now();
+    let r = ask(&s).unwrap();
+    assert!(answer::parse(&r.text).is_ok());
+    assert_eq!(srv.seen.lock().unwrap().len(), 2);
+    assert!(t.elapsed() < Duration::from_millis(1400), "timeout not applied: {:?}", t.elapsed());
+}
+
+#[test]
+fn truncated_json_body_is_retried_then_reported() {
+    let full = openai_body(GOOD);
+    let cut = full[..full.len() / 2].to_string();
+    let srv = serve(vec![Canned::json(200, cut.clone()), Canned::json(200, full)]);
+    key("AQ_T_TRUNC", "k-trunc-xxxx");
+    assert!(ask(&settings("openai", &srv.url, "AQ_T_TRUNC")).is_ok());
+
+    let srv = serve(vec![Canned::json(200, cut.clone()), Canned::json(200, cut)]);
+    let mut s = settings("openai", &srv.url, "AQ_T_TRUNC");
+    s.max_retries = 1;
+    let e = ask(&s).unwrap_err().to_string();
+    assert!(e.contains("not valid JSON"), "{e}");
+}
+
+#[test]
+fn truncated_answer_content_is_rejected_as_unparsable() {
+    let srv = serve(vec![Canned::json(200, openai_body(&GOOD[..GOOD.len() - 20]))]);
+    key("AQ_T_TRUNC2", "k-trunc2-xxxx");
+    let r = ask(&settings("openai", &srv.url, "AQ_T_TRUNC2")).unwrap();
+    let e = answer::parse(&r.text).unwrap_err();
+    assert!(e.contains("JSON"), "{e}");
+}
+
+#[test]
+fn prose_and_fence_wrapped_answers_parse() {
+    let wrapped = format!("Sure. Looking at the results, lr is too low.\n\n```json\n{GOOD}\n```\n\nLet me know.");
+    let srv = serve(vec![Canned::json(200, anthropic_body(&wrapped))]);
+    key("AQ_T_PROSE", "k-prose-xxxx");
+    let r = ask(&settings("anthropic", &srv.url, "AQ_T_PROSE")).unwrap();
+    assert_eq!(answer::parse(&r.text).unwrap().description, "raise lr");
+    // Bare JSON in prose, with braces inside strings.
+    let bare = r#"I propose {"description":"x {y}","rationale":"}","edits":[{"path":"a","search":"b","replace":"c"}]} as said."#;
+    assert_eq!(answer::parse(bare).unwrap().description, "x {y}");
+}
+
+#[test]
+fn client_errors_fail_fast_and_never_echo_the_key() {
+    let secret = "sk-LEAKCANARY-0xDEADBEEF-401";
+    let srv = serve(vec![Canned::json(401, format!(r#"{{"error":"invalid key {secret}"}}"#))]);
+    key("AQ_T_401", secret);
+    let e = ask(&settings("openai", &srv.url, "AQ_T_401")).unwrap_err();
+    let msg = format!("{e} {e:?}");
+    assert!(msg.contains("401"), "{msg}");
+    assert!(!msg.contains(secret), "key leaked into the error: {msg}");
+    assert_eq!(srv.seen.lock().unwrap().len(), 1, "a 401 must not be retried");
+}
+
+#[test]
+fn missing_key_names_the_variable() {
+    let e = ask(&settings("openai", "http://127.0.0.1:9", "AQ_T_UNSET_VAR_NAME")).unwrap_err().to_string();
+    assert!(e.contains("AQ_T_UNSET_VAR_NAME"), "{e}");
+}
+
+#[test]
+fn command_provider_reads_prompt_on_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("agent.sh");
+    // Echo back whether the prompt arrived, inside a valid answer.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif grep -q 'user prompt'; then echo 'Here you go:'; echo '{GOOD}'; else echo nothing; fi\n"
+        ),
+    )
+    .unwrap();
+    let mut s = settings("command", "", "");
+    s.command = format!("sh {}", script.display());
+    let r = ask(&s).unwrap();
+    assert_eq!(answer::parse(&r.text).unwrap().description, "raise lr");
+
+    s.command = "sleep 5".into();
+    s.timeout_s = 0.3;
+    let t = Instant::now();
+    let e = ask(&s).unwrap_err().to_string();
+    assert!(e.contains("no answer within"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+
+    s.command = "exit 7".into();
+    s.timeout_s = 5.0;
+    assert!(ask(&s).unwrap_err().to_string().contains("exited"));
+}
