@@ -74,7 +74,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     say(&format!("phase 2/4: workspace {}", dir.display()));
     let t0 = Instant::now();
     workspace::init(&dir, Template::TinyDemo, sizes)?;
-    link_teacher(&dir, &teacher)?;
+    crate::demo::install_teacher(&dir, &teacher)?;
     phases.push(Phase { name: "workspace", seconds: t0.elapsed().as_secs_f64() });
 
     let total = args.experiments + 1;
@@ -138,25 +138,6 @@ fn refuse_existing(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    Ok(())
-}
-
-/// Copies the cached teacher and texts into the workspace (git-ignored `teacher/` and
-/// `data/`), where the tiny-demo recipe expects them; a copy keeps the workspace valid if the
-/// cache is cleared.
-fn link_teacher(dir: &Path, t: &teacher::Teacher) -> anyhow::Result<()> {
-    let copy = |from: &Path, to: &Path| -> anyhow::Result<()> {
-        if let Some(p) = to.parent() {
-            std::fs::create_dir_all(p)?;
-        }
-        std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-        Ok(())
-    };
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        copy(&t.model_dir.join(f), &dir.join("teacher").join(f))?;
-    }
-    copy(&t.train_text, &dir.join("data/train.txt"))?;
-    copy(&t.eval_text, &dir.join("data/eval.txt"))?;
     Ok(())
 }
 

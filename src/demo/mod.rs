@@ -4,3 +4,26 @@
 pub mod corpus;
 pub mod teacher;
 pub mod tokenizer;
+
+use std::path::Path;
+
+use anyhow::Context;
+
+/// Copies the cached teacher and its texts into a workspace (git-ignored `teacher/` and
+/// `data/`), where the tiny-demo recipe expects them; a copy keeps the workspace valid when the
+/// cache is cleared.
+pub fn install_teacher(dir: &Path, t: &teacher::Teacher) -> anyhow::Result<()> {
+    let copy = |from: &Path, to: &Path| -> anyhow::Result<()> {
+        if let Some(p) = to.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        Ok(())
+    };
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        copy(&t.model_dir.join(f), &dir.join("teacher").join(f))?;
+    }
+    copy(&t.train_text, &dir.join("data/train.txt"))?;
+    copy(&t.eval_text, &dir.join("data/eval.txt"))?;
+    Ok(())
+}
