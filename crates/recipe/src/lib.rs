@@ -126,10 +126,7 @@ pub fn parse(text: &str) -> Result<Recipe, RecipeError> {
 pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| RecipeError::Invalid(format!("cannot read {}: {e}", path.display())))?;
-    let mut recipe = parse(&text).map_err(|e| match e {
-        RecipeError::Invalid(m) => RecipeError::Invalid(format!("{}: {m}", path.display())),
-        other => other,
-    })?;
+    let mut recipe = parse(&text)?;
     let base = path.parent().unwrap_or(Path::new("."));
     recipe.resolve_paths(base);
     Ok(recipe)
