@@ -1,0 +1,334 @@
+//! The research loop end to end, in throwaway git workspaces with a toy trial script: keep and
+//! discard, crash, timeout, NaN, pruning, invalid answers and repair, noise, foreign trials,
+//! stop file, signals, and the audit trail that results.tsv can be rebuilt from.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use autoqat_research::driver::{Driver, RunOptions, StopReason};
+use autoqat_research::git::Git;
+use autoqat_research::results::{Record, Status};
+use autoqat_research::settings::Settings;
+use common::*;
+
+/// Not a test on its own: the body of a driver child process (see `spawn_driver`).
+#[test]
+fn driver_child() {
+    let Ok(ws) = std::env::var("AQ_CHILD_WS") else { return };
+    let _ = tracing_subscriber::fmt().with_env_filter("debug").with_writer(std::io::stderr).try_init();
+    autoqat_research::driver::install_signal_handlers();
+    let s = Settings::load(Path::new(&ws)).unwrap();
+    let opts = RunOptions {
+        max_experiments: std::env::var("AQ_CHILD_MAX").ok().and_then(|v| v.parse().ok()),
+        resume: std::env::var("AQ_CHILD_RESUME").is_ok(),
+        ..RunOptions::default()
+    };
+    let summary = Driver::open(Path::new(&ws), s, opts, None).unwrap().run().unwrap();
+    println!("STOP: {}", summary.stop);
+}
+
+/// Runs the driver in a child process (this test binary, filtered to `driver_child`).
+fn spawn_driver(ws: &Path, max: u32, resume: bool, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", "driver_child", "--nocapture", "--test-threads", "1"])
+        .env("AQ_CHILD_WS", ws)
+        .env("AQ_CHILD_MAX", max.to_string())
+        .env_remove("AUTOQAT_TEST_KILL_AT");
+    if resume {
+        c.env("AQ_CHILD_RESUME", "1");
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn run_child(ws: &Path, max: u32, resume: bool, env: &[(&str, &str)]) -> Output {
+    spawn_driver(ws, max, resume, env).output().unwrap()
+}
+
+fn run_in_process(ws: &Path, max: u32, resume: bool) -> (StopReason, Vec<Record>) {
+    let s = Settings::load(ws).unwrap();
+    let opts = RunOptions { max_experiments: Some(max), resume, quiet: true, ..RunOptions::default() };
+    let sum = Driver::open(ws, s, opts, None).unwrap().run().unwrap();
+    (sum.stop, sum.records)
+}
+
+/// A `command` proposer answering the canned answers in order (one file per call) and
+/// saving each prompt it received.
+fn canned_proposer(ws: &Path, answers: &[String]) -> String {
+    let dir = ws.join(".canned");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, a) in answers.iter().enumerate() {
+        std::fs::write(dir.join(format!("{i}.txt")), a).unwrap();
+    }
+    std::fs::write(
+        dir.join("agent.sh"),
+        format!(
+            "#!/bin/sh\nd={}\nn=$(cat $d/count 2>/dev/null || echo 0)\necho $((n+1)) > $d/count\ncat > $d/prompt$n.txt\ncat $d/$n.txt 2>/dev/null || echo 'no more answers'\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    // Keep the canned files out of the worktree status.
+    let excl = ws.join(".git/info/exclude");
+    let mut e = std::fs::read_to_string(&excl).unwrap_or_default();
+    e.push_str("/.canned/\n");
+    std::fs::write(excl, e).unwrap();
+    format!("[provider]\nkind = \"command\"\ncommand = \"sh {}/agent.sh\"\ntimeout_s = 10", dir.display())
+}
+
+fn set_method(m: &str) -> String {
+    proposal(&format!("method {m}"), "method = \"absmean\"", &format!("method = \"{m}\""))
+}
+
+fn statuses(recs: &[Record]) -> Vec<Status> {
+    recs.iter().map(|r| r.status()).collect()
+}
+
+/// Alive and not a zombie (a killed orphan may wait for a reaper that a container lacks).
+fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => unsafe { libc::kill(pid, 0) == 0 },
+    }
+}
+
+#[test]
+fn builtin_loop_keeps_improvements_and_audits_everything() {
+    let ws = workspace(&settings_toml("[provider]\nkind = \"builtin\"", ""));
+    // Only the harmless values, so that this run is fast.
+    let toml = settings_toml("[provider]\nkind = \"builtin\"", "").replace(r#", "crash", "hang", "nan", "slowbad""#, "");
+    std::fs::write(ws.path().join("autoqat.toml"), toml).unwrap();
+    git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
+    let (stop, recs) = run_in_process(ws.path(), 6, false);
+    assert_eq!(stop, StopReason::MaxExperiments);
+    assert_eq!(recs.len(), 6);
+    let recs2 = assert_consistent(ws.path(), "t");
+    assert_eq!(recs, recs2);
+    // The toy optimum is lr = 0.003, absmean: the builtin search must find it.
+    let best = autoqat_research::results::best(&recs).unwrap();
+    assert!((best.eval_ppl.unwrap() - 30.0).abs() < 1e-6, "{recs:#?}");
+    let head_recipe = std::fs::read_to_string(ws.path().join("experiments/train.toml")).unwrap();
+    assert!(head_recipe.contains("lr = 0.003") && head_recipe.contains("method = \"absmean\""), "{head_recipe}");
+    let keys: std::collections::HashSet<_> = recs.iter().skip(1).map(|r| r.diff_key.clone()).collect();
+    assert_eq!(keys.len(), recs.len() - 1, "a change was repeated");
+    assert!(ws.path().join("runs/0003/trial.log").exists());
+    // --resume continues the same run, numbering on.
+    let (_, recs) = run_in_process(ws.path(), 8, true);
+    assert_eq!(recs.len(), 8);
+    assert_consistent(ws.path(), "t");
+    // A second run on the same tag without --resume is refused.
+    let s = Settings::load(ws.path()).unwrap();
+    let e = Driver::open(ws.path(), s, RunOptions::default(), None).err().unwrap().to_string();
+    assert!(e.contains("--resume"), "{e}");
+}
+
+#[test]
+fn crash_timeout_nan_and_pruned_trials_are_recorded_and_reverted() {
+    let ws = workspace(&settings_toml("", ""));
+    let answers: Vec<String> = ["crash", "hang", "nan", "slowbad"].iter().map(|m| set_method(m)).chain([proposal("raise lr", "lr = 0.001", "lr = 0.003")]).collect();
+    let prov = canned_proposer(ws.path(), &answers);
+    let toml = settings_toml(&prov, "").replace("timeout_s = 20", "timeout_s = 1.5");
+    std::fs::write(ws.path().join("autoqat.toml"), toml).unwrap();
+    git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
+    let t = Instant::now();
+    let (_, recs) = run_in_process(ws.path(), 6, false);
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert_eq!(statuses(&recs), [Status::Baseline, Status::Crash, Status::Timeout, Status::Crash, Status::Pruned, Status::Keep]);
+    assert!(recs[1].error.as_deref().unwrap().contains("exit status 3"), "{:?}", recs[1].error);
+    assert!(recs[3].error.as_deref().unwrap().contains("not finite"), "{:?}", recs[3].error);
+    assert!(recs[4].error.as_deref().unwrap().contains("at step 10"), "{:?}", recs[4].error);
+    // The timeout killed the whole process group, including the trial's own child.
+    let pid: i32 = std::fs::read_to_string(ws.path().join("runs/0002/child.pid")).unwrap().trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!pid_alive(pid), "the timed-out trial's child {pid} survived");
+    assert!(std::fs::read_to_string(ws.path().join("runs/0001/trial.log")).unwrap().contains("boom"));
+    assert_consistent(ws.path(), "t");
+}
+
+#[test]
+fn invalid_answers_get_one_repair_round_then_stop_the_run() {
+    let ws = workspace(&settings_toml("", ""));
+    let mut answers = vec!["no json here".to_string(), proposal("fixed", "lr = 0.001", "lr = 0.003")];
+    answers.extend((0..6).map(|_| proposal("bad path", "x", "y").replace("experiments/train.toml", "../x.toml")));
+    let prov = canned_proposer(ws.path(), &answers);
+    std::fs::write(ws.path().join("autoqat.toml"), settings_toml(&prov, "")).unwrap();
+    git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
+    let (stop, recs) = run_in_process(ws.path(), 20, false);
+    assert_eq!(stop, StopReason::InvalidStreak(3));
+    assert_eq!(statuses(&recs), [Status::Baseline, Status::Keep, Status::Invalid, Status::Invalid, Status::Invalid]);
+    assert!(recs[2].error.as_deref().unwrap().contains("leaves the workspace"));
+    // The repair prompt quotes the rejection.
+    let repair = std::fs::read_to_string(ws.path().join(".canned/prompt1.txt")).unwrap();
+    assert!(repair.contains("rejected") && repair.contains("no JSON object"), "{repair}");
+    let first = std::fs::read_to_string(ws.path().join(".canned/prompt0.txt")).unwrap();
+    assert!(first.contains("optim.lr") && first.contains("Lower eval_ppl of the toy trial"), "{first}");
+    assert_eq!(std::fs::read_to_string(ws.path().join(".canned/count")).unwrap().trim(), "8");
+    assert_consistent(ws.path(), "t");
+}
+
+#[test]
+fn repeated_baseline_reports_sigma_and_second_seed_confirms_a_keep() {
+    let extra = "[noise]\nbaseline_repeats = 3\nconfirm_seed = true\nmin_rel_improvement = 0.01";
+    let ws = workspace(&settings_toml("[provider]\nkind = \"builtin\"", extra));
+    let (_, recs) = run_in_process(ws.path(), 2, false);
+    // The toy trial adds seed * 0.01: seeds 0, 1, 2 give a sample sigma of exactly 0.01.
+    assert_eq!(recs[0].baseline_ppls.len(), 3);
+    assert!((recs[0].sigma.unwrap() - 0.01).abs() < 1e-6, "{:?}", recs[0]);
+    assert!(ws.path().join("runs/0000-r2/summary.json").exists());
+    if recs[1].status() == Status::Keep {
+        let c = recs[1].confirm_ppl.expect("a keep must be confirmed on a second seed");
+        assert!((c - recs[1].eval_ppl.unwrap() - 0.01).abs() < 1e-6);
+    }
+    assert_consistent(ws.path(), "t");
+}
+
+#[test]
+fn foreign_trial_metric_from_a_regex() {
+    let ws = workspace(&settings_toml("", ""));
+    std::fs::write(ws.path().join("train.py"), "DEPTH = 4\n").unwrap();
+    std::fs::write(ws.path().join("run.sh"), "#!/bin/sh\nd=$(sed -n 's/^DEPTH = //p' train.py)\necho 'step 1'\necho \"val_bpb: 1.$d\"\n").unwrap();
+    let prov = canned_proposer(ws.path(), &[serde_json::json!({"description":"shallower","edits":[{"path":"train.py","search":"DEPTH = 4","replace":"DEPTH = 2"}]}).to_string()]);
+    let toml = format!(
+        "[run]\ntag = \"t\"\nmutable_paths = [\"train.py\"]\n[trial]\ncommand = \"sh run.sh\"\nmetric_regex = '^val_bpb:\\s*([0-9.]+)'\n{prov}\n[validator]\nkind = \"none\"\n"
+    );
+    std::fs::write(ws.path().join("autoqat.toml"), toml).unwrap();
+    git(ws.path(), &["add", "."]);
+    git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "foreign"]);
+    let (_, recs) = run_in_process(ws.path(), 2, false);
+    assert_eq!(recs[0].eval_ppl, Some(1.4));
+    assert_eq!(recs[1].eval_ppl, Some(1.2));
+    assert_eq!(recs[1].status(), Status::Keep);
+    assert_consistent(ws.path(), "t");
+}
+
+#[test]
+fn stop_file_and_dirty_worktree_and_lock() {
+    let ws = workspace(&settings_toml("[provider]\nkind = \"builtin\"", ""));
+    std::fs::write(ws.path().join("experiments/train.toml"), "changed\n").unwrap();
+    let s = Settings::load(ws.path()).unwrap();
+    let e = Driver::open(ws.path(), s.clone(), RunOptions::default(), None).err().unwrap().to_string();
+    assert!(e.contains("uncommitted changes") && e.contains("experiments/train.toml"), "{e}");
+    git(ws.path(), &["checkout", "--", "."]);
+    let (_, recs) = run_in_process(ws.path(), 1, false);
+    assert_eq!(recs.len(), 1);
+    std::fs::write(ws.path().join("STOP"), "").unwrap();
+    let (stop, recs) = run_in_process(ws.path(), 10, true);
+    assert_eq!((stop, recs.len()), (StopReason::StopFile, 1));
+    assert!(!ws.path().join("STOP").exists());
+    // A second driver on the same workspace is refused while the first holds the lock.
+    let _held = autoqat_research::git::Lock::acquire(ws.path()).unwrap();
+    let e = Driver::open(ws.path(), s, RunOptions { resume: true, ..RunOptions::default() }, None).err().unwrap().to_string();
+    assert!(e.contains("locked"), "{e}");
+}
+
+#[test]
+fn sigint_stops_the_trial_writes_the_row_and_leaves_the_worktree_clean() {
+    let ws = workspace(&settings_toml("", ""));
+    let prov = canned_proposer(ws.path(), &[set_method("hang")]);
+    std::fs::write(ws.path().join("autoqat.toml"), settings_toml(&prov, "")).unwrap();
+    git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
+    let child = spawn_driver(ws.path(), 5, false, &[]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let pidfile = ws.path().join("runs/0001/child.pid");
+    let t = Instant::now();
+    while !pidfile.exists() && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(pidfile.exists(), "the hanging trial never started");
+    std::thread::sleep(Duration::from_millis(50));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("STOP: stopped by a signal"), "{stdout}");
+    let recs = assert_consistent(ws.path(), "t");
+    assert_eq!(statuses(&recs), [Status::Baseline, Status::Crash]);
+    assert!(recs[1].error.as_deref().unwrap().contains("interrupted"));
+    let pid: i32 = std::fs::read_to_string(pidfile).unwrap().trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!pid_alive(pid), "the interrupted trial's child survived");
+}
+
+#[test]
+fn resume_after_sigkill_at_every_point_loses_and_duplicates_nothing() {
+    let points = ["propose:3", "after_commit:2", "trial:1", "trial:3", "after_trial:2", "reset:1", "before_row:2", "before_row:4"];
+    let mut handles = Vec::new();
+    for point in points {
+        handles.push(std::thread::spawn(move || {
+            let ws = workspace(&settings_toml("[provider]\nkind = \"builtin\"", "").replace(r#", "crash", "hang", "nan", "slowbad""#, ""));
+            let out = run_child(ws.path(), 6, false, &[("AUTOQAT_TEST_KILL_AT", point)]);
+            assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}: the driver was not killed: {}", String::from_utf8_lossy(&out.stderr));
+            let before = Git::open(ws.path()).unwrap().records("t").unwrap();
+            let out = run_child(ws.path(), 6, true, &[]);
+            assert!(out.status.success(), "{point}: resume failed: {}", String::from_utf8_lossy(&out.stderr));
+            let after = assert_consistent(ws.path(), "t");
+            assert_eq!(after.len(), 6, "{point}: {after:#?}");
+            for b in &before {
+                assert_eq!(Some(b), after.iter().find(|a| a.exp == b.exp), "{point}: finished experiment {} changed or lost", b.exp);
+            }
+            assert!(!Path::new(&ws.path().join(".autoqat/pending.json")).exists());
+        }));
+    }
+    for h in handles {
+        if let Err(e) = h.join() {
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
+#[test]
+fn a_fake_api_key_never_reaches_disk_git_or_logs() {
+    let key = "sk-AUTOQAT-FAKE-KEY-5f3a9c0e1b7d";
+    let ws = workspace(&settings_toml("", ""));
+    let mut busy = Canned::json(429, format!(r#"{{"error":"slow down, {key}"}}"#));
+    busy.headers.push(("retry-after".into(), "0".into()));
+    let script = vec![
+        busy,
+        Canned::json(200, openai_body(&proposal("raise lr", "lr = 0.001", "lr = 0.003"))),
+        Canned::json(200, openai_body("no idea")),
+        Canned::json(200, openai_body(&set_method("absmax"))),
+    ];
+    let srv = serve(script);
+    let prov = format!(
+        "[provider]\nkind = \"openai\"\nmodel = \"m\"\nbase_url = \"{}/v1\"\napi_key_env = \"AQ_FAKE_KEY\"\nbackoff_s = 0.01\nprice_in_per_mtok = 2.0\nprice_out_per_mtok = 10.0",
+        srv.url
+    );
+    let toml = settings_toml(&prov, "").replace("command = \"sh ./trial.sh {run_dir}\"", "command = \"env; sh ./trial.sh {run_dir}\"");
+    std::fs::write(ws.path().join("autoqat.toml"), toml).unwrap();
+    git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
+    let out = run_child(ws.path(), 3, false, &[("AQ_FAKE_KEY", key), ("RUST_LOG", "debug")]);
+    let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{logs}");
+    assert!(!logs.contains(key), "key in the driver's output:\n{logs}");
+    assert!(logs.contains("retrying"), "the 429 was not logged: {logs}");
+    let recs = assert_consistent(ws.path(), "t");
+    // Cost: 2 answers at 1000 in / 200 out tokens (exp 2 needed a repair round).
+    assert!((recs[1].cost_usd - 0.004).abs() < 1e-9 && (recs[2].cost_usd - 0.008).abs() < 1e-9, "{recs:#?}");
+    let trial_log = std::fs::read_to_string(ws.path().join("runs/0001/trial.log")).unwrap();
+    assert!(trial_log.contains("AUTOQAT_EXP=1") && !trial_log.contains("AQ_FAKE_KEY"), "{trial_log}");
+    // Every file under the workspace, and every git object decompressed (commits, notes, refs).
+    let mut files = vec![ws.path().to_path_buf()];
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&p).unwrap();
+            assert!(!String::from_utf8_lossy(&bytes).contains(key), "key found in {}", p.display());
+        }
+    }
+    let repo = git2::Repository::open(ws.path()).unwrap();
+    let odb = repo.odb().unwrap();
+    let mut n = 0;
+    odb.foreach(|oid| {
+        let obj = odb.read(*oid).unwrap();
+        assert!(!String::from_utf8_lossy(obj.data()).contains(key), "key in git object {oid}");
+        n += 1;
+        true
+    })
+    .unwrap();
+    assert!(n > 10);
+}
