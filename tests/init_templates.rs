@@ -48,6 +48,14 @@ fn every_template_is_a_clean_committed_workspace_with_a_valid_recipe() {
         let want = if template == "smollm-binary" { "BinaryAbsmean" } else { "TernaryAbsmean" };
         assert_eq!(method, want, "{template}");
         assert_eq!(recipe.data.train_text, "../data/train.txt", "{template}");
+        let settings_text = std::fs::read_to_string(dir.join("autoqat.toml")).unwrap();
+        let settings = autoqat_research::settings::Settings::parse(&settings_text, &dir.join("autoqat.toml"))
+            .unwrap_or_else(|e| panic!("{template}: autoqat.toml does not parse: {e}"));
+        assert_eq!(settings.run.mutable_paths, vec!["experiments/train.toml".to_string()]);
+        for p in ["system.md", "propose.md", "repair.md"] {
+            let repo = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts").join(p)).unwrap();
+            assert_eq!(std::fs::read_to_string(dir.join("prompts").join(p)).unwrap(), repo, "{template}: prompts/{p}");
+        }
     }
 }
 

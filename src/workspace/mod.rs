@@ -10,7 +10,8 @@ use anyhow::Context;
 const PROGRAM: &str = include_str!("../../program.md");
 /// The repository root's recipe (SmolLM-135M, ternary).
 const SMOLLM_TRAIN: &str = include_str!("../../experiments/train.toml");
-const SMOLLM_SETTINGS: &str = include_str!("templates/smollm.autoqat.toml");
+/// The repository root's harness settings.
+const SMOLLM_SETTINGS: &str = include_str!("../../autoqat.toml");
 const TINY_TRAIN: &str = include_str!("templates/tiny-demo.train.toml");
 const TINY_SETTINGS: &str = include_str!("templates/tiny-demo.autoqat.toml");
 const GITIGNORE: &str = "# autoqat: rebuildable or large outputs\nresults.tsv\nruns/\nreport/\ndata/\nteacher\n.autoqat/\nSTOP\n";
@@ -101,13 +102,13 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
     Ok(out)
 }
 
-/// The prompt templates a workspace starts with.
+/// The prompt templates a workspace starts with: the repository's own `prompts/`.
 fn prompts() -> Vec<(&'static str, &'static str)> {
-    vec![(
-        "README.md",
-        "Prompt templates of the research loop (system.md, propose.md, repair.md).\n\
-         When a file is absent the harness uses its built-in copy; copy one here to change it.\n",
-    )]
+    vec![
+        ("system.md", include_str!("../../prompts/system.md")),
+        ("propose.md", include_str!("../../prompts/propose.md")),
+        ("repair.md", include_str!("../../prompts/repair.md")),
+    ]
 }
 
 /// The repository's recipe with its data paths pointed at what `autoqat prepare` writes.
