@@ -64,17 +64,20 @@ impl AdamW {
         }
     }
 
-    /// Global L2 norm of the gradients.
+    /// Global L2 norm of the gradients (one host sync, no gradient-sized temporaries).
     pub fn grad_norm(&self) -> f64 {
         tch::no_grad(|| {
-            let mut total = 0.0;
-            for p in &self.params {
-                let g = p.var.grad();
-                if g.defined() {
-                    total += g.to_kind(Kind::Float).square().sum(Kind::Float).double_value(&[]);
-                }
+            let norms: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| p.var.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.norm().to_kind(Kind::Float))
+                .collect();
+            if norms.is_empty() {
+                return 0.0;
             }
-            total.sqrt()
+            Tensor::stack(&norms, 0).norm().double_value(&[])
         })
     }
 
@@ -108,12 +111,14 @@ impl AdamW {
                 if p.decay && self.weight_decay > 0.0 {
                     let _ = p.var.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
-                let _ = p.m.g_mul_scalar_(b1);
-                let _ = p.m.g_add_(&(&g * (1.0 - b1)));
+                let _ = p.m.lerp_(&g, 1.0 - b1);
                 let _ = p.v.g_mul_scalar_(b2);
                 let _ = p.v.addcmul_(&g, &g.g_mul_scalar(1.0 - b2));
-                let denom = p.v.sqrt() / bc2_sqrt + self.eps;
-                let upd = (&p.m / denom) * step_size;
+                let mut denom = p.v.sqrt();
+                let _ = denom.g_div_scalar_(bc2_sqrt);
+                let _ = denom.g_add_scalar_(self.eps);
+                let mut upd = p.m.g_div(&denom);
+                let _ = upd.g_mul_scalar_(step_size);
                 let _ = p.var.g_sub_(&upd.to_kind(p.var.kind()));
             }
         });
