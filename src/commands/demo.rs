@@ -24,7 +24,7 @@ struct Phase {
     seconds: f64,
 }
 
-/// What the demo leaves behind, also written to `<dir>/demo-summary.json`.
+/// What the demo leaves behind, also written to `<dir>/report/demo-summary.json`.
 #[derive(Debug, Serialize)]
 struct Summary {
     workspace: PathBuf,
@@ -56,7 +56,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = args.dir.clone();
     refuse_existing(&dir)?;
     let (spec, sizes) = if args.quick {
-        (TeacherSpec::quick(), TinySizes { steps: 16, eval_every: 8, timeout_s: 300, seq_len: 64, batch: 8 })
+        (TeacherSpec::quick(), TinySizes { steps: 10, eval_every: 5, timeout_s: 300, seq_len: 64, batch: 8 })
     } else {
         (TeacherSpec::standard(), TinySizes::default())
     };
@@ -114,7 +114,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         phases,
         total_s: start.elapsed().as_secs_f64(),
     };
-    let json = dir.join("demo-summary.json");
+    let json = dir.join("report/demo-summary.json");
     std::fs::write(&json, serde_json::to_string_pretty(&summary)?).with_context(|| format!("cannot write {}", json.display()))?;
     print_summary(&summary, &w.best_diff);
     Ok(())

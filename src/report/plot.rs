@@ -89,11 +89,17 @@ fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: 
     // Discarded and pruned trials: small grey dots; points above the range sit on the top edge.
     chart
         .draw_series(rows.iter().enumerate().filter(|(_, r)| !r.is_kept()).filter_map(|(i, r)| {
-            r.eval_ppl.map(|p| Circle::new((i as f64, clip(p)), 4, grey.filled()))
+            r.eval_ppl.filter(|p| *p <= y1).map(|p| Circle::new((i as f64, p), 4, grey.filled()))
         }))
         .map_err(err)?
         .label("discarded")
         .legend(move |(x, y)| Circle::new((x, y), 4, grey.filled()));
+    // Off the top of the range: a grey triangle on the top edge.
+    chart
+        .draw_series(rows.iter().enumerate().filter(|(_, r)| !r.is_kept()).filter_map(|(i, r)| {
+            r.eval_ppl.filter(|p| *p > y1).map(|_| TriangleMarker::new((i as f64, y1), 6, grey.filled()))
+        }))
+        .map_err(err)?;
     // Trials with no PPL (crash, timeout, invalid): red crosses along the bottom.
     chart
         .draw_series(rows.iter().enumerate().filter(|(_, r)| r.eval_ppl.is_none()).map(|(i, _)| {
