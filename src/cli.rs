@@ -185,6 +185,9 @@ pub struct StatusArgs {
     /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,
+    /// Follow the run until it stops (a progress bar on a terminal, lines otherwise).
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Arguments of `autoqat init`.

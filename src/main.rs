@@ -6,6 +6,7 @@ mod commands;
 mod demo;
 mod prepare;
 mod report;
+mod status;
 mod workspace;
 
 use clap::Parser;

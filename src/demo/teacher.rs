@@ -50,7 +50,7 @@ pub struct TeacherSpec {
 }
 
 impl TeacherSpec {
-    /// The default demo teacher: about 1M parameters, about two minutes on two CPU cores.
+    /// The default demo teacher: about 0.9M parameters; its loss flattens after about 100 steps.
     pub fn standard() -> TeacherSpec {
         TeacherSpec {
             corpus_seed: 1,
@@ -64,7 +64,7 @@ impl TeacherSpec {
             intermediate: 352,
             seq_len: 128,
             batch: 16,
-            steps: 300,
+            steps: 150,
             lr: 3e-3,
             seed: 0,
         }

@@ -64,7 +64,7 @@ pub struct TinySizes {
 
 impl Default for TinySizes {
     fn default() -> Self {
-        TinySizes { steps: 120, eval_every: 40, timeout_s: 600, seq_len: 128, batch: 16 }
+        TinySizes { steps: 30, eval_every: 10, timeout_s: 600, seq_len: 128, batch: 16 }
     }
 }
 

@@ -1,0 +1,195 @@
+//! `autoqat status`: a snapshot of the live run, read from files only (the run's lock, results.tsv,
+//! the current trial's steps.tsv, the recipe), so it never disturbs the run it watches.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::report::results::{self, Row};
+
+/// The last evaluated step of the running trial.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrialProgress {
+    /// Last step with an eval row.
+    pub step: u64,
+    /// Steps the trial will run.
+    pub total_steps: Option<u64>,
+    /// Train loss at that step.
+    pub train_loss: Option<f64>,
+    /// Eval PPL at that step.
+    pub eval_ppl: Option<f64>,
+    /// Seconds since the trial started.
+    pub time_s: Option<f64>,
+    /// Estimated seconds left, from the pace so far.
+    pub eta_s: Option<f64>,
+    /// Weight mix at that step.
+    pub q_neg1: Option<f64>,
+    /// See `q_neg1`.
+    pub q_zero: Option<f64>,
+    /// See `q_neg1`.
+    pub q_pos1: Option<f64>,
+}
+
+/// What `autoqat status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// True while an `autoqat run` holds the workspace lock.
+    pub running: bool,
+    /// Experiments finished (rows of results.tsv).
+    pub finished: usize,
+    /// The experiment in progress (the next number), when running.
+    pub current_exp: Option<u32>,
+    /// Subject of the commit at HEAD (the experiment being tried, while running).
+    pub current_description: Option<String>,
+    /// Its run directory.
+    pub run_dir: Option<PathBuf>,
+    /// Its progress, once it has evaluated.
+    pub trial: Option<TrialProgress>,
+    /// The best finished experiment.
+    pub best_exp: Option<String>,
+    /// Its eval PPL.
+    pub best_ppl: Option<f64>,
+    /// Eval PPL of the baseline.
+    pub baseline_ppl: Option<f64>,
+    /// Count of each status so far.
+    pub counts: Vec<(String, usize)>,
+}
+
+/// Reads the workspace's state.
+pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
+    anyhow::ensure!(
+        ws.join("autoqat.toml").is_file(),
+        "{} is not an autoqat workspace (no autoqat.toml; hint: pass --workspace DIR)",
+        ws.display()
+    );
+    let rows: Vec<Row> = match results::read(&ws.join("results.tsv")) {
+        Ok(r) => r,
+        Err(_) if !ws.join("results.tsv").exists() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let running = lock_held(ws);
+    let next = rows.iter().filter_map(|r| r.exp.parse::<u32>().ok()).max().map_or(0, |m| m + 1);
+    let (current_exp, run_dir, trial, current_description) = if running {
+        let settings = autoqat_research::settings::Settings::load(ws)?;
+        let rel = settings.run_dir(next);
+        let dir = ws.join(&rel);
+        let total = autoqat_recipe::load(&ws.join("experiments/train.toml")).ok().map(|r| r.total_steps());
+        let trial = read_steps(&dir.join("steps.tsv"), total);
+        (Some(next), Some(rel), trial, head_subject(ws))
+    } else {
+        (None, None, None, None)
+    };
+    let best = results::best(&rows);
+    let counts = results::STATUSES
+        .iter()
+        .map(|s| (s.to_string(), rows.iter().filter(|r| r.status == *s).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    Ok(Status {
+        running,
+        finished: rows.len(),
+        current_exp,
+        current_description,
+        run_dir,
+        trial,
+        best_exp: best.map(|i| rows[i].exp.clone()),
+        best_ppl: best.and_then(|i| rows[i].eval_ppl),
+        baseline_ppl: rows.iter().find(|r| r.status == "baseline").and_then(|r| r.eval_ppl),
+        counts,
+    })
+}
+
+/// Whether another process holds `.autoqat/lock` (the research loop takes it with flock).
+fn lock_held(ws: &Path) -> bool {
+    let path = ws.join(".autoqat/lock");
+    let Ok(file) = std::fs::OpenOptions::new().read(true).open(&path) else {
+        return false;
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(_) => false,
+    }
+}
+
+fn head_subject(ws: &Path) -> Option<String> {
+    let repo = git2::Repository::discover(ws).ok()?;
+    let commit = repo.head().ok()?.peel_to_commit().ok()?;
+    commit.summary().ok().flatten().map(str::to_string)
+}
+
+/// The last row of a trial's `steps.tsv` (DESIGN.md 4 columns), read by name.
+pub fn read_steps(path: &Path, total_steps: Option<u64>) -> Option<TrialProgress> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next()?.split('\t').collect();
+    let last: Vec<&str> = lines.last()?.split('\t').collect();
+    let get = |name: &str| -> Option<f64> {
+        let i = header.iter().position(|h| h.trim() == name)?;
+        last.get(i)?.trim().parse::<f64>().ok().filter(|v| v.is_finite())
+    };
+    let step = get("step")? as u64;
+    let time_s = get("time_s");
+    let eta_s = match (time_s, total_steps) {
+        (Some(t), Some(total)) if step > 0 && total >= step => Some(t / step as f64 * (total - step) as f64),
+        _ => None,
+    };
+    Some(TrialProgress {
+        step,
+        total_steps,
+        train_loss: get("train_loss"),
+        eval_ppl: get("eval_ppl"),
+        time_s,
+        eta_s,
+        q_neg1: get("q_neg1"),
+        q_zero: get("q_zero"),
+        q_pos1: get("q_pos1"),
+    })
+}
+
+/// Human-readable lines.
+pub fn render(s: &Status) -> String {
+    use crate::report::markdown::fmt_ppl;
+    let ppl = |p: Option<f64>| p.map(fmt_ppl).unwrap_or_else(|| "-".into());
+    let mut out = String::new();
+    let counts: Vec<String> = s.counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    out.push_str(&format!(
+        "run: {}\nfinished: {}{}\n",
+        if s.running { "running" } else { "not running" },
+        s.finished,
+        if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) }
+    ));
+    out.push_str(&format!(
+        "best: {} (experiment {}), baseline {}\n",
+        ppl(s.best_ppl),
+        s.best_exp.as_deref().unwrap_or("-"),
+        ppl(s.baseline_ppl)
+    ));
+    if let Some(exp) = s.current_exp {
+        out.push_str(&format!("current: experiment {exp}: {}\n", s.current_description.as_deref().unwrap_or("")));
+        match &s.trial {
+            Some(t) => out.push_str(&format!("trial: {}\n", trial_line(t))),
+            None => out.push_str("trial: starting (no eval yet)\n"),
+        }
+    }
+    out
+}
+
+/// One line of trial progress: step, loss, PPL, weight mix, ETA.
+pub fn trial_line(t: &TrialProgress) -> String {
+    let total = t.total_steps.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+    let f = |v: Option<f64>, d: usize| v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "-".into());
+    format!(
+        "step {}/{total} train_loss {} eval_ppl {} -1/0/+1 {}/{}/{} eta {}",
+        t.step,
+        f(t.train_loss, 4),
+        f(t.eval_ppl, 3),
+        f(t.q_neg1, 2),
+        f(t.q_zero, 2),
+        f(t.q_pos1, 2),
+        t.eta_s.map(|e| format!("{e:.0}s")).unwrap_or_else(|| "-".into())
+    )
+}
