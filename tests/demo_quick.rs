@@ -98,3 +98,21 @@ fn demo_refuses_a_non_empty_directory() {
     assert!(err.contains("not empty") && err.contains("--dir"), "{err}");
     assert!(!tmp.path().join("cache").exists(), "work started before the check");
 }
+
+#[test]
+fn demo_again_into_a_previous_demo_dir_uses_a_fresh_sibling() {
+    // A previous demo workspace: what `autoqat init --template tiny-demo` leaves.
+    let tmp = tempfile::tempdir().unwrap();
+    let prev = tmp.path().join("autoqat-demo");
+    let init = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["init", "--template", "tiny-demo"]).arg(&prev).output().unwrap();
+    assert!(init.status.success());
+    let before = std::fs::read_to_string(prev.join("experiments/train.toml")).unwrap();
+    // Stop it early: an empty cache dir that cannot be created makes phase 1 fail after the
+    // directory choice, which is all this test is about.
+    let blocker = tmp.path().join("cache-is-a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let out = demo(&blocker, &prev, 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds a previous demo") && err.contains("autoqat-demo-2"), "{err}");
+    assert_eq!(std::fs::read_to_string(prev.join("experiments/train.toml")).unwrap(), before);
+}

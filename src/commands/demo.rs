@@ -53,8 +53,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
          `autoqat prepare` and `autoqat run` in DIR"
     );
     let start = Instant::now();
-    let dir = args.dir.clone();
-    refuse_existing(&dir)?;
+    let dir = pick_dir(&args.dir)?;
     let (spec, sizes) = if args.quick {
         (TeacherSpec::quick(), TinySizes { steps: 10, eval_every: 5, timeout_s: 300, seq_len: 64, batch: 8 })
     } else {
@@ -128,17 +127,27 @@ fn abs(p: &Path) -> PathBuf {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// The demo creates its workspace; it never writes into an existing one.
-fn refuse_existing(dir: &Path) -> anyhow::Result<()> {
-    if dir.exists() {
-        let non_empty = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true);
-        anyhow::ensure!(
-            !non_empty,
-            "{} already exists and is not empty (hint: pass --dir NEW_DIR, or delete it; the cached teacher is reused either way)",
-            dir.display()
-        );
+/// The demo creates its workspace and never writes into an existing one. A previous demo's
+/// workspace is kept and the next free `<dir>-N` is used, so running the demo again just works
+/// (and reuses the cached teacher); any other non-empty directory is refused.
+fn pick_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let empty = |d: &Path| !d.exists() || std::fs::read_dir(d).map(|mut e| e.next().is_none()).unwrap_or(false);
+    if empty(dir) {
+        return Ok(dir.to_path_buf());
     }
-    Ok(())
+    anyhow::ensure!(
+        dir.join("autoqat.toml").is_file() && dir.join(".git").exists(),
+        "{} already exists and is not empty (hint: pass --dir NEW_DIR, or delete it; the cached teacher is reused either way)",
+        dir.display()
+    );
+    for n in 2..1000 {
+        let next = PathBuf::from(format!("{}-{n}", dir.display()));
+        if empty(&next) {
+            say(&format!("{} holds a previous demo; this one goes to {}", dir.display(), next.display()));
+            return Ok(next);
+        }
+    }
+    anyhow::bail!("{}-2 .. -999 all exist (hint: pass --dir NEW_DIR)", dir.display())
 }
 
 fn print_summary(s: &Summary, diff: &str) {
