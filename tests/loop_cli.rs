@@ -1,0 +1,68 @@
+//! `autoqat run`, `autoqat results [--rebuild]` and `autoqat log` through the real binary in a
+//! throwaway workspace with a toy trial script (no libtorch involved).
+
+use std::path::Path;
+use std::process::Command;
+
+const RECIPE: &str = "[optim]\nlr = 0.001\nseed = 0\n";
+const TRIAL: &str = "#!/bin/sh\nmkdir -p \"$1\"\nlr=$(sed -n 's/^lr = //p' experiments/train.toml)\nppl=$(awk -v lr=\"$lr\" 'BEGIN{l=log(lr/0.003)/log(10); if(l<0)l=-l; printf \"%.6f\", 30+10*l}')\nprintf '{\"status\":\"ok\",\"eval_ppl\":%s}' \"$ppl\" > \"$1/summary.json\"\n";
+const SETTINGS: &str = r#"[run]
+tag = "cli"
+[trial]
+command = "sh ./trial.sh {run_dir}"
+timeout_s = 30
+[validator]
+kind = "toml"
+[[validator.fields]]
+key = "optim.lr"
+choices = [0.0003, 0.001, 0.003, 0.01]
+"#;
+
+fn sh(dir: &Path, prog: &str, args: &[&str]) -> std::process::Output {
+    Command::new(prog).args(args).current_dir(dir).output().expect(prog)
+}
+
+fn autoqat(dir: &Path, args: &[&str]) -> std::process::Output {
+    sh(dir, env!("CARGO_BIN_EXE_autoqat"), args)
+}
+
+#[test]
+fn run_results_rebuild_and_log_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path();
+    std::fs::create_dir_all(ws.join("experiments")).unwrap();
+    std::fs::write(ws.join("experiments/train.toml"), RECIPE).unwrap();
+    std::fs::write(ws.join("trial.sh"), TRIAL).unwrap();
+    std::fs::write(ws.join("autoqat.toml"), SETTINGS).unwrap();
+    for args in [&["init", "-q", "-b", "main"][..], &["add", "."], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]] {
+        assert!(sh(ws, "git", args).status.success());
+    }
+    // A dirty worktree is refused with one clear line.
+    std::fs::write(ws.join("stray.txt"), "x").unwrap();
+    let out = autoqat(ws, &["run", "--max-experiments", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("uncommitted changes") && err.contains("stray.txt"), "{err}");
+    std::fs::remove_file(ws.join("stray.txt")).unwrap();
+
+    let out = autoqat(ws, &["run", "--max-experiments", "4", "--provider", "builtin"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("stopped: reached the experiment limit") && stdout.contains("best: exp"), "{stdout}");
+
+    let live = std::fs::read_to_string(ws.join("results.tsv")).unwrap();
+    assert_eq!(live.lines().count(), 5, "{live}");
+    assert!(live.starts_with("exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription\n"));
+    let shown = autoqat(ws, &["results"]);
+    assert_eq!(String::from_utf8_lossy(&shown.stdout), live);
+    std::fs::remove_file(ws.join("results.tsv")).unwrap();
+    let out = autoqat(ws, &["results", "--rebuild"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(ws.join("results.tsv")).unwrap(), live);
+
+    let log = String::from_utf8_lossy(&autoqat(ws, &["log"]).stdout).to_string();
+    assert!(log.contains("== exp 0 baseline") && log.contains("+lr = "), "{log}");
+    let json: serde_json::Value = serde_json::from_slice(&autoqat(ws, &["log", "--json"]).stdout).unwrap();
+    assert_eq!(json.as_array().map(|a| a.len()), Some(4));
+    assert!(sh(ws, "git", &["status", "--porcelain"]).stdout.is_empty());
+}
