@@ -45,6 +45,8 @@ fn synthetic_run() -> (tempfile::TempDir, String, String) {
         format!("0006\t{c3}\t{c3}\tdiscard\t9000\t9\t9\t200\t60\t40960\t900\t0.5\t0\t0.5\t0.01\tabsurd outlier"),
     ];
     std::fs::write(dir.join("results.tsv"), format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
+    std::fs::create_dir_all(dir.join("runs/0002")).unwrap();
+    std::fs::write(dir.join("runs/0002/summary.json"), r#"{"status":"ok","eval_ppl":45.0,"fp_ppl":30.25}"#).unwrap();
     (tmp, c0, c3)
 }
 
@@ -81,6 +83,7 @@ fn report_shows_best_recipe_diff_table_noise_and_plot() {
     assert!(md.contains("lr 1.0 \\| diverged"), "{md}");
     // 44 against the first baseline run, 50.
     assert!(md.contains("(-12.00% vs baseline)"), "{md}");
+    assert!(md.contains("full-precision teacher eval PPL: 30.250"), "{md}");
 
     assert_eq!(png_size(&dir.join("report/progress.png")), (1200, 600));
     let svg = std::fs::read_to_string(dir.join("report/progress.svg")).unwrap();

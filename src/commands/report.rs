@@ -8,6 +8,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let w = report::generate(&args.workspace, args.tag.as_deref(), args.out.as_deref())?;
     let ppl = |p: Option<f64>| p.map(report::markdown::fmt_ppl).unwrap_or_else(|| "-".into());
     println!("experiments: {}", w.experiments);
+    println!("fp_ppl: {}", ppl(w.fp_ppl));
     println!("baseline_ppl: {}", ppl(w.baseline_ppl));
     println!("best_ppl: {} (experiment {})", ppl(w.best_ppl), w.best_exp.as_deref().unwrap_or("-"));
     println!("report: {}", w.report_md.display());

@@ -17,6 +17,8 @@ pub struct Summary<'a> {
     pub baseline: Option<usize>,
     /// Spread of the repeated baseline.
     pub noise: Option<Noise>,
+    /// Eval PPL of the full-precision model.
+    pub fp_ppl: Option<f64>,
     /// The best recipe against the baseline.
     pub diff: &'a [FileDiff],
     /// File name of the plot, relative to the report.
@@ -48,6 +50,9 @@ fn overview(md: &mut String, s: &Summary<'_>) {
     let cost: f64 = rows.iter().filter_map(|r| r.cost_usd).sum();
     let _ = writeln!(md, "- experiments: {} ({counts})", rows.len());
     let base = s.baseline.and_then(|i| rows[i].eval_ppl);
+    if let Some(fp) = s.fp_ppl {
+        let _ = writeln!(md, "- full-precision teacher eval PPL: {}", fmt_ppl(fp));
+    }
     if let Some(b) = base {
         let _ = writeln!(md, "- baseline eval PPL: {}", fmt_ppl(b));
     }

@@ -19,6 +19,8 @@ pub struct Written {
     pub png: PathBuf,
     /// The same plot as SVG.
     pub svg: PathBuf,
+    /// Eval PPL of the full-precision model, as the trials measured it.
+    pub fp_ppl: Option<f64>,
     /// Eval PPL of the baseline.
     pub baseline_ppl: Option<f64>,
     /// Eval PPL of the best kept experiment.
@@ -47,6 +49,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         }
         _ => Vec::new(),
     };
+    let fp_ppl = fp_ppl(workspace, &rows);
     let png = out.join("progress.png");
     let svg = out.join("progress.svg");
     plot::write(&rows, &title, &png, &svg)?;
@@ -56,6 +59,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         best,
         baseline,
         noise: results::noise(&rows),
+        fp_ppl,
         diff: &diff,
         plot: "progress.png",
     });
@@ -65,11 +69,23 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         report_md,
         png,
         svg,
+        fp_ppl,
         baseline_ppl: baseline.and_then(|i| rows[i].eval_ppl),
         best_ppl: best.and_then(|i| rows[i].eval_ppl),
         best_exp: best.map(|i| rows[i].exp.clone()),
         best_diff: diff.iter().map(|d| d.unified.as_str()).collect(),
         experiments: rows.len(),
+    })
+}
+
+/// `fp_ppl` from the first trial summary that has one (`runs/<exp>/summary.json`): the
+/// full-precision floor every trial is measured against.
+fn fp_ppl(workspace: &Path, rows: &[results::Row]) -> Option<f64> {
+    rows.iter().find_map(|r| {
+        let n: u32 = r.exp.parse().ok()?;
+        let text = std::fs::read_to_string(workspace.join(format!("runs/{n:04}/summary.json"))).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v.get("fp_ppl")?.as_f64().filter(|p| p.is_finite())
     })
 }
 
