@@ -77,6 +77,8 @@ pub fn ensure(text_path: &Path, tokenizer_path: &Path) -> anyhow::Result<TokenFi
 mod tests {
     use std::path::Path;
 
+    use anyhow::Context;
+
     /// Reads a token file back.
     fn read(path: &Path) -> anyhow::Result<Vec<u32>> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
