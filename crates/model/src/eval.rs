@@ -23,6 +23,7 @@ use tch::{Kind, Reduction, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::llama::CausalLM;
+use crate::tokenizer::TextTokenizer;
 
 /// How the text is cut into windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +158,22 @@ pub fn perplexity(model: &CausalLM, ids: &[i64], n_bytes: usize, opts: &EvalOpti
         time_s,
         tokens_per_s: n_tokens as f64 / time_s.max(1e-9),
     })
+}
+
+/// Tokenizes `text` and evaluates it: the entry point for callers holding a text (the QAT
+/// trial evaluates its BitLinear student this way).
+pub fn perplexity_of_text(
+    model: &CausalLM,
+    tokenizer: &TextTokenizer,
+    text: &str,
+    opts: &EvalOptions,
+    device: tch::Device,
+) -> Result<EvalReport> {
+    if text.trim().is_empty() {
+        return Err(ModelError::Eval("the eval text is empty".into()));
+    }
+    let ids = tokenizer.encode(text)?;
+    perplexity(model, &ids, text.len(), opts, device)
 }
 
 /// The guide's per-window loss (mean over the valid shifted labels) for windows of equal length.

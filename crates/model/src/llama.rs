@@ -152,11 +152,10 @@ impl Attention {
         let q = apply_rope(&heads(&self.q_proj, self.n_heads, &self.q_norm), cos, sin);
         let k = apply_rope(&heads(&self.k_proj, self.n_kv_heads, &self.k_norm), cos, sin);
         let v = heads(&self.v_proj, self.n_kv_heads, &None);
-        let groups = self.n_heads / self.n_kv_heads;
-        let k = repeat_kv(&k, groups);
-        let v = repeat_kv(&v, groups);
+        // GQA inside the fused kernel (`enable_gqa`): the same math as `repeat_kv` without the copy.
         let scale = (self.head_dim as f64).powf(-0.5);
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, scale, false);
+        let gqa = self.n_heads != self.n_kv_heads;
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, scale, gqa);
         let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
         self.o_proj.forward(&y)
     }
