@@ -13,6 +13,7 @@ use crate::quant::{code_fractions, init_learned_scales, QatState, QuantBuilder, 
 use autoqat_model::{load_causal_lm, perplexity, CausalLM, EvalOptions, EvalReport, LoadedModel, PlainBuilder, TextTokenizer};
 use autoqat_recipe::{Precision, Recipe};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -46,8 +47,6 @@ pub struct Student {
     /// lambda and activation bits shared with every BitLinear.
     pub state: Arc<QatState>,
 }
-
-use std::sync::Arc;
 
 /// Loads the starting checkpoint with the recipe's quantized layers.
 pub fn load_student(recipe: &Recipe, device: Device) -> Result<Student> {
@@ -254,11 +253,9 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
     let mut interval_n = 0u64;
     let mut last_report: Option<(EvalReport, [f64; 3], f64)> = None;
     let mut last_train = None;
-    let mut lr = 0.0;
-    let mut lambda = 0.0;
     for step in first..total {
-        lambda = sched.lambda(step);
-        lr = sched.lr(step);
+        let lambda = sched.lambda(step);
+        let lr = sched.lr(step);
         student.state.set_lambda(lambda);
         student.state.set_act_bits(if sched.a4_from.is_some_and(|f| step >= f) { 4 } else { base_bits });
         opt.zero_grad();
@@ -357,7 +354,6 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
             break;
         }
     }
-    let _ = (lr, lambda);
     let summary_from = |r: Option<&(EvalReport, [f64; 3], f64)>| Summary {
         status: "ok".into(),
         eval_ppl: r.map(|r| r.0.eval_ppl),

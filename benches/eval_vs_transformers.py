@@ -1,0 +1,110 @@
+"""Benchmark (not a test): eval tokens/s of `autoqat eval` against Hugging Face transformers
+running the "Perplexity of fixed-length models" guide loop, on the same random-weight
+checkpoint, text, ctx and stride. Prints one line per config with the ratio autoqat/transformers.
+
+    source scripts/env.sh && cargo build --release --bin autoqat
+    $AUTOQAT_PYTHON benches/eval_vs_transformers.py [--bin target/release/autoqat] [--configs tiny,smollm135m]
+
+Both sides run on the CPU with the same torch threads; timing excludes loading and
+tokenization on both sides (autoqat's `tokens_per_s` covers forward passes and loss only, and the
+Python timer wraps only the guide loop). Each side is run `--repeats` times; the best run counts.
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM
+
+CONFIGS = {
+    # A tiny Llama like the offline demo's teacher.
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=2048, max_position_embeddings=512,
+                 tie_word_embeddings=True, ctx=256, chars=120_000),
+    # The SmolLM-135M shape, random weights.
+    "smollm135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                       num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048,
+                       tie_word_embeddings=True, ctx=512, chars=24_000),
+}
+
+
+def guide_loop(model, ids, ctx, stride):
+    seq_len = ids.size(1)
+    nll_sum, n_tokens, prev_end = 0.0, 0, 0
+    for begin in range(0, seq_len, stride):
+        end = min(begin + ctx, seq_len)
+        trg_len = end - prev_end
+        input_ids = ids[:, begin:end]
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        with torch.no_grad():
+            loss = model(input_ids, labels=target_ids).loss
+        n = (target_ids != -100).sum().item() - target_ids.size(0)
+        if n > 0:
+            nll_sum += loss.item() * n
+            n_tokens += n
+        prev_end = end
+        if end == seq_len:
+            break
+    return nll_sum / n_tokens, n_tokens
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--bin", default=os.path.join(root, "target/release/autoqat"))
+    ap.add_argument("--text", default=os.path.join(root, "../shared/data/wikitext-2-raw-test.txt"))
+    ap.add_argument("--configs", default="tiny,smollm135m")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    if not os.path.exists(args.bin):
+        sys.exit(f"no autoqat binary at {args.bin}; build it with `cargo build --release --bin autoqat`")
+    with open(args.text, encoding="utf-8") as f:
+        full_text = f.read()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    for name in args.configs.split(","):
+        spec = dict(CONFIGS[name])
+        ctx, chars = spec.pop("ctx"), spec.pop("chars")
+        text = full_text[:chars]
+        with tempfile.TemporaryDirectory() as d:
+            tok = Tokenizer(models.BPE())
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            tok.train_from_iterator([text], trainers.BpeTrainer(
+                vocab_size=min(spec["vocab_size"], 2048), show_progress=False,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+            tok.save(os.path.join(d, "tokenizer.json"))
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(LlamaConfig(**spec, rms_norm_eps=1e-5, rope_theta=10000.0)).eval()
+            model.save_pretrained(d)
+            txt = os.path.join(d, "text.txt")
+            with open(txt, "w", encoding="utf-8") as f:
+                f.write(text)
+            ids = torch.tensor([tok.encode(text).ids])
+
+            hf_best, hf_loss = 0.0, None
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                hf_loss, n = guide_loop(model, ids, ctx, ctx)
+                hf_best = max(hf_best, n / (time.perf_counter() - t0))
+
+            aq_best, aq = 0.0, None
+            for _ in range(args.repeats):
+                out = subprocess.run([args.bin, "eval", "--model", d, "--text", txt, "--ctx", str(ctx),
+                                      "--device", "cpu", "--json"], capture_output=True, text=True, check=True)
+                aq = json.loads(out.stdout)
+                aq_best = max(aq_best, aq["tokens_per_s"])
+            print(f"{name:11s} ctx {ctx:4d} tokens {n:6d}  transformers {hf_best:9.1f} tok/s  "
+                  f"autoqat {aq_best:9.1f} tok/s  ratio {aq_best / hf_best:5.2f}  "
+                  f"(ppl {math.exp(hf_loss):.4f} vs {aq['eval_ppl']:.4f})")
+
+
+if __name__ == "__main__":
+    main()
