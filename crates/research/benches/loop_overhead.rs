@@ -62,7 +62,8 @@ fn run(ws: &Path, total: u32, resume: bool) -> (Duration, Duration, Duration, Du
     let ran = sum.records.len() - before;
     let trial: f64 = sum.records[before..].iter().filter_map(|r| r.time_s).sum();
     let spent = *spent.borrow();
-    (wall, spent, Duration::from_secs_f64(trial), open, *bytes.borrow(), ran)
+    let prompt = *bytes.borrow();
+    (wall, spent, Duration::from_secs_f64(trial), open, prompt, ran)
 }
 
 fn main() {
