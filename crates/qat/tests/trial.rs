@@ -136,3 +136,39 @@ fn resume_without_checkpoint_is_a_clear_crash() {
     assert_eq!(s.status, "crash");
     assert!(s.error.unwrap().contains("no checkpoint"));
 }
+
+#[test]
+fn quantized_embeddings_and_folded_deadzone_bias_export_exactly() {
+    let Some(model) = common::tiny_model() else { return };
+    let recipe = common::tiny_recipe(
+        &model,
+        "[budget]\nsteps = 6\neval_every = 6\ncheckpoint_every = 0\n[optim]\nlr = 2e-3\nbatch_size = 2\n[quant]\nmethod = \"ternary_deadzone\"\ndeadzone_t = 0.7\ngranularity = \"per_row\"\nembeddings = true\n[deadzone_recovery]\nenabled = true\nscale_init = 0.05\n[distill]\nenabled = false\n",
+    );
+    let run = tempfile::tempdir().unwrap();
+    let summary = run_trial(&recipe, TrialOptions::new(run.path()));
+    assert_eq!(summary.status, "ok", "{:?}", summary.error);
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.path().join("export/quant.json")).unwrap()).unwrap();
+    let packed: Vec<&str> = info["packed"].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap()).collect();
+    assert!(packed.contains(&"model.embed_tokens.weight"), "{packed:?}");
+    assert_eq!(packed.len(), 1 + 2 * 7, "embedding + 7 projections per layer");
+    assert_eq!(info["folded_biases"].as_array().unwrap().len(), 2 * 7);
+    // a Llama config cannot hold per-layer biases, so no HF directory is claimed
+    assert!(!run.path().join("hf").exists());
+    let m = autoqat_qat::load_packed(&run.path().join("export"), Device::Cpu).unwrap();
+    let tok = TextTokenizer::from_path(&run.path().join("export")).unwrap();
+    let (ids, bytes) = eval_tokens(&tok, std::path::Path::new(&recipe.data.eval_text), recipe.data.eval_max_tokens).unwrap();
+    let r = evaluate(&m.model, &ids, bytes, &recipe, Device::Cpu, false).unwrap();
+    let want = summary.eval_ppl.unwrap();
+    assert!((r.eval_ppl - want).abs() / want < 1e-3, "packed {} vs in-memory {want}", r.eval_ppl);
+}
+
+#[test]
+fn group_size_that_does_not_divide_is_a_crash_naming_the_fix() {
+    let Some(model) = common::tiny_model() else { return };
+    let recipe = common::tiny_recipe(&model, "[budget]\nsteps = 2\n[quant]\ngranularity = \"group256\"\n");
+    let run = tempfile::tempdir().unwrap();
+    let s = run_trial(&recipe, TrialOptions::new(run.path()));
+    assert_eq!(s.status, "crash");
+    let err = s.error.unwrap();
+    assert!(err.contains("group256") && err.contains("q_proj") && err.contains("hint"), "{err}");
+}
