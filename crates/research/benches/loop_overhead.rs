@@ -29,7 +29,7 @@ impl Proposer for Unique {
         self.n += 1;
         let cur = req.ctx.recipe.lines().find(|l| l.starts_with("lr = ")).unwrap_or("lr = 1").to_string();
         // Alternate better and worse values so that both keep and discard paths run.
-        let v = if self.n % 3 == 0 { 1.0 / (self.n as f64 + 2.0) } else { 10.0 + self.n as f64 };
+        let v = if self.n.is_multiple_of(3) { 1.0 / (self.n as f64 + 2.0) } else { 10.0 + self.n as f64 };
         let text = serde_json::json!({
             "description": format!("lr {v}"), "rationale": "bench",
             "edits": [{"path": "experiments/train.toml", "search": cur, "replace": format!("lr = {v}")}]

@@ -195,10 +195,6 @@ impl Driver {
             }
             git.create_branch(&tag)?;
         }
-        let proposer = match proposer {
-            Some(p) => Some(p),
-            None => None,
-        };
         let tried = records.iter().filter(|r| !r.diff_key.is_empty()).map(|r| r.diff_key.clone()).collect();
         let exe = std::env::current_exe().ok();
         let templates = Templates::load(&ws.join(&s.run.prompts_dir));
@@ -502,7 +498,7 @@ impl Driver {
         }
         let margin = self.s.prune.margin;
         let min_step = self.s.prune.min_step;
-        let prune: Option<Box<dyn Fn(&Path) -> Option<String>>> = match prune_against {
+        let prune: Option<trial::PruneCheck> = match prune_against {
             Some(best) if self.s.prune.enabled && !best.is_empty() => Some(Box::new(move |dir: &Path| {
                 prune::verdict(&prune::read_steps(&dir.join("steps.tsv")), &best, margin, min_step)
             })),

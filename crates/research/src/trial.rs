@@ -13,6 +13,9 @@ use serde::Deserialize;
 use crate::error::{ResearchError, Result};
 use crate::results::Status;
 
+/// Called with the run dir while a trial runs; `Some(reason)` prunes it.
+pub type PruneCheck<'a> = Box<dyn Fn(&Path) -> Option<String> + 'a>;
+
 /// How to run one trial.
 pub struct TrialSpec<'a> {
     /// Shell command line (placeholders already replaced).
@@ -26,7 +29,7 @@ pub struct TrialSpec<'a> {
     /// Set by SIGINT/SIGTERM: kill the trial and return.
     pub stop: &'a AtomicBool,
     /// Called every `poll` with the run dir; `Some(reason)` prunes the trial.
-    pub prune: Option<Box<dyn Fn(&Path) -> Option<String> + 'a>>,
+    pub prune: Option<PruneCheck<'a>>,
     /// How often `prune` runs.
     pub poll: Duration,
     /// Regex with one capture group for the metric in the log (foreign trials).
