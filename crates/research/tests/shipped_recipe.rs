@@ -1,0 +1,42 @@
+//! The builtin proposer against the shipped recipe (`experiments/train.toml`) and the real
+//! recipe schema: every change it proposes must pass the autoqat validator.
+
+use std::collections::HashSet;
+
+use autoqat_research::answer;
+use autoqat_research::edit::{self, EditRules};
+use autoqat_research::proposer::builtin;
+use autoqat_research::proposer::Context;
+use autoqat_research::validate::Validator;
+
+#[test]
+fn builtin_changes_to_the_shipped_recipe_pass_the_schema() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Ok(recipe) = std::fs::read_to_string(root.join("experiments/train.toml")) else {
+        println!("skipped: experiments/train.toml is absent");
+        return;
+    };
+    let validator = Validator::Autoqat(autoqat_recipe::schema());
+    let schema = validator.schema().unwrap().clone();
+    if schema.fields.is_empty() {
+        println!("skipped: the recipe schema is empty");
+        return;
+    }
+    autoqat_recipe::parse(&recipe).expect("the shipped recipe must parse");
+    let tried = HashSet::new();
+    let ctx = Context { schema: Some(&schema), recipe_path: "experiments/train.toml", recipe: &recipe, records: &[], tried: &tried };
+    let cands = builtin::candidates(&schema, &ctx, 0);
+    assert!(cands.len() >= 5, "the builtin search finds almost nothing to try: {}", cands.len());
+    assert!(cands.iter().all(|c| !schema.field(&c.key).unwrap().locked));
+    let paths = vec!["experiments/train.toml".to_string()];
+    let rules = EditRules { root: &root, mutable_paths: &paths, validator: &validator, max_changed_lines: 8, tried: &tried };
+    let mut failures = Vec::new();
+    for c in &cands {
+        let text = serde_json::json!({"description": "d", "edits": [{"path": "experiments/train.toml", "search": c.search, "replace": c.replace}]}).to_string();
+        if let Err(e) = answer::parse(&text).and_then(|p| edit::apply(&p, &rules)) {
+            failures.push(format!("{} = {}: {e}", c.key, c.value));
+        }
+    }
+    // Some ladder values may be invalid only in combination with others; most must pass.
+    assert!(failures.len() * 5 <= cands.len(), "{} of {} builtin changes fail:\n{}", failures.len(), cands.len(), failures.join("\n"));
+}
