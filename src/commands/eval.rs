@@ -1,15 +1,34 @@
 //! `autoqat eval`: perplexity of a Hugging Face model on a text file, by the HF guide's
 //! sliding-window algorithm (see `autoqat_model::eval`).
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{bail, Context};
 use autoqat_model::{
-    device_name, load_causal_lm, parse_device, parse_kind, perplexity, EvalOptions, PlainBuilder, TextTokenizer,
+    device_name, load_causal_lm, parse_device, parse_kind, perplexity, CausalLM, EvalOptions, ModelConfig,
+    PlainBuilder, TextTokenizer,
 };
+use tch::{Device, Kind};
 
 use crate::cli::EvalArgs;
 
 /// Default context when --ctx is not given: the model's positions, at most this.
 const DEFAULT_MAX_CTX: usize = 1024;
+
+/// Loads a Hugging Face model, or a packed ternary export of `autoqat trial` (it has a
+/// `quant.json`), with its weights dequantized for scoring.
+fn load_any(source: &str, device: Device, kind: Kind) -> anyhow::Result<(ModelConfig, CausalLM, PathBuf)> {
+    let dir = Path::new(source);
+    if autoqat_qat::is_packed(dir) {
+        let mut packed = autoqat_qat::load_packed(dir, device)
+            .with_context(|| format!("cannot load packed model {source}"))?;
+        packed.vs.set_kind(kind);
+        return Ok((packed.cfg, packed.model, dir.to_path_buf()));
+    }
+    let loaded = load_causal_lm(source, device, kind, &PlainBuilder)
+        .with_context(|| format!("cannot load model {source}"))?;
+    Ok((loaded.cfg, loaded.model, loaded.dir))
+}
 
 /// Runs `autoqat eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
@@ -21,14 +40,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if text.trim().is_empty() {
         bail!("text file {} is empty (hint: pass a UTF-8 text to score)", args.text.display());
     }
-    let loaded = load_causal_lm(&args.model, device, kind, &PlainBuilder)
-        .with_context(|| format!("cannot load model {}", args.model))?;
-    let tokenizer = TextTokenizer::from_path(&loaded.dir)?;
-    let max_pos = loaded.cfg.max_position_embeddings as usize;
+    let (cfg, model, dir) = load_any(&args.model, device, kind)?;
+    let tokenizer = TextTokenizer::from_path(&dir)?;
+    let max_pos = cfg.max_position_embeddings as usize;
     let ctx = args.ctx.unwrap_or(max_pos.min(DEFAULT_MAX_CTX));
     let opts = EvalOptions { ctx, stride: args.stride.unwrap_or(ctx), batch: args.batch };
     let ids = tokenizer.encode(&text)?;
-    let report = perplexity(&loaded.model, &ids, text.len(), &opts, device)?;
+    let report = perplexity(&model, &ids, text.len(), &opts, device)?;
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         if let Some(m) = v.as_object_mut() {

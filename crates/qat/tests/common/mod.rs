@@ -3,9 +3,19 @@
 
 use std::path::PathBuf;
 
-/// The repository root.
+/// The repository root (these helpers are also used by the root crate's tests).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if here.join("crates").is_dir() {
+        here
+    } else {
+        here.join("../..")
+    }
+}
+
+/// This crate's directory, wherever the test that includes this module lives.
+fn qat_dir() -> PathBuf {
+    repo_root().join("crates/qat")
 }
 
 /// `$AUTOQAT_PYTHON`, else `<repo>/.venv/bin/python`; `None` (and a printed reason) if neither.
@@ -38,7 +48,7 @@ pub fn shared_data(name: &str) -> Option<PathBuf> {
 /// Runs the reference script `name` (under tests/reference) with `args`; panics with its
 /// stderr on failure.
 pub fn run_reference(py: &std::path::Path, name: &str, args: &[&std::ffi::OsStr]) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference").join(name);
+    let script = qat_dir().join("tests/reference").join(name);
     let out = std::process::Command::new(py).arg(&script).args(args).output().expect("spawn python");
     assert!(out.status.success(), "{} failed:\n{}", name, String::from_utf8_lossy(&out.stderr));
 }
@@ -49,8 +59,8 @@ pub fn tiny_model() -> Option<PathBuf> {
     static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let py = python()?;
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/make_tiny_teacher.py");
-        let text = std::fs::read(&script).ok()?;
+        let script = qat_dir().join("tests/reference/make_tiny_teacher.py");
+        let text = std::fs::read(&script).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
         let mut h: u64 = 0xcbf29ce484222325;
         for b in &text {
             h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);

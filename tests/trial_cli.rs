@@ -1,0 +1,85 @@
+//! `autoqat trial` as a user runs it: a short QAT trial on a tiny transformers Llama writes
+//! the DESIGN.md outputs, and its packed ternary export, scored by `autoqat eval`, gives the
+//! trial's own final eval PPL. A bad recipe key is one clear line.
+
+#[path = "../crates/qat/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn autoqat(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_autoqat")).args(args).output().expect("running autoqat")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// A recipe for the tiny model, written to `dir/train.toml`; eval on the whole eval text so
+/// that `autoqat eval` can score exactly the same tokens.
+fn write_recipe(dir: &Path, model: &Path, extra: &str) -> std::path::PathBuf {
+    let train = std::fs::read_to_string(model.join("train.txt")).expect("tiny model has train.txt");
+    let eval: String = train.chars().take(6000).collect();
+    std::fs::write(dir.join("eval.txt"), &eval).expect("write eval text");
+    let recipe = format!(
+        "[model]\nsource = \"{m}\"\n[data]\ntrain_text = \"{m}/train.txt\"\neval_text = \"eval.txt\"\n\
+         seq_len = 32\neval_ctx = 64\neval_stride = 64\neval_max_tokens = 0\n\
+         [budget]\nsteps = 12\neval_every = 6\ncheckpoint_every = 0\n\
+         [optim]\nlr = 0.002\nbatch_size = 4\n[runtime]\ndevice = \"cpu\"\n{extra}",
+        m = model.display()
+    );
+    let path = dir.join("train.toml");
+    std::fs::write(&path, recipe).expect("write recipe");
+    path
+}
+
+#[test]
+fn trial_outputs_and_packed_export_score_the_same_ppl() {
+    let Some(model) = common::tiny_model() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let recipe = write_recipe(tmp.path(), &model, "[quant]\nmethod = \"ternary_absmean\"\ngranularity = \"group64\"\n");
+    let run = tmp.path().join("run");
+    let out = autoqat(&["trial", "--config", s(&recipe), "--run-dir", s(&run)]);
+    assert!(out.status.success(), "trial failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let steps = std::fs::read_to_string(run.join("steps.tsv")).expect("steps.tsv");
+    let header = steps.lines().next().expect("steps.tsv has a header");
+    assert_eq!(
+        header,
+        "step\tlambda\ttrain_loss\ttrain_ppl\teval_ppl\teval_bpb\tlr\ttime_s\tbest_ppl\tq_neg1\tq_zero\tq_pos1"
+    );
+    assert_eq!(steps.lines().count(), 3, "one row per eval (steps 6 and 12):\n{steps}");
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).expect("summary.json"))
+            .expect("summary.json is JSON");
+    assert_eq!(summary["status"], "ok");
+    assert_eq!(summary["steps"], 12);
+    let fractions: f64 = ["q_neg1", "q_zero", "q_pos1"].iter().map(|k| summary[k].as_f64().unwrap_or(f64::NAN)).sum();
+    assert!((fractions - 1.0).abs() < 1e-6, "q fractions sum to {fractions}");
+    let trial_ppl = summary["eval_ppl"].as_f64().expect("eval_ppl");
+
+    let export = run.join("export");
+    let out = autoqat(&[
+        "eval", "--model", s(&export), "--text", s(&tmp.path().join("eval.txt")), "--ctx", "64", "--stride", "64",
+        "--device", "cpu", "--json",
+    ]);
+    assert!(out.status.success(), "eval of the export failed: {}", String::from_utf8_lossy(&out.stderr));
+    let scored: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    let packed_ppl = scored["eval_ppl"].as_f64().expect("eval_ppl");
+    let rel = (packed_ppl - trial_ppl).abs() / trial_ppl;
+    assert!(rel < 1e-3, "packed export scores {packed_ppl}, the trial reported {trial_ppl}");
+}
+
+#[test]
+fn unknown_recipe_key_is_one_clear_line() {
+    let Some(model) = common::tiny_model() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let recipe = write_recipe(tmp.path(), &model, "[quant]\nmethd = \"ternary_absmean\"\n");
+    let out = autoqat(&["trial", "--config", s(&recipe), "--check"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("methd") && stderr.contains("method"), "names the key and what is allowed: {stderr}");
+}
