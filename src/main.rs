@@ -12,6 +12,12 @@ mod workspace;
 use clap::Parser;
 
 fn main() {
+    // Like ripgrep: die quietly on a closed pipe (`autoqat trial --schema | head`) instead of
+    // panicking on the failed write.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
     cli::init_logging(cli.verbose);
     if let Err(err) = commands::dispatch(cli.command) {

@@ -9,8 +9,13 @@ fn field(key: &str, doc: &str, ty: FieldType, default: Value, choices: Vec<Value
 }
 
 fn enum_field(key: &str, doc: &str, values: &[&str], default: &str, locked: bool) -> FieldSpec {
+    enum_field_for_humans(key, doc, values, &[], default, locked)
+}
+
+/// An enum whose `humans_only` values parse but are kept out of the proposer's `choices`.
+fn enum_field_for_humans(key: &str, doc: &str, values: &[&str], humans_only: &[&str], default: &str, locked: bool) -> FieldSpec {
     let vals: Vec<String> = values.iter().map(|s| s.to_string()).collect();
-    let choices = vals.iter().map(|v| json!(v)).collect();
+    let choices = vals.iter().filter(|v| !humans_only.contains(&v.as_str())).map(|v| json!(v)).collect();
     field(key, doc, FieldType::Enum { values: vals }, json!(default), choices, locked)
 }
 
@@ -42,8 +47,8 @@ pub(crate) fn fields() -> Vec<FieldSpec> {
         string_field("model.source", "HF model directory or hub id of the full-precision starting checkpoint", "HuggingFaceTB/SmolLM-135M"),
         string_field("model.teacher", "teacher checkpoint for distillation; empty = the starting checkpoint", ""),
         // [data]
-        string_field("data.train_text", "training text file (UTF-8), relative to the recipe file", "../../shared/data/tinystories-valid-sample.txt"),
-        string_field("data.eval_text", "evaluation text file (UTF-8), relative to the recipe file", "../../shared/data/wikitext-2-raw-test.txt"),
+        string_field("data.train_text", "training text file (UTF-8), relative to the recipe file (`autoqat prepare` writes it)", "../data/train.txt"),
+        string_field("data.eval_text", "evaluation text file (UTF-8), relative to the recipe file (`autoqat prepare` writes it)", "../data/eval.txt"),
         int_field("data.seq_len", "training sequence length in tokens", 8, 8192, 256, &[], LOCKED),
         int_field("data.eval_ctx", "evaluation context length in tokens", 8, 8192, 512, &[], LOCKED),
         int_field("data.eval_stride", "evaluation stride in tokens (= eval_ctx: disjoint windows)", 1, 8192, 512, &[], LOCKED),
@@ -54,19 +59,22 @@ pub(crate) fn fields() -> Vec<FieldSpec> {
         int_field("budget.eval_every", "evaluate every N steps (and at the end)", 1, 10_000_000, 100, &[], LOCKED),
         int_field("budget.checkpoint_every", "write a resumable checkpoint every N steps (0 = only at the end)", 0, 10_000_000, 100, &[], LOCKED),
         // [quant]
-        enum_field(
+        // `none` (full-precision fine-tuning, a reference for humans) would win every
+        // comparison by not quantizing, so it is not among the proposer's choices.
+        enum_field_for_humans(
             "quant.method",
-            "weight quantizer: ternary_absmean (BitNet b1.58), ternary_absmax, ternary_deadzone (|w| > t*scale), paretoq_stretched (learned per-row step), binary_absmean, none",
+            "weight quantizer: ternary_absmean (BitNet b1.58), ternary_absmax, ternary_deadzone (|w| > t*scale), paretoq_stretched (learned per-row step), binary_absmean, none (full precision, reference runs only)",
             &["ternary_absmean", "ternary_absmax", "ternary_deadzone", "paretoq_stretched", "binary_absmean", "none"],
+            &["none"],
             "ternary_absmean",
             FREE,
         ),
         enum_field("quant.granularity", "weights sharing one scale", &["per_tensor", "per_row", "group64", "group128", "group256"], "per_tensor", FREE),
         float_field("quant.deadzone_t", "deadzone threshold as a multiple of mean|w| (ternary_deadzone only)", 0.0, 2.0, 0.5, &[0.3, 0.4, 0.5, 0.6, 0.7, 0.8], FREE),
-        bool_field("quant.attention", "quantize the attention projections q/k/v/o", true, FREE),
-        bool_field("quant.mlp", "quantize the MLP projections gate/up/down", true, FREE),
-        bool_field("quant.embeddings", "quantize the token embedding (and a tied lm_head)", false, FREE),
-        bool_field("quant.lm_head", "quantize an untied lm_head", false, FREE),
+        bool_field("quant.attention", "quantize the attention projections q/k/v/o (locked: what is quantized is the goal)", true, LOCKED),
+        bool_field("quant.mlp", "quantize the MLP projections gate/up/down (locked: what is quantized is the goal)", true, LOCKED),
+        bool_field("quant.embeddings", "quantize the token embedding (and a tied lm_head) (locked: what is quantized is the goal)", false, LOCKED),
+        bool_field("quant.lm_head", "quantize an untied lm_head (locked: what is quantized is the goal)", false, LOCKED),
         // [ste]
         enum_field(
             "ste.lambda_schedule",

@@ -132,6 +132,13 @@ fn goalposts_are_locked() {
     for key in ["model.source", "data.train_text", "data.eval_text", "data.seq_len", "data.eval_ctx", "budget.steps", "budget.tokens", "optim.seed"] {
         assert!(s.field(key).unwrap().locked, "{key} must be locked");
     }
+    // Regression (demo run): the builtin search "won" by switching quantization off.
+    for key in ["quant.attention", "quant.mlp", "quant.embeddings", "quant.lm_head"] {
+        assert!(s.field(key).unwrap().locked, "{key} must be locked: what is quantized is the goal");
+    }
+    let method = s.field("quant.method").unwrap();
+    assert!(!method.choices.contains(&serde_json::json!("none")), "the proposer must not be offered quant.method = none");
+    assert!(parse("[quant]\nmethod = \"none\"\n").is_ok(), "humans may still run a full-precision reference");
     for key in ["quant.method", "ste.lambda_schedule", "optim.lr", "distill.temperature"] {
         assert!(!s.field(key).unwrap().locked, "{key} must be free");
     }

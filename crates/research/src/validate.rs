@@ -46,6 +46,19 @@ impl Validator {
                         return Err(format!("`{}` is locked (model, data, budget or eval protocol); leave it as it is", f.key));
                     }
                 }
+                // An enum value the schema keeps out of `choices` (e.g. `quant.method = "none"`,
+                // which would win by not quantizing at all) is for humans, not proposers.
+                for f in schema.fields.iter().filter(|f| matches!(f.ty, FieldType::Enum { .. })) {
+                    let Some(v) = lookup(&n, &f.key) else { continue };
+                    if lookup(&o, &f.key) == Some(v) {
+                        continue;
+                    }
+                    let json = toml_to_json(v);
+                    if !f.choices.contains(&json) {
+                        let allowed: Vec<String> = f.choices.iter().map(|c| c.to_string()).collect();
+                        return Err(format!("`{}` = {} is not open to the proposer; expected one of {}", f.key, json, allowed.join(", ")));
+                    }
+                }
                 Ok(())
             }
             Validator::Toml(schema) => {

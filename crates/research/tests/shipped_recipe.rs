@@ -40,3 +40,23 @@ fn builtin_changes_to_the_shipped_recipe_pass_the_schema() {
     // Some ladder values may be invalid only in combination with others; most must pass.
     assert!(failures.len() * 5 <= cands.len(), "{} of {} builtin changes fail:\n{}", failures.len(), cands.len(), failures.join("\n"));
 }
+
+/// Regression (demo run): the builtin search kept `quant.attention = false` and then
+/// `quant.mlp = false`, "winning" by not quantizing. Neither that nor `quant.method = "none"`
+/// may pass the autoqat validator; a real quantizer change still does.
+#[test]
+fn switching_quantization_off_is_rejected() {
+    let validator = Validator::Autoqat(autoqat_recipe::schema());
+    let old = "[quant]\nmethod = \"ternary_absmean\"\nattention = true\nmlp = true\n";
+    for new in [
+        "[quant]\nmethod = \"ternary_absmean\"\nattention = false\nmlp = true\n",
+        "[quant]\nmethod = \"ternary_absmean\"\nattention = true\nmlp = false\n",
+        "[quant]\nmethod = \"none\"\nattention = true\nmlp = true\n",
+    ] {
+        let err = validator.check(old, new).expect_err(new);
+        assert!(err.contains("quant."), "names the key: {err}");
+    }
+    validator
+        .check(old, "[quant]\nmethod = \"ternary_absmax\"\nattention = true\nmlp = true\n")
+        .expect("a quantizer change stays open to the proposer");
+}
