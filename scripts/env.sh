@@ -14,7 +14,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+if ! "$VENV/bin/python" -W ignore -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
     log "installing torch==$TORCH_VERSION into .venv (about 90 s and 4.6 GB the first time)"
     "$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION"
 fi
@@ -34,7 +34,7 @@ ensure_py() {
 
 export PATH="$VENV/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1
-TORCH_LIB="$("$VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+TORCH_LIB="$("$VENV/bin/python" -W ignore -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export AUTOQAT_PYTHON="$VENV/bin/python"
 cd "$ROOT"

@@ -47,11 +47,9 @@ struct Summary {
 
 /// Runs `autoqat demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !args.real,
-        "`autoqat demo --real` needs the Hub: run `autoqat init --template smollm-ternary DIR`, then \
-         `autoqat prepare` and `autoqat run` in DIR"
-    );
+    if args.real {
+        return run_real(&args);
+    }
     let start = Instant::now();
     let dir = pick_dir(&args.dir)?;
     let (spec, sizes) = if args.quick {
@@ -76,18 +74,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     crate::demo::install_teacher(&dir, &teacher)?;
     phases.push(Phase { name: "workspace", seconds: t0.elapsed().as_secs_f64() });
 
-    let total = args.experiments + 1;
     say(&format!("phase 3/4: research loop, baseline + {} experiments (builtin proposer)", args.experiments));
     let t0 = Instant::now();
-    let exe = std::env::current_exe().context("cannot locate the autoqat executable")?;
-    let status = Command::new(&exe)
-        .arg("run")
-        .arg("--workspace")
-        .arg(&dir)
-        .args(["--tag", TAG, "--provider", "builtin", "--max-experiments", &total.to_string()])
-        .status()
-        .with_context(|| format!("cannot start {} run", exe.display()))?;
-    anyhow::ensure!(status.success(), "`autoqat run` failed ({status}); see the trial logs under {}", dir.join("runs").display());
+    run_loop(&dir, args.experiments + 1)?;
     phases.push(Phase { name: "research loop", seconds: t0.elapsed().as_secs_f64() });
 
     say("phase 4/4: report");
@@ -116,6 +105,42 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let json = dir.join("report/demo-summary.json");
     std::fs::write(&json, serde_json::to_string_pretty(&summary)?).with_context(|| format!("cannot write {}", json.display()))?;
     print_summary(&summary, &w.best_diff);
+    Ok(())
+}
+
+/// `autoqat run` on `dir` with the builtin proposer, as a child so that its signal handling
+/// and workspace lock are exactly those of a user's run.
+fn run_loop(dir: &Path, experiments: u32) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot locate the autoqat executable")?;
+    let status = Command::new(&exe)
+        .arg("run")
+        .arg("--workspace")
+        .arg(dir)
+        .args(["--tag", TAG, "--provider", "builtin", "--max-experiments", &experiments.to_string()])
+        .status()
+        .with_context(|| format!("cannot start {} run", exe.display()))?;
+    anyhow::ensure!(status.success(), "`autoqat run` failed ({status}); see the trial logs under {}", dir.join("runs").display());
+    Ok(())
+}
+
+/// The real path: the smollm-ternary workspace, SmolLM-135M / TinyStories / WikiText-2 from
+/// the Hub (`autoqat prepare`), the same loop and report. Needs the network (or a Hub cache).
+fn run_real(args: &DemoArgs) -> anyhow::Result<()> {
+    let dir = pick_dir(&args.dir)?;
+    say(&format!("real path: workspace {} (template smollm-ternary)", dir.display()));
+    workspace::init(&dir, Template::SmollmTernary, TinySizes::default())?;
+    say("fetching SmolLM-135M, TinyStories and WikiText-2 (autoqat prepare)");
+    let opts = crate::prepare::Options { workspace: dir.clone(), model: None, train_text: None, eval_text: None };
+    crate::prepare::prepare(&opts, &mut |line| say(&format!("  {line}")))
+        .context("the real path needs the Hub (hint: without network, use `autoqat prepare --model DIR --train-text F --eval-text F` in an `autoqat init --template smollm-ternary` workspace)")?;
+    say(&format!("research loop, baseline + {} experiments (builtin proposer)", args.experiments));
+    run_loop(&dir, args.experiments + 1)?;
+    let w = report::generate(&dir, Some(TAG), None)?;
+    println!("report:      {}", abs(&w.report_md).display());
+    println!("plot:        {}", abs(&w.png).display());
+    if !w.best_diff.is_empty() {
+        println!("best recipe against the baseline:\n{}", w.best_diff);
+    }
     Ok(())
 }
 
