@@ -138,7 +138,7 @@ fn replace_once(text: &str, from: &str, to: &str) -> anyhow::Result<String> {
 }
 
 /// Writes a template into `dir` (created if needed), refusing to overwrite any file, then
-/// initialises a git repository there (unless `dir` is already inside one) and commits.
+/// initialises a git repository at `dir` (unless `dir` already is one) and commits.
 pub fn init(dir: &Path, template: Template, tiny: TinySizes) -> anyhow::Result<Vec<PathBuf>> {
     let files = files(template, tiny)?;
     for (rel, _) in &files {
@@ -162,19 +162,18 @@ pub fn init(dir: &Path, template: Template, tiny: TinySizes) -> anyhow::Result<V
     Ok(written)
 }
 
-/// Commits `paths` (relative to `dir`) in the repository at or above `dir`, creating one at
-/// `dir` when there is none.
+/// Commits `paths` (relative to `dir`) in the repository whose root is exactly `dir`, creating
+/// one there when there is none. Never the repository of an enclosing directory: a workspace
+/// made inside a project checkout (the demo's default) must not commit into that project, and
+/// `autoqat run` wants the workspace to be a repository root.
 pub fn commit_all(dir: &Path, paths: &[PathBuf], message: &str) -> anyhow::Result<git2::Oid> {
-    let repo = match git2::Repository::discover(dir) {
+    let repo = match git2::Repository::open(dir) {
         Ok(r) => r,
         Err(_) => git2::Repository::init(dir).with_context(|| format!("cannot create a git repository in {}", dir.display()))?,
     };
-    let workdir = repo.workdir().context("the git repository has no working tree")?.to_path_buf();
-    let abs = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
-    let prefix = abs.strip_prefix(workdir.canonicalize()?).unwrap_or(Path::new("")).to_path_buf();
     let mut index = repo.index()?;
     for p in paths {
-        index.add_path(&prefix.join(p)).with_context(|| format!("cannot stage {}", p.display()))?;
+        index.add_path(p).with_context(|| format!("cannot stage {}", p.display()))?;
     }
     index.write()?;
     let tree = repo.find_tree(index.write_tree()?)?;
