@@ -87,6 +87,36 @@ pub struct FieldSpec {
     pub choices: Vec<serde_json::Value>,
     /// The proposer may not change this key (model, data, budget, eval protocol).
     pub locked: bool,
+    /// The key only has an effect when another key has one of some values (e.g.
+    /// `quant.deadzone_t` only with `quant.method = "ternary_deadzone"`); a search skips it otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_when: Option<Condition>,
+}
+
+/// `key` has one of `values`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Condition {
+    /// Dotted key.
+    pub key: String,
+    /// The values under which the dependent key has an effect.
+    pub values: Vec<serde_json::Value>,
+}
+
+impl Condition {
+    /// Whether `value` (the current value of `key`) satisfies the condition. Strings and numbers
+    /// compare by their text, so `bits = 8` and `bits = "8"` are the same.
+    pub fn holds(&self, value: &serde_json::Value) -> bool {
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+        self.values.iter().any(|v| text(v) == text(value))
+    }
+}
+
+impl FieldSpec {
+    /// The same field, active only when `key` has one of `values`.
+    pub fn active_when(mut self, key: &str, values: &[serde_json::Value]) -> FieldSpec {
+        self.active_when = Some(Condition { key: key.to_string(), values: values.to_vec() });
+        self
+    }
 }
 
 /// Every key of the recipe.

@@ -5,7 +5,7 @@ use crate::{FieldSpec, FieldType};
 use serde_json::{json, Value};
 
 fn field(key: &str, doc: &str, ty: FieldType, default: Value, choices: Vec<Value>, locked: bool) -> FieldSpec {
-    FieldSpec { key: key.into(), doc: doc.into(), ty, default, choices, locked }
+    FieldSpec { key: key.into(), doc: doc.into(), ty, default, choices, locked, active_when: None }
 }
 
 fn enum_field(key: &str, doc: &str, values: &[&str], default: &str, locked: bool) -> FieldSpec {
@@ -70,7 +70,7 @@ pub(crate) fn fields() -> Vec<FieldSpec> {
             FREE,
         ),
         enum_field("quant.granularity", "weights sharing one scale", &["per_tensor", "per_row", "group64", "group128", "group256"], "per_tensor", FREE),
-        float_field("quant.deadzone_t", "deadzone threshold as a multiple of mean|w| (ternary_deadzone only)", 0.0, 2.0, 0.5, &[0.3, 0.4, 0.5, 0.6, 0.7, 0.8], FREE),
+        float_field("quant.deadzone_t", "deadzone threshold as a multiple of mean|w| (ternary_deadzone only)", 0.0, 2.0, 0.5, &[0.3, 0.4, 0.5, 0.6, 0.7, 0.8], FREE).active_when("quant.method", &[json!("ternary_deadzone")]),
         bool_field("quant.attention", "quantize the attention projections q/k/v/o (locked: what is quantized is the goal)", true, LOCKED),
         bool_field("quant.mlp", "quantize the MLP projections gate/up/down (locked: what is quantized is the goal)", true, LOCKED),
         bool_field("quant.embeddings", "quantize the token embedding (and a tied lm_head) (locked: what is quantized is the goal)", false, LOCKED),
@@ -86,17 +86,17 @@ pub(crate) fn fields() -> Vec<FieldSpec> {
         float_field("ste.lambda_warmup_frac", "fraction of the steps over which lambda reaches 1", 0.0, 1.0, 0.2, &[0.0, 0.05, 0.1, 0.2, 0.3, 0.5], FREE),
         // [activations]
         enum_field("activations.bits", "bits of the inputs of quantized linears: none, 8 or 4 (symmetric absmax)", &["none", "8", "4"], "none", FREE),
-        enum_field("activations.granularity", "activations sharing one absmax scale", &["per_token", "per_channel"], "per_token", FREE),
-        float_field("activations.a4_flip_frac", "with bits = 8, switch to 4 bits after this fraction of the steps (1 = never)", 0.0, 1.0, 1.0, &[0.5, 0.7, 0.8, 0.9, 1.0], FREE),
+        enum_field("activations.granularity", "activations sharing one absmax scale", &["per_token", "per_channel"], "per_token", FREE).active_when("activations.bits", &[json!("8"), json!("4")]),
+        float_field("activations.a4_flip_frac", "with bits = 8, switch to 4 bits after this fraction of the steps (1 = never)", 0.0, 1.0, 1.0, &[0.5, 0.7, 0.8, 0.9, 1.0], FREE).active_when("activations.bits", &[json!("8")]),
         // [deadzone_recovery]
         bool_field("deadzone_recovery.enabled", "Tequila-style: the weights quantized to 0 feed a per-output bias (foldable offline)", false, FREE),
-        float_field("deadzone_recovery.scale_init", "initial learned factor of that bias", 0.0, 1.0, 0.01, &[0.001, 0.01, 0.05, 0.1], FREE),
+        float_field("deadzone_recovery.scale_init", "initial learned factor of that bias", 0.0, 1.0, 0.01, &[0.001, 0.01, 0.05, 0.1], FREE).active_when("deadzone_recovery.enabled", &[json!(true)]),
         // [optim]
         float_field("optim.lr", "peak AdamW learning rate", 1e-7, 100.0, 1e-4, &[1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3], FREE),
         float_field("optim.lr_warmup_frac", "fraction of the steps of linear lr warmup", 0.0, 0.5, 0.05, &[0.0, 0.02, 0.05, 0.1, 0.2], FREE),
         enum_field("optim.lr_schedule", "lr schedule after warmup", &["constant", "cosine", "wsd"], "cosine", FREE),
-        float_field("optim.min_lr_frac", "final lr as a fraction of the peak (cosine, wsd)", 0.0, 1.0, 0.1, &[0.0, 0.1, 0.3], FREE),
-        float_field("optim.wsd_decay_frac", "fraction of the steps spent decaying (wsd)", 0.0, 1.0, 0.2, &[0.1, 0.2, 0.3], FREE),
+        float_field("optim.min_lr_frac", "final lr as a fraction of the peak (cosine, wsd)", 0.0, 1.0, 0.1, &[0.0, 0.1, 0.3], FREE).active_when("optim.lr_schedule", &[json!("cosine"), json!("wsd")]),
+        float_field("optim.wsd_decay_frac", "fraction of the steps spent decaying (wsd)", 0.0, 1.0, 0.2, &[0.1, 0.2, 0.3], FREE).active_when("optim.lr_schedule", &[json!("wsd")]),
         float_field("optim.weight_decay", "decoupled weight decay (matrices only; never norms, scales or biases)", 0.0, 1.0, 0.0, &[0.0, 0.01, 0.05, 0.1], FREE),
         float_field("optim.beta1", "AdamW beta1", 0.0, 0.999, 0.9, &[0.8, 0.9, 0.95], FREE),
         float_field("optim.beta2", "AdamW beta2", 0.0, 0.99999, 0.95, &[0.95, 0.98, 0.999], FREE),
@@ -106,9 +106,9 @@ pub(crate) fn fields() -> Vec<FieldSpec> {
         int_field("optim.seed", "seed of data order and initialization", 0, i64::MAX, 0, &[], LOCKED),
         // [distill]
         bool_field("distill.enabled", "distill from the frozen full-precision teacher", false, FREE),
-        float_field("distill.temperature", "softmax temperature tau of the KL term (scaled by tau^2)", 0.1, 20.0, 2.0, &[1.0, 2.0, 4.0], FREE),
-        float_field("distill.ce_weight", "weight of the next-token cross entropy", 0.0, 10.0, 0.5, &[0.0, 0.1, 0.5, 1.0], FREE),
-        float_field("distill.kl_weight", "weight of the KL(teacher || student) term", 0.0, 10.0, 1.0, &[0.5, 1.0, 2.0], FREE),
+        float_field("distill.temperature", "softmax temperature tau of the KL term (scaled by tau^2)", 0.1, 20.0, 2.0, &[1.0, 2.0, 4.0], FREE).active_when("distill.enabled", &[json!(true)]),
+        float_field("distill.ce_weight", "weight of the next-token cross entropy", 0.0, 10.0, 0.5, &[0.0, 0.1, 0.5, 1.0], FREE).active_when("distill.enabled", &[json!(true)]),
+        float_field("distill.kl_weight", "weight of the KL(teacher || student) term", 0.0, 10.0, 1.0, &[0.5, 1.0, 2.0], FREE).active_when("distill.enabled", &[json!(true)]),
         // [runtime]
         enum_field("runtime.device", "compute device; auto = cuda > mps > cpu", &["auto", "cpu", "cuda", "mps"], "auto", LOCKED),
         enum_field("runtime.precision", "auto = bf16 autocast on CUDA, fp32 on CPU/MPS", &["auto", "fp32", "bf16"], "auto", LOCKED),

@@ -153,6 +153,7 @@ fn schema_from_settings(fields: &[FieldSetting]) -> Schema {
                 default: choices.first().cloned().unwrap_or(serde_json::Value::Null),
                 choices,
                 locked: false,
+                active_when: None,
             }
         })
         .collect();

@@ -60,3 +60,21 @@ fn switching_quantization_off_is_rejected() {
         .check(old, "[quant]\nmethod = \"ternary_absmax\"\nattention = true\nmlp = true\n")
         .expect("a quantizer change stays open to the proposer");
 }
+
+/// Regression (fresh-clone demo): the builtin search spent a trial on `quant.deadzone_t`
+/// while the method was `ternary_absmean`, where that key has no effect.
+#[test]
+fn builtin_skips_knobs_that_do_nothing_under_the_current_recipe() {
+    let schema = autoqat_recipe::schema();
+    let keys_for = |recipe: &str| -> Vec<String> {
+        let tried = HashSet::new();
+        let ctx = Context { schema: Some(&schema), recipe_path: "experiments/train.toml", recipe, records: &[], tried: &tried };
+        builtin::candidates(&schema, &ctx, 0).into_iter().map(|c| c.key).collect()
+    };
+    let absmean = keys_for("[quant]\nmethod = \"ternary_absmean\"\ndeadzone_t = 0.5\n[distill]\nenabled = false\ntemperature = 2.0\n");
+    assert!(absmean.iter().any(|k| k == "quant.method"), "{absmean:?}");
+    assert!(!absmean.iter().any(|k| k == "quant.deadzone_t" || k == "distill.temperature"), "{absmean:?}");
+    let deadzone = keys_for("[quant]\nmethod = \"ternary_deadzone\"\ndeadzone_t = 0.5\n[distill]\nenabled = true\ntemperature = 2.0\n");
+    assert!(deadzone.iter().any(|k| k == "quant.deadzone_t"), "{deadzone:?}");
+    assert!(deadzone.iter().any(|k| k == "distill.temperature"), "{deadzone:?}");
+}

@@ -86,9 +86,19 @@ pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
         if f.locked || f.choices.is_empty() {
             continue;
         }
-        let current = crate::validate::lookup(&table, &f.key)
-            .map(crate::validate::toml_to_json)
-            .unwrap_or_else(|| f.default.clone());
+        let value_of = |key: &str| {
+            crate::validate::lookup(&table, key)
+                .map(crate::validate::toml_to_json)
+                .or_else(|| schema.field(key).map(|g| g.default.clone()))
+        };
+        // A knob with no effect under the current recipe (deadzone_t with absmean, say) would
+        // waste a whole trial on a no-op.
+        if let Some(cond) = &f.active_when {
+            if !value_of(&cond.key).is_some_and(|v| cond.holds(&v)) {
+                continue;
+            }
+        }
+        let current = value_of(&f.key).unwrap_or_else(|| f.default.clone());
         let cur_idx = f.choices.iter().position(|c| same(c, &current));
         for (ci, choice) in f.choices.iter().enumerate() {
             if same(choice, &current) {
