@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod demo;
+mod host_alloc;
 mod prepare;
 mod report;
 mod status;
@@ -18,8 +19,11 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Before any thread starts: libtorch's worker threads allocate through the same policy.
+    let tuned = host_alloc::keep_large_buffers();
     let cli = cli::Cli::parse();
     cli::init_logging(cli.verbose);
+    tracing::debug!(tuned, "host allocator keeps large buffers for reuse");
     if let Err(err) = commands::dispatch(cli.command) {
         // One line a user can act on: the top error, then its causes joined.
         let mut msg = format!("error: {err}");
