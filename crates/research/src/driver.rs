@@ -273,6 +273,22 @@ impl Driver {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         let finished: HashSet<u32> = self.records.iter().map(|r| r.exp).collect();
+        if let Some(p) = pending.clone().filter(|p| p.tag == self.tag && !finished.contains(&p.exp)) {
+            // A signal stopped this experiment's trial: put its commit back on the branch and
+            // run the same change again (no new proposal, no second bill).
+            let name = Git::interrupted_ref(&self.tag, p.exp);
+            if let Some(commit) = self.git.ref_target(&name) {
+                if self.git.parent_of(commit)? == Some(head) {
+                    self.git.reset_branch(&self.tag, commit, || {})?;
+                    self.git.delete_ref(&name)?;
+                    self.say(&format!("resuming experiment {}: re-running its interrupted trial", p.exp));
+                    return match self.finish(p, commit) {
+                        Ok(()) | Err(Halt::Stop(_)) => Ok(()),
+                        Err(Halt::Error(e)) => Err(e),
+                    };
+                }
+            }
+        }
         if t.status.as_deref() == Some("running") {
             if let (Some(exp), Some(p)) = (t.exp, pending.clone()) {
                 if p.exp == exp && p.tag == self.tag && !finished.contains(&exp) {
@@ -548,6 +564,9 @@ impl Driver {
         let best = results::best(&self.records).cloned();
         let best_steps = best.as_ref().map(|b| prune::read_steps(&self.ws.join(self.s.run_dir(b.exp)).join("steps.tsv")));
         let first = self.run_trial(exp, &run_dir, best_steps)?;
+        if first.interrupted {
+            return Err(self.set_aside(exp, commit));
+        }
         let mut rec = Record {
             tag: self.tag.clone(),
             exp,
@@ -571,7 +590,6 @@ impl Driver {
         rec.q_zero = s.q_zero;
         rec.q_pos1 = s.q_pos1;
         rec.error = first.error.clone();
-        let interrupted = first.interrupted;
         let status = if let Some(f) = first.failure {
             f
         } else if let Some(b) = &best {
@@ -581,6 +599,7 @@ impl Driver {
             if noise::beats(ppl, bp, self.s.noise.min_rel_improvement) {
                 if self.s.noise.confirm_seed {
                     match self.run_seeded(exp, &format!("{run_dir}-seed2"), 1)? {
+                        Some(o) if o.interrupted => return Err(self.set_aside(exp, commit)),
                         Some(o) if o.failure.is_none() => {
                             rec.confirm_ppl = o.summary.eval_ppl;
                             let c = o.summary.eval_ppl.unwrap_or(f64::INFINITY);
@@ -606,6 +625,9 @@ impl Driver {
                     break;
                 }
                 if let Some(o) = self.run_seeded(exp, &format!("{run_dir}-r{r}"), r as i64)? {
+                    if o.interrupted {
+                        return Err(self.set_aside(exp, commit));
+                    }
                     if let Some(v) = o.summary.eval_ppl.filter(|v| v.is_finite() && o.failure.is_none()) {
                         ppls.push(v);
                     }
@@ -639,11 +661,28 @@ impl Driver {
             self.git.reset_branch(&self.tag, back, || hit("reset"))?;
         }
         hit("before_row");
-        self.push(rec)?;
-        if interrupted {
-            return Err(Halt::Stop(StopReason::Signal));
+        self.push(rec)
+    }
+
+    /// Sets aside an experiment whose trial a signal stopped. It gets no row: it neither crashed
+    /// nor finished. Its commit moves to `refs/autoqat/<tag>/interrupted/<exp>`, the branch goes
+    /// back to the commit before it, and the journal stays, so `autoqat run --resume` re-runs
+    /// the same change.
+    fn set_aside(&mut self, exp: u32, commit: Oid) -> Halt {
+        let moved = (|| -> Result<()> {
+            self.git.set_ref(&Git::interrupted_ref(&self.tag, exp), commit, "autoqat: interrupted")?;
+            let parent = self.git.parent_of(commit)?.unwrap_or(commit);
+            self.git.reset_branch(&self.tag, parent, || {})
+        })();
+        match moved {
+            Ok(()) => {
+                self.say(&format!(
+                    "experiment {exp} interrupted before its trial finished: not recorded; `autoqat run --resume` re-runs it"
+                ));
+                Halt::Stop(StopReason::Signal)
+            }
+            Err(e) => Halt::Error(e),
         }
-        Ok(())
     }
 }
 

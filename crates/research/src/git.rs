@@ -178,6 +178,20 @@ impl Git {
         format!("refs/autoqat/{tag}/discarded/{exp:04}")
     }
 
+    /// The ref that keeps an experiment whose trial a signal stopped, until `--resume` re-runs it.
+    pub fn interrupted_ref(tag: &str, exp: u32) -> String {
+        format!("refs/autoqat/{tag}/interrupted/{exp:04}")
+    }
+
+    /// Deletes `name` if it exists.
+    pub fn delete_ref(&self, name: &str) -> Result<()> {
+        match self.repo.find_reference(name) {
+            Ok(mut r) => Ok(r.delete()?),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The commit a ref points to, if the ref exists.
     pub fn ref_target(&self, name: &str) -> Option<Oid> {
         self.repo.find_reference(name).ok().and_then(|r| r.peel_to_commit().ok()).map(|c| c.id())

@@ -130,8 +130,8 @@ fn builtin_never_repeats_a_tried_change_and_ends_when_exhausted() {
         }
         assert!(seen.len() < 100);
     }
-    // 3 other lr values + 6 other methods: every one tried exactly once.
-    assert_eq!(seen.len(), 9);
+    // 3 other lr values + 7 other methods: every one tried exactly once.
+    assert_eq!(seen.len(), 10);
 }
 
 #[test]

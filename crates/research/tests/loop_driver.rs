@@ -102,7 +102,7 @@ fn pid_alive(pid: i32) -> bool {
 fn builtin_loop_keeps_improvements_and_audits_everything() {
     let ws = workspace(&settings_toml("[provider]\nkind = \"builtin\"", ""));
     // Only the harmless values, so that this run is fast.
-    let toml = settings_toml("[provider]\nkind = \"builtin\"", "").replace(r#", "crash", "hang", "nan", "slowbad""#, "");
+    let toml = settings_toml("[provider]\nkind = \"builtin\"", "").replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, "");
     std::fs::write(ws.path().join("autoqat.toml"), toml).unwrap();
     git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
     let (stop, recs) = run_in_process(ws.path(), 6, false);
@@ -228,9 +228,9 @@ fn stop_file_and_dirty_worktree_and_lock() {
 }
 
 #[test]
-fn sigint_stops_the_trial_writes_the_row_and_leaves_the_worktree_clean() {
+fn sigint_sets_the_experiment_aside_and_resume_reruns_the_same_change() {
     let ws = workspace(&settings_toml("", ""));
-    let prov = canned_proposer(ws.path(), &[set_method("hang")]);
+    let prov = canned_proposer(ws.path(), &[set_method("hangonce")]);
     std::fs::write(ws.path().join("autoqat.toml"), settings_toml(&prov, "")).unwrap();
     git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
     let child = spawn_driver(ws.path(), 5, false, &[]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
@@ -244,13 +244,28 @@ fn sigint_stops_the_trial_writes_the_row_and_leaves_the_worktree_clean() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("STOP: stopped by a signal"), "{stdout}");
-    let recs = assert_consistent(ws.path(), "t");
-    assert_eq!(statuses(&recs), [Status::Baseline, Status::Crash]);
-    assert!(recs[1].error.as_deref().unwrap().contains("interrupted"));
-    let pid: i32 = std::fs::read_to_string(pidfile).unwrap().trim().parse().unwrap();
+    assert!(out.status.success() && stdout.contains("STOP: stopped by a signal") && stdout.contains("experiment 1 interrupted"), "{stdout}");
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     assert!(!pid_alive(pid), "the interrupted trial's child survived");
+    // No row for a trial that neither crashed nor finished: the branch is back on the baseline,
+    // the worktree is clean, and the change waits under its ref for --resume.
+    let recs = assert_consistent(ws.path(), "t");
+    assert_eq!(statuses(&recs), [Status::Baseline]);
+    assert_eq!(git(ws.path(), &["status", "--porcelain"]).trim(), "");
+    let aside = git(ws.path(), &["rev-parse", "refs/autoqat/t/interrupted/0001"]);
+    assert!(git(ws.path(), &["show", aside.trim()]).contains("method = \"hangonce\""), "the interrupted change is not under its ref");
+
+    let out = run_child(ws.path(), 2, true, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("re-running its interrupted trial"), "{stdout}");
+    let recs = assert_consistent(ws.path(), "t");
+    assert_eq!(statuses(&recs), [Status::Baseline, Status::Discard]);
+    assert_eq!(recs[1].description, "method hangonce");
+    assert!(recs[1].error.is_none(), "{:?}", recs[1].error);
+    // The same change ran again: the proposer was asked once in all.
+    assert_eq!(std::fs::read_to_string(ws.path().join(".canned/count")).unwrap().trim(), "1");
+    assert!(git(ws.path(), &["for-each-ref", "refs/autoqat/t/interrupted/"]).trim().is_empty(), "the interrupted ref outlived its resume");
 }
 
 #[test]
@@ -259,7 +274,7 @@ fn resume_after_sigkill_at_every_point_loses_and_duplicates_nothing() {
     let mut handles = Vec::new();
     for point in points {
         handles.push(std::thread::spawn(move || {
-            let ws = workspace(&settings_toml("[provider]\nkind = \"builtin\"", "").replace(r#", "crash", "hang", "nan", "slowbad""#, ""));
+            let ws = workspace(&settings_toml("[provider]\nkind = \"builtin\"", "").replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, ""));
             let out = run_child(ws.path(), 6, false, &[("AUTOQAT_TEST_KILL_AT", point)]);
             assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}: the driver was not killed: {}", String::from_utf8_lossy(&out.stderr));
             let before = Git::open(ws.path()).unwrap().records("t").unwrap();

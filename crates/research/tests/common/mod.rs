@@ -140,7 +140,7 @@ pub fn proposal(desc: &str, from: &str, to: &str) -> String {
 pub const RECIPE: &str = "# toy recipe\n[optim]\nlr = 0.001\nseed = 0\n\n[quant]\nmethod = \"absmean\"\n";
 
 /// The toy trial: ppl = 30 + 10*|log10(lr/0.003)| + method penalty. Methods `crash`, `hang`,
-/// `nan`, `slowbad` misbehave on purpose. Writes steps.tsv and summary.json like a real trial.
+/// `nan`, `slowbad` misbehave on purpose; `hangonce` hangs the first time only. Writes steps.tsv and summary.json like a real trial.
 pub const TRIAL_SH: &str = r#"#!/bin/sh
 set -e
 dir="$1"
@@ -152,6 +152,7 @@ echo "trial: lr=$lr method=$method seed=$seed"
 case "$method" in
   crash) echo "boom" >&2; exit 3 ;;
   hang) sleep 60 & echo $! > "$dir/child.pid"; wait ;;
+  hangonce) if [ ! -f "$dir/../hangonce.done" ]; then touch "$dir/../hangonce.done"; sleep 60 & echo $! > "$dir/child.pid"; wait; fi ;;
   nan) printf '{"status":"ok","eval_ppl":NaN}' > "$dir/summary.json"; exit 0 ;;
 esac
 pen=0
@@ -197,7 +198,7 @@ key = "optim.lr"
 choices = [0.0003, 0.001, 0.003, 0.01]
 [[validator.fields]]
 key = "quant.method"
-choices = ["absmean", "absmax", "sign", "crash", "hang", "nan", "slowbad"]
+choices = ["absmean", "absmax", "sign", "crash", "hang", "nan", "slowbad", "hangonce"]
 {extra}
 "#
     )
