@@ -36,7 +36,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Routes SIGINT and SIGTERM to the stop flag: the running trial is stopped, its row written.
+/// Routes SIGINT and SIGTERM to the stop flag: the running trial is stopped and set aside for `--resume`.
 pub fn install_signal_handlers() {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
