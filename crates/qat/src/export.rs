@@ -4,20 +4,24 @@
 //! packed, the quantizer) and `model.safetensors` where each quantized weight `W` is stored as
 //! `W.codes` (u8, four 2-bit codes per byte, code + 1 in {0, 1, 2}, row-major over the grouped
 //! view) and `W.scales` (f16, one per group); every other tensor is stored as is. Deadzone
-//! recovery is folded into per-output biases. [`load_packed`] rebuilds a runnable model.
+//! recovery is folded into per-output biases. When the recipe quantizes activations,
+//! `quant.json` records the bit width the trial evaluated with and the packed layers quantize
+//! their inputs the same way. [`load_packed`] rebuilds a runnable model.
 //!
 //! `<run>/hf/` (dequantized): a plain Hugging Face directory with `codes * scale` weights
 //! that transformers loads (written only when no bias had to be folded, which a Llama config
-//! cannot express per layer).
+//! cannot express per layer). It carries weights only: a Hugging Face config has no place for
+//! activation quantization.
 
 use crate::error::{io_err, QatError, Result};
+use crate::quant::act::act_quant_values;
 use crate::quant::bitlinear::deadzone_bias;
 use crate::quant::QuantHandle;
 use crate::train::trial::Student;
 use autoqat_model::linear::{Linear, LinearBuilder, LinearSpec, PlainLinear};
 use autoqat_model::load::{build_causal_lm, write_safetensors};
 use autoqat_model::{CausalLM, ModelConfig};
-use autoqat_recipe::Recipe;
+use autoqat_recipe::{ActGranularity, Recipe};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -36,6 +40,12 @@ pub struct PackedInfo {
     pub packed: Vec<(String, Vec<i64>)>,
     /// Biases added by folding deadzone recovery (VarStore names of the layers' `bias`).
     pub folded_biases: Vec<String>,
+    /// Bit width of the packed layers' inputs (`0`: full precision; older exports lack it).
+    #[serde(default)]
+    pub act_bits: u32,
+    /// Which inputs share one absmax scale, when `act_bits > 0`.
+    #[serde(default)]
+    pub act_granularity: Option<ActGranularity>,
 }
 
 /// Packs codes in {-1, 0, 1} four to a byte.
@@ -79,6 +89,9 @@ pub fn export_all(recipe: &Recipe, student: &Student, run: &Path) -> Result<()> 
         granularity: enum_name(&recipe.quant.granularity),
         packed: Vec::new(),
         folded_biases: Vec::new(),
+        // What the trial's final eval ran with (after any A8 -> A4 flip).
+        act_bits: student.state.act_bits(),
+        act_granularity: (student.state.act_bits() > 0).then_some(recipe.activations.granularity),
     };
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
@@ -136,17 +149,40 @@ pub fn is_packed(dir: &Path) -> bool {
     dir.join("quant.json").is_file()
 }
 
-/// Builds plain layers, with a bias where a deadzone bias was folded.
-struct FoldedBiasBuilder {
+/// Builds plain layers, with a bias where a deadzone bias was folded, and input quantization
+/// on the packed layers when the trial quantized activations.
+struct PackedBuilder {
     biases: HashSet<String>,
+    packed: HashSet<String>,
+    act: Option<(u32, ActGranularity)>,
 }
 
-impl LinearBuilder for FoldedBiasBuilder {
+impl LinearBuilder for PackedBuilder {
     fn linear(&self, p: &nn::Path, mut spec: LinearSpec) -> autoqat_model::Result<Box<dyn Linear>> {
         if self.biases.contains(&p.path("bias")) {
             spec.bias = true;
         }
-        Ok(Box::new(PlainLinear::new(p, spec)?))
+        let plain = PlainLinear::new(p, spec)?;
+        match self.act {
+            Some((bits, gran)) if self.packed.contains(&p.path("weight")) => {
+                Ok(Box::new(ActQuantLinear { inner: plain, bits, gran }))
+            }
+            _ => Ok(Box::new(plain)),
+        }
+    }
+}
+
+/// A dequantized packed layer that quantizes its input as BitLinear did in the trial.
+#[derive(Debug)]
+struct ActQuantLinear {
+    inner: PlainLinear,
+    bits: u32,
+    gran: ActGranularity,
+}
+
+impl Linear for ActQuantLinear {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        self.inner.forward(&act_quant_values(xs, self.bits, self.gran))
     }
 }
 
@@ -169,7 +205,21 @@ pub fn load_packed(dir: &Path, device: Device) -> Result<PackedModel> {
     let info: PackedInfo =
         serde_json::from_str(&text).map_err(|e| QatError::Checkpoint(format!("{}: {e}", qpath.display())))?;
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-    let builder = FoldedBiasBuilder { biases: info.folded_biases.iter().cloned().collect() };
+    let act = match (info.act_bits, info.act_granularity) {
+        (0, _) => None,
+        (bits @ (4 | 8), Some(gran)) => Some((bits, gran)),
+        (bits, _) => {
+            return Err(QatError::Checkpoint(format!(
+                "{}: act_bits {bits} needs act_granularity, and only 4 or 8 bits are supported",
+                qpath.display()
+            )))
+        }
+    };
+    let builder = PackedBuilder {
+        biases: info.folded_biases.iter().cloned().collect(),
+        packed: info.packed.iter().map(|(n, _)| n.clone()).collect(),
+        act,
+    };
     let (vs, model) = build_causal_lm(&cfg, device, Kind::Float, &builder)?;
     let wpath = dir.join("model.safetensors");
     let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&wpath)?.into_iter().collect();
