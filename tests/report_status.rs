@@ -68,6 +68,19 @@ fn status_shows_current_trial_progress_and_best_while_the_lock_is_held() {
 }
 
 #[test]
+fn status_during_an_append_leaves_out_the_half_written_row() {
+    let tmp = workspace();
+    let ws = tmp.path().join("ws");
+    let mut f = std::fs::OpenOptions::new().append(true).open(ws.join("results.tsv")).unwrap();
+    // The next row, caught mid-write: no newline, cells missing.
+    write!(f, "2\tc2\tc1\tdisc").unwrap();
+    drop(f);
+    let s = status_json(&ws);
+    assert_eq!(s["finished"], 2);
+    assert_eq!(s["best_exp"], "1");
+}
+
+#[test]
 fn watch_without_a_terminal_prints_a_line_per_eval_and_ends_with_the_run() {
     let tmp = workspace();
     let ws = tmp.path().join("ws");

@@ -125,3 +125,28 @@ fn report_without_results_names_the_file_and_the_fix() {
     assert!(err.contains("results.tsv") && err.contains("autoqat run"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn report_on_a_garbled_row_names_the_file_and_the_line() {
+    let (tmp, ..) = synthetic_run();
+    let dir = tmp.path();
+    let path = dir.join("results.tsv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Line 4 is experiment 0002; its eval_ppl becomes a word.
+    let garbled: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| if i == 3 { l.replacen("\t45.0\t", "\tfast\t", 1) } else { l.to_string() })
+        .collect();
+    std::fs::write(&path, garbled.join("\n") + "\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoqat"))
+        .args(["report", "--workspace"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{} line 4", path.display())), "{err}");
+    assert!(err.contains("`eval_ppl` is `fast`"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

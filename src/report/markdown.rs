@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
+use autoqat_research::results::{Noise, Row, Status};
+
 use super::recipe_diff::FileDiff;
-use super::results::{Noise, Row};
 
 /// Everything the Markdown summary shows.
 pub struct Summary<'a> {
@@ -40,7 +41,7 @@ pub fn render(s: &Summary<'_>) -> String {
 fn overview(md: &mut String, s: &Summary<'_>) {
     let rows = s.rows;
     let mut counts = String::new();
-    for status in super::results::STATUSES {
+    for status in Status::ALL {
         let n = rows.iter().filter(|r| r.status == status).count();
         if n > 0 {
             let _ = write!(counts, "{}{n} {status}", if counts.is_empty() { "" } else { ", " });
@@ -89,7 +90,7 @@ fn best_recipe(md: &mut String, s: &Summary<'_>) {
                 }
                 let _ = writeln!(md, "```\n");
             }
-            let kept: Vec<&Row> = s.rows.iter().filter(|r| r.status == "keep").collect();
+            let kept: Vec<&Row> = s.rows.iter().filter(|r| r.status == Status::Keep).collect();
             if !kept.is_empty() {
                 let _ = writeln!(md, "Kept changes, in order:\n");
                 for r in kept {

@@ -4,11 +4,11 @@
 pub mod markdown;
 pub mod plot;
 pub mod recipe_diff;
-pub mod results;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use autoqat_research::results::{self, Row, Status};
 
 /// What `generate` wrote and found.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -36,13 +36,19 @@ pub struct Written {
 /// Reads `<workspace>/results.tsv` and git, writes the report into `out` (default
 /// `<workspace>/report`).
 pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyhow::Result<Written> {
-    let rows = results::read(&workspace.join("results.tsv"))?;
+    let path = workspace.join("results.tsv");
+    anyhow::ensure!(
+        path.is_file(),
+        "cannot read {} (hint: run `autoqat run` first, or `autoqat results --rebuild`)",
+        path.display()
+    );
+    let rows = results::read(&path)?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| workspace.join("report"));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let title = tag.map(str::to_string).or_else(|| current_tag(workspace)).unwrap_or_else(|| "autoqat".into());
 
-    let baseline = rows.iter().position(|r| r.status == "baseline");
-    let best = results::best(&rows);
+    let baseline = rows.iter().position(|r| r.status == Status::Baseline);
+    let best = results::best_row(&rows);
     let diff = match (baseline, best) {
         (Some(b), Some(k)) if rows[b].commit != rows[k].commit && !rows[k].commit.is_empty() => {
             recipe_diff::between(workspace, &rows[b].commit, &rows[k].commit)?
@@ -80,10 +86,10 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
 
 /// `fp_ppl` from the first trial summary that has one (`runs/<exp>/summary.json`): the
 /// full-precision floor every trial is measured against.
-fn fp_ppl(workspace: &Path, rows: &[results::Row]) -> Option<f64> {
+fn fp_ppl(workspace: &Path, rows: &[Row]) -> Option<f64> {
     rows.iter().find_map(|r| {
-        let n: u32 = r.exp.parse().ok()?;
-        let text = std::fs::read_to_string(workspace.join(format!("runs/{n:04}/summary.json"))).ok()?;
+        let path = workspace.join(format!("runs/{:04}/summary.json", r.number));
+        let text = std::fs::read_to_string(path).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         v.get("fp_ppl")?.as_f64().filter(|p| p.is_finite())
     })

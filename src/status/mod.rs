@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::report::results::{self, Row};
+use autoqat_research::results::{self, Row};
 
 /// The last evaluated step of the running trial.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -62,13 +62,10 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
         "{} is not an autoqat workspace (no autoqat.toml; hint: pass --workspace DIR)",
         ws.display()
     );
-    let rows: Vec<Row> = match results::read(&ws.join("results.tsv")) {
-        Ok(r) => r,
-        Err(_) if !ws.join("results.tsv").exists() => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    // No results.tsv yet: the run has not finished its baseline.
+    let rows: Vec<Row> = results::read(&ws.join("results.tsv"))?;
     let running = lock_held(ws);
-    let next = rows.iter().filter_map(|r| r.exp.parse::<u32>().ok()).max().map_or(0, |m| m + 1);
+    let next = rows.iter().map(|r| r.number).max().map_or(0, |m| m + 1);
     let (current_exp, run_dir, trial, current_description) = if running {
         let settings = autoqat_research::settings::Settings::load(ws)?;
         let rel = settings.run_dir(next);
@@ -79,8 +76,8 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     } else {
         (None, None, None, None)
     };
-    let best = results::best(&rows);
-    let counts = results::STATUSES
+    let best = results::best_row(&rows);
+    let counts = results::Status::ALL
         .iter()
         .map(|s| (s.to_string(), rows.iter().filter(|r| r.status == *s).count()))
         .filter(|(_, n)| *n > 0)
@@ -94,7 +91,7 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
         trial,
         best_exp: best.map(|i| rows[i].exp.clone()),
         best_ppl: best.and_then(|i| rows[i].eval_ppl),
-        baseline_ppl: rows.iter().find(|r| r.status == "baseline").and_then(|r| r.eval_ppl),
+        baseline_ppl: rows.iter().find(|r| r.status == results::Status::Baseline).and_then(|r| r.eval_ppl),
         counts,
     })
 }

@@ -1,6 +1,6 @@
 //! results.tsv and the per-experiment record stored as a git note. The note is the source of
 //! truth; a results row is a pure function of it, so `autoqat results --rebuild` reproduces
-//! the live file byte for byte.
+//! the live file byte for byte. Reading the file back: [`read`], [`Row`].
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -9,6 +9,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ResearchError, Result};
+
+mod rows;
+
+pub use rows::{best_row, noise, parse, read, running_best, Noise, Row};
 
 /// The header of results.tsv (DESIGN.md section 5).
 pub const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription";
@@ -34,6 +38,22 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order reports list them.
+    pub const ALL: [Status; 7] = [
+        Status::Baseline,
+        Status::Keep,
+        Status::Discard,
+        Status::Crash,
+        Status::Timeout,
+        Status::Pruned,
+        Status::Invalid,
+    ];
+
+    /// The status named `name` (as [`Status::as_str`] spells it).
+    pub fn parse(name: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// The lowercase name used in results.tsv and trailers.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,6 +70,12 @@ impl Status {
     /// Whether the branch advanced to this experiment.
     pub fn is_kept(self) -> bool {
         matches!(self, Status::Baseline | Status::Keep)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -186,30 +212,6 @@ pub fn append(path: &Path, record: &Record) -> Result<()> {
     text.push('\n');
     file.write_all(text.as_bytes()).map_err(|e| ResearchError::io(path, e))?;
     file.sync_data().map_err(|e| ResearchError::io(path, e))
-}
-
-/// One parsed row of results.tsv (strings as written; for display and checks).
-pub type Row = Vec<String>;
-
-/// Reads results.tsv into rows (header skipped); a missing file is empty.
-pub fn read(path: &Path) -> Result<Vec<Row>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(ResearchError::io(path, e)),
-    };
-    let mut lines = text.lines();
-    match lines.next() {
-        None => return Ok(Vec::new()),
-        Some(h) if h == HEADER => {}
-        Some(_) => {
-            return Err(ResearchError::Results(format!(
-                "{}: unexpected header; run `autoqat results --rebuild`",
-                path.display()
-            )))
-        }
-    }
-    Ok(lines.map(|l| l.split('\t').map(str::to_string).collect()).collect())
 }
 
 /// The best kept record: the latest keep or baseline (the branch head).

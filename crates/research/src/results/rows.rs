@@ -1,0 +1,366 @@
+//! Reading results.tsv back, for the report and `autoqat status`: one typed [`Row`] per line,
+//! cells found by column name (a column added later, or a row written by an older version,
+//! still reads), and what they derive from the rows (the best, the frontier, the noise).
+//!
+//! The file is only ever appended to while a run is live, so a reader may catch the last row
+//! half written: a last line without its newline that does not read is left out. Any other
+//! line that does not read is an error naming the file and the line.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::Status;
+use crate::error::{ResearchError, Result};
+
+/// One line of results.tsv as written (see [`super::Record::to_row`] for the writer).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    /// Experiment id exactly as written (`3`, or `0003` in hand-made files); shown to users.
+    pub exp: String,
+    /// The experiment number `exp` spells.
+    pub number: u32,
+    /// Commit of the experiment (full or abbreviated hash).
+    pub commit: String,
+    /// The best commit it was tried against.
+    pub parent: String,
+    /// Outcome.
+    pub status: Status,
+    /// Eval perplexity; `None` when the trial produced none (crash, invalid) or a NaN.
+    pub eval_ppl: Option<f64>,
+    /// Eval bits per byte.
+    pub eval_bpb: Option<f64>,
+    /// Last train loss.
+    pub train_loss: Option<f64>,
+    /// Relative change of eval_ppl against the best before it.
+    pub delta: Option<f64>,
+    /// Trial wall-clock seconds.
+    pub time_s: Option<f64>,
+    /// Training tokens seen.
+    pub tokens: Option<u64>,
+    /// Peak memory in MB.
+    pub peak_mem_mb: Option<f64>,
+    /// Fraction of quantized weights at -1.
+    pub q_neg1: Option<f64>,
+    /// Fraction at 0.
+    pub q_zero: Option<f64>,
+    /// Fraction at +1.
+    pub q_pos1: Option<f64>,
+    /// Proposer cost in US dollars.
+    pub cost_usd: Option<f64>,
+    /// One line: what was changed.
+    pub description: String,
+}
+
+impl Row {
+    /// Whether the branch kept this row's recipe (the baseline counts as kept).
+    pub fn is_kept(&self) -> bool {
+        self.status.is_kept()
+    }
+}
+
+/// Reads results.tsv; a missing or empty file has no rows.
+pub fn read(path: &Path) -> Result<Vec<Row>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ResearchError::io(path, e)),
+    };
+    parse(&text).map_err(|(line, msg)| {
+        ResearchError::Results(format!(
+            "{} line {line}: {msg} (hint: fix the line, or `autoqat results --rebuild` rewrites \
+             the file from git)",
+            path.display()
+        ))
+    })
+}
+
+/// The columns a row is read from, found by name in the header.
+struct Columns {
+    exp: usize,
+    status: usize,
+    /// Every other column of [`super::HEADER`], by name; `None` when the header lacks it.
+    rest: Vec<(&'static str, Option<usize>)>,
+}
+
+impl Columns {
+    fn from_header(header: &str) -> std::result::Result<Self, String> {
+        let names: Vec<&str> = header.split('\t').map(str::trim).collect();
+        let find = |name: &str| names.iter().position(|h| *h == name);
+        let required = |name: &str| {
+            find(name).ok_or_else(|| format!("the header has no `{name}` column"))
+        };
+        Ok(Columns {
+            exp: required("exp")?,
+            status: required("status")?,
+            rest: super::HEADER
+                .split('\t')
+                .filter(|n| !matches!(*n, "exp" | "status"))
+                .map(|n| (n, find(n)))
+                .collect(),
+        })
+    }
+
+    /// The widest column index the header names, plus one: a complete line has this many cells.
+    fn width(&self) -> usize {
+        let rest = self.rest.iter().filter_map(|(_, c)| *c);
+        rest.chain([self.exp, self.status]).max().map_or(0, |m| m + 1)
+    }
+
+    fn row(&self, line: &str) -> std::result::Result<Row, String> {
+        let cells: Vec<&str> = line.split('\t').map(str::trim).collect();
+        let at = |c: Option<usize>| c.and_then(|c| cells.get(c).copied()).unwrap_or("");
+        let named = |name: &str| at(self.rest.iter().find(|(n, _)| *n == name).and_then(|p| p.1));
+        let num = |name: &str| value::<f64>(name, named(name)).map(|v| v.filter(|x| x.is_finite()));
+        let exp = at(Some(self.exp));
+        let number = exp
+            .parse::<u32>()
+            .map_err(|_| format!("`exp` is `{exp}`, not an experiment number"))?;
+        let status = at(Some(self.status));
+        let status = Status::parse(status).ok_or_else(|| {
+            let all: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+            format!("`status` is `{status}`, not one of {}", all.join(" "))
+        })?;
+        Ok(Row {
+            exp: exp.to_string(),
+            number,
+            commit: named("commit").to_string(),
+            parent: named("parent").to_string(),
+            status,
+            eval_ppl: num("eval_ppl")?,
+            eval_bpb: num("eval_bpb")?,
+            train_loss: num("train_loss")?,
+            delta: num("delta")?,
+            time_s: num("time_s")?,
+            tokens: value::<u64>("tokens", named("tokens"))?,
+            peak_mem_mb: num("peak_mem_mb")?,
+            q_neg1: num("q_neg1")?,
+            q_zero: num("q_zero")?,
+            q_pos1: num("q_pos1")?,
+            cost_usd: num("cost_usd")?,
+            description: named("description").to_string(),
+        })
+    }
+}
+
+/// An empty cell (or `-`) is no value; anything else must read as a number.
+fn value<T: std::str::FromStr>(
+    column: &str,
+    cell: &str,
+) -> std::result::Result<Option<T>, String> {
+    if cell.is_empty() || cell == "-" {
+        return Ok(None);
+    }
+    cell.parse::<T>()
+        .map(Some)
+        .map_err(|_| format!("`{column}` is `{cell}`, not a number"))
+}
+
+/// Parses the text of results.tsv; an error carries the 1-based line number and the cause.
+pub fn parse(text: &str) -> std::result::Result<Vec<Row>, (usize, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    // A last line without its newline may still be being written.
+    let unfinished = |i: usize| i + 1 == lines.len() && !text.ends_with('\n');
+    let Some(header) = lines.first() else {
+        return Ok(Vec::new());
+    };
+    let cols = match Columns::from_header(header) {
+        Ok(c) => c,
+        Err(_) if unfinished(0) => return Ok(Vec::new()),
+        Err(msg) => return Err((1, msg)),
+    };
+    let mut rows = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if unfinished(i) && line.split('\t').count() < cols.width() {
+            continue;
+        }
+        match cols.row(line) {
+            Ok(row) => rows.push(row),
+            Err(_) if unfinished(i) => {}
+            Err(msg) => return Err((i + 1, msg)),
+        }
+    }
+    Ok(rows)
+}
+
+/// Index of the best row: the lowest eval PPL among the kept rows (baseline included).
+pub fn best_row(rows: &[Row]) -> Option<usize> {
+    rows.iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_kept())
+        .filter_map(|(i, r)| r.eval_ppl.map(|p| (i, p)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i)
+}
+
+/// The running best eval PPL after each row (the frontier the branch followed).
+pub fn running_best(rows: &[Row]) -> Vec<Option<f64>> {
+    let mut best: Option<f64> = None;
+    rows.iter()
+        .map(|r| {
+            if let (true, Some(p)) = (r.is_kept(), r.eval_ppl) {
+                best = Some(best.map_or(p, |b: f64| b.min(p)));
+            }
+            best
+        })
+        .collect()
+}
+
+/// Spread of the repeated baseline runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Noise {
+    /// How many baseline rows had a PPL.
+    pub n: usize,
+    /// Their mean PPL.
+    pub mean: f64,
+    /// Sample standard deviation of their PPL.
+    pub sigma: f64,
+}
+
+impl Noise {
+    /// σ relative to the mean.
+    pub fn relative(&self) -> f64 {
+        if self.mean > 0.0 {
+            self.sigma / self.mean
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+/// Noise estimate from the baseline rows, when the baseline ran at least twice.
+pub fn noise(rows: &[Row]) -> Option<Noise> {
+    let ppl: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.status == Status::Baseline)
+        .filter_map(|r| r.eval_ppl)
+        .collect();
+    Some(Noise {
+        n: ppl.len(),
+        mean: crate::noise::mean(&ppl),
+        sigma: crate::noise::sigma(&ppl)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{render, Record, HEADER};
+
+    fn record(exp: u32, status: Status, ppl: Option<f64>) -> Record {
+        Record {
+            exp,
+            commit: format!("{exp}{}", "f".repeat(39)),
+            status: Some(status),
+            eval_ppl: ppl,
+            tokens: Some(4096),
+            description: format!("change {exp}"),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn reads_back_what_the_writer_writes() {
+        let recs = [
+            record(0, Status::Baseline, Some(50.0)),
+            record(1, Status::Crash, None),
+            record(2, Status::Keep, Some(45.5)),
+        ];
+        let rows = parse(&render(&recs)).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[2].exp, "2");
+        assert_eq!(rows[2].number, 2);
+        assert_eq!(rows[2].status, Status::Keep);
+        assert_eq!(rows[2].eval_ppl, Some(45.5));
+        assert_eq!(rows[2].tokens, Some(4096));
+        assert_eq!(rows[2].commit, "2fffffffffff");
+        assert_eq!(rows[2].description, "change 2");
+        assert_eq!(rows[1].eval_ppl, None);
+        assert_eq!(best_row(&rows), Some(2));
+    }
+
+    #[test]
+    fn columns_are_found_by_name_and_missing_ones_are_empty() {
+        let rows = parse("status\textra\texp\teval_ppl\nkeep\tx\t0003\t2.5\n").unwrap();
+        assert_eq!(rows[0].exp, "0003");
+        assert_eq!(rows[0].number, 3);
+        assert_eq!(rows[0].status, Status::Keep);
+        assert_eq!(rows[0].eval_ppl, Some(2.5));
+        assert_eq!(rows[0].commit, "");
+        assert_eq!(rows[0].cost_usd, None);
+        let (line, msg) = parse("exp\tcommit\n0\tc\n").unwrap_err();
+        assert_eq!(line, 1);
+        assert!(msg.contains("no `status` column"), "{msg}");
+    }
+
+    #[test]
+    fn a_nan_is_no_value_and_a_word_is_an_error_naming_the_line() {
+        let ok = format!("{HEADER}\n0\tc\t\tbaseline\tNaN\t-\t\t+0.1\n");
+        let rows = parse(&ok).unwrap();
+        assert_eq!(rows[0].eval_ppl, None);
+        assert_eq!(rows[0].eval_bpb, None);
+        assert_eq!(rows[0].delta, Some(0.1));
+        let bad = format!("{HEADER}\n0\tc\t\tbaseline\t3.0\n1\tc\t\tkeep\tfast\n");
+        let (line, msg) = parse(&bad).unwrap_err();
+        assert_eq!(line, 3);
+        assert!(msg.contains("`eval_ppl` is `fast`"), "{msg}");
+        let (line, msg) = parse(&format!("{HEADER}\n0\tc\t\tkept\n")).unwrap_err();
+        assert_eq!(line, 2);
+        assert!(msg.contains("`status` is `kept`"), "{msg}");
+    }
+
+    #[test]
+    fn a_half_written_last_line_is_left_out() {
+        let done = render(&[record(0, Status::Baseline, Some(50.0))]);
+        let partial = render(&[record(1, Status::Keep, Some(45.0))]);
+        let partial = partial.lines().nth(1).unwrap();
+        for cut in [1, 3, 9, 14] {
+            let text = format!("{done}{}", &partial[..cut]);
+            let rows = parse(&text).unwrap_or_else(|e| panic!("cut {cut}: {e:?}"));
+            assert_eq!(rows.len(), 1, "cut {cut}");
+        }
+        // The same line finished is read, and unfinished but complete it is read too.
+        assert_eq!(parse(&format!("{done}{partial}\n")).unwrap().len(), 2);
+        assert_eq!(parse(&format!("{done}{partial}")).unwrap().len(), 2);
+        // A header still being written: no rows yet.
+        assert_eq!(parse(&HEADER[..7]).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn a_short_finished_line_reads_with_empty_cells() {
+        let rows = parse(&format!("{HEADER}\n4\tc\t\tcrash\n")).unwrap();
+        assert_eq!(rows[0].status, Status::Crash);
+        assert_eq!(rows[0].description, "");
+    }
+
+    #[test]
+    fn noise_needs_two_baseline_runs() {
+        let one = [record(0, Status::Baseline, Some(50.0))];
+        let rows = parse(&render(&one)).unwrap();
+        assert!(noise(&rows).is_none());
+        let two = [
+            record(0, Status::Baseline, Some(50.0)),
+            record(1, Status::Baseline, Some(50.4)),
+        ];
+        let n = noise(&parse(&render(&two)).unwrap()).unwrap();
+        assert_eq!(n.n, 2);
+        assert!((n.sigma - 0.4 / 2f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn missing_file_has_no_rows_and_bad_line_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.tsv");
+        assert!(read(&path).unwrap().is_empty());
+        std::fs::write(&path, format!("{HEADER}\nx\tc\t\tkeep\n")).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{} line 2", path.display())),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
