@@ -42,13 +42,13 @@ fn overview(md: &mut String, s: &Summary<'_>) {
     let rows = s.rows;
     let mut counts = String::new();
     for status in Status::ALL {
-        let n = rows.iter().filter(|r| r.status == status).count();
+        let n = rows.iter().filter(|r| r.status() == status).count();
         if n > 0 {
             let _ = write!(counts, "{}{n} {status}", if counts.is_empty() { "" } else { ", " });
         }
     }
     let time: f64 = rows.iter().filter_map(|r| r.time_s).sum();
-    let cost: f64 = rows.iter().filter_map(|r| r.cost_usd).sum();
+    let cost: f64 = rows.iter().map(|r| r.cost_usd).sum();
     let _ = writeln!(md, "- experiments: {} ({counts})", rows.len());
     let base = s.baseline.and_then(|i| rows[i].eval_ppl);
     if let Some(fp) = s.fp_ppl {
@@ -90,7 +90,7 @@ fn best_recipe(md: &mut String, s: &Summary<'_>) {
                 }
                 let _ = writeln!(md, "```\n");
             }
-            let kept: Vec<&Row> = s.rows.iter().filter(|r| r.status == Status::Keep).collect();
+            let kept: Vec<&Row> = s.rows.iter().filter(|r| r.status() == Status::Keep).collect();
             if !kept.is_empty() {
                 let _ = writeln!(md, "Kept changes, in order:\n");
                 for r in kept {
@@ -145,7 +145,7 @@ fn table(md: &mut String, rows: &[Row]) {
             md,
             "| {} | {} | {} | {} | {} | {q} | {} | {} |",
             r.exp,
-            r.status,
+            r.status(),
             r.eval_ppl.map(fmt_ppl).unwrap_or_else(|| "-".into()),
             r.delta.map(|d| format!("{:+.2}%", d * 100.0)).unwrap_or_else(|| "-".into()),
             r.eval_bpb.map(|b| format!("{b:.4}")).unwrap_or_else(|| "-".into()),

@@ -47,7 +47,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let title = tag.map(str::to_string).or_else(|| current_tag(workspace)).unwrap_or_else(|| "autoqat".into());
 
-    let baseline = rows.iter().position(|r| r.status == Status::Baseline);
+    let baseline = rows.iter().position(|r| r.status() == Status::Baseline);
     let best = results::best_row(&rows);
     let diff = match (baseline, best) {
         (Some(b), Some(k)) if rows[b].commit != rows[k].commit && !rows[k].commit.is_empty() => {
@@ -88,7 +88,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
 /// full-precision floor every trial is measured against.
 fn fp_ppl(workspace: &Path, rows: &[Row]) -> Option<f64> {
     rows.iter().find_map(|r| {
-        let path = workspace.join(format!("runs/{:04}/summary.json", r.number));
+        let path = workspace.join(format!("runs/{:04}/summary.json", r.record.exp));
         let text = std::fs::read_to_string(path).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         v.get("fp_ppl")?.as_f64().filter(|p| p.is_finite())

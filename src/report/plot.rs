@@ -61,7 +61,7 @@ fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: 
     area.fill(&WHITE).map_err(err)?;
     let n = rows.len().max(1) as f64;
     let (y0, y1) = y_range(rows);
-    let kept_n = rows.iter().filter(|r| r.status == Status::Keep).count();
+    let kept_n = rows.iter().filter(|r| r.status() == Status::Keep).count();
     let caption = format!("{title}: {} experiments, {kept_n} kept", rows.len());
     let mut chart = ChartBuilder::on(area)
         .caption(caption, (FONT, 22))
@@ -138,7 +138,7 @@ fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: 
     let label_font = (FONT, 12).into_font().color(&RGBColor(40, 90, 50));
     chart
         .draw_series(rows.iter().enumerate().filter(|(_, r)| r.is_kept()).filter_map(|(i, r)| {
-            let text = if r.status == Status::Baseline { "baseline".to_string() } else { truncate(&r.description, 40) };
+            let text = if r.status() == Status::Baseline { "baseline".to_string() } else { truncate(&r.description, 40) };
             r.eval_ppl.map(|p| Text::new(text, (i as f64 + 0.08, clip(p)), label_font.clone()))
         }))
         .map_err(err)?;

@@ -65,7 +65,7 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     // No results.tsv yet: the run has not finished its baseline.
     let rows: Vec<Row> = results::read(&ws.join("results.tsv"))?;
     let running = lock_held(ws);
-    let next = rows.iter().map(|r| r.number).max().map_or(0, |m| m + 1);
+    let next = rows.iter().map(|r| r.record.exp).max().map_or(0, |m| m + 1);
     let (current_exp, run_dir, trial, current_description) = if running {
         let settings = autoqat_research::settings::Settings::load(ws)?;
         let rel = settings.run_dir(next);
@@ -79,7 +79,7 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     let best = results::best_row(&rows);
     let counts = results::Status::ALL
         .iter()
-        .map(|s| (s.to_string(), rows.iter().filter(|r| r.status == *s).count()))
+        .map(|s| (s.to_string(), rows.iter().filter(|r| r.status() == *s).count()))
         .filter(|(_, n)| *n > 0)
         .collect();
     Ok(Status {
@@ -91,7 +91,7 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
         trial,
         best_exp: best.map(|i| rows[i].exp.clone()),
         best_ppl: best.and_then(|i| rows[i].eval_ppl),
-        baseline_ppl: rows.iter().find(|r| r.status == results::Status::Baseline).and_then(|r| r.eval_ppl),
+        baseline_ppl: rows.iter().find(|r| r.status() == results::Status::Baseline).and_then(|r| r.eval_ppl),
         counts,
     })
 }

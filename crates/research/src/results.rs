@@ -12,7 +12,7 @@ use crate::error::{ResearchError, Result};
 
 mod rows;
 
-pub use rows::{best_row, noise, parse, read, running_best, Noise, Row};
+pub use rows::{best_row, noise, read, running_best, Noise, Row};
 
 /// The header of results.tsv (DESIGN.md section 5).
 pub const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription";

@@ -10,52 +10,32 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::Status;
+use super::{Record, Status};
 use crate::error::{ResearchError, Result};
 
-/// One line of results.tsv as written (see [`super::Record::to_row`] for the writer).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One line of results.tsv: the columns of a [`Record`] (fields only the git note holds stay
+/// at their defaults), and the experiment id as written. Derefs to the record.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    /// Experiment id exactly as written (`3`, or `0003` in hand-made files); shown to users.
+    /// Experiment id exactly as written (`3`, or `0003` in a hand-made file), for display;
+    /// `record.exp` is the number it spells.
     pub exp: String,
-    /// The experiment number `exp` spells.
-    pub number: u32,
-    /// Commit of the experiment (full or abbreviated hash).
-    pub commit: String,
-    /// The best commit it was tried against.
-    pub parent: String,
-    /// Outcome.
-    pub status: Status,
-    /// Eval perplexity; `None` when the trial produced none (crash, invalid) or a NaN.
-    pub eval_ppl: Option<f64>,
-    /// Eval bits per byte.
-    pub eval_bpb: Option<f64>,
-    /// Last train loss.
-    pub train_loss: Option<f64>,
-    /// Relative change of eval_ppl against the best before it.
-    pub delta: Option<f64>,
-    /// Trial wall-clock seconds.
-    pub time_s: Option<f64>,
-    /// Training tokens seen.
-    pub tokens: Option<u64>,
-    /// Peak memory in MB.
-    pub peak_mem_mb: Option<f64>,
-    /// Fraction of quantized weights at -1.
-    pub q_neg1: Option<f64>,
-    /// Fraction at 0.
-    pub q_zero: Option<f64>,
-    /// Fraction at +1.
-    pub q_pos1: Option<f64>,
-    /// Proposer cost in US dollars.
-    pub cost_usd: Option<f64>,
-    /// One line: what was changed.
-    pub description: String,
+    /// The parsed columns.
+    pub record: Record,
 }
 
 impl Row {
     /// Whether the branch kept this row's recipe (the baseline counts as kept).
     pub fn is_kept(&self) -> bool {
-        self.status.is_kept()
+        self.record.status().is_kept()
+    }
+}
+
+impl std::ops::Deref for Row {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        &self.record
     }
 }
 
@@ -121,12 +101,11 @@ impl Columns {
             let all: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
             format!("`status` is `{status}`, not one of {}", all.join(" "))
         })?;
-        Ok(Row {
-            exp: exp.to_string(),
-            number,
+        let record = Record {
+            exp: number,
             commit: named("commit").to_string(),
             parent: named("parent").to_string(),
-            status,
+            status: Some(status),
             eval_ppl: num("eval_ppl")?,
             eval_bpb: num("eval_bpb")?,
             train_loss: num("train_loss")?,
@@ -137,9 +116,11 @@ impl Columns {
             q_neg1: num("q_neg1")?,
             q_zero: num("q_zero")?,
             q_pos1: num("q_pos1")?,
-            cost_usd: num("cost_usd")?,
+            cost_usd: num("cost_usd")?.unwrap_or(0.0),
             description: named("description").to_string(),
-        })
+            ..Record::default()
+        };
+        Ok(Row { exp: exp.to_string(), record })
     }
 }
 
@@ -157,7 +138,7 @@ fn value<T: std::str::FromStr>(
 }
 
 /// Parses the text of results.tsv; an error carries the 1-based line number and the cause.
-pub fn parse(text: &str) -> std::result::Result<Vec<Row>, (usize, String)> {
+fn parse(text: &str) -> std::result::Result<Vec<Row>, (usize, String)> {
     let lines: Vec<&str> = text.lines().collect();
     // A last line without its newline may still be being written.
     let unfinished = |i: usize| i + 1 == lines.len() && !text.ends_with('\n');
@@ -235,7 +216,7 @@ impl Noise {
 pub fn noise(rows: &[Row]) -> Option<Noise> {
     let ppl: Vec<f64> = rows
         .iter()
-        .filter(|r| r.status == Status::Baseline)
+        .filter(|r| r.status() == Status::Baseline)
         .filter_map(|r| r.eval_ppl)
         .collect();
     Some(Noise {
@@ -272,25 +253,28 @@ mod tests {
         let rows = parse(&render(&recs)).unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[2].exp, "2");
-        assert_eq!(rows[2].number, 2);
-        assert_eq!(rows[2].status, Status::Keep);
+        assert_eq!(rows[2].record.exp, 2);
+        assert_eq!(rows[2].status(), Status::Keep);
         assert_eq!(rows[2].eval_ppl, Some(45.5));
         assert_eq!(rows[2].tokens, Some(4096));
         assert_eq!(rows[2].commit, "2fffffffffff");
         assert_eq!(rows[2].description, "change 2");
         assert_eq!(rows[1].eval_ppl, None);
         assert_eq!(best_row(&rows), Some(2));
+        // Written again, the rows give the same file: the reader inverts the writer.
+        let again: Vec<Record> = rows.into_iter().map(|r| r.record).collect();
+        assert_eq!(render(&again), render(&recs));
     }
 
     #[test]
     fn columns_are_found_by_name_and_missing_ones_are_empty() {
         let rows = parse("status\textra\texp\teval_ppl\nkeep\tx\t0003\t2.5\n").unwrap();
         assert_eq!(rows[0].exp, "0003");
-        assert_eq!(rows[0].number, 3);
-        assert_eq!(rows[0].status, Status::Keep);
+        assert_eq!(rows[0].record.exp, 3);
+        assert_eq!(rows[0].status(), Status::Keep);
         assert_eq!(rows[0].eval_ppl, Some(2.5));
         assert_eq!(rows[0].commit, "");
-        assert_eq!(rows[0].cost_usd, None);
+        assert_eq!(rows[0].peak_mem_mb, None);
         let (line, msg) = parse("exp\tcommit\n0\tc\n").unwrap_err();
         assert_eq!(line, 1);
         assert!(msg.contains("no `status` column"), "{msg}");
@@ -332,7 +316,7 @@ mod tests {
     #[test]
     fn a_short_finished_line_reads_with_empty_cells() {
         let rows = parse(&format!("{HEADER}\n4\tc\t\tcrash\n")).unwrap();
-        assert_eq!(rows[0].status, Status::Crash);
+        assert_eq!(rows[0].status(), Status::Crash);
         assert_eq!(rows[0].description, "");
     }
 
