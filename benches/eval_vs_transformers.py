@@ -21,8 +21,9 @@ import tempfile
 import time
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+from autoqat_ref.tiny import guide_loop, tiny_checkpoint  # noqa: E402
 
 CONFIGS = {
     # A tiny Llama like the offline demo's teacher.
@@ -34,27 +35,6 @@ CONFIGS = {
                        num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048,
                        tie_word_embeddings=True, ctx=512, chars=24_000),
 }
-
-
-def guide_loop(model, ids, ctx, stride):
-    seq_len = ids.size(1)
-    nll_sum, n_tokens, prev_end = 0.0, 0, 0
-    for begin in range(0, seq_len, stride):
-        end = min(begin + ctx, seq_len)
-        trg_len = end - prev_end
-        input_ids = ids[:, begin:end]
-        target_ids = input_ids.clone()
-        target_ids[:, :-trg_len] = -100
-        with torch.no_grad():
-            loss = model(input_ids, labels=target_ids).loss
-        n = (target_ids != -100).sum().item() - target_ids.size(0)
-        if n > 0:
-            nll_sum += loss.item() * n
-            n_tokens += n
-        prev_end = end
-        if end == seq_len:
-            break
-    return nll_sum / n_tokens, n_tokens
 
 
 def main():
@@ -75,16 +55,9 @@ def main():
         ctx, chars = spec.pop("ctx"), spec.pop("chars")
         text = full_text[:chars]
         with tempfile.TemporaryDirectory() as d:
-            tok = Tokenizer(models.BPE())
-            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            tok.decoder = decoders.ByteLevel()
-            tok.train_from_iterator([text], trainers.BpeTrainer(
-                vocab_size=min(spec["vocab_size"], 2048), show_progress=False,
-                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-            tok.save(os.path.join(d, "tokenizer.json"))
-            torch.manual_seed(0)
-            model = LlamaForCausalLM(LlamaConfig(**spec, rms_norm_eps=1e-5, rope_theta=10000.0)).eval()
-            model.save_pretrained(d)
+            tok, model = tiny_checkpoint(d, text, min(spec["vocab_size"], 2048), special_tokens=(),
+                                         **spec, rms_norm_eps=1e-5, rope_theta=10000.0)
+            model.eval()
             txt = os.path.join(d, "text.txt")
             with open(txt, "w", encoding="utf-8") as f:
                 f.write(text)

@@ -20,6 +20,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "python"))
 CONFIGS = {
     # name: (model shape, batch, seq)
     "tiny": (dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
@@ -36,21 +37,11 @@ def median(xs):
 
 
 def make_model(out, shape, text):
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM
+    # Imported here: the PyTorch side's process must not pay for modules it does not use.
+    from autoqat_ref.tiny import tiny_checkpoint
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1024, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator([text], trainer)
-    tok.save(os.path.join(out, "tokenizer.json"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(**shape, max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=True,
-                      rope_theta=10000.0)
-    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    tiny_checkpoint(out, text, tokenizer_vocab=1024, **shape, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                    tie_word_embeddings=True, rope_theta=10000.0, save_kwargs=dict(safe_serialization=True))
 
 
 def pytorch_side(model_dir, text_path, batch, seq, steps, out_json):

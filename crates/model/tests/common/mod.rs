@@ -54,9 +54,10 @@ fn make_fixtures() -> Option<PathBuf> {
         return None;
     };
     let script_text = std::fs::read(script()).ok()?;
-    // A content hash keys the cache, so an edited script regenerates.
+    let shared = std::fs::read(repo_root().join("python/autoqat_ref/tiny.py")).ok()?;
+    // A content hash keys the cache, so an edited script (or its shared module) regenerates.
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in script_text.iter().chain(wikitext().is_some().to_string().as_bytes()) {
+    for b in script_text.iter().chain(&shared).chain(wikitext().is_some().to_string().as_bytes()) {
         h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
     }
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));

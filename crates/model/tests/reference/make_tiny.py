@@ -18,36 +18,19 @@ import argparse
 import json
 import math
 import os
-import random
+import sys
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+from transformers import LlamaForCausalLM
+
+# The shared builders live in <repo>/python (this file is <repo>/crates/model/tests/reference/).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "python"))
+from autoqat_ref.tiny import byte_level_bpe, generated_text, guide_loop, random_model, save  # noqa: E402
 
 VOCAB = 384
 SETTINGS = [(64, 64), (64, 32)]  # (ctx, stride): disjoint and overlapping windows
-
-
-def generated_text(n_words=3000, seed=0):
-    rng = random.Random(seed)
-    words = "the a small model reads every token and predicts what comes next in plain text".split()
-    lines = []
-    for _ in range(n_words // 12):
-        lines.append(" ".join(rng.choice(words) for _ in range(12)) + ".")
-    return "\n".join(lines) + "\n"
-
-
-def train_tokenizer(text, path):
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator([text], trainer)
-    tok.save(path)
-    return tok
+WORDS = "the a small model reads every token and predicts what comes next in plain text"
 
 
 def randomize(model, seed):
@@ -62,26 +45,8 @@ def randomize(model, seed):
 
 
 def guide_ppl(model, ids, ctx, stride):
-    """The HF guide's loop, verbatim in substance (batch 1); zero-weight windows skipped."""
-    ids = ids.unsqueeze(0)
-    seq_len = ids.size(1)
-    nll_sum, n_tokens, prev_end = 0.0, 0, 0
-    for begin in range(0, seq_len, stride):
-        end = min(begin + ctx, seq_len)
-        trg_len = end - prev_end
-        input_ids = ids[:, begin:end]
-        target_ids = input_ids.clone()
-        target_ids[:, :-trg_len] = -100
-        with torch.no_grad():
-            loss = model(input_ids, labels=target_ids).loss
-        num_loss_tokens = (target_ids != -100).sum().item() - target_ids.size(0)
-        if num_loss_tokens > 0:
-            nll_sum += loss.double().item() * num_loss_tokens
-            n_tokens += num_loss_tokens
-        prev_end = end
-        if end == seq_len:
-            break
-    loss = nll_sum / n_tokens
+    """The HF guide's loop (batch 1) over the 1-D `ids`."""
+    loss, n_tokens = guide_loop(model, ids.unsqueeze(0), ctx, stride)
     return {"eval_loss": loss, "eval_ppl": math.exp(loss), "tokens": n_tokens}
 
 
@@ -100,28 +65,29 @@ def main():
             text = f.read()[: args.wiki_chars]
         source = "wikitext"
     else:
-        text = generated_text()
+        text = generated_text(WORDS, n_lines=250, words_per_line=12)
         source = "generated"
     with open(os.path.join(args.out, "text.txt"), "w", encoding="utf-8") as f:
         f.write(text)
-    tok_path = os.path.join(args.out, "tokenizer.json")
-    tok = train_tokenizer(text, tok_path)
+    tok = byte_level_bpe(text, VOCAB)
+    tok.save(os.path.join(args.out, "tokenizer.json"))
     text_ids = torch.tensor(tok.encode(text).ids, dtype=torch.int64)
 
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=128, rms_norm_eps=1e-5,
                   attn_implementation="eager")
+    # randomize() below overwrites every parameter, so transformers' init does not matter.
     models_ = {
-        "llama": LlamaForCausalLM(LlamaConfig(
-            **common, num_key_value_heads=2, tie_word_embeddings=True,
+        "llama": random_model(
+            "llama", **common, num_key_value_heads=2, tie_word_embeddings=True,
             rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
                           "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
-            rope_theta=10000.0)),
-        "qwen2": Qwen2ForCausalLM(Qwen2Config(
-            **common, num_key_value_heads=1, tie_word_embeddings=False, rope_theta=1000000.0)),
-        "qwen3": Qwen3ForCausalLM(Qwen3Config(
-            **common, num_key_value_heads=2, head_dim=24, tie_word_embeddings=False,
-            rope_theta=1000000.0)),
+            rope_theta=10000.0),
+        "qwen2": random_model(
+            "qwen2", **common, num_key_value_heads=1, tie_word_embeddings=False, rope_theta=1000000.0),
+        "qwen3": random_model(
+            "qwen3", **common, num_key_value_heads=2, head_dim=24, tie_word_embeddings=False,
+            rope_theta=1000000.0),
     }
     fixed_ids = torch.randint(0, VOCAB, (2, 23), generator=torch.Generator().manual_seed(1))
     tensors = {"ids": fixed_ids, "text_ids": text_ids}
@@ -133,8 +99,7 @@ def main():
         model.eval()
         d = os.path.join(args.out, name)
         # The Qwen2 checkpoint is sharded to exercise model.safetensors.index.json.
-        model.save_pretrained(d, max_shard_size="100KB" if name == "qwen2" else "1GB")
-        tok.save(os.path.join(d, "tokenizer.json"))
+        save(d, model, tok, max_shard_size="100KB" if name == "qwen2" else "1GB")
         with torch.no_grad():
             tensors[f"logits.{name}"] = model(fixed_ids).logits.float().contiguous()
         ppl["models"][name] = {f"{c}/{s}": guide_ppl(model, text_ids, c, s) for c, s in SETTINGS}
@@ -142,8 +107,7 @@ def main():
     # bf16 on disk: the same Llama rounded to bf16; its reference runs those weights in fp32.
     llama = models_["llama"].to(torch.bfloat16)
     d = os.path.join(args.out, "llama_bf16")
-    llama.save_pretrained(d)
-    tok.save(os.path.join(d, "tokenizer.json"))
+    save(d, llama, tok)
     # Reload from disk so the rope buffers are rebuilt in f32 (a .float() of the bf16 module
     # would keep inv_freq rounded to bf16).
     llama = LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()

@@ -60,9 +60,12 @@ pub fn tiny_model() -> Option<PathBuf> {
     DIR.get_or_init(|| {
         let py = python()?;
         let script = qat_dir().join("tests/reference/make_tiny_teacher.py");
-        let text = std::fs::read(&script).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let text = read(script.clone());
+        let shared = read(repo_root().join("python/autoqat_ref/tiny.py"));
+        // A content hash keys the cache, so an edited script (or its shared module) regenerates.
         let mut h: u64 = 0xcbf29ce484222325;
-        for b in &text {
+        for b in text.iter().chain(&shared) {
             h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
         }
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));

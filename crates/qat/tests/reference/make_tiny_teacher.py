@@ -6,40 +6,29 @@ OUT_DIR gets config.json, model.safetensors (saved by transformers) and tokenize
 (a byte-level BPE trained here on TRAIN_TEXT, or on a generated text), and train.txt.
 """
 import os
-import random
 import sys
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM
+# The shared builders live in <repo>/python (this file is <repo>/crates/qat/tests/reference/).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "python"))
+from autoqat_ref.tiny import generated_text, tiny_checkpoint  # noqa: E402
 
-
-def generated_text(n_lines=400, seed=0):
-    rng = random.Random(seed)
-    words = "the cat sat on a mat and the dog ran to the park with a red ball".split()
-    return "\n".join(" ".join(rng.choice(words) for _ in range(10)) + "." for _ in range(n_lines)) + "\n"
+WORDS = "the cat sat on a mat and the dog ran to the park with a red ball"
 
 
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    text = open(sys.argv[2], encoding="utf-8").read() if len(sys.argv) > 2 else generated_text()
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = generated_text(WORDS, n_lines=400, words_per_line=10)
     with open(os.path.join(out, "train.txt"), "w", encoding="utf-8") as f:
         f.write(text)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator([text], trainer)
-    tok.save(os.path.join(out, "tokenizer.json"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=True,
-                      rope_theta=10000.0)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(out, safe_serialization=True)
+    tiny_checkpoint(out, text, tokenizer_vocab=320, hidden_size=64, intermediate_size=128,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                    rope_theta=10000.0, save_kwargs=dict(safe_serialization=True))
 
 
 if __name__ == "__main__":
