@@ -53,7 +53,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let dir = pick_dir(&args.dir)?;
     let (spec, sizes) = if args.quick {
-        (TeacherSpec::quick(), TinySizes { steps: 10, eval_every: 5, timeout_s: 300, seq_len: 64, batch: 8 })
+        (TeacherSpec::quick(), TinySizes { steps: 10, eval_every: 5, timeout_s: 300, seq_len: 64, batch: 8, baseline_repeats: 1 })
     } else {
         (TeacherSpec::standard(), TinySizes::default())
     };

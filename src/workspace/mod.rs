@@ -60,11 +60,13 @@ pub struct TinySizes {
     pub seq_len: u32,
     /// Sequences per step.
     pub batch: u32,
+    /// Baseline runs (seeds 0, 1, ...) that measure the noise.
+    pub baseline_repeats: u32,
 }
 
 impl Default for TinySizes {
     fn default() -> Self {
-        TinySizes { steps: 30, eval_every: 10, timeout_s: 600, seq_len: 128, batch: 16 }
+        TinySizes { steps: 30, eval_every: 10, timeout_s: 600, seq_len: 128, batch: 8, baseline_repeats: 3 }
     }
 }
 
@@ -74,7 +76,9 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
     let (program, settings, train) = match template {
         Template::TinyDemo => (
             PROGRAM.to_string(),
-            TINY_SETTINGS.replace("{{timeout_s}}", &tiny.timeout_s.to_string()),
+            TINY_SETTINGS
+                .replace("{{timeout_s}}", &tiny.timeout_s.to_string())
+                .replace("{{baseline_repeats}}", &tiny.baseline_repeats.to_string()),
             TINY_TRAIN
                 .replace("{{steps}}", &tiny.steps.to_string())
                 .replace("{{eval_every}}", &tiny.eval_every.to_string())
