@@ -7,8 +7,9 @@
 //! SmolLM-135M eval spent about 6% of its time zeroing fresh pages. Raising the threshold
 //! (and the trim threshold with it, so the heap is not shrunk after each pass) keeps those
 //! buffers in the heap for reuse; this is the effect PyTorch's CPU tuning guide gets by
-//! preloading jemalloc or tcmalloc. Peak memory is unchanged: the same buffers are live at
-//! the peak, they are only not handed back in between.
+//! preloading jemalloc or tcmalloc. The cost is some peak memory, as freed buffers are reused
+//! rather than returned: measured +2.5% peak RSS on that eval and +7% on a SmolLM-shape QAT
+//! trial (docs/benchmarks.md).
 
 /// Threshold above which allocations still go to `mmap` (tensors this large are rare enough
 /// that paying for their page faults is fine).

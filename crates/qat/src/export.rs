@@ -83,15 +83,16 @@ pub fn export_all(recipe: &Recipe, student: &Student, run: &Path) -> Result<()> 
     let handles: HashMap<&str, &QuantHandle> = student.handles.iter().map(|h| (h.name.as_str(), h)).collect();
     let mut packed_tensors: Vec<(String, Tensor)> = Vec::new();
     let mut hf_tensors: Vec<(String, Tensor)> = Vec::new();
+    // What the trial's final eval ran with (after any A8 -> A4 flip).
+    let act_bits = student.state.act_bits();
     let mut info = PackedInfo {
         format: "autoqat-packed-v1".into(),
         method: enum_name(&recipe.quant.method),
         granularity: enum_name(&recipe.quant.granularity),
         packed: Vec::new(),
         folded_biases: Vec::new(),
-        // What the trial's final eval ran with (after any A8 -> A4 flip).
-        act_bits: student.state.act_bits(),
-        act_granularity: (student.state.act_bits() > 0).then_some(recipe.activations.granularity),
+        act_bits,
+        act_granularity: (act_bits > 0).then_some(recipe.activations.granularity),
     };
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();

@@ -282,10 +282,7 @@ impl Driver {
                     self.git.reset_branch(&self.tag, commit, || {})?;
                     self.git.delete_ref(&name)?;
                     self.say(&format!("resuming experiment {}: re-running its interrupted trial", p.exp));
-                    return match self.finish(p, commit) {
-                        Ok(()) | Err(Halt::Stop(_)) => Ok(()),
-                        Err(Halt::Error(e)) => Err(e),
-                    };
+                    return self.finish_in_recovery(p, commit);
                 }
             }
         }
@@ -294,10 +291,7 @@ impl Driver {
                 if p.exp == exp && p.tag == self.tag && !finished.contains(&exp) {
                     self.git.force_checkout_head()?;
                     self.say(&format!("resuming experiment {exp}: re-running its trial"));
-                    return match self.finish(p, head) {
-                        Ok(()) | Err(Halt::Stop(_)) => Ok(()),
-                        Err(Halt::Error(e)) => Err(e),
-                    };
+                    return self.finish_in_recovery(p, head);
                 }
             }
         }
@@ -329,6 +323,15 @@ impl Driver {
         results::write_all(&self.results_path(), &self.records)?;
         let _ = std::fs::remove_file(pending_path(&self.ws));
         Ok(())
+    }
+
+    /// Finishes an experiment that recovery picked up again; a stop during it (a signal) ends
+    /// recovery quietly, as the run loop's own stop check follows.
+    fn finish_in_recovery(&mut self, p: Pending, commit: Oid) -> Result<()> {
+        match self.finish(p, commit) {
+            Ok(()) | Err(Halt::Stop(_)) => Ok(()),
+            Err(Halt::Error(e)) => Err(e),
+        }
     }
 
     fn results_path(&self) -> PathBuf {
