@@ -24,6 +24,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Run one quantization-aware-training trial from a recipe.
     Trial(TrialArgs),
+    /// Compress a checkpoint into a binary/ternary artifact under a bits/param budget.
+    Compress(CompressArgs),
     /// Run the research loop until a stop condition.
     Run(RunArgs),
     /// Print results.tsv, or rebuild it from git alone.
@@ -65,9 +67,23 @@ pub struct EvalArgs {
     /// Stride between windows (default: ctx, i.e. disjoint windows).
     #[arg(long)]
     pub stride: Option<usize>,
-    /// Windows per forward pass.
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
+    /// Windows (or documents) per forward pass (default: 1 for windows, 8 for documents).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// windows: the HF guide's sliding windows over the whole text; docs: the compression
+    /// track's validator (each non-blank line a document, truncated, right-padded batches).
+    #[arg(long, value_enum, default_value = "windows")]
+    pub protocol: Protocol,
+    /// docs: tokens kept from the start of each document.
+    #[arg(long, default_value_t = 512)]
+    pub doc_tokens: usize,
+    /// docs: score at most this many documents (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub max_docs: usize,
+    /// tokenizer.json (or a directory holding one) to score with instead of the model's: the
+    /// track's reference tokenizer, or the tokenizer of an artifact that ships none.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// auto, cpu, cuda, cuda:N or mps.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -75,6 +91,35 @@ pub struct EvalArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How `autoqat eval` cuts the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Sliding windows over the whole text (--ctx, --stride).
+    Windows,
+    /// One document per non-blank line (--doc-tokens, --max-docs).
+    Docs,
+}
+
+/// Arguments of `autoqat compress`.
+#[derive(Debug, Args)]
+pub struct CompressArgs {
+    /// The compression recipe.
+    #[arg(long, default_value = "experiments/compress.toml")]
+    pub config: PathBuf,
+    /// Output directory (default: runs/compress-<timestamp>).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Only validate the recipe and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Skip reloading the zip in a fresh process and scoring it again.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
 }

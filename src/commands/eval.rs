@@ -1,33 +1,50 @@
-//! `autoqat eval`: perplexity of a Hugging Face model on a text file, by the HF guide's
-//! sliding-window algorithm (see `autoqat_model::eval`).
+//! `autoqat eval`: perplexity of a Hugging Face model, a packed export of `autoqat trial` or a
+//! compression artifact of `autoqat compress`, by the HF guide's sliding windows or by the
+//! compression track's document protocol (see `autoqat_model::eval`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
+use autoqat_compress::artifact::{self, ArtifactFiles};
 use autoqat_model::{
-    device_name, load_causal_lm, parse_device, parse_kind, perplexity, CausalLM, EvalOptions, ModelConfig,
-    PlainBuilder, TextTokenizer,
+    device_name, line_documents, load_causal_lm, parse_device, parse_kind, perplexity, perplexity_docs, CausalLM,
+    DocEvalOptions, EvalOptions, ModelConfig, PlainBuilder, TextTokenizer,
 };
 use tch::{Device, Kind};
 
-use crate::cli::EvalArgs;
+use crate::cli::{EvalArgs, Protocol};
 
 /// Default context when --ctx is not given: the model's positions, at most this.
 const DEFAULT_MAX_CTX: usize = 1024;
 
-/// Loads a Hugging Face model, or a packed ternary export of `autoqat trial` (it has a
-/// `quant.json`), with its weights dequantized for scoring.
-fn load_any(source: &str, device: Device, kind: Kind) -> anyhow::Result<(ModelConfig, CausalLM, PathBuf)> {
+/// A model ready to score and the tokenizer that came with it, if any.
+struct Scored {
+    cfg: ModelConfig,
+    model: CausalLM,
+    tokenizer: Option<TextTokenizer>,
+}
+
+/// Loads a Hugging Face model, a packed ternary export of `autoqat trial` (it has a
+/// `quant.json`), or a compression artifact (a zip, or its directory), weights dequantized.
+fn load_any(source: &str, device: Device, kind: Kind) -> anyhow::Result<Scored> {
     let dir = Path::new(source);
+    if artifact::is_artifact(dir) {
+        let files = ArtifactFiles::read(dir).with_context(|| format!("cannot read artifact {source}"))?;
+        let tokenizer = files.tokenizer().map(|b| TextTokenizer::from_bytes(b, &dir.join("tokenizer.json"))).transpose()?;
+        let loaded = artifact::load(&files, device, kind).with_context(|| format!("cannot load artifact {source}"))?;
+        return Ok(Scored { cfg: loaded.cfg, model: loaded.model, tokenizer });
+    }
     if autoqat_qat::is_packed(dir) {
         let mut packed = autoqat_qat::load_packed(dir, device)
             .with_context(|| format!("cannot load packed model {source}"))?;
         packed.vs.set_kind(kind);
-        return Ok((packed.cfg, packed.model, dir.to_path_buf()));
+        let tokenizer = TextTokenizer::from_path(dir).ok();
+        return Ok(Scored { cfg: packed.cfg, model: packed.model, tokenizer });
     }
     let loaded = load_causal_lm(source, device, kind, &PlainBuilder)
         .with_context(|| format!("cannot load model {source}"))?;
-    Ok((loaded.cfg, loaded.model, loaded.dir))
+    let tokenizer = Some(TextTokenizer::from_path(&loaded.dir)?);
+    Ok(Scored { cfg: loaded.cfg, model: loaded.model, tokenizer })
 }
 
 /// Runs `autoqat eval`.
@@ -40,21 +57,50 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if text.trim().is_empty() {
         bail!("text file {} is empty (hint: pass a UTF-8 text to score)", args.text.display());
     }
-    let (cfg, model, dir) = load_any(&args.model, device, kind)?;
-    let tokenizer = TextTokenizer::from_path(&dir)?;
-    let max_pos = cfg.max_position_embeddings as usize;
-    let ctx = args.ctx.unwrap_or(max_pos.min(DEFAULT_MAX_CTX));
-    let opts = EvalOptions { ctx, stride: args.stride.unwrap_or(ctx), batch: args.batch };
-    let ids = tokenizer.encode(&text)?;
-    let report = perplexity(&model, &ids, text.len(), &opts, device)?;
+    let reference = args.tokenizer.as_deref().map(TextTokenizer::from_path).transpose()?;
+    let scored = load_any(&args.model, device, kind)?;
+    let tokenizer = match (reference, scored.tokenizer) {
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => bail!(
+            "{} ships no tokenizer.json (hint: pass --tokenizer with the reference or source model's tokenizer.json)",
+            args.model
+        ),
+    };
+    let mut fields = serde_json::Map::new();
+    let report = match args.protocol {
+        Protocol::Windows => {
+            let max_pos = scored.cfg.max_position_embeddings as usize;
+            let ctx = args.ctx.unwrap_or(max_pos.min(DEFAULT_MAX_CTX));
+            let opts = EvalOptions { ctx, stride: args.stride.unwrap_or(ctx), batch: args.batch.unwrap_or(1) };
+            let ids = tokenizer.encode(&text)?;
+            fields.insert("ctx".into(), opts.ctx.into());
+            fields.insert("stride".into(), opts.stride.into());
+            fields.insert("batch".into(), opts.batch.into());
+            perplexity(&scored.model, &ids, text.len(), &opts, device)?
+        }
+        Protocol::Docs => {
+            let opts = DocEvalOptions { max_tokens: args.doc_tokens, batch: args.batch.unwrap_or(8) };
+            let mut docs = line_documents(&tokenizer, &text, opts.max_tokens)?;
+            if args.max_docs > 0 {
+                docs.truncate(args.max_docs);
+            }
+            fields.insert("doc_tokens".into(), opts.max_tokens.into());
+            fields.insert("batch".into(), opts.batch.into());
+            fields.insert("docs".into(), docs.len().into());
+            perplexity_docs(&scored.model, &docs, text.len(), &opts, device)?
+        }
+    };
+    let protocol = match args.protocol {
+        Protocol::Windows => "windows",
+        Protocol::Docs => "docs",
+    };
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         if let Some(m) = v.as_object_mut() {
             m.insert("model".into(), args.model.clone().into());
             m.insert("text".into(), args.text.display().to_string().into());
-            m.insert("ctx".into(), opts.ctx.into());
-            m.insert("stride".into(), opts.stride.into());
-            m.insert("batch".into(), opts.batch.into());
+            m.insert("protocol".into(), protocol.into());
+            m.extend(fields);
             m.insert("device".into(), device_name(device).into());
             m.insert("dtype".into(), args.dtype.clone().into());
         }
@@ -63,7 +109,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         println!("model:        {}", args.model);
         println!("text:         {}", args.text.display());
         println!("device:       {} ({})", device_name(device), args.dtype);
-        println!("ctx:          {} (stride {}, batch {})", opts.ctx, opts.stride, opts.batch);
+        let setting: Vec<String> = fields.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("protocol:     {protocol} ({})", setting.join(", "));
         println!("eval_loss:    {:.6}", report.eval_loss);
         println!("eval_ppl:     {:.4}", report.eval_ppl);
         println!("eval_bpb:     {:.6}", report.eval_bpb);

@@ -1,5 +1,6 @@
 //! One module per subcommand; each exposes `run(args) -> anyhow::Result<()>`.
 
+pub mod compress;
 pub mod demo;
 pub mod doctor;
 pub mod eval;
@@ -20,6 +21,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Doctor(a) => doctor::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Trial(a) => trial::run(a),
+        Command::Compress(a) => compress::run(a),
         Command::Run(a) => run::run(a),
         Command::Results(a) => results::run(a),
         Command::Log(a) => log::run(a),

@@ -206,6 +206,110 @@ fn window_losses(model: &CausalLM, ids: &[i64], group: &[Window], device: tch::D
         .collect())
 }
 
+/// How documents are scored by the compression track's validator (DESIGN.md 8): each document
+/// truncated to `max_tokens` (no stride), `batch` documents per forward pass right-padded, the
+/// shifted next-token cross entropy masked on padding, summed and divided by the tokens scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocEvalOptions {
+    /// Tokens kept from the start of each document.
+    pub max_tokens: usize,
+    /// Documents per forward pass.
+    pub batch: usize,
+}
+
+/// Token ids of each non-blank line of `text` (one document per line, as a dataset's text
+/// column), with the tokenizer's special tokens, truncated to `max_tokens`; documents of fewer
+/// than two tokens score nothing and are dropped.
+pub fn line_documents(tokenizer: &TextTokenizer, text: &str, max_tokens: usize) -> Result<Vec<Vec<i64>>> {
+    let mut docs = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut ids = tokenizer.encode(line)?;
+        ids.truncate(max_tokens);
+        if ids.len() >= 2 {
+            docs.push(ids);
+        }
+    }
+    Ok(docs)
+}
+
+/// Perplexity of `model` over `docs` by the validator's protocol (see [`DocEvalOptions`]);
+/// `n_bytes` is the UTF-8 size of the text the documents came from (for bits per byte).
+pub fn perplexity_docs(
+    model: &CausalLM,
+    docs: &[Vec<i64>],
+    n_bytes: usize,
+    opts: &DocEvalOptions,
+    device: tch::Device,
+) -> Result<EvalReport> {
+    if opts.batch == 0 || opts.max_tokens < 2 {
+        return Err(ModelError::Eval(format!(
+            "doc protocol needs batch >= 1 and max_tokens >= 2 (got batch {}, max_tokens {})",
+            opts.batch, opts.max_tokens
+        )));
+    }
+    let max_pos = model.cfg.max_position_embeddings as usize;
+    if opts.max_tokens > max_pos {
+        return Err(ModelError::Eval(format!(
+            "doc length {} is larger than the model's max_position_embeddings {max_pos} (hint: --doc-tokens {max_pos} or less)",
+            opts.max_tokens
+        )));
+    }
+    if docs.is_empty() {
+        return Err(ModelError::Eval("no document of at least 2 tokens to score (is the text empty?)".into()));
+    }
+    let start = Instant::now();
+    let (mut nll_sum, mut n_tokens) = (0.0f64, 0usize);
+    for group in docs.chunks(opts.batch) {
+        let (sum, n) = tch::no_grad(|| padded_batch_nll(model, group, opts.max_tokens, device))?;
+        nll_sum += sum;
+        n_tokens += n;
+    }
+    let time_s = start.elapsed().as_secs_f64();
+    let eval_loss = nll_sum / n_tokens as f64;
+    if !eval_loss.is_finite() {
+        return Err(ModelError::Eval(format!("eval loss is {eval_loss} (the model produced NaN/Inf logits)")));
+    }
+    Ok(EvalReport {
+        eval_loss,
+        eval_ppl: eval_loss.exp(),
+        eval_bpb: if n_bytes == 0 { f64::NAN } else { eval_loss * n_tokens as f64 / (n_bytes as f64 * std::f64::consts::LN_2) },
+        tokens: n_tokens,
+        bytes: n_bytes,
+        text_tokens: docs.iter().map(Vec::len).sum(),
+        windows: docs.len(),
+        time_s,
+        tokens_per_s: n_tokens as f64 / time_s.max(1e-9),
+    })
+}
+
+/// Summed NLL and count of scored tokens of one right-padded batch of documents.
+fn padded_batch_nll(model: &CausalLM, group: &[Vec<i64>], max_tokens: usize, device: tch::Device) -> Result<(f64, usize)> {
+    let len = group.iter().map(|d| d.len().min(max_tokens)).max().unwrap_or(0) as i64;
+    let b = group.len() as i64;
+    // Padding id 0 is never scored: the targets there are -100.
+    let mut ids = vec![0i64; (b * len) as usize];
+    let mut targets = vec![-100i64; (b * (len - 1)) as usize];
+    for (i, doc) in group.iter().enumerate() {
+        let doc = &doc[..doc.len().min(max_tokens)];
+        let row = i * len as usize;
+        ids[row..row + doc.len()].copy_from_slice(doc);
+        let trow = i * (len as usize - 1);
+        targets[trow..trow + doc.len() - 1].copy_from_slice(&doc[1..]);
+    }
+    let input = Tensor::from_slice(&ids).view([b, len]).to_device(device);
+    let targets = Tensor::from_slice(&targets).to_device(device);
+    let hidden = model.hidden(&input).narrow(1, 0, len - 1);
+    let logits = model.head(&hidden).to_kind(Kind::Float);
+    let v = logits.size()[2];
+    let nll = logits
+        .reshape([-1, v])
+        .f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)?
+        .to_kind(Kind::Double)
+        .double_value(&[]);
+    let scored = group.iter().map(|d| d.len().min(max_tokens) - 1).sum();
+    Ok((nll, scored))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ pub mod tokenizer;
 pub use config::{Arch, ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
 pub use device::{device_name, parse_device, parse_kind};
 pub use error::{ModelError, Result};
-pub use eval::{perplexity, perplexity_of_text, EvalOptions, EvalReport};
+pub use eval::{line_documents, perplexity, perplexity_docs, perplexity_of_text, DocEvalOptions, EvalOptions, EvalReport};
 pub use linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec, PlainBuilder, PlainLinear};
 pub use llama::CausalLM;
 pub use load::{build_causal_lm, load_causal_lm, load_weights, save_pretrained, LoadedModel};

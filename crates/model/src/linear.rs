@@ -57,6 +57,17 @@ impl LinearRole {
         matches!(self, Self::Gate | Self::Up | Self::Down)
     }
 
+    /// The full Hugging Face module path of this projection in decoder layer `layer`
+    /// (`model.layers.3.self_attn.q_proj`, `model.layers.3.mlp.down_proj`, `lm_head`): the
+    /// checkpoint keys are this path plus `.weight` / `.bias`.
+    pub fn module_path(self, layer: Option<usize>) -> String {
+        match (self, layer) {
+            (Self::LmHead, _) | (_, None) => self.hf_name().to_string(),
+            (r, Some(i)) if r.is_attention() => format!("model.layers.{i}.self_attn.{}", r.hf_name()),
+            (r, Some(i)) => format!("model.layers.{i}.mlp.{}", r.hf_name()),
+        }
+    }
+
     /// The Hugging Face module name (`q_proj`, ..., `lm_head`).
     pub fn hf_name(self) -> &'static str {
         match self {

@@ -28,6 +28,13 @@ impl TextTokenizer {
         Ok(Self { inner, path: file })
     }
 
+    /// Loads a tokenizer from the bytes of a `tokenizer.json`; `origin` names it in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| ModelError::Tokenizer { path: origin.to_path_buf(), msg: e.to_string() })?;
+        Ok(Self { inner, path: origin.to_path_buf() })
+    }
+
     /// Encodes a whole text to ids, with the tokenizer's special tokens (as `tokenizer(text)` in
     /// transformers).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {

@@ -1,0 +1,304 @@
+//! The artifact: a Hugging Face model directory that transformers loads with
+//! `trust_remote_code=True`, its deterministic zip, and the budget gate.
+//!
+//! Layout (see `assets/modeling_autoqat.py` for the reader transformers runs):
+//! - `config.json`: the source config, plus `auto_map` naming the unpacking class and an
+//!   `autoqat` block (format, track, budget).
+//! - `model.safetensors`: for each quantized matrix `P.weight`, `P.row_kind` (2-bit kind per row,
+//!   four per byte) and per kind present `P.<kind>.codes` / `P.<kind>.scales`; every other
+//!   tensor (norms, biases) in f16.
+//! - `modeling_autoqat.py`, and `tokenizer.json` when the recipe ships it.
+//!
+//! The zip is deterministic: entries in sorted order, fixed timestamp (1980-01-01) and
+//! permissions (0644), the weights stored, text deflated; the same tensors give the same bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Cursor, Read, Write};
+use std::path::{Path, PathBuf};
+
+use autoqat_model::load::{build_causal_lm, write_safetensors};
+use autoqat_model::{CausalLM, ModelConfig, PlainBuilder};
+use safetensors::{Dtype, SafeTensors};
+use sha2::{Digest, Sha256};
+use tch::{nn, Device, Kind, Tensor};
+use zip::write::FileOptions;
+use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
+
+use crate::error::{io_err, CompressError, Result};
+use crate::rows::{self, RowKind};
+
+/// The Python reader shipped in every artifact.
+pub const MODELING_PY: &str = include_str!("../assets/modeling_autoqat.py");
+/// Format tag in `config.json`'s `autoqat` block.
+pub const FORMAT: &str = "autoqat-rowmix-1";
+/// The weights file.
+pub const WEIGHTS: &str = "model.safetensors";
+
+/// `artifact_bytes * 8 <= ceil(param_count * bpp)` (DESIGN.md 8), in bits.
+pub fn budget_bits(param_count: i64, bpp: f64) -> i64 {
+    (param_count as f64 * bpp).ceil() as i64
+}
+
+/// The unpacking class for a `model_type`.
+fn class_for(model_type: &str) -> Result<&'static str> {
+    match model_type {
+        "llama" => Ok("AutoqatLlamaForCausalLM"),
+        "qwen2" => Ok("AutoqatQwen2ForCausalLM"),
+        "qwen3" => Ok("AutoqatQwen3ForCausalLM"),
+        other => Err(CompressError::Budget(format!("model_type \"{other}\" is not supported (llama, qwen2, qwen3)"))),
+    }
+}
+
+/// `config.json` of the artifact: the source config with `auto_map` and the `autoqat` block.
+pub fn artifact_config(source_config: &serde_json::Value, extra: serde_json::Value) -> Result<Vec<u8>> {
+    let mut cfg = source_config.clone();
+    let obj = cfg
+        .as_object_mut()
+        .ok_or_else(|| CompressError::Budget("the source config.json is not a JSON object".into()))?;
+    let class = class_for(obj.get("model_type").and_then(|v| v.as_str()).unwrap_or(""))?;
+    obj.insert("auto_map".into(), serde_json::json!({ "AutoModelForCausalLM": format!("modeling_autoqat.{class}") }));
+    obj.insert("autoqat".into(), extra);
+    let mut text = serde_json::to_vec_pretty(&cfg).map_err(|e| CompressError::Budget(e.to_string()))?;
+    text.push(b'\n');
+    Ok(text)
+}
+
+/// The files of an artifact other than the weights, by name.
+pub type TextFiles = BTreeMap<String, Vec<u8>>;
+
+/// Writes a deterministic zip of `entries` (name, bytes, stored?) in name order.
+fn zip_bytes(entries: &[(&str, &[u8], bool)]) -> Result<Vec<u8>> {
+    let mut sorted: Vec<&(&str, &[u8], bool)> = entries.iter().collect();
+    sorted.sort_by_key(|e| e.0);
+    let zerr = |e: zip::result::ZipError| CompressError::Artifact { path: PathBuf::from("<zip>"), msg: e.to_string() };
+    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, data, stored) in sorted {
+        let method = if *stored { CompressionMethod::Stored } else { CompressionMethod::Deflated };
+        let opts = FileOptions::default()
+            .compression_method(method)
+            .last_modified_time(DateTime::default())
+            .unix_permissions(0o644);
+        w.start_file(*name, opts).map_err(zerr)?;
+        w.write_all(data).map_err(|e| CompressError::Artifact { path: PathBuf::from("<zip>"), msg: e.to_string() })?;
+    }
+    Ok(w.finish().map_err(zerr)?.into_inner())
+}
+
+/// Bytes of the zip besides the weights' own bytes: the other files (deflated) and every
+/// header. Exact, because the weights entry is stored.
+pub fn zip_overhead(files: &TextFiles) -> Result<i64> {
+    let mut entries: Vec<(&str, &[u8], bool)> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice(), false)).collect();
+    entries.push((WEIGHTS, &[], true));
+    Ok(zip_bytes(&entries)?.len() as i64)
+}
+
+/// An upper bound of the safetensors header (8-byte length, JSON, padding to 8) for tensors
+/// with these names, no dimension above `max_dim` and no byte offset above `max_offset`.
+pub fn safetensors_header_bound<'a>(names: impl Iterator<Item = &'a str>, max_dim: i64, max_offset: i64) -> i64 {
+    let digits = |x: i64| x.max(1).to_string().len() as i64;
+    // `"NAME":{"dtype":"F16","shape":[A,B],"data_offsets":[X,Y]},` is the name plus 50 bytes of
+    // punctuation and keys, two dimensions and two offsets.
+    let entry = 50 + 2 * digits(max_dim) + 2 * digits(max_offset);
+    // `{"__metadata__":{"format":"pt"},` ... `}`, the length prefix, and padding.
+    8 + 40 + 8 + names.map(|n| n.len() as i64 + entry).sum::<i64>()
+}
+
+/// What a written artifact is.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The unzipped directory.
+    pub dir: PathBuf,
+    /// The zip.
+    pub zip: PathBuf,
+    /// Bytes of the zip.
+    pub size_bytes: i64,
+    /// SHA-256 of the zip, hex.
+    pub sha256: String,
+}
+
+/// Writes the artifact directory `dir` and its zip `zip_path`, each first under a temporary
+/// name and renamed when complete, so a failure (a full disk) leaves no artifact that looks
+/// finished.
+pub fn write(dir: &Path, zip_path: &Path, files: &TextFiles, tensors: &[(String, Tensor)]) -> Result<Written> {
+    let tmp_dir = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+    for (name, data) in files {
+        let p = tmp_dir.join(name);
+        std::fs::write(&p, data).map_err(io_err(&p))?;
+    }
+    let weights = tmp_dir.join(WEIGHTS);
+    write_safetensors(tensors, &weights)?;
+    let weight_bytes = std::fs::read(&weights).map_err(io_err(&weights))?;
+    let mut entries: Vec<(&str, &[u8], bool)> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice(), false)).collect();
+    entries.push((WEIGHTS, &weight_bytes, true));
+    let zipped = zip_bytes(&entries)?;
+    let tmp_zip = zip_path.with_extension("zip.partial");
+    std::fs::write(&tmp_zip, &zipped).map_err(io_err(&tmp_zip))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp_dir, dir).map_err(io_err(dir))?;
+    std::fs::rename(&tmp_zip, zip_path).map_err(io_err(zip_path))?;
+    Ok(Written {
+        dir: dir.to_path_buf(),
+        zip: zip_path.to_path_buf(),
+        size_bytes: zipped.len() as i64,
+        sha256: hex(&Sha256::digest(&zipped)),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 (hex) and size of a file.
+pub fn sha256_file(path: &Path) -> Result<(String, i64)> {
+    let data = std::fs::read(path).map_err(io_err(path))?;
+    Ok((hex(&Sha256::digest(&data)), data.len() as i64))
+}
+
+/// True when `path` is an autoqat artifact: a zip, or a directory whose config has an
+/// `autoqat` block of our format.
+pub fn is_artifact(path: &Path) -> bool {
+    if path.is_file() {
+        return path.extension().is_some_and(|e| e == "zip");
+    }
+    std::fs::read_to_string(path.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["autoqat"]["format"] == FORMAT)
+}
+
+/// An artifact's files in memory, from a directory or a zip.
+#[derive(Debug)]
+pub struct ArtifactFiles {
+    /// Where they came from.
+    pub path: PathBuf,
+    /// File name -> bytes.
+    pub files: HashMap<String, Vec<u8>>,
+}
+
+impl ArtifactFiles {
+    /// Reads every file of the artifact at `path` (a zip or a directory).
+    pub fn read(path: &Path) -> Result<Self> {
+        let bad = |msg: String| CompressError::Artifact { path: path.to_path_buf(), msg };
+        let mut files = HashMap::new();
+        if path.is_file() {
+            let data = std::fs::read(path).map_err(io_err(path))?;
+            let mut z = ZipArchive::new(Cursor::new(data)).map_err(|e| bad(format!("not a readable zip: {e}")))?;
+            for i in 0..z.len() {
+                let mut f = z.by_index(i).map_err(|e| bad(e.to_string()))?;
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf).map_err(|e| bad(e.to_string()))?;
+                let name = f.name().trim_start_matches("./").to_string();
+                files.insert(name, buf);
+            }
+        } else {
+            for name in ["config.json", WEIGHTS, "tokenizer.json"] {
+                let p = path.join(name);
+                if p.is_file() {
+                    files.insert(name.to_string(), std::fs::read(&p).map_err(io_err(&p))?);
+                }
+            }
+        }
+        for need in ["config.json", WEIGHTS] {
+            if !files.contains_key(need) {
+                return Err(bad(format!("no {need} in the artifact")));
+            }
+        }
+        Ok(Self { path: path.to_path_buf(), files })
+    }
+
+    /// The artifact's `tokenizer.json`, when it ships one.
+    pub fn tokenizer(&self) -> Option<&[u8]> {
+        self.files.get("tokenizer.json").map(Vec::as_slice)
+    }
+}
+
+/// A tensor of a safetensors view, on the CPU in its stored kind.
+fn tensor_of(st: &SafeTensors, name: &str, path: &Path) -> Result<Tensor> {
+    let bad = |msg: String| CompressError::Artifact { path: path.to_path_buf(), msg };
+    let view = st.tensor(name).map_err(|_| bad(format!("missing tensor {name}")))?;
+    let kind = match view.dtype() {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::U8 => Kind::Uint8,
+        other => return Err(bad(format!("tensor {name} has dtype {other:?}"))),
+    };
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
+}
+
+/// The dense f32 weight `[rows, n_in]` of quantized matrix `prefix`, or None when `prefix` is
+/// not quantized in this artifact.
+fn unpack_weight(st: &SafeTensors, prefix: &str, rows: i64, n_in: i64, path: &Path) -> Result<Option<Tensor>> {
+    let kind_name = format!("{prefix}.row_kind");
+    if st.tensor(&kind_name).is_err() {
+        return Ok(None);
+    }
+    let bad = |msg: String| CompressError::Artifact { path: path.to_path_buf(), msg };
+    let kinds_t = tensor_of(st, &kind_name, path)?;
+    let kind_bytes = Vec::<u8>::try_from(&kinds_t.flatten(0, -1))?;
+    let kinds = rows::unpack_kinds(&kind_bytes, rows as usize)
+        .ok_or_else(|| bad(format!("{kind_name} does not hold {rows} row kinds")))?;
+    let mut w = Tensor::zeros([rows, n_in], (Kind::Float, Device::Cpu));
+    for kind in RowKind::ALL {
+        let idx: Vec<i64> = kinds.iter().enumerate().filter(|(_, k)| **k == kind).map(|(i, _)| i as i64).collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let codes = tensor_of(st, &format!("{prefix}.{}.codes", kind.name()), path)?;
+        let scales = tensor_of(st, &format!("{prefix}.{}.scales", kind.name()), path)?.to_kind(Kind::Float);
+        if codes.size() != [idx.len() as i64, kind.code_bytes(n_in)] || scales.size() != [idx.len() as i64, kind.scales_per_row(n_in)] {
+            return Err(bad(format!("{prefix}.{} has shapes {:?}/{:?} for {} rows of {n_in}", kind.name(), codes.size(), scales.size(), idx.len())));
+        }
+        let values = rows::dequantize(&rows::unpack(&codes, kind, n_in), &scales, kind);
+        let _ = w.index_copy_(0, &Tensor::from_slice(&idx), &values);
+    }
+    Ok(Some(w))
+}
+
+/// A runnable model rebuilt from an artifact's files.
+#[derive(Debug)]
+pub struct LoadedArtifact {
+    /// The configuration.
+    pub cfg: ModelConfig,
+    /// The network (dense weights, as transformers unpacks them).
+    pub model: CausalLM,
+    /// Its variables.
+    pub vs: nn::VarStore,
+}
+
+/// Rebuilds the model of an artifact on `device` in `kind`, weights unpacked exactly as the
+/// shipped Python reader does.
+pub fn load(files: &ArtifactFiles, device: Device, kind: Kind) -> Result<LoadedArtifact> {
+    let path = &files.path;
+    let cfg_text = std::str::from_utf8(&files.files["config.json"])
+        .map_err(|_| CompressError::Artifact { path: path.clone(), msg: "config.json is not UTF-8".into() })?;
+    let cfg = ModelConfig::from_json_str(cfg_text)?;
+    let st = SafeTensors::deserialize(&files.files[WEIGHTS])
+        .map_err(|e| CompressError::Artifact { path: path.clone(), msg: format!("{WEIGHTS}: {e}") })?;
+    let (mut vs, model) = build_causal_lm(&cfg, device, Kind::Float, &PlainBuilder)?;
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, mut var) in vars {
+        let size = var.size();
+        let dense = match name.strip_suffix(".weight") {
+            Some(prefix) if size.len() == 2 => unpack_weight(&st, prefix, size[0], size[1], path)?,
+            _ => None,
+        };
+        let value = match dense {
+            Some(w) => w,
+            None => tensor_of(&st, &name, path)?.to_kind(Kind::Float),
+        };
+        if value.size() != size {
+            return Err(CompressError::Artifact {
+                path: path.clone(),
+                msg: format!("tensor {name} has shape {:?}, the config implies {size:?}", value.size()),
+            });
+        }
+        tch::no_grad(|| var.f_copy_(&value))?;
+    }
+    vs.set_kind(kind);
+    Ok(LoadedArtifact { cfg, model, vs })
+}

@@ -1,0 +1,26 @@
+//! autoqat-compress: the compression track (DESIGN.md 8). From a Hugging Face checkpoint to a
+//! binary/ternary artifact under a bits-per-parameter budget that transformers loads.
+//!
+//! - [`rows`]: the row quantizers (binary, ternary, q4, q8) and their exact packed sizes.
+//! - [`calib`] and [`sensitivity`]: what a row loses as each kind, measured on calibration text.
+//! - [`allocate`]: rowmix, the kind of every row under the budget.
+//! - [`artifact`]: the Hugging Face directory, its deterministic zip, the gate, and the reader.
+//! - [`pipeline`]: the stages in order, and `summary.json`.
+//!
+//! The model, its loading and the evaluation are `autoqat-model`'s; this crate adds a
+//! [`autoqat_model::LinearBuilder`] (the calibration recorder) and never copies model code.
+
+pub mod allocate;
+pub mod artifact;
+pub mod calib;
+pub mod error;
+pub mod pipeline;
+pub mod recipe;
+pub mod rows;
+pub mod sensitivity;
+
+pub use error::{CompressError, Result};
+pub use pipeline::{compress, Summary};
+pub use recipe::{CompressRecipe, Track};
+pub use rows::RowKind;
+pub use sensitivity::Sensitivity;

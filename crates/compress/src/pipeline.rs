@@ -1,0 +1,450 @@
+//! `autoqat compress`: from a Hugging Face checkpoint to a budgeted artifact, stage by stage:
+//! load, calibrate, score, allocate, apply, evaluate, pack. Verification in a fresh process is
+//! the CLI's (it owns the binary); everything it needs is in the [`Summary`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use autoqat_model::linear::LinearRole;
+use autoqat_model::{
+    line_documents, load_causal_lm, parse_device, perplexity_docs, CausalLM, DocEvalOptions, EvalReport, TextTokenizer,
+};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Reduction, Tensor};
+
+use crate::allocate::{allocate, MatrixScores};
+use crate::artifact::{self, TextFiles};
+use crate::calib::{self, input_key, Recorder};
+use crate::error::{io_err, CompressError, Result};
+use crate::recipe::CompressRecipe;
+use crate::rows::{self, RowKind};
+use crate::sensitivity::{row_errors, Sensitivity, Weighting};
+
+/// Calibration sequences per forward pass.
+const CALIB_BATCH: i64 = 8;
+
+/// One quantized matrix: where it lives and what its input statistics are called.
+#[derive(Debug, Clone)]
+struct Target {
+    /// Module path (`model.layers.0.mlp.up_proj`, `model.embed_tokens`, `lm_head`).
+    prefix: String,
+    /// [`input_key`] of its Gram matrix; None for the embedding.
+    gram: Option<String>,
+}
+
+/// Every matrix the artifact quantizes, in a fixed order: the embedding (and with it a tied
+/// lm_head), each layer's projections, an untied lm_head.
+fn targets(n_layers: usize, tied: bool) -> Vec<Target> {
+    let mut out = vec![Target { prefix: "model.embed_tokens".into(), gram: None }];
+    let roles = [
+        LinearRole::Q,
+        LinearRole::K,
+        LinearRole::V,
+        LinearRole::O,
+        LinearRole::Gate,
+        LinearRole::Up,
+        LinearRole::Down,
+    ];
+    for layer in 0..n_layers {
+        for role in roles {
+            out.push(Target { prefix: role.module_path(Some(layer)), gram: Some(input_key(role, Some(layer))) });
+        }
+    }
+    if !tied {
+        out.push(Target { prefix: LinearRole::LmHead.module_path(None), gram: Some(input_key(LinearRole::LmHead, None)) });
+    }
+    out
+}
+
+/// The row mix of one matrix, for the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MatrixMix {
+    /// Module path.
+    pub name: String,
+    /// `[rows, in]`.
+    pub shape: [i64; 2],
+    /// Rows per kind.
+    pub rows: HashMap<RowKind, usize>,
+    /// Bits of codes and scales (not the per-row kind codes).
+    pub bits: i64,
+}
+
+/// Seconds spent per stage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageTimes {
+    /// Loading the model and tokenizing.
+    pub load_s: f64,
+    /// Full-precision evaluation.
+    pub fp_eval_s: f64,
+    /// Calibration forward (and, for fisher, backward) passes.
+    pub calibrate_s: f64,
+    /// Sensitivities of every row for every kind.
+    pub score_s: f64,
+    /// The allocation.
+    pub allocate_s: f64,
+    /// Quantizing the chosen kinds into the model.
+    pub apply_s: f64,
+    /// Evaluation of the compressed model.
+    pub eval_s: f64,
+    /// Writing the directory and the zip.
+    pub pack_s: f64,
+}
+
+/// `summary.json` of a compress run: the QAT trial's fields the loop reads, plus the artifact.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// `ok`, or `crash` with `error`.
+    pub status: String,
+    /// PPL of the compressed model by the validator's protocol.
+    pub eval_ppl: f64,
+    /// Its loss, nats per token.
+    pub eval_loss: f64,
+    /// Bits per byte of the eval text.
+    pub eval_bpb: f64,
+    /// Tokens scored.
+    pub eval_tokens: usize,
+    /// Documents scored.
+    pub eval_docs: usize,
+    /// The full-precision model's PPL on the same documents.
+    pub fp_ppl: f64,
+    /// Bytes of the zip.
+    pub artifact_size_bytes: i64,
+    /// SHA-256 of the zip.
+    pub artifact_sha256: String,
+    /// The zip.
+    pub artifact_zip: PathBuf,
+    /// The unzipped directory.
+    pub artifact_dir: PathBuf,
+    /// Parameters as transformers counts them (tied weights once).
+    pub param_count: i64,
+    /// `artifact_size_bytes * 8 / param_count`.
+    pub bits_per_param: f64,
+    /// The budget in bits per parameter.
+    pub budget_bpp: f64,
+    /// `ceil(param_count * budget_bpp)`.
+    pub budget_bits: i64,
+    /// What ranked the rows.
+    pub sensitivity: String,
+    /// Rows per kind over the whole model.
+    pub mix: HashMap<RowKind, usize>,
+    /// Device used.
+    pub device: String,
+    /// Wall time of the whole run.
+    pub time_s: f64,
+    /// Per stage.
+    pub stages: StageTimes,
+    /// PPL of the zip reloaded from disk in a fresh process (the CLI's verify stage).
+    pub verify_ppl: Option<f64>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+/// Progress lines go through this, so a CLI prints them and a test can keep them.
+pub type Log<'a> = &'a mut dyn FnMut(&str);
+
+fn timed<T>(slot: &mut f64, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = Instant::now();
+    let out = f();
+    *slot = t.elapsed().as_secs_f64();
+    out
+}
+
+/// The validator's documents of the recipe's eval text.
+pub fn eval_documents(recipe: &CompressRecipe, tok: &TextTokenizer) -> Result<(Vec<Vec<i64>>, usize)> {
+    let path = recipe.resolve(&recipe.eval.text);
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let mut docs = line_documents(tok, &text, recipe.eval.doc_tokens)?;
+    if recipe.eval.max_docs > 0 {
+        docs.truncate(recipe.eval.max_docs);
+    }
+    // Bits per byte count the bytes of the documents scored, truncation aside.
+    Ok((docs, text.len()))
+}
+
+/// Runs the whole compression described by `recipe`, writing into `run_dir`.
+pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Summary> {
+    let start = Instant::now();
+    let mut st = StageTimes::default();
+    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+    let device = parse_device(&recipe.model.device)?;
+    let recorder = Recorder::default();
+    let source = recipe.model_source();
+    log(&format!("load: {source}"));
+    let (loaded, tok, calib_seqs, docs, eval_bytes) = timed(&mut st.load_s, || {
+        let loaded = load_causal_lm(&source, device, Kind::Float, &recorder)?;
+        let tok = TextTokenizer::from_path(&loaded.dir)?;
+        let cpath = recipe.resolve(&recipe.calibration.text);
+        let ctext = std::fs::read_to_string(&cpath).map_err(io_err(&cpath))?;
+        let ids = tok.encode(&ctext)?;
+        let seqs = calib::sequences(&ids, recipe.calibration.tokens, recipe.calibration.seq_len)?;
+        let (docs, bytes) = eval_documents(recipe, &tok)?;
+        Ok((loaded, tok, seqs, docs, bytes))
+    })?;
+    let source_config: serde_json::Value = {
+        let p = loaded.dir.join("config.json");
+        let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+        serde_json::from_str(&text).map_err(|e| CompressError::Artifact { path: p, msg: e.to_string() })?
+    };
+    let cfg = loaded.cfg.clone();
+    let opts = DocEvalOptions { max_tokens: recipe.eval.doc_tokens, batch: recipe.eval.batch };
+    let fp = timed(&mut st.fp_eval_s, || Ok(perplexity_docs(&loaded.model, &docs, eval_bytes, &opts, device)?))?;
+    log(&format!("fp: eval PPL {:.4} over {} documents ({} tokens)", fp.eval_ppl, docs.len(), fp.tokens));
+
+    let sens = recipe.allocate.sensitivity;
+    log(&format!("calibrate: {} sequences of {} tokens ({})", calib_seqs.size()[0], calib_seqs.size()[1], sens.name()));
+    let (grams, fisher) = timed(&mut st.calibrate_s, || calibrate(&loaded.model, &loaded.vs, &recorder, &calib_seqs, sens, device))?;
+    let counts = calib::token_counts(&calib_seqs, cfg.vocab_size).to_device(device);
+
+    let vars = loaded.vs.variables();
+    let tied = cfg.tie_word_embeddings;
+    let targets = targets(cfg.num_hidden_layers as usize, tied);
+    let kinds = recipe.allocate.kinds.clone();
+    let scores = timed(&mut st.score_s, || {
+        targets
+            .iter()
+            .map(|t| {
+                let w = weight(&vars, &t.prefix)?;
+                let fisher_t = fisher.as_ref().map(|f| &f[&format!("{}.weight", t.prefix)]);
+                let weighting = match (sens, &t.gram, fisher_t) {
+                    (Sensitivity::Mse, _, _) => Weighting::None,
+                    (Sensitivity::Fisher, _, Some(f)) => Weighting::Fisher(f),
+                    (_, Some(key), _) => Weighting::Gram(gram(&grams, key)?),
+                    (_, None, _) => Weighting::Embedding {
+                        counts: &counts,
+                        head: if tied { Some(gram(&grams, &input_key(LinearRole::LmHead, None))?) } else { None },
+                    },
+                };
+                let errors = kinds
+                    .iter()
+                    .map(|&k| {
+                        let (codes, scale) = rows::quantize_codes(&w, k);
+                        row_errors(&w, &rows::dequantize(&codes, &scale, k), &weighting)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(MatrixScores { in_dim: w.size()[1], errors })
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    drop(fisher);
+
+    // The budget: everything but the rows' codes and scales is reserved first, exactly or as
+    // an upper bound, so the allocation can spend the rest.
+    let param_count: i64 = vars.values().map(|v| v.numel() as i64).sum();
+    let bpp = recipe.budget_bpp();
+    let total_bits = artifact::budget_bits(param_count, bpp);
+    let quantized: std::collections::HashSet<String> = targets.iter().map(|t| format!("{}.weight", t.prefix)).collect();
+    let mut passthrough: Vec<String> = vars.keys().filter(|n| !quantized.contains(*n)).cloned().collect();
+    passthrough.sort();
+    let mut files = TextFiles::new();
+    let extra = serde_json::json!({
+        "format": artifact::FORMAT,
+        "track": recipe.budget.track.name(),
+        "budget_bits_per_param": bpp,
+        "sensitivity": sens.name(),
+    });
+    files.insert("config.json".into(), artifact::artifact_config(&source_config, extra)?);
+    files.insert("modeling_autoqat.py".into(), artifact::MODELING_PY.as_bytes().to_vec());
+    if recipe.package.tokenizer {
+        let p = loaded.dir.join("tokenizer.json");
+        files.insert("tokenizer.json".into(), std::fs::read(&p).map_err(io_err(&p))?);
+    }
+    let mut names: Vec<String> = passthrough.clone();
+    for t in &targets {
+        names.push(format!("{}.row_kind", t.prefix));
+        for k in &kinds {
+            names.push(format!("{}.{}.codes", t.prefix, k.name()));
+            names.push(format!("{}.{}.scales", t.prefix, k.name()));
+        }
+    }
+    let max_dim = vars.values().flat_map(|v| v.size()).max().unwrap_or(1);
+    let passthrough_bytes: i64 = passthrough.iter().map(|n| 2 * vars[n].numel() as i64).sum();
+    let kind_bytes: i64 = scores.iter().map(|s| (s.errors[0].len() as i64 + 3) / 4).sum();
+    let reserve_bytes = artifact::zip_overhead(&files)?
+        + artifact::safetensors_header_bound(names.iter().map(String::as_str), max_dim, total_bits / 8 + 1)
+        + passthrough_bytes
+        + kind_bytes;
+    let row_budget = total_bits - 8 * reserve_bytes;
+    log(&format!(
+        "allocate: {param_count} parameters x {bpp} bits = {total_bits} bits; {} reserved for files, headers, norms and row kinds",
+        8 * reserve_bytes
+    ));
+    let mix = timed(&mut st.allocate_s, || allocate(&scores, &kinds, row_budget))?;
+
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut manifest: Vec<MatrixMix> = Vec::new();
+    timed(&mut st.apply_s, || {
+        for (t, row_kinds) in targets.iter().zip(&mix) {
+            let mut w = weight(&vars, &t.prefix)?;
+            let (packed, mm) = apply(&mut w, &t.prefix, row_kinds)?;
+            tensors.extend(packed);
+            manifest.push(mm);
+        }
+        for name in &passthrough {
+            let mut v = vars[name].shallow_clone();
+            let half = v.to_kind(Kind::Half);
+            tch::no_grad(|| v.f_copy_(&half))?;
+            tensors.push((name.clone(), half.to_device(Device::Cpu)));
+        }
+        Ok(())
+    })?;
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let report: EvalReport =
+        timed(&mut st.eval_s, || Ok(perplexity_docs(&loaded.model, &docs, eval_bytes, &opts, device)?))?;
+    log(&format!("eval: PPL {:.4} (fp {:.4}, {:+.2}%)", report.eval_ppl, fp.eval_ppl, 100.0 * (report.eval_ppl / fp.eval_ppl - 1.0)));
+
+    let written = timed(&mut st.pack_s, || {
+        artifact::write(&run_dir.join("artifact"), &run_dir.join("artifact.zip"), &files, &tensors)
+    })?;
+    let bits_per_param = written.size_bytes as f64 * 8.0 / param_count as f64;
+    let mut total_mix: HashMap<RowKind, usize> = HashMap::new();
+    for m in &manifest {
+        for (k, n) in &m.rows {
+            *total_mix.entry(*k).or_default() += n;
+        }
+    }
+    let summary = Summary {
+        status: "ok".into(),
+        eval_ppl: report.eval_ppl,
+        eval_loss: report.eval_loss,
+        eval_bpb: report.eval_bpb,
+        eval_tokens: report.tokens,
+        eval_docs: docs.len(),
+        fp_ppl: fp.eval_ppl,
+        artifact_size_bytes: written.size_bytes,
+        artifact_sha256: written.sha256.clone(),
+        artifact_zip: written.zip.clone(),
+        artifact_dir: written.dir.clone(),
+        param_count,
+        bits_per_param,
+        budget_bpp: bpp,
+        budget_bits: total_bits,
+        sensitivity: sens.name().into(),
+        mix: total_mix,
+        device: autoqat_model::device_name(device),
+        time_s: start.elapsed().as_secs_f64(),
+        stages: st,
+        verify_ppl: None,
+        error: None,
+    };
+    write_json(&run_dir.join("manifest.json"), &serde_json::json!({ "summary": &summary, "matrices": manifest }))?;
+    // Over budget is refused, never handed in: the gate is checked on the bytes written.
+    if written.size_bytes * 8 > total_bits {
+        return Err(CompressError::Budget(format!(
+            "the artifact is {} bytes = {} bits, {} over the budget of {total_bits} bits ({param_count} parameters x {bpp})",
+            written.size_bytes,
+            written.size_bytes * 8,
+            written.size_bytes * 8 - total_bits
+        )));
+    }
+    drop(tok);
+    Ok(summary)
+}
+
+/// Writes pretty JSON through a temporary file.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let tmp = path.with_extension("json.partial");
+    let text = serde_json::to_string_pretty(value).map_err(|e| CompressError::Verify(e.to_string()))?;
+    std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn weight(vars: &HashMap<String, Tensor>, prefix: &str) -> Result<Tensor> {
+    vars.get(&format!("{prefix}.weight"))
+        .map(Tensor::detach)
+        .ok_or_else(|| CompressError::Torch(format!("the model has no variable {prefix}.weight")))
+}
+
+fn gram<'a>(grams: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor> {
+    grams.get(key).ok_or_else(|| CompressError::Calibration(format!("no calibration statistics for {key}")))
+}
+
+/// Forward passes over the calibration sequences recording input Gram matrices, and for
+/// `fisher` the summed squared gradients of every weight (one backward per sequence).
+fn calibrate(
+    model: &CausalLM,
+    vs: &nn::VarStore,
+    recorder: &Recorder,
+    seqs: &Tensor,
+    sens: Sensitivity,
+    device: Device,
+) -> Result<(HashMap<String, Tensor>, Option<HashMap<String, Tensor>>)> {
+    let n = seqs.size()[0];
+    recorder.set_recording(true);
+    let mut i = 0;
+    while i < n {
+        let b = CALIB_BATCH.min(n - i);
+        let x = seqs.narrow(0, i, b).to_device(device);
+        let _ = tch::no_grad(|| model.forward(&x));
+        i += b;
+    }
+    recorder.set_recording(false);
+    let grams = recorder.take_grams();
+    if sens != Sensitivity::Fisher {
+        return Ok((grams, None));
+    }
+    let vars = vs.variables();
+    let mut fisher: HashMap<String, Tensor> =
+        vars.iter().filter(|(k, _)| k.ends_with(".weight")).map(|(k, v)| (k.clone(), v.zeros_like())).collect();
+    for s in 0..n {
+        let x = seqs.narrow(0, s, 1).to_device(device);
+        let logits = model.forward(&x);
+        let t = logits.size()[1];
+        let v = logits.size()[2];
+        let loss = logits.narrow(1, 0, t - 1).reshape([-1, v]).f_cross_entropy_loss::<Tensor>(
+            &x.narrow(1, 1, t - 1).reshape([-1]),
+            None,
+            Reduction::Mean,
+            -100,
+            0.0,
+        )?;
+        for var in vars.values() {
+            let mut g = var.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        loss.f_backward()?;
+        tch::no_grad(|| {
+            for (name, f) in fisher.iter_mut() {
+                let g = vars[name].grad();
+                if g.defined() {
+                    let _ = f.g_add_(&g.square());
+                }
+            }
+        });
+    }
+    for var in vars.values() {
+        let mut g = var.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+    Ok((grams, Some(fisher)))
+}
+
+/// Quantizes `w` in place, row by row to `row_kinds`, returning the packed tensors and the mix.
+fn apply(w: &mut Tensor, prefix: &str, row_kinds: &[RowKind]) -> Result<(Vec<(String, Tensor)>, MatrixMix)> {
+    let size = w.size();
+    let host = w.detach().to_device(Device::Cpu).to_kind(Kind::Float);
+    let mut dense = Tensor::zeros([size[0], size[1]], (Kind::Float, Device::Cpu));
+    let mut out = vec![(format!("{prefix}.row_kind"), Tensor::from_slice(&rows::pack_kinds(row_kinds)))];
+    let mut mm = MatrixMix { name: prefix.to_string(), shape: [size[0], size[1]], rows: HashMap::new(), bits: 0 };
+    for kind in RowKind::ALL {
+        let idx: Vec<i64> =
+            row_kinds.iter().enumerate().filter(|(_, k)| **k == kind).map(|(i, _)| i as i64).collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let idx_t = Tensor::from_slice(&idx);
+        let q = rows::quantize(&host.index_select(0, &idx_t), kind)?;
+        let _ = dense.index_copy_(0, &idx_t, &q.dequant);
+        out.push((format!("{prefix}.{}.codes", kind.name()), q.packed));
+        out.push((format!("{prefix}.{}.scales", kind.name()), q.scales));
+        mm.rows.insert(kind, idx.len());
+        mm.bits += idx.len() as i64 * kind.row_bits(size[1]);
+    }
+    tch::no_grad(|| w.f_copy_(&dense))?;
+    Ok((out, mm))
+}

@@ -1,0 +1,207 @@
+//! `autoqat compress` as a user runs it, checked against references we did not write:
+//! transformers loads the artifact (`trust_remote_code=True`) and scores the same PPL by the
+//! track's protocol as written in the reference script; plain-PyTorch row quantizers give the
+//! same weights; the zip is byte-identical across runs; the gate matches DESIGN.md 8 with a
+//! hand-computed parameter count; bad input is one line with nothing left that looks finished.
+
+#[path = "../crates/model/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const DOC_TOKENS: usize = 128;
+const BATCH: usize = 8;
+
+fn script() -> PathBuf {
+    common::repo_root().join("tests/reference/compress_ref.py")
+}
+
+/// The fixtures of `compress_ref.py make`, cached by the script's content.
+fn fixtures() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let py = common::python()?;
+        let mut h: u64 = 0xcbf29ce484222325;
+        let shared = std::fs::read(common::repo_root().join("python/autoqat_ref/tiny.py")).ok()?;
+        for b in std::fs::read(script()).ok()?.iter().chain(&shared).chain(common::wikitext().is_some().to_string().as_bytes()) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+        }
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let dir = base.join(format!("compress-ref-{h:016x}"));
+        if dir.join("eval.txt").is_file() {
+            return Some(dir);
+        }
+        let tmp = base.join(format!("compress-ref-{h:016x}.tmp{}", std::process::id()));
+        let mut cmd = Command::new(py);
+        cmd.arg(script()).arg("make").arg(&tmp);
+        if let Some(w) = common::wikitext() {
+            cmd.arg("--wikitext").arg(w);
+        }
+        let out = cmd.output().expect("running compress_ref.py");
+        assert!(out.status.success(), "compress_ref.py make failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Some(dir)
+    })
+    .as_deref()
+}
+
+fn autoqat(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_autoqat")).args(args).output().expect("running autoqat")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Writes a recipe for `model` into `dir` with `extra` appended to `[budget]`'s section list.
+fn recipe(dir: &Path, fx: &Path, model: &str, track: &str, body: &str) -> PathBuf {
+    let text = format!(
+        "[model]\nsource = \"{}\"\ndevice = \"cpu\"\n[budget]\ntrack = \"{track}\"\n{body}\n[calibration]\ntext = \"{}\"\ntokens = 4096\nseq_len = 128\n[eval]\ntext = \"{}\"\ndoc_tokens = {DOC_TOKENS}\nbatch = {BATCH}\n",
+        s(&fx.join(model)),
+        s(&fx.join("calib.txt")),
+        s(&fx.join("eval.txt")),
+    );
+    let path = dir.join("compress.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_compress(config: &Path, run: &Path) -> serde_json::Value {
+    let out = autoqat(&["compress", "--config", s(config), "--run-dir", s(run), "--json"]);
+    assert!(out.status.success(), "compress failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("--json prints the summary")
+}
+
+/// Parameters of the fixture as transformers counts them, from its config by hand.
+fn hand_param_count(fx: &Path, model: &str) -> i64 {
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join(model).join("config.json")).unwrap()).unwrap();
+    let g = |k: &str| cfg[k].as_i64().unwrap();
+    let (v, c, i, l, h, kv) = (
+        g("vocab_size"),
+        g("hidden_size"),
+        g("intermediate_size"),
+        g("num_hidden_layers"),
+        g("num_attention_heads"),
+        g("num_key_value_heads"),
+    );
+    let d = c / h;
+    let tied = cfg["tie_word_embeddings"].as_bool().unwrap();
+    let qkv_bias = if cfg["model_type"] == "qwen2" { h * d + 2 * kv * d } else { 0 };
+    let attn = c * h * d + 2 * c * kv * d + h * d * c + qkv_bias;
+    let mlp = 3 * c * i;
+    let norms = 2 * c;
+    v * c + l * (attn + mlp + norms) + c + if tied { 0 } else { v * c }
+}
+
+#[test]
+fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
+    let Some(fx) = fixtures() else { return };
+    for (model, track, bpp) in [("llama", "ternary", 2.2125), ("qwen2", "binary", 1.3125)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = recipe(tmp.path(), fx, model, track, "");
+        let a = run_compress(&config, &tmp.path().join("a"));
+        assert_eq!(a["status"], "ok");
+
+        // The gate, by the formula of DESIGN.md 8 with the parameters counted by hand.
+        let params = hand_param_count(fx, model);
+        assert_eq!(a["param_count"].as_i64().unwrap(), params, "{model}: parameter count");
+        let size = a["artifact_size_bytes"].as_i64().unwrap();
+        assert_eq!(size as u64, std::fs::metadata(tmp.path().join("a/artifact.zip")).unwrap().len());
+        let budget_bits = (params as f64 * bpp).ceil() as i64;
+        assert!(size * 8 <= budget_bits, "{model}: {} bits over a budget of {budget_bits}", size * 8);
+        // The allocation spends the budget rather than leaving it: within 2% of it.
+        assert!(size * 8 > budget_bits * 98 / 100, "{model}: {} bits of {budget_bits} used", size * 8);
+        assert!(a["verify_ppl"].as_f64().is_some(), "the verify stage ran");
+
+        // Deterministic packaging: a second run gives the same bytes.
+        let b = run_compress(&config, &tmp.path().join("b"));
+        assert_eq!(a["artifact_sha256"], b["artifact_sha256"], "{model}: zip differs between runs");
+
+        // transformers loads it and the track's protocol, written in the reference script, agrees.
+        let Some(py) = common::python() else { return };
+        let out = Command::new(py)
+            .arg(script())
+            .arg("check")
+            .arg(tmp.path().join("a/artifact"))
+            .arg(fx.join(model))
+            .arg(fx.join("eval.txt"))
+            .arg(DOC_TOKENS.to_string())
+            .arg(BATCH.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "transformers check failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["param_count"].as_i64().unwrap(), params, "{model}: transformers' parameter count");
+        assert!(r["class"].as_str().unwrap().starts_with("Autoqat"), "{}", r["class"]);
+        let diff = r["max_weight_diff"].as_f64().unwrap();
+        assert!(diff <= 1e-6, "{model}: loaded weights differ from plain-PyTorch quantization by {diff}");
+        let (got, want) = (a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
+        let rel = common::rel_err(got, want);
+        assert!(rel <= 1e-4, "{model}: autoqat {got} vs transformers {want} (rel {rel})");
+        assert_eq!(a["eval_tokens"].as_i64(), r["tokens"].as_i64());
+
+        // `autoqat eval` of the zip by the docs protocol is the same number.
+        let tok = fx.join(model).join("tokenizer.json");
+        let out = autoqat(&[
+            "eval", "--model", s(&tmp.path().join("a/artifact.zip")), "--text", s(&fx.join("eval.txt")),
+            "--protocol", "docs", "--doc-tokens", &DOC_TOKENS.to_string(), "--tokenizer", s(&tok), "--json",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(common::rel_err(e["eval_ppl"].as_f64().unwrap(), want) <= 1e-4);
+    }
+}
+
+/// Runs compress expecting failure; returns its one stderr line.
+fn compress_fails(config: &Path, run: &Path) -> String {
+    let out = autoqat(&["compress", "--config", s(config), "--run-dir", s(run)]);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success(), "expected failure, got success");
+    assert_eq!(stderr.lines().count(), 1, "expected one line, got:\n{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "crash", "the loop must read a crash");
+    assert!(!run.join("artifact.zip").exists(), "no artifact may look finished");
+    stderr
+}
+
+#[test]
+fn bad_input_is_one_line_and_leaves_no_artifact() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+
+    // A budget that not even all-ternary rows fit: says by how much.
+    let config = recipe(tmp.path(), fx, "llama", "ternary", "bits_per_param = 1.0\n[allocate]\nkinds = [\"ternary\", \"q4\"]");
+    let err = compress_fails(&config, &tmp.path().join("r1"));
+    assert!(err.contains("over") && err.contains("bits") && err.contains("hint"), "{err}");
+
+    // A calibration text too short for the tokens asked.
+    let text = std::fs::read_to_string(&config).unwrap().replace("tokens = 4096", "tokens = 10000000");
+    std::fs::write(&config, text).unwrap();
+    let err = compress_fails(&config, &tmp.path().join("r2"));
+    assert!(err.contains("calibration") && err.contains("fewer"), "{err}");
+
+    // A model_type we do not build.
+    let bad = tmp.path().join("gpt2");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fx.join("llama").join(f), bad.join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(fx.join("llama/config.json")).unwrap().replace("\"llama\"", "\"gpt2\"");
+    std::fs::write(bad.join("config.json"), cfg).unwrap();
+    let text = std::fs::read_to_string(recipe(tmp.path(), fx, "llama", "ternary", "")).unwrap();
+    std::fs::write(&config, text.replace(s(&fx.join("llama")), s(&bad))).unwrap();
+    let err = compress_fails(&config, &tmp.path().join("r3"));
+    assert!(err.contains("gpt2") && err.contains("llama"), "{err}");
+
+    // A typo in the recipe names the key.
+    std::fs::write(&config, text.replace("[eval]", "[eval]\nbatchsize = 8")).unwrap();
+    let out = autoqat(&["compress", "--config", s(&config), "--check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("batchsize"), "{err}");
+}

@@ -1,0 +1,164 @@
+"""Reference side of the compression-track tests (run with $AUTOQAT_PYTHON).
+
+    python compress_ref.py make OUT_DIR [--wikitext PATH]
+        tiny random checkpoints saved by transformers (llama: tied, GQA; qwen2: untied, q/k/v
+        bias), each with tokenizer.json, plus calib.txt and eval.txt (one document per line).
+
+    python compress_ref.py check ARTIFACT_DIR SOURCE_DIR EVAL_TEXT DOC_TOKENS BATCH
+        loads the artifact with AutoModelForCausalLM(trust_remote_code=True) and prints JSON:
+        its perplexity by the track's validator protocol (written here from the protocol, not
+        from autoqat), its parameter count as transformers counts it, and the largest
+        difference between each loaded weight and plain-PyTorch row quantization of the source
+        weight with the row kinds the artifact declares.
+"""
+
+import json
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+from autoqat_ref.tiny import byte_level_bpe, generated_text, random_model, save  # noqa: E402
+
+WORDS = ("the model reads every token and predicts what comes next a small ternary network keeps "
+         "one scale per row while a binary row keeps only the sign of each weight")
+
+
+def make(out, wikitext=None):
+    os.makedirs(out, exist_ok=True)
+    if wikitext:
+        with open(wikitext, encoding="utf-8") as f:
+            text = f.read()[:120000]
+    else:
+        text = generated_text(WORDS, 3000, 14, seed=3)
+    lines = [l for l in text.splitlines() if l.strip()]
+    half = len(lines) // 2
+    with open(os.path.join(out, "calib.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines[:half]) + "\n")
+    with open(os.path.join(out, "eval.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines[half:half + 160]) + "\n")
+    tok = byte_level_bpe(text, 512)
+    common = dict(vocab_size=tok.get_vocab_size(), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    for name, arch, extra in [("llama", "llama", dict(tie_word_embeddings=True)),
+                              ("qwen2", "qwen2", dict(tie_word_embeddings=False))]:
+        model = random_model(arch, seed=5, **common, **extra)
+        g = torch.Generator().manual_seed(11)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                # Heavier-tailed than HF's init, so rows differ in what quantization costs them.
+                if "norm" in pname:
+                    p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                else:
+                    scale = torch.exp(0.5 * torch.randn(p.shape[0], 1, generator=g)) if p.dim() == 2 else 1.0
+                    p.copy_(0.05 * scale * torch.randn(p.shape, generator=g))
+        save(os.path.join(out, name), model, tok)
+
+
+# ---- plain PyTorch row quantizers, from the track's description (DESIGN.md 8) ----
+
+def f16(t):
+    return t.half().float()
+
+
+def ref_binary(w):
+    scale = f16(w.abs().mean(dim=1, keepdim=True))
+    return torch.where(w >= 0, 1.0, -1.0) * scale
+
+
+def ref_ternary(w):
+    a = w.abs()
+    keep = a > 0.7 * a.mean(dim=1, keepdim=True)
+    scale = f16((a * keep).sum(dim=1, keepdim=True) / keep.sum(dim=1, keepdim=True).clamp(min=1))
+    return torch.sign(w) * keep * scale
+
+
+def ref_symmetric(w, qmax, group):
+    rows, n = w.shape
+    out = torch.empty_like(w)
+    for start in range(0, n, group):
+        g = w[:, start:start + group]
+        scale = f16(g.abs().amax(dim=1, keepdim=True) / qmax)
+        codes = torch.clamp(torch.round(g / scale.clamp(min=torch.finfo(torch.float64).tiny)), -qmax, qmax)
+        out[:, start:start + group] = codes * scale
+    return out
+
+
+REF = {0: ref_binary, 1: ref_ternary, 2: lambda w: ref_symmetric(w, 7, 128),
+       3: lambda w: ref_symmetric(w, 127, w.shape[1])}
+
+
+def row_kinds(packed, rows):
+    b = packed.to(torch.int64)
+    kinds = torch.stack([(b >> (2 * i)) & 3 for i in range(4)], dim=1).flatten()
+    return kinds[:rows]
+
+
+def validator_ppl(model, tokenizer, docs, doc_tokens, batch):
+    """The track's protocol: truncate each document, right-pad batches, masked token-weighted CE."""
+    nll, count = 0.0, 0
+    enc = [tokenizer(d, truncation=True, max_length=doc_tokens)["input_ids"] for d in docs]
+    enc = [e for e in enc if len(e) >= 2]
+    for i in range(0, len(enc), batch):
+        group = enc[i:i + batch]
+        width = max(len(e) for e in group)
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for j, e in enumerate(group):
+            ids[j, :len(e)] = torch.tensor(e)
+            mask[j, :len(e)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        nll += loss.double().item()
+        count += int((labels != -100).sum())
+    return math.exp(nll / count), count, len(enc)
+
+
+def check(artifact, source, eval_text, doc_tokens, batch):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    model = AutoModelForCausalLM.from_pretrained(artifact, trust_remote_code=True)
+    src = AutoModelForCausalLM.from_pretrained(source)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(source, "tokenizer.json"))
+    packed = load_file(os.path.join(artifact, "model.safetensors"))
+    src_params = dict(src.named_parameters())
+    worst, quantized = 0.0, 0
+    for name, p in model.named_parameters():
+        prefix = name[:-len(".weight")]
+        if prefix + ".row_kind" not in packed:
+            # Stored in f16.
+            worst = max(worst, (p.float() - f16(src_params[name].float())).abs().max().item())
+            continue
+        quantized += 1
+        w = src_params[name].detach().float()
+        kinds = row_kinds(packed[prefix + ".row_kind"], w.shape[0])
+        ref = torch.zeros_like(w)
+        for code, fn in REF.items():
+            idx = (kinds == code).nonzero().squeeze(1)
+            if idx.numel():
+                ref[idx] = fn(w[idx])
+        worst = max(worst, (p.float() - ref).abs().max().item())
+    with open(eval_text, encoding="utf-8") as f:
+        docs = [l for l in f.read().splitlines() if l.strip()]
+    ppl, tokens, n_docs = validator_ppl(model, tokenizer, docs, doc_tokens, batch)
+    print(json.dumps({
+        "eval_ppl": ppl, "tokens": tokens, "docs": n_docs, "quantized_matrices": quantized,
+        "max_weight_diff": worst, "param_count": sum(p.numel() for p in model.parameters()),
+        "class": type(model).__name__,
+    }))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "make":
+        wiki = sys.argv[sys.argv.index("--wikitext") + 1] if "--wikitext" in sys.argv else None
+        make(sys.argv[2], wiki)
+    elif sys.argv[1] == "check":
+        check(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+    else:
+        sys.exit(f"unknown mode {sys.argv[1]}")
