@@ -26,6 +26,8 @@ pub enum Command {
     Trial(TrialArgs),
     /// Compress a checkpoint into a binary/ternary artifact under a bits/param budget.
     Compress(CompressArgs),
+    /// Size against perplexity over compression runs: the frontier and the track's traps.
+    Frontier(FrontierArgs),
     /// Run the research loop until a stop condition.
     Run(RunArgs),
     /// Print results.tsv, or rebuild it from git alone.
@@ -120,6 +122,22 @@ pub struct CompressArgs {
     #[arg(long)]
     pub no_verify: bool,
     /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `autoqat frontier`.
+#[derive(Debug, Args)]
+pub struct FrontierArgs {
+    /// Compression run directories (default: runs/* of the current directory).
+    pub runs: Vec<PathBuf>,
+    /// The reference tokenizer.json (or its directory): runs scored with another are flagged.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Where frontier.png goes.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// Print every run as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -238,7 +256,7 @@ pub struct StatusArgs {
 /// Arguments of `autoqat init`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// tiny-demo, smollm-ternary or smollm-binary.
+    /// tiny-demo, smollm-ternary, smollm-binary, qwen-ternary or qwen-binary (the compression track).
     #[arg(long, default_value = "smollm-ternary")]
     pub template: String,
     /// Directory to create (default: the current directory).

@@ -205,3 +205,51 @@ fn bad_input_is_one_line_and_leaves_no_artifact() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("batchsize"), "{err}");
 }
+
+#[test]
+fn the_loop_searches_a_compression_workspace() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let out = autoqat(&["init", "--template", "qwen-ternary", s(&ws)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Point the goalposts at the fixture (the template's default is a hub id) and commit that.
+    std::fs::create_dir_all(ws.join("data")).unwrap();
+    std::fs::copy(fx.join("calib.txt"), ws.join("data/train.txt")).unwrap();
+    std::fs::copy(fx.join("eval.txt"), ws.join("data/eval.txt")).unwrap();
+    let recipe = ws.join("experiments/compress.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let text = text
+        .replace("source = \"Qwen/Qwen2.5-0.5B\"", &format!("source = \"{}\"", s(&fx.join("llama"))))
+        .replace("doc_tokens = 512", &format!("doc_tokens = {DOC_TOKENS}"))
+        .replace("device = \"auto\"", "device = \"cpu\"");
+    std::fs::write(&recipe, text).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git").args(args).current_dir(&ws).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["add", "-A"]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "fixture model"]);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_autoqat"))
+        .args(["run", "--max-experiments", "3"])
+        .current_dir(&ws)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let results = std::fs::read_to_string(ws.join("results.tsv")).unwrap();
+    let rows: Vec<Vec<&str>> = results.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 3, "{results}");
+    assert_eq!(rows[0][3], "baseline", "{results}");
+    assert!(rows[0][4].parse::<f64>().is_ok_and(f64::is_finite), "{results}");
+    for r in &rows[1..] {
+        assert!(["keep", "discard", "crash"].contains(&r[3]), "{results}");
+        // Each experiment changed one searchable key of the compression recipe.
+        assert!(r[15].contains("allocate.") || r[15].contains("calibration."), "{results}");
+    }
+    // The baseline's artifact was written and verified like any compress run.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join("runs/0000/summary.json")).unwrap()).unwrap();
+    assert!(summary["verify_ppl"].as_f64().is_some(), "{summary}");
+}

@@ -16,6 +16,10 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     }
     let next = match template {
         Template::TinyDemo => "autoqat prepare (generates the corpus and the tiny teacher), then autoqat run",
+        Template::QwenTernary | Template::QwenBinary => {
+            "put a calibration text in data/train.txt and the eval documents (one per line) in data/eval.txt, \
+             point experiments/compress.toml's model.source at your checkpoint if not the default, then autoqat run"
+        }
         _ => "autoqat prepare (fetches SmolLM-135M and the data, or takes local paths), then autoqat run",
     };
     println!("next: cd {} && {next}", dir.display());

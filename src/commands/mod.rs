@@ -3,6 +3,7 @@
 pub mod compress;
 pub mod demo;
 pub mod doctor;
+pub mod frontier;
 pub mod eval;
 pub mod init;
 pub mod log;
@@ -22,6 +23,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Trial(a) => trial::run(a),
         Command::Compress(a) => compress::run(a),
+        Command::Frontier(a) => frontier::run(a),
         Command::Run(a) => run::run(a),
         Command::Results(a) => results::run(a),
         Command::Log(a) => log::run(a),

@@ -15,7 +15,7 @@ pub const WIDTH: u32 = 1200;
 /// Height of the plot in pixels.
 pub const HEIGHT: u32 = 600;
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
 /// Writes the plot as PNG to `png` and as SVG to `svg`.
 pub fn write(rows: &[Row], title: &str, png: &Path, svg: &Path) -> anyhow::Result<()> {
@@ -32,7 +32,7 @@ pub fn write(rows: &[Row], title: &str, png: &Path, svg: &Path) -> anyhow::Resul
 }
 
 /// The bitmap backend has no system fonts here: the DejaVu Sans face is compiled in.
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());

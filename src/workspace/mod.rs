@@ -14,6 +14,11 @@ const SMOLLM_TRAIN: &str = include_str!("../../experiments/train.toml");
 const SMOLLM_SETTINGS: &str = include_str!("../../autoqat.toml");
 const TINY_TRAIN: &str = include_str!("templates/tiny-demo.train.toml");
 const TINY_SETTINGS: &str = include_str!("templates/tiny-demo.autoqat.toml");
+const COMPRESS_PROGRAM: &str = include_str!("templates/compress.program.md");
+const COMPRESS_SETTINGS: &str = include_str!("templates/compress.autoqat.toml");
+const COMPRESS_RECIPE: &str = include_str!("templates/compress.toml");
+/// The default checkpoint of the compression templates (the track's model family).
+pub const QWEN_MODEL: &str = "Qwen/Qwen2.5-0.5B";
 const GITIGNORE: &str = "# autoqat: rebuildable or large outputs\nresults.tsv\nruns/\nreport/\ndata/\nteacher\n.autoqat/\nSTOP\n";
 
 /// Where `autoqat prepare` puts the train and eval text, relative to `experiments/`.
@@ -30,11 +35,15 @@ pub enum Template {
     SmollmTernary,
     /// SmolLM-135M to binary.
     SmollmBinary,
+    /// The compression track, ternary budget (2.2125 bits/param), searched by the loop.
+    QwenTernary,
+    /// The compression track, binary budget (1.3125 bits/param).
+    QwenBinary,
 }
 
 impl Template {
     /// Every template name, for help and errors.
-    pub const NAMES: [&'static str; 3] = ["tiny-demo", "smollm-ternary", "smollm-binary"];
+    pub const NAMES: [&'static str; 5] = ["tiny-demo", "smollm-ternary", "smollm-binary", "qwen-ternary", "qwen-binary"];
 
     /// Parses a template name.
     pub fn parse(name: &str) -> anyhow::Result<Template> {
@@ -42,6 +51,8 @@ impl Template {
             "tiny-demo" => Ok(Template::TinyDemo),
             "smollm-ternary" => Ok(Template::SmollmTernary),
             "smollm-binary" => Ok(Template::SmollmBinary),
+            "qwen-ternary" => Ok(Template::QwenTernary),
+            "qwen-binary" => Ok(Template::QwenBinary),
             other => anyhow::bail!("unknown template `{other}`; expected one of {}", Template::NAMES.join(", ")),
         }
     }
@@ -73,7 +84,17 @@ impl Default for TinySizes {
 /// The files of a template: (path relative to the workspace, contents).
 pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let mut out = vec![(PathBuf::from(".gitignore"), GITIGNORE.to_string())];
+    let mut recipe = PathBuf::from("experiments/train.toml");
     let (program, settings, train) = match template {
+        Template::QwenTernary | Template::QwenBinary => {
+            let (track, bpp) = if template == Template::QwenTernary { ("ternary", "2.2125") } else { ("binary", "1.3125") };
+            recipe = PathBuf::from("experiments/compress.toml");
+            (
+                COMPRESS_PROGRAM.replace("{{track}}", track).replace("{{bpp}}", bpp),
+                COMPRESS_SETTINGS.replace("{{tag}}", &format!("qwen-{track}")),
+                COMPRESS_RECIPE.replace("{{track}}", track).replace("{{model}}", QWEN_MODEL),
+            )
+        }
         Template::TinyDemo => (
             PROGRAM.to_string(),
             TINY_SETTINGS
@@ -99,7 +120,7 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
     };
     out.push(("program.md".into(), program));
     out.push(("autoqat.toml".into(), settings));
-    out.push(("experiments/train.toml".into(), train));
+    out.push((recipe, train));
     for (name, text) in prompts() {
         out.push((Path::new("prompts").join(name), text.to_string()));
     }

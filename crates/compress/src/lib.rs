@@ -14,6 +14,7 @@ pub mod allocate;
 pub mod artifact;
 pub mod calib;
 pub mod error;
+pub mod frontier;
 pub mod pipeline;
 pub mod recipe;
 pub mod rows;

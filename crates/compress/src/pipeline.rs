@@ -68,6 +68,10 @@ pub struct MatrixMix {
     pub rows: HashMap<RowKind, usize>,
     /// Bits of codes and scales (not the per-row kind codes).
     pub bits: i64,
+    /// `|W - Q(W)|²` over the matrix.
+    pub sq_err: f64,
+    /// `|W|²`.
+    pub sq_norm: f64,
 }
 
 /// Seconds spent per stage.
@@ -126,6 +130,11 @@ pub struct Summary {
     pub budget_bits: i64,
     /// What ranked the rows.
     pub sensitivity: String,
+    /// `Σ|W - Q(W)|² / Σ|W|²` over every quantized matrix: the weight-space proxy, kept so a
+    /// frontier can flag runs where it improves while the PPL worsens.
+    pub weight_rel_mse: f64,
+    /// SHA-256 of the `tokenizer.json` that tokenized the eval documents.
+    pub tokenizer_sha256: String,
     /// Rows per kind over the whole model.
     pub mix: HashMap<RowKind, usize>,
     /// Device used.
@@ -321,6 +330,8 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         budget_bpp: bpp,
         budget_bits: total_bits,
         sensitivity: sens.name().into(),
+        weight_rel_mse: manifest.iter().map(|m| m.sq_err).sum::<f64>() / manifest.iter().map(|m| m.sq_norm).sum::<f64>().max(f64::MIN_POSITIVE),
+        tokenizer_sha256: artifact::sha256_file(&loaded.dir.join("tokenizer.json"))?.0,
         mix: total_mix,
         device: autoqat_model::device_name(device),
         time_s: start.elapsed().as_secs_f64(),
@@ -430,7 +441,14 @@ fn apply(w: &mut Tensor, prefix: &str, row_kinds: &[RowKind]) -> Result<(Vec<(St
     let host = w.detach().to_device(Device::Cpu).to_kind(Kind::Float);
     let mut dense = Tensor::zeros([size[0], size[1]], (Kind::Float, Device::Cpu));
     let mut out = vec![(format!("{prefix}.row_kind"), Tensor::from_slice(&rows::pack_kinds(row_kinds)))];
-    let mut mm = MatrixMix { name: prefix.to_string(), shape: [size[0], size[1]], rows: HashMap::new(), bits: 0 };
+    let mut mm = MatrixMix {
+        name: prefix.to_string(),
+        shape: [size[0], size[1]],
+        rows: HashMap::new(),
+        bits: 0,
+        sq_err: 0.0,
+        sq_norm: host.square().sum(Kind::Double).double_value(&[]),
+    };
     for kind in RowKind::ALL {
         let idx: Vec<i64> =
             row_kinds.iter().enumerate().filter(|(_, k)| **k == kind).map(|(i, _)| i as i64).collect();
@@ -445,6 +463,7 @@ fn apply(w: &mut Tensor, prefix: &str, row_kinds: &[RowKind]) -> Result<(Vec<(St
         mm.rows.insert(kind, idx.len());
         mm.bits += idx.len() as i64 * kind.row_bits(size[1]);
     }
+    mm.sq_err = (&host - &dense).square().sum(Kind::Double).double_value(&[]);
     tch::no_grad(|| w.f_copy_(&dense))?;
     Ok((out, mm))
 }
