@@ -4,6 +4,7 @@
 //! - [`rows`]: the row quantizers (binary, ternary, q4, q8) and their exact packed sizes.
 //! - [`calib`] and [`sensitivity`]: what a row loses as each kind, measured on calibration text.
 //! - [`allocate`]: rowmix, the kind of every row under the budget.
+//! - [`distill`]: layerwise distillation of the allocated blocks, weights kept on their grid.
 //! - [`artifact`]: the Hugging Face directory, its deterministic zip, the gate, and the reader.
 //! - [`pipeline`]: the stages in order, and `summary.json`.
 //!
@@ -13,6 +14,7 @@
 pub mod allocate;
 pub mod artifact;
 pub mod calib;
+pub mod distill;
 pub mod error;
 pub mod frontier;
 pub mod pipeline;

@@ -87,6 +87,8 @@ pub struct StageTimes {
     pub score_s: f64,
     /// The allocation.
     pub allocate_s: f64,
+    /// Layerwise distillation (0 when off).
+    pub distill_s: f64,
     /// Quantizing the chosen kinds into the model.
     pub apply_s: f64,
     /// Evaluation of the compressed model.
@@ -143,6 +145,9 @@ pub struct Summary {
     pub time_s: f64,
     /// Per stage.
     pub stages: StageTimes,
+    /// Per block, when layerwise distillation ran: output MSE before and after.
+    #[serde(default)]
+    pub distill: Vec<crate::distill::BlockReport>,
     /// PPL of the zip reloaded from disk in a fresh process (the CLI's verify stage).
     pub verify_ppl: Option<f64>,
     /// Why it failed, when it did.
@@ -279,6 +284,15 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         8 * reserve_bytes
     ));
     let mix = timed(&mut st.allocate_s, || allocate(&scores, &kinds, row_budget))?;
+    let distilled = if recipe.distill.enabled {
+        let by_name: HashMap<String, Vec<RowKind>> = targets.iter().map(|t| t.prefix.clone()).zip(mix.iter().cloned()).collect();
+        log(&format!("distill: {} steps per block, lr {}", recipe.distill.steps, recipe.distill.lr));
+        timed(&mut st.distill_s, || {
+            crate::distill::layerwise(&loaded.model, &vars, &by_name, &calib_seqs, &recipe.distill, device, &mut *log)
+        })?
+    } else {
+        Vec::new()
+    };
 
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut manifest: Vec<MatrixMix> = Vec::new();
@@ -336,6 +350,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         device: autoqat_model::device_name(device),
         time_s: start.elapsed().as_secs_f64(),
         stages: st,
+        distill: distilled,
         verify_ppl: None,
         error: None,
     };
@@ -449,19 +464,14 @@ fn apply(w: &mut Tensor, prefix: &str, row_kinds: &[RowKind]) -> Result<(Vec<(St
         sq_err: 0.0,
         sq_norm: host.square().sum(Kind::Double).double_value(&[]),
     };
-    for kind in RowKind::ALL {
-        let idx: Vec<i64> =
-            row_kinds.iter().enumerate().filter(|(_, k)| **k == kind).map(|(i, _)| i as i64).collect();
-        if idx.is_empty() {
-            continue;
-        }
-        let idx_t = Tensor::from_slice(&idx);
+    for (kind, idx_t) in rows::kind_groups(row_kinds, Device::Cpu) {
         let q = rows::quantize(&host.index_select(0, &idx_t), kind)?;
         let _ = dense.index_copy_(0, &idx_t, &q.dequant);
         out.push((format!("{prefix}.{}.codes", kind.name()), q.packed));
         out.push((format!("{prefix}.{}.scales", kind.name()), q.scales));
-        mm.rows.insert(kind, idx.len());
-        mm.bits += idx.len() as i64 * kind.row_bits(size[1]);
+        let n = idx_t.size()[0] as usize;
+        mm.rows.insert(kind, n);
+        mm.bits += n as i64 * kind.row_bits(size[1]);
     }
     mm.sq_err = (&host - &dense).square().sum(Kind::Double).double_value(&[]);
     tch::no_grad(|| w.f_copy_(&dense))?;

@@ -14,6 +14,11 @@
 //! [allocate]
 //! sensitivity = "activation"         # mse | activation | fisher
 //! kinds = ["binary", "ternary", "q4"]
+//! [distill]
+//! enabled = false                    # layerwise distillation of each block after the allocation
+//! steps = 20                         # AdamW steps per block
+//! lr = 1e-4
+//! batch = 4                          # calibration sequences per step
 //! [eval]
 //! text = "eval.txt"                  # one document per non-blank line
 //! doc_tokens = 512
@@ -27,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::distill::DistillSection;
 use crate::error::{CompressError, Result};
 use crate::rows::RowKind;
 use crate::sensitivity::Sensitivity;
@@ -147,6 +153,9 @@ pub struct CompressRecipe {
     /// The row allocation.
     #[serde(default = "default_allocate")]
     pub allocate: AllocateSection,
+    /// Layerwise distillation after the allocation.
+    #[serde(default)]
+    pub distill: DistillSection,
     /// The scoring protocol.
     pub eval: EvalSection,
     /// What goes into the artifact besides the weights.
@@ -204,6 +213,12 @@ impl CompressRecipe {
         }
         r.allocate.kinds.sort();
         r.allocate.kinds.dedup();
+        if !(r.distill.lr > 0.0 && r.distill.lr <= 1.0) {
+            return Err(bad(format!("distill.lr = {} is out of range (0..1]", r.distill.lr)));
+        }
+        if !(1..=4096).contains(&r.distill.batch) || r.distill.steps > 100_000 {
+            return Err(bad("distill.batch must be 1..4096 and distill.steps at most 100000".into()));
+        }
         for (key, v, lo, hi) in [
             ("calibration.tokens", r.calibration.tokens, 2, 1 << 24),
             ("calibration.seq_len", r.calibration.seq_len, 2, 8192),

@@ -206,6 +206,28 @@ pub fn unpack(packed: &Tensor, kind: RowKind, n_in: i64) -> Tensor {
     }
 }
 
+/// The row indices of each kind present in `kinds`, cheapest kind first.
+pub fn kind_groups(kinds: &[RowKind], device: Device) -> Vec<(RowKind, Tensor)> {
+    RowKind::ALL
+        .iter()
+        .filter_map(|&k| {
+            let idx: Vec<i64> = kinds.iter().enumerate().filter(|(_, r)| **r == k).map(|(i, _)| i as i64).collect();
+            (!idx.is_empty()).then(|| (k, Tensor::from_slice(&idx).to_device(device)))
+        })
+        .collect()
+}
+
+/// `w` `[rows, in]` with every row quantized to its kind and dequantized (f32, on `w`'s device).
+pub fn quantize_mix(w: &Tensor, groups: &[(RowKind, Tensor)]) -> Tensor {
+    let w = w.detach().to_kind(Kind::Float);
+    let mut out = w.zeros_like();
+    for (kind, idx) in groups {
+        let (codes, scale) = quantize_codes(&w.index_select(0, idx), *kind);
+        let _ = out.index_copy_(0, idx, &dequantize(&codes, &scale, *kind));
+    }
+    out
+}
+
 /// Packs per-row kinds four to a byte (2-bit codes, LSB first).
 pub fn pack_kinds(kinds: &[RowKind]) -> Vec<u8> {
     kinds.chunks(4).map(|c| c.iter().enumerate().fold(0u8, |acc, (i, k)| acc | (k.code() << (2 * i)))).collect()

@@ -250,6 +250,13 @@ impl Model {
         })
     }
 
+    /// Decoder layer `i` alone: `[B, T, C] -> [B, T, C]` (positions from 0), for block-wise
+    /// work such as layerwise distillation.
+    pub fn layer(&self, i: usize, h: &Tensor) -> Tensor {
+        let (cos, sin) = self.rotary.cos_sin(h.size()[1], h.kind());
+        self.layers[i].forward(h, &cos, &sin)
+    }
+
     /// Token ids `[B, T]` -> final normed hidden states `[B, T, C]`.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         let t = ids.size()[1];
@@ -288,6 +295,16 @@ impl CausalLM {
             },
         )?;
         Ok(Self { cfg: cfg.clone(), model, lm_head })
+    }
+
+    /// Decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    /// Decoder layer `i` alone on hidden states `[B, T, C]` (see [`Model::layer`]).
+    pub fn layer(&self, i: usize, h: &Tensor) -> Tensor {
+        self.model.layer(i, h)
     }
 
     /// Token ids `[B, T]` (i64) -> final hidden states `[B, T, C]`.
