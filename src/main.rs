@@ -19,6 +19,12 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // A file-size limit (`ulimit -f`, a quota) then fails the write with an error we report and
+    // clean up after, instead of killing the process mid-file.
+    // SAFETY: as above, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     // Before any thread starts: libtorch's worker threads allocate through the same policy.
     let tuned = host_alloc::keep_large_buffers();
     let cli = cli::Cli::parse();

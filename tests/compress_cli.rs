@@ -93,14 +93,14 @@ fn transformers_check(artifact: &Path, source: &Path, fx: &Path) -> Option<serde
 }
 
 /// Parameters of the fixture as transformers counts them, from its config by hand.
-fn hand_param_count(fx: &Path, model: &str) -> i64 {
+fn hand_param_count(fx: &Path, model: &str, intermediate: Option<i64>) -> i64 {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join(model).join("config.json")).unwrap()).unwrap();
     let g = |k: &str| cfg[k].as_i64().unwrap();
     let (v, c, i, l, h, kv) = (
         g("vocab_size"),
         g("hidden_size"),
-        g("intermediate_size"),
+        intermediate.unwrap_or_else(|| g("intermediate_size")),
         g("num_hidden_layers"),
         g("num_attention_heads"),
         g("num_key_value_heads"),
@@ -124,7 +124,7 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
         assert_eq!(a["status"], "ok");
 
         // The gate, by the formula of DESIGN.md 8 with the parameters counted by hand.
-        let params = hand_param_count(fx, model);
+        let params = hand_param_count(fx, model, None);
         assert_eq!(a["param_count"].as_i64().unwrap(), params, "{model}: parameter count");
         let size = a["artifact_size_bytes"].as_i64().unwrap();
         assert_eq!(size as u64, std::fs::metadata(tmp.path().join("a/artifact.zip")).unwrap().len());
@@ -203,6 +203,24 @@ fn bad_input_is_one_line_and_leaves_no_artifact() {
     let err = compress_fails(&config, &tmp.path().join("r3"));
     assert!(err.contains("gpt2") && err.contains("llama"), "{err}");
 
+    // A write that fails while packing (here a file-size limit, as a full disk would): one line,
+    // a crash summary, and neither the zip nor the directory under their finished names.
+    let text = std::fs::read_to_string(recipe(tmp.path(), fx, "llama", "ternary", "")).unwrap();
+    std::fs::write(&config, &text).unwrap();
+    let run = tmp.path().join("r4");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -f 200 && exec \"$0\" compress --config '{}' --run-dir '{}'", s(&config), s(&run)))
+        .arg(env!("CARGO_BIN_EXE_autoqat"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success() && err.lines().count() == 1, "{err}");
+    assert!(err.contains("too large") || err.contains("No space"), "{err}");
+    assert!(!run.join("artifact.zip").exists() && !run.join("artifact").exists(), "a partial artifact looks finished");
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    assert!(summary.contains("\"crash\""), "{summary}");
+
     // A typo in the recipe names the key.
     std::fs::write(&config, text.replace("[eval]", "[eval]\nbatchsize = 8")).unwrap();
     let out = autoqat(&["compress", "--config", s(&config), "--check"]);
@@ -276,4 +294,37 @@ fn layerwise_distillation_lowers_each_block_error_and_stays_on_the_grid() {
     let Some(r) = transformers_check(&tmp.path().join("a/artifact"), &fx.join("qwen2"), fx) else { return };
     let rel = common::rel_err(a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
     assert!(rel <= 1e-4, "autoqat {} vs transformers {} after distillation", a["eval_ppl"], r["eval_ppl"]);
+}
+
+#[test]
+fn net2net_widening_keeps_the_function_and_grows_the_budget() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = recipe(tmp.path(), fx, "llama", "ternary", "[widen]\nmlp_factor = 1.5\nsplit_noise = 1.5");
+    let a = run_compress(&config, &tmp.path().join("a"));
+    let w = &a["widen"];
+    assert_eq!((w["intermediate_before"].as_i64(), w["intermediate_after"].as_i64()), (Some(512), Some(768)));
+    let diff = w["max_logit_diff"].as_f64().unwrap();
+    assert!(diff <= 1e-4, "widening changed the logits by {diff}");
+    // The budget follows the wider model's parameters, counted by hand and by transformers.
+    let params = hand_param_count(fx, "llama", Some(768));
+    assert_eq!(a["param_count"].as_i64().unwrap(), params);
+    assert!(a["artifact_size_bytes"].as_i64().unwrap() * 8 <= (params as f64 * 2.2125).ceil() as i64);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("a/artifact/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["intermediate_size"], 768);
+    let Some(r) = transformers_check(&tmp.path().join("a/artifact"), &fx.join("llama"), fx) else { return };
+    assert_eq!(r["param_count"].as_i64().unwrap(), params);
+    let rel = common::rel_err(a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
+    assert!(rel <= 1e-4, "autoqat {} vs transformers {}", a["eval_ppl"], r["eval_ppl"]);
+    // Duplicated units must not quantize identically: the split noise makes the down columns
+    // of a unit and its copy differ. Without it they are far more alike after quantization.
+    assert_eq!(r["reshaped_matrices"], 6, "{r}");
+    assert!(r["duplicate_units"].as_i64().unwrap() >= 2 * 256, "{r}");
+    let noisy = r["duplicate_down_equal_frac"].as_f64().unwrap();
+    let config = recipe(tmp.path(), fx, "llama", "ternary", "[widen]\nmlp_factor = 1.5\nsplit_noise = 0.0");
+    run_compress(&config, &tmp.path().join("b"));
+    let Some(r) = transformers_check(&tmp.path().join("b/artifact"), &fx.join("llama"), fx) else { return };
+    let plain = r["duplicate_down_equal_frac"].as_f64().unwrap();
+    assert!(noisy < 0.8 * plain, "equal down entries of duplicates: {noisy} with noise, {plain} without");
 }

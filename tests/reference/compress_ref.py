@@ -128,9 +128,31 @@ def check(artifact, source, eval_text, doc_tokens, batch):
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(source, "tokenizer.json"))
     packed = load_file(os.path.join(artifact, "model.safetensors"))
     src_params = dict(src.named_parameters())
-    worst, quantized = 0.0, 0
+    worst, quantized, reshaped = 0.0, 0, 0
+    params = dict(model.named_parameters())
+    # Duplicated MLP units (Net2Net): pairs of units with identical gate and up rows. How alike
+    # their quantized down columns are is what symmetry-breaking noise is meant to lower.
+    dup_pairs, dup_equal, dup_total = 0, 0, 0
+    for name, gate in params.items():
+        if not name.endswith("gate_proj.weight"):
+            continue
+        up, down = params[name.replace("gate_proj", "up_proj")], params[name.replace("gate_proj", "down_proj")]
+        first = {}
+        for j in range(gate.shape[0]):
+            key = (gate[j].detach().numpy().tobytes(), up[j].detach().numpy().tobytes())
+            if key in first:
+                i = first[key]
+                dup_pairs += 1
+                dup_equal += int((down[:, i] == down[:, j]).sum())
+                dup_total += down.shape[0]
+            else:
+                first[key] = j
     for name, p in model.named_parameters():
         prefix = name[:-len(".weight")]
+        if p.shape != src_params[name].shape:
+            # Widened by the artifact: no source weight to quantize for comparison.
+            reshaped += 1
+            continue
         if prefix + ".row_kind" not in packed:
             # Stored in f16.
             worst = max(worst, (p.float() - f16(src_params[name].float())).abs().max().item())
@@ -149,7 +171,9 @@ def check(artifact, source, eval_text, doc_tokens, batch):
     ppl, tokens, n_docs = validator_ppl(model, tokenizer, docs, doc_tokens, batch)
     print(json.dumps({
         "eval_ppl": ppl, "tokens": tokens, "docs": n_docs, "quantized_matrices": quantized,
-        "max_weight_diff": worst, "param_count": sum(p.numel() for p in model.parameters()),
+        "max_weight_diff": worst, "reshaped_matrices": reshaped, "duplicate_units": dup_pairs,
+        "duplicate_down_equal_frac": dup_equal / dup_total if dup_total else None,
+        "param_count": sum(p.numel() for p in model.parameters()),
         "class": type(model).__name__,
     }))
 

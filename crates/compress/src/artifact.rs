@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 
-use autoqat_model::load::{build_causal_lm, write_safetensors};
+use autoqat_model::load::{build_causal_lm, safetensors_bytes};
 use autoqat_model::{CausalLM, ModelConfig, PlainBuilder};
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
@@ -121,20 +121,17 @@ pub struct Written {
 /// finished.
 pub fn write(dir: &Path, zip_path: &Path, files: &TextFiles, tensors: &[(String, Tensor)]) -> Result<Written> {
     let tmp_dir = dir.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&tmp_dir);
-    std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-    for (name, data) in files {
-        let p = tmp_dir.join(name);
-        std::fs::write(&p, data).map_err(io_err(&p))?;
-    }
-    let weights = tmp_dir.join(WEIGHTS);
-    write_safetensors(tensors, &weights)?;
-    let weight_bytes = std::fs::read(&weights).map_err(io_err(&weights))?;
-    let mut entries: Vec<(&str, &[u8], bool)> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice(), false)).collect();
-    entries.push((WEIGHTS, &weight_bytes, true));
-    let zipped = zip_bytes(&entries)?;
     let tmp_zip = zip_path.with_extension("zip.partial");
-    std::fs::write(&tmp_zip, &zipped).map_err(io_err(&tmp_zip))?;
+    let result = write_partial(&tmp_dir, &tmp_zip, files, tensors);
+    let zipped = match result {
+        Ok(z) => z,
+        Err(e) => {
+            // Nothing half-written stays behind, under any name.
+            let _ = std::fs::remove_dir_all(&tmp_dir);
+            let _ = std::fs::remove_file(&tmp_zip);
+            return Err(e);
+        }
+    };
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp_dir, dir).map_err(io_err(dir))?;
     std::fs::rename(&tmp_zip, zip_path).map_err(io_err(zip_path))?;
@@ -144,6 +141,24 @@ pub fn write(dir: &Path, zip_path: &Path, files: &TextFiles, tensors: &[(String,
         size_bytes: zipped.len() as i64,
         sha256: hex(&Sha256::digest(&zipped)),
     })
+}
+
+/// Writes the directory and the zip under their temporary names; returns the zip's bytes.
+fn write_partial(tmp_dir: &Path, tmp_zip: &Path, files: &TextFiles, tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    let _ = std::fs::remove_dir_all(tmp_dir);
+    std::fs::create_dir_all(tmp_dir).map_err(io_err(tmp_dir))?;
+    for (name, data) in files {
+        let p = tmp_dir.join(name);
+        std::fs::write(&p, data).map_err(io_err(&p))?;
+    }
+    let weight_bytes = safetensors_bytes(tensors)?;
+    let weights = tmp_dir.join(WEIGHTS);
+    std::fs::write(&weights, &weight_bytes).map_err(io_err(&weights))?;
+    let mut entries: Vec<(&str, &[u8], bool)> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice(), false)).collect();
+    entries.push((WEIGHTS, &weight_bytes, true));
+    let zipped = zip_bytes(&entries)?;
+    std::fs::write(tmp_zip, &zipped).map_err(io_err(tmp_zip))?;
+    Ok(zipped)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -148,6 +148,7 @@ mod tests {
             device: "cpu".into(),
             time_s: 1.0,
             stages: StageTimes::default(),
+            widen: None,
             distill: vec![],
             verify_ppl: verified.then_some(ppl),
             error: None,

@@ -1,6 +1,7 @@
 //! autoqat-compress: the compression track (DESIGN.md 8). From a Hugging Face checkpoint to a
 //! binary/ternary artifact under a bits-per-parameter budget that transformers loads.
 //!
+//! - [`widen`]: Net2Net widening of the MLPs, function-preserving, duplicates made distinct.
 //! - [`rows`]: the row quantizers (binary, ternary, q4, q8) and their exact packed sizes.
 //! - [`calib`] and [`sensitivity`]: what a row loses as each kind, measured on calibration text.
 //! - [`allocate`]: rowmix, the kind of every row under the budget.
@@ -21,6 +22,7 @@ pub mod pipeline;
 pub mod recipe;
 pub mod rows;
 pub mod sensitivity;
+pub mod widen;
 
 pub use error::{CompressError, Result};
 pub use pipeline::{compress, Summary};

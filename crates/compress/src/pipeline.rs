@@ -79,6 +79,8 @@ pub struct MatrixMix {
 pub struct StageTimes {
     /// Loading the model and tokenizing.
     pub load_s: f64,
+    /// Net2Net widening (0 when off).
+    pub widen_s: f64,
     /// Full-precision evaluation.
     pub fp_eval_s: f64,
     /// Calibration forward (and, for fisher, backward) passes.
@@ -145,6 +147,9 @@ pub struct Summary {
     pub time_s: f64,
     /// Per stage.
     pub stages: StageTimes,
+    /// What widening did, when it ran.
+    #[serde(default)]
+    pub widen: Option<crate::widen::WidenReport>,
     /// Per block, when layerwise distillation ran: output MSE before and after.
     #[serde(default)]
     pub distill: Vec<crate::distill::BlockReport>,
@@ -195,10 +200,25 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         let (docs, bytes) = eval_documents(recipe, &tok)?;
         Ok((loaded, tok, seqs, docs, bytes))
     })?;
-    let source_config: serde_json::Value = {
+    let mut source_config: serde_json::Value = {
         let p = loaded.dir.join("config.json");
         let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
         serde_json::from_str(&text).map_err(|e| CompressError::Artifact { path: p, msg: e.to_string() })?
+    };
+    let (loaded, widened) = match recipe.widen.new_width(loaded.cfg.intermediate_size) {
+        None => (loaded, None),
+        Some(wide) => {
+            let probe = calib_seqs.narrow(0, 0, 1);
+            let (wider, report) = timed(&mut st.widen_s, || {
+                crate::widen::widen_model(loaded, wide, &recipe.widen, &recorder, &probe, device)
+            })?;
+            log(&format!(
+                "widen: MLP {} -> {} units, max logit change {:.2e}",
+                report.intermediate_before, report.intermediate_after, report.max_logit_diff
+            ));
+            source_config["intermediate_size"] = wide.into();
+            (wider, Some(report))
+        }
     };
     let cfg = loaded.cfg.clone();
     let opts = DocEvalOptions { max_tokens: recipe.eval.doc_tokens, batch: recipe.eval.batch };
@@ -318,7 +338,12 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
     log(&format!("eval: PPL {:.4} (fp {:.4}, {:+.2}%)", report.eval_ppl, fp.eval_ppl, 100.0 * (report.eval_ppl / fp.eval_ppl - 1.0)));
 
     let written = timed(&mut st.pack_s, || {
-        artifact::write(&run_dir.join("artifact"), &run_dir.join("artifact.zip"), &files, &tensors)
+        artifact::write(&run_dir.join("artifact"), &run_dir.join("artifact.zip"), &files, &tensors).map_err(|e| {
+            CompressError::Artifact {
+                path: run_dir.join("artifact.zip"),
+                msg: format!("packing failed, nothing left under the finished names: {e} (hint: free disk space, then rerun)"),
+            }
+        })
     })?;
     let bits_per_param = written.size_bytes as f64 * 8.0 / param_count as f64;
     let mut total_mix: HashMap<RowKind, usize> = HashMap::new();
@@ -350,6 +375,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         device: autoqat_model::device_name(device),
         time_s: start.elapsed().as_secs_f64(),
         stages: st,
+        widen: widened,
         distill: distilled,
         verify_ppl: None,
         error: None,

@@ -7,6 +7,9 @@
 //! [budget]
 //! track = "ternary"                  # ternary: 2.2125 bits/param, binary: 1.3125
 //! bits_per_param = 0.0               # 0 = the track's budget
+//! [widen]
+//! mlp_factor = 1.0                   # Net2Net: MLP width multiplier (1 = off)
+//! split_noise = 1.5                  # a copy's share of the down column is (1 + u)/2, |u| <= this
 //! [calibration]
 //! text = "calib.txt"                 # relative to this file
 //! tokens = 8192
@@ -33,6 +36,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::distill::DistillSection;
+use crate::widen::WidenSection;
 use crate::error::{CompressError, Result};
 use crate::rows::RowKind;
 use crate::sensitivity::Sensitivity;
@@ -153,6 +157,9 @@ pub struct CompressRecipe {
     /// The row allocation.
     #[serde(default = "default_allocate")]
     pub allocate: AllocateSection,
+    /// Net2Net widening before everything else.
+    #[serde(default)]
+    pub widen: WidenSection,
     /// Layerwise distillation after the allocation.
     #[serde(default)]
     pub distill: DistillSection,
@@ -213,6 +220,12 @@ impl CompressRecipe {
         }
         r.allocate.kinds.sort();
         r.allocate.kinds.dedup();
+        if !(1.0..=4.0).contains(&r.widen.mlp_factor) || !(0.0..=2.0).contains(&r.widen.split_noise) {
+            return Err(bad(format!(
+                "widen.mlp_factor = {} must be 1..4 and widen.split_noise = {} in 0..2",
+                r.widen.mlp_factor, r.widen.split_noise
+            )));
+        }
         if !(r.distill.lr > 0.0 && r.distill.lr <= 1.0) {
             return Err(bad(format!("distill.lr = {} is out of range (0..1]", r.distill.lr)));
         }

@@ -178,13 +178,19 @@ fn to_host(t: &Tensor) -> Result<HostTensor> {
     Ok(HostTensor { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), data })
 }
 
-/// Writes named tensors as a safetensors file with the `{"format": "pt"}` metadata
+/// The bytes of a safetensors file of named tensors, with the `{"format": "pt"}` metadata
 /// transformers expects.
-pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let host = tensors.iter().map(|(n, t)| Ok((n.clone(), to_host(t)?))).collect::<Result<Vec<_>>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(host.iter().map(|(n, t)| (n.as_str(), t)), Some(meta), path)
-        .map_err(|e| ModelError::CorruptWeights { path: path.to_path_buf(), msg: e.to_string() })
+    safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+        .map_err(|e| ModelError::Unsupported(format!("serializing tensors: {e}")))
+}
+
+/// Writes named tensors as a safetensors file (see [`safetensors_bytes`]).
+pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let bytes = safetensors_bytes(tensors)?;
+    std::fs::write(path, bytes).map_err(|err| ModelError::Io { path: path.to_path_buf(), err })
 }
 
 /// Saves `vs` as `model.safetensors` and `cfg` as `config.json` in `dir` (created if needed),
