@@ -274,6 +274,20 @@ fn the_loop_searches_a_compression_workspace() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ws.join("runs/0000/summary.json")).unwrap()).unwrap();
     assert!(summary["verify_ppl"].as_f64().is_some(), "{summary}");
+
+    // The frontier over the workspace's runs: every finished run listed, at least one on the
+    // frontier, and a plot that decodes as a PNG.
+    let out = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["frontier", "--json", "--out", "report"]).current_dir(&ws).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let points: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let points = points.as_array().unwrap();
+    assert_eq!(points.len(), 3, "{points:?}");
+    assert!(points.iter().any(|p| p["on_frontier"] == true), "{points:?}");
+    for p in points.iter().filter(|p| !p["summary"].is_null()) {
+        assert!(p["on_frontier"] == true || !p["dominated_by"].is_null() || !p["flags"].as_array().unwrap().is_empty(), "{p}");
+    }
+    let png = image::open(ws.join("report/frontier.png")).expect("frontier.png decodes");
+    assert!(png.width() >= 800);
 }
 
 #[test]
