@@ -42,10 +42,12 @@ pub fn read_run(run: &Path) -> Point {
         }
         Ok(text) => match serde_json::from_str::<Summary>(&text) {
             Ok(s) => Some(s),
-            Err(_) => {
+            Err(e) => {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                let why = v["error"].as_str().unwrap_or("summary.json is not a finished compress run");
-                flags.push(format!("crashed: {why}"));
+                match v["error"].as_str() {
+                    Some(why) if v["status"] == "crash" => flags.push(format!("crashed: {why}")),
+                    _ => flags.push(format!("summary.json is not one this autoqat writes ({e}; rerun autoqat compress)")),
+                }
                 None
             }
         },
