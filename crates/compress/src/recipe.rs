@@ -15,7 +15,7 @@
 //! tokens = 8192
 //! seq_len = 256
 //! [allocate]
-//! sensitivity = "activation"         # mse | activation | fisher
+//! sensitivity = "fisher"             # mse | activation | fisher
 //! kinds = ["binary", "ternary", "q4"]
 //! [distill]
 //! enabled = false                    # layerwise distillation of each block after the allocation
@@ -183,7 +183,7 @@ fn default_seq_len() -> usize {
     256
 }
 fn default_sensitivity() -> Sensitivity {
-    Sensitivity::Activation
+    Sensitivity::Fisher
 }
 fn default_kinds() -> Vec<RowKind> {
     vec![RowKind::Binary, RowKind::Ternary, RowKind::Q4]
