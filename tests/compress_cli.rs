@@ -158,6 +158,10 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(common::rel_err(e["eval_ppl"].as_f64().unwrap(), want) <= 1e-4);
+        // This artifact ships no tokenizer: scoring it without --tokenizer says what to pass.
+        let out = autoqat(&["eval", "--model", s(&tmp.path().join("a/artifact.zip")), "--text", s(&fx.join("eval.txt"))]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.trim().lines().count() == 1 && err.contains("--tokenizer"), "{err}");
     }
 }
 
@@ -294,7 +298,7 @@ fn the_loop_searches_a_compression_workspace() {
 fn layerwise_distillation_lowers_each_block_error_and_stays_on_the_grid() {
     let Some(fx) = fixtures() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let config = recipe(tmp.path(), fx, "qwen2", "ternary", "[distill]\nenabled = true\nsteps = 20\nlr = 1e-4");
+    let config = recipe(tmp.path(), fx, "qwen2", "ternary", "[distill]\nenabled = true\nsteps = 20\nlr = 1e-4\n[package]\ntokenizer = true");
     let a = run_compress(&config, &tmp.path().join("a"));
     let blocks = a["distill"].as_array().unwrap();
     assert_eq!(blocks.len(), 2);
@@ -308,6 +312,14 @@ fn layerwise_distillation_lowers_each_block_error_and_stays_on_the_grid() {
     let Some(r) = transformers_check(&tmp.path().join("a/artifact"), &fx.join("qwen2"), fx) else { return };
     let rel = common::rel_err(a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
     assert!(rel <= 1e-4, "autoqat {} vs transformers {} after distillation", a["eval_ppl"], r["eval_ppl"]);
+    // This artifact ships its tokenizer: the zip alone is enough to score it.
+    let out = autoqat(&[
+        "eval", "--model", s(&tmp.path().join("a/artifact.zip")), "--text", s(&fx.join("eval.txt")), "--protocol", "docs",
+        "--doc-tokens", &DOC_TOKENS.to_string(), "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(common::rel_err(e["eval_ppl"].as_f64().unwrap(), a["eval_ppl"].as_f64().unwrap()) <= 1e-5);
 }
 
 #[test]
