@@ -25,7 +25,7 @@ use zip::write::FileOptions;
 use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
 
 use crate::error::{io_err, CompressError, Result};
-use crate::rows::{self, RowKind};
+use crate::rows;
 
 /// The Python reader shipped in every artifact.
 pub const MODELING_PY: &str = include_str!("../assets/modeling_autoqat.py");
@@ -257,18 +257,15 @@ fn unpack_weight(st: &SafeTensors, prefix: &str, rows: i64, n_in: i64, path: &Pa
     let kinds = rows::unpack_kinds(&kind_bytes, rows as usize)
         .ok_or_else(|| bad(format!("{kind_name} does not hold {rows} row kinds")))?;
     let mut w = Tensor::zeros([rows, n_in], (Kind::Float, Device::Cpu));
-    for kind in RowKind::ALL {
-        let idx: Vec<i64> = kinds.iter().enumerate().filter(|(_, k)| **k == kind).map(|(i, _)| i as i64).collect();
-        if idx.is_empty() {
-            continue;
-        }
+    for (kind, idx) in rows::kind_groups(&kinds, Device::Cpu) {
+        let n = idx.size()[0];
         let codes = tensor_of(st, &format!("{prefix}.{}.codes", kind.name()), path)?;
         let scales = tensor_of(st, &format!("{prefix}.{}.scales", kind.name()), path)?.to_kind(Kind::Float);
-        if codes.size() != [idx.len() as i64, kind.code_bytes(n_in)] || scales.size() != [idx.len() as i64, kind.scales_per_row(n_in)] {
-            return Err(bad(format!("{prefix}.{} has shapes {:?}/{:?} for {} rows of {n_in}", kind.name(), codes.size(), scales.size(), idx.len())));
+        if codes.size() != [n, kind.code_bytes(n_in)] || scales.size() != [n, kind.scales_per_row(n_in)] {
+            return Err(bad(format!("{prefix}.{} has shapes {:?}/{:?} for {n} rows of {n_in}", kind.name(), codes.size(), scales.size())));
         }
         let values = rows::dequantize(&rows::unpack(&codes, kind, n_in), &scales, kind);
-        let _ = w.index_copy_(0, &Tensor::from_slice(&idx), &values);
+        let _ = w.index_copy_(0, &idx, &values);
     }
     Ok(Some(w))
 }

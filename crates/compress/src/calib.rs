@@ -117,3 +117,14 @@ pub fn sequences(ids: &[i64], tokens: usize, seq_len: usize) -> Result<Tensor> {
 pub fn token_counts(seqs: &Tensor, vocab: i64) -> Tensor {
     seqs.flatten(0, -1).to_device(Device::Cpu).bincount(None::<Tensor>, vocab).to_kind(Kind::Float).narrow(0, 0, vocab)
 }
+
+/// Zeroes the gradients `vars` have accumulated (the calibration's Fisher passes and the
+/// distillation leave them on variables that no optimizer owns).
+pub fn zero_grads<'a>(vars: impl IntoIterator<Item = &'a Tensor>) {
+    for v in vars {
+        let mut g = v.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}

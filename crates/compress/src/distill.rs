@@ -152,11 +152,6 @@ pub fn layerwise(
         x_fp = y_fp;
     }
     // Gradients of variables outside the optimizers (norms) are not needed any more.
-    for v in vars.values() {
-        let mut g = v.grad();
-        if g.defined() {
-            let _ = g.zero_();
-        }
-    }
+    crate::calib::zero_grads(vars.values());
     Ok(reports)
 }

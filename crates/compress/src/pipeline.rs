@@ -451,12 +451,7 @@ fn calibrate(
             -100,
             0.0,
         )?;
-        for var in vars.values() {
-            let mut g = var.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+        calib::zero_grads(vars.values());
         loss.f_backward()?;
         tch::no_grad(|| {
             for (name, f) in fisher.iter_mut() {
@@ -467,12 +462,7 @@ fn calibrate(
             }
         });
     }
-    for var in vars.values() {
-        let mut g = var.grad();
-        if g.defined() {
-            let _ = g.zero_();
-        }
-    }
+    calib::zero_grads(vars.values());
     Ok((grams, Some(fisher)))
 }
 

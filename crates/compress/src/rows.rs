@@ -61,14 +61,21 @@ impl RowKind {
         Self::ALL.get(c as usize).copied()
     }
 
+    /// How codes are stored: `(codes per byte, base, offset)`, a byte being
+    /// `Σ_i (code_i + offset) * base^i`; binary codes -1/+1 are stored as digits 0/1.
+    fn packing(self) -> (i64, i64, i64) {
+        match self {
+            Self::Binary => (8, 2, 0),
+            Self::Ternary => (5, 3, 1),
+            Self::Q4 => (2, 16, 7),
+            Self::Q8 => (1, 256, 128),
+        }
+    }
+
     /// Code bytes of one row of `n` values.
     pub fn code_bytes(self, n: i64) -> i64 {
-        match self {
-            Self::Binary => (n + 7) / 8,
-            Self::Ternary => (n + 4) / 5,
-            Self::Q4 => (n + 1) / 2,
-            Self::Q8 => n,
-        }
+        let per_byte = self.packing().0;
+        (n + per_byte - 1) / per_byte
     }
 
     /// f16 scales of one row of `n` values.
@@ -160,29 +167,16 @@ pub fn quantize(w: &Tensor, kind: RowKind) -> Result<QuantRows> {
 /// Packs integer codes `[n, in]` (f32) of `kind` into `[n, code_bytes]` u8.
 pub fn pack(codes: &Tensor, kind: RowKind) -> Result<Tensor> {
     let n_in = codes.size()[1];
-    let per_byte: i64 = match kind {
-        RowKind::Binary => 8,
-        RowKind::Ternary => 5,
-        RowKind::Q4 => 2,
-        RowKind::Q8 => 1,
-    };
+    let (per_byte, base, offset) = kind.packing();
     let bytes = kind.code_bytes(n_in);
     let pad = bytes * per_byte - n_in;
     // Padding with code 0 gives each scheme's zero digit (binary: bit 0, never read back).
     let codes = if pad > 0 { codes.constant_pad_nd([0, pad]) } else { codes.shallow_clone() };
     let digits = match kind {
         RowKind::Binary => codes.gt(0.0).to_kind(Kind::Int64),
-        RowKind::Ternary => codes.to_kind(Kind::Int64) + 1,
-        RowKind::Q4 => codes.to_kind(Kind::Int64) + 7,
-        RowKind::Q8 => codes.to_kind(Kind::Int64) + 128,
+        _ => codes.to_kind(Kind::Int64) + offset,
     };
     let d = digits.view([-1, bytes, per_byte]);
-    let base: i64 = match kind {
-        RowKind::Binary => 2,
-        RowKind::Ternary => 3,
-        RowKind::Q4 => 16,
-        RowKind::Q8 => 256,
-    };
     let weights: Vec<i64> = (0..per_byte).map(|i| base.pow(i as u32)).collect();
     let w = Tensor::from_slice(&weights).to_device(d.device());
     Ok((d * w).sum_dim_intlist(-1, false, Kind::Int64).to_kind(Kind::Uint8))
@@ -190,19 +184,14 @@ pub fn pack(codes: &Tensor, kind: RowKind) -> Result<Tensor> {
 
 /// Integer codes `[n, in]` (f32) from packed bytes `[n, code_bytes]` of `kind`.
 pub fn unpack(packed: &Tensor, kind: RowKind, n_in: i64) -> Tensor {
-    let (per_byte, base, offset): (i64, i64, f64) = match kind {
-        RowKind::Binary => (8, 2, 0.0),
-        RowKind::Ternary => (5, 3, 1.0),
-        RowKind::Q4 => (2, 16, 7.0),
-        RowKind::Q8 => (1, 256, 128.0),
-    };
+    let (per_byte, base, offset) = kind.packing();
     let x = packed.to_kind(Kind::Int64).unsqueeze(-1);
     let pows: Vec<i64> = (0..per_byte).map(|i| base.pow(i as u32)).collect();
     let pows = Tensor::from_slice(&pows).to_device(x.device());
     let digits = x.floor_divide(&pows).remainder(base).flatten(1, 2).narrow(1, 0, n_in).to_kind(Kind::Float);
     match kind {
         RowKind::Binary => digits * 2.0 - 1.0,
-        _ => digits - offset,
+        _ => digits - offset as f64,
     }
 }
 

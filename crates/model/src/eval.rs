@@ -280,10 +280,9 @@ pub fn perplexity_docs(
     // The loss is a sum over documents, and with causal attention a right-padded document's
     // logits do not depend on its padding, so batching documents of similar length gives the
     // validator's number with far less padding to compute.
-    let mut order: Vec<&Vec<i64>> = docs.iter().collect();
+    let mut order: Vec<&[i64]> = docs.iter().map(Vec::as_slice).collect();
     order.sort_by_key(|d| std::cmp::Reverse(d.len().min(opts.max_tokens)));
-    let docs: Vec<Vec<i64>> = order.into_iter().cloned().collect();
-    for group in docs.chunks(opts.batch) {
+    for group in order.chunks(opts.batch) {
         let (sum, n) = tch::no_grad(|| padded_batch_nll(model, group, opts.max_tokens, device))?;
         nll_sum += sum;
         n_tokens += n;
@@ -294,7 +293,7 @@ pub fn perplexity_docs(
 }
 
 /// Summed NLL and count of scored tokens of one right-padded batch of documents.
-fn padded_batch_nll(model: &CausalLM, group: &[Vec<i64>], max_tokens: usize, device: tch::Device) -> Result<(f64, usize)> {
+fn padded_batch_nll(model: &CausalLM, group: &[&[i64]], max_tokens: usize, device: tch::Device) -> Result<(f64, usize)> {
     let len = group.iter().map(|d| d.len().min(max_tokens)).max().unwrap_or(0) as i64;
     let b = group.len() as i64;
     // Padding id 0 is never scored: the targets there are -100.
