@@ -21,32 +21,7 @@ fn script() -> PathBuf {
 /// The fixtures of `compress_ref.py make`, cached by the script's content.
 fn fixtures() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let py = common::python()?;
-        let mut h: u64 = 0xcbf29ce484222325;
-        let shared = std::fs::read(common::repo_root().join("python/autoqat_ref/tiny.py")).ok()?;
-        for b in std::fs::read(script()).ok()?.iter().chain(&shared).chain(common::wikitext().is_some().to_string().as_bytes()) {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
-        }
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let dir = base.join(format!("compress-ref-{h:016x}"));
-        if dir.join("eval.txt").is_file() {
-            return Some(dir);
-        }
-        let tmp = base.join(format!("compress-ref-{h:016x}.tmp{}", std::process::id()));
-        let mut cmd = Command::new(py);
-        cmd.arg(script()).arg("make").arg(&tmp);
-        if let Some(w) = common::wikitext() {
-            cmd.arg("--wikitext").arg(w);
-        }
-        let out = cmd.output().expect("running compress_ref.py");
-        assert!(out.status.success(), "compress_ref.py make failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        if std::fs::rename(&tmp, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        Some(dir)
-    })
-    .as_deref()
+    DIR.get_or_init(|| common::script_fixture("compress-ref", &script(), &["make"], "eval.txt")).as_deref()
 }
 
 fn autoqat(args: &[&str]) -> Output {

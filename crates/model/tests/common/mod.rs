@@ -49,11 +49,19 @@ pub fn fixtures() -> Option<&'static Path> {
 }
 
 fn make_fixtures() -> Option<PathBuf> {
+    script_fixture("model-ref", &script(), &[], "reference.json")
+}
+
+/// The output directory of a reference script, run once as `python SCRIPT ARGS... OUT
+/// [--wikitext PATH]` and cached under the cargo target's temp dir, keyed by the content of the
+/// script and of the shared `python/autoqat_ref/tiny.py` (an edit regenerates it). `marker` is
+/// a file the script writes last. None (with the reason printed) when it cannot run here.
+pub fn script_fixture(tag: &str, script: &Path, args: &[&str], marker: &str) -> Option<PathBuf> {
     let Some(py) = python() else {
         eprintln!("skipping: no Python with transformers (set AUTOQAT_PYTHON or create .venv)");
         return None;
     };
-    let script_text = std::fs::read(script()).ok()?;
+    let script_text = std::fs::read(script).ok()?;
     let shared = std::fs::read(repo_root().join("python/autoqat_ref/tiny.py")).ok()?;
     // A content hash keys the cache, so an edited script (or its shared module) regenerates.
     let mut h: u64 = 0xcbf29ce484222325;
@@ -61,18 +69,18 @@ fn make_fixtures() -> Option<PathBuf> {
         h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
     }
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let dir = base.join(format!("model-ref-{h:016x}"));
-    if dir.join("reference.json").is_file() {
+    let dir = base.join(format!("{tag}-{h:016x}"));
+    if dir.join(marker).is_file() {
         return Some(dir);
     }
-    let tmp = base.join(format!("model-ref-{h:016x}.tmp{}", std::process::id()));
+    let tmp = base.join(format!("{tag}-{h:016x}.tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let mut cmd = Command::new(&py);
-    cmd.arg(script()).arg(&tmp);
+    cmd.arg(script).args(args).arg(&tmp);
     if let Some(w) = wikitext() {
         cmd.arg("--wikitext").arg(w);
     } else {
-        eprintln!("note: wikitext-2 absent; perplexity references use a generated text");
+        eprintln!("note: wikitext-2 absent; the reference script uses a generated text");
     }
     let out = cmd.output().expect("running the reference script");
     if !out.status.success() {
@@ -81,7 +89,7 @@ fn make_fixtures() -> Option<PathBuf> {
             eprintln!("skipping: reference Python lacks a module: {err}");
             return None;
         }
-        panic!("make_tiny.py failed:\n{err}");
+        panic!("{} failed:\n{err}", script.display());
     }
     // Another test process may have won the race; either copy is complete.
     if std::fs::rename(&tmp, &dir).is_err() {
