@@ -28,6 +28,11 @@ pub enum Command {
     Compress(CompressArgs),
     /// Size against perplexity over compression runs: the frontier and the track's traps.
     Frontier(FrontierArgs),
+    /// The distillation-traces track: teacher baseline, trace collection, efficiency report.
+    #[command(subcommand)]
+    Kd(KdCommand),
+    /// Forward a large packed ternary model at A8 then A4 without holding it dense.
+    Dryrun(DryrunArgs),
     /// Run the research loop until a stop condition.
     Run(RunArgs),
     /// Print results.tsv, or rebuild it from git alone.
@@ -122,6 +127,128 @@ pub struct CompressArgs {
     #[arg(long)]
     pub no_verify: bool,
     /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `autoqat kd ...`.
+#[derive(Debug, Subcommand)]
+pub enum KdCommand {
+    /// Time the teacher's deterministic answers to a prompts file (teacher_baseline.json).
+    Baseline(KdBaselineArgs),
+    /// Collect Top-K+Other traces projected to the student tokenizer, as Parquet shards.
+    Collect(KdCollectArgs),
+    /// Quality, packed memory and decode speed of a student against the teacher: QEI.
+    Report(KdReportArgs),
+}
+
+/// How to reach the teacher (shared by `kd baseline` and `kd collect`).
+#[derive(Debug, Args)]
+pub struct TeacherArgs {
+    /// `openai:<model>` (any OpenAI-compatible endpoint) or `local:<hf-dir>`.
+    #[arg(long)]
+    pub teacher: String,
+    /// Base URL of the OpenAI-compatible API.
+    #[arg(long, default_value = "https://api.openai.com/v1")]
+    pub base_url: String,
+    /// Environment variable that holds the API key (the key itself is never written anywhere).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout_s: f64,
+    /// Retries on 429, 5xx and transport errors (with backoff, honouring Retry-After).
+    #[arg(long, default_value_t = 4)]
+    pub max_retries: u32,
+    /// At most one request per this many seconds (a client-side rate limit).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_interval_s: f64,
+    /// The prompts: one per line, or JSON Lines with a `prompt` field (.jsonl).
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Longest answer in tokens.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Device of a local teacher.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// Arguments of `autoqat kd baseline`.
+#[derive(Debug, Args)]
+pub struct KdBaselineArgs {
+    #[command(flatten)]
+    pub teacher: TeacherArgs,
+    /// Where the baseline goes.
+    #[arg(long, default_value = "teacher_baseline.json")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `autoqat kd collect`.
+#[derive(Debug, Args)]
+pub struct KdCollectArgs {
+    #[command(flatten)]
+    pub teacher: TeacherArgs,
+    /// The trace directory (created; a re-run resumes it).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Teacher alternatives per position (1..=20).
+    #[arg(long, default_value_t = 20)]
+    pub top_k: usize,
+    /// The student's tokenizer.json or model directory (default: a local teacher's).
+    #[arg(long)]
+    pub student_tokenizer: Option<PathBuf>,
+    /// Prompt template; `{prompt}` is replaced by each prompt.
+    #[arg(long, default_value = "{prompt}")]
+    pub template: String,
+    /// Prompts per Parquet shard.
+    #[arg(long, default_value_t = 64)]
+    pub prompts_per_shard: usize,
+}
+
+/// Arguments of `autoqat kd report`.
+#[derive(Debug, Args)]
+pub struct KdReportArgs {
+    /// The student's packed export (`<run>/export` of a trial).
+    #[arg(long)]
+    pub student: PathBuf,
+    /// Held-out traces (collected from prompts the student did not train on).
+    #[arg(long)]
+    pub traces: PathBuf,
+    /// The teacher's baseline (`autoqat kd baseline`).
+    #[arg(long, default_value = "teacher_baseline.json")]
+    pub baseline: PathBuf,
+    /// The teacher's weight bytes, when the baseline does not know them (an API teacher):
+    /// parameters times bytes per parameter.
+    #[arg(long)]
+    pub teacher_bytes: Option<u64>,
+    /// Where the report goes.
+    #[arg(long, default_value = "kd_report.json")]
+    pub out: PathBuf,
+    /// Compute device.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `autoqat dryrun`.
+#[derive(Debug, Args)]
+pub struct DryrunArgs {
+    /// `7b`, `1b`, `tiny`, or `hidden,layers,heads,head_dim,intermediate,vocab`.
+    #[arg(long, default_value = "7b")]
+    pub shape: String,
+    /// Tokens in the forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub seq: i64,
+    /// Seed of the random packed weights and tokens.
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Write the measurements here as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the measurements as JSON.
     #[arg(long)]
     pub json: bool,
 }

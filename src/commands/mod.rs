@@ -3,9 +3,11 @@
 pub mod compress;
 pub mod demo;
 pub mod doctor;
+pub mod dryrun;
 pub mod frontier;
 pub mod eval;
 pub mod init;
+pub mod kd;
 pub mod log;
 pub mod prepare;
 pub mod report;
@@ -24,6 +26,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Trial(a) => trial::run(a),
         Command::Compress(a) => compress::run(a),
         Command::Frontier(a) => frontier::run(a),
+        Command::Kd(c) => kd::run(c),
+        Command::Dryrun(a) => dryrun::run(a),
         Command::Run(a) => run::run(a),
         Command::Results(a) => results::run(a),
         Command::Log(a) => log::run(a),

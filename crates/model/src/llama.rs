@@ -138,8 +138,8 @@ impl Attention {
         })
     }
 
-    /// `[B, T, C] -> [B, T, C]`, causal.
-    pub fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    /// Queries, keys and values `[B, heads, T, D]` with rotary embedding applied.
+    fn qkv(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (b, t) = (xs.size()[0], xs.size()[1]);
         let heads = |proj: &Box<dyn Linear>, n: i64, norm: &Option<RmsNorm>| {
             let x = proj.forward(xs).view([b, t, n, self.head_dim]);
@@ -152,12 +152,43 @@ impl Attention {
         let q = apply_rope(&heads(&self.q_proj, self.n_heads, &self.q_norm), cos, sin);
         let k = apply_rope(&heads(&self.k_proj, self.n_kv_heads, &self.k_norm), cos, sin);
         let v = heads(&self.v_proj, self.n_kv_heads, &None);
+        (q, k, v)
+    }
+
+    /// Attention of `q` over `k`/`v`, then the output projection: `[B, T, C]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<Tensor>, causal: bool) -> Tensor {
+        let (b, t) = (q.size()[0], q.size()[2]);
         // GQA inside the fused kernel (`enable_gqa`): the same math as `repeat_kv` without the copy.
         let scale = (self.head_dim as f64).powf(-0.5);
         let gqa = self.n_heads != self.n_kv_heads;
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, scale, gqa);
+        let y = Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, scale, gqa);
         let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
         self.o_proj.forward(&y)
+    }
+
+    /// `[B, T, C] -> [B, T, C]`, causal.
+    pub fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let (q, k, v) = self.qkv(xs, cos, sin);
+        self.attend(&q, &k, &v, None, true)
+    }
+
+    /// As [`Attention::forward`] for new positions after those held in `kv` (whose keys and
+    /// values it appends); `cos`/`sin` cover the new positions only.
+    pub fn forward_cached(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, kv: &mut Option<(Tensor, Tensor)>) -> Tensor {
+        let (q, k, v) = self.qkv(xs, cos, sin);
+        let Some((pk, pv)) = kv.take() else {
+            let y = self.attend(&q, &k, &v, None, true);
+            *kv = Some((k, v));
+            return y;
+        };
+        let (past, t) = (pk.size()[2], q.size()[2]);
+        let k = Tensor::cat(&[&pk, &k], 2);
+        let v = Tensor::cat(&[&pv, &v], 2);
+        // One new token sees every cached one; several need the causal mask shifted by `past`.
+        let mask = (t > 1).then(|| Tensor::ones([t, past + t], (Kind::Bool, q.device())).tril(past));
+        let y = self.attend(&q, &k, &v, mask, false);
+        *kv = Some((k, v));
+        y
     }
 }
 
@@ -224,6 +255,37 @@ impl DecoderLayer {
         let h = xs + self.self_attn.forward(&self.input_layernorm.forward(xs), cos, sin);
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
+
+    /// As [`DecoderLayer::forward`] with the layer's key/value cache.
+    pub fn forward_cached(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, kv: &mut Option<(Tensor, Tensor)>) -> Tensor {
+        let h = xs + self.self_attn.forward_cached(&self.input_layernorm.forward(xs), cos, sin, kv);
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+}
+
+/// Keys and values of every position seen so far, per layer: incremental (greedy) decoding
+/// runs each new token through the stack once instead of re-reading the whole prefix.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: i64,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether no position is held yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// The decoder stack without the head (`model.*`).
@@ -255,6 +317,21 @@ impl Model {
     pub fn layer(&self, i: usize, h: &Tensor) -> Tensor {
         let (cos, sin) = self.rotary.cos_sin(h.size()[1], h.kind());
         self.layers[i].forward(h, &cos, &sin)
+    }
+
+    /// Token ids `[B, T]` of the positions after those in `cache` -> final normed hidden states
+    /// `[B, T, C]`; the cache grows by `T`.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Tensor {
+        let t = ids.size()[1];
+        let mut h = self.embed_tokens.forward(ids);
+        let (cos, sin) = self.rotary.cos_sin(cache.len + t, h.kind());
+        let (cos, sin) = (cos.narrow(0, cache.len, t), sin.narrow(0, cache.len, t));
+        cache.layers.resize_with(self.layers.len(), || None);
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            h = layer.forward_cached(&h, &cos, &sin, kv);
+        }
+        cache.len += t;
+        self.norm.forward(&h)
     }
 
     /// Token ids `[B, T]` -> final normed hidden states `[B, T, C]`.
@@ -320,5 +397,10 @@ impl CausalLM {
     /// Token ids `[B, T]` (i64) -> logits `[B, T, V]`.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         self.head(&self.hidden(ids))
+    }
+
+    /// Logits `[B, T, V]` of new positions after those in `cache` (see [`Model::forward_cached`]).
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Tensor {
+        self.head(&self.model.forward_cached(ids, cache))
     }
 }

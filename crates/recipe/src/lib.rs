@@ -181,6 +181,9 @@ impl Recipe {
         };
         self.data.train_text = join(&self.data.train_text);
         self.data.eval_text = join(&self.data.eval_text);
+        if !self.traces.dir.is_empty() {
+            self.traces.dir = join(&self.traces.dir);
+        }
         // A hub id like `org/name` also looks like a relative path: only resolve when the
         // directory exists next to the recipe.
         for src in [&mut self.model.source, &mut self.model.teacher] {
@@ -233,6 +236,20 @@ impl Recipe {
                 key: "budget.steps".into(),
                 value: "0".into(),
                 allowed: "a positive step count, or a positive budget.tokens".into(),
+            });
+        }
+        if self.traces.enabled && self.traces.dir.is_empty() {
+            return Err(RecipeError::OutOfRange {
+                key: "traces.dir".into(),
+                value: "\"\"".into(),
+                allowed: "the trace directory of `autoqat kd collect --out` when traces.enabled = true".into(),
+            });
+        }
+        if self.traces.enabled && self.distill.enabled {
+            return Err(RecipeError::OutOfRange {
+                key: "distill.enabled".into(),
+                value: "true".into(),
+                allowed: "false when traces.enabled = true (the traces are the teacher)".into(),
             });
         }
         if self.distill.enabled && self.distill.ce_weight == 0.0 && self.distill.kl_weight == 0.0 {

@@ -87,7 +87,7 @@ pub(crate) fn fields() -> Vec<FieldSpec> {
         // [activations]
         enum_field("activations.bits", "bits of the inputs of quantized linears: none, 8 or 4 (symmetric absmax)", &["none", "8", "4"], "none", FREE),
         enum_field("activations.granularity", "activations sharing one absmax scale", &["per_token", "per_channel"], "per_token", FREE).active_when("activations.bits", &[json!("8"), json!("4")]),
-        float_field("activations.a4_flip_frac", "with bits = 8, switch to 4 bits after this fraction of the steps (1 = never)", 0.0, 1.0, 1.0, &[0.5, 0.7, 0.8, 0.9, 1.0], FREE).active_when("activations.bits", &[json!("8")]),
+        float_field("activations.a4_flip_frac", "with bits = 8, switch to 4 bits (one-way) after this fraction of the steps, or of budget.tokens once that many tokens were seen (1 = never)", 0.0, 1.0, 1.0, &[0.5, 0.7, 0.8, 0.9, 1.0], FREE).active_when("activations.bits", &[json!("8")]),
         // [deadzone_recovery]
         bool_field("deadzone_recovery.enabled", "Tequila-style: the weights quantized to 0 feed a per-output bias (foldable offline)", false, FREE),
         float_field("deadzone_recovery.scale_init", "initial learned factor of that bias", 0.0, 1.0, 0.01, &[0.001, 0.01, 0.05, 0.1], FREE).active_when("deadzone_recovery.enabled", &[json!(true)]),
@@ -109,6 +109,14 @@ pub(crate) fn fields() -> Vec<FieldSpec> {
         float_field("distill.temperature", "softmax temperature tau of the KL term (scaled by tau^2)", 0.1, 20.0, 2.0, &[1.0, 2.0, 4.0], FREE).active_when("distill.enabled", &[json!(true)]),
         float_field("distill.ce_weight", "weight of the next-token cross entropy", 0.0, 10.0, 0.5, &[0.0, 0.1, 0.5, 1.0], FREE).active_when("distill.enabled", &[json!(true)]),
         float_field("distill.kl_weight", "weight of the KL(teacher || student) term", 0.0, 10.0, 1.0, &[0.5, 1.0, 2.0], FREE).active_when("distill.enabled", &[json!(true)]),
+        // [traces]
+        bool_field("traces.enabled", "train on teacher traces (`autoqat kd collect`) instead of data.train_text (locked: the data is the goal)", false, LOCKED),
+        string_field("traces.dir", "trace directory written by `autoqat kd collect --out`, relative to the recipe file", ""),
+        int_field("traces.top_k", "use the first K teacher alternatives per position; the rest joins the Other mass", 1, 20, 20, &[5, 10, 20], FREE).active_when("traces.enabled", &[json!(true)]),
+        float_field("traces.temperature", "temperature tau of teacher and student in the Top-K+Other KL (scaled by tau^2)", 0.1, 20.0, 1.3, &[1.0, 1.3, 2.0], FREE).active_when("traces.enabled", &[json!(true)]),
+        float_field("traces.kl_weight", "weight of the KL over Top-K+Other", 0.0, 10.0, 1.0, &[0.5, 1.0, 2.0], FREE).active_when("traces.enabled", &[json!(true)]),
+        float_field("traces.ce_weight", "weight of the cross entropy on the teacher's sampled token", 0.0, 10.0, 0.5, &[0.0, 0.1, 0.5, 1.0], FREE).active_when("traces.enabled", &[json!(true)]),
+        float_field("traces.format_weight", "extra cross-entropy weight on structural tokens (JSON/code punctuation)", 0.0, 10.0, 0.2, &[0.0, 0.2, 0.5], FREE).active_when("traces.enabled", &[json!(true)]),
         // [runtime]
         enum_field("runtime.device", "compute device; auto = cuda > mps > cpu", &["auto", "cpu", "cuda", "mps"], "auto", LOCKED),
         enum_field("runtime.precision", "auto = bf16 autocast on CUDA, fp32 on CPU/MPS", &["auto", "fp32", "bf16"], "auto", LOCKED),

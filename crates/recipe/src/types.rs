@@ -25,6 +25,8 @@ pub struct Recipe {
     pub optim: OptimSection,
     /// `[distill]`: knowledge distillation from the frozen full-precision teacher.
     pub distill: DistillSection,
+    /// `[traces]`: train on teacher traces (`autoqat kd collect`) instead of the training text.
+    pub traces: TracesSection,
     /// `[runtime]`: device and precision.
     pub runtime: RuntimeSection,
 }
@@ -276,6 +278,26 @@ pub struct DistillSection {
     pub ce_weight: f64,
     /// Weight of the KL(teacher || student) term.
     pub kl_weight: f64,
+}
+
+/// `[traces]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesSection {
+    /// Train on the Top-K+Other traces in `dir` instead of `data.train_text`.
+    pub enabled: bool,
+    /// The trace directory (`autoqat kd collect --out`), relative to the recipe file.
+    pub dir: String,
+    /// Use the first K teacher alternatives of each position (the rest joins Other).
+    pub top_k: u32,
+    /// Temperature tau of teacher and student in the KL term (scaled by tau^2).
+    pub temperature: f64,
+    /// Weight of the KL over Top-K+Other.
+    pub kl_weight: f64,
+    /// Weight of the cross entropy on the teacher's sampled token.
+    pub ce_weight: f64,
+    /// Extra cross-entropy weight on structural tokens (JSON/code punctuation).
+    pub format_weight: f64,
 }
 
 /// Compute device.

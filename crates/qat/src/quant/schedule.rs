@@ -88,7 +88,12 @@ pub struct Schedules {
 impl Schedules {
     /// Resolves the schedules of `recipe`.
     pub fn new(recipe: &Recipe) -> Self {
-        let total = recipe.total_steps();
+        Self::with_total(recipe, recipe.total_steps())
+    }
+
+    /// The schedules of `recipe` over `total` steps (trace training counts its steps from the
+    /// tokens its sequences really hold, not from `data.seq_len`).
+    pub fn with_total(recipe: &Recipe, total: u64) -> Self {
         let a4_from = (recipe.activations.bits == autoqat_recipe::ActBits::A8 && recipe.activations.a4_flip_frac < 1.0)
             .then(|| frac_steps(recipe.activations.a4_flip_frac, total));
         Self {

@@ -24,6 +24,12 @@ pub struct Meta {
     pub time_s: f64,
     /// AdamW's step count.
     pub adam_step: u64,
+    /// Training tokens seen (valid target positions for trace training).
+    #[serde(default)]
+    pub seen_tokens: u64,
+    /// Step and seen tokens at the one-way A8 -> A4 flip, once it happened.
+    #[serde(default)]
+    pub flip: Option<(u64, u64)>,
 }
 
 fn dir(run: &Path) -> PathBuf {

@@ -5,6 +5,8 @@ pub mod data;
 pub mod loss;
 pub mod optim;
 pub mod outputs;
+pub mod health;
+pub mod traces;
 pub mod trial;
 
 pub use outputs::{read_steps, StepRow, Summary, STEPS_COLUMNS};

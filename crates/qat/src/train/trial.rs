@@ -4,7 +4,9 @@
 
 use super::checkpoint;
 use super::data::{Rng, TrainData};
-use super::loss::{cross_entropy, distill_kl};
+use super::health::{Gates, Health, HealthLog};
+use super::loss::{cross_entropy, distill_kl, topk_other_kl, weighted_sample_ce};
+use super::traces::TraceData;
 use super::optim::AdamW;
 use super::outputs::{peak_rss_mb, RunFiles, StepRow, Summary};
 use crate::error::{QatError, Result};
@@ -118,6 +120,14 @@ pub fn evaluate(model: &CausalLM, ids: &[i64], bytes: usize, recipe: &Recipe, de
     Ok(tch::autocast(bf16, || perplexity(model, ids, bytes, &opts, device))?)
 }
 
+/// Where training batches come from.
+enum Data {
+    /// Random windows of the training text.
+    Text(TrainData),
+    /// Teacher traces with Top-K+Other targets.
+    Traces(TraceData),
+}
+
 /// Runs a trial; always writes summary.json and returns the summary (status `crash` with the
 /// reason on any failure).
 pub fn run_trial(recipe: &Recipe, mut opts: TrialOptions<'_>) -> Summary {
@@ -195,11 +205,6 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
     progress.device = autoqat_model::device_name(device);
     let bf16 = use_bf16(recipe, device)?;
     tch::manual_seed(recipe.optim.seed as i64);
-    let sched = Schedules::new(recipe);
-    let total = sched.total;
-    files.log(&format!("recipe:\n{}", recipe.to_toml()));
-    files.log(&format!("device {} bf16 {bf16} steps {total} tokens/step {}", progress.device, recipe.tokens_per_step()));
-
     let student = load_student(recipe, device)?;
     let model = &student.loaded.model;
     let teacher = if recipe.distill.enabled {
@@ -210,19 +215,61 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
         None
     };
     let tok = TextTokenizer::from_path(&student.loaded.dir)?;
-    let train_path = Path::new(&recipe.data.train_text);
-    let train_text = std::fs::read_to_string(train_path).map_err(crate::error::io_err(train_path))?;
-    let data = TrainData::new(tok.encode(&train_text)?, recipe.data.seq_len as usize)
-        .map_err(|m| QatError::Config(format!("{m} ({})", train_path.display())))?;
+    let (batch, accum, seq) = (recipe.optim.batch_size as usize, recipe.optim.grad_accum as usize, recipe.data.seq_len as i64);
+    let data = if recipe.traces.enabled {
+        let d = TraceData::load(
+            Path::new(&recipe.traces.dir),
+            &tok,
+            &student.loaded.dir.join("tokenizer.json"),
+            recipe.traces.top_k as usize,
+            recipe.data.seq_len as usize,
+        )?;
+        files.log(&format!(
+            "traces {}: {} sequences, {:.1} valid positions each, {} rows dropped",
+            recipe.traces.dir,
+            d.len(),
+            d.mean_valid_per_seq(),
+            d.dropped_rows
+        ));
+        Data::Traces(d)
+    } else {
+        let train_path = Path::new(&recipe.data.train_text);
+        let train_text = std::fs::read_to_string(train_path).map_err(crate::error::io_err(train_path))?;
+        let d = TrainData::new(tok.encode(&train_text)?, recipe.data.seq_len as usize)
+            .map_err(|m| QatError::Config(format!("{m} ({})", train_path.display())))?;
+        files.log(&format!("train tokens {}", d.len()));
+        Data::Text(d)
+    };
+    // A token budget counts the tokens really trained on: trace sequences are shorter than
+    // data.seq_len, so their step count comes from their mean length.
+    let total = match &data {
+        Data::Traces(d) if recipe.budget.tokens > 0 => {
+            let per_step = (batch * accum) as f64 * d.mean_valid_per_seq().max(1e-9);
+            ((recipe.budget.tokens as f64 / per_step).ceil() as u64).max(1)
+        }
+        _ => recipe.total_steps(),
+    };
+    let sched = Schedules::with_total(recipe, total);
+    files.log(&format!("recipe:\n{}", recipe.to_toml()));
+    files.log(&format!("device {} bf16 {bf16} steps {total} tokens/step {}", progress.device, recipe.tokens_per_step()));
     let (eval_ids, eval_bytes) = eval_tokens(&tok, Path::new(&recipe.data.eval_text), recipe.data.eval_max_tokens)?;
-    files.log(&format!("train tokens {} eval tokens {} eval bytes {eval_bytes}", data.len(), eval_ids.len()));
+    files.log(&format!("eval tokens {} eval bytes {eval_bytes}", eval_ids.len()));
 
     let vars: Vec<(String, Tensor)> =
         student.loaded.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     let mut opt = AdamW::new(vars, recipe.optim.beta1, recipe.optim.beta2, recipe.optim.weight_decay);
     let mut rng = Rng::new(recipe.optim.seed);
     let base_bits = recipe.activations.bits.bits().unwrap_or(0);
-    let final_bits = if sched.a4_from.is_some() { 4 } else { base_bits };
+    // Trace training flips by the tokens it really saw; text training keeps its step fraction.
+    let flip_at_tokens = (recipe.traces.enabled
+        && recipe.activations.bits == autoqat_recipe::ActBits::A8
+        && recipe.activations.a4_flip_frac < 1.0
+        && recipe.budget.tokens > 0)
+        .then(|| (recipe.activations.a4_flip_frac * recipe.budget.tokens as f64).ceil() as u64);
+    let final_bits = if sched.a4_from.is_some() || flip_at_tokens.is_some() { 4 } else { base_bits };
+    let mut seen: u64 = 0;
+    let mut flip: Option<(u64, u64)> = None;
+    let mut health = HealthLog::default();
 
     let mut first = 0u64;
     let mut best_ppl = f64::INFINITY;
@@ -233,6 +280,8 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
         rng.state = meta.rng_state;
         best_ppl = meta.best_ppl;
         fp_ppl = meta.fp_ppl;
+        seen = meta.seen_tokens;
+        flip = meta.flip;
         progress.prior_time_s = meta.time_s;
         files.log(&format!("resumed at step {first}"));
     } else {
@@ -245,9 +294,8 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
         files.log(&format!("fp_ppl {:.4} fp_bpb {:.4}", r.eval_ppl, r.eval_bpb));
     }
     progress.steps = first;
-    progress.tokens = first * recipe.tokens_per_step();
+    progress.tokens = if matches!(data, Data::Traces(_)) { seen } else { first * recipe.tokens_per_step() };
 
-    let (batch, accum, seq) = (recipe.optim.batch_size as usize, recipe.optim.grad_accum as usize, recipe.data.seq_len as i64);
     let diverged_above = 10.0 * (model.cfg.vocab_size as f64).ln();
     let mut interval_loss = 0.0;
     let mut interval_n = 0u64;
@@ -257,25 +305,54 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
         let lambda = sched.lambda(step);
         let lr = sched.lr(step);
         student.state.set_lambda(lambda);
-        student.state.set_act_bits(if sched.a4_from.is_some_and(|f| step >= f) { 4 } else { base_bits });
+        // One-way: once flipped by steps or by seen tokens, 4-bit activations stay.
+        if flip.is_none() && (sched.a4_from.is_some_and(|f| step >= f) || flip_at_tokens.is_some_and(|t| seen >= t)) {
+            flip = Some((step, seen));
+            files.log(&format!("a8->a4 flip at step {step} after {seen} seen tokens"));
+        }
+        student.state.set_act_bits(if flip.is_some() { 4 } else { base_bits });
         opt.zero_grad();
         let mut ce_sum = 0.0;
+        let mut loss_sum = 0.0;
         for _ in 0..accum {
-            let b = data.batch(batch, &mut rng, device);
-            let inp = b.narrow(1, 0, seq);
-            let tgt = b.narrow(1, 1, seq);
-            let logits = tch::autocast(bf16, || model.forward(&inp));
-            let ce = cross_entropy(&logits, &tgt);
-            let loss = match &teacher {
-                Some(t) => {
-                    let tl = tch::no_grad(|| tch::autocast(bf16, || t.model.forward(&inp)));
-                    let kl = distill_kl(&logits, &tl, recipe.distill.temperature);
-                    &ce * recipe.distill.ce_weight + kl * recipe.distill.kl_weight
+            let (loss, ce) = match &data {
+                Data::Text(d) => {
+                    let b = d.batch(batch, &mut rng, device);
+                    let inp = b.narrow(1, 0, seq);
+                    let tgt = b.narrow(1, 1, seq);
+                    let logits = tch::autocast(bf16, || model.forward(&inp));
+                    let ce = cross_entropy(&logits, &tgt);
+                    seen += (batch as u64) * seq as u64;
+                    let loss = match &teacher {
+                        Some(t) => {
+                            let tl = tch::no_grad(|| tch::autocast(bf16, || t.model.forward(&inp)));
+                            let kl = distill_kl(&logits, &tl, recipe.distill.temperature);
+                            &ce * recipe.distill.ce_weight + kl * recipe.distill.kl_weight
+                        }
+                        None => ce.shallow_clone(),
+                    };
+                    (loss, ce)
                 }
-                None => ce.shallow_clone(),
+                Data::Traces(d) => {
+                    let b = d.batch(batch, &mut rng, device);
+                    let logits = tch::autocast(bf16, || model.forward(&b.input));
+                    let v = logits.size()[2];
+                    let at = logits.reshape([-1, v]).index_select(0, &b.positions);
+                    let t = &b.targets;
+                    let tc = &recipe.traces;
+                    let ce = weighted_sample_ce(&at, t, &t.valid);
+                    let loss = topk_other_kl(&at, t, tc.temperature) * tc.kl_weight
+                        + &ce * tc.ce_weight
+                        + weighted_sample_ce(&at, t, &(&t.valid * &t.is_struct)) * tc.format_weight;
+                    seen += b.seen;
+                    (loss, ce)
+                }
             };
             let loss_v = loss.double_value(&[]);
             let ce_v = ce.double_value(&[]);
+            if !loss_v.is_finite() {
+                health.nan_count += 1;
+            }
             finite(loss_v, "the training loss", step + 1, lr)?;
             // Far worse than guessing uniformly: the weights have blown up even if still finite.
             if ce_v > diverged_above {
@@ -288,17 +365,21 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
             }
             (loss / accum as f64).backward();
             ce_sum += ce_v;
+            loss_sum += loss_v;
         }
         let ce_mean = ce_sum / accum as f64;
         let norm = opt.grad_norm();
         finite(norm, "the gradient norm", step + 1, lr)?;
-        if recipe.optim.grad_clip > 0.0 && norm > recipe.optim.grad_clip {
+        let clipped = recipe.optim.grad_clip > 0.0 && norm > recipe.optim.grad_clip;
+        if clipped {
             opt.scale_grads(recipe.optim.grad_clip / (norm + 1e-6));
         }
         opt.step(lr);
         let done = step + 1;
         progress.steps = done;
-        progress.tokens = done * recipe.tokens_per_step();
+        progress.tokens = seen;
+        let post_clip = if clipped { recipe.optim.grad_clip } else { norm };
+        health.push(loss_sum / accum as f64, post_clip);
         interval_loss += ce_mean;
         interval_n += 1;
         files.log(&format!("step {done} lambda {lambda:.6} lr {lr:.6e} ce {ce_mean:.17} grad_norm {norm:.6}"));
@@ -346,8 +427,12 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
                 fp_ppl,
                 time_s: progress.time_s(start),
                 adam_step: opt.step,
+                seen_tokens: seen,
+                flip,
             };
             checkpoint::save(&opts.run_dir, &student.loaded.vs, &opt, &meta)?;
+            let act_bits = if flip.is_some() { 4 } else { base_bits };
+            Health::now(done, seen, flip.is_some(), act_bits, &health).write(&opts.run_dir)?;
         }
         if opts.stop_after == Some(done) {
             files.log(&format!("stopped after step {done} as asked"));
@@ -371,6 +456,13 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
         fp_ppl: Some(fp_ppl),
         error: None,
     };
+    if recipe.traces.enabled || flip_at_tokens.is_some() {
+        let gates = Gates::check(&health, flip, flip_at_tokens, sched.a4_from, recipe.budget.tokens, total);
+        for line in gates.lines() {
+            files.log(&line);
+        }
+        gates.write(&opts.run_dir)?;
+    }
     if opts.export && opts.stop_after.is_none_or(|s| s >= total) {
         student.state.set_lambda(1.0);
         student.state.set_act_bits(final_bits);

@@ -1,0 +1,274 @@
+//! `autoqat dryrun`: a forward pass of a large ternary model on a machine that could not hold
+//! it dense (DESIGN.md 9: the 7B shape, dim 4096, 32 layers, 32 heads of 128). Weights exist only
+//! packed (2 bits each, as the QAT export stores them) and each linear unpacks its own matrix
+//! for the duration of its matmul, so the resident set is the packed model plus one matrix. The
+//! model code is the shared Llama; only the linear layers differ.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use autoqat_model::{build_causal_lm, Linear, LinearBuilder, LinearRole, LinearSpec, ModelConfig, PlainBuilder};
+use autoqat_qat::export::unpack_codes;
+use autoqat_qat::quant::act::act_quant_values;
+use autoqat_recipe::ActGranularity;
+use serde::Serialize;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::error::{KdError, Result};
+
+/// A decoder shape.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Shape {
+    /// Hidden size.
+    pub hidden: i64,
+    /// Decoder layers.
+    pub layers: i64,
+    /// Attention heads (as many key/value heads).
+    pub heads: i64,
+    /// Head dimension.
+    pub head_dim: i64,
+    /// MLP width.
+    pub intermediate: i64,
+    /// Vocabulary.
+    pub vocab: i64,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    /// `7b`, `1b`, `tiny`, or `hidden,layers,heads,head_dim,intermediate,vocab`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let shape = |v: [i64; 6]| Shape { hidden: v[0], layers: v[1], heads: v[2], head_dim: v[3], intermediate: v[4], vocab: v[5] };
+        match s {
+            "7b" => Ok(shape([4096, 32, 32, 128, 11008, 32000])),
+            "1b" => Ok(shape([2048, 16, 16, 128, 5504, 32000])),
+            "tiny" => Ok(shape([256, 4, 4, 64, 688, 4096])),
+            other => {
+                let v: Vec<i64> = other.split(',').map(|x| x.trim().parse::<i64>()).collect::<std::result::Result<_, _>>().map_err(|_| bad_shape(other))?;
+                let v: [i64; 6] = v.try_into().map_err(|_| bad_shape(other))?;
+                if v.iter().any(|&x| x <= 0) || v[0] != v[2] * v[3] {
+                    return Err(format!("shape `{other}`: every figure must be positive and hidden = heads * head_dim"));
+                }
+                Ok(shape(v))
+            }
+        }
+    }
+}
+
+fn bad_shape(s: &str) -> String {
+    format!("`{s}` is not a shape; use 7b, 1b, tiny or hidden,layers,heads,head_dim,intermediate,vocab")
+}
+
+impl Shape {
+    /// Parameters of the quantized linears (attention and MLP).
+    pub fn linear_params(&self) -> u64 {
+        let per_layer = 4 * self.hidden * self.hidden + 3 * self.hidden * self.intermediate;
+        (per_layer * self.layers) as u64
+    }
+
+    /// Parameters of the embedding and the untied head.
+    pub fn embedding_params(&self) -> u64 {
+        (2 * self.vocab * self.hidden) as u64
+    }
+
+    /// Bytes the run needs: packed codes and row scales, f32 embedding and head, one unpacked
+    /// matrix with its index, and the activations and logits of `seq` tokens.
+    pub fn estimate_bytes(&self, seq: i64) -> u64 {
+        let packed = self.linear_params() / 4 + 4 * (self.layers * (4 * self.hidden + 3 * self.intermediate)) as u64;
+        let embed = 4 * self.embedding_params();
+        let biggest = (self.hidden * self.intermediate) as u64 * 6;
+        let acts = (seq * (self.vocab + 8 * self.intermediate.max(self.hidden))) as u64 * 4 * 4;
+        packed + embed + biggest + acts
+    }
+
+    fn config(&self) -> Result<ModelConfig> {
+        let json = serde_json::json!({
+            "model_type": "llama",
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab,
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": false,
+        });
+        Ok(ModelConfig::from_json_str(&json.to_string())?)
+    }
+}
+
+/// A ternary linear that exists only packed; its matrix is unpacked for each forward pass.
+#[derive(Debug)]
+struct PackedTernary {
+    codes: Tensor,
+    scales: Tensor,
+    out_dim: i64,
+    in_dim: i64,
+    act_bits: Arc<AtomicU32>,
+}
+
+impl Linear for PackedTernary {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let w = unpack_codes(&self.codes, self.out_dim * self.in_dim).reshape([self.out_dim, self.in_dim]) * &self.scales;
+        let bits = self.act_bits.load(Ordering::Relaxed);
+        let x = if bits > 0 { act_quant_values(xs, bits, ActGranularity::PerToken) } else { xs.shallow_clone() };
+        x.linear(&w, None::<&Tensor>)
+    }
+}
+
+/// Builds packed random ternary linears (uniform codes, scales that keep unit variance) and a
+/// plain f32 embedding and head.
+struct RandomPackedBuilder {
+    act_bits: Arc<AtomicU32>,
+    /// The 81 bytes whose four base-4 digits are all valid codes (0, 1, 2 = code + 1).
+    valid_bytes: Tensor,
+}
+
+impl LinearBuilder for RandomPackedBuilder {
+    fn linear(&self, p: &nn::Path, spec: LinearSpec) -> autoqat_model::Result<Box<dyn Linear>> {
+        if spec.role == LinearRole::LmHead {
+            return PlainBuilder.linear(p, spec);
+        }
+        let n = spec.out_dim * spec.in_dim;
+        let pick = Tensor::randint(81, [(n + 3) / 4], (Kind::Int64, Device::Cpu));
+        let codes = self.valid_bytes.index_select(0, &pick).to_device(p.device());
+        // Uniform ternary codes have variance 2/3: this scale keeps unit-variance outputs.
+        let scale = 1.0 / ((spec.in_dim as f64) * 2.0 / 3.0).sqrt();
+        let scales = Tensor::full([spec.out_dim, 1], scale, (Kind::Float, p.device()));
+        Ok(Box::new(PackedTernary { codes, scales, out_dim: spec.out_dim, in_dim: spec.in_dim, act_bits: self.act_bits.clone() }))
+    }
+}
+
+/// One phase of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    /// `build`, `forward_a8` or `forward_a4`.
+    pub name: String,
+    /// Wall seconds.
+    pub seconds: f64,
+    /// Peak resident memory during the phase, MiB.
+    pub peak_rss_mb: f64,
+}
+
+/// What the dry run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    /// The shape.
+    pub shape: Shape,
+    /// Parameters in all.
+    pub params: u64,
+    /// Bytes of the packed linears.
+    pub packed_bytes: u64,
+    /// Bytes the same model would take dense in f32.
+    pub dense_fp32_bytes: u64,
+    /// The estimate checked before starting.
+    pub estimate_bytes: u64,
+    /// Tokens in the forward pass.
+    pub seq: i64,
+    /// Phases in order.
+    pub phases: Vec<Phase>,
+    /// max |logits(A8) - logits(A4)|.
+    pub logits_max_abs_diff: f64,
+    /// mean |logits(A8) - logits(A4)|.
+    pub logits_mean_abs_diff: f64,
+    /// Positions where A8 and A4 pick the same top-1 token.
+    pub top1_agreement: f64,
+}
+
+/// Bytes the kernel says could be allocated without swapping.
+pub fn available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Resets the peak resident set (Linux `clear_refs` 5), so each phase reports its own peak.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_mb() -> f64 {
+    autoqat_qat::train::outputs::peak_rss_mb()
+}
+
+/// Runs the dry run: build packed, forward `seq` random tokens at 8-bit then 4-bit activations.
+pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryRun> {
+    let estimate = shape.estimate_bytes(seq);
+    if let Some(avail) = available_bytes() {
+        if estimate > avail / 10 * 9 {
+            return Err(KdError::Config(format!(
+                "the shape needs about {:.1} GiB (packed weights {:.1} GiB, f32 embedding and head {:.1} GiB, one unpacked matrix, activations) but {:.1} GiB are available; pick a smaller --shape or free memory",
+                gib(estimate),
+                gib(shape.linear_params() / 4),
+                gib(4 * shape.embedding_params()),
+                gib(avail)
+            )));
+        }
+    }
+    tch::manual_seed(seed);
+    let cfg = shape.config()?;
+    let act_bits = Arc::new(AtomicU32::new(8));
+    let valid: Vec<u8> = (0u16..256).map(|b| b as u8).filter(|b| (0..4).all(|k| (b >> (2 * k)) & 3 < 3)).collect();
+    let builder = RandomPackedBuilder { act_bits: act_bits.clone(), valid_bytes: Tensor::from_slice(&valid) };
+    let mut phases = Vec::new();
+    reset_peak();
+    let t = Instant::now();
+    let (_vs, model) = build_causal_lm(&cfg, device, Kind::Float, &builder)?;
+    phases.push(Phase { name: "build".into(), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_mb() });
+    let ids = Tensor::randint(shape.vocab, [1, seq], (Kind::Int64, device));
+    let mut logits = Vec::new();
+    for bits in [8u32, 4] {
+        act_bits.store(bits, Ordering::Relaxed);
+        reset_peak();
+        let t = Instant::now();
+        let l = tch::no_grad(|| model.forward(&ids)).to_kind(Kind::Float);
+        phases.push(Phase { name: format!("forward_a{bits}"), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_mb() });
+        logits.push(l);
+    }
+    let diff = (&logits[0] - &logits[1]).abs();
+    let agree = logits[0].argmax(-1, false).eq_tensor(&logits[1].argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float);
+    let params = shape.linear_params() + shape.embedding_params() + (shape.layers * 2 + 1) as u64 * shape.hidden as u64;
+    Ok(DryRun {
+        shape,
+        params,
+        packed_bytes: shape.linear_params() / 4,
+        dense_fp32_bytes: 4 * params,
+        estimate_bytes: estimate,
+        seq,
+        phases,
+        logits_max_abs_diff: diff.max().double_value(&[]),
+        logits_mean_abs_diff: diff.mean(Kind::Float).double_value(&[]),
+        top1_agreement: agree.double_value(&[]),
+    })
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_parse_and_the_7b_estimate_is_far_below_dense() {
+        let s: Shape = "7b".parse().unwrap();
+        assert_eq!((s.hidden, s.layers, s.heads, s.head_dim), (4096, 32, 32, 128));
+        let dense = 4 * (s.linear_params() + s.embedding_params());
+        assert!(s.estimate_bytes(16) * 5 < dense, "{} vs {dense}", s.estimate_bytes(16));
+        assert!("12,2,3,4,5,6".parse::<Shape>().is_ok());
+        assert!("12,2,3,5,5,6".parse::<Shape>().unwrap_err().contains("hidden = heads * head_dim"));
+        assert!("huge".parse::<Shape>().unwrap_err().contains("7b, 1b, tiny"));
+    }
+
+    #[test]
+    fn a_tiny_dry_run_differs_between_a8_and_a4_but_stays_finite() {
+        let r = dry_run("tiny".parse().unwrap(), 8, 0, Device::Cpu).unwrap();
+        assert_eq!(r.phases.len(), 3);
+        assert!(r.logits_mean_abs_diff.is_finite() && r.logits_mean_abs_diff > 0.0, "{r:?}");
+        assert!(r.top1_agreement > 0.0 && r.top1_agreement <= 1.0);
+    }
+}

@@ -1,0 +1,39 @@
+//! Errors of the traces track; each names its cause and, where there is one, the fix.
+
+use std::path::{Path, PathBuf};
+
+/// Why a kd command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KdError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Loading or running a model failed.
+    #[error(transparent)]
+    Model(#[from] autoqat_model::ModelError),
+    /// A trace shard or index is unreadable.
+    #[error(transparent)]
+    Traces(#[from] autoqat_traces::TraceError),
+    /// The teacher's API failed or answered something unusable.
+    #[error("teacher: {0}")]
+    Teacher(String),
+    /// Bad input: flags, prompts, a trace directory from another collection.
+    #[error("{0}")]
+    Config(String),
+    /// A tensor operation failed.
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Result with [`KdError`].
+pub type Result<T> = std::result::Result<T, KdError>;
+
+/// A closure mapping an io error on `path` into [`KdError::Io`].
+pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KdError + '_ {
+    move |source| KdError::Io { path: path.to_path_buf(), source }
+}

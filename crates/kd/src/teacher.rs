@@ -1,0 +1,268 @@
+//! Teachers: an OpenAI-compatible chat-completions endpoint (through the research loop's HTTP
+//! client, so retries, Retry-After, timeouts and key scrubbing are the same code), or a local
+//! Hugging Face checkpoint decoded greedily with tch, so the whole track runs offline.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use autoqat_model::{greedy_decode, load_causal_lm, stop_ids, LoadedModel, PlainBuilder, TextTokenizer};
+use autoqat_research::proposer::http::{Http, Secret};
+use autoqat_research::settings::ProviderSettings;
+use serde_json::json;
+use tch::{Device, Kind};
+
+use crate::error::{KdError, Result};
+use crate::project::TeacherPosition;
+
+/// One deterministic answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The answer text.
+    pub text: String,
+    /// Per generated token: bytes and log-probabilities (empty when not asked for).
+    pub positions: Vec<TeacherPosition>,
+    /// Prompt tokens as the teacher counts them.
+    pub prompt_tokens: u64,
+    /// Generated tokens as the teacher counts them.
+    pub completion_tokens: u64,
+    /// Seconds from request to full answer.
+    pub latency_s: f64,
+}
+
+/// Something that answers prompts greedily.
+pub trait Teacher {
+    /// A description for indexes and reports (never a key).
+    fn describe(&self) -> String;
+    /// Answers `prompt` with at most `max_tokens` tokens, with the `top_k` alternatives of each
+    /// position (0: no log-probabilities).
+    fn answer(&mut self, prompt: &str, max_tokens: usize, top_k: usize) -> Result<Answer>;
+}
+
+/// How to reach a teacher, parsed from `openai:<model>` or `local:<dir>`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TeacherSpec {
+    /// An OpenAI-compatible endpoint serving `model`.
+    OpenAi {
+        /// Model name sent to the API.
+        model: String,
+    },
+    /// A local checkpoint directory.
+    Local(PathBuf),
+}
+
+impl std::str::FromStr for TeacherSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.split_once(':') {
+            Some(("openai", m)) if !m.is_empty() => Ok(TeacherSpec::OpenAi { model: m.to_string() }),
+            Some(("local", d)) if !d.is_empty() => Ok(TeacherSpec::Local(PathBuf::from(d))),
+            _ => Err(format!("`{s}` is not a teacher; use openai:<model> (with --base-url) or local:<hf-dir>")),
+        }
+    }
+}
+
+/// The OpenAI-compatible teacher.
+pub struct OpenAiTeacher {
+    http: Http,
+    secret: Secret,
+    url: String,
+    model: String,
+    min_interval: Duration,
+    last: Option<Instant>,
+}
+
+impl OpenAiTeacher {
+    /// A client for `settings.model` at `settings.base_url`, the key read from
+    /// `settings.api_key_env`, at most one request per `min_interval_s`.
+    pub fn new(settings: &ProviderSettings, min_interval_s: f64) -> Result<Self> {
+        let var = if settings.api_key_env.is_empty() { "OPENAI_API_KEY" } else { &settings.api_key_env };
+        let base = if settings.base_url.is_empty() { "https://api.openai.com/v1" } else { &settings.base_url };
+        Ok(OpenAiTeacher {
+            http: Http::new(settings).map_err(|e| KdError::Config(e.to_string()))?,
+            secret: Secret::from_env(var).map_err(|e| KdError::Config(e.to_string()))?,
+            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            model: settings.model.clone(),
+            min_interval: Duration::from_secs_f64(min_interval_s.max(0.0)),
+            last: None,
+        })
+    }
+}
+
+/// Bytes of one logprobs entry: its `bytes` array when the server sends one (exact, even for a
+/// piece of a multi-byte character), else its `token` text.
+fn entry_bytes(v: &serde_json::Value) -> Option<Vec<u8>> {
+    if let Some(arr) = v["bytes"].as_array() {
+        return arr.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect();
+    }
+    v["token"].as_str().map(|s| s.as_bytes().to_vec())
+}
+
+/// The positions of `choices[0].logprobs.content`.
+fn parse_positions(v: &serde_json::Value) -> Result<Vec<TeacherPosition>> {
+    let bad = |what: &str| KdError::Teacher(format!("the answer's logprobs are malformed ({what}); does the server support logprobs/top_logprobs?"));
+    let Some(content) = v["choices"][0]["logprobs"]["content"].as_array() else {
+        return Err(bad("no choices[0].logprobs.content"));
+    };
+    content
+        .iter()
+        .map(|e| {
+            let sample = entry_bytes(e).ok_or_else(|| bad("an entry without token or bytes"))?;
+            let sample_logprob = e["logprob"].as_f64().ok_or_else(|| bad("an entry without logprob"))?;
+            let top = e["top_logprobs"]
+                .as_array()
+                .ok_or_else(|| bad("an entry without top_logprobs"))?
+                .iter()
+                .map(|t| Some((entry_bytes(t)?, t["logprob"].as_f64()?)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("a top_logprobs entry without token or logprob"))?;
+            Ok(TeacherPosition { sample, sample_logprob, top })
+        })
+        .collect()
+}
+
+impl Teacher for OpenAiTeacher {
+    fn describe(&self) -> String {
+        format!("openai:{} @ {}", self.model, self.url)
+    }
+
+    fn answer(&mut self, prompt: &str, max_tokens: usize, top_k: usize) -> Result<Answer> {
+        if let Some(last) = self.last {
+            let since = last.elapsed();
+            if since < self.min_interval {
+                std::thread::sleep(self.min_interval - since);
+            }
+        }
+        self.last = Some(Instant::now());
+        let mut body = json!({
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0.0,
+            "max_tokens": max_tokens,
+        });
+        if top_k > 0 {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(top_k);
+        }
+        let headers = [("authorization", format!("Bearer {}", self.secret.expose()))];
+        let start = Instant::now();
+        let v = self.http.post_json(&self.url, &headers, &body, &self.secret).map_err(|e| KdError::Teacher(e.to_string()))?;
+        let latency_s = start.elapsed().as_secs_f64();
+        let text = v["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| KdError::Teacher("the answer has no choices[0].message.content".into()))?
+            .to_string();
+        let positions = if top_k > 0 { parse_positions(&v)? } else { Vec::new() };
+        Ok(Answer {
+            text,
+            prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+            completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(positions.len() as u64),
+            positions,
+            latency_s,
+        })
+    }
+}
+
+/// A local checkpoint answering with greedy decoding.
+pub struct LocalTeacher {
+    loaded: LoadedModel,
+    tok: TextTokenizer,
+    stop: Vec<i64>,
+    device: Device,
+}
+
+impl LocalTeacher {
+    /// Loads `dir` (full precision) on `device`.
+    pub fn new(dir: &Path, device: Device) -> Result<Self> {
+        let loaded = load_causal_lm(&dir.to_string_lossy(), device, Kind::Float, &PlainBuilder)?;
+        let tok = TextTokenizer::from_path(&loaded.dir)?;
+        let stop = stop_ids(&loaded.dir);
+        Ok(LocalTeacher { loaded, tok, stop, device })
+    }
+
+    /// The teacher's tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tok
+    }
+}
+
+/// The GPT-2 byte-level alphabet: byte -> the char a byte-level BPE writes for it.
+fn byte_level_char(b: u8) -> char {
+    let printable = (b'!'..=b'~').contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    if printable {
+        return char::from(b);
+    }
+    // Unprintable bytes take the code points from 256 upwards, in byte order.
+    let rank = (0..b).filter(|&x| !((b'!'..=b'~').contains(&x) || (0xa1..=0xac).contains(&x) || (0xae..=0xff).contains(&x))).count();
+    char::from_u32(256 + rank as u32).unwrap_or('\u{fffd}')
+}
+
+/// The exact bytes of token `id`: through the byte-level alphabet when the token is written in
+/// it (so a piece of a multi-byte character keeps its bytes), else its decoded text.
+pub fn token_bytes(tok: &TextTokenizer, id: i64) -> Vec<u8> {
+    let inner = tok.inner();
+    let id32 = id as u32;
+    let special = inner.get_added_tokens_decoder().get(&id32).map(|t| t.content.clone());
+    if let Some(content) = special {
+        return content.into_bytes();
+    }
+    if let Some(piece) = inner.id_to_token(id32) {
+        let inverse: std::collections::HashMap<char, u8> = (0..=255u8).map(|b| (byte_level_char(b), b)).collect();
+        if let Some(bytes) = piece.chars().map(|c| inverse.get(&c).copied()).collect::<Option<Vec<u8>>>() {
+            return bytes;
+        }
+    }
+    inner.decode(&[id32], false).unwrap_or_default().into_bytes()
+}
+
+impl Teacher for LocalTeacher {
+    fn describe(&self) -> String {
+        format!("local:{}", self.loaded.dir.display())
+    }
+
+    fn answer(&mut self, prompt: &str, max_tokens: usize, top_k: usize) -> Result<Answer> {
+        let ids = self.tok.encode(prompt)?;
+        let out = greedy_decode(&self.loaded.model, &ids, max_tokens, &self.stop, top_k, self.device)?;
+        let generated: Vec<u32> = out.steps.iter().map(|s| s.id as u32).collect();
+        let text = self.tok.inner().decode(&generated, true).unwrap_or_default();
+        let positions = if top_k == 0 {
+            Vec::new()
+        } else {
+            out.steps
+                .iter()
+                .map(|s| TeacherPosition {
+                    sample: token_bytes(&self.tok, s.id),
+                    sample_logprob: s.logprob,
+                    top: s.top.iter().map(|&(i, lp)| (token_bytes(&self.tok, i), lp)).collect(),
+                })
+                .collect()
+        };
+        Ok(Answer {
+            text,
+            positions,
+            prompt_tokens: ids.len() as u64,
+            completion_tokens: out.steps.len() as u64,
+            latency_s: out.total_s,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_level_alphabet_is_a_bijection_with_gpt2_landmarks() {
+        let chars: std::collections::HashSet<char> = (0..=255u8).map(byte_level_char).collect();
+        assert_eq!(chars.len(), 256);
+        assert_eq!(byte_level_char(b' '), 'Ġ');
+        assert_eq!(byte_level_char(b'\n'), 'Ċ');
+        assert_eq!(byte_level_char(b'a'), 'a');
+    }
+
+    #[test]
+    fn teacher_specs_parse_or_say_how() {
+        assert_eq!("openai:gpt-4o-mini".parse::<TeacherSpec>(), Ok(TeacherSpec::OpenAi { model: "gpt-4o-mini".into() }));
+        assert_eq!("local:/m".parse::<TeacherSpec>(), Ok(TeacherSpec::Local("/m".into())));
+        assert!("gpt".parse::<TeacherSpec>().unwrap_err().contains("openai:<model>"));
+    }
+}

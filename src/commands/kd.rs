@@ -1,0 +1,148 @@
+//! `autoqat kd baseline|collect|report`: the distillation-traces track's commands (the work is
+//! in `autoqat_kd`; this module parses, prints and names the fix when something is wrong).
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use autoqat_kd::baseline::{run_baseline, TeacherBaseline};
+use autoqat_kd::collect::{collect, read_prompts, tokenizer_hash, CollectOptions};
+use autoqat_kd::report::{report, weight_bytes, ReportInputs};
+use autoqat_kd::teacher::{LocalTeacher, OpenAiTeacher, Teacher, TeacherSpec};
+use autoqat_model::{parse_device, TextTokenizer};
+use autoqat_research::settings::ProviderSettings;
+
+use crate::cli::{KdBaselineArgs, KdCollectArgs, KdCommand, KdReportArgs, TeacherArgs};
+
+/// Runs `autoqat kd <command>`.
+pub fn run(cmd: KdCommand) -> anyhow::Result<()> {
+    match cmd {
+        KdCommand::Baseline(a) => baseline(a),
+        KdCommand::Collect(a) => collect_cmd(a),
+        KdCommand::Report(a) => report_cmd(a),
+    }
+}
+
+/// The teacher the flags name, and the weight bytes of a local one.
+fn open_teacher(a: &TeacherArgs) -> anyhow::Result<(Box<dyn Teacher>, Option<std::path::PathBuf>)> {
+    let spec: TeacherSpec = a.teacher.parse().map_err(anyhow::Error::msg)?;
+    match spec {
+        TeacherSpec::OpenAi { model } => {
+            let settings = ProviderSettings {
+                kind: "openai".into(),
+                model,
+                base_url: a.base_url.clone(),
+                api_key_env: a.api_key_env.clone(),
+                timeout_s: a.timeout_s,
+                max_retries: a.max_retries,
+                ..ProviderSettings::default()
+            };
+            Ok((Box::new(OpenAiTeacher::new(&settings, a.min_interval_s)?), None))
+        }
+        TeacherSpec::Local(dir) => {
+            let device = parse_device(&a.device)?;
+            let t = LocalTeacher::new(&dir, device).with_context(|| format!("cannot load the local teacher {}", dir.display()))?;
+            Ok((Box::new(t), Some(dir)))
+        }
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn baseline(a: KdBaselineArgs) -> anyhow::Result<()> {
+    let prompts = read_prompts(&a.teacher.prompts)?;
+    let (mut teacher, local) = open_teacher(&a.teacher)?;
+    let bytes = local.as_deref().map(weight_bytes).transpose()?;
+    let n = prompts.len();
+    let b = run_baseline(teacher.as_mut(), &prompts, a.teacher.max_tokens, bytes, &mut |ans| {
+        println!("[{:>4}/{n}] {} tokens in {:.3} s", ans.idx + 1, ans.completion_tokens, ans.latency_s);
+    })?;
+    write_json(&a.out, &b)?;
+    println!(
+        "teacher {}: {:.1} decode tokens/s, latency p50 {:.3} s p90 {:.3} s p99 {:.3} s, {} prompt + {} completion tokens -> {}",
+        b.teacher,
+        b.decode_tokens_per_s,
+        b.latency_p50_s,
+        b.latency_p90_s,
+        b.latency_p99_s,
+        b.prompt_tokens,
+        b.completion_tokens,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn collect_cmd(a: KdCollectArgs) -> anyhow::Result<()> {
+    let prompts = read_prompts(&a.teacher.prompts)?;
+    let tok_path = match (&a.student_tokenizer, a.teacher.teacher.parse::<TeacherSpec>()) {
+        (Some(t), _) => t.clone(),
+        (None, Ok(TeacherSpec::Local(dir))) => dir,
+        (None, _) => bail!("--student-tokenizer is required with an API teacher (the student's tokenizer.json or model directory)"),
+    };
+    let tok = TextTokenizer::from_path(&tok_path)?;
+    let hash = tokenizer_hash(&tok_path)?;
+    let (mut teacher, _) = open_teacher(&a.teacher)?;
+    let opts = CollectOptions {
+        prompts,
+        out: a.out.clone(),
+        top_k: a.top_k,
+        max_tokens: a.teacher.max_tokens,
+        template: a.template.clone(),
+        prompts_per_shard: a.prompts_per_shard,
+    };
+    let total = opts.prompts.len();
+    let mut fresh = 0usize;
+    let index = collect(teacher.as_mut(), &tok, &hash, &opts, &mut |p, index| {
+        fresh += 1;
+        println!("[{:>4}/{total}] prompt {}: {} positions, {} invalid -> {}", index.prompts.len(), p.idx, p.positions, p.invalid, p.shard);
+    })?;
+    let s = &index.stats;
+    println!(
+        "{} prompts collected ({} now, {} from before): {} positions, invalid rate {:.2}% (target < 2%), mean Other mass {:.4}, Top-K coverage {:.4} -> {}",
+        index.prompts.len(),
+        fresh,
+        index.prompts.len() - fresh,
+        s.positions,
+        100.0 * s.invalid_rate,
+        s.mean_other_mass,
+        s.topk_coverage,
+        a.out.display()
+    );
+    if s.invalid_rate >= 0.02 {
+        eprintln!(
+            "warning: {:.2}% of the positions are invalid (target < 2%): the student tokenizer cannot encode many teacher tokens, or --top-k covers nearly all the mass",
+            100.0 * s.invalid_rate
+        );
+    }
+    Ok(())
+}
+
+fn report_cmd(a: KdReportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.baseline)
+        .with_context(|| format!("cannot read the teacher baseline {} (hint: run `autoqat kd baseline` first)", a.baseline.display()))?;
+    let baseline: TeacherBaseline = serde_json::from_str(&text).with_context(|| format!("{} is not a teacher baseline", a.baseline.display()))?;
+    let Some(teacher_bytes) = a.teacher_bytes.or(baseline.weight_bytes) else {
+        bail!("the teacher's memory is unknown for an API teacher: pass --teacher-bytes (its parameters times 2 for bf16)");
+    };
+    let device = parse_device(&a.device)?;
+    let r = report(&ReportInputs { student: a.student.clone(), traces: a.traces.clone(), baseline: &baseline, teacher_bytes, device })?;
+    write_json(&a.out, &r)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("{:<10} {:>12} {:>16} {:>12}", "", "quality", "memory bytes", "tokens/s");
+    println!("{:<10} {:>12.4} {:>16} {:>12.1}", "student", r.quality_s, r.memory_s_bytes, r.tps_s);
+    println!("{:<10} {:>12.4} {:>16} {:>12.1}", "teacher", r.quality_t, r.memory_t_bytes, r.tps_t);
+    println!("quality: {} over {} positions (student NLL {:.4} nats)", r.quality_metric, r.positions, r.student_nll);
+    println!("QEI = (quality_s / quality_t) / (memory_s / memory_t) = {:.4}", r.qei);
+    println!("QEIspeed = QEI * TPS_s / TPS_t = {:.4}", r.qei_speed);
+    println!("-> {}", a.out.display());
+    Ok(())
+}
