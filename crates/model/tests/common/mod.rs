@@ -113,3 +113,60 @@ pub fn on_wikitext(reference: &serde_json::Value) -> bool {
 pub fn rel_err(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs()
 }
+
+/// The distillation-traces fixture made by `tests/reference/kd_ref.py`: a teacher pre-trained
+/// on real text with its tokenizer, a second tokenizer, prompts, held-out prompts, train and
+/// eval text. None (with the reason printed) when Python cannot run here.
+pub fn kd_fixture() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| script_fixture("kd-ref", &repo_root().join("tests/reference/kd_ref.py"), &["make"], "done.json"))
+        .as_deref()
+}
+
+/// `tests/reference/kd_server.py`: an OpenAI-compatible server on loopback whose answers come
+/// from a real model. Killed and reaped when dropped, so no test leaves it behind.
+pub struct Server {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>/v1`.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Serves `model` with the server's extra flags (`--fail-first 2`, `--require-key K`...).
+    pub fn start(model: &Path, extra: &[&str]) -> Option<Server> {
+        let py = python()?;
+        let dir = tempfile::tempdir().ok()?;
+        let port_file = dir.path().join("port");
+        let child = Command::new(py)
+            .arg(repo_root().join("tests/reference/kd_server.py"))
+            .arg(model)
+            .arg("--port-file")
+            .arg(&port_file)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut server = Server { child, url: String::new(), _dir: dir };
+        // Importing torch and transformers takes a few seconds.
+        for _ in 0..600 {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                server.url = format!("http://127.0.0.1:{}/v1", p.trim());
+                return Some(server);
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("kd_server.py exited with {status} before listening");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("kd_server.py did not listen within 60 s");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,240 @@
+//! The traces track against things we did not write: the projection against a plain Python
+//! implementation on two real tokenizers, the API teacher against a real HTTP server whose
+//! answers come from a transformers model (and against our local teacher on the same
+//! checkpoint), and collection surviving a failure half-way.
+
+#[path = "../../model/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+
+use autoqat_kd::collect::{collect, tokenizer_hash, CollectOptions};
+use autoqat_kd::project::{project, Projector, TeacherPosition};
+use autoqat_kd::teacher::{token_bytes, Answer, LocalTeacher, OpenAiTeacher, Teacher};
+use autoqat_kd::KdError;
+use autoqat_model::TextTokenizer;
+use autoqat_research::settings::ProviderSettings;
+use autoqat_traces::TraceIndex;
+use tch::Device;
+
+fn bytes_json(b: &[u8]) -> serde_json::Value {
+    serde_json::json!(b)
+}
+
+#[test]
+fn projection_matches_the_python_reference_across_vocabularies() {
+    let Some(fx) = common::kd_fixture() else { return };
+    let Some(py) = common::python() else { return };
+    let teacher_tok = TextTokenizer::from_path(&fx.join("teacher")).unwrap();
+    let student_tok = TextTokenizer::from_path(&fx.join("other_tok")).unwrap();
+    let vocab = teacher_tok.vocab_size() as i64;
+    // Every teacher token appears in some position's Top-20, plus hand-made ones: a whole
+    // two-byte character, a piece of one, and an empty token.
+    let mut positions: Vec<TeacherPosition> = (0..vocab)
+        .collect::<Vec<_>>()
+        .chunks(20)
+        .map(|ids| TeacherPosition {
+            sample: token_bytes(&teacher_tok, ids[0]),
+            sample_logprob: -3.5,
+            top: ids.iter().enumerate().map(|(j, &i)| (token_bytes(&teacher_tok, i), -3.5 - 0.1 * j as f64)).collect(),
+        })
+        .collect();
+    positions.push(TeacherPosition {
+        sample: "é".as_bytes().to_vec(),
+        sample_logprob: -0.5,
+        top: vec![("é".as_bytes().to_vec(), -0.5), (vec![0xc3], -1.5), (Vec::new(), -2.0), (" the".as_bytes().to_vec(), -3.0)],
+    });
+    positions.push(TeacherPosition { sample: vec![0xc3], sample_logprob: -0.1, top: vec![(vec![0xc3], -0.1)] });
+    let json: Vec<serde_json::Value> = positions
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "sample": bytes_json(&p.sample),
+                "top": p.top.iter().map(|(b, lp)| serde_json::json!([bytes_json(b), lp])).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let pos_file = dir.path().join("positions.json");
+    std::fs::write(&pos_file, serde_json::to_string(&json).unwrap()).unwrap();
+    let out = std::process::Command::new(py)
+        .arg(common::repo_root().join("tests/reference/kd_ref.py"))
+        .arg("project")
+        .arg(fx.join("other_tok/tokenizer.json"))
+        .arg(&pos_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+
+    let mut proj = Projector::new(&student_tok);
+    let (mut collisions, mut dropped) = (0, 0);
+    for (i, (p, w)) in positions.iter().zip(&want).enumerate() {
+        let got = project(p, &mut proj, 0, i as i32, "t", "h");
+        let ids: Vec<i64> = w["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let got_ids: Vec<i64> = got.row.topk_ids.iter().map(|&v| i64::from(v)).collect();
+        assert_eq!(got_ids, ids, "position {i}: ids");
+        for (a, b) in got.row.topk_logprobs.iter().zip(w["logprobs"].as_array().unwrap()) {
+            assert!((f64::from(*a) - b.as_f64().unwrap()).abs() < 1e-5, "position {i}: {a} vs {b}");
+        }
+        match w["other"].as_f64() {
+            Some(o) => assert!((f64::from(got.row.other_logprob) - o).abs() < 1e-5, "position {i}: other"),
+            None => assert!(got.row.other_logprob.is_nan(), "position {i}: other should be invalid"),
+        }
+        assert_eq!(i64::from(got.row.teacher_sample_id), w["sample"].as_i64().unwrap(), "position {i}: sample");
+        let encodable = p.top.iter().filter(|(b, _)| proj.first_id(b).is_some()).count();
+        collisions += usize::from(encodable > got.row.topk_ids.len());
+        dropped += usize::from(encodable < p.top.len());
+    }
+    assert!(collisions > 0, "the fixture must exercise a log-sum-exp merge");
+    assert!(dropped > 0, "the fixture must exercise a token with no student encoding");
+    let last = project(positions.last().unwrap(), &mut proj, 0, 0, "t", "h");
+    assert!(!last.row.is_valid(), "a sampled piece of a character has no student id: the row is invalid");
+}
+
+fn settings(url: &str, key_env: &str) -> ProviderSettings {
+    ProviderSettings {
+        kind: "openai".into(),
+        model: "teacher".into(),
+        base_url: url.into(),
+        api_key_env: key_env.into(),
+        timeout_s: 60.0,
+        max_retries: 3,
+        backoff_s: 0.01,
+        max_backoff_s: 0.1,
+        ..ProviderSettings::default()
+    }
+}
+
+fn assert_same_answer(a: &Answer, b: &Answer) {
+    assert_eq!(a.text, b.text);
+    assert_eq!(a.positions.len(), b.positions.len());
+    for (p, q) in a.positions.iter().zip(&b.positions) {
+        assert_eq!(p.sample, q.sample);
+        assert!((p.sample_logprob - q.sample_logprob).abs() < 1e-4);
+        for ((bp, lp), (bq, lq)) in p.top.iter().zip(&q.top) {
+            assert!((lp - lq).abs() < 1e-4, "{lp} vs {lq}");
+            // Near-ties may order differently; the log-probabilities above must not.
+            if (lp - lq).abs() < 1e-6 && bp != bq {
+                continue;
+            }
+            assert_eq!(bp, bq);
+        }
+    }
+}
+
+#[test]
+fn the_api_teacher_over_http_matches_the_local_teacher_and_keeps_its_key_secret() {
+    let Some(fx) = common::kd_fixture() else { return };
+    let teacher_dir = fx.join("teacher");
+    let key = "sk-test-kd-0123456789SECRET";
+    let Some(server) = common::Server::start(&teacher_dir, &["--fail-first", "2", "--require-key", key]) else { return };
+    std::env::set_var("AUTOQAT_KD_TEST_KEY", key);
+    let mut api = OpenAiTeacher::new(&settings(&server.url, "AUTOQAT_KD_TEST_KEY"), 0.0).unwrap();
+    let mut local = LocalTeacher::new(&teacher_dir, Device::Cpu).unwrap();
+    // The first two requests get 429: the client retries them (Retry-After: 0).
+    for prompt in ["The game began development in", "Robert Boulter is an English"] {
+        let a = api.answer(prompt, 12, 5).unwrap();
+        let b = local.answer(prompt, 12, 5).unwrap();
+        assert_eq!(a.completion_tokens, 12);
+        assert_eq!(a.prompt_tokens, b.prompt_tokens);
+        assert_same_answer(&a, &b);
+    }
+
+    // Traces collected over HTTP equal those computed locally, and the key is nowhere on disk.
+    let prompts: Vec<String> = std::fs::read_to_string(fx.join("prompts.txt")).unwrap().lines().take(5).map(String::from).collect();
+    let tok_path = teacher_dir.join("tokenizer.json");
+    let tok = TextTokenizer::from_path(&tok_path).unwrap();
+    let hash = tokenizer_hash(&tok_path).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = |out: &Path| CollectOptions {
+        prompts: prompts.clone(),
+        out: out.to_path_buf(),
+        top_k: 8,
+        max_tokens: 10,
+        template: "{prompt}".into(),
+        prompts_per_shard: 2,
+    };
+    let via_api = collect(&mut api, &tok, &hash, &opts(&tmp.path().join("api")), &mut |_, _| {}).unwrap();
+    let via_local = collect(&mut local, &tok, &hash, &opts(&tmp.path().join("local")), &mut |_, _| {}).unwrap();
+    let (ra, rl) = (via_api.read_rows(&tmp.path().join("api")).unwrap(), via_local.read_rows(&tmp.path().join("local")).unwrap());
+    assert_eq!(ra.len(), 50);
+    assert_eq!(ra.len(), rl.len());
+    for (a, l) in ra.iter().zip(&rl) {
+        assert_eq!((a.prompt_idx, a.step_idx, a.teacher_sample_id), (l.prompt_idx, l.step_idx, l.teacher_sample_id));
+        for (x, y) in a.topk_logprobs.iter().zip(&l.topk_logprobs) {
+            assert!((x - y).abs() < 1e-4);
+        }
+    }
+    for entry in std::fs::read_dir(tmp.path().join("api")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()), "the API key reached a file");
+    }
+    assert!(via_api.teacher.starts_with("openai:teacher @ http://127.0.0.1:"), "{}", via_api.teacher);
+
+    // A wrong key: one clear error, and the key it was given is not in it.
+    std::env::set_var("AUTOQAT_KD_TEST_WRONG_KEY", "sk-wrong-key-ABCDEFGHIJ");
+    let mut wrong = OpenAiTeacher::new(&settings(&server.url, "AUTOQAT_KD_TEST_WRONG_KEY"), 0.0).unwrap();
+    let err = wrong.answer("hello there", 4, 2).unwrap_err().to_string();
+    assert!(err.contains("401") && !err.contains("sk-wrong-key-ABCDEFGHIJ"), "{err}");
+}
+
+/// A teacher that fails at its `fail_at`-th answer, as a dropped connection or a kill would.
+struct Flaky<'a> {
+    inner: &'a mut LocalTeacher,
+    calls: usize,
+    fail_at: usize,
+}
+
+impl Teacher for Flaky<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn answer(&mut self, prompt: &str, max_tokens: usize, top_k: usize) -> autoqat_kd::Result<Answer> {
+        self.calls += 1;
+        if self.calls == self.fail_at {
+            return Err(KdError::Teacher("connection reset".into()));
+        }
+        self.inner.answer(prompt, max_tokens, top_k)
+    }
+}
+
+#[test]
+fn a_collection_stopped_half_way_resumes_without_torn_shards_or_repeats() {
+    let Some(fx) = common::kd_fixture() else { return };
+    let teacher_dir = fx.join("teacher");
+    let mut local = LocalTeacher::new(&teacher_dir, Device::Cpu).unwrap();
+    let tok_path = teacher_dir.join("tokenizer.json");
+    let tok = TextTokenizer::from_path(&tok_path).unwrap();
+    let hash = tokenizer_hash(&tok_path).unwrap();
+    let prompts: Vec<String> = std::fs::read_to_string(fx.join("prompts.txt")).unwrap().lines().take(10).map(String::from).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("traces");
+    let opts = CollectOptions { prompts, out: out.clone(), top_k: 6, max_tokens: 8, template: "Q: {prompt}".into(), prompts_per_shard: 4 };
+
+    let mut flaky = Flaky { inner: &mut local, calls: 0, fail_at: 7 };
+    let err = collect(&mut flaky, &tok, &hash, &opts, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("connection reset"), "{err}");
+    let index = TraceIndex::load(&out).unwrap().unwrap();
+    assert_eq!(index.done().into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 3], "only the finished shard counts");
+    let first_rows = index.read_rows(&out).unwrap();
+    // What a kill could leave: a torn partial file and a shard the index never listed.
+    std::fs::write(out.join("shard-00001.parquet.partial"), b"torn").unwrap();
+    std::fs::write(out.join("shard-00007.parquet"), b"orphan").unwrap();
+
+    let mut seen = Vec::new();
+    let index = collect(&mut local, &tok, &hash, &opts, &mut |p, _| seen.push(p.idx)).unwrap();
+    assert_eq!(seen, (4..10).collect::<Vec<i64>>(), "the re-run asks only what is missing");
+    let rows = index.read_rows(&out).unwrap();
+    assert_eq!(rows.len(), 80);
+    assert_eq!(&rows[..first_rows.len()], &first_rows[..]);
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.ends_with(".partial") || n == "shard-00007.parquet"), "{names:?}");
+    assert_eq!(index.stats.positions, 80);
+
+    // Another collection's flags on the same directory: refused, nothing touched.
+    let other = CollectOptions { top_k: 5, ..opts };
+    let err = collect(&mut local, &tok, &hash, &other, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("another collection") && err.contains("top-k 6"), "{err}");
+    assert_eq!(TraceIndex::load(&out).unwrap().unwrap().read_rows(&out).unwrap().len(), 80);
+}
