@@ -79,11 +79,12 @@ fn baseline(a: KdBaselineArgs) -> anyhow::Result<()> {
 }
 
 fn collect_cmd(a: KdCollectArgs) -> anyhow::Result<()> {
+    let spec: TeacherSpec = a.teacher.teacher.parse().map_err(anyhow::Error::msg)?;
     let prompts = read_prompts(&a.teacher.prompts)?;
-    let tok_path = match (&a.student_tokenizer, a.teacher.teacher.parse::<TeacherSpec>()) {
+    let tok_path = match (&a.student_tokenizer, spec) {
         (Some(t), _) => t.clone(),
-        (None, Ok(TeacherSpec::Local(dir))) => dir,
-        (None, _) => bail!("--student-tokenizer is required with an API teacher (the student's tokenizer.json or model directory)"),
+        (None, TeacherSpec::Local(dir)) => dir,
+        (None, TeacherSpec::OpenAi { .. }) => bail!("--student-tokenizer is required with an API teacher (the student's tokenizer.json or model directory)"),
     };
     let tok = TextTokenizer::from_path(&tok_path)?;
     let hash = tokenizer_hash(&tok_path)?;
