@@ -172,6 +172,9 @@ pub struct TeacherArgs {
     /// Device of a local teacher.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Prompt template; `{prompt}` is replaced by each prompt (e.g. a chat template).
+    #[arg(long, default_value = "{prompt}")]
+    pub template: String,
 }
 
 /// Arguments of `autoqat kd baseline`.
@@ -198,9 +201,6 @@ pub struct KdCollectArgs {
     /// The student's tokenizer.json or model directory (default: a local teacher's).
     #[arg(long)]
     pub student_tokenizer: Option<PathBuf>,
-    /// Prompt template; `{prompt}` is replaced by each prompt.
-    #[arg(long, default_value = "{prompt}")]
-    pub template: String,
     /// Prompts per Parquet shard.
     #[arg(long, default_value_t = 64)]
     pub prompts_per_shard: usize,

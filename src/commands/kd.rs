@@ -56,7 +56,11 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()>
 }
 
 fn baseline(a: KdBaselineArgs) -> anyhow::Result<()> {
-    let prompts = read_prompts(&a.teacher.prompts)?;
+    if !a.teacher.template.contains("{prompt}") {
+        bail!("the template `{}` has no {{prompt}} placeholder", a.teacher.template);
+    }
+    // The report decodes the same rendered prompts with the student.
+    let prompts: Vec<String> = read_prompts(&a.teacher.prompts)?.iter().map(|p| a.teacher.template.replace("{prompt}", p)).collect();
     let (mut teacher, local) = open_teacher(&a.teacher)?;
     let bytes = local.as_deref().map(weight_bytes).transpose()?;
     let n = prompts.len();
@@ -94,7 +98,7 @@ fn collect_cmd(a: KdCollectArgs) -> anyhow::Result<()> {
         out: a.out.clone(),
         top_k: a.top_k,
         max_tokens: a.teacher.max_tokens,
-        template: a.template.clone(),
+        template: a.teacher.template.clone(),
         prompts_per_shard: a.prompts_per_shard,
     };
     let total = opts.prompts.len();

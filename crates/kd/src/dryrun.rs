@@ -123,8 +123,6 @@ impl Linear for PackedTernary {
 /// plain f32 embedding and head.
 struct RandomPackedBuilder {
     act_bits: Arc<AtomicU32>,
-    /// The 81 bytes whose four base-4 digits are all valid codes (0, 1, 2 = code + 1).
-    valid_bytes: Tensor,
 }
 
 impl LinearBuilder for RandomPackedBuilder {
@@ -132,9 +130,16 @@ impl LinearBuilder for RandomPackedBuilder {
         if spec.role == LinearRole::LmHead {
             return PlainBuilder.linear(p, spec);
         }
-        let n = spec.out_dim * spec.in_dim;
-        let pick = Tensor::randint(81, [(n + 3) / 4], (Kind::Int64, Device::Cpu));
-        let codes = self.valid_bytes.index_select(0, &pick).to_device(p.device());
+        let m = (spec.out_dim * spec.in_dim + 3) / 4;
+        // Four base-4 digits (code + 1, each 0..=2) per byte, drawn and combined in u8 so that
+        // no wider temporary than the packed matrix itself is ever allocated.
+        let digit = || Tensor::randint(3, [m], (Kind::Uint8, Device::Cpu));
+        let mut codes = digit();
+        for _ in 0..3 {
+            let _ = codes.g_mul_scalar_(4);
+            let _ = codes.g_add_(&digit());
+        }
+        let codes = codes.to_device(p.device());
         // Uniform ternary codes have variance 2/3: this scale keeps unit-variance outputs.
         let scale = 1.0 / ((spec.in_dim as f64) * 2.0 / 3.0).sqrt();
         let scales = Tensor::full([spec.out_dim, 1], scale, (Kind::Float, p.device()));
@@ -151,6 +156,8 @@ pub struct Phase {
     pub seconds: f64,
     /// Peak resident memory during the phase, MiB.
     pub peak_rss_mb: f64,
+    /// Resident memory at the end of the phase, MiB.
+    pub rss_mb: f64,
 }
 
 /// What the dry run measured.
@@ -194,6 +201,12 @@ fn peak_mb() -> f64 {
     autoqat_qat::train::outputs::peak_rss_mb()
 }
 
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok());
+    kb.unwrap_or(0.0) / 1024.0
+}
+
 /// Runs the dry run: build packed, forward `seq` random tokens at 8-bit then 4-bit activations.
 pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryRun> {
     let estimate = shape.estimate_bytes(seq);
@@ -208,16 +221,22 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
             )));
         }
     }
+    // Matrices are unpacked and dropped one after another: with glibc's default threshold
+    // (which grows to 32 MiB) their buffers come from the heap, whose holes are not given back,
+    // and the resident set would grow with the heap's history instead of one matrix.
+    // SAFETY: mallopt only tunes glibc's allocator; any value is valid.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     tch::manual_seed(seed);
     let cfg = shape.config()?;
     let act_bits = Arc::new(AtomicU32::new(8));
-    let valid: Vec<u8> = (0u16..256).map(|b| b as u8).filter(|b| (0..4).all(|k| (b >> (2 * k)) & 3 < 3)).collect();
-    let builder = RandomPackedBuilder { act_bits: act_bits.clone(), valid_bytes: Tensor::from_slice(&valid) };
+    let builder = RandomPackedBuilder { act_bits: act_bits.clone() };
     let mut phases = Vec::new();
     reset_peak();
     let t = Instant::now();
     let (_vs, model) = build_causal_lm(&cfg, device, Kind::Float, &builder)?;
-    phases.push(Phase { name: "build".into(), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_mb() });
+    phases.push(Phase { name: "build".into(), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_mb(), rss_mb: rss_mb() });
     let ids = Tensor::randint(shape.vocab, [1, seq], (Kind::Int64, device));
     let mut logits = Vec::new();
     for bits in [8u32, 4] {
@@ -225,7 +244,7 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
         reset_peak();
         let t = Instant::now();
         let l = tch::no_grad(|| model.forward(&ids)).to_kind(Kind::Float);
-        phases.push(Phase { name: format!("forward_a{bits}"), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_mb() });
+        phases.push(Phase { name: format!("forward_a{bits}"), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_mb(), rss_mb: rss_mb() });
         logits.push(l);
     }
     let diff = (&logits[0] - &logits[1]).abs();
