@@ -67,6 +67,14 @@ pub fn run(args: TrialArgs) -> anyhow::Result<()> {
         println!("steps: {}", summary.steps);
         println!("time_s: {:.1}", summary.time_s);
         println!("summary: {}", run_dir.join("summary.json").display());
+        // A trace trial's exit gates (DESIGN.md 9), as checked at its end.
+        if let Ok(text) = std::fs::read_to_string(run_dir.join("gates.json")) {
+            if let Ok(g) = serde_json::from_str::<serde_json::Value>(&text) {
+                for gate in g["gates"].as_array().into_iter().flatten() {
+                    println!("gate {}: {} ({})", gate["name"].as_str().unwrap_or("?"), gate["status"].as_str().unwrap_or("?"), gate["detail"].as_str().unwrap_or(""));
+                }
+            }
+        }
     }
     if summary.status != "ok" {
         let reason = summary.error.unwrap_or_else(|| "unknown".into());

@@ -71,14 +71,16 @@ impl Shape {
         (2 * self.vocab * self.hidden) as u64
     }
 
-    /// Bytes the run needs: packed codes and row scales, f32 embedding and head, one unpacked
-    /// matrix with its index, and the activations and logits of `seq` tokens.
+    /// Bytes the run needs: the runtime itself (libtorch and this binary, about 400 MiB
+    /// measured), packed codes and row scales, f32 embedding and head, one unpacked matrix with
+    /// its index, and the activations and logits of `seq` tokens.
     pub fn estimate_bytes(&self, seq: i64) -> u64 {
         let packed = self.linear_params() / 4 + 4 * (self.layers * (4 * self.hidden + 3 * self.intermediate)) as u64;
         let embed = 4 * self.embedding_params();
         let biggest = (self.hidden * self.intermediate) as u64 * 6;
         let acts = (seq * (self.vocab + 8 * self.intermediate.max(self.hidden))) as u64 * 4 * 4;
-        packed + embed + biggest + acts
+        const RUNTIME: u64 = 400 << 20;
+        RUNTIME + packed + embed + biggest + acts
     }
 
     fn config(&self) -> Result<ModelConfig> {
