@@ -185,6 +185,10 @@ fn kd_commands_name_the_fix_for_bad_input() {
     let out = autoqat(dir, &["dryrun", "--shape", "huge"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("7b, 1b, tiny"), "{err}");
+    // A 2-trillion-parameter shape cannot fit here: refused with the estimate, before any work.
+    let out = autoqat(dir, &["dryrun", "--shape", "65536,400,512,128,262144,256000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("GiB are available; pick a smaller --shape"), "{err}");
 }
 
 #[test]

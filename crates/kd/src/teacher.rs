@@ -166,6 +166,7 @@ impl Teacher for OpenAiTeacher {
 pub struct LocalTeacher {
     loaded: LoadedModel,
     tok: TextTokenizer,
+    bytes: Vec<Vec<u8>>,
     stop: Vec<i64>,
     device: Device,
 }
@@ -176,12 +177,19 @@ impl LocalTeacher {
         let loaded = load_causal_lm(&dir.to_string_lossy(), device, Kind::Float, &PlainBuilder)?;
         let tok = TextTokenizer::from_path(&loaded.dir)?;
         let stop = stop_ids(&loaded.dir);
-        Ok(LocalTeacher { loaded, tok, stop, device })
+        let bytes = token_bytes_table(&tok);
+        Ok(LocalTeacher { loaded, tok, bytes, stop, device })
     }
 
     /// The teacher's tokenizer.
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tok
+    }
+
+    /// The bytes of token `id` (ids beyond the tokenizer, which a padded embedding can
+    /// produce, have none).
+    fn token(&self, id: i64) -> Vec<u8> {
+        usize::try_from(id).ok().and_then(|i| self.bytes.get(i)).cloned().unwrap_or_default()
     }
 }
 
@@ -196,22 +204,33 @@ fn byte_level_char(b: u8) -> char {
     char::from_u32(256 + rank as u32).unwrap_or('\u{fffd}')
 }
 
+/// Byte-level alphabet char -> byte, built once.
+fn byte_level_inverse() -> &'static std::collections::HashMap<char, u8> {
+    static INVERSE: std::sync::OnceLock<std::collections::HashMap<char, u8>> = std::sync::OnceLock::new();
+    INVERSE.get_or_init(|| (0..=255u8).map(|b| (byte_level_char(b), b)).collect())
+}
+
 /// The exact bytes of token `id`: through the byte-level alphabet when the token is written in
 /// it (so a piece of a multi-byte character keeps its bytes), else its decoded text.
 pub fn token_bytes(tok: &TextTokenizer, id: i64) -> Vec<u8> {
     let inner = tok.inner();
     let id32 = id as u32;
-    let special = inner.get_added_tokens_decoder().get(&id32).map(|t| t.content.clone());
-    if let Some(content) = special {
-        return content.into_bytes();
+    if let Some(t) = inner.get_added_tokens_decoder().get(&id32) {
+        return t.content.clone().into_bytes();
     }
+    let inverse = byte_level_inverse();
     if let Some(piece) = inner.id_to_token(id32) {
-        let inverse: std::collections::HashMap<char, u8> = (0..=255u8).map(|b| (byte_level_char(b), b)).collect();
         if let Some(bytes) = piece.chars().map(|c| inverse.get(&c).copied()).collect::<Option<Vec<u8>>>() {
             return bytes;
         }
     }
     inner.decode(&[id32], false).unwrap_or_default().into_bytes()
+}
+
+/// [`token_bytes`] of every id of `tok`, index = id: a decode step looks its 21 tokens up
+/// instead of asking the tokenizer (whose added-token map is rebuilt on every call).
+pub fn token_bytes_table(tok: &TextTokenizer) -> Vec<Vec<u8>> {
+    (0..tok.vocab_size() as i64).map(|id| token_bytes(tok, id)).collect()
 }
 
 impl Teacher for LocalTeacher {
@@ -230,9 +249,9 @@ impl Teacher for LocalTeacher {
             out.steps
                 .iter()
                 .map(|s| TeacherPosition {
-                    sample: token_bytes(&self.tok, s.id),
+                    sample: self.token(s.id),
                     sample_logprob: s.logprob,
-                    top: s.top.iter().map(|&(i, lp)| (token_bytes(&self.tok, i), lp)).collect(),
+                    top: s.top.iter().map(|&(i, lp)| (self.token(i), lp)).collect(),
                 })
                 .collect()
         };
