@@ -37,15 +37,20 @@ fn run_results_rebuild_and_log_through_the_cli() {
     for args in [&["init", "-q", "-b", "main"][..], &["add", "."], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]] {
         assert!(sh(ws, "git", args).status.success());
     }
-    // A dirty worktree is refused with one clear line.
-    std::fs::write(ws.join("stray.txt"), "x").unwrap();
+    // A change to a tracked file is refused with one clear line.
+    let trial_sh = std::fs::read_to_string(ws.join("trial.sh")).unwrap();
+    std::fs::write(ws.join("trial.sh"), format!("{trial_sh}\n# edited\n")).unwrap();
     let out = autoqat(ws, &["run", "--max-experiments", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains("uncommitted changes") && err.contains("stray.txt"), "{err}");
-    std::fs::remove_file(ws.join("stray.txt")).unwrap();
+    assert!(err.contains("uncommitted changes") && err.contains("trial.sh"), "{err}");
+    std::fs::write(ws.join("trial.sh"), trial_sh).unwrap();
 
+    // An untracked file outside the mutable paths (`autoqat run > run.log` in the workspace, as
+    // autoresearch users run it) cannot reach a commit: the run goes on and leaves it alone.
+    std::fs::write(ws.join("run.log"), "x").unwrap();
     let out = autoqat(ws, &["run", "--max-experiments", "4", "--provider", "builtin"]);
+    assert_eq!(std::fs::read_to_string(ws.join("run.log")).unwrap(), "x");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("stopped: reached the experiment limit") && stdout.contains("best: exp"), "{stdout}");
@@ -64,5 +69,6 @@ fn run_results_rebuild_and_log_through_the_cli() {
     assert!(log.contains("== exp 0 baseline") && log.contains("+lr = "), "{log}");
     let json: serde_json::Value = serde_json::from_slice(&autoqat(ws, &["log", "--json"]).stdout).unwrap();
     assert_eq!(json.as_array().map(|a| a.len()), Some(4));
-    assert!(sh(ws, "git", &["status", "--porcelain"]).stdout.is_empty());
+    // Nothing but the untracked log the user put there.
+    assert_eq!(String::from_utf8_lossy(&sh(ws, "git", &["status", "--porcelain"]).stdout), "?? run.log\n");
 }

@@ -5,11 +5,11 @@
 //! model code is the shared Llama; only the linear layers differ.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use autoqat_model::{build_causal_lm, Linear, LinearBuilder, LinearRole, LinearSpec, ModelConfig, PlainBuilder};
-use autoqat_qat::export::unpack_codes;
+use autoqat_qat::export::{code_table, unpack_codes_into};
 use autoqat_qat::quant::act::act_quant_values;
 use autoqat_recipe::ActGranularity;
 use serde::Serialize;
@@ -102,6 +102,15 @@ impl Shape {
     }
 }
 
+/// One buffer every linear unpacks its matrix into, sized for the largest: the resident set is
+/// the packed model plus this, and no forward pass allocates (or page-faults) a matrix.
+#[derive(Debug)]
+struct Scratch {
+    table: Tensor,
+    index: Tensor,
+    weights: Tensor,
+}
+
 /// A ternary linear that exists only packed; its matrix is unpacked for each forward pass.
 #[derive(Debug)]
 struct PackedTernary {
@@ -110,11 +119,15 @@ struct PackedTernary {
     out_dim: i64,
     in_dim: i64,
     act_bits: Arc<AtomicU32>,
+    scratch: Arc<Mutex<Scratch>>,
 }
 
 impl Linear for PackedTernary {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let w = unpack_codes(&self.codes, self.out_dim * self.in_dim).reshape([self.out_dim, self.in_dim]) * &self.scales;
+        let s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        unpack_codes_into(&self.codes, &s.table, &s.index, &s.weights);
+        let mut w = s.weights.narrow(0, 0, self.out_dim * self.in_dim).view([self.out_dim, self.in_dim]);
+        let _ = w.g_mul_(&self.scales);
         let bits = self.act_bits.load(Ordering::Relaxed);
         let x = if bits > 0 { act_quant_values(xs, bits, ActGranularity::PerToken) } else { xs.shallow_clone() };
         x.linear(&w, None::<&Tensor>)
@@ -125,6 +138,7 @@ impl Linear for PackedTernary {
 /// plain f32 embedding and head.
 struct RandomPackedBuilder {
     act_bits: Arc<AtomicU32>,
+    scratch: Arc<Mutex<Scratch>>,
 }
 
 impl LinearBuilder for RandomPackedBuilder {
@@ -145,7 +159,14 @@ impl LinearBuilder for RandomPackedBuilder {
         // Uniform ternary codes have variance 2/3: this scale keeps unit-variance outputs.
         let scale = 1.0 / ((spec.in_dim as f64) * 2.0 / 3.0).sqrt();
         let scales = Tensor::full([spec.out_dim, 1], scale, (Kind::Float, p.device()));
-        Ok(Box::new(PackedTernary { codes, scales, out_dim: spec.out_dim, in_dim: spec.in_dim, act_bits: self.act_bits.clone() }))
+        Ok(Box::new(PackedTernary {
+            codes,
+            scales,
+            out_dim: spec.out_dim,
+            in_dim: spec.in_dim,
+            act_bits: self.act_bits.clone(),
+            scratch: self.scratch.clone(),
+        }))
     }
 }
 
@@ -223,9 +244,9 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
             )));
         }
     }
-    // Matrices are unpacked and dropped one after another: with glibc's default threshold
-    // (which grows to 32 MiB) their buffers come from the heap, whose holes are not given back,
-    // and the resident set would grow with the heap's history instead of one matrix.
+    // Building draws each matrix's digits in temporaries between the kept codes: with glibc's
+    // default threshold (which grows to 32 MiB) they come from the heap, whose holes are not
+    // given back, and the resident set would grow with the heap's history.
     // SAFETY: mallopt only tunes glibc's allocator; any value is valid.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
@@ -233,7 +254,13 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
     tch::manual_seed(seed);
     let cfg = shape.config()?;
     let act_bits = Arc::new(AtomicU32::new(8));
-    let builder = RandomPackedBuilder { act_bits: act_bits.clone() };
+    let biggest = (shape.hidden * shape.hidden.max(shape.intermediate) + 3) / 4;
+    let scratch = Scratch {
+        table: code_table(device),
+        index: Tensor::zeros([biggest], (Kind::Int64, device)),
+        weights: Tensor::zeros([4 * biggest], (Kind::Float, device)),
+    };
+    let builder = RandomPackedBuilder { act_bits: act_bits.clone(), scratch: Arc::new(Mutex::new(scratch)) };
     let mut phases = Vec::new();
     reset_peak();
     let t = Instant::now();

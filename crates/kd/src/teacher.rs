@@ -76,10 +76,16 @@ impl OpenAiTeacher {
     /// `settings.api_key_env`, at most one request per `min_interval_s`.
     pub fn new(settings: &ProviderSettings, min_interval_s: f64) -> Result<Self> {
         let var = if settings.api_key_env.is_empty() { "OPENAI_API_KEY" } else { &settings.api_key_env };
+        let secret = Secret::from_env(var).map_err(|e| KdError::Config(e.to_string()))?;
+        Self::with_secret(settings, secret, min_interval_s)
+    }
+
+    /// As [`OpenAiTeacher::new`] with the key given rather than read from the environment.
+    pub fn with_secret(settings: &ProviderSettings, secret: Secret, min_interval_s: f64) -> Result<Self> {
         let base = if settings.base_url.is_empty() { "https://api.openai.com/v1" } else { &settings.base_url };
         Ok(OpenAiTeacher {
             http: Http::new(settings).map_err(|e| KdError::Config(e.to_string()))?,
-            secret: Secret::from_env(var).map_err(|e| KdError::Config(e.to_string()))?,
+            secret,
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
             model: settings.model.clone(),
             min_interval: Duration::from_secs_f64(min_interval_s.max(0.0)),

@@ -13,6 +13,7 @@ use autoqat_kd::project::{project, Projector, TeacherPosition};
 use autoqat_kd::teacher::{token_bytes, Answer, LocalTeacher, OpenAiTeacher, Teacher};
 use autoqat_kd::KdError;
 use autoqat_model::TextTokenizer;
+use autoqat_research::proposer::http::Secret;
 use autoqat_research::settings::ProviderSettings;
 use autoqat_traces::TraceIndex;
 use tch::Device;
@@ -92,12 +93,11 @@ fn projection_matches_the_python_reference_across_vocabularies() {
     assert!(!last.row.is_valid(), "a sampled piece of a character has no student id: the row is invalid");
 }
 
-fn settings(url: &str, key_env: &str) -> ProviderSettings {
+fn settings(url: &str) -> ProviderSettings {
     ProviderSettings {
         kind: "openai".into(),
         model: "teacher".into(),
         base_url: url.into(),
-        api_key_env: key_env.into(),
         timeout_s: 60.0,
         max_retries: 3,
         backoff_s: 0.01,
@@ -129,8 +129,7 @@ fn the_api_teacher_over_http_matches_the_local_teacher_and_keeps_its_key_secret(
     let teacher_dir = fx.join("teacher");
     let key = "sk-test-kd-0123456789SECRET";
     let Some(server) = common::Server::start(&teacher_dir, &["--fail-first", "2", "--require-key", key]) else { return };
-    std::env::set_var("AUTOQAT_KD_TEST_KEY", key);
-    let mut api = OpenAiTeacher::new(&settings(&server.url, "AUTOQAT_KD_TEST_KEY"), 0.0).unwrap();
+    let mut api = OpenAiTeacher::with_secret(&settings(&server.url), Secret::new(key), 0.0).unwrap();
     let mut local = LocalTeacher::new(&teacher_dir, Device::Cpu).unwrap();
     // The first two requests get 429: the client retries them (Retry-After: 0).
     for prompt in ["The game began development in", "Robert Boulter is an English"] {
@@ -173,8 +172,7 @@ fn the_api_teacher_over_http_matches_the_local_teacher_and_keeps_its_key_secret(
     assert!(via_api.teacher.starts_with("openai:teacher @ http://127.0.0.1:"), "{}", via_api.teacher);
 
     // A wrong key: one clear error, and the key it was given is not in it.
-    std::env::set_var("AUTOQAT_KD_TEST_WRONG_KEY", "sk-wrong-key-ABCDEFGHIJ");
-    let mut wrong = OpenAiTeacher::new(&settings(&server.url, "AUTOQAT_KD_TEST_WRONG_KEY"), 0.0).unwrap();
+    let mut wrong = OpenAiTeacher::with_secret(&settings(&server.url), Secret::new("sk-wrong-key-ABCDEFGHIJ"), 0.0).unwrap();
     let err = wrong.answer("hello there", 4, 2).unwrap_err().to_string();
     assert!(err.contains("401") && !err.contains("sk-wrong-key-ABCDEFGHIJ"), "{err}");
 }

@@ -58,13 +58,28 @@ pub fn pack_codes(codes: &Tensor) -> Tensor {
     (q.select(1, 0) + q.select(1, 1) * 4 + q.select(1, 2) * 16 + q.select(1, 3) * 64).to_kind(Kind::Uint8)
 }
 
+/// The `[256, 4]` f32 table that decodes a [`pack_codes`] byte into its four codes: a byte
+/// holds four base-4 digits (code + 1), so unpacking is one gather, with no int64 copy of
+/// every code.
+pub fn code_table(device: Device) -> Tensor {
+    let table: Vec<f32> = (0..256i64).flat_map(|b| (0..4).map(move |k| ((b >> (2 * k)) & 3) as f32 - 1.0)).collect();
+    Tensor::from_slice(&table).reshape([256, 4]).to_device(device)
+}
+
 /// Unpacks `n` codes (as f32 in {-1, 0, 1}) from [`pack_codes`] bytes.
 pub fn unpack_codes(packed: &Tensor, n: i64) -> Tensor {
-    // A byte holds four base-4 digits (code + 1); a 256 x 4 table decodes them in one gather,
-    // so unpacking a layer costs one pass and no int64 copy of every code.
-    let table: Vec<f32> = (0..256i64).flat_map(|b| (0..4).map(move |k| ((b >> (2 * k)) & 3) as f32 - 1.0)).collect();
-    let table = Tensor::from_slice(&table).reshape([256, 4]).to_device(packed.device());
-    table.index_select(0, &packed.flatten(0, -1).to_kind(Kind::Int64)).flatten(0, -1).narrow(0, 0, n)
+    code_table(packed.device()).index_select(0, &packed.flatten(0, -1).to_kind(Kind::Int64)).flatten(0, -1).narrow(0, 0, n)
+}
+
+/// Unpacks every code of `packed` into the front of `out` (f32, at least 4 values a byte)
+/// through `index` (i64 scratch, at least one value a byte), allocating nothing: for
+/// decoders that unpack one matrix at a time into the same buffer.
+pub fn unpack_codes_into(packed: &Tensor, table: &Tensor, index: &Tensor, out: &Tensor) {
+    let m = packed.numel() as i64;
+    let mut idx = index.narrow(0, 0, m);
+    idx.copy_(&packed.flatten(0, -1));
+    let dst = out.narrow(0, 0, 4 * m).view([m, 4]);
+    let _ = table.index_select_out(&dst, 0, &idx);
 }
 
 fn dequantized(h: &QuantHandle) -> Tensor {
@@ -261,7 +276,13 @@ mod tests {
             let packed = pack_codes(&codes);
             assert_eq!(packed.size(), vec![(n + 3) / 4]);
             let back = unpack_codes(&packed, n);
-            assert_eq!(Vec::<f32>::try_from(&back).unwrap(), Vec::<f32>::try_from(&codes.to_kind(Kind::Float)).unwrap());
+            let want = Vec::<f32>::try_from(&codes.to_kind(Kind::Float)).unwrap();
+            assert_eq!(Vec::<f32>::try_from(&back).unwrap(), want);
+            // Into a larger, dirty buffer: the front holds the codes.
+            let out = Tensor::full([4 * n + 8], 7.0, (Kind::Float, Device::Cpu));
+            let index = Tensor::zeros([n + 2], (Kind::Int64, Device::Cpu));
+            unpack_codes_into(&packed, &code_table(Device::Cpu), &index, &out);
+            assert_eq!(Vec::<f32>::try_from(&out.narrow(0, 0, n)).unwrap(), want);
         }
     }
 }

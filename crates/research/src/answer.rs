@@ -49,7 +49,11 @@ pub fn parse(text: &str) -> Result<Proposal, String> {
     })
 }
 
-fn check(p: Proposal) -> Result<Proposal, String> {
+fn check(mut p: Proposal) -> Result<Proposal, String> {
+    // Proposer text reaches terminals, commit messages, results.tsv and the report: no escape
+    // sequence or control character of it may act on any of them.
+    p.description = crate::results::one_line(&printable(&p.description));
+    p.rationale = printable(&p.rationale);
     if p.description.trim().is_empty() {
         return Err("`description` is empty".into());
     }
@@ -109,4 +113,55 @@ fn balanced(s: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// `text` without terminal escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ST`,
+/// two-character `ESC x`) and without control characters other than newline and tab.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            match chars.next() {
+                Some('[') => {
+                    // Parameters and intermediates, up to the final byte (@ to ~).
+                    for n in chars.by_ref() {
+                        if ('@'..='~').contains(&n) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    while let Some(n) = chars.next() {
+                        if n == '\u{7}' || (n == '\u{1b}' && chars.peek() == Some(&'\\')) {
+                            if n == '\u{1b}' {
+                                chars.next();
+                            }
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if c == '\n' || c == '\t' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_and_control_characters_are_dropped_before_anything_prints_them() {
+        let answer = "{\"description\": \"\\u001b[31mred\\u001b[0m lr\\u0007 \\u001b]0;title\\u0007up\\r\", \"rationale\": \"a\\nb\\u001b[2J\", \"edits\": [{\"path\": \"x\", \"search\": \"a\", \"replace\": \"b\"}]}";
+        let p = parse(answer).unwrap();
+        assert_eq!(p.description, "red lr up");
+        assert_eq!(p.rationale, "a\nb");
+        assert_eq!(printable("plain \u{e9}t\u{e9}\tok"), "plain \u{e9}t\u{e9}\tok");
+    }
 }

@@ -186,7 +186,7 @@ impl Driver {
             }
             git.checkout_branch(&tag)?;
         } else {
-            git.require_clean()?;
+            git.require_clean(&s.run.mutable_paths)?;
             if !records.is_empty() {
                 return Err(ResearchError::Workspace(format!(
                     "tag `{tag}` already has {} experiments; pass --resume to continue it or --tag to start another run",

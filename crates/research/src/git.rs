@@ -146,9 +146,25 @@ impl Git {
         Ok(statuses.iter().filter_map(|s| s.path().ok().map(str::to_string)).collect())
     }
 
-    /// Fails with the dirty paths listed unless the worktree is clean.
-    pub fn require_clean(&self) -> Result<()> {
-        let dirty = self.dirty_paths()?;
+    /// Changes that could reach an experiment commit or be lost when one is reverted: every
+    /// change to a tracked file, and an untracked file at a mutable path. Anything else
+    /// untracked (`autoqat run > run.log` inside the workspace) never reaches a commit.
+    pub fn blocking_changes(&self, mutable: &[String]) -> Result<Vec<String>> {
+        let mut opts = StatusOptions::new();
+        opts.include_untracked(true).include_ignored(false).recurse_untracked_dirs(true);
+        let statuses = self.repo.statuses(Some(&mut opts))?;
+        let at_mutable = |p: &str| mutable.iter().any(|m| p == m || p.starts_with(&format!("{}/", m.trim_end_matches('/'))));
+        Ok(statuses
+            .iter()
+            .filter(|s| s.status() != git2::Status::WT_NEW || s.path().is_ok_and(at_mutable))
+            .filter_map(|s| s.path().ok().map(str::to_string))
+            .collect())
+    }
+
+    /// Fails with the changes listed unless nothing that could reach a commit is changed (see
+    /// [`Git::blocking_changes`]).
+    pub fn require_clean(&self, mutable: &[String]) -> Result<()> {
+        let dirty = self.blocking_changes(mutable)?;
         if dirty.is_empty() {
             return Ok(());
         }

@@ -25,6 +25,11 @@ impl Secret {
         }
     }
 
+    /// A key held by the caller (read from a keyring, or made up by a test).
+    pub fn new(key: impl Into<String>) -> Secret {
+        Secret(key.into().trim().to_string())
+    }
+
     /// The key, for a request header only.
     pub fn expose(&self) -> &str {
         &self.0
