@@ -273,20 +273,23 @@ fn traces_from_llama_cpp_server_match_the_local_teacher() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::write(dir.join("p.txt"), "Write one sentence about the sea.\nName three colors.\nWhat is two plus two?\n").unwrap();
-    let template = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n";
-    let common_args = ["--prompts", "p.txt", "--max-tokens", "12", "--top-k", "5", "--template", template, "--device", "cpu"];
-    let run = |teacher: &str, out: &str| {
+    // The server applies the model's chat template itself (with its default system prompt);
+    // the local teacher is given the same rendering explicitly.
+    let chat = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n";
+    let common_args = ["--prompts", "p.txt", "--max-tokens", "12", "--top-k", "5", "--device", "cpu"];
+    let run = |teacher: &str, out: &str, template: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoqat"));
         cmd.args(["kd", "collect", "--teacher", teacher, "--base-url", &url, "--api-key-env", "AUTOQAT_LLAMA_KEY", "--out", out])
             .args(common_args)
+            .args(["--template", template])
             .arg("--student-tokenizer")
             .arg(&model)
             .env("AUTOQAT_LLAMA_KEY", "sk-llama-test-key")
             .current_dir(dir);
         ok(&cmd.output().unwrap())
     };
-    run("openai:smollm2", "api");
-    run(&format!("local:{}", model.display()), "local");
+    run("openai:smollm2", "api", "{prompt}");
+    run(&format!("local:{}", model.display()), "local", chat);
     let (api, local) = (json(&dir.join("api/index.json")), json(&dir.join("local/index.json")));
     assert!(api["stats"]["invalid_rate"].as_f64().unwrap() < 0.02, "{}", api["stats"]);
     assert!(api["stats"]["positions"].as_u64().unwrap() >= 3);
