@@ -39,7 +39,7 @@ impl Validator {
         match self {
             Validator::None => Ok(()),
             Validator::Autoqat(schema) => {
-                autoqat_recipe::parse(new).map_err(|e| e.to_string())?;
+                let parsed_new = autoqat_recipe::parse(new).map_err(|e| e.to_string())?;
                 let (o, n) = (parse_toml(old)?, parse_toml(new)?);
                 for f in schema.fields.iter().filter(|f| f.locked) {
                     if lookup(&o, &f.key) != lookup(&n, &f.key) {
@@ -59,10 +59,20 @@ impl Validator {
                         return Err(format!("`{}` = {} is not open to the proposer; expected one of {}", f.key, json, allowed.join(", ")));
                     }
                 }
+                // Changes the trial cannot see would cost a whole trial for nothing.
+                if let Ok(parsed_old) = autoqat_recipe::parse(old) {
+                    if parsed_old == parsed_new {
+                        return Err(NO_EFFECT.into());
+                    }
+                    inactive_change(schema, &parsed_old, &parsed_new)?;
+                }
                 Ok(())
             }
             Validator::Toml(schema) => {
                 let (o, n) = (parse_toml(old)?, parse_toml(new)?);
+                if o == n {
+                    return Err(NO_EFFECT.into());
+                }
                 for f in &schema.fields {
                     if let Some(v) = lookup(&n, &f.key) {
                         let json = toml_to_json(v);
@@ -90,6 +100,32 @@ impl Validator {
             }
         }
     }
+}
+
+/// Why a change whose parsed recipe equals the old one is refused.
+const NO_EFFECT: &str = "the recipe means the same after parsing (a value in another notation, or only comments or layout changed): the trial would read nothing new; propose a different value";
+
+/// Refuses a change to a key that has no effect under the new recipe (`deadzone_t` while the
+/// method is not the deadzone one, say); both recipes are compared after their defaults.
+fn inactive_change(schema: &Schema, old: &autoqat_recipe::Recipe, new: &autoqat_recipe::Recipe) -> Result<(), String> {
+    let (o, n) = (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default());
+    let at = |v: &serde_json::Value, key: &str| key.split('.').fold(Some(v.clone()), |cur, part| cur.and_then(|c| c.get(part).cloned()));
+    for f in &schema.fields {
+        let Some(cond) = &f.active_when else { continue };
+        if at(&o, &f.key) == at(&n, &f.key) {
+            continue;
+        }
+        if !at(&n, &cond.key).is_some_and(|v| cond.holds(&v)) {
+            let allowed: Vec<String> = cond.values.iter().map(|v| v.to_string()).collect();
+            return Err(format!(
+                "`{}` has no effect unless `{}` is {}; change that key in the same proposal, or another key",
+                f.key,
+                cond.key,
+                allowed.join(" or ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_toml(text: &str) -> Result<toml::Table, String> {
@@ -158,4 +194,25 @@ fn schema_from_settings(fields: &[FieldSetting]) -> Schema {
         })
         .collect();
     Schema { fields }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_the_trial_cannot_see_are_refused_with_the_reason() {
+        let v = Validator::Autoqat(autoqat_recipe::schema());
+        let old = "[optim]\nlr = 0.001\n[quant]\nmethod = \"ternary_absmean\"\n";
+        let same = |new: &str| v.check(old, new).unwrap_err();
+        assert!(same("[optim]\nlr = 1e-3\n[quant]\nmethod = \"ternary_absmean\"\n").contains("means the same"));
+        assert!(same("[optim]\nlr = 0.001 # faster\n[quant]\nmethod = \"ternary_absmean\"\n").contains("means the same"));
+        // Writing out a default is no change either.
+        assert!(same("[optim]\nlr = 0.001\nbeta1 = 0.9\n[quant]\nmethod = \"ternary_absmean\"\n").contains("means the same"));
+        let e = same("[optim]\nlr = 0.001\n[quant]\nmethod = \"ternary_absmean\"\ndeadzone_t = 0.6\n");
+        assert!(e.contains("`quant.deadzone_t` has no effect unless `quant.method` is \"ternary_deadzone\""), "{e}");
+        // With its condition met in the same proposal it is a real change.
+        assert!(v.check(old, "[optim]\nlr = 0.001\n[quant]\nmethod = \"ternary_deadzone\"\ndeadzone_t = 0.6\n").is_ok());
+        assert!(v.check(old, "[optim]\nlr = 0.003\n[quant]\nmethod = \"ternary_absmean\"\n").is_ok());
+    }
 }

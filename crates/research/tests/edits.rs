@@ -74,6 +74,8 @@ fn each_rejection_names_its_reason() {
         (edit(t, "lr = 0.001", "lr = = 0.5"), "not valid TOML"),
         (edit(t, "[quant]", "[quant]\nbits = 2\ngroup = 64\nx = 1\ny = 2\nz = 3"), "at most 4 are allowed"),
         (edit(t, "lr = 0.001", "lr = 0.001"), "change nothing"),
+        (edit(t, "lr = 0.001", "lr = 1e-3"), "means the same after parsing"),
+        (edit(t, "lr = 0.001", "lr = 0.001 # try"), "means the same after parsing"),
         (good.clone(), "already tried"),
     ];
     for (text, want) in cases {
