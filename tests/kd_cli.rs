@@ -115,8 +115,15 @@ print(json.dumps({"rows": sum(t.num_rows for t in tables), "types": {f.name: str
     let hard = trial(dir, "hard", &recipe(fx, "traces", 8000, 2e-3, 0, "kl_weight = 0.0\nce_weight = 1.0\nformat_weight = 0.0"));
     let untrained = trial(dir, "untrained", &recipe(fx, "traces", 0, 1e-7, 1, ""));
     let ppl = |s: &serde_json::Value| s["eval_ppl"].as_f64().unwrap();
-    assert!(ppl(&kd) < ppl(&untrained), "distilled {} vs untrained ternary {}", ppl(&kd), ppl(&untrained));
-    assert!(ppl(&kd) < ppl(&hard), "Top-K+Other KL {} vs hard labels {}", ppl(&kd), ppl(&hard));
+    // The comparison needs a teacher that knows real language: on the generated fallback corpus
+    // (random words, used when ../shared/data is absent) its greedy answers carry nothing to
+    // learn, so the comparison is skipped there, and says so.
+    if json(&fx.join("done.json"))["source"] == "wikitext" {
+        assert!(ppl(&kd) < ppl(&untrained), "distilled {} vs untrained ternary {}", ppl(&kd), ppl(&untrained));
+        assert!(ppl(&kd) < ppl(&hard), "Top-K+Other KL {} vs hard labels {}", ppl(&kd), ppl(&hard));
+    } else {
+        eprintln!("skipping the quality comparison: ../shared/data/wikitext-2-raw-test.txt is absent (the teacher learned random words)");
+    }
 
     let health = json(&dir.join("kd/health.json"));
     assert_eq!(health["flip_done"], true);

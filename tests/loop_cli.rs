@@ -72,3 +72,25 @@ fn run_results_rebuild_and_log_through_the_cli() {
     // Nothing but the untracked log the user put there.
     assert_eq!(String::from_utf8_lossy(&sh(ws, "git", &["status", "--porcelain"]).stdout), "?? run.log\n");
 }
+
+#[test]
+fn the_report_uses_the_noise_the_driver_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path();
+    std::fs::create_dir_all(ws.join("experiments")).unwrap();
+    std::fs::write(ws.join("experiments/train.toml"), RECIPE).unwrap();
+    std::fs::write(ws.join("trial.sh"), TRIAL).unwrap();
+    std::fs::write(ws.join("autoqat.toml"), format!("{SETTINGS}[noise]\nbaseline_repeats = 3\n")).unwrap();
+    for args in [&["init", "-q", "-b", "main"][..], &["add", "."], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]] {
+        assert!(sh(ws, "git", args).status.success());
+    }
+    let out = autoqat(ws, &["run", "--max-experiments", "1", "--provider", "builtin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // One baseline row in results.tsv, three runs behind it.
+    assert_eq!(std::fs::read_to_string(ws.join("results.tsv")).unwrap().lines().count(), 2);
+    let out = autoqat(ws, &["report"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = std::fs::read_to_string(ws.join("report/report.md")).unwrap();
+    assert!(md.contains("The baseline ran 3 times"), "{md}");
+    assert!(!md.contains("noise is unknown"), "{md}");
+}

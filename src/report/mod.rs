@@ -64,7 +64,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         rows: &rows,
         best,
         baseline,
-        noise: results::noise(&rows),
+        noise: measured_noise(workspace, &title).or_else(|| results::noise(&rows)),
         fp_ppl,
         diff: &diff,
         plot: "progress.png",
@@ -81,6 +81,21 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         best_exp: best.map(|i| rows[i].exp.clone()),
         best_diff: diff.iter().map(|d| d.unified.as_str()).collect(),
         experiments: rows.len(),
+    })
+}
+
+/// The noise the driver measured: its baseline repeats live in the baseline's git note (not
+/// in results.tsv, which has one row per experiment), so a report that counted baseline rows
+/// would call a measured σ unknown.
+fn measured_noise(workspace: &Path, tag: &str) -> Option<results::Noise> {
+    let git = autoqat_research::git::Git::open(workspace).ok()?;
+    let records = git.records(tag).ok()?;
+    let base = records.iter().find(|r| r.status == Some(Status::Baseline) && r.baseline_ppls.len() >= 2)?;
+    let ppls = &base.baseline_ppls;
+    Some(results::Noise {
+        n: ppls.len(),
+        mean: autoqat_research::noise::mean(ppls),
+        sigma: base.sigma.or_else(|| autoqat_research::noise::sigma(ppls))?,
     })
 }
 

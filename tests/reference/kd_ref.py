@@ -76,7 +76,7 @@ def make(out, wikitext=None):
     with open(os.path.join(out, "teacher", "trained.json"), "w") as f:
         json.dump({"final_train_loss": loss.item()}, f)
     with open(os.path.join(out, "done.json"), "w") as f:
-        json.dump({"lines": n}, f)
+        json.dump({"lines": n, "source": "wikitext" if wikitext else "generated"}, f)
 
 
 def project(tok_path, positions_path):

@@ -107,6 +107,15 @@ pub struct RunSummary {
     pub records: Vec<Record>,
 }
 
+/// The meaning key (`validate::recipe_key`) of the recipe at `commit`, when there is a schema
+/// to read it with and the commit holds the recipe.
+fn recipe_key_at(git: &Git, validator: &Validator, s: &Settings, commit: &str) -> Option<String> {
+    let schema = validator.schema()?;
+    let oid = git2::Oid::from_str(commit).ok()?;
+    let text = git.file_at(oid, s.run.mutable_paths.first()?)?;
+    crate::validate::recipe_key(schema, &text)
+}
+
 /// The journal of the experiment in flight.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pending {
@@ -195,10 +204,13 @@ impl Driver {
             }
             git.create_branch(&tag)?;
         }
-        let tried = records.iter().filter(|r| !r.diff_key.is_empty()).map(|r| r.diff_key.clone()).collect();
+        let validator = Validator::from_settings(&s);
+        let mut tried: HashSet<String> = records.iter().filter(|r| !r.diff_key.is_empty()).map(|r| r.diff_key.clone()).collect();
+        for r in &records {
+            tried.extend(recipe_key_at(&git, &validator, &s, &r.commit));
+        }
         let exe = std::env::current_exe().ok();
         let templates = Templates::load(&ws.join(&s.run.prompts_dir));
-        let validator = Validator::from_settings(&s);
         Ok(Driver {
             ws,
             s,
@@ -495,6 +507,7 @@ impl Driver {
         if !rec.diff_key.is_empty() {
             self.tried.insert(rec.diff_key.clone());
         }
+        self.tried.extend(recipe_key_at(&self.git, &self.validator, &self.s, &rec.commit));
         self.records.push(rec);
         Ok(())
     }

@@ -152,6 +152,22 @@ fn leaves(t: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
     }
 }
 
+/// A fingerprint of what a recipe means under `schema`: its keys with the schema's defaults
+/// filled in, values as parsed (so `1e-3` and `0.001`, comments, layout and key order do not
+/// matter). Two recipes with the same key run the same trial, whichever parent they came from.
+pub fn recipe_key(schema: &Schema, text: &str) -> Option<String> {
+    let table = parse_toml(text).ok()?;
+    let mut flat = Vec::new();
+    leaves(&table, "", &mut flat);
+    let mut meaning: std::collections::BTreeMap<String, String> =
+        flat.into_iter().map(|(k, v)| (k, toml_to_json(&v).to_string())).collect();
+    for f in schema.fields.iter().filter(|f| !f.default.is_null()) {
+        meaning.entry(f.key.clone()).or_insert_with(|| f.default.to_string());
+    }
+    let lines: String = meaning.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    Some(format!("recipe:{}", crate::focus::diff_key(&lines)))
+}
+
 /// A TOML scalar as JSON (for comparing with schema choices).
 pub fn toml_to_json(v: &toml::Value) -> serde_json::Value {
     match v {

@@ -42,6 +42,10 @@ fn through_provider(answer_text: &str, root: &std::path::Path, mutable: &[String
     answer::parse(&reply.text).and_then(|prop| edit::apply(&prop, &rules))
 }
 
+fn toy_schema() -> autoqat_recipe::Schema {
+    Validator::from_settings(&toy_settings()).schema().cloned().expect("the toy settings declare a schema")
+}
+
 #[test]
 fn each_rejection_names_its_reason() {
     let ws = workspace(&settings_toml("", ""));
@@ -78,6 +82,13 @@ fn each_rejection_names_its_reason() {
         (edit(t, "lr = 0.001", "lr = 0.001 # try"), "means the same after parsing"),
         (good.clone(), "already tried"),
     ];
+    // The recipe `good` produced, reached another way, counts as tried too.
+    let mut tried = tried;
+    tried.extend(autoqat_research::validate::recipe_key(&toy_schema(), &RECIPE.replace("lr = 0.001", "lr = 0.003")));
+    let cases: Vec<(String, &str)> = cases
+        .into_iter()
+        .chain([(edit(t, "lr = 0.001", "lr = 3e-3"), "this recipe was already tried")])
+        .collect();
     for (text, want) in cases {
         match through_provider(&text, root, &mutable, &tried) {
             Ok(a) => panic!("accepted {text}: {a:?}"),
@@ -125,6 +136,8 @@ fn builtin_never_repeats_a_tried_change_and_ends_when_exhausted() {
                 assert_eq!(a.changed_lines, 1);
                 assert!(!seen.contains(&a.diff_key));
                 seen.push(a.diff_key.clone());
+                // As the driver records an experiment: its diff and the meaning of its recipe.
+                tried.extend(autoqat_research::validate::recipe_key(&schema, &a.files[0].1));
                 tried.insert(a.diff_key);
             }
             Err(ProposerError::Exhausted(_)) => break,
