@@ -107,6 +107,14 @@ fn plot_marks_kept_points_green_and_discarded_grey() {
     let grey = count([170, 170, 170]);
     assert!(green > 3 * 100, "too few kept-marker pixels: {green}");
     assert!(grey > 2 * 30, "too few discarded-marker pixels: {grey}");
+    // Behind the points: the baseline's ±2σ band (σ of {50.0, 50.4}) and the full-precision
+    // teacher's line at 30.25, which the y range extends to so that it stays visible.
+    let band = count([222, 235, 250]);
+    let fp = count([60, 90, 200]);
+    assert!(band > 5000, "too few noise-band pixels: {band}");
+    assert!(fp > 1000, "too few full-precision line pixels: {fp}");
+    let svg = std::fs::read_to_string(dir.join("report/progress.svg")).unwrap();
+    assert!(svg.contains("baseline ± 2σ") && svg.contains("full-precision teacher (30.250)"), "svg lacks the reference legend");
     // Text was rendered (the font is compiled in): dark pixels beyond the axes alone.
     let dark = img.pixels().filter(|p| p.0.iter().all(|c| *c < 90)).count();
     assert!(dark > 2000, "no text drawn? dark pixels: {dark}");

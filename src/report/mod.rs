@@ -56,15 +56,17 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         _ => Vec::new(),
     };
     let fp_ppl = fp_ppl(workspace, &rows);
+    let noise = measured_noise(workspace, &title).or_else(|| results::noise(&rows));
     let png = out.join("progress.png");
     let svg = out.join("progress.svg");
-    plot::write(&rows, &title, &png, &svg)?;
+    let refs = plot::References { noise: noise.as_ref().map(|n| (n.mean, n.sigma)), fp_ppl };
+    plot::write(&rows, &title, refs, &png, &svg)?;
     let md = markdown::render(&markdown::Summary {
         title: &title,
         rows: &rows,
         best,
         baseline,
-        noise: measured_noise(workspace, &title).or_else(|| results::noise(&rows)),
+        noise,
         fp_ppl,
         diff: &diff,
         plot: "progress.png",

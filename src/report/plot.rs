@@ -1,6 +1,7 @@
 //! `progress.png` (and `progress.svg`): eval PPL per experiment, discarded ones in grey, kept
 //! ones in green with their descriptions, and the running best as a step line, in the manner
-//! of autoresearch's progress plot.
+//! of autoresearch's progress plot; behind them the baseline's noise band (±2σ, when the
+//! baseline was repeated) and the full-precision teacher's PPL as a reference line.
 
 use std::path::Path;
 
@@ -17,16 +18,30 @@ pub const HEIGHT: u32 = 600;
 
 pub(crate) const FONT: &str = "sans-serif";
 
+/// Reference levels drawn behind the experiments.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct References {
+    /// Mean and σ of the repeated baseline: the band mean ± 2σ.
+    pub noise: Option<(f64, f64)>,
+    /// The full-precision teacher's eval PPL.
+    pub fp_ppl: Option<f64>,
+}
+
+/// Colour of the noise band (opaque, so that the tests can find it).
+pub const BAND: RGBColor = RGBColor(222, 235, 250);
+/// Colour of the full-precision reference line.
+pub const FP_LINE: RGBColor = RGBColor(60, 90, 200);
+
 /// Writes the plot as PNG to `png` and as SVG to `svg`.
-pub fn write(rows: &[Row], title: &str, png: &Path, svg: &Path) -> anyhow::Result<()> {
+pub fn write(rows: &[Row], title: &str, refs: References, png: &Path, svg: &Path) -> anyhow::Result<()> {
     register_font();
     {
         let area = BitMapBackend::new(png, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&area, rows, title)?;
+        draw(&area, rows, title, refs)?;
         area.present().map_err(|e| anyhow!("cannot write {}: {e}", png.display()))?;
     }
     let area = SVGBackend::new(svg, (WIDTH, HEIGHT)).into_drawing_area();
-    draw(&area, rows, title)?;
+    draw(&area, rows, title, refs)?;
     area.present().map_err(|e| anyhow!("cannot write {}: {e}", svg.display()))?;
     Ok(())
 }
@@ -42,9 +57,14 @@ pub(crate) fn register_font() {
 
 /// Y range: the kept runs fully, discards up to a margin above the worst kept run, so that one
 /// diverged trial does not flatten everything else. Points above are drawn clipped at the top.
-fn y_range(rows: &[Row]) -> (f64, f64) {
+/// The references are part of the range, so that the teacher's line and the band stay visible.
+fn y_range(rows: &[Row], refs: References) -> (f64, f64) {
     let kept: Vec<f64> = rows.iter().filter(|r| r.is_kept()).filter_map(|r| r.eval_ppl).collect();
-    let all: Vec<f64> = rows.iter().filter_map(|r| r.eval_ppl).collect();
+    let mut all: Vec<f64> = rows.iter().filter_map(|r| r.eval_ppl).collect();
+    all.extend(refs.fp_ppl.filter(|p| p.is_finite()));
+    if let Some((m, s)) = refs.noise {
+        all.extend([m - 2.0 * s, m + 2.0 * s].into_iter().filter(|p| p.is_finite()));
+    }
     if all.is_empty() {
         return (1.0, 10.0);
     }
@@ -56,11 +76,11 @@ fn y_range(rows: &[Row]) -> (f64, f64) {
     ((lo - pad).max(0.0), hi + pad)
 }
 
-fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: &str) -> anyhow::Result<()> {
+fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: &str, refs: References) -> anyhow::Result<()> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plot: {e}");
     area.fill(&WHITE).map_err(err)?;
     let n = rows.len().max(1) as f64;
-    let (y0, y1) = y_range(rows);
+    let (y0, y1) = y_range(rows, refs);
     let kept_n = rows.iter().filter(|r| r.status() == Status::Keep).count();
     let caption = format!("{title}: {} experiments, {kept_n} kept", rows.len());
     let mut chart = ChartBuilder::on(area)
@@ -82,6 +102,22 @@ fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: 
         .draw()
         .map_err(err)?;
 
+    // Behind everything: differences inside the band are within the measured noise.
+    if let Some((m, s)) = refs.noise.filter(|(m, s)| m.is_finite() && s.is_finite() && *s > 0.0) {
+        let (lo, hi) = ((m - 2.0 * s).max(y0), (m + 2.0 * s).min(y1));
+        chart
+            .draw_series(std::iter::once(Rectangle::new([(-0.5, lo), (n - 0.5, hi)], BAND.filled())))
+            .map_err(err)?
+            .label("baseline ± 2σ")
+            .legend(move |(x, y)| Rectangle::new([(x - 8, y - 5), (x + 8, y + 5)], BAND.filled()));
+    }
+    if let Some(fp) = refs.fp_ppl.filter(|p| p.is_finite()) {
+        chart
+            .draw_series(LineSeries::new([(-0.5, fp), (n - 0.5, fp)], FP_LINE.stroke_width(2)))
+            .map_err(err)?
+            .label(format!("full-precision teacher ({fp:.3})"))
+            .legend(move |(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], FP_LINE.stroke_width(2)));
+    }
     let grey = RGBColor(170, 170, 170);
     let green = RGBColor(30, 160, 70);
     let red = RGBColor(200, 50, 50);
