@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use autoqat_kd::baseline::{run_baseline, TeacherBaseline};
-use autoqat_kd::collect::{collect, read_prompts, tokenizer_hash, CollectOptions};
+use autoqat_kd::collect::{collect, read_prompts, CollectOptions};
 use autoqat_kd::report::{report, weight_bytes, ReportInputs};
 use autoqat_kd::teacher::{LocalTeacher, OpenAiTeacher, Teacher, TeacherSpec};
 use autoqat_model::{parse_device, TextTokenizer};
@@ -91,7 +91,7 @@ fn collect_cmd(a: KdCollectArgs) -> anyhow::Result<()> {
         (None, TeacherSpec::OpenAi { .. }) => bail!("--student-tokenizer is required with an API teacher (the student's tokenizer.json or model directory)"),
     };
     let tok = TextTokenizer::from_path(&tok_path)?;
-    let hash = tokenizer_hash(&tok_path)?;
+    let hash = autoqat_traces::tokenizer_hash(&tok_path)?;
     let (mut teacher, _) = open_teacher(&a.teacher)?;
     let opts = CollectOptions {
         prompts,

@@ -51,13 +51,6 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-/// The hash a trace row stores for a tokenizer: of its `tokenizer.json` bytes.
-pub fn tokenizer_hash(tok_path: &Path) -> Result<String> {
-    let file = if tok_path.is_dir() { tok_path.join("tokenizer.json") } else { tok_path.to_path_buf() };
-    let bytes = std::fs::read(&file).map_err(io_err(&file))?;
-    Ok(autoqat_traces::short_hash(&bytes))
-}
-
 /// Opens (or starts) the index of `opts.out`, refusing one made by another collection, and
 /// removes what a killed run may have left (partial files, shards no prompt names).
 fn open_index(opts: &CollectOptions, teacher: &str, tok_hash: &str) -> Result<TraceIndex> {

@@ -121,7 +121,7 @@ pub fn report(inp: &ReportInputs<'_>) -> Result<KdReport> {
     }
     let tps_s = tokens as f64 / secs.max(1e-9);
 
-    let memory_s = std::fs::metadata(inp.student.join("model.safetensors")).map_err(io_err(&inp.student.join("model.safetensors")))?.len();
+    let memory_s = weight_bytes(&inp.student)?;
     let quality_s = agree / positions as f64;
     let quality_t = 1.0;
     let qei = (quality_s / quality_t) / (memory_s as f64 / inp.teacher_bytes as f64);

@@ -210,33 +210,24 @@ fn byte_level_char(b: u8) -> char {
     char::from_u32(256 + rank as u32).unwrap_or('\u{fffd}')
 }
 
-/// Byte-level alphabet char -> byte, built once.
-fn byte_level_inverse() -> &'static std::collections::HashMap<char, u8> {
-    static INVERSE: std::sync::OnceLock<std::collections::HashMap<char, u8>> = std::sync::OnceLock::new();
-    INVERSE.get_or_init(|| (0..=255u8).map(|b| (byte_level_char(b), b)).collect())
-}
-
-/// The exact bytes of token `id`: through the byte-level alphabet when the token is written in
-/// it (so a piece of a multi-byte character keeps its bytes), else its decoded text.
-pub fn token_bytes(tok: &TextTokenizer, id: i64) -> Vec<u8> {
-    let inner = tok.inner();
-    let id32 = id as u32;
-    if let Some(t) = inner.get_added_tokens_decoder().get(&id32) {
-        return t.content.clone().into_bytes();
-    }
-    let inverse = byte_level_inverse();
-    if let Some(piece) = inner.id_to_token(id32) {
-        if let Some(bytes) = piece.chars().map(|c| inverse.get(&c).copied()).collect::<Option<Vec<u8>>>() {
-            return bytes;
-        }
-    }
-    inner.decode(&[id32], false).unwrap_or_default().into_bytes()
-}
-
-/// [`token_bytes`] of every id of `tok`, index = id: a decode step looks its 21 tokens up
-/// instead of asking the tokenizer (whose added-token map is rebuilt on every call).
+/// The exact bytes of every token id of `tok`, index = id: through the byte-level alphabet
+/// when a token is written in it (so a piece of a multi-byte character keeps its bytes), its
+/// literal text for an added token, else its decoded text. A decode step looks its tokens up
+/// here instead of asking the tokenizer, whose added-token map is rebuilt on every call.
 pub fn token_bytes_table(tok: &TextTokenizer) -> Vec<Vec<u8>> {
-    (0..tok.vocab_size() as i64).map(|id| token_bytes(tok, id)).collect()
+    let inner = tok.inner();
+    let added: std::collections::HashMap<u32, String> =
+        inner.get_added_tokens_decoder().into_iter().map(|(id, t)| (id, t.content)).collect();
+    let inverse: std::collections::HashMap<char, u8> = (0..=255u8).map(|b| (byte_level_char(b), b)).collect();
+    (0..tok.vocab_size() as u32)
+        .map(|id| {
+            if let Some(content) = added.get(&id) {
+                return content.clone().into_bytes();
+            }
+            let byte_level = inner.id_to_token(id).and_then(|piece| piece.chars().map(|c| inverse.get(&c).copied()).collect());
+            byte_level.unwrap_or_else(|| inner.decode(&[id], false).unwrap_or_default().into_bytes())
+        })
+        .collect()
 }
 
 impl Teacher for LocalTeacher {

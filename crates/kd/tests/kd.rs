@@ -8,9 +8,10 @@ mod common;
 
 use std::path::Path;
 
-use autoqat_kd::collect::{collect, tokenizer_hash, CollectOptions};
+use autoqat_kd::collect::{collect, CollectOptions};
+use autoqat_traces::tokenizer_hash;
 use autoqat_kd::project::{project, Projector, TeacherPosition};
-use autoqat_kd::teacher::{token_bytes, Answer, LocalTeacher, OpenAiTeacher, Teacher};
+use autoqat_kd::teacher::{token_bytes_table, Answer, LocalTeacher, OpenAiTeacher, Teacher};
 use autoqat_kd::KdError;
 use autoqat_model::TextTokenizer;
 use autoqat_research::proposer::http::Secret;
@@ -28,16 +29,17 @@ fn projection_matches_the_python_reference_across_vocabularies() {
     let Some(py) = common::python() else { return };
     let teacher_tok = TextTokenizer::from_path(&fx.join("teacher")).unwrap();
     let student_tok = TextTokenizer::from_path(&fx.join("other_tok")).unwrap();
-    let vocab = teacher_tok.vocab_size() as i64;
+    let bytes = token_bytes_table(&teacher_tok);
+    let vocab = bytes.len() as i64;
     // Every teacher token appears in some position's Top-20, plus hand-made ones: a whole
     // two-byte character, a piece of one, and an empty token.
     let mut positions: Vec<TeacherPosition> = (0..vocab)
         .collect::<Vec<_>>()
         .chunks(20)
         .map(|ids| TeacherPosition {
-            sample: token_bytes(&teacher_tok, ids[0]),
+            sample: bytes[ids[0] as usize].clone(),
             sample_logprob: -3.5,
-            top: ids.iter().enumerate().map(|(j, &i)| (token_bytes(&teacher_tok, i), -3.5 - 0.1 * j as f64)).collect(),
+            top: ids.iter().enumerate().map(|(j, &i)| (bytes[i as usize].clone(), -3.5 - 0.1 * j as f64)).collect(),
         })
         .collect();
     positions.push(TeacherPosition {

@@ -25,17 +25,8 @@ pub struct DecodeStep {
 pub struct Decoded {
     /// Generated tokens (a stop token ends the answer and is not included).
     pub steps: Vec<DecodeStep>,
-    /// Seconds from the call to the first generated token (the prompt's forward pass).
-    pub first_token_s: f64,
-    /// Seconds of the whole call.
+    /// Seconds of the whole call, prompt included, as an API client would measure it.
     pub total_s: f64,
-}
-
-impl Decoded {
-    /// Generated tokens per second of the whole call (prompt included, as an API client sees it).
-    pub fn tokens_per_s(&self) -> f64 {
-        self.steps.len() as f64 / self.total_s.max(1e-9)
-    }
 }
 
 /// Greedily continues `prompt` by up to `max_new` tokens, stopping before any id in `stop`,
@@ -45,16 +36,12 @@ pub fn greedy_decode(model: &CausalLM, prompt: &[i64], max_new: usize, stop: &[i
     tch::no_grad(|| {
         let mut cache = KvCache::new();
         let mut steps = Vec::with_capacity(max_new);
-        let mut first_token_s = 0.0;
         let mut input = Tensor::from_slice(prompt).unsqueeze(0).to_device(device);
         while steps.len() < max_new {
             let logits = model.forward_cached(&input, &mut cache);
             let last = logits.get(0).get(-1).to_kind(Kind::Float);
             let logp = last.log_softmax(-1, Kind::Float);
             let id = logp.argmax(-1, false).int64_value(&[]);
-            if steps.is_empty() {
-                first_token_s = start.elapsed().as_secs_f64();
-            }
             if stop.contains(&id) {
                 break;
             }
@@ -69,7 +56,7 @@ pub fn greedy_decode(model: &CausalLM, prompt: &[i64], max_new: usize, stop: &[i
             steps.push(DecodeStep { id, logprob: logp.double_value(&[id]), top });
             input = Tensor::from_slice(&[id]).unsqueeze(0).to_device(device);
         }
-        Ok(Decoded { steps, first_token_s, total_s: start.elapsed().as_secs_f64() })
+        Ok(Decoded { steps, total_s: start.elapsed().as_secs_f64() })
     })
 }
 

@@ -85,6 +85,15 @@ pub fn short_hash(bytes: &[u8]) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The hash a trace row stores for a tokenizer: of its `tokenizer.json` bytes (`path` is the
+/// file or a model directory holding it). Collection writes it; training refuses traces whose
+/// hash is not its student's.
+pub fn tokenizer_hash(path: &Path) -> Result<String> {
+    let file = if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() };
+    let bytes = std::fs::read(&file).map_err(io_err(&file))?;
+    Ok(short_hash(&bytes))
+}
+
 /// Whether a token is structure rather than prose: non-empty and only JSON/code punctuation
 /// once whitespace is trimmed (what the format loss is for).
 pub fn is_struct_token(text: &str) -> bool {

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{io_err, Result};
+use super::outputs::write_json;
+use crate::error::Result;
 
 /// Steps whose post-clip gradient norm the gate reads.
 const GRAD_WINDOW: usize = 100;
@@ -74,14 +75,6 @@ impl Health {
     pub fn write(&self, run: &Path) -> Result<()> {
         write_json(run, "health.json", self)
     }
-}
-
-fn write_json<T: Serialize>(run: &Path, name: &str, value: &T) -> Result<()> {
-    let path = run.join(name);
-    let tmp = run.join(format!("{name}.tmp"));
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))
 }
 
 /// One exit gate.

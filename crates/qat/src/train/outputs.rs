@@ -141,9 +141,15 @@ impl RunFiles {
 
 /// Writes `summary.json` into `dir` (via a temporary file, so a reader never sees half of it).
 pub fn write_summary(dir: &Path, s: &Summary) -> Result<()> {
-    let path = dir.join("summary.json");
-    let tmp = dir.join("summary.json.tmp");
-    let text = serde_json::to_string_pretty(s).unwrap_or_default();
+    write_json(dir, "summary.json", s)
+}
+
+/// Writes pretty JSON to `dir/name` through `name.tmp` and a rename: the run directory's files
+/// (summary, health, gates) are read by other processes while the trial runs.
+pub fn write_json<T: serde::Serialize>(dir: &Path, name: &str, value: &T) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
     std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path))
 }

@@ -80,8 +80,7 @@ impl TraceData {
         let index = TraceIndex::load(dir)
             .map_err(|e| bad(e.to_string()))?
             .ok_or_else(|| bad("no index.json; run `autoqat kd collect --out <dir>` first".into()))?;
-        let bytes = std::fs::read(tok_file).map_err(crate::error::io_err(tok_file))?;
-        let hash = autoqat_traces::short_hash(&bytes);
+        let hash = autoqat_traces::tokenizer_hash(tok_file).map_err(|e| bad(e.to_string()))?;
         if hash != index.tokenizer_hash {
             return Err(bad(format!(
                 "the traces hold ids of tokenizer {} but the student's tokenizer ({}) is {hash}; collect again with --student-tokenizer set to the student",

@@ -456,7 +456,7 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
         fp_ppl: Some(fp_ppl),
         error: None,
     };
-    if recipe.traces.enabled || flip_at_tokens.is_some() {
+    if recipe.traces.enabled {
         let gates = Gates::check(&health, flip, flip_at_tokens, sched.a4_from, recipe.budget.tokens, total);
         for line in gates.lines() {
             files.log(&line);
