@@ -83,18 +83,14 @@ pub fn apply(p: &Proposal, rules: &EditRules) -> Result<Applied, String> {
     // With a schema, "tried" means the same recipe by meaning (values as parsed, defaults
     // included), whichever parent it came from; the same edit from a new best is a new recipe.
     // Without one, only the text of the change can be compared.
-    let recipe = rules.mutable_paths.first().and_then(|p| files.get(p)).map(|(_, new)| new);
-    let meaning = rules.validator.schema().zip(recipe).and_then(|(schema, new)| crate::validate::recipe_key(schema, new));
-    match meaning {
-        Some(k) if rules.tried.contains(&k) => {
-            return Err(format!(
-                "this recipe was already tried (the same values after parsing, defaults included, from this parent or another):\n{diff}propose something different"
-            ))
-        }
-        None if rules.tried.contains(&key) => {
-            return Err(format!("this exact change was already tried:\n{diff}propose something different"));
-        }
-        _ => {}
+    let recipe = rules.mutable_paths.first().and_then(|p| files.get(p)).map(|(_, new)| new.as_str());
+    let tried_as = crate::validate::tried_key(rules.validator.schema(), recipe, &key);
+    if rules.tried.contains(&tried_as) {
+        return Err(if tried_as == key {
+            format!("this exact change was already tried:\n{diff}propose something different")
+        } else {
+            format!("this recipe was already tried (the same values after parsing, defaults included, from this parent or another):\n{diff}propose something different")
+        });
     }
     Ok(Applied {
         files: files.into_iter().filter(|(_, (o, n))| o != n).map(|(p, (_, n))| (p, n)).collect(),

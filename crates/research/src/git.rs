@@ -138,27 +138,25 @@ impl Git {
         std::fs::write(&path, text).map_err(|e| ResearchError::io(&path, e))
     }
 
-    /// Paths with uncommitted changes (untracked files included, ignored ones not).
-    pub fn dirty_paths(&self) -> Result<Vec<String>> {
+    /// Every uncommitted change (untracked files included, ignored ones not) with its status.
+    fn changes(&self) -> Result<Vec<(String, git2::Status)>> {
         let mut opts = StatusOptions::new();
         opts.include_untracked(true).include_ignored(false).recurse_untracked_dirs(true);
         let statuses = self.repo.statuses(Some(&mut opts))?;
-        Ok(statuses.iter().filter_map(|s| s.path().ok().map(str::to_string)).collect())
+        Ok(statuses.iter().filter_map(|s| s.path().ok().map(|p| (p.to_string(), s.status()))).collect())
+    }
+
+    /// Paths with uncommitted changes (untracked files included, ignored ones not).
+    pub fn dirty_paths(&self) -> Result<Vec<String>> {
+        Ok(self.changes()?.into_iter().map(|(p, _)| p).collect())
     }
 
     /// Changes that could reach an experiment commit or be lost when one is reverted: every
     /// change to a tracked file, and an untracked file at a mutable path. Anything else
     /// untracked (`autoqat run > run.log` inside the workspace) never reaches a commit.
     pub fn blocking_changes(&self, mutable: &[String]) -> Result<Vec<String>> {
-        let mut opts = StatusOptions::new();
-        opts.include_untracked(true).include_ignored(false).recurse_untracked_dirs(true);
-        let statuses = self.repo.statuses(Some(&mut opts))?;
         let at_mutable = |p: &str| mutable.iter().any(|m| p == m || p.starts_with(&format!("{}/", m.trim_end_matches('/'))));
-        Ok(statuses
-            .iter()
-            .filter(|s| s.status() != git2::Status::WT_NEW || s.path().is_ok_and(at_mutable))
-            .filter_map(|s| s.path().ok().map(str::to_string))
-            .collect())
+        Ok(self.changes()?.into_iter().filter(|(p, st)| *st != git2::Status::WT_NEW || at_mutable(p)).map(|(p, _)| p).collect())
     }
 
     /// Fails with the changes listed unless nothing that could reach a commit is changed (see

@@ -109,7 +109,7 @@ const NO_EFFECT: &str = "the recipe means the same after parsing (a value in ano
 /// method is not the deadzone one, say); both recipes are compared after their defaults.
 fn inactive_change(schema: &Schema, old: &autoqat_recipe::Recipe, new: &autoqat_recipe::Recipe) -> Result<(), String> {
     let (o, n) = (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default());
-    let at = |v: &serde_json::Value, key: &str| key.split('.').fold(Some(v.clone()), |cur, part| cur.and_then(|c| c.get(part).cloned()));
+    let at = |v: &'_ serde_json::Value, key: &str| v.pointer(&format!("/{}", key.replace('.', "/"))).cloned();
     for f in &schema.fields {
         let Some(cond) = &f.active_when else { continue };
         if at(&o, &f.key) == at(&n, &f.key) {
@@ -166,6 +166,13 @@ pub fn recipe_key(schema: &Schema, text: &str) -> Option<String> {
     }
     let lines: String = meaning.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     Some(format!("recipe:{}", crate::focus::diff_key(&lines)))
+}
+
+/// What a change is remembered by in the tried set: the meaning of the recipe it produces
+/// ([`recipe_key`]) when a schema reads it, else the text of the change (its diff key). The
+/// edit rules and the builtin search both judge "already tried" by this.
+pub fn tried_key(schema: Option<&Schema>, recipe: Option<&str>, diff_key: &str) -> String {
+    schema.zip(recipe).and_then(|(s, r)| recipe_key(s, r)).unwrap_or_else(|| diff_key.to_string())
 }
 
 /// A TOML scalar as JSON (for comparing with schema choices).

@@ -107,12 +107,7 @@ pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
             let Some((search, replace)) = line_edit(ctx.recipe, &f.key, choice) else { continue };
             let new_text = ctx.recipe.replacen(&search, &replace, 1);
             let key = focus::diff_key(&focus::compact_diff(ctx.recipe_path, ctx.recipe, &new_text));
-            // As the edit rules judge it: by meaning when the recipe parses, else by the diff.
-            let tried = match crate::validate::recipe_key(schema, &new_text) {
-                Some(meaning) => ctx.tried.contains(&meaning),
-                None => ctx.tried.contains(&key),
-            };
-            if tried {
+            if ctx.tried.contains(&crate::validate::tried_key(Some(schema), Some(&new_text), &key)) {
                 continue;
             }
             let dist = cur_idx.map(|c| (c as i64 - ci as i64).abs()).unwrap_or(1);
