@@ -11,6 +11,7 @@ use std::time::Instant;
 use autoqat_model::{build_causal_lm, Linear, LinearBuilder, LinearRole, LinearSpec, ModelConfig, PlainBuilder};
 use autoqat_qat::export::{code_table, unpack_codes_into};
 use autoqat_qat::quant::act::act_quant_values;
+use autoqat_qat::train::outputs::{peak_rss_mb, rss_mb};
 use autoqat_recipe::ActGranularity;
 use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
@@ -220,16 +221,6 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn peak_mb() -> f64 {
-    autoqat_qat::train::outputs::peak_rss_mb()
-}
-
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok());
-    kb.unwrap_or(0.0) / 1024.0
-}
-
 /// Runs the dry run: build packed, forward `seq` random tokens at 8-bit then 4-bit activations.
 pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryRun> {
     let estimate = shape.estimate_bytes(seq);
@@ -265,7 +256,7 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
     reset_peak();
     let t = Instant::now();
     let (_vs, model) = build_causal_lm(&cfg, device, Kind::Float, &builder)?;
-    phases.push(Phase { name: "build".into(), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_mb(), rss_mb: rss_mb() });
+    phases.push(Phase { name: "build".into(), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_rss_mb(), rss_mb: rss_mb() });
     let ids = Tensor::randint(shape.vocab, [1, seq], (Kind::Int64, device));
     let mut logits = Vec::new();
     for bits in [8u32, 4] {
@@ -273,7 +264,7 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
         reset_peak();
         let t = Instant::now();
         let l = tch::no_grad(|| model.forward(&ids)).to_kind(Kind::Float);
-        phases.push(Phase { name: format!("forward_a{bits}"), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_mb(), rss_mb: rss_mb() });
+        phases.push(Phase { name: format!("forward_a{bits}"), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_rss_mb(), rss_mb: rss_mb() });
         logits.push(l);
     }
     let diff = (&logits[0] - &logits[1]).abs();

@@ -184,11 +184,21 @@ pub fn read_steps(dir: &Path) -> Result<Vec<StepRow>> {
 
 /// Peak resident memory of this process in MB (`VmHWM`), 0 where unknown.
 pub fn peak_rss_mb() -> f64 {
+    proc_status_mb("VmHWM:")
+}
+
+/// Resident memory of this process now in MB (`VmRSS`), 0 where unknown.
+pub fn rss_mb() -> f64 {
+    proc_status_mb("VmRSS:")
+}
+
+/// A kB field of `/proc/self/status`, in MB.
+fn proc_status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
         })
         .map(|kb| kb / 1024.0)
