@@ -36,7 +36,7 @@ pub struct Written {
 /// Reads `<workspace>/results.tsv` and git, writes the report into `out` (default
 /// `<workspace>/report`).
 pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyhow::Result<Written> {
-    let path = workspace.join("results.tsv");
+    let path = autoqat_workspace::Layout::new(workspace).results();
     anyhow::ensure!(
         path.is_file(),
         "cannot read {} (hint: run `autoqat run` first, or `autoqat results --rebuild`)",
@@ -101,14 +101,15 @@ fn measured_noise(workspace: &Path, tag: &str) -> Option<results::Noise> {
     })
 }
 
-/// `fp_ppl` from the first trial summary that has one (`runs/<exp>/summary.json`): the
-/// full-precision floor every trial is measured against.
+/// `fp_ppl` from the first trial summary that has one (in the run directory the settings
+/// name): the full-precision floor every trial is measured against.
 fn fp_ppl(workspace: &Path, rows: &[Row]) -> Option<f64> {
+    let settings = autoqat_research::settings::Settings::load(workspace).ok();
+    let template = settings.as_ref().map_or(autoqat_workspace::layout::RUN_DIR_TEMPLATE, |s| s.trial.run_dir.as_str());
+    let layout = autoqat_workspace::Layout::new(workspace);
     rows.iter().find_map(|r| {
-        let path = workspace.join(format!("runs/{:04}/summary.json", r.record.exp));
-        let text = std::fs::read_to_string(path).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v.get("fp_ppl")?.as_f64().filter(|p| p.is_finite())
+        let summary = autoqat_workspace::run::read_summary(&layout.run_dir(template, r.record.exp)).ok()??;
+        summary.fp_ppl.filter(|p| p.is_finite())
     })
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use autoqat_research::results::{self, Row};
+use autoqat_workspace::{run, Layout};
 
 /// The last evaluated step of the running trial.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -57,21 +58,22 @@ pub struct Status {
 
 /// Reads the workspace's state.
 pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
+    let layout = Layout::new(ws);
     anyhow::ensure!(
-        ws.join("autoqat.toml").is_file(),
+        layout.config().is_file(),
         "{} is not an autoqat workspace (no autoqat.toml; hint: pass --workspace DIR)",
         ws.display()
     );
     // No results.tsv yet: the run has not finished its baseline.
-    let rows: Vec<Row> = results::read(&ws.join("results.tsv"))?;
+    let rows: Vec<Row> = results::read(&layout.results())?;
     let running = lock_held(ws);
     let next = rows.iter().map(|r| r.record.exp).max().map_or(0, |m| m + 1);
     let (current_exp, run_dir, trial, current_description) = if running {
         let settings = autoqat_research::settings::Settings::load(ws)?;
         let rel = settings.run_dir(next);
         let dir = ws.join(&rel);
-        let total = autoqat_recipe::load(&ws.join("experiments/train.toml")).ok().map(|r| r.total_steps());
-        let trial = read_steps(&dir.join("steps.tsv"), total);
+        let total = autoqat_recipe::load(&layout.recipe()).ok().map(|r| r.total_steps());
+        let trial = read_steps(&dir.join(run::STEPS_FILE), total);
         (Some(next), Some(rel), trial, head_subject(ws))
     } else {
         (None, None, None, None)
@@ -98,7 +100,7 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
 
 /// Whether another process holds `.autoqat/lock` (the research loop takes it with flock).
 fn lock_held(ws: &Path) -> bool {
-    let path = ws.join(".autoqat/lock");
+    let path = Layout::new(ws).lock();
     let Ok(file) = std::fs::OpenOptions::new().read(true).open(&path) else {
         return false;
     };
@@ -118,17 +120,11 @@ fn head_subject(ws: &Path) -> Option<String> {
     commit.summary().ok().flatten().map(str::to_string)
 }
 
-/// The last row of a trial's `steps.tsv` (DESIGN.md 4 columns), read by name.
+/// The last row of a trial's `steps.tsv` (DESIGN.md 4 columns), read by the workspace's reader.
 pub fn read_steps(path: &Path, total_steps: Option<u64>) -> Option<TrialProgress> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next()?.split('\t').collect();
-    let last: Vec<&str> = lines.last()?.split('\t').collect();
-    let get = |name: &str| -> Option<f64> {
-        let i = header.iter().position(|h| h.trim() == name)?;
-        last.get(i)?.trim().parse::<f64>().ok().filter(|v| v.is_finite())
-    };
-    let step = get("step")? as u64;
+    let last = run::read_steps(path).ok()?.pop()?;
+    let get = |name: &str| last.get(name).filter(|v| v.is_finite());
+    let step = last.step;
     let time_s = get("time_s");
     let eta_s = match (time_s, total_steps) {
         (Some(t), Some(total)) if step > 0 && total >= step => Some(t / step as f64 * (total - step) as f64),

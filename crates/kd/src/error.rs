@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum KdError {
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Loading or running a model failed.
     #[error(transparent)]
@@ -27,7 +27,7 @@ pub enum KdError {
     Config(String),
     /// A tensor operation failed.
     #[error("torch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(tch::TchError),
 }
 
 /// Result with [`KdError`].
@@ -35,5 +35,12 @@ pub type Result<T> = std::result::Result<T, KdError>;
 
 /// A closure mapping an io error on `path` into [`KdError::Io`].
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KdError + '_ {
-    move |source| KdError::Io { path: path.to_path_buf(), source }
+    move |cause| KdError::Io { path: path.to_path_buf(), cause }
+}
+
+// By hand rather than `#[from]`, so the message is not repeated as a separate cause.
+impl From<tch::TchError> for KdError {
+    fn from(e: tch::TchError) -> Self {
+        KdError::Torch(e)
+    }
 }

@@ -35,6 +35,11 @@ impl TextTokenizer {
         Ok(Self { inner, path: origin.to_path_buf() })
     }
 
+    /// The `tokenizer.json` this was read from (or the origin named by `from_bytes`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Encodes a whole text to ids, with the tokenizer's special tokens (as `tokenizer(text)` in
     /// transformers).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {

@@ -10,14 +10,14 @@ pub enum QatError {
     Model(#[from] autoqat_model::ModelError),
     /// A torch operation failed.
     #[error("torch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(tch::TchError),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not chained, so it prints once).
+        cause: std::io::Error,
     },
     /// The recipe cannot run as written (the message names the key).
     #[error("{0}")]
@@ -30,10 +30,26 @@ pub enum QatError {
     Checkpoint(String),
 }
 
+// By hand rather than `#[from]`, so the message is not repeated as a separate cause.
+impl From<tch::TchError> for QatError {
+    fn from(e: tch::TchError) -> Self {
+        QatError::Torch(e)
+    }
+}
+
+impl From<autoqat_workspace::WorkspaceError> for QatError {
+    fn from(e: autoqat_workspace::WorkspaceError) -> Self {
+        match e {
+            autoqat_workspace::WorkspaceError::Io { path, cause } => QatError::Io { path, cause },
+            other => QatError::Checkpoint(other.to_string()),
+        }
+    }
+}
+
 /// Result with [`QatError`].
 pub type Result<T> = std::result::Result<T, QatError>;
 
 /// Maps an I/O error to [`QatError::Io`] naming `path`.
 pub fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> QatError + '_ {
-    move |source| QatError::Io { path: path.to_path_buf(), source }
+    move |cause| QatError::Io { path: path.to_path_buf(), cause }
 }

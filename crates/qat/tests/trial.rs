@@ -206,3 +206,35 @@ fn group_size_that_does_not_divide_is_a_crash_naming_the_fix() {
     let err = s.error.unwrap();
     assert!(err.contains("group256") && err.contains("q_proj") && err.contains("hint"), "{err}");
 }
+
+#[test]
+fn trial_reads_the_token_cache_and_ignores_a_stale_one() {
+    let Some(model) = common::tiny_model() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let text_path = data.path().join("train.txt");
+    let text = std::fs::read_to_string(model.join("train.txt")).unwrap();
+    std::fs::write(&text_path, &text).unwrap();
+    let tok_json = std::fs::read(model.join("tokenizer.json")).unwrap();
+    let real = TextTokenizer::from_path(&model).unwrap().encode(&text).unwrap();
+    // A cache shorter than what the text encodes to: only a trial that read it reports its length.
+    let cached: Vec<u32> = real.iter().take(real.len() / 2).map(|&i| i as u32).collect();
+    autoqat_workspace::tokens::ensure(&text_path, &text, &tok_json, |_| Ok::<_, String>(cached.clone())).unwrap();
+    let recipe = common::tiny_recipe(
+        &model,
+        &format!(
+            "[data]\ntrain_text = \"{}\"\n[budget]\nsteps = 2\neval_every = 2\ncheckpoint_every = 0\n[distill]\nenabled = false\n",
+            text_path.display()
+        ),
+    );
+    let run = tempfile::tempdir().unwrap();
+    let summary = run_trial(&recipe, TrialOptions::new(run.path()));
+    assert_eq!(summary.status, "ok", "{:?}", summary.error);
+    assert_eq!(lines_with(&run.path().join("trial.log"), "train tokens"), [format!("train tokens {}", cached.len())]);
+
+    // The text changed after `prepare`: the cache no longer matches and the trial encodes.
+    std::fs::write(&text_path, format!("{text}\nOne more line.")).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    assert_eq!(run_trial(&recipe, TrialOptions::new(run.path())).status, "ok");
+    let line = lines_with(&run.path().join("trial.log"), "train tokens");
+    assert!(line[0] != format!("train tokens {}", cached.len()) && line[0].starts_with("train tokens "), "{line:?}");
+}

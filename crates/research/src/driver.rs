@@ -149,13 +149,7 @@ pub struct Driver {
 }
 
 fn pending_path(ws: &Path) -> PathBuf {
-    ws.join(".autoqat").join("pending.json")
-}
-
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| ResearchError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ResearchError::io(path, e))
+    autoqat_workspace::Layout::new(ws).pending()
 }
 
 impl Driver {
@@ -347,7 +341,7 @@ impl Driver {
     }
 
     fn results_path(&self) -> PathBuf {
-        self.ws.join("results.tsv")
+        autoqat_workspace::Layout::new(&self.ws).results()
     }
 
     fn recipe_path(&self) -> &str {
@@ -465,7 +459,7 @@ impl Driver {
     }
 
     fn commit_pending(&mut self, p: &Pending, files: &[(String, String)]) -> std::result::Result<Oid, Halt> {
-        write_atomic(&pending_path(&self.ws), &serde_json::to_string(p).map_err(|e| ResearchError::Results(e.to_string()))?)?;
+        autoqat_workspace::atomic::write_json(&pending_path(&self.ws), p)?;
         let msg = git::message(&p.description, &p.rationale, p.exp, "running", None);
         let oid = self.git.commit_files(files, &msg)?;
         hit("after_commit");
@@ -532,7 +526,7 @@ impl Driver {
         let min_step = self.s.prune.min_step;
         let prune: Option<trial::PruneCheck> = match prune_against {
             Some(best) if self.s.prune.enabled && !best.is_empty() => Some(Box::new(move |dir: &Path| {
-                prune::verdict(&prune::read_steps(&dir.join("steps.tsv")), &best, margin, min_step)
+                prune::verdict(&prune::read_steps(&dir.join(autoqat_workspace::run::STEPS_FILE)), &best, margin, min_step)
             })),
             _ => None,
         };
@@ -578,7 +572,7 @@ impl Driver {
         let exp = p.exp;
         let run_dir = self.s.run_dir(exp).to_string_lossy().to_string();
         let best = results::best(&self.records).cloned();
-        let best_steps = best.as_ref().map(|b| prune::read_steps(&self.ws.join(self.s.run_dir(b.exp)).join("steps.tsv")));
+        let best_steps = best.as_ref().map(|b| prune::read_steps(&self.ws.join(self.s.run_dir(b.exp)).join(autoqat_workspace::run::STEPS_FILE)));
         let first = self.run_trial(exp, &run_dir, best_steps)?;
         if first.interrupted {
             return Err(self.set_aside(exp, commit));
@@ -595,16 +589,7 @@ impl Driver {
             output_tokens: p.output_tokens,
             ..Record::default()
         };
-        let s = &first.summary;
-        rec.eval_ppl = s.eval_ppl.filter(|v| v.is_finite());
-        rec.eval_bpb = s.eval_bpb;
-        rec.train_loss = s.train_loss;
-        rec.time_s = Some(s.time_s.unwrap_or(first.wall_s));
-        rec.tokens = s.tokens;
-        rec.peak_mem_mb = s.peak_mem_mb;
-        rec.q_neg1 = s.q_neg1;
-        rec.q_zero = s.q_zero;
-        rec.q_pos1 = s.q_pos1;
+        rec.set_measurements(&first.summary, first.wall_s);
         rec.error = first.error.clone();
         let status = if let Some(f) = first.failure {
             f
@@ -720,10 +705,16 @@ impl From<git2::Error> for Halt {
     }
 }
 
+impl From<autoqat_workspace::WorkspaceError> for Halt {
+    fn from(e: autoqat_workspace::WorkspaceError) -> Self {
+        Halt::Error(e.into())
+    }
+}
+
 /// Rebuilds `results.tsv` from the notes of `tag` alone; returns the records.
 pub fn rebuild(workspace: &Path, tag: &str) -> Result<Vec<Record>> {
     let git = Git::open(workspace)?;
     let records = git.records(tag)?;
-    results::write_all(&git.root.join("results.tsv"), &records)?;
+    results::write_all(&autoqat_workspace::Layout::new(&git.root).results(), &records)?;
     Ok(records)
 }

@@ -14,16 +14,19 @@ pub enum ResearchError {
         msg: String,
     },
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file involved.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The OS error (in the message, not chained, so it prints once).
+        cause: std::io::Error,
     },
     /// A git operation failed.
     #[error("git: {0}")]
-    Git(#[from] git2::Error),
+    Git(git2::Error),
+    /// A workspace file (results.tsv, a summary, steps.tsv) could not be read or written.
+    #[error(transparent)]
+    Files(#[from] autoqat_workspace::WorkspaceError),
     /// The workspace is not in a state the loop can start from.
     #[error("{0}")]
     Workspace(String),
@@ -40,8 +43,15 @@ pub enum ResearchError {
 
 impl ResearchError {
     /// Wraps an I/O error with the path it concerns.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ResearchError::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        ResearchError::Io { path: path.into(), cause }
+    }
+}
+
+// By hand rather than `#[from]`, so the message is not repeated as a separate cause.
+impl From<git2::Error> for ResearchError {
+    fn from(e: git2::Error) -> Self {
+        ResearchError::Git(e)
     }
 }
 

@@ -37,12 +37,7 @@ pub fn diff_key(compact: &str) -> String {
         .collect();
     lines.sort();
     // FNV-1a: stable across Rust versions, unlike DefaultHasher.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in lines.join("\n").bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
+    autoqat_workspace::hash::fnv1a_hex(lines.join("\n").as_bytes())
 }
 
 /// A unified diff with context, for `autoqat log`.

@@ -14,8 +14,7 @@ use crate::results::Record;
 /// The notes ref that holds every experiment's metrics JSON.
 pub const NOTES_REF: &str = "refs/notes/autoqat";
 
-/// Paths the harness writes that must never make the worktree dirty.
-const EXCLUDES: &[&str] = &["/runs/", "/results.tsv", "/results.tsv.tmp", "/.autoqat/", "/STOP"];
+use autoqat_workspace::layout::{Layout, GIT_EXCLUDES as EXCLUDES};
 
 /// An exclusive lock on a workspace, released when dropped or when the process dies.
 pub struct Lock {
@@ -25,9 +24,10 @@ pub struct Lock {
 impl Lock {
     /// Takes `<workspace>/.autoqat/lock`; fails at once if another run holds it.
     pub fn acquire(workspace: &Path) -> Result<Lock> {
-        let dir = workspace.join(".autoqat");
+        let layout = Layout::new(workspace);
+        let dir = layout.state_dir();
         std::fs::create_dir_all(&dir).map_err(|e| ResearchError::io(&dir, e))?;
-        let path = dir.join("lock");
+        let path = layout.lock();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

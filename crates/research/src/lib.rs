@@ -16,10 +16,10 @@ pub mod noise;
 pub mod prompt;
 pub mod proposer;
 pub mod prune;
-pub mod results;
 pub mod review;
 pub mod settings;
 pub mod trial;
 pub mod validate;
 
+pub use autoqat_workspace::results;
 pub use error::ResearchError;

@@ -2,24 +2,12 @@
 
 use std::path::Path;
 
-/// `(step, eval_ppl)` pairs of a steps.tsv; unreadable or partial lines are skipped.
+/// `(step, eval_ppl)` pairs of a steps.tsv (read by the workspace's one reader); a file that
+/// cannot be read yet has none, since a live trial may not have written its header.
 pub fn read_steps(path: &Path) -> Vec<(u64, f64)> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    let mut lines = text.lines();
-    let Some(header) = lines.next() else { return Vec::new() };
-    let cols: Vec<&str> = header.split('\t').collect();
-    let (Some(si), Some(pi)) = (
-        cols.iter().position(|c| *c == "step"),
-        cols.iter().position(|c| *c == "eval_ppl"),
-    ) else {
-        return Vec::new();
-    };
-    lines
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            Some((f.get(si)?.parse().ok()?, f.get(pi)?.parse().ok()?))
-        })
-        .collect()
+    autoqat_workspace::run::read_steps(path)
+        .map(|rows| rows.iter().map(|r| (r.step, r.eval_ppl)).collect())
+        .unwrap_or_default()
 }
 
 /// Why the live run should stop, if it is worse than the best run by more than `margin` at a

@@ -57,7 +57,7 @@ impl Default for RunSettings {
     fn default() -> Self {
         RunSettings {
             tag: "default".into(),
-            mutable_paths: vec!["experiments/train.toml".into()],
+            mutable_paths: vec![autoqat_workspace::layout::RECIPE.into()],
             program: "program.md".into(),
             prompts_dir: "prompts".into(),
             max_changed_lines: 8,
@@ -65,7 +65,7 @@ impl Default for RunSettings {
             max_experiments: None,
             hours: None,
             max_cost_usd: None,
-            stop_file: "STOP".into(),
+            stop_file: autoqat_workspace::layout::STOP_FILE.into(),
             recent_rows: 15,
         }
     }
@@ -96,7 +96,7 @@ impl Default for TrialSettings {
         TrialSettings {
             command: "autoqat trial --config experiments/train.toml --run-dir {run_dir}".into(),
             timeout_s: 3600.0,
-            run_dir: "runs/{exp}".into(),
+            run_dir: autoqat_workspace::layout::RUN_DIR_TEMPLATE.into(),
             metric_regex: None,
             metric_name: "eval_ppl".into(),
             seed_key: Some("optim.seed".into()),
@@ -278,6 +278,6 @@ impl Settings {
 
     /// The run directory of experiment `exp`, relative to the workspace.
     pub fn run_dir(&self, exp: u32) -> PathBuf {
-        PathBuf::from(self.trial.run_dir.replace("{exp}", &format!("{exp:04}")))
+        autoqat_workspace::layout::run_dir(&self.trial.run_dir, exp)
     }
 }

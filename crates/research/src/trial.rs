@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use autoqat_workspace::layout::Layout;
+use autoqat_workspace::run::{self, Summary};
 
 use crate::error::{ResearchError, Result};
 use crate::results::Status;
@@ -55,36 +56,9 @@ pub struct Outcome {
     pub wall_s: f64,
 }
 
-/// The fields of summary.json the loop records.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Summary {
-    /// ok or crash.
-    pub status: Option<String>,
-    /// Eval perplexity.
-    pub eval_ppl: Option<f64>,
-    /// Eval bits per byte.
-    pub eval_bpb: Option<f64>,
-    /// Last train loss.
-    pub train_loss: Option<f64>,
-    /// Trial seconds.
-    pub time_s: Option<f64>,
-    /// Training tokens.
-    pub tokens: Option<u64>,
-    /// Peak memory.
-    pub peak_mem_mb: Option<f64>,
-    /// Weight fractions.
-    pub q_neg1: Option<f64>,
-    /// Weight fractions.
-    pub q_zero: Option<f64>,
-    /// Weight fractions.
-    pub q_pos1: Option<f64>,
-    /// Error message of a crashed trial.
-    pub error: Option<String>,
-}
-
 /// The file that records the running trial's process group (killed on resume if orphaned).
 pub fn pgid_file(workspace: &Path) -> PathBuf {
-    workspace.join(".autoqat").join("trial.pgid")
+    Layout::new(workspace).trial_pgid()
 }
 
 /// Kills the process group left behind by a driver that died mid-trial.
@@ -115,7 +89,7 @@ pub fn run(spec: &TrialSpec) -> Result<Outcome> {
         std::fs::remove_dir_all(dir).map_err(|e| ResearchError::io(dir, e))?;
     }
     std::fs::create_dir_all(dir).map_err(|e| ResearchError::io(dir, e))?;
-    let log_path = dir.join("trial.log");
+    let log_path = dir.join(run::LOG_FILE);
     let log = std::fs::File::create(&log_path).map_err(|e| ResearchError::io(&log_path, e))?;
     let log2 = log.try_clone().map_err(|e| ResearchError::io(&log_path, e))?;
     let mut cmd = Command::new("sh");
@@ -191,20 +165,25 @@ pub fn run(spec: &TrialSpec) -> Result<Outcome> {
     let _ = std::fs::remove_file(&pf);
     out.wall_s = start.elapsed().as_secs_f64();
     if out.failure.is_some() {
-        if let Some(s) = read_summary(dir) {
+        if let Ok(Some(s)) = run::read_summary(dir) {
             out.summary = s;
         }
         return Ok(out);
     }
     let exit_ok = status.map(|s| s.success()).unwrap_or(false);
-    let summary = read_summary(dir).or_else(|| {
+    // A summary.json that does not read is reported, not taken for a missing one.
+    let (read, unreadable) = match run::read_summary(dir) {
+        Ok(s) => (s, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let summary = read.or_else(|| {
         let re = spec.metric_regex.as_ref()?;
         let text = std::fs::read_to_string(&log_path).ok()?;
         let v: f64 = re.captures_iter(&text).last()?.get(1)?.as_str().parse().ok()?;
-        Some(Summary { status: Some("ok".into()), eval_ppl: Some(v), ..Summary::default() })
+        Some(Summary::from_metric(v))
     });
     match summary {
-        Some(s) if s.status.as_deref() == Some("crash") => {
+        Some(s) if s.is_crash() => {
             out.failure = Some(Status::Crash);
             out.error = Some(s.error.clone().unwrap_or_else(|| "the trial reported a crash".into()));
             out.summary = s;
@@ -222,21 +201,15 @@ pub fn run(spec: &TrialSpec) -> Result<Outcome> {
         }
         None => {
             out.failure = Some(Status::Crash);
+            let what = unreadable.unwrap_or_else(|| "no summary.json".into());
             out.error = Some(format!(
-                "no summary.json and no metric in trial.log (exit status {}); {}",
+                "{what} and no metric in trial.log (exit status {}); {}",
                 describe(status),
                 tail(&log_path)
             ));
         }
     }
     Ok(out)
-}
-
-fn read_summary(dir: &Path) -> Option<Summary> {
-    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
-    // NaN is not JSON; a trial that writes it has crashed in all but name.
-    let fixed = text.replace("NaN", "null").replace("-Infinity", "null").replace("Infinity", "null");
-    serde_json::from_str(&fixed).ok()
 }
 
 fn describe(s: Option<std::process::ExitStatus>) -> String {

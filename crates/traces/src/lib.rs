@@ -54,12 +54,12 @@ impl TraceRow {
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     /// A file operation failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The OS error (in the message, not chained, so it prints once).
+        cause: std::io::Error,
     },
     /// A shard or the index does not have the expected shape.
     #[error("{}: {msg}", path.display())]
@@ -76,7 +76,7 @@ pub type Result<T> = std::result::Result<T, TraceError>;
 
 /// A closure mapping an io error on `path` into [`TraceError::Io`].
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TraceError + '_ {
-    move |source| TraceError::Io { path: path.to_path_buf(), source }
+    move |cause| TraceError::Io { path: path.to_path_buf(), cause }
 }
 
 /// The first 16 hex digits of SHA-256: the hashes stored in every row.

@@ -4,30 +4,12 @@
 
 use tch::{Device, Tensor};
 
-/// SplitMix64: tiny, fast, and its state is a single integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rng {
-    /// The generator state (checkpointed).
-    pub state: u64,
-}
+/// The sampler's generator: SplitMix64, whose state is a single checkpointable integer.
+pub type Rng = autoqat_workspace::hash::SplitMix64;
 
-impl Rng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed ^ 0x5851_f42d_4c95_7f2d }
-    }
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
+/// The sampler's generator for `seed` (the salt keeps it apart from other streams of one seed).
+pub fn sampler_rng(seed: u64) -> Rng {
+    Rng::from_state(seed ^ 0x5851_f42d_4c95_7f2d)
 }
 
 /// Token ids of the training text and the window length.

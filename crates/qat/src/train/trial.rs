@@ -3,7 +3,7 @@
 //! directory. Any failure ends the trial with `status: crash` and its reason in summary.json.
 
 use super::checkpoint;
-use super::data::{Rng, TrainData};
+use super::data::TrainData;
 use super::health::{Gates, Health, HealthLog};
 use super::loss::{cross_entropy, distill_kl, topk_other_kl, weighted_sample_ce};
 use super::traces::TraceData;
@@ -80,11 +80,21 @@ fn use_bf16(recipe: &Recipe, device: Device) -> Result<bool> {
     }
 }
 
+/// The ids of the text at `path` read from the token cache `autoqat prepare` fills (when it
+/// matches this text and tokenizer), else encoded here.
+fn encode_cached(tok: &TextTokenizer, path: &Path, text: &str) -> Result<Vec<i64>> {
+    let cached = std::fs::read(tok.path()).ok().and_then(|json| autoqat_workspace::tokens::lookup(path, text, &json));
+    match cached {
+        Some(ids) => Ok(ids.into_iter().map(i64::from).collect()),
+        None => Ok(tok.encode(text)?),
+    }
+}
+
 /// The eval text's token ids and UTF-8 bytes, cut to `max_tokens` (0: all).
 pub fn eval_tokens(tok: &TextTokenizer, path: &Path, max_tokens: u64) -> Result<(Vec<i64>, usize)> {
     let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
     if max_tokens == 0 {
-        return Ok((tok.encode(&text)?, text.len()));
+        return Ok((encode_cached(tok, path, &text)?, text.len()));
     }
     // Tokenize only a generous prefix: offsets-tracking encoding of a whole corpus is slow.
     let mut cut = text.len().min(max_tokens as usize * 16 + 1024);
@@ -235,7 +245,7 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
     } else {
         let train_path = Path::new(&recipe.data.train_text);
         let train_text = std::fs::read_to_string(train_path).map_err(crate::error::io_err(train_path))?;
-        let d = TrainData::new(tok.encode(&train_text)?, recipe.data.seq_len as usize)
+        let d = TrainData::new(encode_cached(&tok, train_path, &train_text)?, recipe.data.seq_len as usize)
             .map_err(|m| QatError::Config(format!("{m} ({})", train_path.display())))?;
         files.log(&format!("train tokens {}", d.len()));
         Data::Text(d)
@@ -258,7 +268,7 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
     let vars: Vec<(String, Tensor)> =
         student.loaded.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     let mut opt = AdamW::new(vars, recipe.optim.beta1, recipe.optim.beta2, recipe.optim.weight_decay);
-    let mut rng = Rng::new(recipe.optim.seed);
+    let mut rng = super::data::sampler_rng(recipe.optim.seed);
     let base_bits = recipe.activations.bits.bits().unwrap_or(0);
     // Trace training flips by the tokens it really saw; text training keeps its step fraction.
     let flip_at_tokens = (recipe.traces.enabled

@@ -64,10 +64,7 @@ pub fn tiny_model() -> Option<PathBuf> {
         let text = read(script.clone());
         let shared = read(repo_root().join("python/autoqat_ref/tiny.py"));
         // A content hash keys the cache, so an edited script (or its shared module) regenerates.
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in text.iter().chain(&shared) {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
-        }
+        let h = autoqat_workspace::hash::fnv1a64(&text.iter().chain(&shared).copied().collect::<Vec<u8>>());
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let dir = base.join(format!("qat-tiny-{h:016x}"));
         if dir.join("model.safetensors").is_file() {

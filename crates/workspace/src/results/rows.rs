@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{Record, Status};
-use crate::error::{ResearchError, Result};
+use crate::error::{Result, WorkspaceError};
 
 /// One line of results.tsv: the columns of a [`Record`] (fields only the git note holds stay
 /// at their defaults), and the experiment id as written. Derefs to the record.
@@ -44,14 +44,14 @@ pub fn read(path: &Path) -> Result<Vec<Row>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(ResearchError::io(path, e)),
+        Err(e) => return Err(WorkspaceError::io(path, e)),
     };
     parse(&text).map_err(|(line, msg)| {
-        ResearchError::Results(format!(
-            "{} line {line}: {msg} (hint: fix the line, or `autoqat results --rebuild` rewrites \
-             the file from git)",
-            path.display()
-        ))
+        WorkspaceError::Line {
+            path: path.to_path_buf(),
+            line,
+            msg: format!("{msg} (hint: fix the line, or `autoqat results --rebuild` rewrites the file from git)"),
+        }
     })
 }
 
@@ -221,8 +221,8 @@ pub fn noise(rows: &[Row]) -> Option<Noise> {
         .collect();
     Some(Noise {
         n: ppl.len(),
-        mean: crate::noise::mean(&ppl),
-        sigma: crate::noise::sigma(&ppl)?,
+        mean: super::mean(&ppl),
+        sigma: super::sigma(&ppl)?,
     })
 }
 

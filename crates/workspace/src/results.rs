@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ResearchError, Result};
+use crate::error::{io_err, Result};
 
 mod rows;
 
@@ -190,9 +190,7 @@ pub fn render(records: &[Record]) -> String {
 
 /// Atomically replaces results.tsv with the rows of these records.
 pub fn write_all(path: &Path, records: &[Record]) -> Result<()> {
-    let tmp = path.with_extension("tsv.tmp");
-    std::fs::write(&tmp, render(records)).map_err(|e| ResearchError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ResearchError::io(path, e))
+    crate::atomic::write(path, render(records).as_bytes())
 }
 
 /// Appends one row (writing the header first if the file is new or empty).
@@ -202,7 +200,7 @@ pub fn append(path: &Path, record: &Record) -> Result<()> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| ResearchError::io(path, e))?;
+        .map_err(io_err(path))?;
     let mut text = String::new();
     if fresh {
         text.push_str(HEADER);
@@ -210,11 +208,42 @@ pub fn append(path: &Path, record: &Record) -> Result<()> {
     }
     text.push_str(&record.to_row());
     text.push('\n');
-    file.write_all(text.as_bytes()).map_err(|e| ResearchError::io(path, e))?;
-    file.sync_data().map_err(|e| ResearchError::io(path, e))
+    file.write_all(text.as_bytes()).map_err(io_err(path))?;
+    file.sync_data().map_err(io_err(path))
 }
 
 /// The best kept record: the latest keep or baseline (the branch head).
 pub fn best(records: &[Record]) -> Option<&Record> {
     records.iter().rev().find(|r| r.status().is_kept())
+}
+
+/// Mean of the values.
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Sample standard deviation (n - 1); `None` with fewer than two values.
+pub fn sigma(v: &[f64]) -> Option<f64> {
+    if v.len() < 2 {
+        return None;
+    }
+    let m = mean(v);
+    Some((v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt())
+}
+
+impl Record {
+    /// Fills the measured columns from a trial's summary; `wall_s` (the driver's clock) stands
+    /// in for a summary that reports no time. A non-finite metric is recorded as missing.
+    pub fn set_measurements(&mut self, s: &crate::run::Summary, wall_s: f64) {
+        let finite = |v: f64| Some(v).filter(|v| v.is_finite());
+        self.eval_ppl = s.eval_ppl.filter(|v| v.is_finite());
+        self.eval_bpb = s.eval_bpb;
+        self.train_loss = s.train_loss;
+        self.time_s = Some(finite(s.time_s).unwrap_or(wall_s));
+        self.tokens = (s.tokens > 0).then_some(s.tokens);
+        self.peak_mem_mb = finite(s.peak_mem_mb);
+        self.q_neg1 = s.q_neg1;
+        self.q_zero = s.q_zero;
+        self.q_pos1 = s.q_pos1;
+    }
 }
