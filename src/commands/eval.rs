@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use autoqat_compress::artifact::{self, ArtifactFiles};
 use autoqat_model::{
-    device_name, line_documents, load_causal_lm, parse_device, parse_kind, perplexity, perplexity_docs, CausalLM,
-    DocEvalOptions, EvalOptions, ModelConfig, PlainBuilder, TextTokenizer,
+    device_name, load_causal_lm, parse_device, parse_kind, CausalLM, DocEvalOptions, EvalOptions, EvalSet, ModelConfig,
+    PlainBuilder, TextTokenizer,
 };
 use tch::{Device, Kind};
 
@@ -72,22 +72,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             let max_pos = scored.cfg.max_position_embeddings as usize;
             let ctx = args.ctx.unwrap_or(max_pos.min(DEFAULT_MAX_CTX));
             let opts = EvalOptions { ctx, stride: args.stride.unwrap_or(ctx), batch: args.batch.unwrap_or(1) };
-            let ids = tokenizer.encode(&text)?;
             fields.insert("ctx".into(), opts.ctx.into());
             fields.insert("stride".into(), opts.stride.into());
             fields.insert("batch".into(), opts.batch.into());
-            perplexity(&scored.model, &ids, text.len(), &opts, device)?
+            EvalSet::windows_of_text(&tokenizer, &text, opts, 0)?.score(&scored.model, device)?
         }
         Protocol::Docs => {
             let opts = DocEvalOptions { max_tokens: args.doc_tokens, batch: args.batch.unwrap_or(8) };
-            let mut docs = line_documents(&tokenizer, &text, opts.max_tokens)?;
-            if args.max_docs > 0 {
-                docs.truncate(args.max_docs);
-            }
+            let set = EvalSet::documents(&tokenizer, &text, opts, args.max_docs)?;
             fields.insert("doc_tokens".into(), opts.max_tokens.into());
             fields.insert("batch".into(), opts.batch.into());
-            fields.insert("docs".into(), docs.len().into());
-            perplexity_docs(&scored.model, &docs, text.len(), &opts, device)?
+            fields.insert("docs".into(), set.documents_len().into());
+            set.score(&scored.model, device)?
         }
     };
     let protocol = match args.protocol {

@@ -271,9 +271,8 @@ fn build(dir: &Path, spec: &TeacherSpec, log: &mut dyn FnMut(&str)) -> anyhow::R
     let train_s = t0.elapsed().as_secs_f64();
     load::save_pretrained(&vs, &cfg, &model_dir)?;
 
-    let eval_ids = tok.encode(&eval_text)?;
     let opts = eval::EvalOptions { ctx: spec.seq_len as usize, stride: spec.seq_len as usize, batch: 8 };
-    let report = tch::no_grad(|| eval::perplexity(&model, &eval_ids, eval_text.len(), &opts, device))?;
+    let report = eval::EvalSet::windows_of_text(&tok, &eval_text, opts, 0)?.score(&model, device)?;
     log(&format!("teacher: eval PPL {:.3} after {train_s:.1} s of pre-training", report.eval_ppl));
     Ok(Teacher {
         root: dir.to_path_buf(),
@@ -338,10 +337,9 @@ mod tests {
         let loaded = load::load_causal_lm(t.model_dir.to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap();
         let tok = TextTokenizer::from_path(&t.model_dir).unwrap();
         let text = std::fs::read_to_string(&t.eval_text).unwrap();
-        let ids = tok.encode(&text).unwrap();
         let n = spec.seq_len as usize;
         let opts = eval::EvalOptions { ctx: n, stride: n, batch: 8 };
-        let r = tch::no_grad(|| eval::perplexity(&loaded.model, &ids, text.len(), &opts, Device::Cpu)).unwrap();
+        let r = eval::EvalSet::windows_of_text(&tok, &text, opts, 0).unwrap().score(&loaded.model, Device::Cpu).unwrap();
         assert!((r.eval_ppl / t.fp_eval_ppl - 1.0).abs() < 1e-5, "{} vs {}", r.eval_ppl, t.fp_eval_ppl);
 
         let again = get_or_build(cache.path(), &spec, &mut |_| panic!("rebuilt instead of reusing")).unwrap();

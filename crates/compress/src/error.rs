@@ -52,6 +52,15 @@ impl From<tch::TchError> for CompressError {
     }
 }
 
+impl From<autoqat_workspace::WorkspaceError> for CompressError {
+    fn from(e: autoqat_workspace::WorkspaceError) -> Self {
+        match e {
+            autoqat_workspace::WorkspaceError::Io { path, cause } => CompressError::Io { path, err: cause },
+            other => CompressError::Verify(other.to_string()),
+        }
+    }
+}
+
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, CompressError>;
 

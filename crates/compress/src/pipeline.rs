@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use autoqat_model::linear::LinearRole;
 use autoqat_model::{
-    line_documents, load_causal_lm, parse_device, perplexity_docs, CausalLM, DocEvalOptions, EvalReport, TextTokenizer,
+    load_causal_lm, parse_device, CausalLM, DocEvalOptions, EvalReport, EvalSet, TextTokenizer,
 };
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
@@ -170,15 +170,11 @@ fn timed<T>(slot: &mut f64, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// The validator's documents of the recipe's eval text.
-pub fn eval_documents(recipe: &CompressRecipe, tok: &TextTokenizer) -> Result<(Vec<Vec<i64>>, usize)> {
+pub fn eval_documents(recipe: &CompressRecipe, tok: &TextTokenizer) -> Result<EvalSet> {
     let path = recipe.resolve(&recipe.eval.text);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let mut docs = line_documents(tok, &text, recipe.eval.doc_tokens)?;
-    if recipe.eval.max_docs > 0 {
-        docs.truncate(recipe.eval.max_docs);
-    }
-    // Bits per byte count the bytes of the documents scored, truncation aside.
-    Ok((docs, text.len()))
+    let opts = DocEvalOptions { max_tokens: recipe.eval.doc_tokens, batch: recipe.eval.batch };
+    Ok(EvalSet::documents(tok, &text, opts, recipe.eval.max_docs)?)
 }
 
 /// Runs the whole compression described by `recipe`, writing into `run_dir`.
@@ -190,15 +186,15 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
     let recorder = Recorder::default();
     let source = recipe.model_source();
     log(&format!("load: {source}"));
-    let (loaded, tok, calib_seqs, docs, eval_bytes) = timed(&mut st.load_s, || {
+    let (loaded, tok, calib_seqs, docs) = timed(&mut st.load_s, || {
         let loaded = load_causal_lm(&source, device, Kind::Float, &recorder)?;
         let tok = TextTokenizer::from_path(&loaded.dir)?;
         let cpath = recipe.resolve(&recipe.calibration.text);
         let ctext = std::fs::read_to_string(&cpath).map_err(io_err(&cpath))?;
         let ids = tok.encode(&ctext)?;
         let seqs = calib::sequences(&ids, recipe.calibration.tokens, recipe.calibration.seq_len)?;
-        let (docs, bytes) = eval_documents(recipe, &tok)?;
-        Ok((loaded, tok, seqs, docs, bytes))
+        let docs = eval_documents(recipe, &tok)?;
+        Ok((loaded, tok, seqs, docs))
     })?;
     let mut source_config: serde_json::Value = {
         let p = loaded.dir.join("config.json");
@@ -221,9 +217,8 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         }
     };
     let cfg = loaded.cfg.clone();
-    let opts = DocEvalOptions { max_tokens: recipe.eval.doc_tokens, batch: recipe.eval.batch };
-    let fp = timed(&mut st.fp_eval_s, || Ok(perplexity_docs(&loaded.model, &docs, eval_bytes, &opts, device)?))?;
-    log(&format!("fp: eval PPL {:.4} over {} documents ({} tokens)", fp.eval_ppl, docs.len(), fp.tokens));
+    let fp = timed(&mut st.fp_eval_s, || Ok(docs.score(&loaded.model, device)?))?;
+    log(&format!("fp: eval PPL {:.4} over {} documents ({} tokens)", fp.eval_ppl, docs.documents_len(), fp.tokens));
 
     let sens = recipe.allocate.sensitivity;
     log(&format!("calibrate: {} sequences of {} tokens ({})", calib_seqs.size()[0], calib_seqs.size()[1], sens.name()));
@@ -334,7 +329,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
 
     let report: EvalReport =
-        timed(&mut st.eval_s, || Ok(perplexity_docs(&loaded.model, &docs, eval_bytes, &opts, device)?))?;
+        timed(&mut st.eval_s, || Ok(docs.score(&loaded.model, device)?))?;
     log(&format!("eval: PPL {:.4} (fp {:.4}, {:+.2}%)", report.eval_ppl, fp.eval_ppl, 100.0 * (report.eval_ppl / fp.eval_ppl - 1.0)));
 
     let written = timed(&mut st.pack_s, || {
@@ -358,7 +353,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         eval_loss: report.eval_loss,
         eval_bpb: report.eval_bpb,
         eval_tokens: report.tokens,
-        eval_docs: docs.len(),
+        eval_docs: docs.documents_len(),
         fp_ppl: fp.eval_ppl,
         artifact_size_bytes: written.size_bytes,
         artifact_sha256: written.sha256.clone(),
@@ -394,12 +389,9 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
     Ok(summary)
 }
 
-/// Writes pretty JSON through a temporary file.
+/// Writes pretty JSON atomically (the workspace's one writer).
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let tmp = path.with_extension("json.partial");
-    let text = serde_json::to_string_pretty(value).map_err(|e| CompressError::Verify(e.to_string()))?;
-    std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    Ok(autoqat_workspace::atomic::write_json(path, value)?)
 }
 
 fn weight(vars: &HashMap<String, Tensor>, prefix: &str) -> Result<Tensor> {

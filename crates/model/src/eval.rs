@@ -145,6 +145,114 @@ impl Totals {
     }
 }
 
+/// What is scored and by which protocol: the one evaluation entry point. The QAT trial,
+/// `autoqat eval` (plain checkpoints, packed exports and artifacts), the demo teacher and the
+/// compression track all build one of these and call [`EvalSet::score`]; built once, it can
+/// score many models (a trial evaluates its student every `eval_every` steps).
+#[derive(Debug, Clone)]
+pub struct EvalSet {
+    scored: Scored,
+    n_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Scored {
+    /// One token stream, cut into sliding windows (the Hugging Face guide).
+    Windows { ids: Vec<i64>, opts: EvalOptions },
+    /// Separate documents, right-padded in batches (the compression track's validator).
+    Docs { docs: Vec<Vec<i64>>, opts: DocEvalOptions },
+}
+
+impl EvalSet {
+    /// Sliding windows over token ids already at hand (`n_bytes`: the UTF-8 size they encode).
+    pub fn windows(ids: Vec<i64>, n_bytes: usize, opts: EvalOptions) -> Self {
+        Self { scored: Scored::Windows { ids, opts }, n_bytes }
+    }
+
+    /// Sliding windows over `text`, cut to its first `max_tokens` tokens (0: all); bits per
+    /// byte then count the bytes of the tokens kept.
+    pub fn windows_of_text(tokenizer: &TextTokenizer, text: &str, opts: EvalOptions, max_tokens: usize) -> Result<Self> {
+        if text.trim().is_empty() {
+            return Err(ModelError::Eval("the eval text is empty".into()));
+        }
+        let (ids, n_bytes) = prefix_tokens(tokenizer, text, max_tokens)?;
+        Ok(Self::windows(ids, n_bytes, opts))
+    }
+
+    /// The validator's protocol over the non-blank lines of `text` (see [`DocEvalOptions`]),
+    /// keeping the first `max_docs` documents (0: all).
+    pub fn documents(tokenizer: &TextTokenizer, text: &str, opts: DocEvalOptions, max_docs: usize) -> Result<Self> {
+        let mut docs = line_documents(tokenizer, text, opts.max_tokens)?;
+        if max_docs > 0 {
+            docs.truncate(max_docs);
+        }
+        // Bits per byte count the bytes of the whole text, truncation aside (the validator's rule).
+        Ok(Self { scored: Scored::Docs { docs, opts }, n_bytes: text.len() })
+    }
+
+    /// Tokens of the text (all documents) before windowing.
+    pub fn text_tokens(&self) -> usize {
+        match &self.scored {
+            Scored::Windows { ids, .. } => ids.len(),
+            Scored::Docs { docs, .. } => docs.iter().map(Vec::len).sum(),
+        }
+    }
+
+    /// UTF-8 bytes bits-per-byte is measured against.
+    pub fn n_bytes(&self) -> usize {
+        self.n_bytes
+    }
+
+    /// Documents scored (0 for the windows protocol).
+    pub fn documents_len(&self) -> usize {
+        match &self.scored {
+            Scored::Docs { docs, .. } => docs.len(),
+            Scored::Windows { .. } => 0,
+        }
+    }
+
+    /// Scores `model` on this set (no gradients).
+    pub fn score(&self, model: &CausalLM, device: tch::Device) -> Result<EvalReport> {
+        match &self.scored {
+            Scored::Windows { ids, opts } => perplexity(model, ids, self.n_bytes, opts, device),
+            Scored::Docs { docs, opts } => perplexity_docs(model, docs, self.n_bytes, opts, device),
+        }
+    }
+}
+
+/// The ids of `text`'s first `max_tokens` tokens (0: all) and the UTF-8 bytes they cover.
+fn prefix_tokens(tokenizer: &TextTokenizer, text: &str, max_tokens: usize) -> Result<(Vec<i64>, usize)> {
+    if max_tokens == 0 {
+        return Ok((tokenizer.encode(text)?, text.len()));
+    }
+    // Tokenize only a generous prefix: offsets-tracking encoding of a whole corpus is slow.
+    let mut cut = text.len().min(max_tokens * 16 + 1024);
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    loop {
+        let enc = tokenizer
+            .inner()
+            .encode(&text[..cut], true)
+            .map_err(|e| ModelError::Tokenizer { path: tokenizer.path().to_path_buf(), msg: e.to_string() })?;
+        let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i64::from(i)).collect();
+        // One token more than asked, so the last kept token is not cut by the prefix.
+        if ids.len() > max_tokens || cut == text.len() {
+            let n = max_tokens.min(ids.len());
+            if n == ids.len() {
+                return Ok((ids, cut));
+            }
+            // Bytes up to the end of the last kept token, so bits-per-byte counts the scored text.
+            let bytes = enc.get_offsets().get(n.saturating_sub(1)).map(|o| o.1).unwrap_or(cut);
+            return Ok((ids[..n].to_vec(), bytes));
+        }
+        cut = text.len().min(cut * 2);
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+    }
+}
+
 /// Perplexity of `model` on token ids `ids` of a text of `n_bytes` UTF-8 bytes.
 pub fn perplexity(model: &CausalLM, ids: &[i64], n_bytes: usize, opts: &EvalOptions, device: tch::Device) -> Result<EvalReport> {
     validate(model, ids.len(), opts)?;
@@ -176,22 +284,6 @@ pub fn perplexity(model: &CausalLM, ids: &[i64], n_bytes: usize, opts: &EvalOpti
         return Err(ModelError::Eval("no token was scored (text too short for ctx/stride)".into()));
     }
     Totals { nll_sum, n_tokens, n_bytes, text_tokens: ids.len(), windows: wins.len(), time_s }.report()
-}
-
-/// Tokenizes `text` and evaluates it: the entry point for callers holding a text (the QAT
-/// trial evaluates its BitLinear student this way).
-pub fn perplexity_of_text(
-    model: &CausalLM,
-    tokenizer: &TextTokenizer,
-    text: &str,
-    opts: &EvalOptions,
-    device: tch::Device,
-) -> Result<EvalReport> {
-    if text.trim().is_empty() {
-        return Err(ModelError::Eval("the eval text is empty".into()));
-    }
-    let ids = tokenizer.encode(text)?;
-    perplexity(model, &ids, text.len(), opts, device)
 }
 
 /// The guide's per-window loss (mean over the valid shifted labels) for windows of equal length.

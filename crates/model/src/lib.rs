@@ -18,7 +18,7 @@ pub mod tokenizer;
 pub use config::{Arch, ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
 pub use device::{device_name, parse_device, parse_kind};
 pub use error::{ModelError, Result};
-pub use eval::{line_documents, perplexity, perplexity_docs, perplexity_of_text, DocEvalOptions, EvalOptions, EvalReport};
+pub use eval::{line_documents, perplexity, perplexity_docs, DocEvalOptions, EvalOptions, EvalReport, EvalSet};
 pub use linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec, PlainBuilder, PlainLinear};
 pub use generate::{greedy_decode, stop_ids, DecodeStep, Decoded};
 pub use llama::{CausalLM, KvCache};

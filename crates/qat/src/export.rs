@@ -17,7 +17,7 @@ use crate::error::{io_err, QatError, Result};
 use crate::quant::act::act_quant_values;
 use crate::quant::bitlinear::deadzone_bias;
 use crate::quant::QuantHandle;
-use crate::train::trial::Student;
+use crate::student::Student;
 use autoqat_model::linear::{Linear, LinearBuilder, LinearSpec, PlainLinear};
 use autoqat_model::load::{build_causal_lm, write_safetensors};
 use autoqat_model::{CausalLM, ModelConfig};

@@ -1,10 +1,12 @@
 //! autoqat-qat: quantization-aware training of small language models into ternary or binary
-//! weights: quantizers and BitLinear (`quant`), the trial loop (`train`), and the packed
-//! export (`export`).
+//! weights: quantizers and BitLinear (`quant`), the student model (`student`), the trial loop
+//! (`train`), and the packed export (`export`). `export` and `train` both use `student`; the
+//! trial calls the export, never the other way round.
 
 pub mod error;
 pub mod export;
 pub mod quant;
+pub mod student;
 pub mod train;
 
 pub use error::{QatError, Result};

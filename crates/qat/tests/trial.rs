@@ -5,7 +5,7 @@
 mod common;
 
 use autoqat_model::{load_causal_lm, PlainBuilder, TextTokenizer};
-use autoqat_qat::train::trial::{evaluate, eval_tokens};
+use autoqat_qat::train::trial::{eval_set, evaluate};
 use autoqat_qat::train::{read_steps, run_trial, TrialOptions, STEPS_COLUMNS};
 use tch::{Device, Kind, Tensor};
 
@@ -45,8 +45,8 @@ fn loss_falls_fractions_sum_to_one_and_exports_agree() {
     // The packed export scores what the in-memory model scored (scales are stored in f16).
     let packed = autoqat_qat::load_packed(&run.path().join("export"), Device::Cpu).unwrap();
     let tok = TextTokenizer::from_path(&run.path().join("export")).unwrap();
-    let (ids, bytes) = eval_tokens(&tok, std::path::Path::new(&recipe.data.eval_text), recipe.data.eval_max_tokens).unwrap();
-    let r = evaluate(&packed.model, &ids, bytes, &recipe, Device::Cpu, false).unwrap();
+    let set = eval_set(&tok, &recipe).unwrap();
+    let r = evaluate(&packed.model, &set, Device::Cpu, false).unwrap();
     let in_memory = summary.eval_ppl.unwrap();
     let rel = (r.eval_ppl - in_memory).abs() / in_memory;
     assert!(rel < 1e-3, "packed ppl {} vs in-memory {in_memory} (rel {rel})", r.eval_ppl);
@@ -57,9 +57,10 @@ fn loss_falls_fractions_sum_to_one_and_exports_agree() {
     // The dequantized HF directory: transformers loads it and agrees with our loader.
     let hf = run.path().join("hf");
     let ours = load_causal_lm(hf.to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap();
-    let r_hf = evaluate(&ours.model, &ids, bytes, &recipe, Device::Cpu, false).unwrap();
+    let r_hf = evaluate(&ours.model, &set, Device::Cpu, false).unwrap();
     assert!((r_hf.eval_ppl - in_memory).abs() / in_memory < 1e-4, "hf ppl {} vs {in_memory}", r_hf.eval_ppl);
     let Some(py) = common::python() else { return };
+    let ids = tok.encode(&std::fs::read_to_string(&recipe.data.eval_text).unwrap()).unwrap();
     let x = Tensor::from_slice(&ids[..48]).reshape([2, 24]);
     let logits = tch::no_grad(|| ours.model.forward(&x));
     let dir = tempfile::tempdir().unwrap();
@@ -156,8 +157,8 @@ fn quantized_embeddings_and_folded_deadzone_bias_export_exactly() {
     assert!(!run.path().join("hf").exists());
     let m = autoqat_qat::load_packed(&run.path().join("export"), Device::Cpu).unwrap();
     let tok = TextTokenizer::from_path(&run.path().join("export")).unwrap();
-    let (ids, bytes) = eval_tokens(&tok, std::path::Path::new(&recipe.data.eval_text), recipe.data.eval_max_tokens).unwrap();
-    let r = evaluate(&m.model, &ids, bytes, &recipe, Device::Cpu, false).unwrap();
+    let set = eval_set(&tok, &recipe).unwrap();
+    let r = evaluate(&m.model, &set, Device::Cpu, false).unwrap();
     let want = summary.eval_ppl.unwrap();
     assert!((r.eval_ppl - want).abs() / want < 1e-3, "packed {} vs in-memory {want}", r.eval_ppl);
 }
@@ -180,10 +181,10 @@ fn packed_export_keeps_activation_quantization() {
     assert_eq!(info["act_bits"], 4);
     assert_eq!(info["act_granularity"], "per_token");
     let tok = TextTokenizer::from_path(&export).unwrap();
-    let (ids, bytes) = eval_tokens(&tok, std::path::Path::new(&recipe.data.eval_text), recipe.data.eval_max_tokens).unwrap();
+    let set = eval_set(&tok, &recipe).unwrap();
     let score = || {
         let m = autoqat_qat::load_packed(&export, Device::Cpu).unwrap();
-        evaluate(&m.model, &ids, bytes, &recipe, Device::Cpu, false).unwrap().eval_ppl
+        evaluate(&m.model, &set, Device::Cpu, false).unwrap().eval_ppl
     };
     let want = summary.eval_ppl.unwrap();
     let with_act = (score() - want).abs() / want;

@@ -132,11 +132,10 @@ impl TraceIndex {
 
     /// Writes `dir/index.json` atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(INDEX_FILE);
-        let tmp = dir.join(format!("{INDEX_FILE}.partial"));
-        let text = serde_json::to_string_pretty(self).map_err(|e| TraceError::Format { path: path.clone(), msg: e.to_string() })?;
-        std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+        autoqat_workspace::atomic::write_json(&dir.join(INDEX_FILE), self).map_err(|e| match e {
+            autoqat_workspace::WorkspaceError::Io { path, cause } => TraceError::Io { path, cause },
+            other => TraceError::Format { path: dir.join(INDEX_FILE), msg: other.to_string() },
+        })
     }
 
     /// Prompt indices already collected.

@@ -2,6 +2,7 @@
 //! train with the recipe's schedules, evaluate every N steps, checkpoint, and write the run
 //! directory. Any failure ends the trial with `status: crash` and its reason in summary.json.
 
+use crate::student::{load_student, recipe_device, use_bf16};
 use super::checkpoint;
 use super::data::TrainData;
 use super::health::{Gates, Health, HealthLog};
@@ -11,11 +12,10 @@ use super::optim::AdamW;
 use super::outputs::{peak_rss_mb, RunFiles, StepRow, Summary};
 use crate::error::{QatError, Result};
 use crate::quant::schedule::Schedules;
-use crate::quant::{code_fractions, init_learned_scales, QatState, QuantBuilder, QuantHandle};
-use autoqat_model::{load_causal_lm, perplexity, CausalLM, EvalOptions, EvalReport, LoadedModel, PlainBuilder, TextTokenizer};
-use autoqat_recipe::{Precision, Recipe};
+use crate::quant::code_fractions;
+use autoqat_model::{load_causal_lm, CausalLM, EvalOptions, EvalReport, EvalSet, PlainBuilder, TextTokenizer};
+use autoqat_recipe::Recipe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -40,46 +40,6 @@ impl<'a> TrialOptions<'a> {
     }
 }
 
-/// The model and tensors a running trial holds.
-pub struct Student {
-    /// The student network and its variables.
-    pub loaded: LoadedModel,
-    /// The quantized weights.
-    pub handles: Vec<QuantHandle>,
-    /// lambda and activation bits shared with every BitLinear.
-    pub state: Arc<QatState>,
-}
-
-/// Loads the starting checkpoint with the recipe's quantized layers.
-pub fn load_student(recipe: &Recipe, device: Device) -> Result<Student> {
-    let bits = recipe.activations.bits.bits().unwrap_or(0);
-    let state = QatState::new(1.0, bits);
-    let builder = QuantBuilder::new(recipe, state.clone());
-    let loaded = load_causal_lm(&recipe.model.source, device, Kind::Float, &builder)?;
-    let handles = builder.take_handles();
-    init_learned_scales(&handles);
-    Ok(Student { loaded, handles, state })
-}
-
-/// The compute device of a recipe.
-pub fn recipe_device(recipe: &Recipe) -> Result<Device> {
-    let name = serde_json::to_value(recipe.runtime.device).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    Ok(autoqat_model::parse_device(&name)?)
-}
-
-/// Whether to autocast to bf16 (CUDA only).
-fn use_bf16(recipe: &Recipe, device: Device) -> Result<bool> {
-    match (recipe.runtime.precision, device) {
-        (Precision::Fp32, _) => Ok(false),
-        (Precision::Auto, Device::Cuda(_)) | (Precision::Bf16, Device::Cuda(_)) => Ok(true),
-        (Precision::Auto, _) => Ok(false),
-        (Precision::Bf16, d) => Err(QatError::Config(format!(
-            "runtime.precision = \"bf16\" needs a CUDA device, but the device is {} (hint: precision = \"auto\")",
-            autoqat_model::device_name(d)
-        ))),
-    }
-}
-
 /// The ids of the text at `path` read from the token cache `autoqat prepare` fills (when it
 /// matches this text and tokenizer), else encoded here.
 fn encode_cached(tok: &TextTokenizer, path: &Path, text: &str) -> Result<Vec<i64>> {
@@ -90,44 +50,21 @@ fn encode_cached(tok: &TextTokenizer, path: &Path, text: &str) -> Result<Vec<i64
     }
 }
 
-/// The eval text's token ids and UTF-8 bytes, cut to `max_tokens` (0: all).
-pub fn eval_tokens(tok: &TextTokenizer, path: &Path, max_tokens: u64) -> Result<(Vec<i64>, usize)> {
+/// The recipe's eval set: its eval text cut to `data.eval_max_tokens`, scored in sliding
+/// windows of `data.eval_ctx` every `data.eval_stride` tokens.
+pub fn eval_set(tok: &TextTokenizer, recipe: &Recipe) -> Result<EvalSet> {
+    let path = Path::new(&recipe.data.eval_text);
     let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
-    if max_tokens == 0 {
-        return Ok((encode_cached(tok, path, &text)?, text.len()));
+    let opts = EvalOptions { ctx: recipe.data.eval_ctx as usize, stride: recipe.data.eval_stride as usize, batch: 4 };
+    if recipe.data.eval_max_tokens == 0 {
+        return Ok(EvalSet::windows(encode_cached(tok, path, &text)?, text.len(), opts));
     }
-    // Tokenize only a generous prefix: offsets-tracking encoding of a whole corpus is slow.
-    let mut cut = text.len().min(max_tokens as usize * 16 + 1024);
-    while !text.is_char_boundary(cut) {
-        cut += 1;
-    }
-    loop {
-        let enc = tok
-            .inner()
-            .encode(&text[..cut], true)
-            .map_err(|e| QatError::Config(format!("tokenizing {}: {e}", path.display())))?;
-        let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
-        // One token more than asked, so the last kept token is not cut by the prefix.
-        if ids.len() > max_tokens as usize || cut == text.len() {
-            let n = (max_tokens as usize).min(ids.len());
-            if n == ids.len() {
-                return Ok((ids, cut));
-            }
-            // Bytes up to the end of the last kept token, so bits-per-byte counts the scored text.
-            let bytes = enc.get_offsets().get(n.saturating_sub(1)).map(|o| o.1).unwrap_or(cut);
-            return Ok((ids[..n].to_vec(), bytes));
-        }
-        cut = text.len().min(cut * 2);
-        while !text.is_char_boundary(cut) {
-            cut += 1;
-        }
-    }
+    Ok(EvalSet::windows_of_text(tok, &text, opts, recipe.data.eval_max_tokens as usize)?)
 }
 
-/// Evaluates `model` on `ids` with the recipe's protocol.
-pub fn evaluate(model: &CausalLM, ids: &[i64], bytes: usize, recipe: &Recipe, device: Device, bf16: bool) -> Result<EvalReport> {
-    let opts = EvalOptions { ctx: recipe.data.eval_ctx as usize, stride: recipe.data.eval_stride as usize, batch: 4 };
-    Ok(tch::autocast(bf16, || perplexity(model, ids, bytes, &opts, device))?)
+/// Scores `model` on `set`, under bf16 autocast when the trial trains in it.
+pub fn evaluate(model: &CausalLM, set: &EvalSet, device: Device, bf16: bool) -> Result<EvalReport> {
+    Ok(tch::autocast(bf16, || set.score(model, device))?)
 }
 
 /// Where training batches come from.
@@ -262,8 +199,8 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
     let sched = Schedules::with_total(recipe, total);
     files.log(&format!("recipe:\n{}", recipe.to_toml()));
     files.log(&format!("device {} bf16 {bf16} steps {total} tokens/step {}", progress.device, recipe.tokens_per_step()));
-    let (eval_ids, eval_bytes) = eval_tokens(&tok, Path::new(&recipe.data.eval_text), recipe.data.eval_max_tokens)?;
-    files.log(&format!("eval tokens {} eval bytes {eval_bytes}", eval_ids.len()));
+    let eval = eval_set(&tok, recipe)?;
+    files.log(&format!("eval tokens {} eval bytes {}", eval.text_tokens(), eval.n_bytes()));
 
     let vars: Vec<(String, Tensor)> =
         student.loaded.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
@@ -299,7 +236,7 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
         let fp_model = teacher.as_ref().map(|t| &t.model);
         student.state.set_lambda(0.0);
         student.state.set_act_bits(0);
-        let r = evaluate(fp_model.unwrap_or(model), &eval_ids, eval_bytes, recipe, device, bf16)?;
+        let r = evaluate(fp_model.unwrap_or(model), &eval, device, bf16)?;
         fp_ppl = r.eval_ppl;
         files.log(&format!("fp_ppl {:.4} fp_bpb {:.4}", r.eval_ppl, r.eval_bpb));
     }
@@ -399,7 +336,7 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
         if done % recipe.budget.eval_every == 0 || done == total {
             student.state.set_lambda(1.0);
             student.state.set_act_bits(final_bits);
-            let report = evaluate(model, &eval_ids, eval_bytes, recipe, device, bf16)?;
+            let report = evaluate(model, &eval, device, bf16)?;
             finite(report.eval_ppl, "the eval perplexity", done, lr)?;
             let fr = code_fractions(&student.handles);
             best_ppl = best_ppl.min(report.eval_ppl);
