@@ -6,7 +6,13 @@ use clap::{Args, Parser, Subcommand};
 
 /// Autonomous research harness for ternary and binary QAT of small language models.
 #[derive(Debug, Parser)]
-#[command(name = "autoqat", version, about, long_about = None)]
+#[command(
+    name = "autoqat",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 bad input (config, recipe, missing file), 4 the trial ran and failed, 130 interrupted."
+)]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

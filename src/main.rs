@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod demo;
+mod exit;
 mod host_alloc;
 mod prepare;
 mod report;
@@ -37,6 +38,6 @@ fn main() {
             msg.push_str(&format!(": {cause}"));
         }
         eprintln!("{msg}");
-        std::process::exit(1);
+        std::process::exit(exit::classify(&err) as i32);
     }
 }

@@ -83,3 +83,25 @@ fn unknown_recipe_key_is_one_clear_line() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("methd") && stderr.contains("method"), "names the key and what is allowed: {stderr}");
 }
+
+#[test]
+fn exit_codes_tell_usage_bad_input_and_a_failed_trial_apart() {
+    let Some(model) = common::tiny_model() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let code = |out: &Output| out.status.code();
+    assert_eq!(code(&autoqat(&["trial", "--no-such-flag"])), Some(2), "usage");
+    assert_eq!(code(&autoqat(&["trial", "--config", s(&tmp.path().join("missing.toml")), "--check"])), Some(3), "missing file");
+    let typo = write_recipe(tmp.path(), &model, "[quant]\nmethd = \"ternary_absmean\"\n");
+    assert_eq!(code(&autoqat(&["trial", "--config", s(&typo), "--check"])), Some(3), "malformed recipe");
+    let diverges = write_recipe(
+        tmp.path(),
+        &model,
+        "[ste]\nlambda_warmup_frac = 0.0\n",
+    );
+    let text = std::fs::read_to_string(&diverges).unwrap().replace("lr = 0.002", "lr = 100.0\ngrad_clip = 0.0\nlr_warmup_frac = 0.0");
+    std::fs::write(&diverges, text).unwrap();
+    let out = autoqat(&["trial", "--config", s(&diverges), "--run-dir", s(&tmp.path().join("run"))]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), Some(4), "a trial that ran and crashed: {stderr}");
+    assert!(stderr.contains("diverged"), "{stderr}");
+}

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use autoqat_compress::pipeline::write_json;
 use autoqat_compress::{compress, CompressRecipe, Summary};
 
@@ -102,14 +102,14 @@ fn verify(recipe: &CompressRecipe, s: &Summary) -> anyhow::Result<f64> {
         .output()
         .context("cannot run autoqat eval for the verify stage")?;
     if !out.status.success() {
-        bail!("the artifact does not reload: {}", String::from_utf8_lossy(&out.stderr).trim());
+        return Err(failed(format!("the artifact does not reload: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("verify: autoqat eval printed no JSON")?;
     let ppl = v["eval_ppl"].as_f64().filter(|p| p.is_finite());
-    let Some(ppl) = ppl else { bail!("the reloaded artifact scores a non-finite PPL ({})", v["eval_ppl"]) };
+    let Some(ppl) = ppl else { return Err(failed(format!("the reloaded artifact scores a non-finite PPL ({})", v["eval_ppl"]))) };
     let rel = (ppl - s.eval_ppl).abs() / s.eval_ppl;
     if rel > VERIFY_REL_TOL {
-        bail!("the reloaded artifact scores PPL {ppl:.6}, in memory {:.6} (relative difference {rel:.2e})", s.eval_ppl);
+        return Err(failed(format!("the reloaded artifact scores PPL {ppl:.6}, in memory {:.6} (relative difference {rel:.2e})", s.eval_ppl)));
     }
     Ok(ppl)
 }
@@ -117,4 +117,9 @@ fn verify(recipe: &CompressRecipe, s: &Summary) -> anyhow::Result<f64> {
 fn default_run_dir() -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     PathBuf::from("runs").join(format!("compress-{secs}"))
+}
+
+/// A verification failure: the compression ran, its artifact is not fit to hand in.
+fn failed(msg: String) -> anyhow::Error {
+    crate::exit::CliError::new(crate::exit::ExitKind::TrialFailed, msg).into()
 }

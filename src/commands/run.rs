@@ -5,6 +5,7 @@ use autoqat_research::driver::{self, Driver, RunOptions};
 use autoqat_research::settings::Settings;
 
 use crate::cli::RunArgs;
+use crate::exit::{CliError, ExitKind};
 
 /// Runs `autoqat run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -45,6 +46,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Some(s) = summary.records.first().and_then(|r| r.sigma) {
             println!("baseline noise: sigma {s:.4} over {} repeats", summary.records[0].baseline_ppls.len());
         }
+    }
+    if matches!(summary.stop, driver::StopReason::Signal) {
+        return Err(CliError::new(
+            ExitKind::Interrupted,
+            "interrupted by a signal (finished experiments are safe; continue with `autoqat run --resume`)",
+        )
+        .into());
     }
     Ok(())
 }

@@ -37,11 +37,13 @@ pub struct Written {
 /// `<workspace>/report`).
 pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyhow::Result<Written> {
     let path = autoqat_workspace::Layout::new(workspace).results();
-    anyhow::ensure!(
-        path.is_file(),
-        "cannot read {} (hint: run `autoqat run` first, or `autoqat results --rebuild`)",
-        path.display()
-    );
+    if !path.is_file() {
+        return Err(crate::exit::CliError::new(
+            crate::exit::ExitKind::BadInput,
+            format!("cannot read {} (hint: run `autoqat run` first, or `autoqat results --rebuild`)", path.display()),
+        )
+        .into());
+    }
     let rows = results::read(&path)?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| workspace.join("report"));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;

@@ -59,11 +59,13 @@ pub struct Status {
 /// Reads the workspace's state.
 pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     let layout = Layout::new(ws);
-    anyhow::ensure!(
-        layout.config().is_file(),
-        "{} is not an autoqat workspace (no autoqat.toml; hint: pass --workspace DIR)",
-        ws.display()
-    );
+    if !layout.config().is_file() {
+        return Err(crate::exit::CliError::new(
+            crate::exit::ExitKind::BadInput,
+            format!("{} is not an autoqat workspace (no autoqat.toml; hint: pass --workspace DIR)", ws.display()),
+        )
+        .into());
+    }
     // No results.tsv yet: the run has not finished its baseline.
     let rows: Vec<Row> = results::read(&layout.results())?;
     let running = lock_held(ws);
