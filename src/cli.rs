@@ -60,9 +60,8 @@ pub enum Command {
 /// Arguments of `autoqat doctor`.
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Print machine-readable JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// Arguments of `autoqat eval`.
@@ -103,9 +102,8 @@ pub struct EvalArgs {
     /// f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// Print machine-readable JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// How `autoqat eval` cuts the text.
@@ -301,9 +299,8 @@ pub struct TrialArgs {
 /// Arguments of `autoqat run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Run tag: the branch is autoqat/<tag>.
-    #[arg(long)]
-    pub tag: Option<String>,
+    #[command(flatten)]
+    pub tag: TagArg,
     /// Stop after this many experiments (the baseline counts).
     #[arg(long)]
     pub max_experiments: Option<u32>,
@@ -319,12 +316,10 @@ pub struct RunArgs {
     /// Resume the run of --tag after an interruption.
     #[arg(long)]
     pub resume: bool,
-    /// Workspace directory.
-    #[arg(long, default_value = ".")]
-    pub workspace: PathBuf,
-    /// Print machine-readable JSON lines.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub workspace: WorkspaceArg,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// Arguments of `autoqat results`.
@@ -333,40 +328,32 @@ pub struct ResultsArgs {
     /// Rewrite results.tsv from git notes alone.
     #[arg(long)]
     pub rebuild: bool,
-    /// Run tag (default: the current autoqat/<tag> branch).
-    #[arg(long)]
-    pub tag: Option<String>,
-    /// Workspace directory.
-    #[arg(long, default_value = ".")]
-    pub workspace: PathBuf,
-    /// Print machine-readable JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub tag: TagArg,
+    #[command(flatten)]
+    pub workspace: WorkspaceArg,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// Arguments of `autoqat log`.
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// Run tag (default: the current autoqat/<tag> branch).
-    #[arg(long)]
-    pub tag: Option<String>,
-    /// Workspace directory.
-    #[arg(long, default_value = ".")]
-    pub workspace: PathBuf,
-    /// Print machine-readable JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub tag: TagArg,
+    #[command(flatten)]
+    pub workspace: WorkspaceArg,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// Arguments of `autoqat report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Run tag (default: the current autoqat/<tag> branch).
-    #[arg(long)]
-    pub tag: Option<String>,
-    /// Workspace directory.
-    #[arg(long, default_value = ".")]
-    pub workspace: PathBuf,
+    #[command(flatten)]
+    pub tag: TagArg,
+    #[command(flatten)]
+    pub workspace: WorkspaceArg,
     /// Output directory for report.md and progress.png (default: <workspace>/report).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -375,12 +362,10 @@ pub struct ReportArgs {
 /// Arguments of `autoqat status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Workspace directory.
-    #[arg(long, default_value = ".")]
-    pub workspace: PathBuf,
-    /// Print machine-readable JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub workspace: WorkspaceArg,
+    #[command(flatten)]
+    pub json: JsonArg,
     /// Follow the run until it stops (a progress bar on a terminal, lines otherwise).
     #[arg(long)]
     pub watch: bool,
@@ -399,9 +384,8 @@ pub struct InitArgs {
 /// Arguments of `autoqat prepare`.
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
-    /// Workspace directory.
-    #[arg(long, default_value = ".")]
-    pub workspace: PathBuf,
+    #[command(flatten)]
+    pub workspace: WorkspaceArg,
     /// Model: hub id or local directory (default: from the recipe).
     #[arg(long)]
     pub model: Option<String>,
@@ -445,4 +429,45 @@ pub fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .without_time()
         .try_init();
+}
+
+/// `--workspace DIR`, declared once for every command that works in a workspace; derefs to
+/// the directory.
+#[derive(Debug, Clone, Args)]
+pub struct WorkspaceArg {
+    /// Workspace directory.
+    #[arg(long = "workspace", default_value = ".")]
+    pub dir: PathBuf,
+}
+
+impl std::ops::Deref for WorkspaceArg {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.dir
+    }
+}
+
+/// `--tag TAG`, declared once: which run (branch `autoqat/<tag>`) a command reads or writes.
+#[derive(Debug, Clone, Args)]
+pub struct TagArg {
+    /// Run tag: the branch is autoqat/<tag> (default: the checked-out autoqat/<tag> branch, or
+    /// `run.tag` of autoqat.toml for a new run).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub name: Option<String>,
+}
+
+impl std::ops::Deref for TagArg {
+    type Target = Option<String>;
+    fn deref(&self) -> &Option<String> {
+        &self.name
+    }
+}
+
+/// `--json`, declared once: machine-readable output (one JSON object, or JSON lines for a
+/// command that streams events).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct JsonArg {
+    /// Print machine-readable JSON (JSON lines for commands that stream).
+    #[arg(long = "json")]
+    pub on: bool,
 }

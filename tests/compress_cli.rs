@@ -4,32 +4,25 @@
 //! same weights; the zip is byte-identical across runs; the gate matches DESIGN.md 8 with a
 //! hand-computed parameter count; bad input is one line with nothing left that looks finished.
 
-#[path = "../crates/model/tests/common/mod.rs"]
 mod common;
 
+use common::{autoqat, s};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 const DOC_TOKENS: usize = 128;
 const BATCH: usize = 8;
 
 fn script() -> PathBuf {
-    common::repo_root().join("tests/reference/compress_ref.py")
+    common::model::repo_root().join("tests/reference/compress_ref.py")
 }
 
 /// The fixtures of `compress_ref.py make`, cached by the script's content.
 fn fixtures() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| common::script_fixture("compress-ref", &script(), &["make"], "eval.txt")).as_deref()
-}
-
-fn autoqat(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoqat")).args(args).output().expect("running autoqat")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    DIR.get_or_init(|| common::model::script_fixture("compress-ref", &script(), &["make"], "eval.txt")).as_deref()
 }
 
 /// Writes a recipe for `model` into `dir` with `extra` appended to `[budget]`'s section list.
@@ -53,7 +46,7 @@ fn run_compress(config: &Path, run: &Path) -> serde_json::Value {
 
 /// `compress_ref.py check`: the artifact as transformers loads and scores it.
 fn transformers_check(artifact: &Path, source: &Path, fx: &Path) -> Option<serde_json::Value> {
-    let out = Command::new(common::python()?)
+    let out = Command::new(common::model::python()?)
         .arg(script())
         .arg("check")
         .arg(artifact)
@@ -120,7 +113,7 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
         let diff = r["max_weight_diff"].as_f64().unwrap();
         assert!(diff <= 1e-6, "{model}: loaded weights differ from plain-PyTorch quantization by {diff}");
         let (got, want) = (a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
-        let rel = common::rel_err(got, want);
+        let rel = common::model::rel_err(got, want);
         assert!(rel <= 1e-4, "{model}: autoqat {got} vs transformers {want} (rel {rel})");
         assert_eq!(a["eval_tokens"].as_i64(), r["tokens"].as_i64());
 
@@ -132,7 +125,7 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(common::rel_err(e["eval_ppl"].as_f64().unwrap(), want) <= 1e-4);
+        assert!(common::model::rel_err(e["eval_ppl"].as_f64().unwrap(), want) <= 1e-4);
         // This artifact ships no tokenizer: scoring it without --tokenizer says what to pass.
         let out = autoqat(&["eval", "--model", s(&tmp.path().join("a/artifact.zip")), "--text", s(&fx.join("eval.txt"))]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -283,9 +276,9 @@ fn layerwise_distillation_lowers_each_block_error_and_stays_on_the_grid() {
     }
     // On the grid: the zip reloaded in a fresh process (verify) and in transformers scores
     // exactly what was measured in memory, so the trained weights are what the codes hold.
-    assert!(common::rel_err(a["verify_ppl"].as_f64().unwrap(), a["eval_ppl"].as_f64().unwrap()) <= 1e-5);
+    assert!(common::model::rel_err(a["verify_ppl"].as_f64().unwrap(), a["eval_ppl"].as_f64().unwrap()) <= 1e-5);
     let Some(r) = transformers_check(&tmp.path().join("a/artifact"), &fx.join("qwen2"), fx) else { return };
-    let rel = common::rel_err(a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
+    let rel = common::model::rel_err(a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
     assert!(rel <= 1e-4, "autoqat {} vs transformers {} after distillation", a["eval_ppl"], r["eval_ppl"]);
     // This artifact ships its tokenizer: the zip alone is enough to score it.
     let out = autoqat(&[
@@ -294,7 +287,7 @@ fn layerwise_distillation_lowers_each_block_error_and_stays_on_the_grid() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(common::rel_err(e["eval_ppl"].as_f64().unwrap(), a["eval_ppl"].as_f64().unwrap()) <= 1e-5);
+    assert!(common::model::rel_err(e["eval_ppl"].as_f64().unwrap(), a["eval_ppl"].as_f64().unwrap()) <= 1e-5);
 }
 
 #[test]
@@ -316,7 +309,7 @@ fn net2net_widening_keeps_the_function_and_grows_the_budget() {
     assert_eq!(cfg["intermediate_size"], 768);
     let Some(r) = transformers_check(&tmp.path().join("a/artifact"), &fx.join("llama"), fx) else { return };
     assert_eq!(r["param_count"].as_i64().unwrap(), params);
-    let rel = common::rel_err(a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
+    let rel = common::model::rel_err(a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
     assert!(rel <= 1e-4, "autoqat {} vs transformers {}", a["eval_ppl"], r["eval_ppl"]);
     // Duplicated units must not quantize identically: the split noise makes the down columns
     // of a unit and its copy differ. Without it they are far more alike after quantization.

@@ -1,15 +1,11 @@
 //! `autoqat eval` as a user runs it: perplexity against transformers' guide algorithm, and
 //! one clear line with a non-zero exit for each kind of bad input.
 
-#[path = "../crates/model/tests/common/mod.rs"]
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use common::{autoqat, s};
 
-fn autoqat(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoqat")).args(args).output().expect("running autoqat")
-}
+use std::path::Path;
 
 /// Runs `autoqat eval` expecting failure; returns its one stderr line.
 fn eval_fails(args: &[&str]) -> String {
@@ -31,15 +27,11 @@ fn llama_copy(fixtures: &Path) -> tempfile::TempDir {
     tmp
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn eval_ppl_matches_transformers_guide_at_two_settings() {
-    let Some(dir) = common::fixtures() else { return };
-    let reference = common::reference_ppl(dir);
-    if !common::on_wikitext(&reference) {
+    let Some(dir) = common::model::fixtures() else { return };
+    let reference = common::model::reference_ppl(dir);
+    if !common::model::on_wikitext(&reference) {
         eprintln!("note: wikitext-2 absent; comparing on the generated text instead");
     }
     let text = dir.join("text.txt");
@@ -52,7 +44,7 @@ fn eval_ppl_matches_transformers_guide_at_two_settings() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
         let (got_ppl, want_ppl) = (got["eval_ppl"].as_f64().unwrap(), want["eval_ppl"].as_f64().unwrap());
-        let err = common::rel_err(got_ppl, want_ppl);
+        let err = common::model::rel_err(got_ppl, want_ppl);
         assert!(err <= 1e-4, "{key}: autoqat {got_ppl} vs transformers {want_ppl} (rel err {err})");
         assert_eq!(got["tokens"], want["tokens"]);
         assert_eq!(got["bytes"].as_u64().unwrap(), std::fs::metadata(&text).unwrap().len());
@@ -64,7 +56,7 @@ fn eval_ppl_matches_transformers_guide_at_two_settings() {
 
 #[test]
 fn human_output_has_grepable_lines() {
-    let Some(dir) = common::fixtures() else { return };
+    let Some(dir) = common::model::fixtures() else { return };
     let out = autoqat(&["eval", "--model", s(&dir.join("qwen2")), "--text", s(&dir.join("text.txt")), "--device", "cpu"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -75,7 +67,7 @@ fn human_output_has_grepable_lines() {
 
 #[test]
 fn missing_safetensors_is_one_clear_line() {
-    let Some(dir) = common::fixtures() else { return };
+    let Some(dir) = common::model::fixtures() else { return };
     let m = llama_copy(dir);
     std::fs::remove_file(m.path().join("model.safetensors")).unwrap();
     let err = eval_fails(&["--model", s(m.path()), "--text", s(&dir.join("text.txt")), "--device", "cpu"]);
@@ -84,7 +76,7 @@ fn missing_safetensors_is_one_clear_line() {
 
 #[test]
 fn corrupt_safetensors_is_one_clear_line() {
-    let Some(dir) = common::fixtures() else { return };
+    let Some(dir) = common::model::fixtures() else { return };
     let m = llama_copy(dir);
     // A garbled header, and an empty file (a download cut off at zero bytes; the file is mapped,
     // not read, so this checks the zero-length map too).
@@ -97,7 +89,7 @@ fn corrupt_safetensors_is_one_clear_line() {
 
 #[test]
 fn wrong_shape_names_the_tensor_and_both_shapes() {
-    let Some(dir) = common::fixtures() else { return };
+    let Some(dir) = common::model::fixtures() else { return };
     let m = llama_copy(dir);
     let cfg_path = m.path().join("config.json");
     let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
@@ -109,7 +101,7 @@ fn wrong_shape_names_the_tensor_and_both_shapes() {
 
 #[test]
 fn unsupported_model_type_lists_the_supported_ones() {
-    let Some(dir) = common::fixtures() else { return };
+    let Some(dir) = common::model::fixtures() else { return };
     let m = llama_copy(dir);
     let cfg_path = m.path().join("config.json");
     let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"");
@@ -120,7 +112,7 @@ fn unsupported_model_type_lists_the_supported_ones() {
 
 #[test]
 fn empty_text_is_one_clear_line() {
-    let Some(dir) = common::fixtures() else { return };
+    let Some(dir) = common::model::fixtures() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
@@ -130,7 +122,7 @@ fn empty_text_is_one_clear_line() {
 
 #[test]
 fn ctx_larger_than_positions_is_one_clear_line() {
-    let Some(dir) = common::fixtures() else { return };
+    let Some(dir) = common::model::fixtures() else { return };
     let err = eval_fails(&["--model", s(&dir.join("llama")), "--text", s(&dir.join("text.txt")), "--ctx", "4096", "--device", "cpu"]);
     assert!(err.contains("ctx 4096") && err.contains("max_position_embeddings 128"), "{err}");
 }

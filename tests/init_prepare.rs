@@ -1,16 +1,16 @@
 //! `autoqat prepare` offline: a local model directory and local texts land where the recipe
 //! expects them, their tokens are cached and reused, and the recipe change is committed.
 
+mod common;
+
+use common::autoqat;
+
 use std::path::Path;
 use std::process::Command;
 
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder};
-
-fn autoqat(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_autoqat")).args(args).output().unwrap()
-}
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git").args(args).current_dir(dir).output().unwrap();

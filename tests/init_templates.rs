@@ -1,17 +1,15 @@
 //! `autoqat init`: each template yields a committed, clean workspace whose recipe passes the
 //! recipe schema.
 
+mod common;
+
+use common::git;
+
 use std::path::Path;
 use std::process::Command;
 
 fn autoqat(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_autoqat")).args(args).arg(dir).output().unwrap()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 fn init(template: &str) -> tempfile::TempDir {

@@ -3,7 +3,6 @@
 //! ternary student trained on them with the A8->A4 flip and its gates, the efficiency report,
 //! and the dry run.
 
-#[path = "../crates/model/tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
@@ -65,8 +64,8 @@ fn trial(dir: &Path, name: &str, text: &str) -> serde_json::Value {
 
 #[test]
 fn traces_from_a_local_teacher_train_a_ternary_student_that_beats_its_baselines() {
-    let Some(fx) = common::kd_fixture() else { return };
-    let Some(py) = common::python() else { return };
+    let Some(fx) = common::model::kd_fixture() else { return };
+    let Some(py) = common::model::python() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let teacher = format!("local:{}", fx.join("teacher").display());
@@ -155,7 +154,7 @@ print(json.dumps({"rows": sum(t.num_rows for t in tables), "types": {f.name: str
 
 #[test]
 fn a_trial_refuses_traces_made_for_another_tokenizer() {
-    let Some(fx) = common::kd_fixture() else { return };
+    let Some(fx) = common::model::kd_fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let teacher = format!("local:{}", fx.join("teacher").display());
@@ -249,10 +248,10 @@ impl Drop for Reaped {
 #[test]
 #[ignore = "slow: needs llama-cpp-python built from source (about 3 minutes; AUTOQAT_SLOW=1 ./scripts/test -- --ignored installs it) and the real SmolLM2"]
 fn traces_from_llama_cpp_server_match_the_local_teacher() {
-    let Some(py) = common::python() else { return };
+    let Some(py) = common::model::python() else { return };
     let probe = Command::new(&py).args(["-c", "import llama_cpp.server"]).output().unwrap();
     assert!(probe.status.success(), "llama-cpp-python[server] is not installed in {}", py.display());
-    let tool = common::repo_root().join("../shared/tools/real-smollm2");
+    let tool = common::model::repo_root().join("../shared/tools/real-smollm2");
     let model = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-smollm2");
     if !model.join("model.safetensors").is_file() {
         let out = Command::new(&tool).arg(&model).arg(&py).output().unwrap();

@@ -2,19 +2,12 @@
 //! the DESIGN.md outputs, and its packed ternary export, scored by `autoqat eval`, gives the
 //! trial's own final eval PPL. A bad recipe key is one clear line.
 
-#[path = "../crates/qat/tests/common/mod.rs"]
 mod common;
 
+use common::{autoqat, s};
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn autoqat(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoqat")).args(args).output().expect("running autoqat")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
+use std::process::Output;
 
 /// A recipe for the tiny model, written to `dir/train.toml`; eval on the whole eval text so
 /// that `autoqat eval` can score exactly the same tokens.
@@ -36,7 +29,7 @@ fn write_recipe(dir: &Path, model: &Path, extra: &str) -> std::path::PathBuf {
 
 #[test]
 fn trial_outputs_and_packed_export_score_the_same_ppl() {
-    let Some(model) = common::tiny_model() else { return };
+    let Some(model) = common::qat::tiny_model() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let recipe = write_recipe(tmp.path(), &model, "[quant]\nmethod = \"ternary_absmean\"\ngranularity = \"group64\"\n");
     let run = tmp.path().join("run");
@@ -74,7 +67,7 @@ fn trial_outputs_and_packed_export_score_the_same_ppl() {
 
 #[test]
 fn unknown_recipe_key_is_one_clear_line() {
-    let Some(model) = common::tiny_model() else { return };
+    let Some(model) = common::qat::tiny_model() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let recipe = write_recipe(tmp.path(), &model, "[quant]\nmethd = \"ternary_absmean\"\n");
     let out = autoqat(&["trial", "--config", s(&recipe), "--check"]);
@@ -86,7 +79,7 @@ fn unknown_recipe_key_is_one_clear_line() {
 
 #[test]
 fn exit_codes_tell_usage_bad_input_and_a_failed_trial_apart() {
-    let Some(model) = common::tiny_model() else { return };
+    let Some(model) = common::qat::tiny_model() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let code = |out: &Output| out.status.code();
     assert_eq!(code(&autoqat(&["trial", "--no-such-flag"])), Some(2), "usage");

@@ -28,7 +28,7 @@ struct Report {
 /// Runs `autoqat doctor`.
 pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let report = collect();
-    if args.json {
+    if args.json.on {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }

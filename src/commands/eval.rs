@@ -90,7 +90,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         Protocol::Windows => "windows",
         Protocol::Docs => "docs",
     };
-    if args.json {
+    if args.json.on {
         let mut v = serde_json::to_value(&report)?;
         if let Some(m) = v.as_object_mut() {
             m.insert("model".into(), args.model.clone().into());

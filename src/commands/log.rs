@@ -8,11 +8,11 @@ use crate::cli::LogArgs;
 
 /// Runs `autoqat log`.
 pub fn run(args: LogArgs) -> anyhow::Result<()> {
-    let tag = super::results::resolve_tag(args.tag, &args.workspace)?;
+    let tag = super::results::resolve_tag(args.tag.name, &args.workspace)?;
     let settings = Settings::load(&args.workspace)?;
     let entries = review::entries(&args.workspace, &tag, &settings.run.mutable_paths)
         .with_context(|| format!("cannot read the experiments of autoqat/{tag}"))?;
-    if args.json {
+    if args.json.on {
         let v: Vec<_> = entries
             .iter()
             .map(|(r, d)| serde_json::json!({"record": r, "diff": d}))

@@ -6,7 +6,7 @@ use crate::prepare::{self, Options};
 /// Runs `autoqat prepare`.
 pub fn run(args: PrepareArgs) -> anyhow::Result<()> {
     let opts = Options {
-        workspace: args.workspace.clone(),
+        workspace: args.workspace.dir.clone(),
         model: args.model,
         train_text: args.train_text,
         eval_text: args.eval_text,

@@ -20,15 +20,15 @@ pub fn resolve_tag(tag: Option<String>, workspace: &std::path::Path) -> anyhow::
 
 /// Runs `autoqat results`.
 pub fn run(args: ResultsArgs) -> anyhow::Result<()> {
-    let tag = resolve_tag(args.tag, &args.workspace)?;
+    let tag = resolve_tag(args.tag.name, &args.workspace)?;
     if args.rebuild {
         let records = driver::rebuild(&args.workspace, &tag)
             .with_context(|| format!("cannot rebuild results.tsv in {}", args.workspace.display()))?;
-        if !args.json {
+        if !args.json.on {
             eprintln!("rebuilt results.tsv from git notes: {} experiments of autoqat/{tag}", records.len());
         }
     }
-    if args.json {
+    if args.json.on {
         let git = Git::open(&args.workspace)?;
         println!("{}", serde_json::to_string_pretty(&git.records(&tag)?)?);
         return Ok(());

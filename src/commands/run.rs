@@ -11,13 +11,13 @@ use crate::exit::{CliError, ExitKind};
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::load(&args.workspace)?;
     let opts = RunOptions {
-        tag: args.tag,
+        tag: args.tag.name,
         max_experiments: args.max_experiments,
         hours: args.hours,
         max_cost: args.max_cost,
         provider: args.provider,
         resume: args.resume,
-        json: args.json,
+        json: args.json.on,
         quiet: false,
     };
     driver::install_signal_handlers();
@@ -26,7 +26,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let summary = d.run().context("the research loop failed (finished experiments are safe; continue with --resume)")?;
     let best = autoqat_research::results::best(&summary.records);
     let cost: f64 = summary.records.iter().map(|r| r.cost_usd).sum();
-    if args.json {
+    if args.json.on {
         println!(
             "{}",
             serde_json::json!({

@@ -10,7 +10,7 @@ use crate::status;
 /// Runs `autoqat status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let s = status::snapshot(&args.workspace)?;
-    if args.json {
+    if args.json.on {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         print!("{}", status::render(&s));
@@ -23,7 +23,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
 
 /// Follows the run until it stops: one bar (or one line per change) per trial.
 fn watch(args: &StatusArgs, shown: (Option<u32>, Option<status::TrialProgress>)) -> anyhow::Result<()> {
-    let tty = std::io::stderr().is_terminal() && !args.json;
+    let tty = std::io::stderr().is_terminal() && !args.json.on;
     let mut bar: Option<(u32, indicatif::ProgressBar)> = None;
     let mut last_printed = Some(shown);
     loop {
@@ -66,7 +66,7 @@ fn watch(args: &StatusArgs, shown: (Option<u32>, Option<status::TrialProgress>))
         } else {
             let key = (s.current_exp, s.trial.clone());
             if last_printed.as_ref() != Some(&key) {
-                if args.json {
+                if args.json.on {
                     println!("{}", serde_json::to_string(&s)?);
                 } else if let Some(t) = &s.trial {
                     println!("exp {} {}", s.current_exp.unwrap_or(0), status::trial_line(t));
