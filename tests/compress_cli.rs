@@ -120,14 +120,25 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
         // `autoqat eval` of the zip by the docs protocol is the same number.
         let tok = fx.join(model).join("tokenizer.json");
         let out = autoqat(&[
-            "eval", "--model", s(&tmp.path().join("a/artifact.zip")), "--text", s(&fx.join("eval.txt")),
-            "--protocol", "docs", "--doc-tokens", &DOC_TOKENS.to_string(), "--tokenizer", s(&tok), "--json",
+            "eval",
+            "--model",
+            s(&tmp.path().join("a/artifact.zip")),
+            "--text",
+            s(&fx.join("eval.txt")),
+            "--protocol",
+            "docs",
+            "--doc-tokens",
+            &DOC_TOKENS.to_string(),
+            "--tokenizer",
+            s(&tok),
+            "--json",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(common::model::rel_err(e["eval_ppl"].as_f64().unwrap(), want) <= 1e-4);
         // This artifact ships no tokenizer: scoring it without --tokenizer says what to pass.
-        let out = autoqat(&["eval", "--model", s(&tmp.path().join("a/artifact.zip")), "--text", s(&fx.join("eval.txt"))]);
+        let out =
+            autoqat(&["eval", "--model", s(&tmp.path().join("a/artifact.zip")), "--text", s(&fx.join("eval.txt"))]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.trim().lines().count() == 1 && err.contains("--tokenizer"), "{err}");
     }
@@ -152,7 +163,8 @@ fn bad_input_is_one_line_and_leaves_no_artifact() {
     let tmp = tempfile::tempdir().unwrap();
 
     // A budget that not even all-ternary rows fit: says by how much.
-    let config = recipe(tmp.path(), fx, "llama", "ternary", "bits_per_param = 1.0\n[allocate]\nkinds = [\"ternary\", \"q4\"]");
+    let config =
+        recipe(tmp.path(), fx, "llama", "ternary", "bits_per_param = 1.0\n[allocate]\nkinds = [\"ternary\", \"q4\"]");
     let err = compress_fails(&config, &tmp.path().join("r1"));
     assert!(err.contains("over") && err.contains("bits") && err.contains("hint"), "{err}");
 
@@ -249,14 +261,21 @@ fn the_loop_searches_a_compression_workspace() {
 
     // The frontier over the workspace's runs: every finished run listed, at least one on the
     // frontier, and a plot that decodes as a PNG.
-    let out = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["frontier", "--json", "--out", "report"]).current_dir(&ws).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoqat"))
+        .args(["frontier", "--json", "--out", "report"])
+        .current_dir(&ws)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let points: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let points = points.as_array().unwrap();
     assert_eq!(points.len(), 3, "{points:?}");
     assert!(points.iter().any(|p| p["on_frontier"] == true), "{points:?}");
     for p in points.iter().filter(|p| !p["summary"].is_null()) {
-        assert!(p["on_frontier"] == true || !p["dominated_by"].is_null() || !p["flags"].as_array().unwrap().is_empty(), "{p}");
+        assert!(
+            p["on_frontier"] == true || !p["dominated_by"].is_null() || !p["flags"].as_array().unwrap().is_empty(),
+            "{p}"
+        );
     }
     let png = image::open(ws.join("report/frontier.png")).expect("frontier.png decodes");
     assert!(png.width() >= 800);
@@ -266,7 +285,13 @@ fn the_loop_searches_a_compression_workspace() {
 fn layerwise_distillation_lowers_each_block_error_and_stays_on_the_grid() {
     let Some(fx) = fixtures() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let config = recipe(tmp.path(), fx, "qwen2", "ternary", "[distill]\nenabled = true\nsteps = 20\nlr = 1e-4\n[package]\ntokenizer = true");
+    let config = recipe(
+        tmp.path(),
+        fx,
+        "qwen2",
+        "ternary",
+        "[distill]\nenabled = true\nsteps = 20\nlr = 1e-4\n[package]\ntokenizer = true",
+    );
     let a = run_compress(&config, &tmp.path().join("a"));
     let blocks = a["distill"].as_array().unwrap();
     assert_eq!(blocks.len(), 2);
@@ -282,8 +307,16 @@ fn layerwise_distillation_lowers_each_block_error_and_stays_on_the_grid() {
     assert!(rel <= 1e-4, "autoqat {} vs transformers {} after distillation", a["eval_ppl"], r["eval_ppl"]);
     // This artifact ships its tokenizer: the zip alone is enough to score it.
     let out = autoqat(&[
-        "eval", "--model", s(&tmp.path().join("a/artifact.zip")), "--text", s(&fx.join("eval.txt")), "--protocol", "docs",
-        "--doc-tokens", &DOC_TOKENS.to_string(), "--json",
+        "eval",
+        "--model",
+        s(&tmp.path().join("a/artifact.zip")),
+        "--text",
+        s(&fx.join("eval.txt")),
+        "--protocol",
+        "docs",
+        "--doc-tokens",
+        &DOC_TOKENS.to_string(),
+        "--json",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -36,7 +36,8 @@ fn quick_demo_runs_the_whole_loop_and_reuses_the_cached_teacher() {
     let teachers: Vec<_> = std::fs::read_dir(cache.join("teachers")).unwrap().flatten().collect();
     assert_eq!(teachers.len(), 1, "one cache entry");
     let entry = teachers[0].path();
-    for f in ["tokenizer.json", "model/config.json", "model/model.safetensors", "model/tokenizer.json", "teacher.json"] {
+    for f in ["tokenizer.json", "model/config.json", "model/model.safetensors", "model/tokenizer.json", "teacher.json"]
+    {
         assert!(entry.join(f).is_file(), "cache lacks {f}");
     }
     let tok = tokenizers::Tokenizer::from_file(entry.join("tokenizer.json")).unwrap();
@@ -85,7 +86,10 @@ fn quick_demo_runs_the_whole_loop_and_reuses_the_cached_teacher() {
     let s2 = summary(&d2);
     assert_eq!(s2["teacher_reused"], true);
     assert_eq!(s2["teacher_fp_ppl"], s1["teacher_fp_ppl"]);
-    assert_eq!(std::fs::read(d2.join("teacher/model.safetensors")).unwrap(), std::fs::read(entry.join("model/model.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(d2.join("teacher/model.safetensors")).unwrap(),
+        std::fs::read(entry.join("model/model.safetensors")).unwrap()
+    );
 }
 
 #[test]
@@ -104,7 +108,11 @@ fn demo_again_into_a_previous_demo_dir_uses_a_fresh_sibling() {
     // A previous demo workspace: what `autoqat init --template tiny-demo` leaves.
     let tmp = tempfile::tempdir().unwrap();
     let prev = tmp.path().join("autoqat-demo");
-    let init = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["init", "--template", "tiny-demo"]).arg(&prev).output().unwrap();
+    let init = Command::new(env!("CARGO_BIN_EXE_autoqat"))
+        .args(["init", "--template", "tiny-demo"])
+        .arg(&prev)
+        .output()
+        .unwrap();
     assert!(init.status.success());
     let before = std::fs::read_to_string(prev.join("experiments/train.toml")).unwrap();
     // Stop it early: an empty cache dir that cannot be created makes phase 1 fail after the

@@ -38,8 +38,20 @@ fn eval_ppl_matches_transformers_guide_at_two_settings() {
     for (key, want) in reference["models"]["llama"].as_object().unwrap() {
         let (ctx, stride) = key.split_once('/').unwrap();
         let out = autoqat(&[
-            "eval", "--model", s(&dir.join("llama")), "--text", s(&text), "--ctx", ctx, "--stride", stride,
-            "--batch", "2", "--device", "cpu", "--json",
+            "eval",
+            "--model",
+            s(&dir.join("llama")),
+            "--text",
+            s(&text),
+            "--ctx",
+            ctx,
+            "--stride",
+            stride,
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
@@ -57,7 +69,8 @@ fn eval_ppl_matches_transformers_guide_at_two_settings() {
 #[test]
 fn human_output_has_grepable_lines() {
     let Some(dir) = common::model::fixtures() else { return };
-    let out = autoqat(&["eval", "--model", s(&dir.join("qwen2")), "--text", s(&dir.join("text.txt")), "--device", "cpu"]);
+    let out =
+        autoqat(&["eval", "--model", s(&dir.join("qwen2")), "--text", s(&dir.join("text.txt")), "--device", "cpu"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for key in ["eval_loss:", "eval_ppl:", "eval_bpb:", "tokens:", "bytes:", "tokens_per_s:"] {
@@ -92,7 +105,8 @@ fn wrong_shape_names_the_tensor_and_both_shapes() {
     let Some(dir) = common::model::fixtures() else { return };
     let m = llama_copy(dir);
     let cfg_path = m.path().join("config.json");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
+    let cfg =
+        std::fs::read_to_string(&cfg_path).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
     std::fs::write(&cfg_path, cfg).unwrap();
     let err = eval_fails(&["--model", s(m.path()), "--text", s(&dir.join("text.txt")), "--device", "cpu"]);
     assert!(err.contains("mlp.") && err.contains("_proj.weight"), "{err}");
@@ -104,7 +118,8 @@ fn unsupported_model_type_lists_the_supported_ones() {
     let Some(dir) = common::model::fixtures() else { return };
     let m = llama_copy(dir);
     let cfg_path = m.path().join("config.json");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"");
+    let cfg =
+        std::fs::read_to_string(&cfg_path).unwrap().replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"");
     std::fs::write(&cfg_path, cfg).unwrap();
     let err = eval_fails(&["--model", s(m.path()), "--text", s(&dir.join("text.txt")), "--device", "cpu"]);
     assert!(err.contains("\"gpt2\"") && err.contains("llama, qwen2, qwen3"), "{err}");
@@ -123,7 +138,16 @@ fn empty_text_is_one_clear_line() {
 #[test]
 fn ctx_larger_than_positions_is_one_clear_line() {
     let Some(dir) = common::model::fixtures() else { return };
-    let err = eval_fails(&["--model", s(&dir.join("llama")), "--text", s(&dir.join("text.txt")), "--ctx", "4096", "--device", "cpu"]);
+    let err = eval_fails(&[
+        "--model",
+        s(&dir.join("llama")),
+        "--text",
+        s(&dir.join("text.txt")),
+        "--ctx",
+        "4096",
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("ctx 4096") && err.contains("max_position_embeddings 128"), "{err}");
 }
 

@@ -31,12 +31,13 @@ fn model_dir(dir: &Path, text: &str) {
         .show_progress(false)
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
-    let mut tok = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-        .with_model(BPE::default())
-        .with_pre_tokenizer(Some(ByteLevel::default().into()))
-        .with_decoder(Some(ByteLevel::default().into()))
-        .build()
-        .unwrap();
+    let mut tok =
+        TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
+            .with_model(BPE::default())
+            .with_pre_tokenizer(Some(ByteLevel::default().into()))
+            .with_decoder(Some(ByteLevel::default().into()))
+            .build()
+            .unwrap();
     tok.train(&mut trainer, text.lines()).unwrap();
     tok.save(dir.join("tokenizer.json"), false).unwrap();
 }

@@ -71,9 +71,30 @@ fn traces_from_a_local_teacher_train_a_ternary_student_that_beats_its_baselines(
     let teacher = format!("local:{}", fx.join("teacher").display());
     let prompts = fx.join("prompts.txt");
     let prompts = prompts.to_str().unwrap();
-    let collect = |out: &str| autoqat(dir, &["kd", "collect", "--teacher", &teacher, "--prompts", prompts, "--out", out, "--max-tokens", "32", "--prompts-per-shard", "32"]);
+    let collect = |out: &str| {
+        autoqat(
+            dir,
+            &[
+                "kd",
+                "collect",
+                "--teacher",
+                &teacher,
+                "--prompts",
+                prompts,
+                "--out",
+                out,
+                "--max-tokens",
+                "32",
+                "--prompts-per-shard",
+                "32",
+            ],
+        )
+    };
     let first = ok(&collect("traces"));
-    assert!(first.contains("96 prompts collected (96 now, 0 from before)") && first.contains("invalid rate"), "{first}");
+    assert!(
+        first.contains("96 prompts collected (96 now, 0 from before)") && first.contains("invalid rate"),
+        "{first}"
+    );
     let again = ok(&collect("traces"));
     assert!(again.contains("(0 now, 96 from before)"), "a re-run must skip what is done: {again}");
 
@@ -111,7 +132,11 @@ print(json.dumps({"rows": sum(t.num_rows for t in tables), "types": {f.name: str
     // The student (the teacher's weights, ternary) trained on the traces, against the same
     // student untrained and trained on the same traces with hard labels only, same budget.
     let kd = trial(dir, "kd", &recipe(fx, "traces", 8000, 2e-3, 0, ""));
-    let hard = trial(dir, "hard", &recipe(fx, "traces", 8000, 2e-3, 0, "kl_weight = 0.0\nce_weight = 1.0\nformat_weight = 0.0"));
+    let hard = trial(
+        dir,
+        "hard",
+        &recipe(fx, "traces", 8000, 2e-3, 0, "kl_weight = 0.0\nce_weight = 1.0\nformat_weight = 0.0"),
+    );
     let untrained = trial(dir, "untrained", &recipe(fx, "traces", 0, 1e-7, 1, ""));
     let ppl = |s: &serde_json::Value| s["eval_ppl"].as_f64().unwrap();
     // The comparison needs a teacher that knows real language: on the generated fallback corpus
@@ -137,14 +162,23 @@ print(json.dumps({"rows": sum(t.num_rows for t in tables), "types": {f.name: str
     // The efficiency report from measured figures.
     let heldout = fx.join("heldout.txt");
     let heldout = heldout.to_str().unwrap();
-    ok(&autoqat(dir, &["kd", "collect", "--teacher", &teacher, "--prompts", heldout, "--out", "heldout", "--max-tokens", "32"]));
+    ok(&autoqat(
+        dir,
+        &["kd", "collect", "--teacher", &teacher, "--prompts", heldout, "--out", "heldout", "--max-tokens", "32"],
+    ));
     ok(&autoqat(dir, &["kd", "baseline", "--teacher", &teacher, "--prompts", heldout, "--max-tokens", "32"]));
     let printed = ok(&autoqat(dir, &["kd", "report", "--student", "kd/export", "--traces", "heldout"]));
     assert!(printed.contains("QEI = (quality_s / quality_t) / (memory_s / memory_t)"), "{printed}");
     let r = json(&dir.join("kd_report.json"));
     let f = |k: &str| r[k].as_f64().unwrap();
-    assert_eq!(r["memory_s_bytes"].as_u64(), Some(std::fs::metadata(dir.join("kd/export/model.safetensors")).unwrap().len()));
-    assert_eq!(r["memory_t_bytes"].as_u64(), Some(std::fs::metadata(fx.join("teacher/model.safetensors")).unwrap().len()));
+    assert_eq!(
+        r["memory_s_bytes"].as_u64(),
+        Some(std::fs::metadata(dir.join("kd/export/model.safetensors")).unwrap().len())
+    );
+    assert_eq!(
+        r["memory_t_bytes"].as_u64(),
+        Some(std::fs::metadata(fx.join("teacher/model.safetensors")).unwrap().len())
+    );
     assert!(f("quality_s") > 0.0 && f("quality_s") <= 1.0);
     assert!(f("tps_s") > 0.0 && f("tps_t") > 0.0);
     let qei = f("quality_s") / f("quality_t") / (f("memory_s_bytes") / f("memory_t_bytes"));
@@ -162,7 +196,20 @@ fn a_trial_refuses_traces_made_for_another_tokenizer() {
     let heldout = fx.join("heldout.txt");
     let out = autoqat(
         dir,
-        &["kd", "collect", "--teacher", &teacher, "--prompts", heldout.to_str().unwrap(), "--out", "t", "--max-tokens", "4", "--student-tokenizer", other.to_str().unwrap()],
+        &[
+            "kd",
+            "collect",
+            "--teacher",
+            &teacher,
+            "--prompts",
+            heldout.to_str().unwrap(),
+            "--out",
+            "t",
+            "--max-tokens",
+            "4",
+            "--student-tokenizer",
+            other.to_str().unwrap(),
+        ],
     );
     ok(&out);
     std::fs::write(dir.join("r.toml"), recipe(fx, "t", 0, 1e-3, 2, "")).unwrap();
@@ -257,13 +304,27 @@ fn traces_from_llama_cpp_server_match_the_local_teacher() {
         let out = Command::new(&tool).arg(&model).arg(&py).output().unwrap();
         assert!(out.status.success(), "real-smollm2: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let gguf = std::fs::read_dir(&model).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "gguf")).expect("the GGUF beside the model");
+    let gguf = std::fs::read_dir(&model)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .expect("the GGUF beside the model");
     let port = free_port();
     let _server = Reaped(
         Command::new(&py)
             .args(["-m", "llama_cpp.server", "--model"])
             .arg(&gguf)
-            .args(["--n_ctx", "2048", "--host", "127.0.0.1", "--port", &port.to_string(), "--api_key", "sk-llama-test-key"])
+            .args([
+                "--n_ctx",
+                "2048",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--api_key",
+                "sk-llama-test-key",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -278,20 +339,32 @@ fn traces_from_llama_cpp_server_match_the_local_teacher() {
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("p.txt"), "Write one sentence about the sea.\nName three colors.\nWhat is two plus two?\n").unwrap();
+    std::fs::write(dir.join("p.txt"), "Write one sentence about the sea.\nName three colors.\nWhat is two plus two?\n")
+        .unwrap();
     // The server applies the model's chat template itself (with its default system prompt);
     // the local teacher is given the same rendering explicitly.
     let chat = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n";
     let common_args = ["--prompts", "p.txt", "--max-tokens", "12", "--top-k", "5", "--device", "cpu"];
     let run = |teacher: &str, out: &str, template: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoqat"));
-        cmd.args(["kd", "collect", "--teacher", teacher, "--base-url", &url, "--api-key-env", "AUTOQAT_LLAMA_KEY", "--out", out])
-            .args(common_args)
-            .args(["--template", template])
-            .arg("--student-tokenizer")
-            .arg(&model)
-            .env("AUTOQAT_LLAMA_KEY", "sk-llama-test-key")
-            .current_dir(dir);
+        cmd.args([
+            "kd",
+            "collect",
+            "--teacher",
+            teacher,
+            "--base-url",
+            &url,
+            "--api-key-env",
+            "AUTOQAT_LLAMA_KEY",
+            "--out",
+            out,
+        ])
+        .args(common_args)
+        .args(["--template", template])
+        .arg("--student-tokenizer")
+        .arg(&model)
+        .env("AUTOQAT_LLAMA_KEY", "sk-llama-test-key")
+        .current_dir(dir);
         ok(&cmd.output().unwrap())
     };
     run("openai:smollm2", "api", "{prompt}");

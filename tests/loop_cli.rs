@@ -34,7 +34,11 @@ fn run_results_rebuild_and_log_through_the_cli() {
     std::fs::write(ws.join("experiments/train.toml"), RECIPE).unwrap();
     std::fs::write(ws.join("trial.sh"), TRIAL).unwrap();
     std::fs::write(ws.join("autoqat.toml"), SETTINGS).unwrap();
-    for args in [&["init", "-q", "-b", "main"][..], &["add", "."], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]] {
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ] {
         assert!(sh(ws, "git", args).status.success());
     }
     // A change to a tracked file is refused with one clear line.
@@ -82,7 +86,11 @@ fn the_report_uses_the_noise_the_driver_measured() {
     std::fs::write(ws.join("experiments/train.toml"), RECIPE).unwrap();
     std::fs::write(ws.join("trial.sh"), TRIAL).unwrap();
     std::fs::write(ws.join("autoqat.toml"), format!("{SETTINGS}[noise]\nbaseline_repeats = 3\n")).unwrap();
-    for args in [&["init", "-q", "-b", "main"][..], &["add", "."], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]] {
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ] {
         assert!(sh(ws, "git", args).status.success());
     }
     let out = autoqat(ws, &["run", "--max-experiments", "1", "--provider", "builtin"]);

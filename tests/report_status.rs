@@ -6,12 +6,17 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription";
-const STEPS: &str = "step\tlambda\ttrain_loss\ttrain_ppl\teval_ppl\teval_bpb\tlr\ttime_s\tbest_ppl\tq_neg1\tq_zero\tq_pos1";
+const STEPS: &str =
+    "step\tlambda\ttrain_loss\ttrain_ppl\teval_ppl\teval_bpb\tlr\ttime_s\tbest_ppl\tq_neg1\tq_zero\tq_pos1";
 
 fn workspace() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path().join("ws");
-    let st = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["init", "--template", "tiny-demo"]).arg(&ws).output().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_autoqat"))
+        .args(["init", "--template", "tiny-demo"])
+        .arg(&ws)
+        .output()
+        .unwrap();
     assert!(st.status.success());
     std::fs::write(
         ws.join("results.tsv"),
@@ -33,13 +38,15 @@ fn workspace() -> tempfile::TempDir {
 
 fn hold_lock(ws: &Path) -> std::fs::File {
     std::fs::create_dir_all(ws.join(".autoqat")).unwrap();
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(ws.join(".autoqat/lock")).unwrap();
+    let f =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(ws.join(".autoqat/lock")).unwrap();
     f.lock().unwrap();
     f
 }
 
 fn status_json(ws: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["status", "--json", "--workspace"]).arg(ws).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["status", "--json", "--workspace"]).arg(ws).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -115,7 +122,8 @@ fn watch_without_a_terminal_prints_a_line_per_eval_and_ends_with_the_run() {
 #[test]
 fn status_outside_a_workspace_says_so() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["status", "--workspace"]).arg(tmp.path()).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["status", "--workspace"]).arg(tmp.path()).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an autoqat workspace"));
 }

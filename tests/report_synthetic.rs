@@ -37,11 +37,17 @@ fn synthetic_run() -> (tempfile::TempDir, String, String) {
     let c3 = commit_recipe(dir, &r3, "longer warmup");
     let rows = [
         format!("0000\t{c0}\t\tbaseline\t50.0\t1.5\t3.9\t0\t60\t40960\t900\t0.3\t0.4\t0.3\t0\tbaseline"),
-        format!("0001\t{c0}\t{c0}\tbaseline\t50.4\t1.51\t3.9\t0.008\t61\t40960\t900\t0.3\t0.4\t0.3\t0\tbaseline (repeat)"),
+        format!(
+            "0001\t{c0}\t{c0}\tbaseline\t50.4\t1.51\t3.9\t0.008\t61\t40960\t900\t0.3\t0.4\t0.3\t0\tbaseline (repeat)"
+        ),
         format!("0002\t{c1}\t{c0}\tkeep\t45.0\t1.4\t3.7\t-0.1\t60\t40960\t900\t0.31\t0.38\t0.31\t0.01\traise lr"),
-        format!("0003\t{c2}\t{c1}\tdiscard\t47.0\t1.45\t3.8\t0.04\t60\t40960\t900\t0.2\t0.6\t0.2\t0.01\tper-tensor scale"),
+        format!(
+            "0003\t{c2}\t{c1}\tdiscard\t47.0\t1.45\t3.8\t0.04\t60\t40960\t900\t0.2\t0.6\t0.2\t0.01\tper-tensor scale"
+        ),
         format!("0004\t{c2}\t{c1}\tcrash\t\t\t\t\t3\t0\t0\t\t\t\t0.01\tlr 1.0 | diverged"),
-        format!("0005\t{c3}\t{c1}\tkeep\t44.0\t1.38\t3.6\t-0.022\t60\t40960\t900\t0.32\t0.36\t0.32\t0.01\tlonger warmup"),
+        format!(
+            "0005\t{c3}\t{c1}\tkeep\t44.0\t1.38\t3.6\t-0.022\t60\t40960\t900\t0.32\t0.36\t0.32\t0.01\tlonger warmup"
+        ),
         format!("0006\t{c3}\t{c3}\tdiscard\t9000\t9\t9\t200\t60\t40960\t900\t0.5\t0\t0.5\t0.01\tabsurd outlier"),
     ];
     std::fs::write(dir.join("results.tsv"), format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
@@ -59,11 +65,7 @@ fn png_size(path: &Path) -> (u32, u32) {
 fn report_shows_best_recipe_diff_table_noise_and_plot() {
     let (tmp, _c0, c3) = synthetic_run();
     let dir = tmp.path();
-    let out = Command::new(env!("CARGO_BIN_EXE_autoqat"))
-        .args(["report", "--workspace"])
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["report", "--workspace"]).arg(dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "report failed: {}", String::from_utf8_lossy(&out.stderr));
     // The printed diff is the best recipe (two kept changes) against the baseline, and nothing
@@ -94,11 +96,7 @@ fn report_shows_best_recipe_diff_table_noise_and_plot() {
 fn plot_marks_kept_points_green_and_discarded_grey() {
     let (tmp, ..) = synthetic_run();
     let dir = tmp.path();
-    let st = Command::new(env!("CARGO_BIN_EXE_autoqat"))
-        .args(["report", "--workspace"])
-        .arg(dir)
-        .status()
-        .unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["report", "--workspace"]).arg(dir).status().unwrap();
     assert!(st.success());
     let img = image::open(dir.join("report/progress.png")).unwrap().to_rgb8();
     let count = |want: [u8; 3]| img.pixels().filter(|p| p.0 == want).count();
@@ -114,7 +112,10 @@ fn plot_marks_kept_points_green_and_discarded_grey() {
     assert!(band > 5000, "too few noise-band pixels: {band}");
     assert!(fp > 1000, "too few full-precision line pixels: {fp}");
     let svg = std::fs::read_to_string(dir.join("report/progress.svg")).unwrap();
-    assert!(svg.contains("baseline ± 2σ") && svg.contains("full-precision teacher (30.250)"), "svg lacks the reference legend");
+    assert!(
+        svg.contains("baseline ± 2σ") && svg.contains("full-precision teacher (30.250)"),
+        "svg lacks the reference legend"
+    );
     // Text was rendered (the font is compiled in): dark pixels beyond the axes alone.
     let dark = img.pixels().filter(|p| p.0.iter().all(|c| *c < 90)).count();
     assert!(dark > 2000, "no text drawn? dark pixels: {dark}");
@@ -123,11 +124,8 @@ fn plot_marks_kept_points_green_and_discarded_grey() {
 #[test]
 fn report_without_results_names_the_file_and_the_fix() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_autoqat"))
-        .args(["report", "--workspace"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["report", "--workspace"]).arg(tmp.path()).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("results.tsv") && err.contains("autoqat run"), "{err}");
@@ -147,11 +145,7 @@ fn report_on_a_garbled_row_names_the_file_and_the_line() {
         .map(|(i, l)| if i == 3 { l.replacen("\t45.0\t", "\tfast\t", 1) } else { l.to_string() })
         .collect();
     std::fs::write(&path, garbled.join("\n") + "\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_autoqat"))
-        .args(["report", "--workspace"])
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["report", "--workspace"]).arg(dir).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{} line 4", path.display())), "{err}");

@@ -55,8 +55,18 @@ fn trial_outputs_and_packed_export_score_the_same_ppl() {
 
     let export = run.join("export");
     let out = autoqat(&[
-        "eval", "--model", s(&export), "--text", s(&tmp.path().join("eval.txt")), "--ctx", "64", "--stride", "64",
-        "--device", "cpu", "--json",
+        "eval",
+        "--model",
+        s(&export),
+        "--text",
+        s(&tmp.path().join("eval.txt")),
+        "--ctx",
+        "64",
+        "--stride",
+        "64",
+        "--device",
+        "cpu",
+        "--json",
     ]);
     assert!(out.status.success(), "eval of the export failed: {}", String::from_utf8_lossy(&out.stderr));
     let scored: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
@@ -83,15 +93,17 @@ fn exit_codes_tell_usage_bad_input_and_a_failed_trial_apart() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let code = |out: &Output| out.status.code();
     assert_eq!(code(&autoqat(&["trial", "--no-such-flag"])), Some(2), "usage");
-    assert_eq!(code(&autoqat(&["trial", "--config", s(&tmp.path().join("missing.toml")), "--check"])), Some(3), "missing file");
+    assert_eq!(
+        code(&autoqat(&["trial", "--config", s(&tmp.path().join("missing.toml")), "--check"])),
+        Some(3),
+        "missing file"
+    );
     let typo = write_recipe(tmp.path(), &model, "[quant]\nmethd = \"ternary_absmean\"\n");
     assert_eq!(code(&autoqat(&["trial", "--config", s(&typo), "--check"])), Some(3), "malformed recipe");
-    let diverges = write_recipe(
-        tmp.path(),
-        &model,
-        "[ste]\nlambda_warmup_frac = 0.0\n",
-    );
-    let text = std::fs::read_to_string(&diverges).unwrap().replace("lr = 0.002", "lr = 100.0\ngrad_clip = 0.0\nlr_warmup_frac = 0.0");
+    let diverges = write_recipe(tmp.path(), &model, "[ste]\nlambda_warmup_frac = 0.0\n");
+    let text = std::fs::read_to_string(&diverges)
+        .unwrap()
+        .replace("lr = 0.002", "lr = 100.0\ngrad_clip = 0.0\nlr_warmup_frac = 0.0");
     std::fs::write(&diverges, text).unwrap();
     let out = autoqat(&["trial", "--config", s(&diverges), "--run-dir", s(&tmp.path().join("run"))]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -22,7 +22,12 @@ const VERIFY_REL_TOL: f64 = 1e-5;
 pub fn run(args: CompressArgs) -> anyhow::Result<()> {
     let recipe = CompressRecipe::from_file(&args.config)?;
     if args.check {
-        println!("ok: {} ({} track, {} bits/param)", args.config.display(), recipe.budget.track.name(), recipe.budget_bpp());
+        println!(
+            "ok: {} ({} track, {} bits/param)",
+            args.config.display(),
+            recipe.budget.track.name(),
+            recipe.budget_bpp()
+        );
         return Ok(());
     }
     let run_dir = args.run_dir.clone().unwrap_or_else(default_run_dir);
@@ -106,10 +111,15 @@ fn verify(recipe: &CompressRecipe, s: &Summary) -> anyhow::Result<f64> {
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("verify: autoqat eval printed no JSON")?;
     let ppl = v["eval_ppl"].as_f64().filter(|p| p.is_finite());
-    let Some(ppl) = ppl else { return Err(failed(format!("the reloaded artifact scores a non-finite PPL ({})", v["eval_ppl"]))) };
+    let Some(ppl) = ppl else {
+        return Err(failed(format!("the reloaded artifact scores a non-finite PPL ({})", v["eval_ppl"])));
+    };
     let rel = (ppl - s.eval_ppl).abs() / s.eval_ppl;
     if rel > VERIFY_REL_TOL {
-        return Err(failed(format!("the reloaded artifact scores PPL {ppl:.6}, in memory {:.6} (relative difference {rel:.2e})", s.eval_ppl)));
+        return Err(failed(format!(
+            "the reloaded artifact scores PPL {ppl:.6}, in memory {:.6} (relative difference {rel:.2e})",
+            s.eval_ppl
+        )));
     }
     Ok(ppl)
 }

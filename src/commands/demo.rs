@@ -53,7 +53,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let dir = pick_dir(&args.dir)?;
     let (spec, sizes) = if args.quick {
-        (TeacherSpec::quick(), TinySizes { steps: 10, eval_every: 5, timeout_s: 300, seq_len: 64, batch: 8, baseline_repeats: 1 })
+        (
+            TeacherSpec::quick(),
+            TinySizes { steps: 10, eval_every: 5, timeout_s: 300, seq_len: 64, batch: 8, baseline_repeats: 1 },
+        )
     } else {
         (TeacherSpec::standard(), TinySizes::default())
     };
@@ -103,7 +106,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         total_s: start.elapsed().as_secs_f64(),
     };
     let json = dir.join("report/demo-summary.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&summary)?).with_context(|| format!("cannot write {}", json.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
     print_summary(&summary, &w.best_diff);
     Ok(())
 }
@@ -119,7 +123,11 @@ fn run_loop(dir: &Path, experiments: u32) -> anyhow::Result<()> {
         .args(["--tag", TAG, "--provider", "builtin", "--max-experiments", &experiments.to_string()])
         .status()
         .with_context(|| format!("cannot start {} run", exe.display()))?;
-    anyhow::ensure!(status.success(), "`autoqat run` failed ({status}); see the trial logs under {}", dir.join("runs").display());
+    anyhow::ensure!(
+        status.success(),
+        "`autoqat run` failed ({status}); see the trial logs under {}",
+        dir.join("runs").display()
+    );
     Ok(())
 }
 

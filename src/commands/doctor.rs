@@ -37,10 +37,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     println!(
         "libtorch       {} (loaded from {})",
         report.torch_version.as_deref().unwrap_or("unknown version"),
-        report
-            .libtorch_loaded_from
-            .as_ref()
-            .map_or("?".to_string(), |p| p.display().to_string())
+        report.libtorch_loaded_from.as_ref().map_or("?".to_string(), |p| p.display().to_string())
     );
     println!("built against  {}", report.libtorch_built_against);
     println!("cuda linked    {}", yes_no(report.cuda_linked));
@@ -57,12 +54,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         println!("cudnn          {v}");
     }
     println!("mps            {}", yes_no(report.mps_available));
-    println!(
-        "cpu threads    {} (mkl {}, openmp {})",
-        report.cpu_threads,
-        yes_no(report.mkl),
-        yes_no(report.openmp)
-    );
+    println!("cpu threads    {} (mkl {}, openmp {})", report.cpu_threads, yes_no(report.mkl), yes_no(report.openmp));
     for hint in &report.hints {
         println!("hint: {hint}");
     }
@@ -76,8 +68,7 @@ fn collect() -> Report {
     let cuda_available = tch::Cuda::is_available();
     let cuda_device_count = if cuda_available { tch::Cuda::device_count() } else { 0 };
     let cuda_devices = if cuda_available { cuda_device_names(cuda_device_count) } else { Vec::new() };
-    let cudnn_version = (cuda_available && tch::Cuda::cudnn_is_available())
-        .then(tch::utils::version_cudnn);
+    let cudnn_version = (cuda_available && tch::Cuda::cudnn_is_available()).then(tch::utils::version_cudnn);
     let mut hints = Vec::new();
     if !cuda_linked && torch_version.as_deref().is_some_and(|v| !v.contains("+cpu")) {
         hints.push(
@@ -127,9 +118,9 @@ fn loaded_library(name: &str) -> Option<PathBuf> {
 fn torch_version_near(lib: &std::path::Path) -> Option<String> {
     let torch_dir = lib.parent()?.parent()?;
     let text = std::fs::read_to_string(torch_dir.join("version.py")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("__version__"))
-        .map(|rest| rest.trim_start_matches([' ', '=', ':', 's', 't', 'r']).trim().trim_matches(['\'', '"']).to_string())
+    text.lines().find_map(|l| l.strip_prefix("__version__")).map(|rest| {
+        rest.trim_start_matches([' ', '=', ':', 's', 't', 'r']).trim().trim_matches(['\'', '"']).to_string()
+    })
 }
 
 /// GPU names from nvidia-smi when present; libtorch's C API exposes no device name.

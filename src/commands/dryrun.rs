@@ -11,7 +11,8 @@ pub fn run(a: DryrunArgs) -> anyhow::Result<()> {
     let shape: Shape = a.shape.parse().map_err(anyhow::Error::msg)?;
     let r = dry_run(shape, a.seq, a.seed, tch::Device::Cpu)?;
     if let Some(out) = &a.out {
-        std::fs::write(out, serde_json::to_string_pretty(&r)? + "\n").with_context(|| format!("cannot write {}", out.display()))?;
+        std::fs::write(out, serde_json::to_string_pretty(&r)? + "\n")
+            .with_context(|| format!("cannot write {}", out.display()))?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -30,19 +30,20 @@ fn load_any(source: &str, device: Device, kind: Kind) -> anyhow::Result<Scored> 
     let dir = Path::new(source);
     if artifact::is_artifact(dir) {
         let files = ArtifactFiles::read(dir).with_context(|| format!("cannot read artifact {source}"))?;
-        let tokenizer = files.tokenizer().map(|b| TextTokenizer::from_bytes(b, &dir.join("tokenizer.json"))).transpose()?;
+        let tokenizer =
+            files.tokenizer().map(|b| TextTokenizer::from_bytes(b, &dir.join("tokenizer.json"))).transpose()?;
         let loaded = artifact::load(&files, device, kind).with_context(|| format!("cannot load artifact {source}"))?;
         return Ok(Scored { cfg: loaded.cfg, model: loaded.model, tokenizer });
     }
     if autoqat_qat::is_packed(dir) {
-        let mut packed = autoqat_qat::load_packed(dir, device)
-            .with_context(|| format!("cannot load packed model {source}"))?;
+        let mut packed =
+            autoqat_qat::load_packed(dir, device).with_context(|| format!("cannot load packed model {source}"))?;
         packed.vs.set_kind(kind);
         let tokenizer = TextTokenizer::from_path(dir).ok();
         return Ok(Scored { cfg: packed.cfg, model: packed.model, tokenizer });
     }
-    let loaded = load_causal_lm(source, device, kind, &PlainBuilder)
-        .with_context(|| format!("cannot load model {source}"))?;
+    let loaded =
+        load_causal_lm(source, device, kind, &PlainBuilder).with_context(|| format!("cannot load model {source}"))?;
     let tokenizer = Some(TextTokenizer::from_path(&loaded.dir)?);
     Ok(Scored { cfg: loaded.cfg, model: loaded.model, tokenizer })
 }

@@ -27,7 +27,8 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
     let mut points: Vec<Point> = runs.iter().map(|r| read_run(r)).collect();
     analyse(&mut points, reference.as_deref());
     points.sort_by(|a, b| {
-        let key = |p: &Point| p.summary.as_ref().map(|s| (s.artifact_size_bytes, s.eval_ppl)).unwrap_or((i64::MAX, f64::NAN));
+        let key =
+            |p: &Point| p.summary.as_ref().map(|s| (s.artifact_size_bytes, s.eval_ppl)).unwrap_or((i64::MAX, f64::NAN));
         let (ka, kb) = (key(a), key(b));
         ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
     });
@@ -72,7 +73,8 @@ fn default_runs() -> anyhow::Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut out: Vec<PathBuf> =
+        std::fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
     out.sort();
     Ok(out)
 }
@@ -81,7 +83,12 @@ fn plot(points: &[Point], png: &Path) -> anyhow::Result<()> {
     register_font();
     let pts: Vec<(&Point, f64, f64)> = points
         .iter()
-        .filter_map(|p| p.summary.as_ref().filter(|s| s.eval_ppl.is_finite() && s.eval_ppl > 0.0).map(|s| (p, s.bits_per_param, s.eval_ppl)))
+        .filter_map(|p| {
+            p.summary
+                .as_ref()
+                .filter(|s| s.eval_ppl.is_finite() && s.eval_ppl > 0.0)
+                .map(|s| (p, s.bits_per_param, s.eval_ppl))
+        })
         .collect();
     let area = BitMapBackend::new(png, (1000, 600)).into_drawing_area();
     area.fill(&WHITE).map_err(perr)?;
@@ -96,7 +103,13 @@ fn plot(points: &[Point], png: &Path) -> anyhow::Result<()> {
         .y_label_area_size(70)
         .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
         .map_err(perr)?;
-    chart.configure_mesh().x_desc("bits per parameter (zipped artifact)").y_desc("eval PPL").label_style((FONT, 13)).draw().map_err(perr)?;
+    chart
+        .configure_mesh()
+        .x_desc("bits per parameter (zipped artifact)")
+        .y_desc("eval PPL")
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(perr)?;
     let mut budgets: Vec<f64> = points.iter().filter_map(|p| p.summary.as_ref().map(|s| s.budget_bpp)).collect();
     budgets.sort_by(f64::total_cmp);
     budgets.dedup();
@@ -112,9 +125,7 @@ fn plot(points: &[Point], png: &Path) -> anyhow::Result<()> {
             chart.draw_series(std::iter::once(Circle::new((*x, *y), 8, RED.stroke_width(2)))).map_err(perr)?;
         }
         let name = p.run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        chart
-            .draw_series(std::iter::once(Text::new(name, (*x, *y), (FONT, 12).into_font())))
-            .map_err(perr)?;
+        chart.draw_series(std::iter::once(Text::new(name, (*x, *y), (FONT, 12).into_font()))).map_err(perr)?;
     }
     area.present().map_err(perr)?;
     Ok(())

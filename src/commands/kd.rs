@@ -40,7 +40,8 @@ fn open_teacher(a: &TeacherArgs) -> anyhow::Result<(Box<dyn Teacher>, Option<std
         }
         TeacherSpec::Local(dir) => {
             let device = parse_device(&a.device)?;
-            let t = LocalTeacher::new(&dir, device).with_context(|| format!("cannot load the local teacher {}", dir.display()))?;
+            let t = LocalTeacher::new(&dir, device)
+                .with_context(|| format!("cannot load the local teacher {}", dir.display()))?;
             Ok((Box::new(t), Some(dir)))
         }
     }
@@ -58,7 +59,8 @@ fn baseline(a: KdBaselineArgs) -> anyhow::Result<()> {
         bail!("the template `{}` has no {{prompt}} placeholder", a.teacher.template);
     }
     // The report decodes the same rendered prompts with the student.
-    let prompts: Vec<String> = read_prompts(&a.teacher.prompts)?.iter().map(|p| a.teacher.template.replace("{prompt}", p)).collect();
+    let prompts: Vec<String> =
+        read_prompts(&a.teacher.prompts)?.iter().map(|p| a.teacher.template.replace("{prompt}", p)).collect();
     let (mut teacher, local) = open_teacher(&a.teacher)?;
     let bytes = local.as_deref().map(weight_bytes).transpose()?;
     let n = prompts.len();
@@ -86,7 +88,9 @@ fn collect_cmd(a: KdCollectArgs) -> anyhow::Result<()> {
     let tok_path = match (&a.student_tokenizer, spec) {
         (Some(t), _) => t.clone(),
         (None, TeacherSpec::Local(dir)) => dir,
-        (None, TeacherSpec::OpenAi { .. }) => bail!("--student-tokenizer is required with an API teacher (the student's tokenizer.json or model directory)"),
+        (None, TeacherSpec::OpenAi { .. }) => bail!(
+            "--student-tokenizer is required with an API teacher (the student's tokenizer.json or model directory)"
+        ),
     };
     let tok = TextTokenizer::from_path(&tok_path)?;
     let hash = autoqat_traces::tokenizer_hash(&tok_path)?;
@@ -103,7 +107,14 @@ fn collect_cmd(a: KdCollectArgs) -> anyhow::Result<()> {
     let mut fresh = 0usize;
     let index = collect(teacher.as_mut(), &tok, &hash, &opts, &mut |p, index| {
         fresh += 1;
-        println!("[{:>4}/{total}] prompt {}: {} positions, {} invalid -> {}", index.prompts.len(), p.idx, p.positions, p.invalid, p.shard);
+        println!(
+            "[{:>4}/{total}] prompt {}: {} positions, {} invalid -> {}",
+            index.prompts.len(),
+            p.idx,
+            p.positions,
+            p.invalid,
+            p.shard
+        );
     })?;
     let s = &index.stats;
     println!(
@@ -127,14 +138,22 @@ fn collect_cmd(a: KdCollectArgs) -> anyhow::Result<()> {
 }
 
 fn report_cmd(a: KdReportArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&a.baseline)
-        .with_context(|| format!("cannot read the teacher baseline {} (hint: run `autoqat kd baseline` first)", a.baseline.display()))?;
-    let baseline: TeacherBaseline = serde_json::from_str(&text).with_context(|| format!("{} is not a teacher baseline", a.baseline.display()))?;
+    let text = std::fs::read_to_string(&a.baseline).with_context(|| {
+        format!("cannot read the teacher baseline {} (hint: run `autoqat kd baseline` first)", a.baseline.display())
+    })?;
+    let baseline: TeacherBaseline =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a teacher baseline", a.baseline.display()))?;
     let Some(teacher_bytes) = a.teacher_bytes.or(baseline.weight_bytes) else {
         bail!("the teacher's memory is unknown for an API teacher: pass --teacher-bytes (its parameters times 2 for bf16)");
     };
     let device = parse_device(&a.device)?;
-    let r = report(&ReportInputs { student: a.student.clone(), traces: a.traces.clone(), baseline: &baseline, teacher_bytes, device })?;
+    let r = report(&ReportInputs {
+        student: a.student.clone(),
+        traces: a.traces.clone(),
+        baseline: &baseline,
+        teacher_bytes,
+        device,
+    })?;
     write_json(&a.out, &r)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

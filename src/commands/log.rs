@@ -13,10 +13,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<()> {
     let entries = review::entries(&args.workspace, &tag, &settings.run.mutable_paths)
         .with_context(|| format!("cannot read the experiments of autoqat/{tag}"))?;
     if args.json.on {
-        let v: Vec<_> = entries
-            .iter()
-            .map(|(r, d)| serde_json::json!({"record": r, "diff": d}))
-            .collect();
+        let v: Vec<_> = entries.iter().map(|(r, d)| serde_json::json!({"record": r, "diff": d})).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", review::render(&tag, &entries));

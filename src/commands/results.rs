@@ -1,9 +1,9 @@
 //! `autoqat results`: print results.tsv, or rebuild it from git notes alone.
 
 use anyhow::Context as _;
+use autoqat_research::driver;
 use autoqat_research::git::Git;
 use autoqat_research::settings::Settings;
-use autoqat_research::driver;
 
 use crate::cli::ResultsArgs;
 
@@ -36,7 +36,9 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<()> {
     let path = args.workspace.join("results.tsv");
     match std::fs::read_to_string(&path) {
         Ok(text) => print!("{text}"),
-        Err(_) if !args.rebuild => anyhow::bail!("{} does not exist (hint: `autoqat results --rebuild` recreates it from git)", path.display()),
+        Err(_) if !args.rebuild => {
+            anyhow::bail!("{} does not exist (hint: `autoqat results --rebuild` recreates it from git)", path.display())
+        }
         Err(e) => return Err(e).with_context(|| path.display().to_string()),
     }
     Ok(())

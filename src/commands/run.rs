@@ -23,7 +23,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     driver::install_signal_handlers();
     let d = Driver::open(&args.workspace, settings, opts, None)
         .with_context(|| format!("cannot start the research loop in {}", args.workspace.display()))?;
-    let summary = d.run().context("the research loop failed (finished experiments are safe; continue with --resume)")?;
+    let summary =
+        d.run().context("the research loop failed (finished experiments are safe; continue with --resume)")?;
     let best = autoqat_research::results::best(&summary.records);
     let cost: f64 = summary.records.iter().map(|r| r.cost_usd).sum();
     if args.json.on {
@@ -41,7 +42,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("experiments: {}, proposer cost ${cost:.4}", summary.records.len());
         if let Some(b) = best {
             let ppl = b.eval_ppl.map(|p| format!("{p:.4}")).unwrap_or_else(|| "-".into());
-            println!("best: exp {} eval_ppl {ppl} commit {} ({})", b.exp, &b.commit[..b.commit.len().min(12)], b.description);
+            println!(
+                "best: exp {} eval_ppl {ppl} commit {} ({})",
+                b.exp,
+                &b.commit[..b.commit.len().min(12)],
+                b.description
+            );
         }
         if let Some(s) = summary.records.first().and_then(|r| r.sigma) {
             println!("baseline noise: sigma {s:.4} over {} repeats", summary.records[0].baseline_ppls.len());

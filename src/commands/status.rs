@@ -33,7 +33,11 @@ fn watch(args: &StatusArgs, shown: (Option<u32>, Option<status::TrialProgress>))
             if let Some((_, b)) = bar.take() {
                 b.finish();
             }
-            println!("run finished: {} experiments, best {}", s.finished, s.best_ppl.map(|p| format!("{p:.4}")).unwrap_or("-".into()));
+            println!(
+                "run finished: {} experiments, best {}",
+                s.finished,
+                s.best_ppl.map(|p| format!("{p:.4}")).unwrap_or("-".into())
+            );
             return Ok(());
         }
         if tty {

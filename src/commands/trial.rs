@@ -33,7 +33,10 @@ pub fn run(args: TrialArgs) -> anyhow::Result<()> {
     if !json {
         println!("trial: {} -> {}", args.config.display(), run_dir.display());
         if tty {
-            println!("{:>7} {:>7} {:>10} {:>10} {:>8} {:>10} {:>8} {:>6} {:>6} {:>6}", "step", "lambda", "train_loss", "eval_ppl", "eval_bpb", "lr", "time_s", "q-1", "q0", "q+1");
+            println!(
+                "{:>7} {:>7} {:>10} {:>10} {:>8} {:>10} {:>8} {:>6} {:>6} {:>6}",
+                "step", "lambda", "train_loss", "eval_ppl", "eval_bpb", "lr", "time_s", "q-1", "q0", "q+1"
+            );
         }
     }
     let mut on_row = |r: &StepRow| {
@@ -71,7 +74,12 @@ pub fn run(args: TrialArgs) -> anyhow::Result<()> {
         if let Ok(text) = std::fs::read_to_string(run_dir.join("gates.json")) {
             if let Ok(g) = serde_json::from_str::<serde_json::Value>(&text) {
                 for gate in g["gates"].as_array().into_iter().flatten() {
-                    println!("gate {}: {} ({})", gate["name"].as_str().unwrap_or("?"), gate["status"].as_str().unwrap_or("?"), gate["detail"].as_str().unwrap_or(""));
+                    println!(
+                        "gate {}: {} ({})",
+                        gate["name"].as_str().unwrap_or("?"),
+                        gate["status"].as_str().unwrap_or("?"),
+                        gate["detail"].as_str().unwrap_or("")
+                    );
                 }
             }
         }

@@ -38,12 +38,12 @@ impl Rng {
 }
 
 const NAMES_F: [&str; 20] = [
-    "Mia", "Lena", "Rosa", "Ada", "Nora", "Ivy", "Clara", "Zoe", "Hana", "Elsa", "Tara", "June", "Greta", "Lucy", "Maya", "Wren", "Iris",
-    "Petra", "Sofia", "Yara",
+    "Mia", "Lena", "Rosa", "Ada", "Nora", "Ivy", "Clara", "Zoe", "Hana", "Elsa", "Tara", "June", "Greta", "Lucy",
+    "Maya", "Wren", "Iris", "Petra", "Sofia", "Yara",
 ];
 const NAMES_M: [&str; 20] = [
-    "Leo", "Sam", "Omar", "Finn", "Theo", "Ben", "Kai", "Max", "Hugo", "Eli", "Noah", "Ravi", "Felix", "Jonas", "Marco", "Otto", "Pablo",
-    "Quinn", "Tomas", "Victor",
+    "Leo", "Sam", "Omar", "Finn", "Theo", "Ben", "Kai", "Max", "Hugo", "Eli", "Noah", "Ravi", "Felix", "Jonas",
+    "Marco", "Otto", "Pablo", "Quinn", "Tomas", "Victor",
 ];
 /// Towns with the landmark each is known for.
 const TOWNS: [(&str, &str); 12] = [
@@ -81,19 +81,36 @@ const JOBS: [(&str, &str, &str); 16] = [
 ];
 const PETS: [&str; 8] = ["dog", "cat", "rabbit", "parrot", "turtle", "goat", "hamster", "pony"];
 const PET_NAMES: [&str; 40] = [
-    "Biscuit", "Pepper", "Shadow", "Clover", "Pickles", "Mango", "Ziggy", "Button", "Olive", "Rocket", "Maple", "Noodle", "Bean", "Comet",
-    "Daisy", "Fudge", "Ginger", "Hazel", "Jelly", "Kiwi", "Lemon", "Muffin", "Nutmeg", "Oreo", "Peanut", "Pumpkin", "Quill", "Rusty",
-    "Sage", "Toffee", "Truffle", "Waffle", "Willow", "Yoyo", "Zest", "Acorn", "Bramble", "Cocoa", "Dumpling", "Ember",
+    "Biscuit", "Pepper", "Shadow", "Clover", "Pickles", "Mango", "Ziggy", "Button", "Olive", "Rocket", "Maple",
+    "Noodle", "Bean", "Comet", "Daisy", "Fudge", "Ginger", "Hazel", "Jelly", "Kiwi", "Lemon", "Muffin", "Nutmeg",
+    "Oreo", "Peanut", "Pumpkin", "Quill", "Rusty", "Sage", "Toffee", "Truffle", "Waffle", "Willow", "Yoyo", "Zest",
+    "Acorn", "Bramble", "Cocoa", "Dumpling", "Ember",
 ];
 const COLORS: [&str; 10] = ["red", "blue", "green", "yellow", "purple", "orange", "silver", "brown", "pink", "white"];
-const OBJECTS: [&str; 16] =
-    ["kite", "book", "ball", "lamp", "hat", "box", "key", "cup", "drum", "map", "boat", "bell", "scarf", "clock", "flute", "basket"];
+const OBJECTS: [&str; 16] = [
+    "kite", "book", "ball", "lamp", "hat", "box", "key", "cup", "drum", "map", "boat", "bell", "scarf", "clock",
+    "flute", "basket",
+];
 const PLACES: [&str; 12] =
     ["market", "park", "river", "library", "garden", "bakery", "harbor", "school", "forest", "hill", "beach", "meadow"];
-const ADJS: [&str; 14] =
-    ["small", "old", "shiny", "heavy", "strange", "tiny", "broken", "bright", "wooden", "soft", "round", "dusty", "warm", "golden"];
-const FOODS: [&str; 12] =
-    ["apples", "bread", "soup", "cherries", "cheese", "pancakes", "carrots", "honey cake", "plums", "rice", "noodles", "pears"];
+const ADJS: [&str; 14] = [
+    "small", "old", "shiny", "heavy", "strange", "tiny", "broken", "bright", "wooden", "soft", "round", "dusty",
+    "warm", "golden",
+];
+const FOODS: [&str; 12] = [
+    "apples",
+    "bread",
+    "soup",
+    "cherries",
+    "cheese",
+    "pancakes",
+    "carrots",
+    "honey cake",
+    "plums",
+    "rice",
+    "noodles",
+    "pears",
+];
 const WEATHER: [&str; 8] = ["sunny", "rainy", "windy", "cold", "warm", "cloudy", "foggy", "snowy"];
 const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 const FEELINGS: [&str; 8] = ["happy", "proud", "tired", "surprised", "calm", "excited", "sleepy", "curious"];
@@ -277,16 +294,41 @@ fn event(rng: &mut Rng, people: &[Person], a: &Person, b: &Person) -> String {
             let n = 3 + rng.below(17);
             let m = 1 + rng.below(n - 1);
             let f = rng.pick(&FOODS);
-            format!("There were {} bowls of {f} on the table. {} ate {}, and {} were left.", NUMBERS[n], a.name, NUMBERS[m], NUMBERS[n - m])
+            format!(
+                "There were {} bowls of {f} on the table. {} ate {}, and {} were left.",
+                NUMBERS[n],
+                a.name,
+                NUMBERS[m],
+                NUMBERS[n - m]
+            )
         }
-        6 => format!("\"Where is my {}?\" asked {}. \"I saw it at the {},\" said {}.", a.object, a.name, b.place, b.name),
+        6 => {
+            format!("\"Where is my {}?\" asked {}. \"I saw it at the {},\" said {}.", a.object, a.name, b.place, b.name)
+        }
         7 => format!("{} met {}, the {} from {}, and they shared some {}.", a.name, b.name, b.job(), b.town(), b.food),
-        8 => format!("{} asked {} about {p} {}. \"{} is a good {},\" said {}.", b.name, a.name, a.pet, a.pet_name, a.pet, a.name),
+        8 => format!(
+            "{} asked {} about {p} {}. \"{} is a good {},\" said {}.",
+            b.name, a.name, a.pet, a.pet_name, a.pet, a.name
+        ),
         9 => format!("{} visited {p} best friend {} in {}.", a.name, friend.name, friend.town()),
-        10 => format!("{}'s {} {} came over with {} {}, {}.", a.name, sib.kin(), sib.name, sib.poss(), sib.pet, sib.pet_name),
+        10 => format!(
+            "{}'s {} {} came over with {} {}, {}.",
+            a.name,
+            sib.kin(),
+            sib.name,
+            sib.poss(),
+            sib.pet,
+            sib.pet_name
+        ),
         11 => format!("{} and {p} {} {} cooked {} together.", a.name, sib.kin(), sib.name, sib.food),
         12 => format!("At the {}, {} made {} for {}.", JOBS[a.job].1, a.name, JOBS[a.job].2, b.name),
-        13 => format!("{} sent a letter to {}, who lived in {} and worked as a {}.", a.name, friend.name, friend.town(), friend.job()),
+        13 => format!(
+            "{} sent a letter to {}, who lived in {} and worked as a {}.",
+            a.name,
+            friend.name,
+            friend.town(),
+            friend.job()
+        ),
         14 => {
             let (w, at) = (rng.pick(&WEATHER), rng.pick(&PLACES));
             format!("{} and {} walked to the {at} on a {w} afternoon.", a.name, b.name)
@@ -304,7 +346,13 @@ fn event(rng: &mut Rng, people: &[Person], a: &Person, b: &Person) -> String {
             let f = rng.pick(&FEELINGS);
             format!("When {} saw {} {}, {} felt {f}.", b.name, a.name, a.pet_name, b.subj())
         }
-        18 => format!("In {} everyone talked about {}, and {} went to see it with {}.", a.town(), TOWNS[a.town].1, a.name, sib.name),
+        18 => format!(
+            "In {} everyone talked about {}, and {} went to see it with {}.",
+            a.town(),
+            TOWNS[a.town].1,
+            a.name,
+            sib.name
+        ),
         19 => {
             let years = 1 + rng.below(9);
             format!("{} was {} years old. In {} years {s} would be {}.", a.name, a.age, NUMBERS[years], a.age + years)

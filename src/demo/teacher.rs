@@ -244,9 +244,8 @@ fn build(dir: &Path, spec: &TeacherSpec, log: &mut dyn FnMut(&str)) -> anyhow::R
     for step in 0..spec.steps {
         let lr = schedule(spec.lr, step, warmup, spec.steps);
         opt.set_lr(lr);
-        let starts: Vec<i64> = (0..spec.batch)
-            .map(|_| rng.below(ids.len() - spec.seq_len as usize - 1) as i64)
-            .collect();
+        let starts: Vec<i64> =
+            (0..spec.batch).map(|_| rng.below(ids.len() - spec.seq_len as usize - 1) as i64).collect();
         let rows: Vec<Tensor> = starts.iter().map(|&s| data.narrow(0, s, spec.seq_len + 1)).collect();
         let batch = Tensor::stack(&rows, 0).to_device(device);
         let x = batch.narrow(1, 0, spec.seq_len);
@@ -334,12 +333,14 @@ mod tests {
         assert!(t.train_loss < uniform - 1.0, "loss {} vs uniform {uniform}", t.train_loss);
         assert!(t.fp_eval_ppl < (t.vocab_size as f64) / 4.0, "ppl {}", t.fp_eval_ppl);
         // The saved directory loads back and scores the same.
-        let loaded = load::load_causal_lm(t.model_dir.to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap();
+        let loaded =
+            load::load_causal_lm(t.model_dir.to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap();
         let tok = TextTokenizer::from_path(&t.model_dir).unwrap();
         let text = std::fs::read_to_string(&t.eval_text).unwrap();
         let n = spec.seq_len as usize;
         let opts = eval::EvalOptions { ctx: n, stride: n, batch: 8 };
-        let r = eval::EvalSet::windows_of_text(&tok, &text, opts, 0).unwrap().score(&loaded.model, Device::Cpu).unwrap();
+        let r =
+            eval::EvalSet::windows_of_text(&tok, &text, opts, 0).unwrap().score(&loaded.model, Device::Cpu).unwrap();
         assert!((r.eval_ppl / t.fp_eval_ppl - 1.0).abs() < 1e-5, "{} vs {}", r.eval_ppl, t.fp_eval_ppl);
 
         let again = get_or_build(cache.path(), &spec, &mut |_| panic!("rebuilt instead of reusing")).unwrap();

@@ -23,14 +23,15 @@ pub fn train(text: &str, vocab_size: usize, path: &Path) -> anyhow::Result<usize
         .special_tokens(vec![AddedToken::from(EOS, true)])
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
-    let mut tok = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-        .with_model(BPE::default())
-        .with_normalizer(None)
-        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
-        .with_post_processor(Some(ByteLevel::new(false, true, true).into()))
-        .with_decoder(Some(ByteLevel::new(false, true, true).into()))
-        .build()
-        .map_err(|e| anyhow!("cannot build the tokenizer: {e}"))?;
+    let mut tok =
+        TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
+            .with_model(BPE::default())
+            .with_normalizer(None)
+            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
+            .with_post_processor(Some(ByteLevel::new(false, true, true).into()))
+            .with_decoder(Some(ByteLevel::new(false, true, true).into()))
+            .build()
+            .map_err(|e| anyhow!("cannot build the tokenizer: {e}"))?;
     // One sequence per story keeps merges from spanning stories.
     let stories = text.split("\n\n").filter(|s| !s.trim().is_empty());
     tok.train(&mut trainer, stories).map_err(|e| anyhow!("tokenizer training failed: {e}"))?;

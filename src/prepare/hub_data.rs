@@ -22,9 +22,9 @@ pub fn tinystories() -> anyhow::Result<PathBuf> {
         .with_progress(false)
         .build()
         .context("cannot set up the Hugging Face Hub client")?;
-    api.dataset(TINYSTORIES_REPO.to_string())
-        .get(TINYSTORIES_FILE)
-        .with_context(|| format!("cannot download {TINYSTORIES_FILE} from {TINYSTORIES_REPO} (offline? hint: pass --train-text FILE)"))
+    api.dataset(TINYSTORIES_REPO.to_string()).get(TINYSTORIES_FILE).with_context(|| {
+        format!("cannot download {TINYSTORIES_FILE} from {TINYSTORIES_REPO} (offline? hint: pass --train-text FILE)")
+    })
 }
 
 /// The WikiText-2 raw test split as one text, rows joined with "\n\n" as in the Hugging Face
@@ -44,7 +44,11 @@ pub fn wikitext2_test() -> anyhow::Result<String> {
             .with_context(|| format!("cannot fetch WikiText-2 from the Hub (offline? hint: pass --eval-text FILE)"))?;
         total = page["num_rows_total"].as_u64().context("dataset viewer answer lacks num_rows_total")? as usize;
         let rows = page["rows"].as_array().context("dataset viewer answer lacks rows")?;
-        anyhow::ensure!(!rows.is_empty() || texts.len() >= total, "dataset viewer returned no rows at offset {}", texts.len());
+        anyhow::ensure!(
+            !rows.is_empty() || texts.len() >= total,
+            "dataset viewer returned no rows at offset {}",
+            texts.len()
+        );
         for r in rows {
             texts.push(r["row"]["text"].as_str().unwrap_or("").to_string());
         }

@@ -65,10 +65,9 @@ pub fn prepare(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Prep
         let t = teacher::get_or_build(&teacher::cache_dir(), &TeacherSpec::standard(), log)?;
         crate::demo::install_teacher(ws, &t)?;
         // The generated corpus is the default text of a tiny-demo workspace.
-        for (given, target, generated) in [
-            (&opts.train_text, &train_target, &t.train_text),
-            (&opts.eval_text, &eval_target, &t.eval_text),
-        ] {
+        for (given, target, generated) in
+            [(&opts.train_text, &train_target, &t.train_text), (&opts.eval_text, &eval_target, &t.eval_text)]
+        {
             if given.is_none() {
                 place(generated, target.as_deref(), log)?;
             }
@@ -91,11 +90,11 @@ pub fn prepare(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Prep
     };
 
     let train_text = fetch_text(opts.train_text.as_deref(), train_target.as_deref(), "train", log, || {
-        hub_data::tinystories().and_then(|p| {
-            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
-        })
+        hub_data::tinystories()
+            .and_then(|p| std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display())))
     })?;
-    let eval_text = fetch_text(opts.eval_text.as_deref(), eval_target.as_deref(), "eval", log, hub_data::wikitext2_test)?;
+    let eval_text =
+        fetch_text(opts.eval_text.as_deref(), eval_target.as_deref(), "eval", log, hub_data::wikitext2_test)?;
 
     let tokenizer = model_dir.join("tokenizer.json");
     let train_tokens = tokens::ensure(&train_text, &tokenizer)?;
@@ -182,7 +181,9 @@ fn fetch_text(
             std::fs::write(t, text).with_context(|| format!("cannot write {}", t.display()))?;
             Ok(t.to_path_buf())
         }
-        None => anyhow::bail!("the recipe's data.{role}_text is outside the workspace and missing (hint: pass {flag} FILE)"),
+        None => {
+            anyhow::bail!("the recipe's data.{role}_text is outside the workspace and missing (hint: pass {flag} FILE)")
+        }
     }
 }
 

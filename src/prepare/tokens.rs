@@ -11,9 +11,11 @@ pub use autoqat_workspace::tokens::TokenFile;
 /// Encodes `text_path` with the tokenizer at `tokenizer_path` into the workspace's token cache
 /// (`<text_path>.tokens`), unless an up-to-date one exists.
 pub fn ensure(text_path: &Path, tokenizer_path: &Path) -> anyhow::Result<TokenFile> {
-    let text = std::fs::read_to_string(text_path).with_context(|| format!("cannot read {} as UTF-8 text", text_path.display()))?;
+    let text = std::fs::read_to_string(text_path)
+        .with_context(|| format!("cannot read {} as UTF-8 text", text_path.display()))?;
     anyhow::ensure!(!text.trim().is_empty(), "{} is empty", text_path.display());
-    let tok_bytes = std::fs::read(tokenizer_path).with_context(|| format!("cannot read {}", tokenizer_path.display()))?;
+    let tok_bytes =
+        std::fs::read(tokenizer_path).with_context(|| format!("cannot read {}", tokenizer_path.display()))?;
     let encode = |t: &str| -> anyhow::Result<Vec<u32>> {
         let tok = TextTokenizer::from_bytes(&tok_bytes, tokenizer_path)?;
         tok.encode(t)?.into_iter().map(|id| u32::try_from(id).context("token id does not fit u32")).collect()

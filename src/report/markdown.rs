@@ -157,7 +157,13 @@ fn table(md: &mut String, rows: &[Row]) {
 
 /// A PPL with four significant digits.
 pub fn fmt_ppl(p: f64) -> String {
-    if p >= 1000.0 { format!("{p:.0}") } else if p >= 100.0 { format!("{p:.1}") } else { format!("{p:.3}") }
+    if p >= 1000.0 {
+        format!("{p:.0}")
+    } else if p >= 100.0 {
+        format!("{p:.1}")
+    } else {
+        format!("{p:.3}")
+    }
 }
 
 fn short(commit: &str) -> &str {

@@ -76,7 +76,12 @@ fn y_range(rows: &[Row], refs: References) -> (f64, f64) {
     ((lo - pad).max(0.0), hi + pad)
 }
 
-fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: &str, refs: References) -> anyhow::Result<()> {
+fn draw<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    rows: &[Row],
+    title: &str,
+    refs: References,
+) -> anyhow::Result<()> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plot: {e}");
     area.fill(&WHITE).map_err(err)?;
     let n = rows.len().max(1) as f64;
@@ -124,9 +129,11 @@ fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: 
     let clip = |p: f64| p.min(y1);
     // Discarded and pruned trials: small grey dots; points above the range sit on the top edge.
     chart
-        .draw_series(rows.iter().enumerate().filter(|(_, r)| !r.is_kept()).filter_map(|(i, r)| {
-            r.eval_ppl.filter(|p| *p <= y1).map(|p| Circle::new((i as f64, p), 4, grey.filled()))
-        }))
+        .draw_series(
+            rows.iter().enumerate().filter(|(_, r)| !r.is_kept()).filter_map(|(i, r)| {
+                r.eval_ppl.filter(|p| *p <= y1).map(|p| Circle::new((i as f64, p), 4, grey.filled()))
+            }),
+        )
         .map_err(err)?
         .label("discarded")
         .legend(move |(x, y)| Circle::new((x, y), 4, grey.filled()));
@@ -138,9 +145,12 @@ fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: 
         .map_err(err)?;
     // Trials with no PPL (crash, timeout, invalid): red crosses along the bottom.
     chart
-        .draw_series(rows.iter().enumerate().filter(|(_, r)| r.eval_ppl.is_none()).map(|(i, _)| {
-            Cross::new((i as f64, y0 + (y1 - y0) * 0.02), 5, red.stroke_width(2))
-        }))
+        .draw_series(
+            rows.iter()
+                .enumerate()
+                .filter(|(_, r)| r.eval_ppl.is_none())
+                .map(|(i, _)| Cross::new((i as f64, y0 + (y1 - y0) * 0.02), 5, red.stroke_width(2))),
+        )
         .map_err(err)?
         .label("crash / invalid")
         .legend(move |(x, y)| Cross::new((x, y), 5, red.stroke_width(2)));
@@ -165,16 +175,20 @@ fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row], title: 
         .legend(move |(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], green.stroke_width(2)));
     // Kept trials and the baseline: large green dots with a short label.
     chart
-        .draw_series(rows.iter().enumerate().filter(|(_, r)| r.is_kept()).filter_map(|(i, r)| {
-            r.eval_ppl.map(|p| Circle::new((i as f64, clip(p)), 7, green.filled()))
-        }))
+        .draw_series(
+            rows.iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_kept())
+                .filter_map(|(i, r)| r.eval_ppl.map(|p| Circle::new((i as f64, clip(p)), 7, green.filled()))),
+        )
         .map_err(err)?
         .label("kept")
         .legend(move |(x, y)| Circle::new((x, y), 6, green.filled()));
     let label_font = (FONT, 12).into_font().color(&RGBColor(40, 90, 50));
     chart
         .draw_series(rows.iter().enumerate().filter(|(_, r)| r.is_kept()).filter_map(|(i, r)| {
-            let text = if r.status() == Status::Baseline { "baseline".to_string() } else { truncate(&r.description, 40) };
+            let text =
+                if r.status() == Status::Baseline { "baseline".to_string() } else { truncate(&r.description, 40) };
             r.eval_ppl.map(|p| Text::new(text, (i as f64 + 0.08, clip(p)), label_font.clone()))
         }))
         .map_err(err)?;

@@ -39,9 +39,7 @@ pub fn between(workspace: &Path, base: &str, best: &str) -> anyhow::Result<Vec<F
             if id.is_zero() {
                 return String::new();
             }
-            repo.find_blob(id)
-                .map(|b| String::from_utf8_lossy(b.content()).into_owned())
-                .unwrap_or_default()
+            repo.find_blob(id).map(|b| String::from_utf8_lossy(b.content()).into_owned()).unwrap_or_default()
         };
         let (a, b) = (text(delta.old_file().id()), text(delta.new_file().id()));
         out.push(FileDiff { unified: unified(&a, &b, &path), path });

@@ -19,7 +19,8 @@ const COMPRESS_SETTINGS: &str = include_str!("templates/compress.autoqat.toml");
 const COMPRESS_RECIPE: &str = include_str!("templates/compress.toml");
 /// The default checkpoint of the compression templates (the track's model family).
 pub const QWEN_MODEL: &str = "Qwen/Qwen2.5-0.5B";
-const GITIGNORE: &str = "# autoqat: rebuildable or large outputs\nresults.tsv\nruns/\nreport/\ndata/\nteacher\n.autoqat/\nSTOP\n";
+const GITIGNORE: &str =
+    "# autoqat: rebuildable or large outputs\nresults.tsv\nruns/\nreport/\ndata/\nteacher\n.autoqat/\nSTOP\n";
 
 /// Where `autoqat prepare` puts the train and eval text, relative to `experiments/`.
 pub const TRAIN_TEXT: &str = "../data/train.txt";
@@ -43,7 +44,8 @@ pub enum Template {
 
 impl Template {
     /// Every template name, for help and errors.
-    pub const NAMES: [&'static str; 5] = ["tiny-demo", "smollm-ternary", "smollm-binary", "qwen-ternary", "qwen-binary"];
+    pub const NAMES: [&'static str; 5] =
+        ["tiny-demo", "smollm-ternary", "smollm-binary", "qwen-ternary", "qwen-binary"];
 
     /// Parses a template name.
     pub fn parse(name: &str) -> anyhow::Result<Template> {
@@ -87,7 +89,8 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
     let mut recipe = PathBuf::from("experiments/train.toml");
     let (program, settings, train) = match template {
         Template::QwenTernary | Template::QwenBinary => {
-            let (track, bpp) = if template == Template::QwenTernary { ("ternary", "2.2125") } else { ("binary", "1.3125") };
+            let (track, bpp) =
+                if template == Template::QwenTernary { ("ternary", "2.2125") } else { ("binary", "1.3125") };
             recipe = PathBuf::from("experiments/compress.toml");
             (
                 COMPRESS_PROGRAM.replace("{{track}}", track).replace("{{bpp}}", bpp),
@@ -194,7 +197,8 @@ pub fn init(dir: &Path, template: Template, tiny: TinySizes) -> anyhow::Result<V
 pub fn commit_all(dir: &Path, paths: &[PathBuf], message: &str) -> anyhow::Result<git2::Oid> {
     let repo = match git2::Repository::open(dir) {
         Ok(r) => r,
-        Err(_) => git2::Repository::init(dir).with_context(|| format!("cannot create a git repository in {}", dir.display()))?,
+        Err(_) => git2::Repository::init(dir)
+            .with_context(|| format!("cannot create a git repository in {}", dir.display()))?,
     };
     let mut index = repo.index()?;
     for p in paths {
@@ -202,9 +206,7 @@ pub fn commit_all(dir: &Path, paths: &[PathBuf], message: &str) -> anyhow::Resul
     }
     index.write()?;
     let tree = repo.find_tree(index.write_tree()?)?;
-    let sig = repo
-        .signature()
-        .or_else(|_| git2::Signature::now("autoqat", "autoqat@localhost"))?;
+    let sig = repo.signature().or_else(|_| git2::Signature::now("autoqat", "autoqat@localhost"))?;
     let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
     let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
     Ok(repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)?)

@@ -127,11 +127,7 @@ pub fn allocate(mats: &[MatrixScores], kinds: &[RowKind], budget_bits: i64) -> R
             heap.push(Step { ratio: (to.1 - next.1) / (next.0 - to.0) as f64, to: step.to + 1, ..step });
         }
     }
-    Ok(hulls
-        .iter()
-        .zip(&at)
-        .map(|(mh, ma)| mh.iter().zip(ma).map(|(h, &i)| kinds[h[i]]).collect())
-        .collect())
+    Ok(hulls.iter().zip(&at).map(|(mh, ma)| mh.iter().zip(ma).map(|(h, &i)| kinds[h[i]]).collect()).collect())
 }
 
 #[cfg(test)]

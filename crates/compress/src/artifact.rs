@@ -262,7 +262,12 @@ fn unpack_weight(st: &SafeTensors, prefix: &str, rows: i64, n_in: i64, path: &Pa
         let codes = tensor_of(st, &format!("{prefix}.{}.codes", kind.name()), path)?;
         let scales = tensor_of(st, &format!("{prefix}.{}.scales", kind.name()), path)?.to_kind(Kind::Float);
         if codes.size() != [n, kind.code_bytes(n_in)] || scales.size() != [n, kind.scales_per_row(n_in)] {
-            return Err(bad(format!("{prefix}.{} has shapes {:?}/{:?} for {n} rows of {n_in}", kind.name(), codes.size(), scales.size())));
+            return Err(bad(format!(
+                "{prefix}.{} has shapes {:?}/{:?} for {n} rows of {n_in}",
+                kind.name(),
+                codes.size(),
+                scales.size()
+            )));
         }
         let values = rows::dequantize(&rows::unpack(&codes, kind, n_in), &scales, kind);
         let _ = w.index_copy_(0, &idx, &values);

@@ -118,12 +118,19 @@ pub fn layerwise(
         names.sort();
         let mut mats: Vec<Matrix> = names
             .iter()
-            .map(|k| Matrix { var: vars[&format!("{k}.weight")].shallow_clone(), groups: rows::kind_groups(&mix[*k], device) })
+            .map(|k| Matrix {
+                var: vars[&format!("{k}.weight")].shallow_clone(),
+                groups: rows::kind_groups(&mix[*k], device),
+            })
             .collect();
         let y_fp = tch::no_grad(|| model.layer(layer, &x_fp));
         let mse_before = with_quantized(&mut mats, || tch::no_grad(|| mse(&model.layer(layer, &x_q), &y_fp)))?;
-        let mut opt =
-            AdamW::new(names.iter().map(|k| ((*k).clone(), vars[&format!("{k}.weight")].shallow_clone())).collect(), 0.9, 0.999, 0.0);
+        let mut opt = AdamW::new(
+            names.iter().map(|k| ((*k).clone(), vars[&format!("{k}.weight")].shallow_clone())).collect(),
+            0.9,
+            0.999,
+            0.0,
+        );
         for step in 0..opts.steps {
             let start = (step as i64 * opts.batch) % n;
             let b = opts.batch.min(n - start);

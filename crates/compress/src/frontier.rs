@@ -46,7 +46,9 @@ pub fn read_run(run: &Path) -> Point {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 match v["error"].as_str() {
                     Some(why) if v["status"] == "crash" => flags.push(format!("crashed: {why}")),
-                    _ => flags.push(format!("summary.json is not one this autoqat writes ({e}; rerun autoqat compress)")),
+                    _ => {
+                        flags.push(format!("summary.json is not one this autoqat writes ({e}; rerun autoqat compress)"))
+                    }
                 }
                 None
             }
@@ -69,7 +71,8 @@ pub fn analyse(points: &mut [Point], reference_tokenizer: Option<&str>) {
         }
     }
     let majority = {
-        let mut shas: Vec<&str> = points.iter().filter_map(|p| p.summary.as_ref()).map(|s| s.tokenizer_sha256.as_str()).collect();
+        let mut shas: Vec<&str> =
+            points.iter().filter_map(|p| p.summary.as_ref()).map(|s| s.tokenizer_sha256.as_str()).collect();
         shas.sort_unstable();
         let mut best: Option<(&str, usize)> = None;
         for chunk in shas.chunk_by(|a, b| a == b) {
@@ -95,7 +98,11 @@ pub fn analyse(points: &mut [Point], reference_tokenizer: Option<&str>) {
         }
         for (run, other, _) in &snapshot {
             let Some(o) = other else { continue };
-            if run != &p.run && o.budget_bpp == s.budget_bpp && s.weight_rel_mse < o.weight_rel_mse && s.eval_ppl > o.eval_ppl {
+            if run != &p.run
+                && o.budget_bpp == s.budget_bpp
+                && s.weight_rel_mse < o.weight_rel_mse
+                && s.eval_ppl > o.eval_ppl
+            {
                 p.flags.push(format!(
                     "lower weight MSE than {} ({:.4} < {:.4}) but worse PPL ({:.3} > {:.3})",
                     run.display(),
@@ -172,7 +179,11 @@ mod tests {
         let by = |n: &str| pts.iter().find(|p| p.run == Path::new(n)).unwrap();
         assert!(by("small").on_frontier && by("big-good").on_frontier);
         assert_eq!(by("big-bad").dominated_by.as_deref(), Some(Path::new("big-good")));
-        assert!(by("big-bad").flags.iter().any(|f| f.contains("lower weight MSE than big-good")), "{:?}", by("big-bad").flags);
+        assert!(
+            by("big-bad").flags.iter().any(|f| f.contains("lower weight MSE than big-good")),
+            "{:?}",
+            by("big-bad").flags
+        );
         assert!(by("other-tok").flags.iter().any(|f| f.contains("tokenizer")));
         let u = by("unverified");
         assert!(!u.on_frontier && u.flags.iter().any(|f| f.contains("not reloaded")));

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use autoqat_model::linear::LinearRole;
-use autoqat_model::{
-    load_causal_lm, parse_device, CausalLM, DocEvalOptions, EvalReport, EvalSet, TextTokenizer,
-};
+use autoqat_model::{load_causal_lm, parse_device, CausalLM, DocEvalOptions, EvalReport, EvalSet, TextTokenizer};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
@@ -52,7 +50,10 @@ fn targets(n_layers: usize, tied: bool) -> Vec<Target> {
         }
     }
     if !tied {
-        out.push(Target { prefix: LinearRole::LmHead.module_path(None), gram: Some(input_key(LinearRole::LmHead, None)) });
+        out.push(Target {
+            prefix: LinearRole::LmHead.module_path(None),
+            gram: Some(input_key(LinearRole::LmHead, None)),
+        });
     }
     out
 }
@@ -222,7 +223,8 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
 
     let sens = recipe.allocate.sensitivity;
     log(&format!("calibrate: {} sequences of {} tokens ({})", calib_seqs.size()[0], calib_seqs.size()[1], sens.name()));
-    let (grams, fisher) = timed(&mut st.calibrate_s, || calibrate(&loaded.model, &loaded.vs, &recorder, &calib_seqs, sens, device))?;
+    let (grams, fisher) =
+        timed(&mut st.calibrate_s, || calibrate(&loaded.model, &loaded.vs, &recorder, &calib_seqs, sens, device))?;
     let counts = calib::token_counts(&calib_seqs, cfg.vocab_size).to_device(device);
 
     let vars = loaded.vs.variables();
@@ -300,7 +302,8 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
     ));
     let mix = timed(&mut st.allocate_s, || allocate(&scores, &kinds, row_budget))?;
     let distilled = if recipe.distill.enabled {
-        let by_name: HashMap<String, Vec<RowKind>> = targets.iter().map(|t| t.prefix.clone()).zip(mix.iter().cloned()).collect();
+        let by_name: HashMap<String, Vec<RowKind>> =
+            targets.iter().map(|t| t.prefix.clone()).zip(mix.iter().cloned()).collect();
         log(&format!("distill: {} steps per block, lr {}", recipe.distill.steps, recipe.distill.lr));
         timed(&mut st.distill_s, || {
             crate::distill::layerwise(&loaded.model, &vars, &by_name, &calib_seqs, &recipe.distill, device, &mut *log)
@@ -328,15 +331,21 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
     })?;
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
 
-    let report: EvalReport =
-        timed(&mut st.eval_s, || Ok(docs.score(&loaded.model, device)?))?;
-    log(&format!("eval: PPL {:.4} (fp {:.4}, {:+.2}%)", report.eval_ppl, fp.eval_ppl, 100.0 * (report.eval_ppl / fp.eval_ppl - 1.0)));
+    let report: EvalReport = timed(&mut st.eval_s, || Ok(docs.score(&loaded.model, device)?))?;
+    log(&format!(
+        "eval: PPL {:.4} (fp {:.4}, {:+.2}%)",
+        report.eval_ppl,
+        fp.eval_ppl,
+        100.0 * (report.eval_ppl / fp.eval_ppl - 1.0)
+    ));
 
     let written = timed(&mut st.pack_s, || {
         artifact::write(&run_dir.join("artifact"), &run_dir.join("artifact.zip"), &files, &tensors).map_err(|e| {
             CompressError::Artifact {
                 path: run_dir.join("artifact.zip"),
-                msg: format!("packing failed, nothing left under the finished names: {e} (hint: free disk space, then rerun)"),
+                msg: format!(
+                    "packing failed, nothing left under the finished names: {e} (hint: free disk space, then rerun)"
+                ),
             }
         })
     })?;
@@ -364,7 +373,8 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         budget_bpp: bpp,
         budget_bits: total_bits,
         sensitivity: sens.name().into(),
-        weight_rel_mse: manifest.iter().map(|m| m.sq_err).sum::<f64>() / manifest.iter().map(|m| m.sq_norm).sum::<f64>().max(f64::MIN_POSITIVE),
+        weight_rel_mse: manifest.iter().map(|m| m.sq_err).sum::<f64>()
+            / manifest.iter().map(|m| m.sq_norm).sum::<f64>().max(f64::MIN_POSITIVE),
         tokenizer_sha256: artifact::sha256_file(&loaded.dir.join("tokenizer.json"))?.0,
         mix: total_mix,
         device: autoqat_model::device_name(device),

@@ -36,10 +36,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::distill::DistillSection;
-use crate::widen::WidenSection;
 use crate::error::{CompressError, Result};
 use crate::rows::RowKind;
 use crate::sensitivity::Sensitivity;
+use crate::widen::WidenSection;
 
 /// The public track a budget comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -60,7 +60,14 @@ pub fn sources(down: &Tensor, extra: i64) -> Vec<i64> {
 
 /// Widened `(gate, up, down)` of one MLP (`gate`/`up` `[I, C]`, `down` `[C, I]`) to `wide`
 /// units; `gen_seed` seeds the split noise.
-pub fn widen_mlp(gate: &Tensor, up: &Tensor, down: &Tensor, wide: i64, noise: f64, gen_seed: i64) -> (Tensor, Tensor, Tensor) {
+pub fn widen_mlp(
+    gate: &Tensor,
+    up: &Tensor,
+    down: &Tensor,
+    wide: i64,
+    noise: f64,
+    gen_seed: i64,
+) -> (Tensor, Tensor, Tensor) {
     let i = gate.size()[0];
     let src = sources(down, wide - i);
     let idx = Tensor::from_slice(&src).to_device(gate.device());
@@ -112,7 +119,8 @@ pub fn widen_model(
     cfg.intermediate_size = wide;
     let (vs, model) = autoqat_model::build_causal_lm(&cfg, device, Kind::Float, builder)?;
     let old = loaded.vs.variables();
-    let get = |n: &str| old.get(n).map(Tensor::detach).ok_or_else(|| crate::CompressError::Torch(format!("no variable {n}")));
+    let get =
+        |n: &str| old.get(n).map(Tensor::detach).ok_or_else(|| crate::CompressError::Torch(format!("no variable {n}")));
     let mut new = vs.variables();
     for layer in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{layer}.mlp.");

@@ -68,7 +68,14 @@ pub fn run_baseline(
     let mut answers = Vec::with_capacity(prompts.len());
     for (idx, p) in prompts.iter().enumerate() {
         let a = teacher.answer(p, max_tokens, 0)?;
-        let b = BaselineAnswer { idx, prompt: p.clone(), text: a.text, prompt_tokens: a.prompt_tokens, completion_tokens: a.completion_tokens, latency_s: a.latency_s };
+        let b = BaselineAnswer {
+            idx,
+            prompt: p.clone(),
+            text: a.text,
+            prompt_tokens: a.prompt_tokens,
+            completion_tokens: a.completion_tokens,
+            latency_s: a.latency_s,
+        };
         on_answer(&b);
         answers.push(b);
     }

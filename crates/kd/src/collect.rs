@@ -55,7 +55,8 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
 /// removes what a killed run may have left (partial files, shards no prompt names).
 fn open_index(opts: &CollectOptions, teacher: &str, tok_hash: &str) -> Result<TraceIndex> {
     std::fs::create_dir_all(&opts.out).map_err(io_err(&opts.out))?;
-    let fresh = TraceIndex::new(teacher.to_string(), opts.top_k, opts.max_tokens, opts.template.clone(), tok_hash.to_string());
+    let fresh =
+        TraceIndex::new(teacher.to_string(), opts.top_k, opts.max_tokens, opts.template.clone(), tok_hash.to_string());
     let index = match TraceIndex::load(&opts.out)? {
         None => fresh,
         Some(old) => {
@@ -123,7 +124,13 @@ pub fn collect(
                 stats.add(valid, p.other_mass, p.coverage);
                 rows.push(p.row);
             }
-            entries.push(PromptEntry { idx: i as i64, text: text.clone(), shard: shard.clone(), positions: answer.positions.len(), invalid });
+            entries.push(PromptEntry {
+                idx: i as i64,
+                text: text.clone(),
+                shard: shard.clone(),
+                positions: answer.positions.len(),
+                invalid,
+            });
         }
         autoqat_traces::write_shard(&opts.out.join(&shard), &rows)?;
         index.shards.push(ShardEntry { file: shard, rows: rows.len() });

@@ -39,16 +39,29 @@ impl std::str::FromStr for Shape {
     type Err = String;
     /// `7b`, `1b`, `tiny`, or `hidden,layers,heads,head_dim,intermediate,vocab`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let shape = |v: [i64; 6]| Shape { hidden: v[0], layers: v[1], heads: v[2], head_dim: v[3], intermediate: v[4], vocab: v[5] };
+        let shape = |v: [i64; 6]| Shape {
+            hidden: v[0],
+            layers: v[1],
+            heads: v[2],
+            head_dim: v[3],
+            intermediate: v[4],
+            vocab: v[5],
+        };
         match s {
             "7b" => Ok(shape([4096, 32, 32, 128, 11008, 32000])),
             "1b" => Ok(shape([2048, 16, 16, 128, 5504, 32000])),
             "tiny" => Ok(shape([256, 4, 4, 64, 688, 4096])),
             other => {
-                let v: Vec<i64> = other.split(',').map(|x| x.trim().parse::<i64>()).collect::<std::result::Result<_, _>>().map_err(|_| bad_shape(other))?;
+                let v: Vec<i64> = other
+                    .split(',')
+                    .map(|x| x.trim().parse::<i64>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| bad_shape(other))?;
                 let v: [i64; 6] = v.try_into().map_err(|_| bad_shape(other))?;
                 if v.iter().any(|&x| x <= 0) || v[0] != v[2] * v[3] {
-                    return Err(format!("shape `{other}`: every figure must be positive and hidden = heads * head_dim"));
+                    return Err(format!(
+                        "shape `{other}`: every figure must be positive and hidden = heads * head_dim"
+                    ));
                 }
                 Ok(shape(v))
             }
@@ -256,7 +269,12 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
     reset_peak();
     let t = Instant::now();
     let (_vs, model) = build_causal_lm(&cfg, device, Kind::Float, &builder)?;
-    phases.push(Phase { name: "build".into(), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_rss_mb(), rss_mb: rss_mb() });
+    phases.push(Phase {
+        name: "build".into(),
+        seconds: t.elapsed().as_secs_f64(),
+        peak_rss_mb: peak_rss_mb(),
+        rss_mb: rss_mb(),
+    });
     let ids = Tensor::randint(shape.vocab, [1, seq], (Kind::Int64, device));
     let mut logits = Vec::new();
     for bits in [8u32, 4] {
@@ -264,11 +282,17 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
         reset_peak();
         let t = Instant::now();
         let l = tch::no_grad(|| model.forward(&ids)).to_kind(Kind::Float);
-        phases.push(Phase { name: format!("forward_a{bits}"), seconds: t.elapsed().as_secs_f64(), peak_rss_mb: peak_rss_mb(), rss_mb: rss_mb() });
+        phases.push(Phase {
+            name: format!("forward_a{bits}"),
+            seconds: t.elapsed().as_secs_f64(),
+            peak_rss_mb: peak_rss_mb(),
+            rss_mb: rss_mb(),
+        });
         logits.push(l);
     }
     let diff = (&logits[0] - &logits[1]).abs();
-    let agree = logits[0].argmax(-1, false).eq_tensor(&logits[1].argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float);
+    let agree =
+        logits[0].argmax(-1, false).eq_tensor(&logits[1].argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float);
     let params = shape.linear_params() + shape.embedding_params() + (shape.layers * 2 + 1) as u64 * shape.hidden as u64;
     Ok(DryRun {
         shape,

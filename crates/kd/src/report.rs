@@ -89,8 +89,9 @@ pub fn report(inp: &ReportInputs<'_>) -> Result<KdReport> {
     let model = &packed.model;
     let tok_file = inp.student.join("tokenizer.json");
     let tok = TextTokenizer::from_path(&tok_file)?;
-    let data = TraceData::load(&inp.traces, &tok, &tok_file, 20, packed.cfg.max_position_embeddings.max(1) as usize - 1)
-        .map_err(|e| KdError::Config(e.to_string()))?;
+    let data =
+        TraceData::load(&inp.traces, &tok, &tok_file, 20, packed.cfg.max_position_embeddings.max(1) as usize - 1)
+            .map_err(|e| KdError::Config(e.to_string()))?;
 
     let (mut agree, mut positions, mut nll_sum) = (0.0f64, 0u64, 0.0f64);
     tch::no_grad(|| -> Result<()> {

@@ -105,7 +105,11 @@ fn entry_bytes(v: &serde_json::Value) -> Option<Vec<u8>> {
 
 /// The positions of `choices[0].logprobs.content`.
 fn parse_positions(v: &serde_json::Value) -> Result<Vec<TeacherPosition>> {
-    let bad = |what: &str| KdError::Teacher(format!("the answer's logprobs are malformed ({what}); does the server support logprobs/top_logprobs?"));
+    let bad = |what: &str| {
+        KdError::Teacher(format!(
+            "the answer's logprobs are malformed ({what}); does the server support logprobs/top_logprobs?"
+        ))
+    };
     let Some(content) = v["choices"][0]["logprobs"]["content"].as_array() else {
         return Err(bad("no choices[0].logprobs.content"));
     };
@@ -151,7 +155,10 @@ impl Teacher for OpenAiTeacher {
         }
         let headers = [("authorization", format!("Bearer {}", self.secret.expose()))];
         let start = Instant::now();
-        let v = self.http.post_json(&self.url, &headers, &body, &self.secret).map_err(|e| KdError::Teacher(e.to_string()))?;
+        let v = self
+            .http
+            .post_json(&self.url, &headers, &body, &self.secret)
+            .map_err(|e| KdError::Teacher(e.to_string()))?;
         let latency_s = start.elapsed().as_secs_f64();
         let text = v["choices"][0]["message"]["content"]
             .as_str()
@@ -206,7 +213,9 @@ fn byte_level_char(b: u8) -> char {
         return char::from(b);
     }
     // Unprintable bytes take the code points from 256 upwards, in byte order.
-    let rank = (0..b).filter(|&x| !((b'!'..=b'~').contains(&x) || (0xa1..=0xac).contains(&x) || (0xae..=0xff).contains(&x))).count();
+    let rank = (0..b)
+        .filter(|&x| !((b'!'..=b'~').contains(&x) || (0xa1..=0xac).contains(&x) || (0xae..=0xff).contains(&x)))
+        .count();
     char::from_u32(256 + rank as u32).unwrap_or('\u{fffd}')
 }
 
@@ -224,7 +233,8 @@ pub fn token_bytes_table(tok: &TextTokenizer) -> Vec<Vec<u8>> {
             if let Some(content) = added.get(&id) {
                 return content.clone().into_bytes();
             }
-            let byte_level = inner.id_to_token(id).and_then(|piece| piece.chars().map(|c| inverse.get(&c).copied()).collect());
+            let byte_level =
+                inner.id_to_token(id).and_then(|piece| piece.chars().map(|c| inverse.get(&c).copied()).collect());
             byte_level.unwrap_or_else(|| inner.decode(&[id], false).unwrap_or_default().into_bytes())
         })
         .collect()
@@ -277,7 +287,10 @@ mod tests {
 
     #[test]
     fn teacher_specs_parse_or_say_how() {
-        assert_eq!("openai:gpt-4o-mini".parse::<TeacherSpec>(), Ok(TeacherSpec::OpenAi { model: "gpt-4o-mini".into() }));
+        assert_eq!(
+            "openai:gpt-4o-mini".parse::<TeacherSpec>(),
+            Ok(TeacherSpec::OpenAi { model: "gpt-4o-mini".into() })
+        );
         assert_eq!("local:/m".parse::<TeacherSpec>(), Ok(TeacherSpec::Local("/m".into())));
         assert!("gpt".parse::<TeacherSpec>().unwrap_err().contains("openai:<model>"));
     }

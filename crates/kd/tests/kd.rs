@@ -9,13 +9,13 @@ mod common;
 use std::path::Path;
 
 use autoqat_kd::collect::{collect, CollectOptions};
-use autoqat_traces::tokenizer_hash;
 use autoqat_kd::project::{project, Projector, TeacherPosition};
 use autoqat_kd::teacher::{token_bytes_table, Answer, LocalTeacher, OpenAiTeacher, Teacher};
 use autoqat_kd::KdError;
 use autoqat_model::TextTokenizer;
 use autoqat_research::proposer::http::Secret;
 use autoqat_research::settings::ProviderSettings;
+use autoqat_traces::tokenizer_hash;
 use autoqat_traces::TraceIndex;
 use tch::Device;
 
@@ -45,7 +45,12 @@ fn projection_matches_the_python_reference_across_vocabularies() {
     positions.push(TeacherPosition {
         sample: "é".as_bytes().to_vec(),
         sample_logprob: -0.5,
-        top: vec![("é".as_bytes().to_vec(), -0.5), (vec![0xc3], -1.5), (Vec::new(), -2.0), (" the".as_bytes().to_vec(), -3.0)],
+        top: vec![
+            ("é".as_bytes().to_vec(), -0.5),
+            (vec![0xc3], -1.5),
+            (Vec::new(), -2.0),
+            (" the".as_bytes().to_vec(), -3.0),
+        ],
     });
     positions.push(TeacherPosition { sample: vec![0xc3], sample_logprob: -0.1, top: vec![(vec![0xc3], -0.1)] });
     let json: Vec<serde_json::Value> = positions
@@ -130,7 +135,9 @@ fn the_api_teacher_over_http_matches_the_local_teacher_and_keeps_its_key_secret(
     let Some(fx) = common::kd_fixture() else { return };
     let teacher_dir = fx.join("teacher");
     let key = "sk-test-kd-0123456789SECRET";
-    let Some(server) = common::Server::start(&teacher_dir, &["--fail-first", "2", "--require-key", key]) else { return };
+    let Some(server) = common::Server::start(&teacher_dir, &["--fail-first", "2", "--require-key", key]) else {
+        return;
+    };
     let mut api = OpenAiTeacher::with_secret(&settings(&server.url), Secret::new(key), 0.0).unwrap();
     let mut local = LocalTeacher::new(&teacher_dir, Device::Cpu).unwrap();
     // The first two requests get 429: the client retries them (Retry-After: 0).
@@ -143,7 +150,8 @@ fn the_api_teacher_over_http_matches_the_local_teacher_and_keeps_its_key_secret(
     }
 
     // Traces collected over HTTP equal those computed locally, and the key is nowhere on disk.
-    let prompts: Vec<String> = std::fs::read_to_string(fx.join("prompts.txt")).unwrap().lines().take(5).map(String::from).collect();
+    let prompts: Vec<String> =
+        std::fs::read_to_string(fx.join("prompts.txt")).unwrap().lines().take(5).map(String::from).collect();
     let tok_path = teacher_dir.join("tokenizer.json");
     let tok = TextTokenizer::from_path(&tok_path).unwrap();
     let hash = tokenizer_hash(&tok_path).unwrap();
@@ -158,7 +166,8 @@ fn the_api_teacher_over_http_matches_the_local_teacher_and_keeps_its_key_secret(
     };
     let via_api = collect(&mut api, &tok, &hash, &opts(&tmp.path().join("api")), &mut |_, _| {}).unwrap();
     let via_local = collect(&mut local, &tok, &hash, &opts(&tmp.path().join("local")), &mut |_, _| {}).unwrap();
-    let (ra, rl) = (via_api.read_rows(&tmp.path().join("api")).unwrap(), via_local.read_rows(&tmp.path().join("local")).unwrap());
+    let (ra, rl) =
+        (via_api.read_rows(&tmp.path().join("api")).unwrap(), via_local.read_rows(&tmp.path().join("local")).unwrap());
     assert_eq!(ra.len(), 50);
     assert_eq!(ra.len(), rl.len());
     for (a, l) in ra.iter().zip(&rl) {
@@ -174,7 +183,8 @@ fn the_api_teacher_over_http_matches_the_local_teacher_and_keeps_its_key_secret(
     assert!(via_api.teacher.starts_with("openai:teacher @ http://127.0.0.1:"), "{}", via_api.teacher);
 
     // A wrong key: one clear error, and the key it was given is not in it.
-    let mut wrong = OpenAiTeacher::with_secret(&settings(&server.url), Secret::new("sk-wrong-key-ABCDEFGHIJ"), 0.0).unwrap();
+    let mut wrong =
+        OpenAiTeacher::with_secret(&settings(&server.url), Secret::new("sk-wrong-key-ABCDEFGHIJ"), 0.0).unwrap();
     let err = wrong.answer("hello there", 4, 2).unwrap_err().to_string();
     assert!(err.contains("401") && !err.contains("sk-wrong-key-ABCDEFGHIJ"), "{err}");
 }
@@ -207,10 +217,18 @@ fn a_collection_stopped_half_way_resumes_without_torn_shards_or_repeats() {
     let tok_path = teacher_dir.join("tokenizer.json");
     let tok = TextTokenizer::from_path(&tok_path).unwrap();
     let hash = tokenizer_hash(&tok_path).unwrap();
-    let prompts: Vec<String> = std::fs::read_to_string(fx.join("prompts.txt")).unwrap().lines().take(10).map(String::from).collect();
+    let prompts: Vec<String> =
+        std::fs::read_to_string(fx.join("prompts.txt")).unwrap().lines().take(10).map(String::from).collect();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("traces");
-    let opts = CollectOptions { prompts, out: out.clone(), top_k: 6, max_tokens: 8, template: "Q: {prompt}".into(), prompts_per_shard: 4 };
+    let opts = CollectOptions {
+        prompts,
+        out: out.clone(),
+        top_k: 6,
+        max_tokens: 8,
+        template: "Q: {prompt}".into(),
+        prompts_per_shard: 4,
+    };
 
     let mut flaky = Flaky { inner: &mut local, calls: 0, fail_at: 7 };
     let err = collect(&mut flaky, &tok, &hash, &opts, &mut |_, _| {}).unwrap_err();
@@ -228,7 +246,8 @@ fn a_collection_stopped_half_way_resumes_without_torn_shards_or_repeats() {
     let rows = index.read_rows(&out).unwrap();
     assert_eq!(rows.len(), 80);
     assert_eq!(&rows[..first_rows.len()], &first_rows[..]);
-    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!names.iter().any(|n| n.ends_with(".partial") || n == "shard-00007.parquet"), "{names:?}");
     assert_eq!(index.stats.positions, 80);
 

@@ -123,8 +123,7 @@ struct RawConfig {
 impl ModelConfig {
     /// Reads and resolves `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| ModelError::Io { path: path.to_path_buf(), err })?;
+        let text = std::fs::read_to_string(path).map_err(|err| ModelError::Io { path: path.to_path_buf(), err })?;
         Self::from_json_str(&text).map_err(|e| match e {
             ModelError::Config { msg, .. } => ModelError::Config { path: path.to_path_buf(), msg },
             other => other,
@@ -163,9 +162,7 @@ impl ModelConfig {
         };
         if let Some(act) = raw.hidden_act.as_deref() {
             if act != "silu" {
-                return Err(ModelError::Unsupported(format!(
-                    "hidden_act \"{act}\" (only \"silu\" is implemented)"
-                )));
+                return Err(ModelError::Unsupported(format!("hidden_act \"{act}\" (only \"silu\" is implemented)")));
             }
         }
         if raw.use_sliding_window == Some(true) {
@@ -240,11 +237,14 @@ impl ModelConfig {
         let mut put = |k: &str, v: Value| {
             m.insert(k.to_string(), v);
         };
-        put("architectures", Value::from(vec![match self.arch {
-            Arch::Llama => "LlamaForCausalLM",
-            Arch::Qwen2 => "Qwen2ForCausalLM",
-            Arch::Qwen3 => "Qwen3ForCausalLM",
-        }]));
+        put(
+            "architectures",
+            Value::from(vec![match self.arch {
+                Arch::Llama => "LlamaForCausalLM",
+                Arch::Qwen2 => "Qwen2ForCausalLM",
+                Arch::Qwen3 => "Qwen3ForCausalLM",
+            }]),
+        );
         put("model_type", self.arch.as_str().into());
         put("hidden_size", self.hidden_size.into());
         put("intermediate_size", self.intermediate_size.into());
@@ -292,11 +292,7 @@ impl ModelConfig {
 
 /// Merges the legacy (`rope_theta` + `rope_scaling`) and transformers 5 (`rope_parameters`)
 /// spellings; `rope_parameters` wins where both are present.
-fn resolve_rope(
-    theta: Option<f64>,
-    scaling: Option<&Value>,
-    params: Option<&Value>,
-) -> Result<(f64, RopeScaling)> {
+fn resolve_rope(theta: Option<f64>, scaling: Option<&Value>, params: Option<&Value>) -> Result<(f64, RopeScaling)> {
     let mut merged = Map::new();
     for v in [scaling, params].into_iter().flatten() {
         if let Value::Object(o) = v {
@@ -306,16 +302,13 @@ fn resolve_rope(
         }
     }
     let theta = merged.get("rope_theta").and_then(Value::as_f64).or(theta).unwrap_or(10000.0);
-    let kind = merged
-        .get("rope_type")
-        .or_else(|| merged.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_string();
+    let kind =
+        merged.get("rope_type").or_else(|| merged.get("type")).and_then(Value::as_str).unwrap_or("default").to_string();
     let num = |k: &str| -> Result<f64> {
-        merged.get(k).and_then(Value::as_f64).ok_or_else(|| {
-            ModelError::Unsupported(format!("rope scaling \"{kind}\" needs a numeric \"{k}\""))
-        })
+        merged
+            .get(k)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| ModelError::Unsupported(format!("rope scaling \"{kind}\" needs a numeric \"{k}\"")))
     };
     let scaling = match kind.as_str() {
         "default" => RopeScaling::Default,
@@ -327,9 +320,7 @@ fn resolve_rope(
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         },
         other => {
-            return Err(ModelError::Unsupported(format!(
-                "rope_type \"{other}\" (supported: default, linear, llama3)"
-            )))
+            return Err(ModelError::Unsupported(format!("rope_type \"{other}\" (supported: default, linear, llama3)")))
         }
     };
     Ok((theta, scaling))

@@ -27,10 +27,9 @@ pub fn parse_device(s: &str) -> Result<Device> {
         _ => {
             let index = match s.strip_prefix("cuda") {
                 Some("") => 0,
-                Some(rest) => rest
-                    .strip_prefix(':')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .ok_or_else(|| unknown(&s))?,
+                Some(rest) => {
+                    rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()).ok_or_else(|| unknown(&s))?
+                }
                 None => return Err(unknown(&s)),
             };
             let count = tch::Cuda::device_count() as usize;

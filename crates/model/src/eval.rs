@@ -134,7 +134,11 @@ impl Totals {
         Ok(EvalReport {
             eval_loss,
             eval_ppl: eval_loss.exp(),
-            eval_bpb: if n_bytes == 0 { f64::NAN } else { eval_loss * n_tokens as f64 / (n_bytes as f64 * std::f64::consts::LN_2) },
+            eval_bpb: if n_bytes == 0 {
+                f64::NAN
+            } else {
+                eval_loss * n_tokens as f64 / (n_bytes as f64 * std::f64::consts::LN_2)
+            },
             tokens: n_tokens,
             bytes: n_bytes,
             text_tokens,
@@ -171,7 +175,12 @@ impl EvalSet {
 
     /// Sliding windows over `text`, cut to its first `max_tokens` tokens (0: all); bits per
     /// byte then count the bytes of the tokens kept.
-    pub fn windows_of_text(tokenizer: &TextTokenizer, text: &str, opts: EvalOptions, max_tokens: usize) -> Result<Self> {
+    pub fn windows_of_text(
+        tokenizer: &TextTokenizer,
+        text: &str,
+        opts: EvalOptions,
+        max_tokens: usize,
+    ) -> Result<Self> {
         if text.trim().is_empty() {
             return Err(ModelError::Eval("the eval text is empty".into()));
         }
@@ -254,7 +263,13 @@ fn prefix_tokens(tokenizer: &TextTokenizer, text: &str, max_tokens: usize) -> Re
 }
 
 /// Perplexity of `model` on token ids `ids` of a text of `n_bytes` UTF-8 bytes.
-pub fn perplexity(model: &CausalLM, ids: &[i64], n_bytes: usize, opts: &EvalOptions, device: tch::Device) -> Result<EvalReport> {
+pub fn perplexity(
+    model: &CausalLM,
+    ids: &[i64],
+    n_bytes: usize,
+    opts: &EvalOptions,
+    device: tch::Device,
+) -> Result<EvalReport> {
     validate(model, ids.len(), opts)?;
     let start = Instant::now();
     let wins = windows(ids.len(), opts.ctx, opts.stride);
@@ -385,7 +400,12 @@ pub fn perplexity_docs(
 }
 
 /// Summed NLL and count of scored tokens of one right-padded batch of documents.
-fn padded_batch_nll(model: &CausalLM, group: &[&[i64]], max_tokens: usize, device: tch::Device) -> Result<(f64, usize)> {
+fn padded_batch_nll(
+    model: &CausalLM,
+    group: &[&[i64]],
+    max_tokens: usize,
+    device: tch::Device,
+) -> Result<(f64, usize)> {
     let len = group.iter().map(|d| d.len().min(max_tokens)).max().unwrap_or(0) as i64;
     let b = group.len() as i64;
     // Padding id 0 is never scored: the targets there are -100.
@@ -420,9 +440,15 @@ mod tests {
     fn windows_follow_the_guide_loop() {
         // Disjoint: every token after the first is a target once.
         let w = windows(10, 4, 4);
-        assert_eq!(w.iter().map(|w| (w.begin, w.end, w.trg_len)).collect::<Vec<_>>(), vec![(0, 4, 4), (4, 8, 4), (8, 10, 2)]);
+        assert_eq!(
+            w.iter().map(|w| (w.begin, w.end, w.trg_len)).collect::<Vec<_>>(),
+            vec![(0, 4, 4), (4, 8, 4), (8, 10, 2)]
+        );
         // Overlapping: stops as soon as a window reaches the end.
         let w = windows(10, 6, 3);
-        assert_eq!(w.iter().map(|w| (w.begin, w.end, w.trg_len)).collect::<Vec<_>>(), vec![(0, 6, 6), (3, 9, 3), (6, 10, 1)]);
+        assert_eq!(
+            w.iter().map(|w| (w.begin, w.end, w.trg_len)).collect::<Vec<_>>(),
+            vec![(0, 6, 6), (3, 9, 3), (6, 10, 1)]
+        );
     }
 }

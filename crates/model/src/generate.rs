@@ -31,7 +31,14 @@ pub struct Decoded {
 
 /// Greedily continues `prompt` by up to `max_new` tokens, stopping before any id in `stop`,
 /// with the `top_k` alternatives of each step.
-pub fn greedy_decode(model: &CausalLM, prompt: &[i64], max_new: usize, stop: &[i64], top_k: usize, device: Device) -> Result<Decoded> {
+pub fn greedy_decode(
+    model: &CausalLM,
+    prompt: &[i64],
+    max_new: usize,
+    stop: &[i64],
+    top_k: usize,
+    device: Device,
+) -> Result<Decoded> {
     let start = Instant::now();
     tch::no_grad(|| {
         let mut cache = KvCache::new();

@@ -23,7 +23,10 @@ pub fn resolve_model_dir(source: &str) -> Result<PathBuf> {
     if !looks_like_hub_id(source) {
         return Err(ModelError::Io {
             path: path.to_path_buf(),
-            err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory (and not a hub id org/name)"),
+            err: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such model directory (and not a hub id org/name)",
+            ),
         });
     }
     if let Some(dir) = from_cache(source) {
@@ -67,12 +70,11 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
 
 fn download(repo: &str) -> Result<PathBuf> {
     let hub_err = |msg: String| ModelError::Hub { repo: repo.to_string(), msg };
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(false)
-        .build()
-        .map_err(|e| hub_err(e.to_string()))?;
+    let api =
+        hf_hub::api::sync::ApiBuilder::from_env().with_progress(false).build().map_err(|e| hub_err(e.to_string()))?;
     let r = api.model(repo.to_string());
-    let config = r.get("config.json").map_err(|e| hub_err(format!("{e} (offline? the model is not in the local cache)")))?;
+    let config =
+        r.get("config.json").map_err(|e| hub_err(format!("{e} (offline? the model is not in the local cache)")))?;
     for f in META_FILES.iter().skip(1) {
         // A tokenizer is optional for loading the weights; fetch it when the repo has one.
         let _ = r.get(f);
@@ -80,7 +82,8 @@ fn download(repo: &str) -> Result<PathBuf> {
     match r.get("model.safetensors") {
         Ok(_) => {}
         Err(_) => {
-            let index = r.get("model.safetensors.index.json").map_err(|e| hub_err(format!("no safetensors weights: {e}")))?;
+            let index =
+                r.get("model.safetensors.index.json").map_err(|e| hub_err(format!("no safetensors weights: {e}")))?;
             for shard in shard_names(&index)? {
                 r.get(&shard).map_err(|e| hub_err(e.to_string()))?;
             }

@@ -58,7 +58,12 @@ impl RotaryEmbedding {
         let inv_freq = match cfg.rope_scaling {
             RopeScaling::Default => inv_freq,
             RopeScaling::Linear { factor } => inv_freq / factor,
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
                 let low_freq_wavelen = old / low_freq_factor;
                 let high_freq_wavelen = old / high_freq_factor;
                 let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
@@ -66,7 +71,10 @@ impl RotaryEmbedding {
                 let scaled: Tensor = (&inv_freq / factor).where_self(&wavelen.gt(low_freq_wavelen), &inv_freq);
                 let smooth = ((wavelen.reciprocal() * old) - low_freq_factor) / (high_freq_factor - low_freq_factor);
                 let smoothed: Tensor = (1.0 - &smooth) * &scaled / factor + &smooth * &scaled;
-                let medium = wavelen.lt(high_freq_wavelen).logical_not().logical_and(&wavelen.gt(low_freq_wavelen).logical_not());
+                let medium = wavelen
+                    .lt(high_freq_wavelen)
+                    .logical_not()
+                    .logical_and(&wavelen.gt(low_freq_wavelen).logical_not());
                 smoothed.where_self(&medium, &scaled)
             }
         };
@@ -245,7 +253,11 @@ impl DecoderLayer {
         Ok(Self {
             input_layernorm: RmsNorm::new(&(p / "input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             self_attn: Attention::new(&(p / "self_attn"), cfg, layer, b)?,
-            post_attention_layernorm: RmsNorm::new(&(p / "post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            post_attention_layernorm: RmsNorm::new(
+                &(p / "post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
             mlp: Mlp::new(&(p / "mlp"), cfg, layer, b)?,
         })
     }

@@ -92,7 +92,10 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path, builder: &dyn LinearBuilder) 
         let file = if shards.is_empty() {
             main.clone()
         } else {
-            shards.get(&name).cloned().ok_or_else(|| ModelError::MissingTensor { name: name.clone(), path: main.clone() })?
+            shards
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| ModelError::MissingTensor { name: name.clone(), path: main.clone() })?
         };
         by_file.entry(file).or_default().push((name, var));
     }
@@ -101,9 +104,8 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path, builder: &dyn LinearBuilder) 
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| ModelError::CorruptWeights { path: file.clone(), msg: e.to_string() })?;
         for (name, mut var) in wanted {
-            let view = st
-                .tensor(&name)
-                .map_err(|_| ModelError::MissingTensor { name: name.clone(), path: file.clone() })?;
+            let view =
+                st.tensor(&name).map_err(|_| ModelError::MissingTensor { name: name.clone(), path: file.clone() })?;
             let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             let expected = var.size();
             if found != expected {
@@ -113,9 +115,7 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path, builder: &dyn LinearBuilder) 
                 Dtype::F32 => Kind::Float,
                 Dtype::BF16 => Kind::BFloat16,
                 Dtype::F16 => Kind::Half,
-                other => {
-                    return Err(ModelError::UnsupportedDtype { name, path: file, dtype: format!("{other:?}") })
-                }
+                other => return Err(ModelError::UnsupportedDtype { name, path: file, dtype: format!("{other:?}") }),
             };
             let src = Tensor::f_from_data_size(view.data(), &found, src_kind)?;
             let src = src.f_to_kind(var.kind())?.f_to_device(var.device())?;

@@ -68,7 +68,10 @@ pub fn code_table(device: Device) -> Tensor {
 
 /// Unpacks `n` codes (as f32 in {-1, 0, 1}) from [`pack_codes`] bytes.
 pub fn unpack_codes(packed: &Tensor, n: i64) -> Tensor {
-    code_table(packed.device()).index_select(0, &packed.flatten(0, -1).to_kind(Kind::Int64)).flatten(0, -1).narrow(0, 0, n)
+    code_table(packed.device())
+        .index_select(0, &packed.flatten(0, -1).to_kind(Kind::Int64))
+        .flatten(0, -1)
+        .narrow(0, 0, n)
 }
 
 /// Unpacks every code of `packed` into the front of `out` (f32, at least 4 values a byte)
@@ -155,7 +158,8 @@ pub fn export_all(recipe: &Recipe, student: &Student, run: &Path) -> Result<()> 
 fn write_dir(dir: &Path, cfg: &ModelConfig, tokenizer: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let cfg_path = dir.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg.to_hf_json()).unwrap_or_default()).map_err(io_err(&cfg_path))?;
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg.to_hf_json()).unwrap_or_default())
+        .map_err(io_err(&cfg_path))?;
     if tokenizer.is_file() {
         std::fs::copy(tokenizer, dir.join("tokenizer.json")).map_err(io_err(tokenizer))?;
     }
@@ -247,8 +251,10 @@ pub fn load_packed(dir: &Path, device: Device) -> Result<PackedModel> {
         for (name, mut var) in vs.variables() {
             let value = match shapes.get(name.as_str()) {
                 Some(shape) => {
-                    let codes = stored.get(&format!("{name}.codes")).ok_or_else(|| missing(&format!("{name}.codes")))?;
-                    let scales = stored.get(&format!("{name}.scales")).ok_or_else(|| missing(&format!("{name}.scales")))?;
+                    let codes =
+                        stored.get(&format!("{name}.codes")).ok_or_else(|| missing(&format!("{name}.codes")))?;
+                    let scales =
+                        stored.get(&format!("{name}.scales")).ok_or_else(|| missing(&format!("{name}.scales")))?;
                     let sc = scales.to_kind(Kind::Float);
                     let ss = sc.size();
                     let n: i64 = shape.iter().product();

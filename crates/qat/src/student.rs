@@ -34,7 +34,8 @@ pub fn load_student(recipe: &Recipe, device: Device) -> Result<Student> {
 
 /// The compute device of a recipe.
 pub fn recipe_device(recipe: &Recipe) -> Result<Device> {
-    let name = serde_json::to_value(recipe.runtime.device).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let name =
+        serde_json::to_value(recipe.runtime.device).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     Ok(autoqat_model::parse_device(&name)?)
 }
 
@@ -50,4 +51,3 @@ pub fn use_bf16(recipe: &Recipe, device: Device) -> Result<bool> {
         ))),
     }
 }
-

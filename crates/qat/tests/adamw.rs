@@ -14,20 +14,35 @@ fn adamw_matches_torch() {
     let p0 = Tensor::randn([6, 5], opts);
     let p1 = Tensor::randn([5], opts);
     let lrs = [1e-2, 5e-3, 2e-2, 1e-3];
-    let mut inputs = vec![("p0".to_string(), p0.copy()), ("p1".to_string(), p1.copy()), ("lrs".to_string(), Tensor::from_slice(&lrs).to_kind(Kind::Double))];
-    let grads: Vec<[Tensor; 2]> = (0..lrs.len()).map(|_| [Tensor::randn([6, 5], opts), Tensor::randn([5], opts)]).collect();
+    let mut inputs = vec![
+        ("p0".to_string(), p0.copy()),
+        ("p1".to_string(), p1.copy()),
+        ("lrs".to_string(), Tensor::from_slice(&lrs).to_kind(Kind::Double)),
+    ];
+    let grads: Vec<[Tensor; 2]> =
+        (0..lrs.len()).map(|_| [Tensor::randn([6, 5], opts), Tensor::randn([5], opts)]).collect();
     for (s, g) in grads.iter().enumerate() {
         inputs.push((format!("g{s}_0"), g[0].copy()));
         inputs.push((format!("g{s}_1"), g[1].copy()));
     }
     let dir = tempfile::tempdir().unwrap();
     Tensor::write_safetensors(&inputs, dir.path().join("in.safetensors")).unwrap();
-    common::run_reference(&py, "adamw_ref.py", &[dir.path().join("in.safetensors").as_os_str(), dir.path().join("out.safetensors").as_os_str()]);
-    let want: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(dir.path().join("out.safetensors")).unwrap().into_iter().collect();
+    common::run_reference(
+        &py,
+        "adamw_ref.py",
+        &[dir.path().join("in.safetensors").as_os_str(), dir.path().join("out.safetensors").as_os_str()],
+    );
+    let want: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.path().join("out.safetensors")).unwrap().into_iter().collect();
 
     let v0 = p0.copy().set_requires_grad(true);
     let v1 = p1.copy().set_requires_grad(true);
-    let mut opt = AdamW::new(vec![("w.weight".into(), v0.shallow_clone()), ("norm.weight".into(), v1.shallow_clone())], 0.9, 0.95, 0.1);
+    let mut opt = AdamW::new(
+        vec![("w.weight".into(), v0.shallow_clone()), ("norm.weight".into(), v1.shallow_clone())],
+        0.9,
+        0.95,
+        0.1,
+    );
     assert!(opt.params.iter().any(|p| p.name == "w.weight" && p.decay));
     assert!(opt.params.iter().any(|p| p.name == "norm.weight" && !p.decay));
     for (s, lr) in lrs.iter().enumerate() {

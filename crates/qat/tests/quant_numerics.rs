@@ -37,10 +37,8 @@ fn quantizers_ste_and_schedules_match_pytorch() {
     let Some(py) = common::python() else { return };
     let dir = tempfile::tempdir().unwrap();
     tch::manual_seed(7);
-    let mut inputs: Vec<(String, Tensor)> = vec![
-        ("lambda".into(), Tensor::from(LAMBDA as f32)),
-        ("deadzone_t".into(), Tensor::from(DEADZONE_T as f32)),
-    ];
+    let mut inputs: Vec<(String, Tensor)> =
+        vec![("lambda".into(), Tensor::from(LAMBDA as f32)), ("deadzone_t".into(), Tensor::from(DEADZONE_T as f32))];
     for (_, m) in METHODS {
         for (_, g) in GRANS {
             inputs.push((format!("w__{m}__{g}"), Tensor::randn([24, 512], (Kind::Float, tch::Device::Cpu)) * 0.05));
@@ -48,7 +46,8 @@ fn quantizers_ste_and_schedules_match_pytorch() {
         }
     }
     // (batch, tokens, channels) activations with outliers in a few channels
-    let x = Tensor::randn([3, 10, 64], (Kind::Float, tch::Device::Cpu)) * (Tensor::arange(64, (Kind::Float, tch::Device::Cpu)) / 16.0 + 0.1);
+    let x = Tensor::randn([3, 10, 64], (Kind::Float, tch::Device::Cpu))
+        * (Tensor::arange(64, (Kind::Float, tch::Device::Cpu)) / 16.0 + 0.1);
     inputs.push(("x".into(), x));
     inputs.push(("gx".into(), Tensor::randn([3, 10, 64], (Kind::Float, tch::Device::Cpu))));
     let in_path = dir.path().join("in.safetensors");

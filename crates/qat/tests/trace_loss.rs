@@ -97,7 +97,11 @@ fn a_student_with_all_its_mass_on_the_top_k_stays_finite() {
     let t = targets();
     let t = TraceTargets { topk_mask: t.topk_mask.to_kind(Kind::Bool), ..t };
     let mut logits = Tensor::full([8, 11], -80.0, (Kind::Float, Device::Cpu));
-    let _ = logits.index_put_(&[Some(Tensor::arange(8, (Kind::Int64, Device::Cpu))), Some(t.topk_ids.select(1, 0))], &Tensor::from(80.0f32), false);
+    let _ = logits.index_put_(
+        &[Some(Tensor::arange(8, (Kind::Int64, Device::Cpu))), Some(t.topk_ids.select(1, 0))],
+        &Tensor::from(80.0f32),
+        false,
+    );
     let (v, g) = value_and_grad(&logits, |x| topk_other_kl(x, &t, 1.0));
     assert!(v.is_finite(), "{v}");
     assert!(bool::try_from(g.isfinite().all()).unwrap());

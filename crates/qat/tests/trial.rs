@@ -36,8 +36,25 @@ fn loss_falls_fractions_sum_to_one_and_exports_agree() {
         assert!((sum - 1.0).abs() < 1e-5, "fractions sum to {sum}");
         assert!(r.q_zero > 0.0 && r.q_neg1 > 0.0 && r.q_pos1 > 0.0);
     }
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.path().join("summary.json")).unwrap()).unwrap();
-    for key in ["status", "eval_ppl", "eval_bpb", "eval_loss", "train_loss", "steps", "tokens", "time_s", "peak_mem_mb", "device", "q_neg1", "q_zero", "q_pos1", "fp_ppl", "error"] {
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("summary.json")).unwrap()).unwrap();
+    for key in [
+        "status",
+        "eval_ppl",
+        "eval_bpb",
+        "eval_loss",
+        "train_loss",
+        "steps",
+        "tokens",
+        "time_s",
+        "peak_mem_mb",
+        "device",
+        "q_neg1",
+        "q_zero",
+        "q_pos1",
+        "fp_ppl",
+        "error",
+    ] {
         assert!(s.get(key).is_some(), "summary.json lacks {key}");
     }
     assert_eq!(s["error"], serde_json::Value::Null);
@@ -65,7 +82,15 @@ fn loss_falls_fractions_sum_to_one_and_exports_agree() {
     let logits = tch::no_grad(|| ours.model.forward(&x));
     let dir = tempfile::tempdir().unwrap();
     Tensor::write_safetensors(&[("ids", &x)], dir.path().join("ids.safetensors")).unwrap();
-    common::run_reference(&py, "hf_logits.py", &[hf.as_os_str(), dir.path().join("ids.safetensors").as_os_str(), dir.path().join("out.safetensors").as_os_str()]);
+    common::run_reference(
+        &py,
+        "hf_logits.py",
+        &[
+            hf.as_os_str(),
+            dir.path().join("ids.safetensors").as_os_str(),
+            dir.path().join("out.safetensors").as_os_str(),
+        ],
+    );
     let theirs = &Tensor::read_safetensors(dir.path().join("out.safetensors")).unwrap()[0].1;
     let err = (&logits - theirs).abs().max().double_value(&[]);
     assert!(err < 1e-4, "transformers logits differ by {err}");
@@ -84,7 +109,8 @@ fn absurd_lr_ends_in_crash_with_reason() {
     let err = summary.error.clone().unwrap();
     assert!(err.contains("diverged") && err.contains("optim.lr"), "{err}");
     assert!(summary.steps < 30, "the crash should end the trial early");
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.path().join("summary.json")).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["status"], "crash");
     assert_eq!(s["error"], serde_json::Value::String(err));
 }
@@ -148,7 +174,8 @@ fn quantized_embeddings_and_folded_deadzone_bias_export_exactly() {
     let run = tempfile::tempdir().unwrap();
     let summary = run_trial(&recipe, TrialOptions::new(run.path()));
     assert_eq!(summary.status, "ok", "{:?}", summary.error);
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.path().join("export/quant.json")).unwrap()).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("export/quant.json")).unwrap()).unwrap();
     let packed: Vec<&str> = info["packed"].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap()).collect();
     assert!(packed.contains(&"model.embed_tokens.weight"), "{packed:?}");
     assert_eq!(packed.len(), 1 + 2 * 7, "embedding + 7 projections per layer");
@@ -194,7 +221,10 @@ fn packed_export_keeps_activation_quantization() {
     let without_act = (score() - want).abs() / want;
     assert!(with_act < 1e-3, "packed export is off by {with_act} (relative)");
     // f16 scales leave a small gap; the missing activation quantization a much larger one.
-    assert!(with_act * 4.0 < without_act, "activation quantization does not explain the gap: {with_act} vs {without_act}");
+    assert!(
+        with_act * 4.0 < without_act,
+        "activation quantization does not explain the gap: {with_act} vs {without_act}"
+    );
 }
 
 #[test]

@@ -140,9 +140,8 @@ impl Schema {
 
 /// Parses and validates a recipe.
 pub fn parse(text: &str) -> Result<Recipe, RecipeError> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| RecipeError::Invalid(e.to_string().trim().to_string()))?;
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| RecipeError::Invalid(e.to_string().trim().to_string()))?;
     let filled = validate::validate_and_fill(&table, &schema())?;
     let recipe: Recipe = toml::Value::Table(filled)
         .try_into()

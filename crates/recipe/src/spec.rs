@@ -13,7 +13,14 @@ fn enum_field(key: &str, doc: &str, values: &[&str], default: &str, locked: bool
 }
 
 /// An enum whose `humans_only` values parse but are kept out of the proposer's `choices`.
-fn enum_field_for_humans(key: &str, doc: &str, values: &[&str], humans_only: &[&str], default: &str, locked: bool) -> FieldSpec {
+fn enum_field_for_humans(
+    key: &str,
+    doc: &str,
+    values: &[&str],
+    humans_only: &[&str],
+    default: &str,
+    locked: bool,
+) -> FieldSpec {
     let vals: Vec<String> = values.iter().map(|s| s.to_string()).collect();
     let choices = vals.iter().filter(|v| !humans_only.contains(&v.as_str())).map(|v| json!(v)).collect();
     field(key, doc, FieldType::Enum { values: vals }, json!(default), choices, locked)

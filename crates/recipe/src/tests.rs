@@ -129,7 +129,16 @@ fn cross_key_rules() {
 #[test]
 fn goalposts_are_locked() {
     let s = schema();
-    for key in ["model.source", "data.train_text", "data.eval_text", "data.seq_len", "data.eval_ctx", "budget.steps", "budget.tokens", "optim.seed"] {
+    for key in [
+        "model.source",
+        "data.train_text",
+        "data.eval_text",
+        "data.seq_len",
+        "data.eval_ctx",
+        "budget.steps",
+        "budget.tokens",
+        "optim.seed",
+    ] {
         assert!(s.field(key).unwrap().locked, "{key} must be locked");
     }
     // Regression (demo run): the builtin search "won" by switching quantization off.
@@ -137,7 +146,10 @@ fn goalposts_are_locked() {
         assert!(s.field(key).unwrap().locked, "{key} must be locked: what is quantized is the goal");
     }
     let method = s.field("quant.method").unwrap();
-    assert!(!method.choices.contains(&serde_json::json!("none")), "the proposer must not be offered quant.method = none");
+    assert!(
+        !method.choices.contains(&serde_json::json!("none")),
+        "the proposer must not be offered quant.method = none"
+    );
     assert!(parse("[quant]\nmethod = \"none\"\n").is_ok(), "humans may still run a full-precision reference");
     for key in ["quant.method", "ste.lambda_schedule", "optim.lr", "distill.temperature"] {
         assert!(!s.field(key).unwrap().locked, "{key} must be free");
@@ -163,7 +175,8 @@ fn ladders_stay_inside_ranges() {
 
 #[test]
 fn token_budget_sets_steps() {
-    let r = parse("[budget]\ntokens = 10000\n[data]\nseq_len = 100\n[optim]\nbatch_size = 4\ngrad_accum = 2\n").unwrap();
+    let r =
+        parse("[budget]\ntokens = 10000\n[data]\nseq_len = 100\n[optim]\nbatch_size = 4\ngrad_accum = 2\n").unwrap();
     assert_eq!(r.tokens_per_step(), 800);
     assert_eq!(r.total_steps(), 13);
 }

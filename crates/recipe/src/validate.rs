@@ -70,7 +70,9 @@ fn key_list(specs: &[&FieldSpec]) -> String {
 /// A one-line description of what a key accepts.
 pub(crate) fn allowed(ty: &FieldType) -> String {
     match ty {
-        FieldType::Enum { values } => format!("one of {}", values.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", ")),
+        FieldType::Enum { values } => {
+            format!("one of {}", values.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", "))
+        }
         FieldType::Int { min, max } => format!("an integer in [{min}, {max}]"),
         FieldType::Float { min, max } => format!("a number in [{min}, {max}]"),
         FieldType::Bool => "true or false".into(),

@@ -54,7 +54,13 @@ fn run(ws: &Path, total: u32, resume: bool) -> (Duration, Duration, Duration, Du
     let p = Unique { n: total as u64 * 7, spent: spent.clone(), prompt_bytes: bytes.clone() };
     let s = Settings::load(ws).expect("settings");
     let t0 = Instant::now();
-    let d = Driver::open(ws, s, RunOptions { max_experiments: Some(total), resume, quiet: true, ..RunOptions::default() }, Some(Box::new(p))).expect("open");
+    let d = Driver::open(
+        ws,
+        s,
+        RunOptions { max_experiments: Some(total), resume, quiet: true, ..RunOptions::default() },
+        Some(Box::new(p)),
+    )
+    .expect("open");
     let open = t0.elapsed();
     let before = autoqat_research::git::Git::open(ws).and_then(|g| g.records("b")).map(|r| r.len()).unwrap_or(0);
     let sum = d.run().expect("run");
@@ -98,12 +104,23 @@ fn main() {
     let t = Instant::now();
     let recs = autoqat_research::driver::rebuild(ws, "b").expect("rebuild");
     let rebuild = t.elapsed();
-    println!("loop_overhead: history {} experiments (filled in {fill_s:.1} s, {} run there)", recs.len() - measure as usize, fill.5);
+    println!(
+        "loop_overhead: history {} experiments (filled in {fill_s:.1} s, {} run there)",
+        recs.len() - measure as usize,
+        fill.5
+    );
     println!("  overhead/experiment, history 0..{measure}:           {:8.2} ms (reference)", early * 1e3);
     println!("  overhead/experiment, history {history}..{}:     {:8.2} ms", history + measure, late * 1e3);
     println!("  ratio late/reference:                       {:8.2}x", late / early);
-    println!("  mean trial (sh spawn + summary.json), excluded: {:6.2} ms", late_run.2.as_secs_f64() * 1e3 / late_run.5.max(1) as f64);
-    println!("  open + recover with {} notes (once per run):  {:8.2} ms", history + measure, late_run.3.as_secs_f64() * 1e3);
+    println!(
+        "  mean trial (sh spawn + summary.json), excluded: {:6.2} ms",
+        late_run.2.as_secs_f64() * 1e3 / late_run.5.max(1) as f64
+    );
+    println!(
+        "  open + recover with {} notes (once per run):  {:8.2} ms",
+        history + measure,
+        late_run.3.as_secs_f64() * 1e3
+    );
     println!("  results --rebuild of {} rows:                {:8.2} ms", recs.len(), rebuild.as_secs_f64() * 1e3);
     println!("  prompt size at the end: {} bytes", late_run.4);
     println!("  goal < 1000 ms per experiment: {}", if late < 1.0 { "met" } else { "NOT met" });

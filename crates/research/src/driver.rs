@@ -92,7 +92,9 @@ impl std::fmt::Display for StopReason {
             StopReason::Cost => write!(f, "reached the cost ceiling"),
             StopReason::StopFile => write!(f, "found the stop file"),
             StopReason::Signal => write!(f, "stopped by a signal"),
-            StopReason::InvalidStreak(n) => write!(f, "{n} invalid answers in a row; check the proposer's model and the prompts"),
+            StopReason::InvalidStreak(n) => {
+                write!(f, "{n} invalid answers in a row; check the proposer's model and the prompts")
+            }
             StopReason::Exhausted(m) => write!(f, "{m}"),
         }
     }
@@ -155,7 +157,12 @@ fn pending_path(ws: &Path) -> PathBuf {
 impl Driver {
     /// Locks the workspace, creates or resumes the branch and recovers an interrupted
     /// experiment. `proposer` overrides the one named in the settings (tests, benchmarks).
-    pub fn open(workspace: &Path, mut s: Settings, opts: RunOptions, proposer: Option<Box<dyn Proposer>>) -> Result<Driver> {
+    pub fn open(
+        workspace: &Path,
+        mut s: Settings,
+        opts: RunOptions,
+        proposer: Option<Box<dyn Proposer>>,
+    ) -> Result<Driver> {
         if let Some(p) = &opts.provider {
             s.provider.kind = p.clone();
         }
@@ -180,7 +187,8 @@ impl Driver {
         let records = git.records(&tag)?;
         if opts.resume {
             // A kill during a reset may leave a mutable file half-written; the loop owns those.
-            let dirty: Vec<String> = git.dirty_paths()?.into_iter().filter(|p| !s.run.mutable_paths.contains(p)).collect();
+            let dirty: Vec<String> =
+                git.dirty_paths()?.into_iter().filter(|p| !s.run.mutable_paths.contains(p)).collect();
             if !dirty.is_empty() {
                 return Err(ResearchError::Workspace(format!(
                     "the worktree has uncommitted changes outside the mutable paths ({}); commit or remove them first",
@@ -199,7 +207,8 @@ impl Driver {
             git.create_branch(&tag)?;
         }
         let validator = Validator::from_settings(&s);
-        let mut tried: HashSet<String> = records.iter().filter(|r| !r.diff_key.is_empty()).map(|r| r.diff_key.clone()).collect();
+        let mut tried: HashSet<String> =
+            records.iter().filter(|r| !r.diff_key.is_empty()).map(|r| r.diff_key.clone()).collect();
         for r in &records {
             tried.extend(recipe_key_at(&git, &validator, &s, &r.commit));
         }
@@ -275,9 +284,8 @@ impl Driver {
     fn recover(&mut self) -> Result<()> {
         let head = self.git.head()?;
         let t = git::parse_trailers(&self.git.message_of(head)?);
-        let pending: Option<Pending> = std::fs::read_to_string(pending_path(&self.ws))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+        let pending: Option<Pending> =
+            std::fs::read_to_string(pending_path(&self.ws)).ok().and_then(|t| serde_json::from_str(&t).ok());
         let finished: HashSet<u32> = self.records.iter().map(|r| r.exp).collect();
         if let Some(p) = pending.clone().filter(|p| p.tag == self.tag && !finished.contains(&p.exp)) {
             // A signal stopped this experiment's trial: put its commit back on the branch and
@@ -372,8 +380,10 @@ impl Driver {
             return self.finish(p, commit);
         }
         let recipe_path = self.recipe_path().to_string();
-        let recipe = std::fs::read_to_string(self.ws.join(&recipe_path)).map_err(|e| ResearchError::io(self.ws.join(&recipe_path), e))?;
-        let program = std::fs::read_to_string(self.ws.join(&self.s.run.program)).unwrap_or_else(|_| "(no program.md)".into());
+        let recipe = std::fs::read_to_string(self.ws.join(&recipe_path))
+            .map_err(|e| ResearchError::io(self.ws.join(&recipe_path), e))?;
+        let program =
+            std::fs::read_to_string(self.ws.join(&self.s.run.program)).unwrap_or_else(|_| "(no program.md)".into());
         let (system, user) = prompt::build(
             &self.templates,
             &PromptInputs {
@@ -395,7 +405,10 @@ impl Driver {
             hit("propose");
             let reply = {
                 if self.proposer.is_none() {
-                    self.proposer = Some(proposer::make(&self.s.provider).map_err(|e| Halt::Error(ResearchError::Proposer(e.to_string())))?);
+                    self.proposer = Some(
+                        proposer::make(&self.s.provider)
+                            .map_err(|e| Halt::Error(ResearchError::Proposer(e.to_string())))?,
+                    );
                 }
                 let ctx = Context {
                     schema: self.validator.schema(),
@@ -466,7 +479,13 @@ impl Driver {
         Ok(oid)
     }
 
-    fn record_invalid(&mut self, exp: u32, desc: &str, error: &str, cost: (f64, u64, u64)) -> std::result::Result<(), Halt> {
+    fn record_invalid(
+        &mut self,
+        exp: u32,
+        desc: &str,
+        error: &str,
+        cost: (f64, u64, u64),
+    ) -> std::result::Result<(), Halt> {
         self.invalid_streak += 1;
         let msg = git::message(desc, &format!("Rejected: {error}"), exp, "invalid", None);
         let commit = self.git.commit_detached(&msg)?;
@@ -526,7 +545,12 @@ impl Driver {
         let min_step = self.s.prune.min_step;
         let prune: Option<trial::PruneCheck> = match prune_against {
             Some(best) if self.s.prune.enabled && !best.is_empty() => Some(Box::new(move |dir: &Path| {
-                prune::verdict(&prune::read_steps(&dir.join(autoqat_workspace::run::STEPS_FILE)), &best, margin, min_step)
+                prune::verdict(
+                    &prune::read_steps(&dir.join(autoqat_workspace::run::STEPS_FILE)),
+                    &best,
+                    margin,
+                    min_step,
+                )
             })),
             _ => None,
         };
@@ -538,7 +562,12 @@ impl Driver {
             stop: &STOP,
             prune,
             poll: Duration::from_secs_f64(self.s.prune.poll_s.max(0.05)),
-            metric_regex: self.s.trial.metric_regex.as_deref().and_then(|r| regex::RegexBuilder::new(r).multi_line(true).build().ok()),
+            metric_regex: self
+                .s
+                .trial
+                .metric_regex
+                .as_deref()
+                .and_then(|r| regex::RegexBuilder::new(r).multi_line(true).build().ok()),
             env_remove: remove,
             env: vec![("AUTOQAT_EXP".into(), exp.to_string()), ("AUTOQAT_RUN_DIR".into(), run_dir.to_string())],
         };
@@ -552,16 +581,20 @@ impl Driver {
             return Ok(None);
         }
         let path = self.recipe_path().to_string();
-        let text = std::fs::read_to_string(self.ws.join(&path)).map_err(|e| ResearchError::io(self.ws.join(&path), e))?;
+        let text =
+            std::fs::read_to_string(self.ws.join(&path)).map_err(|e| ResearchError::io(self.ws.join(&path), e))?;
         let table: toml::Table = match text.parse() {
             Ok(t) => t,
             Err(_) => return Ok(None),
         };
         let seed = crate::validate::lookup(&table, &key).and_then(|v| v.as_integer()).unwrap_or(0);
-        let Some((search, replace)) = proposer::builtin::line_edit(&text, &key, &serde_json::Value::from(seed + offset)) else {
+        let Some((search, replace)) =
+            proposer::builtin::line_edit(&text, &key, &serde_json::Value::from(seed + offset))
+        else {
             return Ok(None);
         };
-        std::fs::write(self.ws.join(&path), text.replacen(&search, &replace, 1)).map_err(|e| ResearchError::io(self.ws.join(&path), e))?;
+        std::fs::write(self.ws.join(&path), text.replacen(&search, &replace, 1))
+            .map_err(|e| ResearchError::io(self.ws.join(&path), e))?;
         let out = self.run_trial(exp, run_dir, None);
         self.git.force_checkout_head()?;
         out.map(Some)
@@ -572,7 +605,9 @@ impl Driver {
         let exp = p.exp;
         let run_dir = self.s.run_dir(exp).to_string_lossy().to_string();
         let best = results::best(&self.records).cloned();
-        let best_steps = best.as_ref().map(|b| prune::read_steps(&self.ws.join(self.s.run_dir(b.exp)).join(autoqat_workspace::run::STEPS_FILE)));
+        let best_steps = best
+            .as_ref()
+            .map(|b| prune::read_steps(&self.ws.join(self.s.run_dir(b.exp)).join(autoqat_workspace::run::STEPS_FILE)));
         let first = self.run_trial(exp, &run_dir, best_steps)?;
         if first.interrupted {
             return Err(self.set_aside(exp, commit));
@@ -604,10 +639,15 @@ impl Driver {
                         Some(o) if o.failure.is_none() => {
                             rec.confirm_ppl = o.summary.eval_ppl;
                             let c = o.summary.eval_ppl.unwrap_or(f64::INFINITY);
-                            if noise::beats(c, bp, self.s.noise.min_rel_improvement) { Status::Keep } else { Status::Discard }
+                            if noise::beats(c, bp, self.s.noise.min_rel_improvement) {
+                                Status::Keep
+                            } else {
+                                Status::Discard
+                            }
                         }
                         Some(o) => {
-                            rec.error = Some(format!("second-seed confirmation failed: {}", o.error.unwrap_or_default()));
+                            rec.error =
+                                Some(format!("second-seed confirmation failed: {}", o.error.unwrap_or_default()));
                             Status::Discard
                         }
                         None => Status::Keep,

@@ -44,8 +44,8 @@ pub fn apply(p: &Proposal, rules: &EditRules) -> Result<Applied, String> {
         let path = check_path(&e.path, rules).map_err(|m| format!("edit {n}: {m}"))?;
         if !files.contains_key(&path) {
             let full = rules.root.join(&path);
-            let text = std::fs::read_to_string(&full)
-                .map_err(|err| format!("edit {n}: cannot read `{path}`: {err}"))?;
+            let text =
+                std::fs::read_to_string(&full).map_err(|err| format!("edit {n}: cannot read `{path}`: {err}"))?;
             files.insert(path.clone(), (text.clone(), text));
         }
         let (_, cur) = files.get_mut(&path).ok_or("internal: file vanished")?;
@@ -55,7 +55,11 @@ pub fn apply(p: &Proposal, rules: &EditRules) -> Result<Applied, String> {
         match cur.matches(&e.search).count() {
             0 => return Err(format!("edit {n}: search text not found in `{path}`: {:?}", clip(&e.search))),
             1 => {}
-            k => return Err(format!("edit {n}: search text occurs {k} times in `{path}`; include more surrounding lines so it is unique")),
+            k => {
+                return Err(format!(
+                "edit {n}: search text occurs {k} times in `{path}`; include more surrounding lines so it is unique"
+            ))
+            }
         }
         *cur = cur.replacen(&e.search, &e.replace, 1);
     }
@@ -116,10 +120,7 @@ fn check_path(raw: &str, rules: &EditRules) -> Result<String, String> {
     }
     let norm = parts.join("/");
     if !rules.mutable_paths.iter().any(|m| m == &norm) {
-        return Err(format!(
-            "path `{raw}` is not mutable; only {} may be edited",
-            rules.mutable_paths.join(", ")
-        ));
+        return Err(format!("path `{raw}` is not mutable; only {} may be edited", rules.mutable_paths.join(", ")));
     }
     let root = rules.root.canonicalize().map_err(|e| format!("workspace: {e}"))?;
     let real = rules.root.join(&norm).canonicalize().map_err(|e| format!("`{norm}`: {e}"))?;

@@ -30,11 +30,8 @@ pub fn compact_diff(path: &str, old: &str, new: &str) -> String {
 
 /// A stable fingerprint of a compact diff, ignoring whitespace and order.
 pub fn diff_key(compact: &str) -> String {
-    let mut lines: Vec<String> = compact
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .filter(|l| !l.is_empty())
-        .collect();
+    let mut lines: Vec<String> =
+        compact.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|l| !l.is_empty()).collect();
     lines.sort();
     // FNV-1a: stable across Rust versions, unlike DefaultHasher.
     autoqat_workspace::hash::fnv1a_hex(lines.join("\n").as_bytes())

@@ -118,8 +118,7 @@ impl Git {
     pub fn ensure_excludes(&self) -> Result<()> {
         let path = self.repo.path().join("info").join("exclude");
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let missing: Vec<&str> =
-            EXCLUDES.iter().copied().filter(|e| !old.lines().any(|l| l.trim() == *e)).collect();
+        let missing: Vec<&str> = EXCLUDES.iter().copied().filter(|e| !old.lines().any(|l| l.trim() == *e)).collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -155,8 +154,14 @@ impl Git {
     /// change to a tracked file, and an untracked file at a mutable path. Anything else
     /// untracked (`autoqat run > run.log` inside the workspace) never reaches a commit.
     pub fn blocking_changes(&self, mutable: &[String]) -> Result<Vec<String>> {
-        let at_mutable = |p: &str| mutable.iter().any(|m| p == m || p.starts_with(&format!("{}/", m.trim_end_matches('/'))));
-        Ok(self.changes()?.into_iter().filter(|(p, st)| *st != git2::Status::WT_NEW || at_mutable(p)).map(|(p, _)| p).collect())
+        let at_mutable =
+            |p: &str| mutable.iter().any(|m| p == m || p.starts_with(&format!("{}/", m.trim_end_matches('/'))));
+        Ok(self
+            .changes()?
+            .into_iter()
+            .filter(|(p, st)| *st != git2::Status::WT_NEW || at_mutable(p))
+            .map(|(p, _)| p)
+            .collect())
     }
 
     /// Fails with the changes listed unless nothing that could reach a commit is changed (see
@@ -213,9 +218,11 @@ impl Git {
 
     /// Creates `autoqat/<tag>` at HEAD (fails if it exists) and checks it out.
     pub fn create_branch(&self, tag: &str) -> Result<Oid> {
-        let head = self.repo.head()?.peel_to_commit().map_err(|e| {
-            ResearchError::Workspace(format!("the repository has no commit yet ({})", e.message()))
-        })?;
+        let head = self
+            .repo
+            .head()?
+            .peel_to_commit()
+            .map_err(|e| ResearchError::Workspace(format!("the repository has no commit yet ({})", e.message())))?;
         let name = Git::branch_ref(tag);
         if self.ref_target(&name).is_some() {
             return Err(ResearchError::Workspace(format!(
@@ -231,9 +238,7 @@ impl Git {
     pub fn checkout_branch(&self, tag: &str) -> Result<Oid> {
         let name = Git::branch_ref(tag);
         let oid = self.ref_target(&name).ok_or_else(|| {
-            ResearchError::Workspace(format!(
-                "branch autoqat/{tag} does not exist; run without --resume to start it"
-            ))
+            ResearchError::Workspace(format!("branch autoqat/{tag} does not exist; run without --resume to start it"))
         })?;
         self.repo.set_head(&name)?;
         self.force_checkout_head()?;
@@ -294,8 +299,7 @@ impl Git {
 
     /// Attaches (or replaces) the metrics note of an experiment commit.
     pub fn write_note(&self, commit: Oid, record: &Record) -> Result<()> {
-        let json = serde_json::to_string_pretty(record)
-            .map_err(|e| ResearchError::Results(e.to_string()))?;
+        let json = serde_json::to_string_pretty(record).map_err(|e| ResearchError::Results(e.to_string()))?;
         let sig = self.signature()?;
         self.repo.note(&sig, &sig, Some(NOTES_REF), commit, &json, true)?;
         Ok(())

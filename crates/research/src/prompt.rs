@@ -29,9 +29,8 @@ pub struct Templates {
 impl Templates {
     /// Reads `<dir>/{system,propose,repair}.md`, falling back to the built-in copies.
     pub fn load(dir: &Path) -> Templates {
-        let read = |name: &str, default: &str| {
-            std::fs::read_to_string(dir.join(name)).unwrap_or_else(|_| default.to_string())
-        };
+        let read =
+            |name: &str, default: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_else(|_| default.to_string());
         Templates {
             system: read("system.md", DEFAULT_SYSTEM),
             propose: read("propose.md", DEFAULT_PROPOSE),
@@ -73,8 +72,17 @@ pub fn schema_text(schema: Option<&Schema>) -> String {
 pub fn record_line(r: &Record) -> String {
     let ppl = r.eval_ppl.map(|p| format!("{p:.4}")).unwrap_or_else(|| "-".into());
     let delta = r.delta.map(|d| format!(" ({:+.2}%)", d * 100.0)).unwrap_or_default();
-    let err = r.error.as_deref().map(|e| format!(" [{}]", crate::results::one_line(e).chars().take(120).collect::<String>())).unwrap_or_default();
-    format!("exp {} {} eval_ppl {ppl}{delta}: {}{err}", r.exp, r.status().as_str(), crate::results::one_line(&r.description))
+    let err = r
+        .error
+        .as_deref()
+        .map(|e| format!(" [{}]", crate::results::one_line(e).chars().take(120).collect::<String>()))
+        .unwrap_or_default();
+    format!(
+        "exp {} {} eval_ppl {ppl}{delta}: {}{err}",
+        r.exp,
+        r.status().as_str(),
+        crate::results::one_line(&r.description)
+    )
 }
 
 /// The variables of the propose template.
@@ -109,7 +117,15 @@ pub fn build(t: &Templates, i: &PromptInputs) -> (String, String) {
         .rev()
         .filter(|r| !r.status().is_kept() && r.status() != Status::Invalid && !r.diff.is_empty())
         .take(40)
-        .map(|r| format!("exp {} {}: {}\n{}", r.exp, r.status().as_str(), crate::results::one_line(&r.description), r.diff.trim_end()))
+        .map(|r| {
+            format!(
+                "exp {} {}: {}\n{}",
+                r.exp,
+                r.status().as_str(),
+                crate::results::one_line(&r.description),
+                r.diff.trim_end()
+            )
+        })
         .collect();
     let mutable = i.mutable_paths.join(", ");
     let schema = schema_text(i.schema);

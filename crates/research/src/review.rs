@@ -59,7 +59,10 @@ pub fn render(tag: &str, entries: &[(Record, String)]) -> String {
             s.push_str(&format!("   second seed eval_ppl {c:.4}\n"));
         }
         if r.cost_usd > 0.0 {
-            s.push_str(&format!("   proposer: {} in / {} out tokens, ${:.4}\n", r.input_tokens, r.output_tokens, r.cost_usd));
+            s.push_str(&format!(
+                "   proposer: {} in / {} out tokens, ${:.4}\n",
+                r.input_tokens, r.output_tokens, r.cost_usd
+            ));
         }
         for line in diff.lines() {
             s.push_str(&format!("   {line}\n"));

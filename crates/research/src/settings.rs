@@ -239,8 +239,8 @@ impl Settings {
 
     /// Parses settings text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Settings> {
-        let s: Settings = toml::from_str(text)
-            .map_err(|e| ResearchError::Settings { path: path.into(), msg: e.to_string() })?;
+        let s: Settings =
+            toml::from_str(text).map_err(|e| ResearchError::Settings { path: path.into(), msg: e.to_string() })?;
         s.check(path)?;
         Ok(s)
     }
@@ -257,10 +257,7 @@ impl Settings {
             ));
         }
         if !["autoqat", "toml", "none"].contains(&self.validator.kind.as_str()) {
-            return bad(format!(
-                "validator.kind = {:?}; expected autoqat, toml or none",
-                self.validator.kind
-            ));
+            return bad(format!("validator.kind = {:?}; expected autoqat, toml or none", self.validator.kind));
         }
         if !(self.noise.min_rel_improvement >= 0.0 && self.noise.min_rel_improvement < 1.0) {
             return bad("noise.min_rel_improvement must be in [0, 1)".into());

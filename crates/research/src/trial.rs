@@ -93,12 +93,7 @@ pub fn run(spec: &TrialSpec) -> Result<Outcome> {
     let log = std::fs::File::create(&log_path).map_err(|e| ResearchError::io(&log_path, e))?;
     let log2 = log.try_clone().map_err(|e| ResearchError::io(&log_path, e))?;
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(&spec.command)
-        .current_dir(spec.workspace)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+    cmd.arg("-c").arg(&spec.command).current_dir(spec.workspace).stdin(Stdio::null()).stdout(log).stderr(log2);
     for k in &spec.env_remove {
         cmd.env_remove(k);
     }
@@ -117,9 +112,8 @@ pub fn run(spec: &TrialSpec) -> Result<Outcome> {
         });
     }
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| ResearchError::Trial(format!("cannot start `sh -c {}`: {e}", spec.command)))?;
+    let mut child =
+        cmd.spawn().map_err(|e| ResearchError::Trial(format!("cannot start `sh -c {}`: {e}", spec.command)))?;
     let pgid = child.id() as i32;
     let pf = pgid_file(spec.workspace);
     let _ = std::fs::write(&pf, pgid.to_string());

@@ -43,7 +43,10 @@ impl Validator {
                 let (o, n) = (parse_toml(old)?, parse_toml(new)?);
                 for f in schema.fields.iter().filter(|f| f.locked) {
                     if lookup(&o, &f.key) != lookup(&n, &f.key) {
-                        return Err(format!("`{}` is locked (model, data, budget or eval protocol); leave it as it is", f.key));
+                        return Err(format!(
+                            "`{}` is locked (model, data, budget or eval protocol); leave it as it is",
+                            f.key
+                        ));
                     }
                 }
                 // An enum value the schema keeps out of `choices` (e.g. `quant.method = "none"`,
@@ -56,7 +59,12 @@ impl Validator {
                     let json = toml_to_json(v);
                     if !f.choices.contains(&json) {
                         let allowed: Vec<String> = f.choices.iter().map(|c| c.to_string()).collect();
-                        return Err(format!("`{}` = {} is not open to the proposer; expected one of {}", f.key, json, allowed.join(", ")));
+                        return Err(format!(
+                            "`{}` = {} is not open to the proposer; expected one of {}",
+                            f.key,
+                            json,
+                            allowed.join(", ")
+                        ));
                     }
                 }
                 // Changes the trial cannot see would cost a whole trial for nothing.
@@ -78,7 +86,12 @@ impl Validator {
                         let json = toml_to_json(v);
                         if !f.choices.contains(&json) {
                             let allowed: Vec<String> = f.choices.iter().map(|c| c.to_string()).collect();
-                            return Err(format!("`{}` = {} is not allowed; expected one of {}", f.key, json, allowed.join(", ")));
+                            return Err(format!(
+                                "`{}` = {} is not allowed; expected one of {}",
+                                f.key,
+                                json,
+                                allowed.join(", ")
+                            ));
                         }
                     }
                 }
@@ -203,7 +216,12 @@ fn schema_from_settings(fields: &[FieldSetting]) -> Schema {
                     max: v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
                 }
             } else {
-                FieldType::Enum { values: choices.iter().map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string())).collect() }
+                FieldType::Enum {
+                    values: choices
+                        .iter()
+                        .map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string()))
+                        .collect(),
+                }
             };
             FieldSpec {
                 key: f.key.clone(),
@@ -229,13 +247,18 @@ mod tests {
         let old = "[optim]\nlr = 0.001\n[quant]\nmethod = \"ternary_absmean\"\n";
         let same = |new: &str| v.check(old, new).unwrap_err();
         assert!(same("[optim]\nlr = 1e-3\n[quant]\nmethod = \"ternary_absmean\"\n").contains("means the same"));
-        assert!(same("[optim]\nlr = 0.001 # faster\n[quant]\nmethod = \"ternary_absmean\"\n").contains("means the same"));
+        assert!(
+            same("[optim]\nlr = 0.001 # faster\n[quant]\nmethod = \"ternary_absmean\"\n").contains("means the same")
+        );
         // Writing out a default is no change either.
-        assert!(same("[optim]\nlr = 0.001\nbeta1 = 0.9\n[quant]\nmethod = \"ternary_absmean\"\n").contains("means the same"));
+        assert!(same("[optim]\nlr = 0.001\nbeta1 = 0.9\n[quant]\nmethod = \"ternary_absmean\"\n")
+            .contains("means the same"));
         let e = same("[optim]\nlr = 0.001\n[quant]\nmethod = \"ternary_absmean\"\ndeadzone_t = 0.6\n");
         assert!(e.contains("`quant.deadzone_t` has no effect unless `quant.method` is \"ternary_deadzone\""), "{e}");
         // With its condition met in the same proposal it is a real change.
-        assert!(v.check(old, "[optim]\nlr = 0.001\n[quant]\nmethod = \"ternary_deadzone\"\ndeadzone_t = 0.6\n").is_ok());
+        assert!(v
+            .check(old, "[optim]\nlr = 0.001\n[quant]\nmethod = \"ternary_deadzone\"\ndeadzone_t = 0.6\n")
+            .is_ok());
         assert!(v.check(old, "[optim]\nlr = 0.003\n[quant]\nmethod = \"ternary_absmean\"\n").is_ok());
     }
 }

@@ -19,7 +19,12 @@ fn toy_settings() -> Settings {
 }
 
 /// Fetches `answer` through the OpenAI-compatible server, then parses and applies it.
-fn through_provider(answer_text: &str, root: &std::path::Path, mutable: &[String], tried: &HashSet<String>) -> Result<edit::Applied, String> {
+fn through_provider(
+    answer_text: &str,
+    root: &std::path::Path,
+    mutable: &[String],
+    tried: &HashSet<String>,
+) -> Result<edit::Applied, String> {
     let srv = serve(vec![Canned::json(200, openai_body(answer_text))]);
     std::env::set_var("AQ_T_EDITS_KEY", "k-edits-xxxx");
     let s = ProviderSettings {
@@ -85,10 +90,8 @@ fn each_rejection_names_its_reason() {
     // The recipe `good` produced, reached another way, counts as tried too.
     let mut tried = tried;
     tried.extend(autoqat_research::validate::recipe_key(&toy_schema(), &RECIPE.replace("lr = 0.001", "lr = 0.003")));
-    let cases: Vec<(String, &str)> = cases
-        .into_iter()
-        .chain([(edit(t, "lr = 0.001", "lr = 3e-3"), "this recipe was already tried")])
-        .collect();
+    let cases: Vec<(String, &str)> =
+        cases.into_iter().chain([(edit(t, "lr = 0.001", "lr = 3e-3"), "this recipe was already tried")]).collect();
     for (text, want) in cases {
         match through_provider(&text, root, &mutable, &tried) {
             Ok(a) => panic!("accepted {text}: {a:?}"),
@@ -103,12 +106,27 @@ fn each_rejection_names_its_reason() {
 fn no_validator_accepts_foreign_files() {
     let ws = workspace(&settings_toml("", ""));
     let v = Validator::None;
-    let rules = EditRules { root: ws.path(), mutable_paths: &["trial.sh".to_string()], validator: &v, max_changed_lines: 4, tried: &HashSet::new() };
-    let p = answer::parse(&serde_json::json!({"description":"d","edits":[{"path":"trial.sh","search":"set -e","replace":"set -eu"}]}).to_string()).unwrap();
+    let rules = EditRules {
+        root: ws.path(),
+        mutable_paths: &["trial.sh".to_string()],
+        validator: &v,
+        max_changed_lines: 4,
+        tried: &HashSet::new(),
+    };
+    let p = answer::parse(
+        &serde_json::json!({"description":"d","edits":[{"path":"trial.sh","search":"set -e","replace":"set -eu"}]})
+            .to_string(),
+    )
+    .unwrap();
     assert_eq!(edit::apply(&p, &rules).unwrap().files[0].0, "trial.sh");
 }
 
-fn builtin_ctx<'a>(recipe: &'a str, records: &'a [Record], tried: &'a HashSet<String>, schema: &'a autoqat_recipe::Schema) -> Request<'a> {
+fn builtin_ctx<'a>(
+    recipe: &'a str,
+    records: &'a [Record],
+    tried: &'a HashSet<String>,
+    schema: &'a autoqat_recipe::Schema,
+) -> Request<'a> {
     Request {
         system: String::new(),
         user: String::new(),
@@ -131,8 +149,15 @@ fn builtin_never_repeats_a_tried_change_and_ends_when_exhausted() {
         match b.propose(&req) {
             Ok(reply) => {
                 let p = answer::parse(&reply.text).unwrap();
-                let rules = EditRules { root: ws.path(), mutable_paths: &s.run.mutable_paths, validator: &validator, max_changed_lines: 4, tried: &tried };
-                let a = edit::apply(&p, &rules).unwrap_or_else(|e| panic!("builtin proposed an invalid edit {p:?}: {e}"));
+                let rules = EditRules {
+                    root: ws.path(),
+                    mutable_paths: &s.run.mutable_paths,
+                    validator: &validator,
+                    max_changed_lines: 4,
+                    tried: &tried,
+                };
+                let a =
+                    edit::apply(&p, &rules).unwrap_or_else(|e| panic!("builtin proposed an invalid edit {p:?}: {e}"));
                 assert_eq!(a.changed_lines, 1);
                 assert!(!seen.contains(&a.diff_key));
                 seen.push(a.diff_key.clone());
@@ -156,7 +181,13 @@ fn builtin_continues_a_kept_direction_and_does_not_go_back() {
     let schema = validator.schema().unwrap().clone();
     let kept_recipe = RECIPE.replace("lr = 0.001", "lr = 0.003");
     let records = vec![
-        Record { exp: 0, status: Some(Status::Baseline), eval_ppl: Some(34.0), description: "baseline".into(), ..Record::default() },
+        Record {
+            exp: 0,
+            status: Some(Status::Baseline),
+            eval_ppl: Some(34.0),
+            description: "baseline".into(),
+            ..Record::default()
+        },
         Record {
             exp: 1,
             status: Some(Status::Keep),

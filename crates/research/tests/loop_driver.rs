@@ -102,7 +102,8 @@ fn pid_alive(pid: i32) -> bool {
 fn builtin_loop_keeps_improvements_and_audits_everything() {
     let ws = workspace(&settings_toml("[provider]\nkind = \"builtin\"", ""));
     // Only the harmless values, so that this run is fast.
-    let toml = settings_toml("[provider]\nkind = \"builtin\"", "").replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, "");
+    let toml = settings_toml("[provider]\nkind = \"builtin\"", "")
+        .replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, "");
     std::fs::write(ws.path().join("autoqat.toml"), toml).unwrap();
     git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
     let (stop, recs) = run_in_process(ws.path(), 6, false);
@@ -144,7 +145,11 @@ fn builtin_loop_keeps_improvements_and_audits_everything() {
 #[test]
 fn crash_timeout_nan_and_pruned_trials_are_recorded_and_reverted() {
     let ws = workspace(&settings_toml("", ""));
-    let answers: Vec<String> = ["crash", "hang", "nan", "slowbad"].iter().map(|m| set_method(m)).chain([proposal("raise lr", "lr = 0.001", "lr = 0.003")]).collect();
+    let answers: Vec<String> = ["crash", "hang", "nan", "slowbad"]
+        .iter()
+        .map(|m| set_method(m))
+        .chain([proposal("raise lr", "lr = 0.001", "lr = 0.003")])
+        .collect();
     let prov = canned_proposer(ws.path(), &answers);
     let toml = settings_toml(&prov, "").replace("timeout_s = 20", "timeout_s = 1.5");
     std::fs::write(ws.path().join("autoqat.toml"), toml).unwrap();
@@ -152,7 +157,10 @@ fn crash_timeout_nan_and_pruned_trials_are_recorded_and_reverted() {
     let t = Instant::now();
     let (_, recs) = run_in_process(ws.path(), 6, false);
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
-    assert_eq!(statuses(&recs), [Status::Baseline, Status::Crash, Status::Timeout, Status::Crash, Status::Pruned, Status::Keep]);
+    assert_eq!(
+        statuses(&recs),
+        [Status::Baseline, Status::Crash, Status::Timeout, Status::Crash, Status::Pruned, Status::Keep]
+    );
     assert!(recs[1].error.as_deref().unwrap().contains("exit status 3"), "{:?}", recs[1].error);
     assert!(recs[3].error.as_deref().unwrap().contains("not finite"), "{:?}", recs[3].error);
     assert!(recs[4].error.as_deref().unwrap().contains("at step 10"), "{:?}", recs[4].error);
@@ -205,7 +213,11 @@ fn repeated_baseline_reports_sigma_and_second_seed_confirms_a_keep() {
 fn foreign_trial_metric_from_a_regex() {
     let ws = workspace(&settings_toml("", ""));
     std::fs::write(ws.path().join("train.py"), "DEPTH = 4\n").unwrap();
-    std::fs::write(ws.path().join("run.sh"), "#!/bin/sh\nd=$(sed -n 's/^DEPTH = //p' train.py)\necho 'step 1'\necho \"val_bpb: 1.$d\"\n").unwrap();
+    std::fs::write(
+        ws.path().join("run.sh"),
+        "#!/bin/sh\nd=$(sed -n 's/^DEPTH = //p' train.py)\necho 'step 1'\necho \"val_bpb: 1.$d\"\n",
+    )
+    .unwrap();
     let prov = canned_proposer(ws.path(), &[serde_json::json!({"description":"shallower","edits":[{"path":"train.py","search":"DEPTH = 4","replace":"DEPTH = 2"}]}).to_string()]);
     let toml = format!(
         "[run]\ntag = \"t\"\nmutable_paths = [\"train.py\"]\n[trial]\ncommand = \"sh run.sh\"\nmetric_regex = '^val_bpb:\\s*([0-9.]+)'\n{prov}\n[validator]\nkind = \"none\"\n"
@@ -236,7 +248,10 @@ fn stop_file_and_dirty_worktree_and_lock() {
     assert!(!ws.path().join("STOP").exists());
     // A second driver on the same workspace is refused while the first holds the lock.
     let _held = autoqat_research::git::Lock::acquire(ws.path()).unwrap();
-    let e = Driver::open(ws.path(), s, RunOptions { resume: true, ..RunOptions::default() }, None).err().unwrap().to_string();
+    let e = Driver::open(ws.path(), s, RunOptions { resume: true, ..RunOptions::default() }, None)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("locked"), "{e}");
 }
 
@@ -246,7 +261,11 @@ fn sigint_sets_the_experiment_aside_and_resume_reruns_the_same_change() {
     let prov = canned_proposer(ws.path(), &[set_method("hangonce")]);
     std::fs::write(ws.path().join("autoqat.toml"), settings_toml(&prov, "")).unwrap();
     git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
-    let child = spawn_driver(ws.path(), 5, false, &[]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let child = spawn_driver(ws.path(), 5, false, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let pidfile = ws.path().join("runs/0001/child.pid");
     let t = Instant::now();
     while !pidfile.exists() && t.elapsed() < Duration::from_secs(15) {
@@ -257,7 +276,12 @@ fn sigint_sets_the_experiment_aside_and_resume_reruns_the_same_change() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("STOP: stopped by a signal") && stdout.contains("experiment 1 interrupted"), "{stdout}");
+    assert!(
+        out.status.success()
+            && stdout.contains("STOP: stopped by a signal")
+            && stdout.contains("experiment 1 interrupted"),
+        "{stdout}"
+    );
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     assert!(!pid_alive(pid), "the interrupted trial's child survived");
@@ -267,7 +291,10 @@ fn sigint_sets_the_experiment_aside_and_resume_reruns_the_same_change() {
     assert_eq!(statuses(&recs), [Status::Baseline]);
     assert_eq!(git(ws.path(), &["status", "--porcelain"]).trim(), "");
     let aside = git(ws.path(), &["rev-parse", "refs/autoqat/t/interrupted/0001"]);
-    assert!(git(ws.path(), &["show", aside.trim()]).contains("method = \"hangonce\""), "the interrupted change is not under its ref");
+    assert!(
+        git(ws.path(), &["show", aside.trim()]).contains("method = \"hangonce\""),
+        "the interrupted change is not under its ref"
+    );
 
     let out = run_child(ws.path(), 2, true, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -278,25 +305,50 @@ fn sigint_sets_the_experiment_aside_and_resume_reruns_the_same_change() {
     assert!(recs[1].error.is_none(), "{:?}", recs[1].error);
     // The same change ran again: the proposer was asked once in all.
     assert_eq!(std::fs::read_to_string(ws.path().join(".canned/count")).unwrap().trim(), "1");
-    assert!(git(ws.path(), &["for-each-ref", "refs/autoqat/t/interrupted/"]).trim().is_empty(), "the interrupted ref outlived its resume");
+    assert!(
+        git(ws.path(), &["for-each-ref", "refs/autoqat/t/interrupted/"]).trim().is_empty(),
+        "the interrupted ref outlived its resume"
+    );
 }
 
 #[test]
 fn resume_after_sigkill_at_every_point_loses_and_duplicates_nothing() {
-    let points = ["propose:3", "after_commit:2", "trial:1", "trial:3", "after_trial:2", "reset:1", "before_row:2", "before_row:4"];
+    let points = [
+        "propose:3",
+        "after_commit:2",
+        "trial:1",
+        "trial:3",
+        "after_trial:2",
+        "reset:1",
+        "before_row:2",
+        "before_row:4",
+    ];
     let mut handles = Vec::new();
     for point in points {
         handles.push(std::thread::spawn(move || {
-            let ws = workspace(&settings_toml("[provider]\nkind = \"builtin\"", "").replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, ""));
+            let ws = workspace(
+                &settings_toml("[provider]\nkind = \"builtin\"", "")
+                    .replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, ""),
+            );
             let out = run_child(ws.path(), 6, false, &[("AUTOQAT_TEST_KILL_AT", point)]);
-            assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}: the driver was not killed: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(
+                out.status.signal(),
+                Some(libc::SIGKILL),
+                "{point}: the driver was not killed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let before = Git::open(ws.path()).unwrap().records("t").unwrap();
             let out = run_child(ws.path(), 6, true, &[]);
             assert!(out.status.success(), "{point}: resume failed: {}", String::from_utf8_lossy(&out.stderr));
             let after = assert_consistent(ws.path(), "t");
             assert_eq!(after.len(), 6, "{point}: {after:#?}");
             for b in &before {
-                assert_eq!(Some(b), after.iter().find(|a| a.exp == b.exp), "{point}: finished experiment {} changed or lost", b.exp);
+                assert_eq!(
+                    Some(b),
+                    after.iter().find(|a| a.exp == b.exp),
+                    "{point}: finished experiment {} changed or lost",
+                    b.exp
+                );
             }
             assert!(!Path::new(&ws.path().join(".autoqat/pending.json")).exists());
         }));
@@ -325,7 +377,8 @@ fn a_fake_api_key_never_reaches_disk_git_or_logs() {
         "[provider]\nkind = \"openai\"\nmodel = \"m\"\nbase_url = \"{}/v1\"\napi_key_env = \"AQ_FAKE_KEY\"\nbackoff_s = 0.01\nprice_in_per_mtok = 2.0\nprice_out_per_mtok = 10.0",
         srv.url
     );
-    let toml = settings_toml(&prov, "").replace("command = \"sh ./trial.sh {run_dir}\"", "command = \"env; sh ./trial.sh {run_dir}\"");
+    let toml = settings_toml(&prov, "")
+        .replace("command = \"sh ./trial.sh {run_dir}\"", "command = \"env; sh ./trial.sh {run_dir}\"");
     std::fs::write(ws.path().join("autoqat.toml"), toml).unwrap();
     git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
     let out = run_child(ws.path(), 3, false, &[("AQ_FAKE_KEY", key), ("RUST_LOG", "debug")]);

@@ -34,7 +34,13 @@ fn ask(s: &ProviderSettings) -> Result<Reply, ProposerError> {
         system: "sys".into(),
         user: "user prompt".into(),
         repair: None,
-        ctx: Context { schema: None, recipe_path: "experiments/train.toml", recipe: RECIPE, records: &[], tried: &tried },
+        ctx: Context {
+            schema: None,
+            recipe_path: "experiments/train.toml",
+            recipe: RECIPE,
+            records: &[],
+            tried: &tried,
+        },
     };
     p.propose(&req)
 }

@@ -24,12 +24,19 @@ fn builtin_changes_to_the_shipped_recipe_pass_the_schema() {
     }
     autoqat_recipe::parse(&recipe).expect("the shipped recipe must parse");
     let tried = HashSet::new();
-    let ctx = Context { schema: Some(&schema), recipe_path: "experiments/train.toml", recipe: &recipe, records: &[], tried: &tried };
+    let ctx = Context {
+        schema: Some(&schema),
+        recipe_path: "experiments/train.toml",
+        recipe: &recipe,
+        records: &[],
+        tried: &tried,
+    };
     let cands = builtin::candidates(&schema, &ctx, 0);
     assert!(cands.len() >= 5, "the builtin search finds almost nothing to try: {}", cands.len());
     assert!(cands.iter().all(|c| !schema.field(&c.key).unwrap().locked));
     let paths = vec!["experiments/train.toml".to_string()];
-    let rules = EditRules { root: &root, mutable_paths: &paths, validator: &validator, max_changed_lines: 8, tried: &tried };
+    let rules =
+        EditRules { root: &root, mutable_paths: &paths, validator: &validator, max_changed_lines: 8, tried: &tried };
     let mut failures = Vec::new();
     for c in &cands {
         let text = serde_json::json!({"description": "d", "edits": [{"path": "experiments/train.toml", "search": c.search, "replace": c.replace}]}).to_string();
@@ -38,7 +45,13 @@ fn builtin_changes_to_the_shipped_recipe_pass_the_schema() {
         }
     }
     // Some ladder values may be invalid only in combination with others; most must pass.
-    assert!(failures.len() * 5 <= cands.len(), "{} of {} builtin changes fail:\n{}", failures.len(), cands.len(), failures.join("\n"));
+    assert!(
+        failures.len() * 5 <= cands.len(),
+        "{} of {} builtin changes fail:\n{}",
+        failures.len(),
+        cands.len(),
+        failures.join("\n")
+    );
 }
 
 /// Regression (demo run): the builtin search kept `quant.attention = false` and then
@@ -68,13 +81,23 @@ fn builtin_skips_knobs_that_do_nothing_under_the_current_recipe() {
     let schema = autoqat_recipe::schema();
     let keys_for = |recipe: &str| -> Vec<String> {
         let tried = HashSet::new();
-        let ctx = Context { schema: Some(&schema), recipe_path: "experiments/train.toml", recipe, records: &[], tried: &tried };
+        let ctx = Context {
+            schema: Some(&schema),
+            recipe_path: "experiments/train.toml",
+            recipe,
+            records: &[],
+            tried: &tried,
+        };
         builtin::candidates(&schema, &ctx, 0).into_iter().map(|c| c.key).collect()
     };
-    let absmean = keys_for("[quant]\nmethod = \"ternary_absmean\"\ndeadzone_t = 0.5\n[distill]\nenabled = false\ntemperature = 2.0\n");
+    let absmean = keys_for(
+        "[quant]\nmethod = \"ternary_absmean\"\ndeadzone_t = 0.5\n[distill]\nenabled = false\ntemperature = 2.0\n",
+    );
     assert!(absmean.iter().any(|k| k == "quant.method"), "{absmean:?}");
     assert!(!absmean.iter().any(|k| k == "quant.deadzone_t" || k == "distill.temperature"), "{absmean:?}");
-    let deadzone = keys_for("[quant]\nmethod = \"ternary_deadzone\"\ndeadzone_t = 0.5\n[distill]\nenabled = true\ntemperature = 2.0\n");
+    let deadzone = keys_for(
+        "[quant]\nmethod = \"ternary_deadzone\"\ndeadzone_t = 0.5\n[distill]\nenabled = true\ntemperature = 2.0\n",
+    );
     assert!(deadzone.iter().any(|k| k == "quant.deadzone_t"), "{deadzone:?}");
     assert!(deadzone.iter().any(|k| k == "distill.temperature"), "{deadzone:?}");
 }

@@ -158,7 +158,10 @@ impl TraceIndex {
             if let Some(r) = shard.iter().find(|r| r.tokenizer_hash != self.tokenizer_hash) {
                 return Err(TraceError::Format {
                     path,
-                    msg: format!("holds ids of tokenizer {} but the index says {}", r.tokenizer_hash, self.tokenizer_hash),
+                    msg: format!(
+                        "holds ids of tokenizer {} but the index says {}",
+                        r.tokenizer_hash, self.tokenizer_hash
+                    ),
                 });
             }
             rows.extend(shard);

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float32Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
+};
 use arrow_schema::{Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -24,7 +26,10 @@ fn batch(rows: &[TraceRow]) -> std::result::Result<RecordBatch, arrow_schema::Ar
         ("prompt_idx", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.prompt_idx)))),
         ("step_idx", Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.step_idx)))),
         ("teacher_sample_id", Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.teacher_sample_id)))),
-        ("teacher_sample_text", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.teacher_sample_text.as_str())))),
+        (
+            "teacher_sample_text",
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.teacher_sample_text.as_str()))),
+        ),
         (
             "topk_ids",
             Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(
@@ -82,16 +87,25 @@ fn column<'a>(path: &Path, batch: &'a RecordBatch, name: &str) -> Result<&'a Arr
 
 fn read_batch(path: &Path, batch: &RecordBatch, out: &mut Vec<TraceRow>) -> Result<()> {
     let wrong = |name: &str| format_err(path, format!("column `{name}` has the wrong type"));
-    let prompt = column(path, batch, "prompt_idx")?.as_primitive_opt::<Int64Type>().ok_or_else(|| wrong("prompt_idx"))?;
+    let prompt =
+        column(path, batch, "prompt_idx")?.as_primitive_opt::<Int64Type>().ok_or_else(|| wrong("prompt_idx"))?;
     let step = column(path, batch, "step_idx")?.as_primitive_opt::<Int32Type>().ok_or_else(|| wrong("step_idx"))?;
-    let sample = column(path, batch, "teacher_sample_id")?.as_primitive_opt::<Int32Type>().ok_or_else(|| wrong("teacher_sample_id"))?;
-    let text = column(path, batch, "teacher_sample_text")?.as_string_opt::<i32>().ok_or_else(|| wrong("teacher_sample_text"))?;
+    let sample = column(path, batch, "teacher_sample_id")?
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| wrong("teacher_sample_id"))?;
+    let text = column(path, batch, "teacher_sample_text")?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| wrong("teacher_sample_text"))?;
     let ids = column(path, batch, "topk_ids")?.as_list_opt::<i32>().ok_or_else(|| wrong("topk_ids"))?;
     let lps = column(path, batch, "topk_logprobs")?.as_list_opt::<i32>().ok_or_else(|| wrong("topk_logprobs"))?;
-    let other = column(path, batch, "other_logprob")?.as_primitive_opt::<Float32Type>().ok_or_else(|| wrong("other_logprob"))?;
+    let other = column(path, batch, "other_logprob")?
+        .as_primitive_opt::<Float32Type>()
+        .ok_or_else(|| wrong("other_logprob"))?;
     let is_struct = column(path, batch, "is_struct_token")?.as_boolean_opt().ok_or_else(|| wrong("is_struct_token"))?;
-    let template = column(path, batch, "template_hash")?.as_string_opt::<i32>().ok_or_else(|| wrong("template_hash"))?;
-    let tokenizer = column(path, batch, "tokenizer_hash")?.as_string_opt::<i32>().ok_or_else(|| wrong("tokenizer_hash"))?;
+    let template =
+        column(path, batch, "template_hash")?.as_string_opt::<i32>().ok_or_else(|| wrong("template_hash"))?;
+    let tokenizer =
+        column(path, batch, "tokenizer_hash")?.as_string_opt::<i32>().ok_or_else(|| wrong("tokenizer_hash"))?;
     for i in 0..batch.num_rows() {
         let id_list = ids.value(i);
         let lp_list = lps.value(i);

@@ -196,11 +196,7 @@ pub fn write_all(path: &Path, records: &[Record]) -> Result<()> {
 /// Appends one row (writing the header first if the file is new or empty).
 pub fn append(path: &Path, record: &Record) -> Result<()> {
     let fresh = std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_err(path))?;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
     let mut text = String::new();
     if fresh {
         text.push_str(HEADER);

@@ -18,8 +18,20 @@ pub const SUMMARY_FILE: &str = "summary.json";
 pub const LOG_FILE: &str = "trial.log";
 
 /// Columns of `steps.tsv`, in order (DESIGN.md section 4).
-pub const STEPS_COLUMNS: [&str; 12] =
-    ["step", "lambda", "train_loss", "train_ppl", "eval_ppl", "eval_bpb", "lr", "time_s", "best_ppl", "q_neg1", "q_zero", "q_pos1"];
+pub const STEPS_COLUMNS: [&str; 12] = [
+    "step",
+    "lambda",
+    "train_loss",
+    "train_ppl",
+    "eval_ppl",
+    "eval_bpb",
+    "lr",
+    "time_s",
+    "best_ppl",
+    "q_neg1",
+    "q_zero",
+    "q_pos1",
+];
 
 /// One row of `steps.tsv`. A column a foreign trial does not write reads as NaN.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,8 +67,18 @@ impl StepRow {
     pub fn to_line(&self) -> String {
         format!(
             "{}\t{:.6}\t{:.6}\t{:.4}\t{:.4}\t{:.6}\t{:.6e}\t{:.2}\t{:.4}\t{:.6}\t{:.6}\t{:.6}",
-            self.step, self.lambda, self.train_loss, self.train_ppl, self.eval_ppl, self.eval_bpb, self.lr, self.time_s,
-            self.best_ppl, self.q_neg1, self.q_zero, self.q_pos1
+            self.step,
+            self.lambda,
+            self.train_loss,
+            self.train_ppl,
+            self.eval_ppl,
+            self.eval_bpb,
+            self.lr,
+            self.time_s,
+            self.best_ppl,
+            self.q_neg1,
+            self.q_zero,
+            self.q_pos1
         )
     }
 
@@ -267,10 +289,9 @@ pub fn read_summary(dir: &Path) -> Result<Option<Summary>> {
         Err(e) => return Err(WorkspaceError::io(&path, e)),
     };
     let fixed = text.replace("NaN", "null").replace("-Infinity", "null").replace("Infinity", "null");
-    serde_json::from_str(&fixed).map(Some).map_err(|e| WorkspaceError::Format {
-        path,
-        msg: format!("not a summary (DESIGN.md 4): {e}"),
-    })
+    serde_json::from_str(&fixed)
+        .map(Some)
+        .map_err(|e| WorkspaceError::Format { path, msg: format!("not a summary (DESIGN.md 4): {e}") })
 }
 
 #[cfg(test)]
@@ -328,7 +349,8 @@ mod tests {
         let s = read_summary(dir.path()).unwrap().unwrap();
         assert_eq!((s.status.as_str(), s.eval_ppl, s.tokens), ("ok", None, 0));
         assert!(s.time_s.is_nan());
-        let full = Summary { time_s: 2.5, peak_mem_mb: 10.0, steps: 4, device: "cpu".into(), ..Summary::from_metric(3.0) };
+        let full =
+            Summary { time_s: 2.5, peak_mem_mb: 10.0, steps: 4, device: "cpu".into(), ..Summary::from_metric(3.0) };
         write_summary(dir.path(), &full).unwrap();
         assert_eq!(read_summary(dir.path()).unwrap().unwrap(), full);
         std::fs::write(dir.path().join(SUMMARY_FILE), "[1]").unwrap();

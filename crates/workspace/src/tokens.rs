@@ -39,7 +39,10 @@ pub struct TokenFile {
 
 /// `<text>.tokens` and `<text>.tokens.json`.
 pub fn paths(text_path: &Path) -> (PathBuf, PathBuf) {
-    (PathBuf::from(format!("{}.tokens", text_path.display())), PathBuf::from(format!("{}.tokens.json", text_path.display())))
+    (
+        PathBuf::from(format!("{}.tokens", text_path.display())),
+        PathBuf::from(format!("{}.tokens.json", text_path.display())),
+    )
 }
 
 /// The ids of `text` (read from `text_path`) under the tokenizer whose `tokenizer.json` bytes
@@ -52,7 +55,12 @@ pub fn ensure<E: std::fmt::Display>(
     encode: impl FnOnce(&str) -> std::result::Result<Vec<u32>, E>,
 ) -> Result<TokenFile> {
     let (path, meta_path) = paths(text_path);
-    let want = TokenMeta { text_hash: fnv1a_hex(text.as_bytes()), tokenizer_hash: fnv1a_hex(tokenizer_json), tokens: 0, bytes: text.len() };
+    let want = TokenMeta {
+        text_hash: fnv1a_hex(text.as_bytes()),
+        tokenizer_hash: fnv1a_hex(tokenizer_json),
+        tokens: 0,
+        bytes: text.len(),
+    };
     if let Some((meta, ids)) = read_cached(&path, &meta_path) {
         if meta.text_hash == want.text_hash && meta.tokenizer_hash == want.tokenizer_hash {
             return Ok(TokenFile { path, meta, cached: true, ids });
@@ -93,7 +101,10 @@ fn read_cached(path: &Path, meta_path: &Path) -> Option<(TokenMeta, Vec<u32>)> {
 pub fn read_ids(path: &Path) -> Result<Vec<u32>> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     if bytes.len() % 4 != 0 {
-        return Err(WorkspaceError::Format { path: path.to_path_buf(), msg: "truncated (not a multiple of 4 bytes); delete it and rerun `autoqat prepare`".into() });
+        return Err(WorkspaceError::Format {
+            path: path.to_path_buf(),
+            msg: "truncated (not a multiple of 4 bytes); delete it and rerun `autoqat prepare`".into(),
+        });
     }
     Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }

@@ -64,7 +64,14 @@ pub fn script_fixture(tag: &str, script: &Path, args: &[&str], marker: &str) -> 
     let script_text = std::fs::read(script).ok()?;
     let shared = std::fs::read(repo_root().join("python/autoqat_ref/tiny.py")).ok()?;
     // A content hash keys the cache, so an edited script (or its shared module) regenerates.
-    let h = autoqat_workspace::hash::fnv1a64(&script_text.iter().chain(&shared).chain(wikitext().is_some().to_string().as_bytes()).copied().collect::<Vec<u8>>());
+    let h = autoqat_workspace::hash::fnv1a64(
+        &script_text
+            .iter()
+            .chain(&shared)
+            .chain(wikitext().is_some().to_string().as_bytes())
+            .copied()
+            .collect::<Vec<u8>>(),
+    );
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let dir = base.join(format!("{tag}-{h:016x}"));
     if dir.join(marker).is_file() {

@@ -25,4 +25,3 @@ pub fn act_quant_values(x: &Tensor, bits: u32, gran: ActGranularity) -> Tensor {
         (x * &scale).round().clamp(-qmax - 1.0, qmax) / scale
     })
 }
-

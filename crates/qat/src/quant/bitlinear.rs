@@ -212,7 +212,15 @@ impl LinearBuilder for QuantBuilder {
         let tied = spec.tied.is_some();
         let plain = PlainLinear::new(p, spec)?;
         // A tied head shares the embedding's learned scale: only an untied head gets its own.
-        let alpha = if tied { self.handles.borrow().iter().find(|h| h.name.ends_with("embed_tokens.weight")).and_then(|h| h.alpha.as_ref().map(Tensor::shallow_clone)) } else { self.alpha_var(p, out_dim, in_dim)? };
+        let alpha = if tied {
+            self.handles
+                .borrow()
+                .iter()
+                .find(|h| h.name.ends_with("embed_tokens.weight"))
+                .and_then(|h| h.alpha.as_ref().map(Tensor::shallow_clone))
+        } else {
+            self.alpha_var(p, out_dim, in_dim)?
+        };
         let dz_scale = match self.deadzone {
             Some(init) => {
                 let v = p.f_var(DZ_NAME, &[1], Init::Const(init))?;
@@ -292,4 +300,3 @@ pub fn code_fractions(handles: &[QuantHandle]) -> [f64; 3] {
     }
     counts.map(|c| c as f64 / n as f64)
 }
-

@@ -86,7 +86,11 @@ impl WeightQuant {
     pub fn codes(&self, w: &Tensor, alpha: Option<&Tensor>) -> Codes {
         tch::no_grad(|| {
             let g = self.group(w);
-            let ternary = |inv: Tensor| Codes { codes: (&g * &inv).round().clamp(-1.0, 1.0), scale: inv.reciprocal(), inv_scale: Some(inv) };
+            let ternary = |inv: Tensor| Codes {
+                codes: (&g * &inv).round().clamp(-1.0, 1.0),
+                scale: inv.reciprocal(),
+                inv_scale: Some(inv),
+            };
             match self.method {
                 QuantMethod::TernaryAbsmean | QuantMethod::None => ternary(absmean(&g).reciprocal()),
                 QuantMethod::TernaryAbsmax => ternary(g.abs().amax(-1, true).clamp_min(SCALE_EPS).reciprocal()),

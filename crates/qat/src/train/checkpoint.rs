@@ -49,12 +49,14 @@ pub fn save(run: &Path, vs: &nn::VarStore, opt: &AdamW, meta: &Meta) -> Result<(
     let tmp = run.join("checkpoint.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+    let mut tensors: Vec<(String, Tensor)> =
+        vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
     for p in &opt.params {
         tensors.push((format!("adam_m.{}", p.name), p.m.shallow_clone()));
         tensors.push((format!("adam_v.{}", p.name), p.v.shallow_clone()));
     }
-    let cpu: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+    let cpu: Vec<(String, Tensor)> =
+        tensors.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&cpu, tmp.join("state.safetensors"))?;
     let meta_path = tmp.join("meta.json");
     std::fs::write(&meta_path, serde_json::to_string_pretty(meta).unwrap_or_default()).map_err(io_err(&meta_path))?;
@@ -75,8 +77,8 @@ pub fn load(run: &Path, vs: &nn::VarStore, opt: &mut AdamW) -> Result<Meta> {
     let text = std::fs::read_to_string(&meta_path).map_err(|_| {
         QatError::Checkpoint(format!("--resume: no checkpoint in {} (hint: run without --resume first)", run.display()))
     })?;
-    let meta: Meta = serde_json::from_str(&text)
-        .map_err(|e| QatError::Checkpoint(format!("{}: {e}", meta_path.display())))?;
+    let meta: Meta =
+        serde_json::from_str(&text).map_err(|e| QatError::Checkpoint(format!("{}: {e}", meta_path.display())))?;
     let state: HashMap<String, Tensor> = Tensor::read_safetensors(d.join("state.safetensors"))?.into_iter().collect();
     let get = |key: &str| {
         state.get(key).ok_or_else(|| {

@@ -105,18 +105,37 @@ impl Gates {
     /// Checks the gates: no NaN; the flip at >= 90% of the token budget (or of the steps when
     /// it is triggered by steps); post-clip gradient norm <= 1 over the last 100 steps; the mean
     /// loss of the last 100 steps at most 5% above that of the 100 before.
-    pub fn check(log: &HealthLog, flip: Option<(u64, u64)>, flip_at_tokens: Option<u64>, a4_from: Option<u64>, budget_tokens: u64, total: u64) -> Self {
+    pub fn check(
+        log: &HealthLog,
+        flip: Option<(u64, u64)>,
+        flip_at_tokens: Option<u64>,
+        a4_from: Option<u64>,
+        budget_tokens: u64,
+        total: u64,
+    ) -> Self {
         let mut gates = vec![gate("no_nan", log.nan_count == 0, format!("{} non-finite losses", log.nan_count))];
         gates.push(match (flip, flip_at_tokens, a4_from) {
-            (_, None, None) => Gate { name: "flip", status: "n/a", detail: "no A8->A4 flip configured (activations.bits = \"8\", a4_flip_frac < 1)".into() },
+            (_, None, None) => Gate {
+                name: "flip",
+                status: "n/a",
+                detail: "no A8->A4 flip configured (activations.bits = \"8\", a4_flip_frac < 1)".into(),
+            },
             (None, _, _) => gate("flip", false, "the A8->A4 flip never happened within the budget".into()),
             (Some((_, seen)), Some(_), _) => {
                 let frac = seen as f64 / budget_tokens.max(1) as f64;
-                gate("flip", frac >= 0.9, format!("flipped after {seen} of {budget_tokens} budget tokens ({:.1}%, bar >= 90%)", 100.0 * frac))
+                gate(
+                    "flip",
+                    frac >= 0.9,
+                    format!("flipped after {seen} of {budget_tokens} budget tokens ({:.1}%, bar >= 90%)", 100.0 * frac),
+                )
             }
             (Some((step, _)), None, Some(_)) => {
                 let frac = step as f64 / total.max(1) as f64;
-                gate("flip", frac >= 0.9, format!("flipped at step {step} of {total} ({:.1}%, bar >= 90%)", 100.0 * frac))
+                gate(
+                    "flip",
+                    frac >= 0.9,
+                    format!("flipped at step {step} of {total} ({:.1}%, bar >= 90%)", 100.0 * frac),
+                )
             }
         });
         let max_norm = log.norms.iter().copied().fold(0.0f64, f64::max);
@@ -132,7 +151,15 @@ impl Gates {
             let v: Vec<f64> = log.losses.iter().copied().collect();
             let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
             let (a, b) = (mean(&v[..n / 2]), mean(&v[n / 2..]));
-            gate("loss_stable", b <= a * 1.05 + 1e-9, format!("mean loss {b:.4} over the last {} steps vs {a:.4} over the {} before (bar <= +5%)", n - n / 2, n / 2))
+            gate(
+                "loss_stable",
+                b <= a * 1.05 + 1e-9,
+                format!(
+                    "mean loss {b:.4} over the last {} steps vs {a:.4} over the {} before (bar <= +5%)",
+                    n - n / 2,
+                    n / 2
+                ),
+            )
         });
         let passed = gates.iter().all(|g| g.status != "fail");
         Gates { gates, passed }

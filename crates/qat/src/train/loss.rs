@@ -6,10 +6,13 @@ use tch::{Kind, Reduction, Tensor};
 /// Mean next-token cross entropy of `logits [B, T, V]` against `targets [B, T]`, in f32.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     let v = logits.size()[2];
-    logits
-        .to_kind(Kind::Float)
-        .reshape([-1, v])
-        .cross_entropy_loss::<Tensor>(&targets.reshape([-1]), None, Reduction::Mean, -100, 0.0)
+    logits.to_kind(Kind::Float).reshape([-1, v]).cross_entropy_loss::<Tensor>(
+        &targets.reshape([-1]),
+        None,
+        Reduction::Mean,
+        -100,
+        0.0,
+    )
 }
 
 /// `tau^2 * KL(softmax(t/tau) || softmax(s/tau))`, averaged over tokens, in f32.
@@ -67,7 +70,8 @@ pub fn topk_other_kl(student_logits: &Tensor, t: &TraceTargets, tau: f64) -> Ten
 /// Cross entropy of the student on the teacher's sampled tokens, weighted per row by `weight`
 /// (`valid`, or `valid * is_struct` for the format loss), divided by the count of valid rows.
 pub fn weighted_sample_ce(student_logits: &Tensor, t: &TraceTargets, weight: &Tensor) -> Tensor {
-    let per_row = student_logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&t.sample, None, Reduction::None, -100, 0.0);
+    let per_row =
+        student_logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&t.sample, None, Reduction::None, -100, 0.0);
     let n = t.valid.sum(Kind::Float).clamp_min(1.0);
     (per_row * weight).sum(Kind::Float) / n
 }

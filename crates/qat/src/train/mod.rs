@@ -2,10 +2,10 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod health;
 pub mod loss;
 pub mod optim;
 pub mod outputs;
-pub mod health;
 pub mod traces;
 pub mod trial;
 

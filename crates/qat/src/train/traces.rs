@@ -131,7 +131,9 @@ impl TraceData {
             }
         }
         if seqs.is_empty() {
-            return Err(bad("no usable sequence (every prompt is empty, longer than data.seq_len, or has no valid row)".into()));
+            return Err(bad(
+                "no usable sequence (every prompt is empty, longer than data.seq_len, or has no valid row)".into(),
+            ));
         }
         Ok(TraceData { seqs, k, dropped_rows })
     }

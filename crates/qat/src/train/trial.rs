@@ -2,17 +2,17 @@
 //! train with the recipe's schedules, evaluate every N steps, checkpoint, and write the run
 //! directory. Any failure ends the trial with `status: crash` and its reason in summary.json.
 
-use crate::student::{load_student, recipe_device, use_bf16};
 use super::checkpoint;
 use super::data::TrainData;
 use super::health::{Gates, Health, HealthLog};
 use super::loss::{cross_entropy, distill_kl, topk_other_kl, weighted_sample_ce};
-use super::traces::TraceData;
 use super::optim::AdamW;
 use super::outputs::{peak_rss_mb, RunFiles, StepRow, Summary};
+use super::traces::TraceData;
 use crate::error::{QatError, Result};
-use crate::quant::schedule::Schedules;
 use crate::quant::code_fractions;
+use crate::quant::schedule::Schedules;
+use crate::student::{load_student, recipe_device, use_bf16};
 use autoqat_model::{load_causal_lm, CausalLM, EvalOptions, EvalReport, EvalSet, PlainBuilder, TextTokenizer};
 use autoqat_recipe::Recipe;
 use std::path::{Path, PathBuf};
@@ -79,14 +79,15 @@ enum Data {
 /// reason on any failure).
 pub fn run_trial(recipe: &Recipe, mut opts: TrialOptions<'_>) -> Summary {
     let start = Instant::now();
-    let mut files = match RunFiles::open(&opts.run_dir, if opts.resume { checkpoint::saved_step(&opts.run_dir) } else { None }) {
-        Ok(f) => f,
-        Err(e) => {
-            let s = crash_summary(&e.to_string(), 0, 0, start.elapsed().as_secs_f64(), "?");
-            let _ = super::outputs::write_summary(&opts.run_dir, &s);
-            return s;
-        }
-    };
+    let mut files =
+        match RunFiles::open(&opts.run_dir, if opts.resume { checkpoint::saved_step(&opts.run_dir) } else { None }) {
+            Ok(f) => f,
+            Err(e) => {
+                let s = crash_summary(&e.to_string(), 0, 0, start.elapsed().as_secs_f64(), "?");
+                let _ = super::outputs::write_summary(&opts.run_dir, &s);
+                return s;
+            }
+        };
     let mut progress = Progress::default();
     let summary = match train(recipe, &mut opts, &mut files, &mut progress, start) {
         Ok(s) => s,
@@ -147,7 +148,13 @@ fn finite(x: f64, what: &str, step: u64, lr: f64) -> Result<()> {
     }
 }
 
-fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, progress: &mut Progress, start: Instant) -> Result<Summary> {
+fn train(
+    recipe: &Recipe,
+    opts: &mut TrialOptions<'_>,
+    files: &mut RunFiles,
+    progress: &mut Progress,
+    start: Instant,
+) -> Result<Summary> {
     let device = recipe_device(recipe)?;
     progress.device = autoqat_model::device_name(device);
     let bf16 = use_bf16(recipe, device)?;
@@ -162,7 +169,8 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
         None
     };
     let tok = TextTokenizer::from_path(&student.loaded.dir)?;
-    let (batch, accum, seq) = (recipe.optim.batch_size as usize, recipe.optim.grad_accum as usize, recipe.data.seq_len as i64);
+    let (batch, accum, seq) =
+        (recipe.optim.batch_size as usize, recipe.optim.grad_accum as usize, recipe.data.seq_len as i64);
     let data = if recipe.traces.enabled {
         let d = TraceData::load(
             Path::new(&recipe.traces.dir),
@@ -198,7 +206,11 @@ fn train(recipe: &Recipe, opts: &mut TrialOptions<'_>, files: &mut RunFiles, pro
     };
     let sched = Schedules::with_total(recipe, total);
     files.log(&format!("recipe:\n{}", recipe.to_toml()));
-    files.log(&format!("device {} bf16 {bf16} steps {total} tokens/step {}", progress.device, recipe.tokens_per_step()));
+    files.log(&format!(
+        "device {} bf16 {bf16} steps {total} tokens/step {}",
+        progress.device,
+        recipe.tokens_per_step()
+    ));
     let eval = eval_set(&tok, recipe)?;
     files.log(&format!("eval tokens {} eval bytes {}", eval.text_tokens(), eval.n_bytes()));
 

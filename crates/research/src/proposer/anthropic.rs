@@ -40,22 +40,14 @@ impl Proposer for Anthropic {
             "system": req.system,
             "messages": [{"role": "user", "content": req.user}],
         });
-        let headers = [
-            ("x-api-key", self.secret.expose().to_string()),
-            ("anthropic-version", "2023-06-01".to_string()),
-        ];
+        let headers =
+            [("x-api-key", self.secret.expose().to_string()), ("anthropic-version", "2023-06-01".to_string())];
         let v = self.http.post_json(&self.url, &headers, &body, &self.secret)?;
-        let parts = v["content"].as_array().ok_or_else(|| {
-            ProposerError::Failed("the answer has no `content` array".into())
-        })?;
+        let parts =
+            v["content"].as_array().ok_or_else(|| ProposerError::Failed("the answer has no `content` array".into()))?;
         let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("");
         let input = v["usage"]["input_tokens"].as_u64().unwrap_or(0);
         let output = v["usage"]["output_tokens"].as_u64().unwrap_or(0);
-        Ok(Reply {
-            text,
-            input_tokens: input,
-            output_tokens: output,
-            cost_usd: cost(&self.settings, input, output),
-        })
+        Ok(Reply { text, input_tokens: input, output_tokens: output, cost_usd: cost(&self.settings, input, output) })
     }
 }

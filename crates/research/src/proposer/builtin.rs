@@ -129,7 +129,13 @@ pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
                 }
             }
             let tie = (fi as u64).wrapping_mul(0x9e3779b97f4a7c15) ^ seed.wrapping_mul(0xbf58476d1ce4e5b9);
-            out.push(Candidate { key: f.key.clone(), value: choice.clone(), search, replace, rank: (tier, dist, if seed == 0 { fi as u64 } else { tie }) });
+            out.push(Candidate {
+                key: f.key.clone(),
+                value: choice.clone(),
+                search,
+                replace,
+                rank: (tier, dist, if seed == 0 { fi as u64 } else { tie }),
+            });
         }
     }
     out.sort_by_key(|c| c.rank);

@@ -19,7 +19,9 @@ impl CommandProposer {
     /// Needs `provider.command`.
     pub fn new(s: &ProviderSettings) -> Result<CommandProposer, ProposerError> {
         if s.command.trim().is_empty() {
-            return Err(ProposerError::Config("provider.command is empty; give the program line that reads the prompt on stdin".into()));
+            return Err(ProposerError::Config(
+                "provider.command is empty; give the program line that reads the prompt on stdin".into(),
+            ));
         }
         Ok(CommandProposer { command: s.command.clone(), timeout: Duration::from_secs_f64(s.timeout_s.max(0.001)) })
     }
@@ -38,9 +40,8 @@ impl Proposer for CommandProposer {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| ProposerError::Config(format!("cannot start `{}`: {e}", self.command)))?;
+        let mut child =
+            cmd.spawn().map_err(|e| ProposerError::Config(format!("cannot start `{}`: {e}", self.command)))?;
         let prompt = format!("{}\n\n{}", req.system, req.user);
         let mut stdin = child.stdin.take().ok_or_else(|| ProposerError::Failed("no stdin".into()))?;
         let writer = std::thread::spawn(move || {

@@ -15,7 +15,9 @@ impl Secret {
     /// Reads the key from the environment variable `var`.
     pub fn from_env(var: &str) -> Result<Secret, ProposerError> {
         if var.is_empty() {
-            return Err(ProposerError::Config("provider.api_key_env is empty; name the environment variable that holds the key".into()));
+            return Err(ProposerError::Config(
+                "provider.api_key_env is empty; name the environment variable that holds the key".into(),
+            ));
         }
         match std::env::var(var) {
             Ok(v) if !v.trim().is_empty() => Ok(Secret(v.trim().to_string())),
@@ -96,9 +98,10 @@ impl Http {
                     }
                     let text = resp.text();
                     if status.is_success() {
-                        match text.map_err(|e| e.to_string()).and_then(|t| {
-                            serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string())
-                        }) {
+                        match text
+                            .map_err(|e| e.to_string())
+                            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
+                        {
                             Ok(v) => return Ok(v),
                             Err(e) => format!("the response body is not valid JSON ({e})"),
                         }
@@ -115,10 +118,9 @@ impl Http {
                 Err(e) => format!("request failed: {e}"),
             };
             if attempt >= self.max_retries {
-                return Err(ProposerError::Failed(secret.scrub(&format!(
-                    "{url}: giving up after {} attempts: {err}",
-                    attempt + 1
-                ))));
+                return Err(ProposerError::Failed(
+                    secret.scrub(&format!("{url}: giving up after {} attempts: {err}", attempt + 1)),
+                ));
             }
             tracing::warn!("proposer request failed ({}); retrying in {:.1} s", secret.scrub(&err), wait.as_secs_f64());
             std::thread::sleep(wait);

@@ -45,9 +45,9 @@ impl Proposer for OpenAi {
         });
         let headers = [("authorization", format!("Bearer {}", self.secret.expose()))];
         let v = self.http.post_json(&self.url, &headers, &body, &self.secret)?;
-        let text = v["choices"][0]["message"]["content"].as_str().ok_or_else(|| {
-            ProposerError::Failed("the answer has no choices[0].message.content".into())
-        })?;
+        let text = v["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| ProposerError::Failed("the answer has no choices[0].message.content".into()))?;
         let input = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
         let output = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
         Ok(Reply {

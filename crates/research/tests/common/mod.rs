@@ -69,42 +69,51 @@ pub fn serve(script: Vec<Canned>) -> Server {
 
 fn answer_one(stream: std::net::TcpStream, c: Canned, seen2: Arc<Mutex<Vec<Seen>>>) {
     {
-            stream.set_nonblocking(false).ok();
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                return;
+        stream.set_nonblocking(false).ok();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                break;
             }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            let mut headers = Vec::new();
-            let mut len = 0usize;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
+            if let Some((k, v)) = h.trim_end().split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+                if k == "content-length" {
+                    len = v.parse().unwrap_or(0);
                 }
-                if let Some((k, v)) = h.trim_end().split_once(':') {
-                    let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
-                    if k == "content-length" {
-                        len = v.parse().unwrap_or(0);
-                    }
-                    headers.push((k, v));
-                }
+                headers.push((k, v));
             }
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
-            seen2.lock().unwrap().push(Seen { path, headers, body: String::from_utf8_lossy(&body).into(), at: Instant::now() });
-            std::thread::sleep(c.delay);
-            let mut out = stream;
-            let mut resp = format!("HTTP/1.1 {} X\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n", c.status, c.body.len());
-            for (k, v) in &c.headers {
-                resp.push_str(&format!("{k}: {v}\r\n"));
-            }
-            resp.push_str("\r\n");
-            resp.push_str(&c.body);
-            let _ = out.write_all(resp.as_bytes());
-            let _ = out.flush();
+        }
+        let mut body = vec![0u8; len];
+        let _ = reader.read_exact(&mut body);
+        seen2.lock().unwrap().push(Seen {
+            path,
+            headers,
+            body: String::from_utf8_lossy(&body).into(),
+            at: Instant::now(),
+        });
+        std::thread::sleep(c.delay);
+        let mut out = stream;
+        let mut resp = format!(
+            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n",
+            c.status,
+            c.body.len()
+        );
+        for (k, v) in &c.headers {
+            resp.push_str(&format!("{k}: {v}\r\n"));
+        }
+        resp.push_str("\r\n");
+        resp.push_str(&c.body);
+        let _ = out.write_all(resp.as_bytes());
+        let _ = out.flush();
     }
 }
 

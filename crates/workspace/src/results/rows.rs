@@ -46,12 +46,10 @@ pub fn read(path: &Path) -> Result<Vec<Row>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(WorkspaceError::io(path, e)),
     };
-    parse(&text).map_err(|(line, msg)| {
-        WorkspaceError::Line {
-            path: path.to_path_buf(),
-            line,
-            msg: format!("{msg} (hint: fix the line, or `autoqat results --rebuild` rewrites the file from git)"),
-        }
+    parse(&text).map_err(|(line, msg)| WorkspaceError::Line {
+        path: path.to_path_buf(),
+        line,
+        msg: format!("{msg} (hint: fix the line, or `autoqat results --rebuild` rewrites the file from git)"),
     })
 }
 
@@ -67,17 +65,11 @@ impl Columns {
     fn from_header(header: &str) -> std::result::Result<Self, String> {
         let names: Vec<&str> = header.split('\t').map(str::trim).collect();
         let find = |name: &str| names.iter().position(|h| *h == name);
-        let required = |name: &str| {
-            find(name).ok_or_else(|| format!("the header has no `{name}` column"))
-        };
+        let required = |name: &str| find(name).ok_or_else(|| format!("the header has no `{name}` column"));
         Ok(Columns {
             exp: required("exp")?,
             status: required("status")?,
-            rest: super::HEADER
-                .split('\t')
-                .filter(|n| !matches!(*n, "exp" | "status"))
-                .map(|n| (n, find(n)))
-                .collect(),
+            rest: super::HEADER.split('\t').filter(|n| !matches!(*n, "exp" | "status")).map(|n| (n, find(n))).collect(),
         })
     }
 
@@ -93,9 +85,7 @@ impl Columns {
         let named = |name: &str| at(self.rest.iter().find(|(n, _)| *n == name).and_then(|p| p.1));
         let num = |name: &str| value::<f64>(name, named(name)).map(|v| v.filter(|x| x.is_finite()));
         let exp = at(Some(self.exp));
-        let number = exp
-            .parse::<u32>()
-            .map_err(|_| format!("`exp` is `{exp}`, not an experiment number"))?;
+        let number = exp.parse::<u32>().map_err(|_| format!("`exp` is `{exp}`, not an experiment number"))?;
         let status = at(Some(self.status));
         let status = Status::parse(status).ok_or_else(|| {
             let all: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
@@ -125,16 +115,11 @@ impl Columns {
 }
 
 /// An empty cell (or `-`) is no value; anything else must read as a number.
-fn value<T: std::str::FromStr>(
-    column: &str,
-    cell: &str,
-) -> std::result::Result<Option<T>, String> {
+fn value<T: std::str::FromStr>(column: &str, cell: &str) -> std::result::Result<Option<T>, String> {
     if cell.is_empty() || cell == "-" {
         return Ok(None);
     }
-    cell.parse::<T>()
-        .map(Some)
-        .map_err(|_| format!("`{column}` is `{cell}`, not a number"))
+    cell.parse::<T>().map(Some).map_err(|_| format!("`{column}` is `{cell}`, not a number"))
 }
 
 /// Parses the text of results.tsv; an error carries the 1-based line number and the cause.
@@ -214,16 +199,8 @@ impl Noise {
 
 /// Noise estimate from the baseline rows, when the baseline ran at least twice.
 pub fn noise(rows: &[Row]) -> Option<Noise> {
-    let ppl: Vec<f64> = rows
-        .iter()
-        .filter(|r| r.status() == Status::Baseline)
-        .filter_map(|r| r.eval_ppl)
-        .collect();
-    Some(Noise {
-        n: ppl.len(),
-        mean: super::mean(&ppl),
-        sigma: super::sigma(&ppl)?,
-    })
+    let ppl: Vec<f64> = rows.iter().filter(|r| r.status() == Status::Baseline).filter_map(|r| r.eval_ppl).collect();
+    Some(Noise { n: ppl.len(), mean: super::mean(&ppl), sigma: super::sigma(&ppl)? })
 }
 
 #[cfg(test)]
@@ -325,10 +302,7 @@ mod tests {
         let one = [record(0, Status::Baseline, Some(50.0))];
         let rows = parse(&render(&one)).unwrap();
         assert!(noise(&rows).is_none());
-        let two = [
-            record(0, Status::Baseline, Some(50.0)),
-            record(1, Status::Baseline, Some(50.4)),
-        ];
+        let two = [record(0, Status::Baseline, Some(50.0)), record(1, Status::Baseline, Some(50.4))];
         let n = noise(&parse(&render(&two)).unwrap()).unwrap();
         assert_eq!(n.n, 2);
         assert!((n.sigma - 0.4 / 2f64.sqrt()).abs() < 1e-12);
@@ -341,10 +315,7 @@ mod tests {
         assert!(read(&path).unwrap().is_empty());
         std::fs::write(&path, format!("{HEADER}\nx\tc\t\tkeep\n")).unwrap();
         let err = read(&path).unwrap_err().to_string();
-        assert!(
-            err.contains(&format!("{} line 2", path.display())),
-            "{err}"
-        );
+        assert!(err.contains(&format!("{} line 2", path.display())), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
