@@ -41,7 +41,7 @@ pub fn wikitext2_test() -> anyhow::Result<String> {
             texts.len()
         );
         let page: serde_json::Value = fetch_json(&agent, &url)
-            .with_context(|| format!("cannot fetch WikiText-2 from the Hub (offline? hint: pass --eval-text FILE)"))?;
+            .context("cannot fetch WikiText-2 from the Hub (offline? hint: pass --eval-text FILE)")?;
         total = page["num_rows_total"].as_u64().context("dataset viewer answer lacks num_rows_total")? as usize;
         let rows = page["rows"].as_array().context("dataset viewer answer lacks rows")?;
         anyhow::ensure!(

@@ -145,9 +145,9 @@ mod tests {
         let m = MatrixScores { in_dim: 128, errors: vec![vec![5.0, 1.0, 9.0], vec![1.0, 1.0, 0.5]] };
         let t = RowKind::Ternary.row_bits(128);
         let q = RowKind::Q4.row_bits(128);
-        let got = allocate(&[m.clone()], &kinds, 3 * t + (q - t)).unwrap();
+        let got = allocate(std::slice::from_ref(&m), &kinds, 3 * t + (q - t)).unwrap();
         assert_eq!(got[0], vec![RowKind::Ternary, RowKind::Ternary, RowKind::Q4]);
-        let got = allocate(&[m.clone()], &kinds, 3 * t + 2 * (q - t)).unwrap();
+        let got = allocate(std::slice::from_ref(&m), &kinds, 3 * t + 2 * (q - t)).unwrap();
         assert_eq!(got[0], vec![RowKind::Q4, RowKind::Ternary, RowKind::Q4]);
         assert!(bits(&got, 128) <= 3 * t + 2 * (q - t));
         // Row 1 never improves, so even an unlimited budget leaves it ternary.

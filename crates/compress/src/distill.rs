@@ -74,13 +74,13 @@ fn with_quantized<T>(mats: &mut [Matrix], f: impl FnOnce() -> T) -> T {
     tch::no_grad(|| {
         for m in mats.iter_mut() {
             let q = rows::quantize_mix(&m.var, &m.groups);
-            let _ = m.var.copy_(&q);
+            m.var.copy_(&q);
         }
     });
     let out = f();
     tch::no_grad(|| {
         for (m, l) in mats.iter_mut().zip(&latents) {
-            let _ = m.var.copy_(l);
+            m.var.copy_(l);
         }
     });
     out

@@ -160,6 +160,9 @@ pub struct Summary {
     pub error: Option<String>,
 }
 
+/// Named tensors (a block's or a model's variables).
+type Tensors = HashMap<String, Tensor>;
+
 /// Progress lines go through this, so a CLI prints them and a test can keep them.
 pub type Log<'a> = &'a mut dyn FnMut(&str);
 
@@ -423,7 +426,7 @@ fn calibrate(
     seqs: &Tensor,
     sens: Sensitivity,
     device: Device,
-) -> Result<(HashMap<String, Tensor>, Option<HashMap<String, Tensor>>)> {
+) -> Result<(Tensors, Option<Tensors>)> {
     let n = seqs.size()[0];
     recorder.set_recording(true);
     let mut i = 0;

@@ -149,7 +149,7 @@ impl Attention {
     /// Queries, keys and values `[B, heads, T, D]` with rotary embedding applied.
     fn qkv(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (b, t) = (xs.size()[0], xs.size()[1]);
-        let heads = |proj: &Box<dyn Linear>, n: i64, norm: &Option<RmsNorm>| {
+        let heads = |proj: &dyn Linear, n: i64, norm: &Option<RmsNorm>| {
             let x = proj.forward(xs).view([b, t, n, self.head_dim]);
             let x = match norm {
                 Some(norm) => norm.forward(&x),
@@ -157,9 +157,9 @@ impl Attention {
             };
             x.transpose(1, 2) // [B, n, T, D]
         };
-        let q = apply_rope(&heads(&self.q_proj, self.n_heads, &self.q_norm), cos, sin);
-        let k = apply_rope(&heads(&self.k_proj, self.n_kv_heads, &self.k_norm), cos, sin);
-        let v = heads(&self.v_proj, self.n_kv_heads, &None);
+        let q = apply_rope(&heads(self.q_proj.as_ref(), self.n_heads, &self.q_norm), cos, sin);
+        let k = apply_rope(&heads(self.k_proj.as_ref(), self.n_kv_heads, &self.k_norm), cos, sin);
+        let v = heads(self.v_proj.as_ref(), self.n_kv_heads, &None);
         (q, k, v)
     }
 
