@@ -9,6 +9,7 @@ use autoqat_recipe::Schema;
 use serde_json::{json, Value};
 
 use super::{Context, Proposer, ProposerError, Reply, Request};
+pub use crate::edit::line_edit;
 use crate::focus;
 use crate::results::Status;
 
@@ -157,59 +158,4 @@ fn same(a: &Value, b: &Value) -> bool {
         (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
         _ => a == b,
     }
-}
-
-/// TOML text of a JSON scalar.
-fn toml_value(v: &Value) -> String {
-    match v {
-        Value::String(s) => toml::Value::String(s.clone()).to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// The exact `(search, replace)` that sets dotted `key` to `value` in `text`: the key's line
-/// is rewritten, or a line is added under its section header when the key is absent.
-pub fn line_edit(text: &str, key: &str, value: &Value) -> Option<(String, String)> {
-    let (section, leaf) = match key.rsplit_once('.') {
-        Some((s, l)) => (s, l),
-        None => ("", key),
-    };
-    let mut cur = String::new();
-    let mut header: Option<&str> = None;
-    let mut prev = "";
-    for line in text.lines() {
-        let before = std::mem::replace(&mut prev, line);
-        let t = line.trim();
-        if t.starts_with('[') && !t.starts_with("[[") {
-            cur = t.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string();
-            if cur == section {
-                header = Some(line);
-            }
-            continue;
-        }
-        if cur != section {
-            continue;
-        }
-        let Some(rest) = t.strip_prefix(leaf) else { continue };
-        if !rest.trim_start().starts_with('=') {
-            continue;
-        }
-        let indent = &line[..line.len() - line.trim_start().len()];
-        let comment = rest.find(" #").map(|i| &rest[i..]).unwrap_or("");
-        let new_line = format!("{indent}{leaf} = {}{comment}", toml_value(value));
-        // `lr = 0.1` also matches inside `warmup_lr = 0.1`: widen to the line before if needed.
-        if text.matches(line).count() == 1 {
-            return Some((line.to_string(), new_line));
-        }
-        let wide = format!("{before}\n{line}");
-        if text.matches(&wide).count() == 1 {
-            return Some((wide, format!("{before}\n{new_line}")));
-        }
-        return None;
-    }
-    let h = header?;
-    if text.matches(h).count() != 1 {
-        return None;
-    }
-    Some((h.to_string(), format!("{h}\n{leaf} = {}", toml_value(value))))
 }

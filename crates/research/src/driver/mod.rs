@@ -7,13 +7,29 @@
 //! with a matching journal has its trial re-run; everything else is reconciled from the notes:
 //! discarded refs re-created, the branch reset to the best, results.tsv rewritten.
 
+//!
+//! The concerns live in submodules: [`signals`], the stop [`limits`], the [`journal`],
+//! [`recovery`], running [`trials`], the keep [`policy`], and the [`report`]er fed by events.
+//! This module is the experiment step that ties them together.
+
+mod journal;
+mod limits;
+mod policy;
+mod recovery;
+pub mod report;
+mod signals;
+mod trials;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use git2::Oid;
-use serde::{Deserialize, Serialize};
+
+use journal::Pending;
+pub use limits::StopReason;
+use report::{Console, Event, Reporter};
+pub use signals::install_signal_handlers;
 
 use crate::answer;
 use crate::edit::{self, EditRules};
@@ -26,23 +42,8 @@ use crate::proposer::{self, Context, Proposer, ProposerError, Request};
 use crate::prune;
 use crate::results::{self, Record, Status};
 use crate::settings::Settings;
-use crate::trial::{self, Outcome, TrialSpec};
+use crate::trial;
 use crate::validate::Validator;
-
-/// Set by SIGINT/SIGTERM.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Routes SIGINT and SIGTERM to the stop flag: the running trial is stopped and set aside for `--resume`.
-pub fn install_signal_handlers() {
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-}
 
 /// Command-line overrides of the settings.
 #[derive(Debug, Clone, Default)]
@@ -65,41 +66,6 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
-/// Why the loop ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StopReason {
-    /// `max_experiments` reached.
-    MaxExperiments,
-    /// `hours` reached.
-    Hours,
-    /// Cost ceiling reached.
-    Cost,
-    /// The stop file appeared.
-    StopFile,
-    /// SIGINT or SIGTERM.
-    Signal,
-    /// Too many invalid answers in a row.
-    InvalidStreak(u32),
-    /// The builtin search has nothing left to try.
-    Exhausted(String),
-}
-
-impl std::fmt::Display for StopReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StopReason::MaxExperiments => write!(f, "reached the experiment limit"),
-            StopReason::Hours => write!(f, "reached the wall-clock limit"),
-            StopReason::Cost => write!(f, "reached the cost ceiling"),
-            StopReason::StopFile => write!(f, "found the stop file"),
-            StopReason::Signal => write!(f, "stopped by a signal"),
-            StopReason::InvalidStreak(n) => {
-                write!(f, "{n} invalid answers in a row; check the proposer's model and the prompts")
-            }
-            StopReason::Exhausted(m) => write!(f, "{m}"),
-        }
-    }
-}
-
 /// What a finished `run` reports.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -118,20 +84,6 @@ fn recipe_key_at(git: &Git, validator: &Validator, s: &Settings, commit: &str) -
     crate::validate::recipe_key(schema, &text)
 }
 
-/// The journal of the experiment in flight.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Pending {
-    tag: String,
-    exp: u32,
-    description: String,
-    rationale: String,
-    diff: String,
-    diff_key: String,
-    cost_usd: f64,
-    input_tokens: u64,
-    output_tokens: u64,
-}
-
 /// The loop's state.
 pub struct Driver {
     ws: PathBuf,
@@ -143,15 +95,11 @@ pub struct Driver {
     proposer: Option<Box<dyn Proposer>>,
     records: Vec<Record>,
     tried: HashSet<String>,
-    opts: RunOptions,
     started: Instant,
     invalid_streak: u32,
     exe: Option<PathBuf>,
+    reporter: Box<dyn Reporter>,
     _lock: Lock,
-}
-
-fn pending_path(ws: &Path) -> PathBuf {
-    autoqat_workspace::Layout::new(ws).pending()
 }
 
 impl Driver {
@@ -213,6 +161,7 @@ impl Driver {
             tried.extend(recipe_key_at(&git, &validator, &s, &r.commit));
         }
         let exe = std::env::current_exe().ok();
+        let reporter: Box<dyn Reporter> = Box::new(Console { json: opts.json, quiet: opts.quiet });
         let templates = Templates::load(&ws.join(&s.run.prompts_dir));
         Ok(Driver {
             ws,
@@ -224,19 +173,25 @@ impl Driver {
             proposer,
             records,
             tried,
-            opts,
             started: Instant::now(),
             invalid_streak: 0,
             exe,
+            reporter,
             _lock: lock,
         })
+    }
+
+    /// Sends the loop's events to `reporter` instead of the console.
+    pub fn with_reporter(mut self, reporter: Box<dyn Reporter>) -> Self {
+        self.reporter = reporter;
+        self
     }
 
     /// Runs experiments until a stop condition.
     pub fn run(mut self) -> Result<RunSummary> {
         self.recover()?;
         let stop = loop {
-            if let Some(r) = self.should_stop() {
+            if let Some(r) = limits::check(&self.ws, &self.s, &self.records, self.started, self.invalid_streak) {
                 break r;
             }
             let exp = self.records.last().map(|r| r.exp + 1).unwrap_or(0);
@@ -252,102 +207,6 @@ impl Driver {
         Ok(RunSummary { stop, records: self.records })
     }
 
-    fn should_stop(&self) -> Option<StopReason> {
-        if STOP.load(Ordering::SeqCst) {
-            return Some(StopReason::Signal);
-        }
-        if self.ws.join(&self.s.run.stop_file).exists() {
-            return Some(StopReason::StopFile);
-        }
-        if let Some(n) = self.s.run.max_experiments {
-            if self.records.len() as u64 >= n as u64 {
-                return Some(StopReason::MaxExperiments);
-            }
-        }
-        if let Some(h) = self.s.run.hours {
-            if self.started.elapsed().as_secs_f64() >= h * 3600.0 {
-                return Some(StopReason::Hours);
-            }
-        }
-        if let Some(c) = self.s.run.max_cost_usd {
-            if self.records.iter().map(|r| r.cost_usd).sum::<f64>() >= c {
-                return Some(StopReason::Cost);
-            }
-        }
-        if self.invalid_streak >= self.s.run.max_invalid_streak.max(1) {
-            return Some(StopReason::InvalidStreak(self.invalid_streak));
-        }
-        None
-    }
-
-    /// Finishes or rolls back what a killed run left behind.
-    fn recover(&mut self) -> Result<()> {
-        let head = self.git.head()?;
-        let t = git::parse_trailers(&self.git.message_of(head)?);
-        let pending: Option<Pending> =
-            std::fs::read_to_string(pending_path(&self.ws)).ok().and_then(|t| serde_json::from_str(&t).ok());
-        let finished: HashSet<u32> = self.records.iter().map(|r| r.exp).collect();
-        if let Some(p) = pending.clone().filter(|p| p.tag == self.tag && !finished.contains(&p.exp)) {
-            // A signal stopped this experiment's trial: put its commit back on the branch and
-            // run the same change again (no new proposal, no second bill).
-            let name = Git::interrupted_ref(&self.tag, p.exp);
-            if let Some(commit) = self.git.ref_target(&name) {
-                if self.git.parent_of(commit)? == Some(head) {
-                    self.git.reset_branch(&self.tag, commit, || {})?;
-                    self.git.delete_ref(&name)?;
-                    self.say(&format!("resuming experiment {}: re-running its interrupted trial", p.exp));
-                    return self.finish_in_recovery(p, commit);
-                }
-            }
-        }
-        if t.status.as_deref() == Some("running") {
-            if let (Some(exp), Some(p)) = (t.exp, pending.clone()) {
-                if p.exp == exp && p.tag == self.tag && !finished.contains(&exp) {
-                    self.git.force_checkout_head()?;
-                    self.say(&format!("resuming experiment {exp}: re-running its trial"));
-                    return self.finish_in_recovery(p, head);
-                }
-            }
-        }
-        // Everything else: the notes say what finished; make refs, branch and results agree.
-        for r in &self.records {
-            if !r.status().is_kept() {
-                let name = Git::discarded_ref(&self.tag, r.exp);
-                if self.git.ref_target(&name).is_none() {
-                    if let Ok(oid) = Oid::from_str(&r.commit) {
-                        self.git.set_ref(&name, oid, "autoqat: recover discarded ref")?;
-                    }
-                }
-            }
-        }
-        let target = match results::best(&self.records) {
-            Some(b) => Oid::from_str(&b.commit).map_err(|e| ResearchError::Results(e.to_string()))?,
-            None => {
-                let mut c = head;
-                while git::parse_trailers(&self.git.message_of(c)?).status.as_deref() == Some("running") {
-                    match self.git.parent_of(c)? {
-                        Some(p) => c = p,
-                        None => break,
-                    }
-                }
-                c
-            }
-        };
-        self.git.reset_branch(&self.tag, target, || {})?;
-        results::write_all(&self.results_path(), &self.records)?;
-        let _ = std::fs::remove_file(pending_path(&self.ws));
-        Ok(())
-    }
-
-    /// Finishes an experiment that recovery picked up again; a stop during it (a signal) ends
-    /// recovery quietly, as the run loop's own stop check follows.
-    fn finish_in_recovery(&mut self, p: Pending, commit: Oid) -> Result<()> {
-        match self.finish(p, commit) {
-            Ok(()) | Err(Halt::Stop(_)) => Ok(()),
-            Err(Halt::Error(e)) => Err(e),
-        }
-    }
-
     fn results_path(&self) -> PathBuf {
         autoqat_workspace::Layout::new(&self.ws).results()
     }
@@ -356,10 +215,8 @@ impl Driver {
         &self.s.run.mutable_paths[0]
     }
 
-    fn say(&self, line: &str) {
-        if !self.opts.quiet && !self.opts.json {
-            println!("{line}");
-        }
+    fn say(&mut self, line: &str) {
+        self.reporter.event(Event::Note(line));
     }
 
     /// One experiment: propose (or baseline), commit, trial, record.
@@ -472,7 +329,7 @@ impl Driver {
     }
 
     fn commit_pending(&mut self, p: &Pending, files: &[(String, String)]) -> std::result::Result<Oid, Halt> {
-        autoqat_workspace::atomic::write_json(&pending_path(&self.ws), p)?;
+        journal::write(&self.ws, p)?;
         let msg = git::message(&p.description, &p.rationale, p.exp, "running", None);
         let oid = self.git.commit_files(files, &msg)?;
         hit("after_commit");
@@ -511,93 +368,14 @@ impl Driver {
 
     fn push(&mut self, rec: Record) -> std::result::Result<(), Halt> {
         results::append(&self.results_path(), &rec)?;
-        let _ = std::fs::remove_file(pending_path(&self.ws));
-        if self.opts.json && !self.opts.quiet {
-            println!("{}", serde_json::to_string(&rec).unwrap_or_default());
-        } else {
-            self.say(&prompt::record_line(&rec));
-        }
+        journal::clear(&self.ws);
+        self.reporter.event(Event::Finished(&rec));
         if !rec.diff_key.is_empty() {
             self.tried.insert(rec.diff_key.clone());
         }
         self.tried.extend(recipe_key_at(&self.git, &self.validator, &self.s, &rec.commit));
         self.records.push(rec);
         Ok(())
-    }
-
-    /// The trial command line for one run directory.
-    fn command_line(&self, exp: u32, run_dir: &str) -> String {
-        let mut c = self.s.trial.command.replace("{exp}", &format!("{exp:04}")).replace("{run_dir}", run_dir);
-        if let Some(rest) = c.strip_prefix("autoqat ") {
-            if let Some(exe) = &self.exe {
-                c = format!("'{}' {rest}", exe.display().to_string().replace('\'', "'\\''"));
-            }
-        }
-        c
-    }
-
-    fn run_trial(&self, exp: u32, run_dir: &str, prune_against: Option<Vec<(u64, f64)>>) -> Result<Outcome> {
-        let mut remove = vec!["OPENAI_API_KEY".to_string(), "ANTHROPIC_API_KEY".to_string()];
-        if !self.s.provider.api_key_env.is_empty() {
-            remove.push(self.s.provider.api_key_env.clone());
-        }
-        let margin = self.s.prune.margin;
-        let min_step = self.s.prune.min_step;
-        let prune: Option<trial::PruneCheck> = match prune_against {
-            Some(best) if self.s.prune.enabled && !best.is_empty() => Some(Box::new(move |dir: &Path| {
-                prune::verdict(
-                    &prune::read_steps(&dir.join(autoqat_workspace::run::STEPS_FILE)),
-                    &best,
-                    margin,
-                    min_step,
-                )
-            })),
-            _ => None,
-        };
-        let spec = TrialSpec {
-            command: self.command_line(exp, run_dir),
-            workspace: &self.ws,
-            run_dir: self.ws.join(run_dir),
-            timeout: Duration::from_secs_f64(self.s.trial.timeout_s),
-            stop: &STOP,
-            prune,
-            poll: Duration::from_secs_f64(self.s.prune.poll_s.max(0.05)),
-            metric_regex: self
-                .s
-                .trial
-                .metric_regex
-                .as_deref()
-                .and_then(|r| regex::RegexBuilder::new(r).multi_line(true).build().ok()),
-            env_remove: remove,
-            env: vec![("AUTOQAT_EXP".into(), exp.to_string()), ("AUTOQAT_RUN_DIR".into(), run_dir.to_string())],
-        };
-        trial::run(&spec)
-    }
-
-    /// Runs a trial with the seed key shifted by `offset` (the file is restored from git).
-    fn run_seeded(&self, exp: u32, run_dir: &str, offset: i64) -> Result<Option<Outcome>> {
-        let Some(key) = self.s.trial.seed_key.clone() else { return Ok(None) };
-        if matches!(self.validator, Validator::None) {
-            return Ok(None);
-        }
-        let path = self.recipe_path().to_string();
-        let text =
-            std::fs::read_to_string(self.ws.join(&path)).map_err(|e| ResearchError::io(self.ws.join(&path), e))?;
-        let table: toml::Table = match text.parse() {
-            Ok(t) => t,
-            Err(_) => return Ok(None),
-        };
-        let seed = crate::validate::lookup(&table, &key).and_then(|v| v.as_integer()).unwrap_or(0);
-        let Some((search, replace)) =
-            proposer::builtin::line_edit(&text, &key, &serde_json::Value::from(seed + offset))
-        else {
-            return Ok(None);
-        };
-        std::fs::write(self.ws.join(&path), text.replacen(&search, &replace, 1))
-            .map_err(|e| ResearchError::io(self.ws.join(&path), e))?;
-        let out = self.run_trial(exp, run_dir, None);
-        self.git.force_checkout_head()?;
-        out.map(Some)
     }
 
     /// Runs the trial(s) of a committed experiment and records the result.
@@ -631,38 +409,29 @@ impl Driver {
         } else if let Some(b) = &best {
             let bp = b.eval_ppl.unwrap_or(f64::INFINITY);
             let ppl = rec.eval_ppl.unwrap_or(f64::INFINITY);
-            rec.delta = Some((ppl - bp) / bp);
-            if noise::beats(ppl, bp, self.s.noise.min_rel_improvement) {
-                if self.s.noise.confirm_seed {
-                    match self.run_seeded(exp, &format!("{run_dir}-seed2"), 1)? {
-                        Some(o) if o.interrupted => return Err(self.set_aside(exp, commit)),
-                        Some(o) if o.failure.is_none() => {
-                            rec.confirm_ppl = o.summary.eval_ppl;
-                            let c = o.summary.eval_ppl.unwrap_or(f64::INFINITY);
-                            if noise::beats(c, bp, self.s.noise.min_rel_improvement) {
-                                Status::Keep
-                            } else {
-                                Status::Discard
-                            }
-                        }
-                        Some(o) => {
-                            rec.error =
-                                Some(format!("second-seed confirmation failed: {}", o.error.unwrap_or_default()));
-                            Status::Discard
-                        }
-                        None => Status::Keep,
+            rec.delta = Some(policy::delta(ppl, bp));
+            match policy::verdict(ppl, bp, &self.s.noise) {
+                policy::Verdict::Discard => Status::Discard,
+                policy::Verdict::Keep => Status::Keep,
+                policy::Verdict::Confirm => match self.run_seeded(exp, &format!("{run_dir}-seed2"), 1)? {
+                    Some(o) if o.interrupted => return Err(self.set_aside(exp, commit)),
+                    Some(o) if o.failure.is_none() => {
+                        rec.confirm_ppl = o.summary.eval_ppl;
+                        policy::confirmed(o.summary.eval_ppl, bp, &self.s.noise)
                     }
-                } else {
-                    Status::Keep
-                }
-            } else {
-                Status::Discard
+                    Some(o) => {
+                        rec.error = Some(format!("second-seed confirmation failed: {}", o.error.unwrap_or_default()));
+                        Status::Discard
+                    }
+                    // No seed key to shift: the first result stands.
+                    None => Status::Keep,
+                },
             }
         } else {
             // The baseline (no best yet). Repeats measure the noise floor.
             let mut ppls: Vec<f64> = rec.eval_ppl.into_iter().collect();
             for r in 1..self.s.noise.baseline_repeats.max(1) {
-                if STOP.load(Ordering::SeqCst) {
+                if signals::requested() {
                     break;
                 }
                 if let Some(o) = self.run_seeded(exp, &format!("{run_dir}-r{r}"), r as i64)? {

@@ -1,0 +1,62 @@
+//! The keep decision under noise: a finished trial is kept only if it beats the best by the
+//! configured relative margin, and, with `noise.confirm_seed`, only if a second seed beats it
+//! too. Pure functions of the numbers, so the rule reads (and is tested) in one place.
+
+use crate::noise;
+use crate::results::Status;
+use crate::settings::NoiseSettings;
+
+/// What the first trial's PPL says about a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Not better by the margin.
+    Discard,
+    /// Better by the margin: keep.
+    Keep,
+    /// Better by the margin, but keep only if a second seed agrees.
+    Confirm,
+}
+
+/// The verdict on `ppl` against the best's `best_ppl`.
+pub(super) fn verdict(ppl: f64, best_ppl: f64, n: &NoiseSettings) -> Verdict {
+    if !noise::beats(ppl, best_ppl, n.min_rel_improvement) {
+        Verdict::Discard
+    } else if n.confirm_seed {
+        Verdict::Confirm
+    } else {
+        Verdict::Keep
+    }
+}
+
+/// The status after the second seed scored `confirm_ppl` (missing: it did not finish).
+pub(super) fn confirmed(confirm_ppl: Option<f64>, best_ppl: f64, n: &NoiseSettings) -> Status {
+    if noise::beats(confirm_ppl.unwrap_or(f64::INFINITY), best_ppl, n.min_rel_improvement) {
+        Status::Keep
+    } else {
+        Status::Discard
+    }
+}
+
+/// Relative change of `ppl` against `best_ppl` (the results column `delta`).
+pub(super) fn delta(ppl: f64, best_ppl: f64) -> f64 {
+    (ppl - best_ppl) / best_ppl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_needs_the_margin_and_a_confirming_second_seed() {
+        let mut n = NoiseSettings { min_rel_improvement: 0.01, confirm_seed: false, ..NoiseSettings::default() };
+        assert_eq!(verdict(99.5, 100.0, &n), Verdict::Discard, "0.5% is inside the 1% margin");
+        assert_eq!(verdict(98.0, 100.0, &n), Verdict::Keep);
+        assert_eq!(verdict(f64::NAN, 100.0, &n), Verdict::Discard);
+        n.confirm_seed = true;
+        assert_eq!(verdict(98.0, 100.0, &n), Verdict::Confirm);
+        assert_eq!(confirmed(Some(98.5), 100.0, &n), Status::Keep);
+        assert_eq!(confirmed(Some(99.9), 100.0, &n), Status::Discard);
+        assert_eq!(confirmed(None, 100.0, &n), Status::Discard);
+        assert!((delta(98.0, 100.0) + 0.02).abs() < 1e-12);
+    }
+}
