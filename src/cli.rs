@@ -277,7 +277,7 @@ pub struct FrontierArgs {
 #[derive(Debug, Args)]
 pub struct TrialArgs {
     /// The recipe.
-    #[arg(long, default_value = "experiments/train.toml")]
+    #[arg(long, default_value = autoqat_workspace::layout::RECIPE)]
     pub config: PathBuf,
     /// Output directory (default: runs/<timestamp>).
     #[arg(long)]

@@ -37,7 +37,7 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
             println!("[compress] {line}");
         }
     };
-    let summary_path = run_dir.join("summary.json");
+    let summary_path = run_dir.join(autoqat_workspace::run::SUMMARY_FILE);
     let result = compress(&recipe, &run_dir, &mut log).map_err(anyhow::Error::from).and_then(|mut s| {
         if !args.no_verify {
             log("verify: reloading the zip in a fresh process");

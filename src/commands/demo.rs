@@ -94,7 +94,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         teacher_fp_ppl: teacher.fp_eval_ppl,
         teacher_params: teacher.params,
         vocab_size: teacher.vocab_size,
-        results: abs(&dir.join("results.tsv")),
+        results: abs(&autoqat_workspace::Layout::new(&dir).results()),
         report: abs(&w.report_md),
         plot: abs(&w.png),
         branch: format!("autoqat/{TAG}"),
@@ -169,7 +169,7 @@ fn pick_dir(dir: &Path) -> anyhow::Result<PathBuf> {
         return Ok(dir.to_path_buf());
     }
     anyhow::ensure!(
-        dir.join("autoqat.toml").is_file() && dir.join(".git").exists(),
+        autoqat_workspace::Layout::new(dir).config().is_file() && dir.join(".git").exists(),
         "{} already exists and is not empty (hint: pass --dir NEW_DIR, or delete it; the cached teacher is reused either way)",
         dir.display()
     );

@@ -33,7 +33,7 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&git.records(&tag)?)?);
         return Ok(());
     }
-    let path = args.workspace.join("results.tsv");
+    let path = autoqat_workspace::Layout::new(&*args.workspace).results();
     match std::fs::read_to_string(&path) {
         Ok(text) => print!("{text}"),
         Err(_) if !args.rebuild => {

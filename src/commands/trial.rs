@@ -69,7 +69,7 @@ pub fn run(args: TrialArgs) -> anyhow::Result<()> {
         println!("fp_ppl: {}", f(summary.fp_ppl));
         println!("steps: {}", summary.steps);
         println!("time_s: {:.1}", summary.time_s);
-        println!("summary: {}", run_dir.join("summary.json").display());
+        println!("summary: {}", run_dir.join(autoqat_workspace::run::SUMMARY_FILE).display());
         // A trace trial's exit gates (DESIGN.md 9), as checked at its end.
         if let Ok(text) = std::fs::read_to_string(run_dir.join("gates.json")) {
             if let Ok(g) = serde_json::from_str::<serde_json::Value>(&text) {

@@ -45,7 +45,7 @@ pub struct Prepared {
     pub recipe_changed: bool,
 }
 
-const RECIPE: &str = "experiments/train.toml";
+const RECIPE: &str = autoqat_workspace::layout::RECIPE;
 /// The tiny-demo recipe's model source.
 const TINY_TEACHER: &str = "../teacher";
 

@@ -86,7 +86,7 @@ impl Default for TinySizes {
 /// The files of a template: (path relative to the workspace, contents).
 pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let mut out = vec![(PathBuf::from(".gitignore"), GITIGNORE.to_string())];
-    let mut recipe = PathBuf::from("experiments/train.toml");
+    let mut recipe = PathBuf::from(autoqat_workspace::layout::RECIPE);
     let (program, settings, train) = match template {
         Template::QwenTernary | Template::QwenBinary => {
             let (track, bpp) =
@@ -122,7 +122,7 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
         }
     };
     out.push(("program.md".into(), program));
-    out.push(("autoqat.toml".into(), settings));
+    out.push((autoqat_workspace::layout::CONFIG.into(), settings));
     out.push((recipe, train));
     for (name, text) in prompts() {
         out.push((Path::new("prompts").join(name), text.to_string()));

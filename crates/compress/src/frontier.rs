@@ -33,7 +33,7 @@ impl Point {
 
 /// Reads one run directory's `summary.json`; a missing or crashed one is a point with a flag.
 pub fn read_run(run: &Path) -> Point {
-    let path = run.join("summary.json");
+    let path = run.join(autoqat_workspace::run::SUMMARY_FILE);
     let mut flags = Vec::new();
     let summary = match std::fs::read_to_string(&path) {
         Err(e) => {

@@ -209,7 +209,7 @@ impl CompressRecipe {
     /// Parses and checks recipe text; `path` names it in errors, `base` resolves relative paths.
     pub fn from_str(text: &str, path: &Path, base: PathBuf) -> Result<Self> {
         let bad = |msg: String| CompressError::Recipe { path: path.to_path_buf(), msg };
-        let mut r: CompressRecipe = toml::from_str(text).map_err(|e| bad(one_line(&e.to_string())))?;
+        let mut r: CompressRecipe = toml::from_str(text).map_err(|e| bad(autoqat_recipe::toml_error_line(text, &e)))?;
         r.base = base;
         let bpp = r.budget.bits_per_param;
         if !(bpp == 0.0 || (0.5..=16.0).contains(&bpp)) {
@@ -277,10 +277,6 @@ impl CompressRecipe {
 }
 
 /// The first line of a TOML error, with the position, so it prints as one line.
-fn one_line(msg: &str) -> String {
-    msg.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('|')).collect::<Vec<_>>().join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,10 +138,25 @@ impl Schema {
     }
 }
 
+/// A TOML error of `text` as one line (`line L, column C: message`): toml's own rendering
+/// spans several lines with a source excerpt, and every autoqat error is one line. Shared by
+/// every TOML file autoqat reads (recipes, `autoqat.toml`, compression recipes).
+pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("TOML syntax error at line {line}, column {column}: {message}")
+        }
+        None => format!("TOML syntax error: {message}"),
+    }
+}
+
 /// Parses and validates a recipe.
 pub fn parse(text: &str) -> Result<Recipe, RecipeError> {
-    let table: toml::Table =
-        text.parse().map_err(|e: toml::de::Error| RecipeError::Invalid(e.to_string().trim().to_string()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| RecipeError::Invalid(toml_error_line(text, &e)))?;
     let filled = validate::validate_and_fill(&table, &schema())?;
     let recipe: Recipe = toml::Value::Table(filled)
         .try_into()

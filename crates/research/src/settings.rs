@@ -229,7 +229,7 @@ pub struct FieldSetting {
 impl Settings {
     /// Reads `<workspace>/autoqat.toml`; a missing file means all defaults.
     pub fn load(workspace: &Path) -> Result<Settings> {
-        let path = workspace.join("autoqat.toml");
+        let path = autoqat_workspace::Layout::new(workspace).config();
         if !path.exists() {
             return Ok(Settings::default());
         }
@@ -240,7 +240,7 @@ impl Settings {
     /// Parses settings text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Settings> {
         let s: Settings =
-            toml::from_str(text).map_err(|e| ResearchError::Settings { path: path.into(), msg: e.to_string() })?;
+            toml::from_str(text).map_err(|e| ResearchError::Settings { path: path.into(), msg: autoqat_recipe::toml_error_line(text, &e) })?;
         s.check(path)?;
         Ok(s)
     }
