@@ -72,9 +72,9 @@ fn one_line(err: &anyhow::Error) -> String {
 fn print_summary(s: &Summary, path: &Path) {
     let mut mix: Vec<String> = s.mix.iter().map(|(k, n)| format!("{k} {n}")).collect();
     mix.sort();
-    println!("status: {}", s.status);
-    println!("eval_ppl: {:.4}", s.eval_ppl);
-    println!("fp_ppl: {:.4}", s.fp_ppl);
+    println!("status: {}", s.run.status);
+    println!("eval_ppl: {:.4}", s.eval_ppl());
+    println!("fp_ppl: {:.4}", s.fp_ppl());
     if let Some(v) = s.verify_ppl {
         println!("verify_ppl: {v:.4}");
     }
@@ -83,7 +83,7 @@ fn print_summary(s: &Summary, path: &Path) {
     println!("artifact_sha256: {}", s.artifact_sha256);
     println!("rows: {}", mix.join(", "));
     println!("artifact: {}", s.artifact_zip.display());
-    println!("time_s: {:.1}", s.time_s);
+    println!("time_s: {:.1}", s.run.time_s);
     println!("summary: {}", path.display());
 }
 
@@ -114,11 +114,11 @@ fn verify(recipe: &CompressRecipe, s: &Summary) -> anyhow::Result<f64> {
     let Some(ppl) = ppl else {
         return Err(failed(format!("the reloaded artifact scores a non-finite PPL ({})", v["eval_ppl"])));
     };
-    let rel = (ppl - s.eval_ppl).abs() / s.eval_ppl;
+    let rel = (ppl - s.eval_ppl()).abs() / s.eval_ppl();
     if rel > VERIFY_REL_TOL {
         return Err(failed(format!(
             "the reloaded artifact scores PPL {ppl:.6}, in memory {:.6} (relative difference {rel:.2e})",
-            s.eval_ppl
+            s.eval_ppl()
         )));
     }
     Ok(ppl)

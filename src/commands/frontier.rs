@@ -27,8 +27,9 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
     let mut points: Vec<Point> = runs.iter().map(|r| read_run(r)).collect();
     analyse(&mut points, reference.as_deref());
     points.sort_by(|a, b| {
-        let key =
-            |p: &Point| p.summary.as_ref().map(|s| (s.artifact_size_bytes, s.eval_ppl)).unwrap_or((i64::MAX, f64::NAN));
+        let key = |p: &Point| {
+            p.summary.as_ref().map(|s| (s.artifact_size_bytes, s.eval_ppl())).unwrap_or((i64::MAX, f64::NAN))
+        };
         let (ka, kb) = (key(a), key(b));
         ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
     });
@@ -54,7 +55,7 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
                 p.run.display(),
                 s.artifact_size_bytes,
                 s.bits_per_param,
-                s.eval_ppl,
+                s.eval_ppl(),
                 s.weight_rel_mse
             ),
             None => println!("{:<32} {:>11} {:>10} {:>12} {:>10}  {state}", p.run.display(), "-", "-", "-", "-"),
@@ -86,8 +87,8 @@ fn plot(points: &[Point], png: &Path) -> anyhow::Result<()> {
         .filter_map(|p| {
             p.summary
                 .as_ref()
-                .filter(|s| s.eval_ppl.is_finite() && s.eval_ppl > 0.0)
-                .map(|s| (p, s.bits_per_param, s.eval_ppl))
+                .filter(|s| s.eval_ppl().is_finite() && s.eval_ppl() > 0.0)
+                .map(|s| (p, s.bits_per_param, s.eval_ppl()))
         })
         .collect();
     let area = BitMapBackend::new(png, (1000, 600)).into_drawing_area();

@@ -27,7 +27,9 @@ pub struct Point {
 impl Point {
     /// Loadable with a finite PPL: the only runs a frontier may hold.
     pub fn eligible(&self) -> bool {
-        self.summary.as_ref().is_some_and(|s| s.status == "ok" && s.eval_ppl.is_finite() && s.verify_ppl.is_some())
+        self.summary
+            .as_ref()
+            .is_some_and(|s| s.run.status == "ok" && s.eval_ppl().is_finite() && s.verify_ppl.is_some())
     }
 }
 
@@ -65,7 +67,7 @@ pub fn analyse(points: &mut [Point], reference_tokenizer: Option<&str>) {
             if s.verify_ppl.is_none() {
                 p.flags.push("artifact not reloaded (run without --no-verify to prove it loads)".into());
             }
-            if !s.eval_ppl.is_finite() {
+            if !s.eval_ppl().is_finite() {
                 p.flags.push("non-finite PPL".into());
             }
         }
@@ -101,15 +103,15 @@ pub fn analyse(points: &mut [Point], reference_tokenizer: Option<&str>) {
             if run != &p.run
                 && o.budget_bpp == s.budget_bpp
                 && s.weight_rel_mse < o.weight_rel_mse
-                && s.eval_ppl > o.eval_ppl
+                && s.eval_ppl() > o.eval_ppl()
             {
                 p.flags.push(format!(
                     "lower weight MSE than {} ({:.4} < {:.4}) but worse PPL ({:.3} > {:.3})",
                     run.display(),
                     s.weight_rel_mse,
                     o.weight_rel_mse,
-                    s.eval_ppl,
-                    o.eval_ppl
+                    s.eval_ppl(),
+                    o.eval_ppl()
                 ));
             }
         }
@@ -120,8 +122,8 @@ pub fn analyse(points: &mut [Point], reference_tokenizer: Option<&str>) {
             let Some(o) = other else { return false };
             *ok && run != &p.run
                 && o.artifact_size_bytes <= s.artifact_size_bytes
-                && o.eval_ppl <= s.eval_ppl
-                && (o.artifact_size_bytes < s.artifact_size_bytes || o.eval_ppl < s.eval_ppl)
+                && o.eval_ppl() <= s.eval_ppl()
+                && (o.artifact_size_bytes < s.artifact_size_bytes || o.eval_ppl() < s.eval_ppl())
         });
         p.dominated_by = dominator.map(|(run, _, _)| run.clone());
         p.on_frontier = p.dominated_by.is_none();
@@ -135,13 +137,18 @@ mod tests {
 
     fn point(name: &str, bytes: i64, ppl: f64, mse: f64, tok: &str, verified: bool) -> Point {
         let s = Summary {
-            status: "ok".into(),
-            eval_ppl: ppl,
-            eval_loss: ppl.ln(),
-            eval_bpb: 1.0,
+            run: autoqat_workspace::Summary {
+                status: "ok".into(),
+                eval_ppl: Some(ppl),
+                eval_loss: Some(ppl.ln()),
+                eval_bpb: Some(1.0),
+                fp_ppl: Some(10.0),
+                device: "cpu".into(),
+                time_s: 1.0,
+                ..autoqat_workspace::Summary::default()
+            },
             eval_tokens: 100,
             eval_docs: 10,
-            fp_ppl: 10.0,
             artifact_size_bytes: bytes,
             artifact_sha256: String::new(),
             artifact_zip: PathBuf::new(),
@@ -154,13 +161,10 @@ mod tests {
             weight_rel_mse: mse,
             tokenizer_sha256: tok.into(),
             mix: Default::default(),
-            device: "cpu".into(),
-            time_s: 1.0,
             stages: StageTimes::default(),
             widen: None,
             distill: vec![],
             verify_ppl: verified.then_some(ppl),
-            error: None,
         };
         Point { run: PathBuf::from(name), summary: Some(s), on_frontier: false, dominated_by: None, flags: vec![] }
     }

@@ -100,23 +100,19 @@ pub struct StageTimes {
     pub pack_s: f64,
 }
 
-/// `summary.json` of a compress run: the QAT trial's fields the loop reads, plus the artifact.
+/// `summary.json` of a compress run: the trial contract every run directory has (DESIGN.md
+/// 4, owned by `autoqat_workspace`; here `eval_ppl` is the compressed model's PPL by the
+/// validator's protocol and `fp_ppl` the full-precision model's on the same documents), plus
+/// the artifact.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
-    /// `ok`, or `crash` with `error`.
-    pub status: String,
-    /// PPL of the compressed model by the validator's protocol.
-    pub eval_ppl: f64,
-    /// Its loss, nats per token.
-    pub eval_loss: f64,
-    /// Bits per byte of the eval text.
-    pub eval_bpb: f64,
+    /// status, eval_ppl/eval_loss/eval_bpb, fp_ppl, device, time_s, error.
+    #[serde(flatten)]
+    pub run: autoqat_workspace::Summary,
     /// Tokens scored.
     pub eval_tokens: usize,
     /// Documents scored.
     pub eval_docs: usize,
-    /// The full-precision model's PPL on the same documents.
-    pub fp_ppl: f64,
     /// Bytes of the zip.
     pub artifact_size_bytes: i64,
     /// SHA-256 of the zip.
@@ -142,10 +138,6 @@ pub struct Summary {
     pub tokenizer_sha256: String,
     /// Rows per kind over the whole model.
     pub mix: HashMap<RowKind, usize>,
-    /// Device used.
-    pub device: String,
-    /// Wall time of the whole run.
-    pub time_s: f64,
     /// Per stage.
     pub stages: StageTimes,
     /// What widening did, when it ran.
@@ -156,8 +148,18 @@ pub struct Summary {
     pub distill: Vec<crate::distill::BlockReport>,
     /// PPL of the zip reloaded from disk in a fresh process (the CLI's verify stage).
     pub verify_ppl: Option<f64>,
-    /// Why it failed, when it did.
-    pub error: Option<String>,
+}
+
+impl Summary {
+    /// The compressed model's PPL (NaN when missing).
+    pub fn eval_ppl(&self) -> f64 {
+        self.run.eval_ppl.unwrap_or(f64::NAN)
+    }
+
+    /// The full-precision model's PPL on the same documents (NaN when missing).
+    pub fn fp_ppl(&self) -> f64 {
+        self.run.fp_ppl.unwrap_or(f64::NAN)
+    }
 }
 
 /// Named tensors (a block's or a model's variables).
@@ -360,13 +362,19 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         }
     }
     let summary = Summary {
-        status: "ok".into(),
-        eval_ppl: report.eval_ppl,
-        eval_loss: report.eval_loss,
-        eval_bpb: report.eval_bpb,
+        run: autoqat_workspace::Summary {
+            status: "ok".into(),
+            eval_ppl: Some(report.eval_ppl),
+            eval_loss: Some(report.eval_loss),
+            eval_bpb: Some(report.eval_bpb),
+            fp_ppl: Some(fp.eval_ppl),
+            device: autoqat_model::device_name(device),
+            time_s: start.elapsed().as_secs_f64(),
+            peak_mem_mb: autoqat_qat::train::outputs::peak_rss_mb(),
+            ..autoqat_workspace::Summary::default()
+        },
         eval_tokens: report.tokens,
         eval_docs: docs.documents_len(),
-        fp_ppl: fp.eval_ppl,
         artifact_size_bytes: written.size_bytes,
         artifact_sha256: written.sha256.clone(),
         artifact_zip: written.zip.clone(),
@@ -380,13 +388,10 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
             / manifest.iter().map(|m| m.sq_norm).sum::<f64>().max(f64::MIN_POSITIVE),
         tokenizer_sha256: artifact::sha256_file(&loaded.dir.join("tokenizer.json"))?.0,
         mix: total_mix,
-        device: autoqat_model::device_name(device),
-        time_s: start.elapsed().as_secs_f64(),
         stages: st,
         widen: widened,
         distill: distilled,
         verify_ppl: None,
-        error: None,
     };
     write_json(&run_dir.join("manifest.json"), &serde_json::json!({ "summary": &summary, "matrices": manifest }))?;
     // Over budget is refused, never handed in: the gate is checked on the bytes written.

@@ -156,7 +156,8 @@ pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
 
 /// Parses and validates a recipe.
 pub fn parse(text: &str) -> Result<Recipe, RecipeError> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| RecipeError::Invalid(toml_error_line(text, &e)))?;
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| RecipeError::Invalid(toml_error_line(text, &e)))?;
     let filled = validate::validate_and_fill(&table, &schema())?;
     let recipe: Recipe = toml::Value::Table(filled)
         .try_into()

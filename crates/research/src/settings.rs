@@ -239,8 +239,10 @@ impl Settings {
 
     /// Parses settings text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Settings> {
-        let s: Settings =
-            toml::from_str(text).map_err(|e| ResearchError::Settings { path: path.into(), msg: autoqat_recipe::toml_error_line(text, &e) })?;
+        let s: Settings = toml::from_str(text).map_err(|e| ResearchError::Settings {
+            path: path.into(),
+            msg: autoqat_recipe::toml_error_line(text, &e),
+        })?;
         s.check(path)?;
         Ok(s)
     }
