@@ -7,14 +7,17 @@ use std::time::Instant;
 
 use anyhow::Context;
 use autoqat_model::{eval, load, tokenizer::TextTokenizer, ModelConfig, PlainBuilder};
+use autoqat_qat::quant::schedule::lr_factor;
+use autoqat_qat::train::optim::AdamW;
+use autoqat_recipe::LrSchedule;
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::corpus::{self, Rng};
 
 /// Bumped when the corpus generator or the training loop changes meaning, so old caches are
-/// not reused (2: the forty-character corpus with quizzes).
-const CACHE_VERSION: u32 = 2;
+/// not reused (2: the forty-character corpus with quizzes; 3: trained by qat's AdamW step).
+const CACHE_VERSION: u32 = 3;
 
 /// Every setting that determines the cached teacher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,12 +99,7 @@ impl TeacherSpec {
     /// Stable cache key (FNV-1a over the settings): std's hasher may change between releases.
     pub fn key(&self) -> String {
         let text = format!("v{CACHE_VERSION}:{}", serde_json::to_string(self).unwrap_or_default());
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("tiny-llama-{h:016x}")
+        format!("tiny-llama-{}", autoqat_workspace::hash::fnv1a_hex(text.as_bytes()))
     }
 
     fn config_json(&self, vocab: usize) -> serde_json::Value {
@@ -235,15 +233,16 @@ fn build(dir: &Path, spec: &TeacherSpec, log: &mut dyn FnMut(&str)) -> anyhow::R
     let device = Device::Cpu;
     let (vs, model) = load::build_causal_lm(&cfg, device, Kind::Float, &PlainBuilder)?;
     let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
-    let mut opt = nn::AdamW { beta1: 0.9, beta2: 0.95, wd: 0.01, ..Default::default() }.build(&vs, spec.lr)?;
+    // The trial's optimizer and schedule: one AdamW and one training step in the project.
+    let vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+    let mut opt = AdamW::new(vars, 0.9, 0.95, 0.01);
     let data = Tensor::from_slice(&ids);
     let mut rng = Rng::new(spec.seed);
     let t0 = Instant::now();
     let mut last_loss = f64::NAN;
     let warmup = (spec.steps / 10).max(1);
     for step in 0..spec.steps {
-        let lr = schedule(spec.lr, step, warmup, spec.steps);
-        opt.set_lr(lr);
+        let lr = spec.lr * lr_factor(LrSchedule::Cosine, step, spec.steps, warmup, 0.1, 0);
         let starts: Vec<i64> =
             (0..spec.batch).map(|_| rng.below(ids.len() - spec.seq_len as usize - 1) as i64).collect();
         let rows: Vec<Tensor> = starts.iter().map(|&s| data.narrow(0, s, spec.seq_len + 1)).collect();
@@ -254,8 +253,7 @@ fn build(dir: &Path, spec: &TeacherSpec, log: &mut dyn FnMut(&str)) -> anyhow::R
         let loss = logits.view([-1, vocab as i64]).cross_entropy_for_logits(&y.reshape([-1]));
         opt.zero_grad();
         loss.backward();
-        opt.clip_grad_norm(1.0);
-        opt.step();
+        opt.clip_and_step(lr, 1.0);
         last_loss = loss.double_value(&[]);
         anyhow::ensure!(last_loss.is_finite(), "teacher pre-training diverged at step {step} (loss {last_loss})");
         if step % (spec.steps / 10).max(1) == 0 || step + 1 == spec.steps {
@@ -286,15 +284,6 @@ fn build(dir: &Path, spec: &TeacherSpec, log: &mut dyn FnMut(&str)) -> anyhow::R
         params,
         reused: false,
     })
-}
-
-/// Linear warmup, then cosine decay to a tenth of the peak.
-fn schedule(peak: f64, step: u64, warmup: u64, total: u64) -> f64 {
-    if step < warmup {
-        return peak * (step + 1) as f64 / warmup as f64;
-    }
-    let p = (step - warmup) as f64 / (total - warmup).max(1) as f64;
-    peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
 }
 
 #[cfg(test)]

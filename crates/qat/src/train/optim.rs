@@ -93,6 +93,23 @@ impl AdamW {
         })
     }
 
+    /// The training step after the backward pass: clips the global gradient norm to `clip`
+    /// (0: no clipping) and updates with `lr`. Returns the norm before clipping and whether it
+    /// was clipped; a non-finite norm skips the update. Every trainer in autoqat steps through this (the trial, the demo teacher).
+    pub fn clip_and_step(&mut self, lr: f64, clip: f64) -> (f64, bool) {
+        let norm = self.grad_norm();
+        // A NaN or infinite gradient must not reach the weights; the caller reports it.
+        if !norm.is_finite() {
+            return (norm, false);
+        }
+        let clipped = clip > 0.0 && norm > clip;
+        if clipped {
+            self.scale_grads(clip / (norm + 1e-6));
+        }
+        self.step(lr);
+        (norm, clipped)
+    }
+
     /// One update with learning rate `lr`.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;

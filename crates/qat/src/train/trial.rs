@@ -327,13 +327,8 @@ fn train(
             loss_sum += loss_v;
         }
         let ce_mean = ce_sum / accum as f64;
-        let norm = opt.grad_norm();
+        let (norm, clipped) = opt.clip_and_step(lr, recipe.optim.grad_clip);
         finite(norm, "the gradient norm", step + 1, lr)?;
-        let clipped = recipe.optim.grad_clip > 0.0 && norm > recipe.optim.grad_clip;
-        if clipped {
-            opt.scale_grads(recipe.optim.grad_clip / (norm + 1e-6));
-        }
-        opt.step(lr);
         let done = step + 1;
         progress.steps = done;
         progress.tokens = seen;
