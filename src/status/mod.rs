@@ -75,7 +75,7 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
         let rel = settings.run_dir(next);
         let dir = ws.join(&rel);
         let total = autoqat_recipe::load(&layout.recipe()).ok().map(|r| r.total_steps());
-        let trial = read_steps(&dir.join(run::STEPS_FILE), total);
+        let trial = progress(&dir.join(run::STEPS_FILE), total);
         (Some(next), Some(rel), trial, head_subject(ws))
     } else {
         (None, None, None, None)
@@ -123,7 +123,7 @@ fn head_subject(ws: &Path) -> Option<String> {
 }
 
 /// The last row of a trial's `steps.tsv` (DESIGN.md 4 columns), read by the workspace's reader.
-pub fn read_steps(path: &Path, total_steps: Option<u64>) -> Option<TrialProgress> {
+pub fn progress(path: &Path, total_steps: Option<u64>) -> Option<TrialProgress> {
     let last = run::read_steps(path).ok()?.pop()?;
     let get = |name: &str| last.get(name).filter(|v| v.is_finite());
     let step = last.step;

@@ -10,6 +10,9 @@
 //! eval_loss = nll_sum / n_tokens
 //! ```
 //!
+//! Every caller scores through [`EvalSet`] (windows as above, or the compression track's
+//! document protocol); the functions below are what it runs.
+//!
 //! With `stride == ctx` (disjoint windows) this is the plain token-weighted mean of the
 //! shifted next-token cross entropy. A window whose weight is zero is skipped (the guide would
 //! add `0 * NaN`). Several windows of equal length go through one forward pass (`batch`);

@@ -3,7 +3,9 @@
 //! the commit. Git notes are the source of truth for every finished experiment; `results.tsv`
 //! is a cache that can always be rebuilt from them.
 //!
-//! This crate never links libtorch: trials are child processes.
+//! This crate never links libtorch: trials are child processes. What it reads and writes on
+//! disk (the layout, a run's `steps.tsv` and `summary.json`, `results.tsv` and the note
+//! records) belongs to `autoqat-workspace`; [`results`] is re-exported from there.
 
 pub mod answer;
 pub mod driver;

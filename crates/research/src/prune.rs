@@ -4,7 +4,7 @@ use std::path::Path;
 
 /// `(step, eval_ppl)` pairs of a steps.tsv (read by the workspace's one reader); a file that
 /// cannot be read yet has none, since a live trial may not have written its header.
-pub fn read_steps(path: &Path) -> Vec<(u64, f64)> {
+pub fn curve(path: &Path) -> Vec<(u64, f64)> {
     autoqat_workspace::run::read_steps(path)
         .map(|rows| rows.iter().map(|r| (r.step, r.eval_ppl)).collect())
         .unwrap_or_default()

@@ -385,7 +385,7 @@ impl Driver {
         let best = results::best(&self.records).cloned();
         let best_steps = best
             .as_ref()
-            .map(|b| prune::read_steps(&self.ws.join(self.s.run_dir(b.exp)).join(autoqat_workspace::run::STEPS_FILE)));
+            .map(|b| prune::curve(&self.ws.join(self.s.run_dir(b.exp)).join(autoqat_workspace::run::STEPS_FILE)));
         let first = self.run_trial(exp, &run_dir, best_steps)?;
         if first.interrupted {
             return Err(self.set_aside(exp, commit));

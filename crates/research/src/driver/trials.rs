@@ -38,7 +38,7 @@ impl Driver {
         let prune: Option<trial::PruneCheck> = match prune_against {
             Some(best) if self.s.prune.enabled && !best.is_empty() => Some(Box::new(move |dir: &Path| {
                 prune::verdict(
-                    &prune::read_steps(&dir.join(autoqat_workspace::run::STEPS_FILE)),
+                    &prune::curve(&dir.join(autoqat_workspace::run::STEPS_FILE)),
                     &best,
                     margin,
                     min_step,
