@@ -2,6 +2,7 @@
 //! load, calibrate, score, allocate, apply, evaluate, pack. Verification in a fresh process is
 //! the CLI's (it owns the binary); everything it needs is in the [`Summary`].
 
+use autoqat_workspace::run;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -345,14 +346,14 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
     ));
 
     let written = timed(&mut st.pack_s, || {
-        artifact::write(&run_dir.join("artifact"), &run_dir.join("artifact.zip"), &files, &tensors).map_err(|e| {
-            CompressError::Artifact {
-                path: run_dir.join("artifact.zip"),
+        artifact::write(&run_dir.join(run::ARTIFACT_DIR), &run_dir.join(run::ARTIFACT_ZIP), &files, &tensors).map_err(
+            |e| CompressError::Artifact {
+                path: run_dir.join(run::ARTIFACT_ZIP),
                 msg: format!(
                     "packing failed, nothing left under the finished names: {e} (hint: free disk space, then rerun)"
                 ),
-            }
-        })
+            },
+        )
     })?;
     let bits_per_param = written.size_bytes as f64 * 8.0 / param_count as f64;
     let mut total_mix: HashMap<RowKind, usize> = HashMap::new();
@@ -393,7 +394,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         distill: distilled,
         verify_ppl: None,
     };
-    write_json(&run_dir.join("manifest.json"), &serde_json::json!({ "summary": &summary, "matrices": manifest }))?;
+    write_json(&run_dir.join(run::MANIFEST_FILE), &serde_json::json!({ "summary": &summary, "matrices": manifest }))?;
     // Over budget is refused, never handed in: the gate is checked on the bytes written.
     if written.size_bytes * 8 > total_bits {
         return Err(CompressError::Budget(format!(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{io_err, read_shard, Result, TraceError, TraceRow};
 
 /// File name of the index inside a trace directory.
-pub const INDEX_FILE: &str = "index.json";
+pub const INDEX_FILE: &str = autoqat_workspace::run::TRACE_INDEX_FILE;
 
 /// A collected prompt.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

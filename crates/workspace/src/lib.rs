@@ -12,9 +12,10 @@
 //! - [`atomic`]: the one whole-file writer (temporary, fsync, rename) every JSON output uses.
 //! - [`hash`]: FNV-1a and SplitMix64, the stable primitives behind cache keys and samplers.
 //!
-//! The new tracks keep their outputs here too: a compression run's `manifest.json` and
-//! `artifact.zip`, and a trace collection's `index.json` (defined in `autoqat-traces`), sit in
-//! the run directory beside `summary.json` and are written through [`atomic`].
+//! The tracks' outputs are named here too ([`run::MANIFEST_FILE`], [`run::ARTIFACT_ZIP`],
+//! [`run::ARTIFACT_DIR`], [`run::TRACE_INDEX_FILE`]): a compression run's summary extends the
+//! trial's [`Summary`], and every JSON file goes through [`atomic`]. The trace index's fields
+//! belong to `autoqat-traces`, which writes it.
 
 pub mod atomic;
 pub mod error;

@@ -16,6 +16,14 @@ pub const STEPS_FILE: &str = "steps.tsv";
 pub const SUMMARY_FILE: &str = "summary.json";
 /// `trial.log` in a run directory.
 pub const LOG_FILE: &str = "trial.log";
+/// A compression run's per-layer mix and its summary (`autoqat compress`).
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// A compression run's deterministic zip, the artifact handed in.
+pub const ARTIFACT_ZIP: &str = "artifact.zip";
+/// The same artifact unzipped: a Hugging Face directory transformers loads.
+pub const ARTIFACT_DIR: &str = "artifact";
+/// A trace collection's index (prompts done, shards, tokenizer hashes; `autoqat kd collect`).
+pub const TRACE_INDEX_FILE: &str = "index.json";
 
 /// Columns of `steps.tsv`, in order (DESIGN.md section 4).
 pub const STEPS_COLUMNS: [&str; 12] = [

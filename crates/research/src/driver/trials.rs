@@ -37,12 +37,7 @@ impl Driver {
         let min_step = self.s.prune.min_step;
         let prune: Option<trial::PruneCheck> = match prune_against {
             Some(best) if self.s.prune.enabled && !best.is_empty() => Some(Box::new(move |dir: &Path| {
-                prune::verdict(
-                    &prune::curve(&dir.join(autoqat_workspace::run::STEPS_FILE)),
-                    &best,
-                    margin,
-                    min_step,
-                )
+                prune::verdict(&prune::curve(&dir.join(autoqat_workspace::run::STEPS_FILE)), &best, margin, min_step)
             })),
             _ => None,
         };
