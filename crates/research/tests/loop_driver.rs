@@ -413,3 +413,38 @@ fn a_fake_api_key_never_reaches_disk_git_or_logs() {
     .unwrap();
     assert!(n > 10);
 }
+
+#[test]
+fn a_prompt_longer_than_the_context_is_retried_with_fewer_rows_then_named() {
+    let ws = workspace(&settings_toml("", ""));
+    // OpenAI's own wording; llama.cpp and vLLM answer alike with their words.
+    let too_long = || {
+        Canned::json(
+            400,
+            r#"{"error":{"message":"This model's maximum context length is 4096 tokens. However, you requested 6173 tokens (4125 in the messages, 2048 in the completion).","code":"context_length_exceeded"}}"#,
+        )
+    };
+    let good = Canned::json(200, openai_body(&proposal("raise lr", "lr = 0.001", "lr = 0.003")));
+    let script = vec![too_long(), good, too_long(), too_long(), too_long(), too_long(), too_long()];
+    let srv = serve(script);
+    let prov = format!(
+        "[provider]\nkind = \"openai\"\nmodel = \"m\"\nbase_url = \"{}/v1\"\napi_key_env = \"AQ_CTX_KEY\"\nbackoff_s = 0.01",
+        srv.url
+    );
+    std::fs::write(ws.path().join("autoqat.toml"), settings_toml(&prov, "")).unwrap();
+    git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
+    std::env::set_var("AQ_CTX_KEY", "sk-ctx-test");
+    let s = Settings::load(ws.path()).unwrap();
+    let opts = RunOptions { max_experiments: Some(3), quiet: true, ..RunOptions::default() };
+    let err = Driver::open(ws.path(), s, opts, None).unwrap().run().unwrap_err().to_string();
+    // Experiment 1 passed on its second, shorter prompt; experiment 2 did not fit even without rows.
+    assert!(err.contains("does not fit the model's context even without result rows"), "{err}");
+    assert!(err.contains("4125 in the messages") && err.contains("provider.max_tokens, now 2048"), "{err}");
+    let recs = assert_consistent(ws.path(), "t");
+    assert_eq!(statuses(&recs)[..2], [Status::Baseline, Status::Keep]);
+    let seen = srv.seen.lock().unwrap();
+    assert_eq!(seen.len(), 7, "2 requests for experiment 1, 5 for experiment 2 (15, 7, 3, 1, 0 rows)");
+    let lens: Vec<usize> = seen[2..].iter().map(|r| r.body.len()).collect();
+    assert!(lens.windows(2).all(|w| w[1] <= w[0]) && lens[4] < lens[0], "each retry is no longer: {lens:?}");
+    assert_clean(ws.path());
+}

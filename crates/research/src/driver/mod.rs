@@ -219,6 +219,23 @@ impl Driver {
         self.reporter.event(Event::Note(line));
     }
 
+    /// The system and user prompts with the `rows` most recent results.
+    fn prompt(&self, program: &str, recipe_path: &str, recipe: &str, rows: usize) -> (String, String) {
+        prompt::build(
+            &self.templates,
+            &PromptInputs {
+                program,
+                schema: self.validator.schema(),
+                recipe_path,
+                recipe,
+                records: &self.records,
+                mutable_paths: &self.s.run.mutable_paths,
+                max_changed_lines: self.s.run.max_changed_lines,
+                recent_rows: rows,
+            },
+        )
+    }
+
     /// One experiment: propose (or baseline), commit, trial, record.
     fn experiment(&mut self, exp: u32) -> std::result::Result<(), Halt> {
         if self.records.is_empty() {
@@ -241,24 +258,17 @@ impl Driver {
             .map_err(|e| ResearchError::io(self.ws.join(&recipe_path), e))?;
         let program =
             std::fs::read_to_string(self.ws.join(&self.s.run.program)).unwrap_or_else(|_| "(no program.md)".into());
-        let (system, user) = prompt::build(
-            &self.templates,
-            &PromptInputs {
-                program: &program,
-                schema: self.validator.schema(),
-                recipe_path: &recipe_path,
-                recipe: &recipe,
-                records: &self.records,
-                mutable_paths: &self.s.run.mutable_paths,
-                max_changed_lines: self.s.run.max_changed_lines,
-                recent_rows: self.s.run.recent_rows,
-            },
-        );
+        // A prompt the model's context cannot hold is rebuilt with half the result rows, down to
+        // none; only then is it an error.
+        let mut rows = self.s.run.recent_rows;
+        let (mut system, mut user) = self.prompt(&program, &recipe_path, &recipe, rows);
         let mut cost = (0.0, 0u64, 0u64);
         let mut attempt_user = user.clone();
         let mut repair: Option<String> = None;
+        let mut last_reply = String::new();
         let mut last_desc = String::new();
-        for round in 0..2 {
+        let mut round = 0;
+        while round < 2 {
             hit("propose");
             let reply = {
                 if self.proposer.is_none() {
@@ -278,10 +288,32 @@ impl Driver {
                 match self.proposer.as_mut().map(|p| p.propose(&req)) {
                     Some(Ok(r)) => r,
                     Some(Err(ProposerError::Exhausted(m))) => return Err(Halt::Stop(StopReason::Exhausted(m))),
+                    Some(Err(ProposerError::ContextTooLong(m))) if rows > 0 => {
+                        rows /= 2;
+                        self.say(&format!(
+                            "the prompt is longer than the model's context; retrying with {rows} result rows ({m})"
+                        ));
+                        (system, user) = self.prompt(&program, &recipe_path, &recipe, rows);
+                        attempt_user = match &repair {
+                            Some(e) => prompt::repair(&self.templates, &user, &last_reply, e, &recipe_path),
+                            None => user.clone(),
+                        };
+                        continue;
+                    }
+                    Some(Err(ProposerError::ContextTooLong(m))) => {
+                        return Err(Halt::Error(ResearchError::Proposer(format!(
+                            "the prompt does not fit the model's context even without result rows: {m} (hint: \
+                             lower provider.max_tokens, now {}, which is reserved for the answer, or serve the \
+                             model with a longer context)",
+                            self.s.provider.max_tokens
+                        ))))
+                    }
                     Some(Err(e)) => return Err(Halt::Error(ResearchError::Proposer(e.to_string()))),
                     None => return Err(Halt::Error(ResearchError::Proposer("no proposer".into()))),
                 }
             };
+            round += 1;
+            last_reply = reply.text.clone();
             cost.0 += reply.cost_usd;
             cost.1 += reply.input_tokens;
             cost.2 += reply.output_tokens;
@@ -314,7 +346,7 @@ impl Driver {
                     let commit = self.commit_pending(&pend, &a.files)?;
                     return self.finish(pend, commit);
                 }
-                Err(e) if round == 0 => {
+                Err(e) if round == 1 => {
                     tracing::info!("answer rejected, asking for a repair: {e}");
                     attempt_user = prompt::repair(&self.templates, &user, &reply.text, &e, &recipe_path);
                     repair = Some(e);

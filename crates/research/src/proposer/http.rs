@@ -108,6 +108,9 @@ impl Http {
                     } else {
                         let snippet: String = text.unwrap_or_default().chars().take(300).collect();
                         let msg = format!("HTTP {status}: {}", snippet.trim());
+                        if status.as_u16() == 400 && is_context_error(&snippet) {
+                            return Err(ProposerError::ContextTooLong(secret.scrub(&msg)));
+                        }
                         if !(status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408) {
                             return Err(ProposerError::Failed(secret.scrub(&msg)));
                         }
@@ -127,6 +130,25 @@ impl Http {
             attempt += 1;
         }
     }
+}
+
+/// Whether an error body says the prompt is longer than the context, in the words the common
+/// servers use: OpenAI (`context_length_exceeded`, "maximum context length"), vLLM ("maximum
+/// context length", "is longer than the model"), llama.cpp ("exceed_context_size_error",
+/// "exceeds the available context size"), Anthropic ("prompt is too long").
+fn is_context_error(body: &str) -> bool {
+    let b = body.to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "maximum context length",
+        "context size",
+        "context window",
+        "exceed_context_size",
+        "prompt is too long",
+        "is longer than the model",
+    ]
+    .iter()
+    .any(|p| b.contains(p))
 }
 
 /// Retry-After in seconds (the HTTP-date form is treated as absent).

@@ -26,6 +26,11 @@ pub enum ProposerError {
     /// The builtin search has nothing left to try.
     #[error("{0}")]
     Exhausted(String),
+    /// The server refused the prompt as longer than the model's context (HTTP 400 with a
+    /// context-length message, which is kept: it usually names both token counts). A shorter
+    /// prompt may pass; the same one never will.
+    #[error("{0}")]
+    ContextTooLong(String),
 }
 
 /// What the proposer sees besides the prompt text (the builtin one uses only this).
