@@ -128,6 +128,10 @@ pub struct ProviderSettings {
     pub max_tokens: u32,
     /// Sampling temperature.
     pub temperature: f64,
+    /// For `openai`: ask for the proposal's JSON shape. `auto` tries OpenAI's `json_schema`,
+    /// then the `json_object`-with-schema dialect (llama-cpp-python), then plain text, keeping
+    /// the first the server accepts; `json_schema`, `json_object` or `off` fix one.
+    pub structured_output: String,
     /// US dollars per million input tokens.
     pub price_in_per_mtok: f64,
     /// US dollars per million output tokens.
@@ -151,6 +155,7 @@ impl Default for ProviderSettings {
             max_backoff_s: 120.0,
             max_tokens: 2048,
             temperature: 0.7,
+            structured_output: "auto".into(),
             price_in_per_mtok: 0.0,
             price_out_per_mtok: 0.0,
             command: String::new(),
@@ -256,6 +261,12 @@ impl Settings {
             return bad(format!(
                 "provider.kind = {:?}; expected openai, anthropic, command or builtin",
                 self.provider.kind
+            ));
+        }
+        if !["auto", "json_schema", "json_object", "off"].contains(&self.provider.structured_output.as_str()) {
+            return bad(format!(
+                "provider.structured_output = {:?}; expected auto, json_schema, json_object or off",
+                self.provider.structured_output
             ));
         }
         if !["autoqat", "toml", "none"].contains(&self.validator.kind.as_str()) {

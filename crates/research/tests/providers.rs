@@ -215,3 +215,64 @@ fn command_provider_reads_prompt_on_stdin() {
     s.timeout_s = 5.0;
     assert!(ask(&s).unwrap_err().to_string().contains("exited"));
 }
+
+#[test]
+fn structured_output_falls_back_through_the_dialects_and_remembers_the_one_accepted() {
+    // llama-cpp-python 0.3.36's refusal of OpenAI's json_schema type (a 500, as captured from a
+    // real server), then two good answers. A retried 500 would use up the script.
+    let refusal = Canned::json(
+        500,
+        r#"{"error":{"message":"1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': \"'text' or 'json_object'\"}}","type":"internal_server_error"}}"#,
+    );
+    let srv = serve(vec![refusal, Canned::json(200, openai_body(GOOD)), Canned::json(200, openai_body(GOOD))]);
+    key("AQ_T_OPENAI_SHAPE", "sk-test-openai-shape");
+    let mut p = proposer::make(&settings("openai", &format!("{}/v1", srv.url), "AQ_T_OPENAI_SHAPE")).unwrap();
+    let tried = HashSet::new();
+    let req = Request {
+        system: "sys".into(),
+        user: "user prompt".into(),
+        repair: None,
+        ctx: Context {
+            schema: None,
+            recipe_path: "experiments/train.toml",
+            recipe: RECIPE,
+            records: &[],
+            tried: &tried,
+        },
+    };
+    for _ in 0..2 {
+        assert_eq!(answer::parse(&p.propose(&req).unwrap().text).unwrap().description, "raise lr");
+    }
+    let seen = srv.seen.lock().unwrap();
+    let formats: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|s| serde_json::from_str::<serde_json::Value>(&s.body).unwrap()["response_format"].clone())
+        .collect();
+    assert_eq!(formats[0]["type"], "json_schema");
+    assert_eq!(
+        formats[0]["json_schema"]["schema"]["required"],
+        serde_json::json!(["description", "rationale", "edits"])
+    );
+    assert_eq!(formats[1]["type"], "json_object", "the second dialect after the refusal");
+    assert_eq!(formats[1]["schema"], formats[0]["json_schema"]["schema"]);
+    assert_eq!(formats[2]["type"], "json_object", "the accepted dialect is kept for the next proposal");
+    assert_eq!(seen.len(), 3, "the refusal is not retried");
+}
+
+#[test]
+fn structured_output_off_sends_no_format_and_a_bad_setting_is_one_line() {
+    let srv = serve(vec![Canned::json(200, openai_body(GOOD))]);
+    key("AQ_T_OPENAI_OFF", "sk-test-openai-off");
+    let mut s = settings("openai", &format!("{}/v1", srv.url), "AQ_T_OPENAI_OFF");
+    s.structured_output = "off".into();
+    ask(&s).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&srv.seen.lock().unwrap()[0].body).unwrap();
+    assert!(body.get("response_format").is_none(), "{body}");
+    let err = autoqat_research::settings::Settings::parse(
+        "[provider]\nstructured_output = \"yaml\"\n",
+        std::path::Path::new("autoqat.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("structured_output") && err.contains("json_object") && err.lines().count() == 1, "{err}");
+}

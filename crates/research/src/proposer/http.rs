@@ -111,6 +111,11 @@ impl Http {
                         if status.as_u16() == 400 && is_context_error(&snippet) {
                             return Err(ProposerError::ContextTooLong(secret.scrub(&msg)));
                         }
+                        // A refused `response_format` is not transient, whatever the status:
+                        // llama-cpp-python answers a `json_schema` it does not speak with a 500.
+                        if snippet.contains("response_format") {
+                            return Err(ProposerError::Failed(secret.scrub(&msg)));
+                        }
                         if !(status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408) {
                             return Err(ProposerError::Failed(secret.scrub(&msg)));
                         }

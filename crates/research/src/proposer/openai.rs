@@ -7,12 +7,46 @@ use super::http::{Http, Secret};
 use super::{cost, Proposer, ProposerError, Reply, Request};
 use crate::settings::ProviderSettings;
 
+/// How the answer's shape is asked for; servers differ in the dialect they accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// OpenAI's `{"type": "json_schema", "json_schema": {...}}` (OpenAI, vLLM, llama.cpp's server).
+    JsonSchema,
+    /// `{"type": "json_object", "schema": {...}}` (llama-cpp-python, which refuses `json_schema`).
+    JsonObject,
+    /// Free text; the answer parser finds the JSON in it.
+    Text,
+}
+
+/// The proposal's JSON Schema (what `answer::parse` reads).
+fn proposal_schema() -> serde_json::Value {
+    let text = json!({"type": "string"});
+    json!({
+        "type": "object",
+        "properties": {
+            "description": text,
+            "rationale": text,
+            "edits": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"path": text, "search": text, "replace": text},
+                    "required": ["path", "search", "replace"]
+                }
+            }
+        },
+        "required": ["description", "rationale", "edits"]
+    })
+}
+
 /// The `openai` proposer.
 pub struct OpenAi {
     http: Http,
     secret: Secret,
     url: String,
     settings: ProviderSettings,
+    /// Dialects still to try, best first; the first one the server accepted stays in front.
+    shapes: Vec<Shape>,
 }
 
 impl OpenAi {
@@ -28,13 +62,19 @@ impl OpenAi {
             secret: Secret::from_env(var)?,
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
             settings: s.clone(),
+            shapes: match s.structured_output.as_str() {
+                "json_schema" => vec![Shape::JsonSchema],
+                "json_object" => vec![Shape::JsonObject],
+                "off" => vec![Shape::Text],
+                _ => vec![Shape::JsonSchema, Shape::JsonObject, Shape::Text],
+            },
         })
     }
 }
 
 impl Proposer for OpenAi {
     fn propose(&mut self, req: &Request) -> Result<Reply, ProposerError> {
-        let body = json!({
+        let mut body = json!({
             "model": self.settings.model,
             "messages": [
                 {"role": "system", "content": req.system},
@@ -44,7 +84,32 @@ impl Proposer for OpenAi {
             "max_tokens": self.settings.max_tokens,
         });
         let headers = [("authorization", format!("Bearer {}", self.secret.expose()))];
-        let v = self.http.post_json(&self.url, &headers, &body, &self.secret)?;
+        let v = loop {
+            let shape = self.shapes[0];
+            match shape {
+                Shape::JsonSchema => {
+                    body["response_format"] =
+                        json!({"type": "json_schema", "json_schema": {"name": "proposal", "schema": proposal_schema()}})
+                }
+                Shape::JsonObject => {
+                    body["response_format"] = json!({"type": "json_object", "schema": proposal_schema()})
+                }
+                Shape::Text => {
+                    if let Some(m) = body.as_object_mut() {
+                        m.remove("response_format");
+                    }
+                }
+            }
+            match self.http.post_json(&self.url, &headers, &body, &self.secret) {
+                Ok(v) => break v,
+                // A client error that names the format: this server speaks another dialect.
+                Err(ProposerError::Failed(m)) if self.shapes.len() > 1 && refuses_format(&m) => {
+                    tracing::info!("the server refused response_format {shape:?}; trying the next dialect ({m})");
+                    self.shapes.remove(0);
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let text = v["choices"][0]["message"]["content"]
             .as_str()
             .ok_or_else(|| ProposerError::Failed("the answer has no choices[0].message.content".into()))?;
@@ -57,4 +122,11 @@ impl Proposer for OpenAi {
             cost_usd: cost(&self.settings, input, output),
         })
     }
+}
+
+/// Whether an error says the request's `response_format` is not accepted (a 4xx, or the 500
+/// of llama-cpp-python's request validation).
+fn refuses_format(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.starts_with("http ") && (m.contains("response_format") || m.contains("json_schema"))
 }
