@@ -27,22 +27,20 @@ fn settings(kind: &str, url: &str, var: &str) -> ProviderSettings {
     }
 }
 
-fn ask(s: &ProviderSettings) -> Result<Reply, ProposerError> {
-    let mut p = proposer::make(s)?;
-    let tried = HashSet::new();
-    let req = Request {
+/// The request every provider test sends.
+fn request(tried: &HashSet<String>) -> Request<'_> {
+    Request {
         system: "sys".into(),
         user: "user prompt".into(),
         repair: None,
-        ctx: Context {
-            schema: None,
-            recipe_path: "experiments/train.toml",
-            recipe: RECIPE,
-            records: &[],
-            tried: &tried,
-        },
-    };
-    p.propose(&req)
+        ctx: Context { schema: None, recipe_path: "experiments/train.toml", recipe: RECIPE, records: &[], tried },
+    }
+}
+
+fn ask(s: &ProviderSettings) -> Result<Reply, ProposerError> {
+    let mut p = proposer::make(s)?;
+    let tried = HashSet::new();
+    p.propose(&request(&tried))
 }
 
 /// Each test gets its own env var, so tests running in parallel never race on one name.
@@ -228,18 +226,7 @@ fn structured_output_falls_back_through_the_dialects_and_remembers_the_one_accep
     key("AQ_T_OPENAI_SHAPE", "sk-test-openai-shape");
     let mut p = proposer::make(&settings("openai", &format!("{}/v1", srv.url), "AQ_T_OPENAI_SHAPE")).unwrap();
     let tried = HashSet::new();
-    let req = Request {
-        system: "sys".into(),
-        user: "user prompt".into(),
-        repair: None,
-        ctx: Context {
-            schema: None,
-            recipe_path: "experiments/train.toml",
-            recipe: RECIPE,
-            records: &[],
-            tried: &tried,
-        },
-    };
+    let req = request(&tried);
     for _ in 0..2 {
         assert_eq!(answer::parse(&p.propose(&req).unwrap().text).unwrap().description, "raise lr");
     }
