@@ -6,7 +6,6 @@
 //! note → branch move/reset → results row. On `--resume`, a running commit at the branch head
 //! with a matching journal has its trial re-run; everything else is reconciled from the notes:
 //! discarded refs re-created, the branch reset to the best, results.tsv rewritten.
-
 //!
 //! The concerns live in submodules: [`signals`], the stop [`limits`], the [`journal`],
 //! [`recovery`], running [`trials`], the keep [`policy`], and the [`report`]er fed by events.
@@ -263,9 +262,8 @@ impl Driver {
         let mut rows = self.s.run.recent_rows;
         let (mut system, mut user) = self.prompt(&program, &recipe_path, &recipe, rows);
         let mut cost = (0.0, 0u64, 0u64);
-        let mut attempt_user = user.clone();
-        let mut repair: Option<String> = None;
-        let mut last_reply = String::new();
+        // After a rejected first answer: the reason and the answer, quoted back once.
+        let mut repair: Option<(String, String)> = None;
         let mut last_desc = String::new();
         let mut round = 0;
         while round < 2 {
@@ -284,7 +282,16 @@ impl Driver {
                     records: &self.records,
                     tried: &self.tried,
                 };
-                let req = Request { system: system.clone(), user: attempt_user.clone(), repair: repair.clone(), ctx };
+                let attempt_user = match &repair {
+                    Some((e, answer)) => prompt::repair(&self.templates, &user, answer, e, &recipe_path),
+                    None => user.clone(),
+                };
+                let req = Request {
+                    system: system.clone(),
+                    user: attempt_user,
+                    repair: repair.as_ref().map(|r| r.0.clone()),
+                    ctx,
+                };
                 match self.proposer.as_mut().map(|p| p.propose(&req)) {
                     Some(Ok(r)) => r,
                     Some(Err(ProposerError::Exhausted(m))) => return Err(Halt::Stop(StopReason::Exhausted(m))),
@@ -294,10 +301,6 @@ impl Driver {
                             "the prompt is longer than the model's context; retrying with {rows} result rows ({m})"
                         ));
                         (system, user) = self.prompt(&program, &recipe_path, &recipe, rows);
-                        attempt_user = match &repair {
-                            Some(e) => prompt::repair(&self.templates, &user, &last_reply, e, &recipe_path),
-                            None => user.clone(),
-                        };
                         continue;
                     }
                     Some(Err(ProposerError::ContextTooLong(m))) => {
@@ -313,7 +316,6 @@ impl Driver {
                 }
             };
             round += 1;
-            last_reply = reply.text.clone();
             cost.0 += reply.cost_usd;
             cost.1 += reply.input_tokens;
             cost.2 += reply.output_tokens;
@@ -348,8 +350,7 @@ impl Driver {
                 }
                 Err(e) if round == 1 => {
                     tracing::info!("answer rejected, asking for a repair: {e}");
-                    attempt_user = prompt::repair(&self.templates, &user, &reply.text, &e, &recipe_path);
-                    repair = Some(e);
+                    repair = Some((e, reply.text));
                 }
                 Err(e) => {
                     let desc = if last_desc.is_empty() { "invalid answer".to_string() } else { last_desc.clone() };

@@ -111,12 +111,11 @@ impl Http {
                         if status.as_u16() == 400 && is_context_error(&snippet) {
                             return Err(ProposerError::ContextTooLong(secret.scrub(&msg)));
                         }
-                        // A refused `response_format` is not transient, whatever the status:
-                        // llama-cpp-python answers a `json_schema` it does not speak with a 500.
-                        if snippet.contains("response_format") {
-                            return Err(ProposerError::Failed(secret.scrub(&msg)));
+                        let retryable = status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408;
+                        if refuses_format(&snippet, retryable) {
+                            return Err(ProposerError::FormatRefused(secret.scrub(&msg)));
                         }
-                        if !(status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408) {
+                        if !retryable {
                             return Err(ProposerError::Failed(secret.scrub(&msg)));
                         }
                         msg
@@ -154,6 +153,17 @@ fn is_context_error(body: &str) -> bool {
     ]
     .iter()
     .any(|p| b.contains(p))
+}
+
+/// Whether an error body refuses the request's `response_format`. Not transient, whatever the
+/// status: llama-cpp-python answers a `json_schema` it does not speak with a 500 that names
+/// `response_format`; a client error that names `json_schema` counts too.
+fn refuses_format(body: &str, retryable: bool) -> bool {
+    if retryable {
+        return body.contains("response_format");
+    }
+    let b = body.to_ascii_lowercase();
+    b.contains("response_format") || b.contains("json_schema")
 }
 
 /// Retry-After in seconds (the HTTP-date form is treated as absent).

@@ -31,6 +31,10 @@ pub enum ProposerError {
     /// prompt may pass; the same one never will.
     #[error("{0}")]
     ContextTooLong(String),
+    /// The server refused the request's `response_format` (it speaks another dialect, or
+    /// none); the same request without it, or in another dialect, may pass.
+    #[error("{0}")]
+    FormatRefused(String),
 }
 
 /// What the proposer sees besides the prompt text (the builtin one uses only this).

@@ -102,8 +102,8 @@ impl Proposer for OpenAi {
             }
             match self.http.post_json(&self.url, &headers, &body, &self.secret) {
                 Ok(v) => break v,
-                // A client error that names the format: this server speaks another dialect.
-                Err(ProposerError::Failed(m)) if self.shapes.len() > 1 && refuses_format(&m) => {
+                // This server speaks another dialect (or none): try the next one.
+                Err(ProposerError::FormatRefused(m)) if self.shapes.len() > 1 => {
                     tracing::info!("the server refused response_format {shape:?}; trying the next dialect ({m})");
                     self.shapes.remove(0);
                 }
@@ -122,11 +122,4 @@ impl Proposer for OpenAi {
             cost_usd: cost(&self.settings, input, output),
         })
     }
-}
-
-/// Whether an error says the request's `response_format` is not accepted (a 4xx, or the 500
-/// of llama-cpp-python's request validation).
-fn refuses_format(msg: &str) -> bool {
-    let m = msg.to_ascii_lowercase();
-    m.starts_with("http ") && (m.contains("response_format") || m.contains("json_schema"))
 }
