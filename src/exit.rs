@@ -5,7 +5,7 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | any other error (I/O, libtorch, a bug) |
-//! | 2 | usage: unknown flag or subcommand, a missing argument (clap) |
+//! | 2 | usage: unknown flag or subcommand, a missing argument (clap exits with it itself) |
 //! | 3 | bad input: a malformed recipe or `autoqat.toml`, a missing file, a workspace the command cannot use |
 //! | 4 | the trial (or compression) ran and failed: crash, NaN, over budget, failed verification |
 //! | 130 | interrupted by SIGINT/SIGTERM; finished work is safe (`autoqat run --resume` continues) |
@@ -18,13 +18,12 @@ use autoqat_recipe::RecipeError;
 use autoqat_research::ResearchError;
 use autoqat_workspace::WorkspaceError;
 
-/// What ended a command, with its exit code as the discriminant.
+/// What ended a command, with its exit code as the discriminant (2, usage, is clap's own exit
+/// before any command runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
     /// Anything not classified below.
     Error = 1,
-    /// The command line itself is wrong.
-    Usage = 2,
     /// A config, recipe, file or workspace the user supplied is wrong or missing.
     BadInput = 3,
     /// The work ran and failed.
@@ -49,6 +48,11 @@ impl CliError {
     }
 }
 
+/// An `anyhow` error of `kind` saying `message`, for a command to return.
+pub fn error(kind: ExitKind, message: impl Into<String>) -> anyhow::Error {
+    CliError::new(kind, message).into()
+}
+
 /// The exit code of `err`: the first error in its chain that has a known kind decides.
 pub fn classify(err: &anyhow::Error) -> ExitKind {
     err.chain().find_map(kind_of).unwrap_or(ExitKind::Error)
@@ -59,8 +63,8 @@ fn kind_of(e: &(dyn std::error::Error + 'static)) -> Option<ExitKind> {
     if let Some(c) = e.downcast_ref::<CliError>() {
         return Some(c.kind);
     }
-    if e.is::<RecipeError>() || e.is::<clap::Error>() {
-        return Some(if e.is::<clap::Error>() { Usage } else { BadInput });
+    if e.is::<RecipeError>() {
+        return Some(BadInput);
     }
     if let Some(io) = e.downcast_ref::<std::io::Error>() {
         return missing(io);

@@ -38,6 +38,19 @@ fn recipe(dir: &Path, fx: &Path, model: &str, track: &str, body: &str) -> PathBu
     path
 }
 
+/// `autoqat eval --json` of `zip` on the fixtures' eval text by the validator's protocol, with
+/// `extra` flags; fails the test unless it succeeds.
+fn eval_docs(zip: &Path, fx: &Path, extra: &[&str]) -> serde_json::Value {
+    let (text, doc_tokens) = (fx.join("eval.txt"), DOC_TOKENS.to_string());
+    let mut args =
+        vec!["eval", "--model", s(zip), "--text", s(&text), "--protocol", "docs", "--doc-tokens", &doc_tokens];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    let out = autoqat(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn run_compress(config: &Path, run: &Path) -> serde_json::Value {
     let out = autoqat(&["compress", "--config", s(config), "--run-dir", s(run), "--json"]);
     assert!(out.status.success(), "compress failed:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -119,22 +132,7 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
 
         // `autoqat eval` of the zip by the docs protocol is the same number.
         let tok = fx.join(model).join("tokenizer.json");
-        let out = autoqat(&[
-            "eval",
-            "--model",
-            s(&tmp.path().join("a/artifact.zip")),
-            "--text",
-            s(&fx.join("eval.txt")),
-            "--protocol",
-            "docs",
-            "--doc-tokens",
-            &DOC_TOKENS.to_string(),
-            "--tokenizer",
-            s(&tok),
-            "--json",
-        ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let e = eval_docs(&tmp.path().join("a/artifact.zip"), fx, &["--tokenizer", s(&tok)]);
         assert!(common::model::rel_err(e["eval_ppl"].as_f64().unwrap(), want) <= 1e-4);
         // This artifact ships no tokenizer: scoring it without --tokenizer says what to pass.
         let out =
@@ -306,20 +304,7 @@ fn layerwise_distillation_lowers_each_block_error_and_stays_on_the_grid() {
     let rel = common::model::rel_err(a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
     assert!(rel <= 1e-4, "autoqat {} vs transformers {} after distillation", a["eval_ppl"], r["eval_ppl"]);
     // This artifact ships its tokenizer: the zip alone is enough to score it.
-    let out = autoqat(&[
-        "eval",
-        "--model",
-        s(&tmp.path().join("a/artifact.zip")),
-        "--text",
-        s(&fx.join("eval.txt")),
-        "--protocol",
-        "docs",
-        "--doc-tokens",
-        &DOC_TOKENS.to_string(),
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = eval_docs(&tmp.path().join("a/artifact.zip"), fx, &[]);
     assert!(common::model::rel_err(e["eval_ppl"].as_f64().unwrap(), a["eval_ppl"].as_f64().unwrap()) <= 1e-5);
 }
 

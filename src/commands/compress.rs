@@ -131,5 +131,5 @@ fn default_run_dir() -> PathBuf {
 
 /// A verification failure: the compression ran, its artifact is not fit to hand in.
 fn failed(msg: String) -> anyhow::Error {
-    crate::exit::CliError::new(crate::exit::ExitKind::TrialFailed, msg).into()
+    crate::exit::error(crate::exit::ExitKind::TrialFailed, msg)
 }

@@ -5,7 +5,7 @@ use autoqat_research::driver::{self, Driver, RunOptions};
 use autoqat_research::settings::Settings;
 
 use crate::cli::RunArgs;
-use crate::exit::{CliError, ExitKind};
+use crate::exit::{self, ExitKind};
 
 /// Runs `autoqat run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -54,11 +54,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     if matches!(summary.stop, driver::StopReason::Signal) {
-        return Err(CliError::new(
+        return Err(exit::error(
             ExitKind::Interrupted,
             "interrupted by a signal (finished experiments are safe; continue with `autoqat run --resume`)",
-        )
-        .into());
+        ));
     }
     Ok(())
 }

@@ -86,7 +86,7 @@ pub fn run(args: TrialArgs) -> anyhow::Result<()> {
     }
     if summary.status != "ok" {
         let reason = summary.error.unwrap_or_else(|| "unknown".into());
-        return Err(anyhow::Error::new(crate::exit::CliError::new(crate::exit::ExitKind::TrialFailed, reason)))
+        return Err(crate::exit::error(crate::exit::ExitKind::TrialFailed, reason))
             .with_context(|| format!("trial crashed (details in {})", run_dir.join("trial.log").display()));
     }
     Ok(())

@@ -38,11 +38,10 @@ pub struct Written {
 pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyhow::Result<Written> {
     let path = autoqat_workspace::Layout::new(workspace).results();
     if !path.is_file() {
-        return Err(crate::exit::CliError::new(
+        return Err(crate::exit::error(
             crate::exit::ExitKind::BadInput,
             format!("cannot read {} (hint: run `autoqat run` first, or `autoqat results --rebuild`)", path.display()),
-        )
-        .into());
+        ));
     }
     let rows = results::read(&path)?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| workspace.join("report"));

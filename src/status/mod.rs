@@ -60,11 +60,10 @@ pub struct Status {
 pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     let layout = Layout::new(ws);
     if !layout.config().is_file() {
-        return Err(crate::exit::CliError::new(
+        return Err(crate::exit::error(
             crate::exit::ExitKind::BadInput,
             format!("{} is not an autoqat workspace (no autoqat.toml; hint: pass --workspace DIR)", ws.display()),
-        )
-        .into());
+        ));
     }
     // No results.tsv yet: the run has not finished its baseline.
     let rows: Vec<Row> = results::read(&layout.results())?;

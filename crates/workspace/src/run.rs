@@ -190,56 +190,41 @@ pub fn read_steps(path: &Path) -> Result<Vec<StepRow>> {
 /// trial may write only `status` and `eval_ppl`; every other field then has its default
 /// (numbers NaN or 0, text empty), and a track may add fields of its own, which are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// A missing field takes its value from `Default` (NaN for `time_s` and `peak_mem_mb`).
+#[serde(default)]
 pub struct Summary {
     /// `ok` or `crash`.
-    #[serde(default)]
     pub status: String,
     /// Final eval perplexity.
-    #[serde(default)]
     pub eval_ppl: Option<f64>,
     /// Final eval bits per byte.
-    #[serde(default)]
     pub eval_bpb: Option<f64>,
     /// Final eval loss (nats/token).
-    #[serde(default)]
     pub eval_loss: Option<f64>,
     /// Mean train cross entropy of the last eval interval.
-    #[serde(default)]
     pub train_loss: Option<f64>,
     /// Optimizer steps done.
-    #[serde(default)]
     pub steps: u64,
     /// Training tokens consumed (0: not reported).
-    #[serde(default)]
     pub tokens: u64,
     /// Wall-clock seconds (NaN: not reported).
-    #[serde(default = "nan", deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub time_s: f64,
     /// Peak resident memory of the process in MB (NaN: not reported).
-    #[serde(default = "nan", deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub peak_mem_mb: f64,
     /// `cpu`, `cuda`, `mps`.
-    #[serde(default)]
     pub device: String,
     /// Final fraction of quantized weights at -1.
-    #[serde(default)]
     pub q_neg1: Option<f64>,
     /// Final fraction at 0.
-    #[serde(default)]
     pub q_zero: Option<f64>,
     /// Final fraction at +1.
-    #[serde(default)]
     pub q_pos1: Option<f64>,
     /// Eval perplexity of the full-precision starting model, same protocol.
-    #[serde(default)]
     pub fp_ppl: Option<f64>,
     /// Why the trial crashed.
-    #[serde(default)]
     pub error: Option<String>,
-}
-
-fn nan() -> f64 {
-    f64::NAN
 }
 
 /// An `f64` that may be `null` (how NaN is written, and what the NaN rule reads it as).

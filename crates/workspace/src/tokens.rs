@@ -32,9 +32,6 @@ pub struct TokenFile {
     pub meta: TokenMeta,
     /// True when an up-to-date file was already there.
     pub cached: bool,
-    /// The ids.
-    #[serde(skip)]
-    pub ids: Vec<u32>,
 }
 
 /// `<text>.tokens` and `<text>.tokens.json`.
@@ -55,27 +52,20 @@ pub fn ensure<E: std::fmt::Display>(
     encode: impl FnOnce(&str) -> std::result::Result<Vec<u32>, E>,
 ) -> Result<TokenFile> {
     let (path, meta_path) = paths(text_path);
-    let want = TokenMeta {
-        text_hash: fnv1a_hex(text.as_bytes()),
-        tokenizer_hash: fnv1a_hex(tokenizer_json),
-        tokens: 0,
-        bytes: text.len(),
-    };
-    if let Some((meta, ids)) = read_cached(&path, &meta_path) {
-        if meta.text_hash == want.text_hash && meta.tokenizer_hash == want.tokenizer_hash {
-            return Ok(TokenFile { path, meta, cached: true, ids });
-        }
+    let (text_hash, tokenizer_hash) = (fnv1a_hex(text.as_bytes()), fnv1a_hex(tokenizer_json));
+    if let Some(meta) = fresh_meta(&path, &meta_path, &text_hash, &tokenizer_hash) {
+        return Ok(TokenFile { path, meta, cached: true });
     }
     let ids = encode(text)
         .map_err(|e| WorkspaceError::Format { path: text_path.to_path_buf(), msg: format!("cannot tokenize: {e}") })?;
-    let meta = TokenMeta { tokens: ids.len(), ..want };
+    let meta = TokenMeta { text_hash, tokenizer_hash, tokens: ids.len(), bytes: text.len() };
     let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
     // Ids first, sidecar last: a sidecar never describes a file that is not all there.
     let stored = crate::atomic::write(&path, &bytes).and_then(|()| crate::atomic::write_json(&meta_path, &meta));
     if let Err(e) = stored {
-        tracing_free_warn(&e);
+        warn_not_stored(&e);
     }
-    Ok(TokenFile { path, meta, cached: false, ids })
+    Ok(TokenFile { path, meta, cached: false })
 }
 
 /// The cached ids of `text` under the tokenizer whose `tokenizer.json` bytes are
@@ -83,18 +73,16 @@ pub fn ensure<E: std::fmt::Display>(
 /// must not write beside a shared, read-only text).
 pub fn lookup(text_path: &Path, text: &str, tokenizer_json: &[u8]) -> Option<Vec<u32>> {
     let (path, meta_path) = paths(text_path);
-    let (meta, ids) = read_cached(&path, &meta_path)?;
-    (meta.text_hash == fnv1a_hex(text.as_bytes()) && meta.tokenizer_hash == fnv1a_hex(tokenizer_json)).then_some(ids)
+    fresh_meta(&path, &meta_path, &fnv1a_hex(text.as_bytes()), &fnv1a_hex(tokenizer_json))?;
+    read_ids(&path).ok()
 }
 
-/// Reads a cached token file whose size matches its sidecar.
-fn read_cached(path: &Path, meta_path: &Path) -> Option<(TokenMeta, Vec<u32>)> {
+/// The sidecar of a cache made from a text and a tokenizer with these hashes, whose ids file
+/// has the size the sidecar says (the ids themselves are not read).
+fn fresh_meta(path: &Path, meta_path: &Path, text_hash: &str, tokenizer_hash: &str) -> Option<TokenMeta> {
     let meta: TokenMeta = serde_json::from_str(&std::fs::read_to_string(meta_path).ok()?).ok()?;
-    let bytes = std::fs::read(path).ok()?;
-    if bytes.len() != meta.tokens * 4 {
-        return None;
-    }
-    Some((meta, bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+    let size_ok = std::fs::metadata(path).is_ok_and(|m| m.len() == meta.tokens as u64 * 4);
+    (size_ok && meta.text_hash == text_hash && meta.tokenizer_hash == tokenizer_hash).then_some(meta)
 }
 
 /// Reads a token file's ids (checked against its length).
@@ -111,7 +99,7 @@ pub fn read_ids(path: &Path) -> Result<Vec<u32>> {
 
 /// This crate logs nothing itself; a cache that could not be stored only costs the next
 /// caller a re-encode, so it is reported on stderr once and otherwise ignored.
-fn tracing_free_warn(e: &WorkspaceError) {
+fn warn_not_stored(e: &WorkspaceError) {
     eprintln!("warning: token cache not written ({e}); the text will be tokenized again next time");
 }
 
@@ -129,7 +117,8 @@ mod tests {
         let a = super::ensure(&t, "hello", b"tok1", enc).unwrap();
         assert!(!a.cached);
         let b = super::ensure(&t, "hello", b"tok1", enc).unwrap();
-        assert!(b.cached && b.ids == a.ids && calls.get() == 1);
+        assert!(b.cached && calls.get() == 1);
+        assert_eq!(super::read_ids(&b.path).unwrap(), b"hello".map(u32::from), "the cache holds the encoded ids");
         assert!(!super::ensure(&t, "hello!", b"tok1", enc).unwrap().cached);
         assert!(!super::ensure(&t, "hello!", b"tok2", enc).unwrap().cached);
         assert_eq!(super::read_ids(&super::paths(&t).0).unwrap().len(), 6);
