@@ -127,6 +127,9 @@ pub struct CompressArgs {
     /// Only validate the recipe and exit.
     #[arg(long)]
     pub check: bool,
+    /// Continue a killed run in --run-dir from what it saved (same recipe only).
+    #[arg(long, requires = "run_dir")]
+    pub resume: bool,
     /// Skip reloading the zip in a fresh process and scoring it again.
     #[arg(long)]
     pub no_verify: bool,

@@ -250,7 +250,14 @@ fn the_loop_searches_a_compression_workspace() {
     for r in &rows[1..] {
         assert!(["keep", "discard", "crash"].contains(&r[3]), "{results}");
         // Each experiment changed one searchable key of the compression recipe.
-        assert!(["allocate.", "calibration.", "distill."].iter().any(|k| r[15].contains(k)), "{results}");
+        assert!(["allocate.", "calibration.", "distill.", "finetune."].iter().any(|k| r[15].contains(k)), "{results}");
+    }
+    // Every finished row carries its artifact's size, within the track's gate.
+    assert!(results.starts_with(autoqat_workspace::results::HEADER), "{results}");
+    for r in rows.iter().filter(|r| r[3] != "crash") {
+        let bytes: i64 = r[16].parse().unwrap_or_else(|_| panic!("artifact_size_bytes: {results}"));
+        let bpp: f64 = r[17].parse().unwrap_or_else(|_| panic!("bits_per_param: {results}"));
+        assert!(bytes > 0 && bpp > 0.5 && bpp <= 2.2125, "{results}");
     }
     // The baseline's artifact was written and verified like any compress run.
     let summary: serde_json::Value =
@@ -341,4 +348,92 @@ fn net2net_widening_keeps_the_function_and_grows_the_budget() {
     let Some(r) = transformers_check(&tmp.path().join("b/artifact"), &fx.join("llama"), fx) else { return };
     let plain = r["duplicate_down_equal_frac"].as_f64().unwrap();
     assert!(noisy < 0.8 * plain, "equal down entries of duplicates: {noisy} with noise, {plain} without");
+}
+
+#[test]
+fn end_to_end_finetune_lowers_the_kd_loss_and_stays_on_the_grid() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = run_compress(&recipe(tmp.path(), fx, "qwen2", "binary", ""), &tmp.path().join("a"));
+    let ft = "[finetune]\nenabled = true\nsteps = 40\nlr = 1e-3\nbatch = 4\ntop_k = 16";
+    let tuned = run_compress(&recipe(tmp.path(), fx, "qwen2", "binary", ft), &tmp.path().join("b"));
+    let report = &tuned["finetune"];
+    let (first, last) = (report["loss_first"].as_f64().unwrap(), report["loss_last"].as_f64().unwrap());
+    assert!(last < first, "the KD loss did not fall: {first} -> {last}");
+    assert_eq!(report["skipped"], 0, "{report}");
+    // The packed weights are the trained ones (whether that helps on held-out text is a
+    // question for a real model: random weights cannot answer it; docs/benchmarks.md has
+    // SmolLM2's figures).
+    assert_ne!(tuned["artifact_sha256"], plain["artifact_sha256"]);
+    assert_ne!(tuned["eval_ppl"], plain["eval_ppl"]);
+    // Same allocation, same size: the fine-tune changes values, never the budget.
+    assert_eq!(tuned["mix"], plain["mix"]);
+    assert_eq!(tuned["artifact_size_bytes"], plain["artifact_size_bytes"]);
+    // On the grid: reloaded in a fresh process and in transformers, it scores what was trained.
+    assert!(common::model::rel_err(tuned["verify_ppl"].as_f64().unwrap(), tuned["eval_ppl"].as_f64().unwrap()) <= 1e-5);
+    let Some(r) = transformers_check(&tmp.path().join("b/artifact"), &fx.join("qwen2"), fx) else { return };
+    let rel = common::model::rel_err(tuned["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
+    assert!(rel <= 1e-4, "autoqat {} vs transformers {} after the fine-tune", tuned["eval_ppl"], r["eval_ppl"]);
+    assert!(!tmp.path().join("b/resume").exists(), "a finished run leaves no resume state");
+}
+
+#[test]
+fn a_killed_compression_resumes_to_the_same_artifact() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let body = "[distill]\nenabled = true\nsteps = 10\n[finetune]\nenabled = true\nsteps = 400\nlr = 1e-4\nbatch = 2\ntop_k = 8\ncheckpoint_every = 10";
+    let config = recipe(tmp.path(), fx, "llama", "ternary", body);
+    let whole = run_compress(&config, &tmp.path().join("whole"));
+
+    // Killed (SIGKILL: no chance to clean up) at the fine-tune's first checkpoint.
+    let run = tmp.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoqat"))
+        .args(["compress", "--config", s(&config), "--run-dir", s(&run), "--json"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let meta = run.join("resume/checkpoint/meta.json");
+    while !meta.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!run.join("artifact.zip").exists());
+    assert!(run.join("resume/distill.json").exists() && run.join("resume/mix.json").exists());
+
+    // --resume continues from the checkpoint and packs the very same bytes.
+    let out = autoqat(&["compress", "--config", s(&config), "--run-dir", s(&run), "--resume"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("allocate: resumed") && stdout.contains("layer 1 resumed"), "{stdout}");
+    assert!(stdout.contains("finetune: resuming at step "), "{stdout}");
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert!(resumed["finetune"]["resumed_from"].as_u64().unwrap() >= 10, "{}", resumed["finetune"]);
+    assert_eq!(resumed["artifact_sha256"], whole["artifact_sha256"], "the resumed run packed other bytes");
+    assert!(!run.join("resume").exists(), "a finished run leaves no resume state");
+
+    // Nothing to resume, or another recipe: one line naming the cause and the fix.
+    let out = autoqat(&["compress", "--config", s(&config), "--run-dir", s(&run), "--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.trim().lines().count() == 1 && err.contains("nothing to resume"), "{err}");
+    let other = tmp.path().join("other");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoqat"))
+        .args(["compress", "--config", s(&config), "--run-dir", s(&other)])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !other.join("resume/mix.json").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its allocation was saved");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace("steps = 400", "steps = 401");
+    std::fs::write(&config, text).unwrap();
+    let out = autoqat(&["compress", "--config", s(&config), "--run-dir", s(&other), "--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.trim().lines().count() == 1, "{err}");
+    assert!(err.contains("finetune.steps differs") && err.contains("without --resume"), "{err}");
 }

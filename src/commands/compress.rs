@@ -38,7 +38,7 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
         }
     };
     let summary_path = run_dir.join(autoqat_workspace::run::SUMMARY_FILE);
-    let result = compress(&recipe, &run_dir, &mut log).map_err(anyhow::Error::from).and_then(|mut s| {
+    let result = compress(&recipe, &run_dir, args.resume, &mut log).map_err(anyhow::Error::from).and_then(|mut s| {
         if !args.no_verify {
             log("verify: reloading the zip in a fresh process");
             s.verify_ppl = Some(verify(&recipe, &s)?);
@@ -78,8 +78,8 @@ fn print_summary(s: &Summary, path: &Path) {
     if let Some(v) = s.verify_ppl {
         println!("verify_ppl: {v:.4}");
     }
-    println!("bits_per_param: {:.4} (budget {})", s.bits_per_param, s.budget_bpp);
-    println!("artifact_size_bytes: {}", s.artifact_size_bytes);
+    println!("bits_per_param: {:.4} (budget {})", s.bits_per_param(), s.budget_bpp);
+    println!("artifact_size_bytes: {}", s.artifact_size_bytes());
     println!("artifact_sha256: {}", s.artifact_sha256);
     println!("rows: {}", mix.join(", "));
     println!("artifact: {}", s.artifact_zip.display());

@@ -28,7 +28,7 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
     analyse(&mut points, reference.as_deref());
     points.sort_by(|a, b| {
         let key = |p: &Point| {
-            p.summary.as_ref().map(|s| (s.artifact_size_bytes, s.eval_ppl())).unwrap_or((i64::MAX, f64::NAN))
+            p.summary.as_ref().map(|s| (s.artifact_size_bytes(), s.eval_ppl())).unwrap_or((i64::MAX, f64::NAN))
         };
         let (ka, kb) = (key(a), key(b));
         ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
@@ -53,8 +53,8 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
             Some(s) => println!(
                 "{:<32} {:>11} {:>10.4} {:>12.4} {:>10.5}  {state}",
                 p.run.display(),
-                s.artifact_size_bytes,
-                s.bits_per_param,
+                s.artifact_size_bytes(),
+                s.bits_per_param(),
                 s.eval_ppl(),
                 s.weight_rel_mse
             ),
@@ -88,7 +88,7 @@ fn plot(points: &[Point], png: &Path) -> anyhow::Result<()> {
             p.summary
                 .as_ref()
                 .filter(|s| s.eval_ppl().is_finite() && s.eval_ppl() > 0.0)
-                .map(|s| (p, s.bits_per_param, s.eval_ppl()))
+                .map(|s| (p, s.bits_per_param(), s.eval_ppl()))
         })
         .collect();
     let area = BitMapBackend::new(png, (1000, 600)).into_drawing_area();

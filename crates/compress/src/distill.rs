@@ -14,7 +14,8 @@ use autoqat_qat::train::optim::AdamW;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Reduction, Tensor};
 
-use crate::error::Result;
+use crate::error::{CompressError, Result};
+use crate::resume::ResumeState;
 use crate::rows::{self, RowKind};
 
 /// `[distill]` of the recipe.
@@ -62,14 +63,22 @@ pub struct BlockReport {
     pub mse_after: f64,
 }
 
-/// One block's quantized matrices: variable, row groups.
-struct Matrix {
+/// A quantized matrix being trained: its variable (holding the latents) and its row groups.
+pub(crate) struct Matrix {
     var: Tensor,
     groups: Vec<(RowKind, Tensor)>,
 }
 
-/// Swaps the quantized weights in, runs `f`, and puts the latents back.
-fn with_quantized<T>(mats: &mut [Matrix], f: impl FnOnce() -> T) -> T {
+impl Matrix {
+    /// The matrix `var` whose rows have `kinds`.
+    pub(crate) fn new(var: Tensor, kinds: &[RowKind], device: Device) -> Self {
+        Self { var, groups: rows::kind_groups(kinds, device) }
+    }
+}
+
+/// Swaps the quantized weights in, runs `f`, and puts the latents back: the straight-through
+/// estimator, as the gradient `f` leaves on the variables is the one at the quantized weights.
+pub(crate) fn with_quantized<T>(mats: &mut [Matrix], f: impl FnOnce() -> T) -> T {
     let latents: Vec<Tensor> = mats.iter().map(|m| m.var.detach().copy()).collect();
     tch::no_grad(|| {
         for m in mats.iter_mut() {
@@ -90,9 +99,20 @@ fn mse(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok(a.f_mse_loss(b, Reduction::Mean)?.double_value(&[]))
 }
 
+/// The resume file of one distilled block's latents.
+fn layer_file(layer: usize) -> String {
+    format!("distill-layer-{layer}.safetensors")
+}
+
+/// The resume file of the reports of the blocks distilled so far.
+const REPORTS_FILE: &str = "distill.json";
+
 /// Distils every block in order. `vars` are the model's variables by name, `mix` the row kinds
 /// of each quantized matrix by module path (`model.embed_tokens` included), `seqs` the
-/// calibration sequences. The variables end holding the trained latents.
+/// calibration sequences. The variables end holding the trained latents. With `state`, each
+/// block's latents are saved once trained, and blocks saved by a killed run are loaded, not
+/// trained again.
+#[allow(clippy::too_many_arguments)]
 pub fn layerwise(
     model: &CausalLM,
     vars: &HashMap<String, Tensor>,
@@ -100,6 +120,7 @@ pub fn layerwise(
     seqs: &Tensor,
     opts: &DistillSection,
     device: Device,
+    state: Option<&ResumeState>,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<BlockReport>> {
     let ids = seqs.to_device(device);
@@ -110,55 +131,106 @@ pub fn layerwise(
     };
     let mut x_fp = tch::no_grad(|| Tensor::embedding(&embed.detach(), &ids, -1, false, false));
     let mut x_q = tch::no_grad(|| Tensor::embedding(&embed_q, &ids, -1, false, false));
-    let n = ids.size()[0];
+    let saved_reports: Vec<BlockReport> = match state {
+        Some(s) => s.load(REPORTS_FILE)?.unwrap_or_default(),
+        None => Vec::new(),
+    };
     let mut reports = Vec::new();
     for layer in 0..model.num_layers() {
         let prefix = format!("model.layers.{layer}.");
         let mut names: Vec<&String> = mix.keys().filter(|k| k.starts_with(&prefix)).collect();
         names.sort();
-        let mut mats: Vec<Matrix> = names
-            .iter()
-            .map(|k| Matrix {
-                var: vars[&format!("{k}.weight")].shallow_clone(),
-                groups: rows::kind_groups(&mix[*k], device),
-            })
-            .collect();
+        let mut mats: Vec<Matrix> =
+            names.iter().map(|k| Matrix::new(vars[&format!("{k}.weight")].shallow_clone(), &mix[*k], device)).collect();
+        // The teacher's output of this block, from full-precision weights: computed before a
+        // resumed block's latents replace them.
         let y_fp = tch::no_grad(|| model.layer(layer, &x_fp));
-        let mse_before = with_quantized(&mut mats, || tch::no_grad(|| mse(&model.layer(layer, &x_q), &y_fp)))?;
-        let mut opt = AdamW::new(
-            names.iter().map(|k| ((*k).clone(), vars[&format!("{k}.weight")].shallow_clone())).collect(),
-            0.9,
-            0.999,
-            0.0,
-        );
-        for step in 0..opts.steps {
-            let start = (step as i64 * opts.batch) % n;
-            let b = opts.batch.min(n - start);
-            let (xb, yb) = (x_q.narrow(0, start, b), y_fp.narrow(0, start, b));
-            opt.zero_grad();
-            let loss = with_quantized(&mut mats, || -> Result<Tensor> {
-                let loss = model.layer(layer, &xb).f_mse_loss(&yb, Reduction::Mean)?;
-                loss.f_backward()?;
-                Ok(loss)
-            })?;
-            if !loss.double_value(&[]).is_finite() {
-                break;
+        let saved = match (state, saved_reports.get(layer)) {
+            (Some(s), Some(report)) => s.load_tensors(&layer_file(layer))?.map(|t| (t, report.clone())),
+            _ => None,
+        };
+        let report = match saved {
+            Some((latents, report)) => {
+                tch::no_grad(|| -> Result<()> {
+                    for (k, m) in names.iter().zip(mats.iter_mut()) {
+                        let src = latents
+                            .get(&format!("{k}.weight"))
+                            .ok_or_else(|| CompressError::Resume(format!("{} lacks {k}.weight", layer_file(layer))))?;
+                        m.var.f_copy_(&src.to_device(device))?;
+                    }
+                    Ok(())
+                })?;
+                log(&format!(
+                    "distill: layer {layer} resumed (output MSE {:.4e} -> {:.4e})",
+                    report.mse_before, report.mse_after
+                ));
+                report
             }
-            opt.step(opts.lr);
-        }
-        opt.zero_grad();
-        let (mse_after, next) = with_quantized(&mut mats, || -> Result<(f64, Tensor)> {
-            tch::no_grad(|| {
-                let out = model.layer(layer, &x_q);
-                Ok((mse(&out, &y_fp)?, out))
-            })
-        })?;
-        log(&format!("distill: layer {layer} output MSE {mse_before:.4e} -> {mse_after:.4e}"));
-        reports.push(BlockReport { layer, mse_before, mse_after });
-        x_q = next;
+            None => {
+                let report = train_block(model, layer, vars, &names, &mut mats, &x_q, &y_fp, opts)?;
+                log(&format!(
+                    "distill: layer {layer} output MSE {:.4e} -> {:.4e}",
+                    report.mse_before, report.mse_after
+                ));
+                if let Some(s) = state {
+                    let latents: Vec<(String, Tensor)> = names
+                        .iter()
+                        .map(|k| (format!("{k}.weight"), vars[&format!("{k}.weight")].shallow_clone()))
+                        .collect();
+                    s.save_tensors(&layer_file(layer), &latents)?;
+                    let mut so_far = reports.clone();
+                    so_far.push(report.clone());
+                    s.save(REPORTS_FILE, &so_far)?;
+                }
+                report
+            }
+        };
+        reports.push(report);
+        x_q = with_quantized(&mut mats, || tch::no_grad(|| model.layer(layer, &x_q)));
         x_fp = y_fp;
     }
     // Gradients of variables outside the optimizers (norms) are not needed any more.
     crate::calib::zero_grads(vars.values());
     Ok(reports)
+}
+
+/// Trains one block's latents so that on `x_q` (the compressed prefix's output) it reproduces
+/// `y_fp` (the full-precision block's output).
+#[allow(clippy::too_many_arguments)]
+fn train_block(
+    model: &CausalLM,
+    layer: usize,
+    vars: &HashMap<String, Tensor>,
+    names: &[&String],
+    mats: &mut [Matrix],
+    x_q: &Tensor,
+    y_fp: &Tensor,
+    opts: &DistillSection,
+) -> Result<BlockReport> {
+    let n = x_q.size()[0];
+    let mse_before = with_quantized(mats, || tch::no_grad(|| mse(&model.layer(layer, x_q), y_fp)))?;
+    let mut opt = AdamW::new(
+        names.iter().map(|k| ((*k).clone(), vars[&format!("{k}.weight")].shallow_clone())).collect(),
+        0.9,
+        0.999,
+        0.0,
+    );
+    for step in 0..opts.steps {
+        let start = (step as i64 * opts.batch) % n;
+        let b = opts.batch.min(n - start);
+        let (xb, yb) = (x_q.narrow(0, start, b), y_fp.narrow(0, start, b));
+        opt.zero_grad();
+        let loss = with_quantized(mats, || -> Result<Tensor> {
+            let loss = model.layer(layer, &xb).f_mse_loss(&yb, Reduction::Mean)?;
+            loss.f_backward()?;
+            Ok(loss)
+        })?;
+        if !loss.double_value(&[]).is_finite() {
+            break;
+        }
+        opt.step(opts.lr);
+    }
+    opt.zero_grad();
+    let mse_after = with_quantized(mats, || tch::no_grad(|| mse(&model.layer(layer, x_q), y_fp)))?;
+    Ok(BlockReport { layer, mse_before, mse_after })
 }

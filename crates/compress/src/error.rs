@@ -35,12 +35,18 @@ pub enum CompressError {
         /// What is wrong.
         msg: String,
     },
+    /// `--resume` cannot continue (nothing saved, another recipe, unreadable state).
+    #[error("--resume: {0}")]
+    Resume(String),
     /// The verification of a written artifact failed.
     #[error("verify: {0}")]
     Verify(String),
     /// Loading or running the model failed.
     #[error(transparent)]
     Model(#[from] autoqat_model::ModelError),
+    /// The QAT trial's machinery (the fine-tune's checkpoint) failed.
+    #[error(transparent)]
+    Qat(#[from] autoqat_qat::QatError),
     /// libtorch failed.
     #[error("libtorch: {0}")]
     Torch(String),

@@ -121,9 +121,9 @@ pub fn analyse(points: &mut [Point], reference_tokenizer: Option<&str>) {
         let dominator = snapshot.iter().find(|(run, other, ok)| {
             let Some(o) = other else { return false };
             *ok && run != &p.run
-                && o.artifact_size_bytes <= s.artifact_size_bytes
+                && o.artifact_size_bytes() <= s.artifact_size_bytes()
                 && o.eval_ppl() <= s.eval_ppl()
-                && (o.artifact_size_bytes < s.artifact_size_bytes || o.eval_ppl() < s.eval_ppl())
+                && (o.artifact_size_bytes() < s.artifact_size_bytes() || o.eval_ppl() < s.eval_ppl())
         });
         p.dominated_by = dominator.map(|(run, _, _)| run.clone());
         p.on_frontier = p.dominated_by.is_none();
@@ -145,16 +145,16 @@ mod tests {
                 fp_ppl: Some(10.0),
                 device: "cpu".into(),
                 time_s: 1.0,
+                artifact_size_bytes: Some(bytes),
+                bits_per_param: Some(bytes as f64 * 8.0 / 1000.0),
                 ..autoqat_workspace::Summary::default()
             },
             eval_tokens: 100,
             eval_docs: 10,
-            artifact_size_bytes: bytes,
             artifact_sha256: String::new(),
             artifact_zip: PathBuf::new(),
             artifact_dir: PathBuf::new(),
             param_count: 1000,
-            bits_per_param: bytes as f64 * 8.0 / 1000.0,
             budget_bpp: 2.2125,
             budget_bits: 2213,
             sensitivity: "mse".into(),
@@ -164,6 +164,7 @@ mod tests {
             stages: StageTimes::default(),
             widen: None,
             distill: vec![],
+            finetune: None,
             verify_ppl: verified.then_some(ppl),
         };
         Point { run: PathBuf::from(name), summary: Some(s), on_frontier: false, dominated_by: None, flags: vec![] }

@@ -6,6 +6,9 @@
 //! - [`calib`] and [`sensitivity`]: what a row loses as each kind, measured on calibration text.
 //! - [`allocate`]: rowmix, the kind of every row under the budget.
 //! - [`distill`]: layerwise distillation of the allocated blocks, weights kept on their grid.
+//! - [`finetune`]: end-to-end KD of the whole compressed model, with the QAT trial's loss,
+//!   optimizer and checkpoint.
+//! - [`resume`]: what a killed run keeps so that `--resume` continues it.
 //! - [`artifact`]: the Hugging Face directory, its deterministic zip, the gate, and the reader.
 //! - [`pipeline`]: the stages in order, and `summary.json`.
 //!
@@ -17,9 +20,11 @@ pub mod artifact;
 pub mod calib;
 pub mod distill;
 pub mod error;
+pub mod finetune;
 pub mod frontier;
 pub mod pipeline;
 pub mod recipe;
+pub mod resume;
 pub mod rows;
 pub mod sensitivity;
 pub mod widen;

@@ -16,12 +16,18 @@ use crate::allocate::{allocate, MatrixScores};
 use crate::artifact::{self, TextFiles};
 use crate::calib::{self, input_key, Recorder};
 use crate::error::{io_err, CompressError, Result};
+use crate::finetune::Teacher;
 use crate::recipe::CompressRecipe;
+use crate::resume::ResumeState;
 use crate::rows::{self, RowKind};
 use crate::sensitivity::{row_errors, Sensitivity, Weighting};
 
 /// Calibration sequences per forward pass.
 const CALIB_BATCH: i64 = 8;
+/// Resume files: the full-precision score, the fine-tune's teacher, the allocation.
+const FP_FILE: &str = "fp.json";
+const TEACHER_FILE: &str = "teacher.safetensors";
+const MIX_FILE: &str = "mix.json";
 
 /// One quantized matrix: where it lives and what its input statistics are called.
 #[derive(Debug, Clone)]
@@ -93,6 +99,12 @@ pub struct StageTimes {
     pub allocate_s: f64,
     /// Layerwise distillation (0 when off).
     pub distill_s: f64,
+    /// The fine-tune's teacher targets (0 when off).
+    #[serde(default)]
+    pub teacher_s: f64,
+    /// End-to-end fine-tune (0 when off).
+    #[serde(default)]
+    pub finetune_s: f64,
     /// Quantizing the chosen kinds into the model.
     pub apply_s: f64,
     /// Evaluation of the compressed model.
@@ -114,8 +126,6 @@ pub struct Summary {
     pub eval_tokens: usize,
     /// Documents scored.
     pub eval_docs: usize,
-    /// Bytes of the zip.
-    pub artifact_size_bytes: i64,
     /// SHA-256 of the zip.
     pub artifact_sha256: String,
     /// The zip.
@@ -124,8 +134,6 @@ pub struct Summary {
     pub artifact_dir: PathBuf,
     /// Parameters as transformers counts them (tied weights once).
     pub param_count: i64,
-    /// `artifact_size_bytes * 8 / param_count`.
-    pub bits_per_param: f64,
     /// The budget in bits per parameter.
     pub budget_bpp: f64,
     /// `ceil(param_count * budget_bpp)`.
@@ -147,6 +155,9 @@ pub struct Summary {
     /// Per block, when layerwise distillation ran: output MSE before and after.
     #[serde(default)]
     pub distill: Vec<crate::distill::BlockReport>,
+    /// What the end-to-end fine-tune did, when it ran.
+    #[serde(default)]
+    pub finetune: Option<crate::finetune::FinetuneReport>,
     /// PPL of the zip reloaded from disk in a fresh process (the CLI's verify stage).
     pub verify_ppl: Option<f64>,
 }
@@ -160,6 +171,16 @@ impl Summary {
     /// The full-precision model's PPL on the same documents (NaN when missing).
     pub fn fp_ppl(&self) -> f64 {
         self.run.fp_ppl.unwrap_or(f64::NAN)
+    }
+
+    /// Bytes of the zip (`i64::MAX` when missing, so that it never looks small).
+    pub fn artifact_size_bytes(&self) -> i64 {
+        self.run.artifact_size_bytes.unwrap_or(i64::MAX)
+    }
+
+    /// `artifact_size_bytes * 8 / param_count` (NaN when missing).
+    pub fn bits_per_param(&self) -> f64 {
+        self.run.bits_per_param.unwrap_or(f64::NAN)
     }
 }
 
@@ -184,11 +205,15 @@ pub fn eval_documents(recipe: &CompressRecipe, tok: &TextTokenizer) -> Result<Ev
     Ok(EvalSet::documents(tok, &text, opts, recipe.eval.max_docs)?)
 }
 
-/// Runs the whole compression described by `recipe`, writing into `run_dir`.
-pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Summary> {
+/// Runs the whole compression described by `recipe`, writing into `run_dir`. With `resume`,
+/// continues a killed run of the same recipe in `run_dir` from what it saved (the
+/// full-precision score, the teacher, the allocation, each distilled block, the fine-tune's
+/// last checkpoint).
+pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log) -> Result<Summary> {
     let start = Instant::now();
     let mut st = StageTimes::default();
     std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+    let state = ResumeState::open(run_dir, recipe, resume)?;
     let device = parse_device(&recipe.model.device)?;
     let recorder = Recorder::default();
     let source = recipe.model_source();
@@ -224,47 +249,34 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         }
     };
     let cfg = loaded.cfg.clone();
-    let fp = timed(&mut st.fp_eval_s, || Ok(docs.score(&loaded.model, device)?))?;
+    let fp = match state.load::<EvalReport>(FP_FILE)? {
+        Some(fp) => fp,
+        None => {
+            let fp = timed(&mut st.fp_eval_s, || Ok(docs.score(&loaded.model, device)?))?;
+            state.save(FP_FILE, &fp)?;
+            fp
+        }
+    };
     log(&format!("fp: eval PPL {:.4} over {} documents ({} tokens)", fp.eval_ppl, docs.documents_len(), fp.tokens));
-
-    let sens = recipe.allocate.sensitivity;
-    log(&format!("calibrate: {} sequences of {} tokens ({})", calib_seqs.size()[0], calib_seqs.size()[1], sens.name()));
-    let (grams, fisher) =
-        timed(&mut st.calibrate_s, || calibrate(&loaded.model, &loaded.vs, &recorder, &calib_seqs, sens, device))?;
-    let counts = calib::token_counts(&calib_seqs, cfg.vocab_size).to_device(device);
+    // The fine-tune's teacher is the full-precision model: measured before any weight changes.
+    let teacher = if recipe.finetune.enabled {
+        Some(timed(&mut st.teacher_s, || match state.load_tensors(TEACHER_FILE)? {
+            Some(saved) => Teacher::from_tensors(&saved),
+            None => {
+                let t = Teacher::measure(&loaded.model, &calib_seqs, recipe.finetune.top_k, device)?;
+                state.save_tensors(TEACHER_FILE, &t.tensors())?;
+                Ok(t)
+            }
+        })?)
+    } else {
+        None
+    };
 
     let vars = loaded.vs.variables();
     let tied = cfg.tie_word_embeddings;
     let targets = targets(cfg.num_hidden_layers as usize, tied);
     let kinds = recipe.allocate.kinds.clone();
-    let scores = timed(&mut st.score_s, || {
-        targets
-            .iter()
-            .map(|t| {
-                let w = weight(&vars, &t.prefix)?;
-                let fisher_t = fisher.as_ref().map(|f| &f[&format!("{}.weight", t.prefix)]);
-                let weighting = match (sens, &t.gram, fisher_t) {
-                    (Sensitivity::Mse, _, _) => Weighting::None,
-                    (Sensitivity::Fisher, _, Some(f)) => Weighting::Fisher(f),
-                    (_, Some(key), _) => Weighting::Gram(gram(&grams, key)?),
-                    (_, None, _) => Weighting::Embedding {
-                        counts: &counts,
-                        head: if tied { Some(gram(&grams, &input_key(LinearRole::LmHead, None))?) } else { None },
-                    },
-                };
-                let errors = kinds
-                    .iter()
-                    .map(|&k| {
-                        let (codes, scale) = rows::quantize_codes(&w, k);
-                        row_errors(&w, &rows::dequantize(&codes, &scale, k), &weighting)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(MatrixScores { in_dim: w.size()[1], errors })
-            })
-            .collect::<Result<Vec<_>>>()
-    })?;
-    drop(fisher);
-
+    let sens = recipe.allocate.sensitivity;
     // The budget: everything but the rows' codes and scales is reserved first, exactly or as
     // an upper bound, so the allocation can spend the rest.
     let param_count: i64 = vars.values().map(|v| v.numel() as i64).sum();
@@ -296,7 +308,8 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
     }
     let max_dim = vars.values().flat_map(|v| v.size()).max().unwrap_or(1);
     let passthrough_bytes: i64 = passthrough.iter().map(|n| 2 * vars[n].numel() as i64).sum();
-    let kind_bytes: i64 = scores.iter().map(|s| (s.errors[0].len() as i64 + 3) / 4).sum();
+    let kind_bytes: i64 =
+        targets.iter().map(|t| Ok((weight(&vars, &t.prefix)?.size()[0] + 3) / 4)).sum::<Result<i64>>()?;
     let reserve_bytes = artifact::zip_overhead(&files)?
         + artifact::safetensors_header_bound(names.iter().map(String::as_str), max_dim, total_bits / 8 + 1)
         + passthrough_bytes
@@ -306,16 +319,100 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         "allocate: {param_count} parameters x {bpp} bits = {total_bits} bits; {} reserved for files, headers, norms and row kinds",
         8 * reserve_bytes
     ));
-    let mix = timed(&mut st.allocate_s, || allocate(&scores, &kinds, row_budget))?;
+    let mix: Vec<Vec<RowKind>> = match state.load(MIX_FILE)? {
+        Some(mix) => {
+            log("allocate: resumed");
+            mix
+        }
+        None => {
+            log(&format!(
+                "calibrate: {} sequences of {} tokens ({})",
+                calib_seqs.size()[0],
+                calib_seqs.size()[1],
+                sens.name()
+            ));
+            let (grams, fisher) = timed(&mut st.calibrate_s, || {
+                calibrate(&loaded.model, &loaded.vs, &recorder, &calib_seqs, sens, device)
+            })?;
+            let counts = calib::token_counts(&calib_seqs, cfg.vocab_size).to_device(device);
+            let scores = timed(&mut st.score_s, || {
+                targets
+                    .iter()
+                    .map(|t| {
+                        let w = weight(&vars, &t.prefix)?;
+                        let fisher_t = fisher.as_ref().map(|f| &f[&format!("{}.weight", t.prefix)]);
+                        let weighting = match (sens, &t.gram, fisher_t) {
+                            (Sensitivity::Mse, _, _) => Weighting::None,
+                            (Sensitivity::Fisher, _, Some(f)) => Weighting::Fisher(f),
+                            (_, Some(key), _) => Weighting::Gram(gram(&grams, key)?),
+                            (_, None, _) => Weighting::Embedding {
+                                counts: &counts,
+                                head: if tied {
+                                    Some(gram(&grams, &input_key(LinearRole::LmHead, None))?)
+                                } else {
+                                    None
+                                },
+                            },
+                        };
+                        let errors = kinds
+                            .iter()
+                            .map(|&k| {
+                                let (codes, scale) = rows::quantize_codes(&w, k);
+                                row_errors(&w, &rows::dequantize(&codes, &scale, k), &weighting)
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        Ok(MatrixScores { in_dim: w.size()[1], errors })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })?;
+            drop(fisher);
+            let mix = timed(&mut st.allocate_s, || allocate(&scores, &kinds, row_budget))?;
+            state.save(MIX_FILE, &mix)?;
+            mix
+        }
+    };
+
+    let by_name: HashMap<String, Vec<RowKind>> =
+        targets.iter().map(|t| t.prefix.clone()).zip(mix.iter().cloned()).collect();
     let distilled = if recipe.distill.enabled {
-        let by_name: HashMap<String, Vec<RowKind>> =
-            targets.iter().map(|t| t.prefix.clone()).zip(mix.iter().cloned()).collect();
         log(&format!("distill: {} steps per block, lr {}", recipe.distill.steps, recipe.distill.lr));
         timed(&mut st.distill_s, || {
-            crate::distill::layerwise(&loaded.model, &vars, &by_name, &calib_seqs, &recipe.distill, device, &mut *log)
+            let opts = &recipe.distill;
+            crate::distill::layerwise(
+                &loaded.model,
+                &vars,
+                &by_name,
+                &calib_seqs,
+                opts,
+                device,
+                Some(&state),
+                &mut *log,
+            )
         })?
     } else {
         Vec::new()
+    };
+    let finetuned = match &teacher {
+        Some(teacher) => {
+            let ft = &recipe.finetune;
+            log(&format!("finetune: {} steps of {} sequences, lr {}, top-{} KD", ft.steps, ft.batch, ft.lr, ft.top_k));
+            let report = timed(&mut st.finetune_s, || {
+                let model = &loaded.model;
+                crate::finetune::run(
+                    model,
+                    &loaded.vs,
+                    &by_name,
+                    &calib_seqs,
+                    teacher,
+                    ft,
+                    device,
+                    state.dir(),
+                    &mut *log,
+                )
+            })?;
+            Some(report)
+        }
+        None => None,
     };
 
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
@@ -372,16 +469,16 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
             device: autoqat_model::device_name(device),
             time_s: start.elapsed().as_secs_f64(),
             peak_mem_mb: autoqat_qat::train::outputs::peak_rss_mb(),
+            artifact_size_bytes: Some(written.size_bytes),
+            bits_per_param: Some(bits_per_param),
             ..autoqat_workspace::Summary::default()
         },
         eval_tokens: report.tokens,
         eval_docs: docs.documents_len(),
-        artifact_size_bytes: written.size_bytes,
         artifact_sha256: written.sha256.clone(),
         artifact_zip: written.zip.clone(),
         artifact_dir: written.dir.clone(),
         param_count,
-        bits_per_param,
         budget_bpp: bpp,
         budget_bits: total_bits,
         sensitivity: sens.name().into(),
@@ -392,6 +489,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         stages: st,
         widen: widened,
         distill: distilled,
+        finetune: finetuned,
         verify_ppl: None,
     };
     write_json(&run_dir.join(run::MANIFEST_FILE), &serde_json::json!({ "summary": &summary, "matrices": manifest }))?;
@@ -405,6 +503,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, log: Log) -> Result<Sum
         )));
     }
     drop(tok);
+    state.finish()?;
     Ok(summary)
 }
 

@@ -22,6 +22,12 @@
 //! steps = 20                         # AdamW steps per block
 //! lr = 1e-4
 //! batch = 4                          # calibration sequences per step
+//! [finetune]
+//! enabled = false                    # end-to-end KD of the whole compressed model (after distill)
+//! steps = 50                         # AdamW steps, cosine from lr to lr/10 after warmup
+//! lr = 5e-5
+//! batch = 2                          # calibration sequences per step
+//! top_k = 32                         # teacher alternatives kept per position (+ one Other bucket)
 //! [eval]
 //! text = "eval.txt"                  # one document per non-blank line
 //! doc_tokens = 512
@@ -37,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::distill::DistillSection;
 use crate::error::{CompressError, Result};
+use crate::finetune::FinetuneSection;
 use crate::rows::RowKind;
 use crate::sensitivity::Sensitivity;
 use crate::widen::WidenSection;
@@ -163,6 +170,9 @@ pub struct CompressRecipe {
     /// Layerwise distillation after the allocation.
     #[serde(default)]
     pub distill: DistillSection,
+    /// End-to-end fine-tune of the whole compressed model.
+    #[serde(default)]
+    pub finetune: FinetuneSection,
     /// The scoring protocol.
     pub eval: EvalSection,
     /// What goes into the artifact besides the weights.
@@ -232,6 +242,7 @@ impl CompressRecipe {
         if !(1..=4096).contains(&r.distill.batch) || r.distill.steps > 100_000 {
             return Err(bad("distill.batch must be 1..4096 and distill.steps at most 100000".into()));
         }
+        r.finetune.check().map_err(bad)?;
         for (key, v, lo, hi) in [
             ("calibration.tokens", r.calibration.tokens, 2, 1 << 24),
             ("calibration.seq_len", r.calibration.seq_len, 2, 8192),
@@ -276,7 +287,6 @@ impl CompressRecipe {
     }
 }
 
-/// The first line of a TOML error, with the position, so it prints as one line.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
 use crate::error::{ModelError, Result};
@@ -40,7 +40,7 @@ pub struct EvalOptions {
 }
 
 /// The metrics of one evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     /// Mean negative log-likelihood, nats per token.
     pub eval_loss: f64,

@@ -229,6 +229,21 @@ pub struct FieldSetting {
     /// One line on what it does.
     #[serde(default)]
     pub doc: String,
+    /// The key matters only while another key has one of some values, e.g.
+    /// `active_when = { key = "distill.enabled", values = [true] }`: a change to it is refused
+    /// (and never proposed by the builtin search) while it cannot have an effect.
+    #[serde(default)]
+    pub active_when: Option<ActiveWhen>,
+}
+
+/// `active_when` of a validator field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveWhen {
+    /// Dotted key of the switch.
+    pub key: String,
+    /// Its values under which the field has an effect.
+    pub values: Vec<toml::Value>,
 }
 
 impl Settings {

@@ -230,7 +230,10 @@ fn schema_from_settings(fields: &[FieldSetting]) -> Schema {
                 default: choices.first().cloned().unwrap_or(serde_json::Value::Null),
                 choices,
                 locked: false,
-                active_when: None,
+                active_when: f.active_when.as_ref().map(|a| autoqat_recipe::Condition {
+                    key: a.key.clone(),
+                    values: a.values.iter().map(toml_to_json).collect(),
+                }),
             }
         })
         .collect();

@@ -14,8 +14,10 @@ mod rows;
 
 pub use rows::{best_row, noise, read, running_best, Noise, Row};
 
-/// The header of results.tsv (DESIGN.md section 5).
-pub const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription";
+/// The header of results.tsv: DESIGN.md section 5's columns, then the compression track's
+/// artifact size (empty for QAT trials). New columns go last, so that rows appended by this
+/// version under an older header keep every older column in place.
+pub const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription\tartifact_size_bytes\tbits_per_param";
 
 /// The outcome of one experiment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +130,10 @@ pub struct Record {
     pub diff_key: String,
     /// Why the trial crashed or the answer was rejected.
     pub error: Option<String>,
+    /// Bytes of the artifact (compression trials).
+    pub artifact_size_bytes: Option<i64>,
+    /// The artifact's bits per parameter (compression trials).
+    pub bits_per_param: Option<f64>,
     /// Eval perplexity of the second-seed confirmation, when run.
     pub confirm_ppl: Option<f64>,
     /// For the baseline: each repeat's eval_ppl.
@@ -149,7 +155,7 @@ impl Record {
         let short = |c: &str| c.chars().take(12).collect::<String>();
         let _ = write!(
             s,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{}\t{}\t{}",
             self.exp,
             short(&self.commit),
             short(&self.parent),
@@ -166,6 +172,8 @@ impl Record {
             f(self.q_pos1, 4),
             self.cost_usd,
             one_line(&self.description),
+            self.artifact_size_bytes.map(|b| b.to_string()).unwrap_or_default(),
+            f(self.bits_per_param, 4),
         );
         s
     }
@@ -241,5 +249,7 @@ impl Record {
         self.q_neg1 = s.q_neg1;
         self.q_zero = s.q_zero;
         self.q_pos1 = s.q_pos1;
+        self.artifact_size_bytes = s.artifact_size_bytes;
+        self.bits_per_param = s.bits_per_param.filter(|v| v.is_finite());
     }
 }

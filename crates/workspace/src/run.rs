@@ -24,6 +24,8 @@ pub const ARTIFACT_ZIP: &str = "artifact.zip";
 pub const ARTIFACT_DIR: &str = "artifact";
 /// A trace collection's index (prompts done, shards, tokenizer hashes; `autoqat kd collect`).
 pub const TRACE_INDEX_FILE: &str = "index.json";
+/// What an interrupted compression left for `--resume` (removed when the run finishes).
+pub const RESUME_DIR: &str = "resume";
 
 /// Columns of `steps.tsv`, in order (DESIGN.md section 4).
 pub const STEPS_COLUMNS: [&str; 12] = [
@@ -225,6 +227,10 @@ pub struct Summary {
     pub fp_ppl: Option<f64>,
     /// Why the trial crashed.
     pub error: Option<String>,
+    /// Bytes of the artifact handed in (the compression track's zip).
+    pub artifact_size_bytes: Option<i64>,
+    /// Its size in bits per parameter, as the track's gate computes it.
+    pub bits_per_param: Option<f64>,
 }
 
 /// An `f64` that may be `null` (how NaN is written, and what the NaN rule reads it as).
@@ -251,6 +257,8 @@ impl Default for Summary {
             q_pos1: None,
             fp_ppl: None,
             error: None,
+            artifact_size_bytes: None,
+            bits_per_param: None,
         }
     }
 }

@@ -120,6 +120,7 @@ fn crash_summary(msg: &str, steps: u64, tokens: u64, time_s: f64, device: &str) 
         q_pos1: None,
         fp_ppl: None,
         error: Some(msg.into()),
+        ..Summary::default()
     }
 }
 
@@ -409,6 +410,7 @@ fn train(
         q_pos1: r.map(|r| r.1[2]),
         fp_ppl: Some(fp_ppl),
         error: None,
+        ..Summary::default()
     };
     if recipe.traces.enabled {
         let gates = Gates::check(&health, flip, flip_at_tokens, sched.a4_from, recipe.budget.tokens, total);

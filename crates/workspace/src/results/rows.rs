@@ -108,6 +108,8 @@ impl Columns {
             q_pos1: num("q_pos1")?,
             cost_usd: num("cost_usd")?.unwrap_or(0.0),
             description: named("description").to_string(),
+            artifact_size_bytes: value::<i64>("artifact_size_bytes", named("artifact_size_bytes"))?,
+            bits_per_param: num("bits_per_param")?,
             ..Record::default()
         };
         Ok(Row { exp: exp.to_string(), record })
@@ -241,6 +243,22 @@ mod tests {
         // Written again, the rows give the same file: the reader inverts the writer.
         let again: Vec<Record> = rows.into_iter().map(|r| r.record).collect();
         assert_eq!(render(&again), render(&recs));
+    }
+
+    #[test]
+    fn artifact_columns_round_trip_and_rows_appended_under_an_older_header_keep_their_columns() {
+        let mut rec = record(3, Status::Keep, Some(40.0));
+        rec.artifact_size_bytes = Some(37_170_160);
+        rec.bits_per_param = Some(2.2107);
+        let rows = parse(&render(std::slice::from_ref(&rec))).unwrap();
+        assert_eq!(rows[0].artifact_size_bytes, Some(37_170_160));
+        assert_eq!(rows[0].bits_per_param, Some(2.2107));
+        // A results.tsv started by a version without the two columns, then appended to.
+        let old_header = HEADER.strip_suffix("\tartifact_size_bytes\tbits_per_param").unwrap();
+        let rows = parse(&format!("{old_header}\n{}\n", rec.to_row())).unwrap();
+        assert_eq!(rows[0].description, "change 3");
+        assert_eq!((rows[0].eval_ppl, rows[0].tokens), (Some(40.0), Some(4096)));
+        assert_eq!(rows[0].artifact_size_bytes, None);
     }
 
     #[test]
