@@ -415,6 +415,19 @@ pub struct DemoArgs {
     /// Use the real SmolLM-135M template instead of the offline tiny model.
     #[arg(long)]
     pub real: bool,
+    /// qat: the loop over QAT trials; compress: the loop over compressions of the same tiny
+    /// teacher into a ternary-budget artifact, then the size/PPL frontier.
+    #[arg(long, value_enum, default_value = "qat", conflicts_with = "real")]
+    pub track: DemoTrack,
+}
+
+/// Which workflow `autoqat demo` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoTrack {
+    /// QAT trials (`autoqat trial`).
+    Qat,
+    /// Compression trials (`autoqat compress`).
+    Compress,
 }
 
 /// Sets up `tracing`: `-v` flags pick the level unless RUST_LOG is set.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::cli::DemoArgs;
+use crate::cli::{DemoArgs, DemoTrack};
 use crate::demo::teacher::{self, TeacherSpec};
 use crate::report;
 use crate::workspace::{self, Template, TinySizes};
@@ -36,6 +36,8 @@ struct Summary {
     results: PathBuf,
     report: PathBuf,
     plot: PathBuf,
+    /// `frontier.png` of the compression demo.
+    frontier: Option<PathBuf>,
     branch: String,
     experiments: usize,
     baseline_ppl: Option<f64>,
@@ -73,7 +75,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     say(&format!("phase 2/4: workspace {}", dir.display()));
     let t0 = Instant::now();
-    workspace::init(&dir, Template::TinyDemo, sizes)?;
+    let template = if args.track == DemoTrack::Compress { Template::TinyCompress } else { Template::TinyDemo };
+    workspace::init(&dir, template, sizes)?;
     crate::demo::install_teacher(&dir, &teacher)?;
     phases.push(Phase { name: "workspace", seconds: t0.elapsed().as_secs_f64() });
 
@@ -85,6 +88,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     say("phase 4/4: report");
     let t0 = Instant::now();
     let w = report::generate(&dir, Some(TAG), None)?;
+    let mut frontier = None;
+    if args.track == DemoTrack::Compress {
+        let runs: Vec<PathBuf> = std::fs::read_dir(dir.join("runs"))
+            .with_context(|| format!("cannot list {}", dir.join("runs").display()))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        crate::commands::frontier::write(&runs, None, &dir.join("report"))?;
+        frontier = Some(abs(&dir.join("report/frontier.png")));
+    }
     phases.push(Phase { name: "report", seconds: t0.elapsed().as_secs_f64() });
 
     let summary = Summary {
@@ -97,6 +110,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         results: abs(&autoqat_workspace::Layout::new(&dir).results()),
         report: abs(&w.report_md),
         plot: abs(&w.png),
+        frontier,
         branch: format!("autoqat/{TAG}"),
         experiments: w.experiments,
         baseline_ppl: w.baseline_ppl,
@@ -198,6 +212,9 @@ fn print_summary(s: &Summary, diff: &str) {
     println!("results:     {}", s.results.display());
     println!("report:      {}", s.report.display());
     println!("plot:        {}", s.plot.display());
+    if let Some(f) = &s.frontier {
+        println!("frontier:    {} (the table: cd {} && autoqat frontier)", f.display(), s.workspace.display());
+    }
     println!("git branch:  {} (git -C {} log --all --oneline)", s.branch, s.workspace.display());
     if !diff.is_empty() {
         println!("best recipe against the baseline:\n{diff}");

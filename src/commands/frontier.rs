@@ -11,6 +11,23 @@ use plotters::prelude::*;
 use crate::cli::FrontierArgs;
 use crate::report::plot::{register_font, FONT};
 
+/// Reads `runs`, marks the frontier and the traps (`reference`: the SHA-256 of the reference
+/// tokenizer), writes `frontier.png` into `out`, and returns the points by size.
+pub fn write(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> anyhow::Result<Vec<Point>> {
+    let mut points: Vec<Point> = runs.iter().map(|r| read_run(r)).collect();
+    analyse(&mut points, reference);
+    points.sort_by(|a, b| {
+        let key = |p: &Point| {
+            p.summary.as_ref().map(|s| (s.artifact_size_bytes(), s.eval_ppl())).unwrap_or((i64::MAX, f64::NAN))
+        };
+        let (ka, kb) = (key(a), key(b));
+        ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
+    });
+    std::fs::create_dir_all(out)?;
+    plot(&points, &out.join("frontier.png"))?;
+    Ok(points)
+}
+
 /// Runs `autoqat frontier`.
 pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
     let runs = if args.runs.is_empty() { default_runs()? } else { args.runs.clone() };
@@ -24,18 +41,7 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut points: Vec<Point> = runs.iter().map(|r| read_run(r)).collect();
-    analyse(&mut points, reference.as_deref());
-    points.sort_by(|a, b| {
-        let key = |p: &Point| {
-            p.summary.as_ref().map(|s| (s.artifact_size_bytes(), s.eval_ppl())).unwrap_or((i64::MAX, f64::NAN))
-        };
-        let (ka, kb) = (key(a), key(b));
-        ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
-    });
-    std::fs::create_dir_all(&args.out)?;
-    let png = args.out.join("frontier.png");
-    plot(&points, &png)?;
+    let points = write(&runs, reference.as_deref(), &args.out)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&points)?);
         return Ok(());
@@ -64,7 +70,7 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
             println!("    ! {f}");
         }
     }
-    println!("plot: {}", png.display());
+    println!("plot: {}", args.out.join("frontier.png").display());
     Ok(())
 }
 

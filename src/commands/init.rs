@@ -16,7 +16,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     }
     let next = match template {
         Template::TinyDemo => "autoqat prepare (generates the corpus and the tiny teacher), then autoqat run",
-        Template::QwenTernary | Template::QwenBinary => {
+        Template::QwenTernary | Template::QwenBinary | Template::TinyCompress => {
             "put a calibration text in data/train.txt and the eval documents (one per line) in data/eval.txt, \
              point experiments/compress.toml's model.source at your checkpoint if not the default, then autoqat run"
         }

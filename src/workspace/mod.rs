@@ -40,6 +40,9 @@ pub enum Template {
     QwenTernary,
     /// The compression track, binary budget (1.3125 bits/param).
     QwenBinary,
+    /// The compression track on the offline tiny teacher, ternary budget (what `autoqat demo
+    /// --track compress` uses; not offered by `init`, whose `prepare` builds QAT workspaces).
+    TinyCompress,
 }
 
 impl Template {
@@ -88,15 +91,28 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
     let mut out = vec![(PathBuf::from(".gitignore"), GITIGNORE.to_string())];
     let mut recipe = PathBuf::from(autoqat_workspace::layout::RECIPE);
     let (program, settings, train) = match template {
-        Template::QwenTernary | Template::QwenBinary => {
+        Template::QwenTernary | Template::QwenBinary | Template::TinyCompress => {
             let (track, bpp) =
-                if template == Template::QwenTernary { ("ternary", "2.2125") } else { ("binary", "1.3125") };
+                if template == Template::QwenBinary { ("binary", "1.3125") } else { ("ternary", "2.2125") };
             recipe = PathBuf::from("experiments/compress.toml");
-            (
-                COMPRESS_PROGRAM.replace("{{track}}", track).replace("{{bpp}}", bpp),
-                COMPRESS_SETTINGS.replace("{{tag}}", &format!("qwen-{track}")),
-                COMPRESS_RECIPE.replace("{{track}}", track).replace("{{model}}", QWEN_MODEL),
-            )
+            let program = COMPRESS_PROGRAM.replace("{{track}}", track).replace("{{bpp}}", bpp);
+            let mut settings = COMPRESS_SETTINGS.replace("{{tag}}", &format!("qwen-{track}"));
+            let mut text = COMPRESS_RECIPE.replace("{{track}}", track).replace("{{model}}", QWEN_MODEL);
+            if template == Template::TinyCompress {
+                // The demo's teacher: short documents and calibration sequences (one of the searched
+                // lengths), a small calibration set.
+                settings = replace_once(&settings, "tag = \"qwen-ternary\"", "tag = \"tiny-compress\"")?;
+                settings = replace_once(&settings, "timeout_s = 7200", &format!("timeout_s = {}", tiny.timeout_s))?;
+                for (from, to) in [
+                    (format!("source = \"{QWEN_MODEL}\""), "source = \"../teacher\"".to_string()),
+                    ("tokens = 8192".into(), "tokens = 4096".into()),
+                    ("seq_len = 256".into(), "seq_len = 128".into()),
+                    ("doc_tokens = 512".into(), format!("doc_tokens = {}", tiny.seq_len)),
+                ] {
+                    text = replace_once(&text, &from, &to)?;
+                }
+            }
+            (program, settings, text)
         }
         Template::TinyDemo => (
             PROGRAM.to_string(),
