@@ -73,8 +73,9 @@ fn transformers_check(artifact: &Path, source: &Path, fx: &Path) -> Option<serde
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
 
-/// Parameters of the fixture as transformers counts them, from its config by hand.
-fn hand_param_count(fx: &Path, model: &str, intermediate: Option<i64>) -> i64 {
+/// Parameters of the fixture as transformers counts them, from its config by hand, with the
+/// MLP width and the query heads overridden when widened (the head width stays).
+fn hand_param_count(fx: &Path, model: &str, intermediate: Option<i64>, heads: Option<i64>) -> i64 {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join(model).join("config.json")).unwrap()).unwrap();
     let g = |k: &str| cfg[k].as_i64().unwrap();
@@ -87,6 +88,7 @@ fn hand_param_count(fx: &Path, model: &str, intermediate: Option<i64>) -> i64 {
         g("num_key_value_heads"),
     );
     let d = c / h;
+    let h = heads.unwrap_or(h);
     let tied = cfg["tie_word_embeddings"].as_bool().unwrap();
     let qkv_bias = if cfg["model_type"] == "qwen2" { h * d + 2 * kv * d } else { 0 };
     let attn = c * h * d + 2 * c * kv * d + h * d * c + qkv_bias;
@@ -105,7 +107,7 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
         assert_eq!(a["status"], "ok");
 
         // The gate, by the formula of DESIGN.md 8 with the parameters counted by hand.
-        let params = hand_param_count(fx, model, None);
+        let params = hand_param_count(fx, model, None, None);
         assert_eq!(a["param_count"].as_i64().unwrap(), params, "{model}: parameter count");
         let size = a["artifact_size_bytes"].as_i64().unwrap();
         assert_eq!(size as u64, std::fs::metadata(tmp.path().join("a/artifact.zip")).unwrap().len());
@@ -326,7 +328,7 @@ fn net2net_widening_keeps_the_function_and_grows_the_budget() {
     let diff = w["max_logit_diff"].as_f64().unwrap();
     assert!(diff <= 1e-4, "widening changed the logits by {diff}");
     // The budget follows the wider model's parameters, counted by hand and by transformers.
-    let params = hand_param_count(fx, "llama", Some(768));
+    let params = hand_param_count(fx, "llama", Some(768), None);
     assert_eq!(a["param_count"].as_i64().unwrap(), params);
     assert!(a["artifact_size_bytes"].as_i64().unwrap() * 8 <= (params as f64 * 2.2125).ceil() as i64);
     let cfg: serde_json::Value =
@@ -436,4 +438,33 @@ fn a_killed_compression_resumes_to_the_same_artifact() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.trim().lines().count() == 1, "{err}");
     assert!(err.contains("finetune.steps differs") && err.contains("without --resume"), "{err}");
+}
+
+#[test]
+fn widening_query_heads_keeps_the_function_under_grouped_query_attention() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // qwen2: q bias, and two query heads per key/value head in the fixture.
+    let config = recipe(tmp.path(), fx, "qwen2", "ternary", "[widen]\nheads_factor = 2.0\nmlp_factor = 1.25");
+    let a = run_compress(&config, &tmp.path().join("a"));
+    let w = &a["widen"];
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("qwen2/config.json")).unwrap()).unwrap();
+    let heads = cfg["num_attention_heads"].as_i64().unwrap();
+    assert_eq!((w["heads_before"].as_i64(), w["heads_after"].as_i64()), (Some(heads), Some(2 * heads)));
+    let diff = w["max_logit_diff"].as_f64().unwrap();
+    assert!(diff <= 1e-4, "widening the heads changed the logits by {diff}");
+    let wide_i = w["intermediate_after"].as_i64().unwrap();
+    let params = hand_param_count(fx, "qwen2", Some(wide_i), Some(2 * heads));
+    assert_eq!(a["param_count"].as_i64().unwrap(), params);
+    let art: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("a/artifact/config.json")).unwrap()).unwrap();
+    assert_eq!(art["num_attention_heads"].as_i64(), Some(2 * heads));
+    let hd = cfg["hidden_size"].as_i64().unwrap() / heads;
+    assert_eq!(art["head_dim"].as_i64(), Some(hd), "the head width must stay, written explicitly");
+    // transformers builds the wider attention from the config and scores what autoqat scored.
+    let Some(r) = transformers_check(&tmp.path().join("a/artifact"), &fx.join("qwen2"), fx) else { return };
+    assert_eq!(r["param_count"].as_i64().unwrap(), params);
+    let rel = common::model::rel_err(a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
+    assert!(rel <= 1e-4, "autoqat {} vs transformers {}", a["eval_ppl"], r["eval_ppl"]);
 }

@@ -233,18 +233,24 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
         let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
         serde_json::from_str(&text).map_err(|e| CompressError::Artifact { path: p, msg: e.to_string() })?
     };
-    let (loaded, widened) = match recipe.widen.new_width(loaded.cfg.intermediate_size) {
+    let probe = calib_seqs.narrow(0, 0, 1);
+    let widening =
+        timed(&mut st.widen_s, || crate::widen::widen_model(&loaded, &recipe.widen, &recorder, &probe, device))?;
+    let (loaded, widened) = match widening {
         None => (loaded, None),
-        Some(wide) => {
-            let probe = calib_seqs.narrow(0, 0, 1);
-            let (wider, report) = timed(&mut st.widen_s, || {
-                crate::widen::widen_model(loaded, wide, &recipe.widen, &recorder, &probe, device)
-            })?;
+        Some((wider, report)) => {
             log(&format!(
-                "widen: MLP {} -> {} units, max logit change {:.2e}",
-                report.intermediate_before, report.intermediate_after, report.max_logit_diff
+                "widen: MLP {} -> {} units, query heads {} -> {}, max logit change {:.2e}",
+                report.intermediate_before,
+                report.intermediate_after,
+                report.heads_before,
+                report.heads_after,
+                report.max_logit_diff
             ));
-            source_config["intermediate_size"] = wide.into();
+            source_config["intermediate_size"] = report.intermediate_after.into();
+            source_config["num_attention_heads"] = report.heads_after.into();
+            // The head width stays: explicit, since hidden / heads no longer gives it.
+            source_config["head_dim"] = wider.cfg.head_dim.into();
             (wider, Some(report))
         }
     };

@@ -9,6 +9,7 @@
 //! bits_per_param = 0.0               # 0 = the track's budget
 //! [widen]
 //! mlp_factor = 1.0                   # Net2Net: MLP width multiplier (1 = off)
+//! heads_factor = 1.0                 # Net2Net: query heads per key/value group multiplier (1 = off)
 //! split_noise = 1.5                  # a copy's share of the down column is (1 + u)/2, |u| <= this
 //! [calibration]
 //! text = "calib.txt"                 # relative to this file
@@ -230,10 +231,13 @@ impl CompressRecipe {
         }
         r.allocate.kinds.sort();
         r.allocate.kinds.dedup();
-        if !(1.0..=4.0).contains(&r.widen.mlp_factor) || !(0.0..=2.0).contains(&r.widen.split_noise) {
+        let w = &r.widen;
+        if ![w.mlp_factor, w.heads_factor].iter().all(|f| (1.0..=4.0).contains(f))
+            || !(0.0..=2.0).contains(&w.split_noise)
+        {
             return Err(bad(format!(
-                "widen.mlp_factor = {} must be 1..4 and widen.split_noise = {} in 0..2",
-                r.widen.mlp_factor, r.widen.split_noise
+                "widen.mlp_factor = {} and widen.heads_factor = {} must be 1..4, widen.split_noise = {} in 0..2",
+                w.mlp_factor, w.heads_factor, w.split_noise
             )));
         }
         if !(r.distill.lr > 0.0 && r.distill.lr <= 1.0) {
