@@ -5,9 +5,10 @@
 # (ternary 2.2125, binary 1.3125 bits/param) it compresses with one kind everywhere (the plain
 # per-row baseline) and with the rowmix allocation under each sensitivity, and prints the PPL of
 # each as a ratio to the baseline's at the same budget; then the baseline and the Fisher mix
-# again after layerwise distillation (16 steps of 2 sequences per block).
+# again after layerwise distillation (16 steps of 2 sequences per block), and the Fisher mix with
+# layerwise distillation and then the end-to-end KD fine-tune (60 steps of 2 sequences).
 #
-# usage: benches/compress_smollm2.sh [WORKDIR] [MAX_DOCS]     (about an hour on 2 cores; finished runs are reused)
+# usage: benches/compress_smollm2.sh [WORKDIR] [MAX_DOCS]     (about three hours on 2 cores; finished runs are reused)
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 work=${1:-target/bench-compress}
 max_docs=${2:-150}
@@ -21,8 +22,8 @@ tail -n +4001 "$data" > "$work/eval.txt"
 cargo build --locked --quiet
 bin=target/debug/autoqat
 
-run() { # name track kinds sensitivity [distill steps]
-    local name=$1 track=$2 kinds=$3 sens=$4 distill=${5:-0}
+run() { # name track kinds sensitivity [distill steps] [finetune steps]
+    local name=$1 track=$2 kinds=$3 sens=$4 distill=${5:-0} finetune=${6:-0}
     [ -s "$work/$name.json" ] && return 0
     cat > "$work/$name.toml" <<TOML
 [model]
@@ -42,6 +43,12 @@ enabled = $([ "$distill" -gt 0 ] && echo true || echo false)
 steps = $distill
 lr = 1e-4
 batch = 2
+[finetune]
+enabled = $([ "$finetune" -gt 0 ] && echo true || echo false)
+steps = $finetune
+lr = 1e-4
+batch = 2
+top_k = 32
 [eval]
 text = "$work/eval.txt"
 doc_tokens = 512
@@ -59,6 +66,7 @@ for track in ternary binary; do
     done
     run "$track-uniform-distill" "$track" "[\"$track\"]" mse 16
     run "$track-fisher-distill" "$track" "$mix" fisher 16
+    run "$track-fisher-distill-ft" "$track" "$mix" fisher 16 60
 done
 
 "$VENV/bin/python" - "$work" <<'PY'
@@ -67,11 +75,11 @@ work = sys.argv[1]
 print(f"{'run':<26} {'bytes':>10} {'bits/param':>10} {'budget':>7} {'eval_ppl':>12} {'vs uniform':>10} {'fp_ppl':>8}  mix (rows)  stages (s)")
 for track in ("ternary", "binary"):
     base = json.load(open(f"{work}/{track}-uniform.json"))["eval_ppl"]
-    for v in ("uniform", "mse", "activation", "fisher", "uniform-distill", "fisher-distill"):
+    for v in ("uniform", "mse", "activation", "fisher", "uniform-distill", "fisher-distill", "fisher-distill-ft"):
         s = json.load(open(f"{work}/{track}-{v}.json"))
         mix = ", ".join(f"{k} {n}" for k, n in sorted(s["mix"].items()))
         st = s["stages"]
-        stages = " ".join(f"{k[:-2]} {st.get(k, 0):.0f}" for k in ("calibrate_s", "score_s", "allocate_s", "distill_s", "apply_s", "eval_s", "pack_s"))
+        stages = " ".join(f"{k[:-2]} {st.get(k, 0):.0f}" for k in ("calibrate_s", "score_s", "allocate_s", "distill_s", "teacher_s", "finetune_s", "apply_s", "eval_s", "pack_s"))
         print(f"{track + '-' + v:<26} {s['artifact_size_bytes']:>10} {s['bits_per_param']:>10.4f} {s['budget_bpp']:>7} "
               f"{s['eval_ppl']:>12.1f} {s['eval_ppl'] / base:>10.3g} {s['fp_ppl']:>8.2f}  {mix}  {stages}")
 PY

@@ -100,8 +100,17 @@ fn plot(points: &[Point], png: &Path) -> anyhow::Result<()> {
     let area = BitMapBackend::new(png, (1000, 600)).into_drawing_area();
     area.fill(&WHITE).map_err(perr)?;
     let (x0, x1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let mut budgets: Vec<f64> = points.iter().filter_map(|p| p.summary.as_ref().map(|s| s.budget_bpp)).collect();
+    budgets.sort_by(f64::total_cmp);
+    budgets.dedup();
+    // The budget lines stay in view: how far below the gate a run is matters.
+    let x1 = budgets.iter().fold(x1, |a, b| a.max(*b));
     let (y0, y1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.2), b.max(p.2)));
-    let (x0, x1) = if pts.is_empty() { (0.0, 4.0) } else { (x0 - 0.05, x1 + 0.05) };
+    // The full-precision PPL of the runs' source, drawn as the line no artifact can cross.
+    let fp = pts.iter().filter_map(|p| p.0.summary.as_ref().map(|s| s.fp_ppl())).find(|f| f.is_finite() && *f > 0.0);
+    let y0 = fp.map_or(y0, |f| y0.min(f));
+    // Room on the right for the labels of the largest runs.
+    let (x0, x1) = if pts.is_empty() { (0.0, 4.0) } else { (x0 - 0.05, x1 + 0.05 + 0.2 * (x1 - x0).max(0.1)) };
     let (y0, y1) = if pts.is_empty() { (1.0, 10.0) } else { (y0 * 0.9, y1 * 1.1) };
     let mut chart = ChartBuilder::on(&area)
         .caption("size against perplexity (frontier in green)", (FONT, 20))
@@ -117,11 +126,16 @@ fn plot(points: &[Point], png: &Path) -> anyhow::Result<()> {
         .label_style((FONT, 13))
         .draw()
         .map_err(perr)?;
-    let mut budgets: Vec<f64> = points.iter().filter_map(|p| p.summary.as_ref().map(|s| s.budget_bpp)).collect();
-    budgets.sort_by(f64::total_cmp);
-    budgets.dedup();
     for b in budgets {
         chart.draw_series(LineSeries::new(vec![(b, y0), (b, y1)], BLUE.mix(0.4))).map_err(perr)?;
+    }
+    if let Some(f) = fp {
+        chart
+            .draw_series(LineSeries::new(vec![(x0, f), (x1, f)], BLACK.stroke_width(2)))
+            .map_err(perr)?
+            .label(format!("full precision {f:.2}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        chart.configure_series_labels().label_font((FONT, 13)).border_style(BLACK.mix(0.3)).draw().map_err(perr)?;
     }
     let frontier: Vec<(f64, f64)> = pts.iter().filter(|p| p.0.on_frontier).map(|p| (p.1, p.2)).collect();
     chart.draw_series(LineSeries::new(frontier.clone(), GREEN.stroke_width(2))).map_err(perr)?;
