@@ -379,6 +379,21 @@ fn end_to_end_finetune_lowers_the_kd_loss_and_stays_on_the_grid() {
     assert!(!tmp.path().join("b/resume").exists(), "a finished run leaves no resume state");
 }
 
+/// Starts `autoqat compress` into `run` and SIGKILLs it as soon as `run/file` exists.
+fn compress_killed_at(config: &Path, run: &Path, file: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoqat"))
+        .args(["compress", "--config", s(config), "--run-dir", s(run)])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !run.join(file).exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it wrote {file}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn a_killed_compression_resumes_to_the_same_artifact() {
     let Some(fx) = fixtures() else { return };
@@ -389,18 +404,7 @@ fn a_killed_compression_resumes_to_the_same_artifact() {
 
     // Killed (SIGKILL: no chance to clean up) at the fine-tune's first checkpoint.
     let run = tmp.path().join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autoqat"))
-        .args(["compress", "--config", s(&config), "--run-dir", s(&run), "--json"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let meta = run.join("resume/checkpoint/meta.json");
-    while !meta.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    compress_killed_at(&config, &run, "resume/checkpoint/meta.json");
     assert!(!run.join("artifact.zip").exists());
     assert!(run.join("resume/distill.json").exists() && run.join("resume/mix.json").exists());
 
@@ -421,17 +425,7 @@ fn a_killed_compression_resumes_to_the_same_artifact() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.trim().lines().count() == 1 && err.contains("nothing to resume"), "{err}");
     let other = tmp.path().join("other");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autoqat"))
-        .args(["compress", "--config", s(&config), "--run-dir", s(&other)])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    while !other.join("resume/mix.json").exists() {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before its allocation was saved");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    compress_killed_at(&config, &other, "resume/mix.json");
     let text = std::fs::read_to_string(&config).unwrap().replace("steps = 400", "steps = 401");
     std::fs::write(&config, text).unwrap();
     let out = autoqat(&["compress", "--config", s(&config), "--run-dir", s(&other), "--resume"]);

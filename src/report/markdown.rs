@@ -94,9 +94,13 @@ fn best_recipe(md: &mut String, s: &Summary<'_>) {
             if !kept.is_empty() {
                 let _ = writeln!(md, "Kept changes, in order:\n");
                 for r in kept {
+                    let confirmed = r
+                        .confirm_ppl
+                        .map(|c| format!(", confirmed on a second seed: {}", fmt_ppl(c)))
+                        .unwrap_or_default();
                     let _ = writeln!(
                         md,
-                        "1. {} — {} ({})",
+                        "1. {} — {} ({}{confirmed})",
                         r.exp,
                         r.description,
                         r.eval_ppl.map(fmt_ppl).unwrap_or_else(|| "-".into())

@@ -170,15 +170,18 @@ impl Default for ProviderSettings {
 pub struct NoiseSettings {
     /// Keep only if `eval_ppl < best * (1 - min_rel_improvement)`.
     pub min_rel_improvement: f64,
-    /// Re-run a would-be keep with another seed; keep only if that also beats the bar.
+    /// Re-run every would-be keep with another seed; keep only if that also beats the bar.
     pub confirm_seed: bool,
+    /// With the noise measured (`baseline_repeats` > 1), a would-be keep that beats the best by
+    /// less than this many σ is re-run with another seed before it is kept (0 = never).
+    pub confirm_sigmas: f64,
     /// How many times the baseline is run (with different seeds) to measure noise.
     pub baseline_repeats: u32,
 }
 
 impl Default for NoiseSettings {
     fn default() -> Self {
-        NoiseSettings { min_rel_improvement: 0.002, confirm_seed: false, baseline_repeats: 1 }
+        NoiseSettings { min_rel_improvement: 0.002, confirm_seed: false, confirm_sigmas: 2.0, baseline_repeats: 1 }
     }
 }
 

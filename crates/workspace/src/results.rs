@@ -15,9 +15,9 @@ mod rows;
 pub use rows::{best_row, noise, read, running_best, Noise, Row};
 
 /// The header of results.tsv: DESIGN.md section 5's columns, then the compression track's
-/// artifact size (empty for QAT trials). New columns go last, so that rows appended by this
+/// artifact size (empty for QAT trials) and the PPL of a keep's second-seed confirmation. New columns go last, so that rows appended by this
 /// version under an older header keep every older column in place.
-pub const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription\tartifact_size_bytes\tbits_per_param";
+pub const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription\tartifact_size_bytes\tbits_per_param\tconfirm_ppl";
 
 /// The outcome of one experiment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,7 +155,7 @@ impl Record {
         let short = |c: &str| c.chars().take(12).collect::<String>();
         let _ = write!(
             s,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{}\t{}\t{}\t{}",
             self.exp,
             short(&self.commit),
             short(&self.parent),
@@ -174,6 +174,7 @@ impl Record {
             one_line(&self.description),
             self.artifact_size_bytes.map(|b| b.to_string()).unwrap_or_default(),
             f(self.bits_per_param, 4),
+            f(self.confirm_ppl, 4),
         );
         s
     }

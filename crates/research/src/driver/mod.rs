@@ -443,7 +443,8 @@ impl Driver {
             let bp = b.eval_ppl.unwrap_or(f64::INFINITY);
             let ppl = rec.eval_ppl.unwrap_or(f64::INFINITY);
             rec.delta = Some(policy::delta(ppl, bp));
-            match policy::verdict(ppl, bp, &self.s.noise) {
+            let sigma = self.records.iter().find(|r| r.status() == Status::Baseline).and_then(|r| r.sigma);
+            match policy::verdict(ppl, bp, &self.s.noise, sigma) {
                 policy::Verdict::Discard => Status::Discard,
                 policy::Verdict::Keep => Status::Keep,
                 policy::Verdict::Confirm => match self.run_seeded(exp, &format!("{run_dir}-seed2"), 1)? {

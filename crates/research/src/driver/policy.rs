@@ -1,6 +1,7 @@
 //! The keep decision under noise: a finished trial is kept only if it beats the best by the
-//! configured relative margin, and, with `noise.confirm_seed`, only if a second seed beats it
-//! too. Pure functions of the numbers, so the rule reads (and is tested) in one place.
+//! configured relative margin, and only if a second seed beats it too when `noise.confirm_seed`
+//! is on or when its gain is under `noise.confirm_sigmas` times the measured σ. Pure functions
+//! of the numbers, so the rule reads (and is tested) in one place.
 
 use crate::noise;
 use crate::results::Status;
@@ -17,11 +18,13 @@ pub(super) enum Verdict {
     Confirm,
 }
 
-/// The verdict on `ppl` against the best's `best_ppl`.
-pub(super) fn verdict(ppl: f64, best_ppl: f64, n: &NoiseSettings) -> Verdict {
+/// The verdict on `ppl` against the best's `best_ppl`, with `sigma` the baseline's measured
+/// run-to-run σ (None when the baseline ran once).
+pub(super) fn verdict(ppl: f64, best_ppl: f64, n: &NoiseSettings, sigma: Option<f64>) -> Verdict {
+    let within_noise = sigma.is_some_and(|s| best_ppl - ppl < n.confirm_sigmas * s);
     if !noise::beats(ppl, best_ppl, n.min_rel_improvement) {
         Verdict::Discard
-    } else if n.confirm_seed {
+    } else if n.confirm_seed || within_noise {
         Verdict::Confirm
     } else {
         Verdict::Keep
@@ -49,11 +52,16 @@ mod tests {
     #[test]
     fn keep_needs_the_margin_and_a_confirming_second_seed() {
         let mut n = NoiseSettings { min_rel_improvement: 0.01, confirm_seed: false, ..NoiseSettings::default() };
-        assert_eq!(verdict(99.5, 100.0, &n), Verdict::Discard, "0.5% is inside the 1% margin");
-        assert_eq!(verdict(98.0, 100.0, &n), Verdict::Keep);
-        assert_eq!(verdict(f64::NAN, 100.0, &n), Verdict::Discard);
+        assert_eq!(verdict(99.5, 100.0, &n, None), Verdict::Discard, "0.5% is inside the 1% margin");
+        assert_eq!(verdict(98.0, 100.0, &n, None), Verdict::Keep);
+        assert_eq!(verdict(f64::NAN, 100.0, &n, None), Verdict::Discard);
+        // With σ = 1.5 measured, a gain of 2 is under 2σ = 3: confirmed first; a gain of 4 is not.
+        assert_eq!(verdict(98.0, 100.0, &n, Some(1.5)), Verdict::Confirm);
+        assert_eq!(verdict(96.0, 100.0, &n, Some(1.5)), Verdict::Keep);
+        n.confirm_sigmas = 0.0;
+        assert_eq!(verdict(98.0, 100.0, &n, Some(1.5)), Verdict::Keep, "0 turns the σ rule off");
         n.confirm_seed = true;
-        assert_eq!(verdict(98.0, 100.0, &n), Verdict::Confirm);
+        assert_eq!(verdict(98.0, 100.0, &n, None), Verdict::Confirm);
         assert_eq!(confirmed(Some(98.5), 100.0, &n), Status::Keep);
         assert_eq!(confirmed(Some(99.9), 100.0, &n), Status::Discard);
         assert_eq!(confirmed(None, 100.0, &n), Status::Discard);
