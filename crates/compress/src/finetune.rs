@@ -150,10 +150,10 @@ impl FinetuneSection {
 pub struct FinetuneReport {
     /// Steps taken (including those resumed from a checkpoint).
     pub steps: usize,
-    /// Mean loss of the first steps (up to 5) of this process.
-    pub loss_first: f64,
+    /// Mean loss of the first steps (up to 5) of this process (None: no step taken).
+    pub loss_first: Option<f64>,
     /// Mean loss of the last steps (up to 5).
-    pub loss_last: f64,
+    pub loss_last: Option<f64>,
     /// Steps whose gradient was not finite, so no update was made.
     pub skipped: usize,
     /// The step this process resumed from (0 = from the start).
@@ -327,7 +327,8 @@ pub fn run(
         }
     }
     opt.zero_grad();
-    let mean = |xs: &[f64]| if xs.is_empty() { f64::NAN } else { xs.iter().sum::<f64>() / xs.len() as f64 };
+    // None rather than NaN: summary.json must read back (NaN is written as null).
+    let mean = |xs: &[f64]| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
     let head = losses.len().min(5);
     Ok(FinetuneReport {
         steps: opts.steps,
