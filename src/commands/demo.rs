@@ -90,11 +90,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let w = report::generate(&dir, Some(TAG), None)?;
     let mut frontier = None;
     if args.track == DemoTrack::Compress {
-        let runs: Vec<PathBuf> = std::fs::read_dir(dir.join("runs"))
-            .with_context(|| format!("cannot list {}", dir.join("runs").display()))?
-            .flatten()
-            .map(|e| e.path())
-            .collect();
+        let runs = crate::commands::frontier::runs_in(&dir.join("runs"))?;
         crate::commands::frontier::write(&runs, None, &dir.join("report"))?;
         frontier = Some(abs(&dir.join("report/frontier.png")));
     }

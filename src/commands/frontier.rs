@@ -76,7 +76,11 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
 
 /// `runs/*` of the current workspace.
 fn default_runs() -> anyhow::Result<Vec<PathBuf>> {
-    let dir = Path::new("runs");
+    runs_in(Path::new("runs"))
+}
+
+/// The run directories directly under `dir`, sorted (none when `dir` does not exist).
+pub fn runs_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }

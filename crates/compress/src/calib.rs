@@ -112,6 +112,20 @@ pub fn sequences(ids: &[i64], tokens: usize, seq_len: usize) -> Result<Tensor> {
     Ok(Tensor::from_slice(&ids[..(n as usize) * seq_len]).view([n, seq_len as i64]))
 }
 
+/// `(start, len)` of consecutive batches of at most `size` of `n` sequences, in order: one
+/// pass over the calibration set.
+pub fn batches(n: i64, size: i64) -> impl Iterator<Item = (i64, i64)> {
+    let size = size.max(1);
+    (0..n).step_by(size as usize).map(move |start| (start, size.min(n - start)))
+}
+
+/// `(start, len)` of the batch of training step `step` when steps cycle through `n`
+/// sequences `batch` at a time (the last batch of a pass may be shorter).
+pub fn cycled_batch(step: usize, batch: i64, n: i64) -> (i64, i64) {
+    let start = (step as i64 * batch) % n;
+    (start, batch.min(n - start))
+}
+
 /// How often each vocabulary id occurs in `seqs` (f32 `[vocab]`): the Gram matrix of the
 /// embedding lookup, whose inputs are one-hot.
 pub fn token_counts(seqs: &Tensor, vocab: i64) -> Tensor {
@@ -126,5 +140,16 @@ pub fn zero_grads<'a>(vars: impl IntoIterator<Item = &'a Tensor>) {
         if g.defined() {
             let _ = g.zero_();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn batches_cover_every_sequence_once_and_cycling_wraps() {
+        assert_eq!(super::batches(5, 2).collect::<Vec<_>>(), vec![(0, 2), (2, 2), (4, 1)]);
+        assert_eq!(super::batches(0, 8).count(), 0);
+        assert_eq!(super::cycled_batch(2, 2, 5), (4, 1));
+        assert_eq!(super::cycled_batch(3, 2, 5), (1, 2));
     }
 }

@@ -14,6 +14,7 @@ use autoqat_qat::train::optim::AdamW;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Reduction, Tensor};
 
+use crate::calib;
 use crate::error::{CompressError, Result};
 use crate::resume::ResumeState;
 use crate::rows::{self, RowKind};
@@ -149,7 +150,7 @@ pub fn layerwise(
             (Some(s), Some(report)) => s.load_tensors(&layer_file(layer))?.map(|t| (t, report.clone())),
             _ => None,
         };
-        let report = match saved {
+        let (report, next) = match saved {
             Some((latents, report)) => {
                 tch::no_grad(|| -> Result<()> {
                     for (k, m) in names.iter().zip(mats.iter_mut()) {
@@ -164,10 +165,10 @@ pub fn layerwise(
                     "distill: layer {layer} resumed (output MSE {:.4e} -> {:.4e})",
                     report.mse_before, report.mse_after
                 ));
-                report
+                (report, with_quantized(&mut mats, || tch::no_grad(|| model.layer(layer, &x_q))))
             }
             None => {
-                let report = train_block(model, layer, vars, &names, &mut mats, &x_q, &y_fp, opts)?;
+                let (report, next) = train_block(model, layer, vars, &names, &mut mats, &x_q, &y_fp, opts)?;
                 log(&format!(
                     "distill: layer {layer} output MSE {:.4e} -> {:.4e}",
                     report.mse_before, report.mse_after
@@ -182,11 +183,11 @@ pub fn layerwise(
                     so_far.push(report.clone());
                     s.save(REPORTS_FILE, &so_far)?;
                 }
-                report
+                (report, next)
             }
         };
         reports.push(report);
-        x_q = with_quantized(&mut mats, || tch::no_grad(|| model.layer(layer, &x_q)));
+        x_q = next;
         x_fp = y_fp;
     }
     // Gradients of variables outside the optimizers (norms) are not needed any more.
@@ -195,7 +196,8 @@ pub fn layerwise(
 }
 
 /// Trains one block's latents so that on `x_q` (the compressed prefix's output) it reproduces
-/// `y_fp` (the full-precision block's output).
+/// `y_fp` (the full-precision block's output); returns the report and the trained block's
+/// output on `x_q` (the next block's input).
 #[allow(clippy::too_many_arguments)]
 fn train_block(
     model: &CausalLM,
@@ -206,7 +208,7 @@ fn train_block(
     x_q: &Tensor,
     y_fp: &Tensor,
     opts: &DistillSection,
-) -> Result<BlockReport> {
+) -> Result<(BlockReport, Tensor)> {
     let n = x_q.size()[0];
     let mse_before = with_quantized(mats, || tch::no_grad(|| mse(&model.layer(layer, x_q), y_fp)))?;
     let mut opt = AdamW::new(
@@ -216,8 +218,7 @@ fn train_block(
         0.0,
     );
     for step in 0..opts.steps {
-        let start = (step as i64 * opts.batch) % n;
-        let b = opts.batch.min(n - start);
+        let (start, b) = calib::cycled_batch(step, opts.batch, n);
         let (xb, yb) = (x_q.narrow(0, start, b), y_fp.narrow(0, start, b));
         opt.zero_grad();
         let loss = with_quantized(mats, || -> Result<Tensor> {
@@ -231,6 +232,6 @@ fn train_block(
         opt.step(opts.lr);
     }
     opt.zero_grad();
-    let mse_after = with_quantized(mats, || tch::no_grad(|| mse(&model.layer(layer, x_q), y_fp)))?;
-    Ok(BlockReport { layer, mse_before, mse_after })
+    let out = with_quantized(mats, || tch::no_grad(|| model.layer(layer, x_q)));
+    Ok((BlockReport { layer, mse_before, mse_after: mse(&out, y_fp)? }, out))
 }

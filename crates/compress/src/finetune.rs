@@ -175,9 +175,7 @@ impl Teacher {
     pub fn measure(model: &CausalLM, seqs: &Tensor, k: i64, device: Device) -> Result<Self> {
         let n = seqs.size()[0];
         let (mut ids, mut logprobs, mut other) = (Vec::new(), Vec::new(), Vec::new());
-        let mut i = 0;
-        while i < n {
-            let b = TEACHER_BATCH.min(n - i);
+        for (i, b) in crate::calib::batches(n, TEACHER_BATCH) {
             let x = seqs.narrow(0, i, b).to_device(device);
             let (top_ids, top_lp, rest) = tch::no_grad(|| -> Result<(Tensor, Tensor, Tensor)> {
                 let logits = model.forward(&x);
@@ -194,7 +192,6 @@ impl Teacher {
             ids.push(top_ids);
             logprobs.push(top_lp);
             other.push(rest);
-            i += b;
         }
         Ok(Self { ids: Tensor::cat(&ids, 0), logprobs: Tensor::cat(&logprobs, 0), other: Tensor::cat(&other, 0) })
     }
@@ -279,8 +276,7 @@ pub fn run(
     let (mut losses, mut skipped) = (Vec::new(), 0usize);
     let mut window = Vec::new();
     for step in resumed_from..opts.steps {
-        let start = (step as i64 * opts.batch) % n;
-        let b = opts.batch.min(n - start);
+        let (start, b) = crate::calib::cycled_batch(step, opts.batch, n);
         let rows = Tensor::arange_start(start, start + b, (Kind::Int64, Device::Cpu));
         let x = seqs.index_select(0, &rows).to_device(device);
         let targets = teacher.targets(&rows, seqs, device);

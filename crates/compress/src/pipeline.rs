@@ -540,12 +540,9 @@ fn calibrate(
 ) -> Result<(Tensors, Option<Tensors>)> {
     let n = seqs.size()[0];
     recorder.set_recording(true);
-    let mut i = 0;
-    while i < n {
-        let b = CALIB_BATCH.min(n - i);
+    for (i, b) in calib::batches(n, CALIB_BATCH) {
         let x = seqs.narrow(0, i, b).to_device(device);
         let _ = tch::no_grad(|| model.forward(&x));
-        i += b;
     }
     recorder.set_recording(false);
     let grams = recorder.take_grams();

@@ -29,7 +29,8 @@ impl ResumeState {
     /// recipe recorded; with it, the state must exist and have been started by the same recipe.
     pub fn open(run_dir: &Path, recipe: &CompressRecipe, resume: bool) -> Result<Self> {
         let dir = run_dir.join(RESUME_DIR);
-        let now = serde_json::to_value(recipe).map_err(|e| CompressError::Torch(e.to_string()))?;
+        let now = serde_json::to_value(recipe)
+            .map_err(|e| CompressError::Resume(format!("cannot record the recipe: {e}")))?;
         let state = Self { dir };
         if !resume {
             if state.dir.exists() {
