@@ -398,6 +398,9 @@ pub struct PrepareArgs {
     /// Local eval text instead of the Hub data set.
     #[arg(long)]
     pub eval_text: Option<PathBuf>,
+    /// Local held-out text (data/heldout.txt) instead of WikiText-2's validation split.
+    #[arg(long)]
+    pub heldout_text: Option<PathBuf>,
 }
 
 /// Arguments of `autoqat demo`.

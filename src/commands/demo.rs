@@ -148,7 +148,13 @@ fn run_real(args: &DemoArgs) -> anyhow::Result<()> {
     say(&format!("real path: workspace {} (template smollm-ternary)", dir.display()));
     workspace::init(&dir, Template::SmollmTernary, TinySizes::default())?;
     say("fetching SmolLM-135M, TinyStories and WikiText-2 (autoqat prepare)");
-    let opts = crate::prepare::Options { workspace: dir.clone(), model: None, train_text: None, eval_text: None };
+    let opts = crate::prepare::Options {
+        workspace: dir.clone(),
+        model: None,
+        train_text: None,
+        eval_text: None,
+        heldout_text: None,
+    };
     crate::prepare::prepare(&opts, &mut |line| say(&format!("  {line}")))
         .context("the real path needs the Hub (hint: without network, use `autoqat prepare --model DIR --train-text F --eval-text F` in an `autoqat init --template smollm-ternary` workspace)")?;
     say(&format!("research loop, baseline + {} experiments (builtin proposer)", args.experiments));

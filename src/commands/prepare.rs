@@ -10,6 +10,7 @@ pub fn run(args: PrepareArgs) -> anyhow::Result<()> {
         model: args.model,
         train_text: args.train_text,
         eval_text: args.eval_text,
+        heldout_text: args.heldout_text,
     };
     let p = prepare::prepare(&opts, &mut |line| eprintln!("[prepare] {line}"))?;
     println!("model: {} ({})", p.model_source, p.model_dir.display());

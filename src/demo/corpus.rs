@@ -434,6 +434,15 @@ pub fn train_and_eval(seed: u64, train_bytes: usize, eval_bytes: usize) -> (Stri
     (generate(seed, train_bytes), generate(seed.wrapping_add(1_000_003), eval_bytes))
 }
 
+/// The held-out text: stories from a seed neither train nor eval text uses, about the same
+/// world, for the loop's held-out split (the trial never reads it).
+pub fn heldout(bytes: usize) -> String {
+    generate(HELDOUT_SEED, bytes)
+}
+
+/// Seed of [`heldout`]: far from the seeds of any teacher spec's train and eval text.
+const HELDOUT_SEED: u64 = 0x4845_4c44_4f55_54;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,5 +25,9 @@ pub fn install_teacher(dir: &Path, t: &teacher::Teacher) -> anyhow::Result<()> {
     }
     copy(&t.train_text, &dir.join("data/train.txt"))?;
     copy(&t.eval_text, &dir.join("data/eval.txt"))?;
+    let eval_bytes = std::fs::metadata(&t.eval_text).map(|m| m.len() as usize).unwrap_or(60_000);
+    let heldout = dir.join(autoqat_workspace::layout::HELDOUT_TEXT);
+    std::fs::write(&heldout, corpus::heldout(eval_bytes))
+        .with_context(|| format!("cannot write {}", heldout.display()))?;
     Ok(())
 }

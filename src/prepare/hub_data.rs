@@ -27,16 +27,16 @@ pub fn tinystories() -> anyhow::Result<PathBuf> {
     })
 }
 
-/// The WikiText-2 raw test split as one text, rows joined with "\n\n" as in the Hugging Face
-/// perplexity guide.
-pub fn wikitext2_test() -> anyhow::Result<String> {
+/// A WikiText-2 raw split (`test` scores trials, `validation` is the held-out split) as one
+/// text, rows joined with "\n\n" as in the Hugging Face perplexity guide.
+pub fn wikitext2(split: &str) -> anyhow::Result<String> {
     let base = std::env::var("HF_DATASETS_SERVER").unwrap_or_else(|_| "https://datasets-server.huggingface.co".into());
     let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(60)).build();
     let mut texts: Vec<String> = Vec::new();
     let mut total = usize::MAX;
     while texts.len() < total {
         let url = format!(
-            "{base}/rows?dataset={}&config={WIKITEXT_CONFIG}&split=test&offset={}&length=100",
+            "{base}/rows?dataset={}&config={WIKITEXT_CONFIG}&split={split}&offset={}&length=100",
             WIKITEXT_DATASET.replace('/', "%2F"),
             texts.len()
         );

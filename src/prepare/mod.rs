@@ -24,6 +24,8 @@ pub struct Options {
     pub train_text: Option<PathBuf>,
     /// Local evaluation text.
     pub eval_text: Option<PathBuf>,
+    /// Local held-out text.
+    pub heldout_text: Option<PathBuf>,
 }
 
 /// Where everything ended up (also written to `data/prepare.json`).
@@ -94,7 +96,19 @@ pub fn prepare(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Prep
             .and_then(|p| std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display())))
     })?;
     let eval_text =
-        fetch_text(opts.eval_text.as_deref(), eval_target.as_deref(), "eval", log, hub_data::wikitext2_test)?;
+        fetch_text(opts.eval_text.as_deref(), eval_target.as_deref(), "eval", log, || hub_data::wikitext2("test"))?;
+
+    // The held-out split only feeds the report, so a text that cannot be had is said, not fatal.
+    // The tiny demo's was written with its teacher.
+    let heldout = ws.join(autoqat_workspace::layout::HELDOUT_TEXT);
+    if !heldout.is_file() || opts.heldout_text.is_some() {
+        let fetched = fetch_text(opts.heldout_text.as_deref(), Some(&heldout), "heldout", log, || {
+            hub_data::wikitext2("validation")
+        });
+        if let Err(e) = fetched {
+            log(&format!("held-out text: not prepared ({e:#}); pass --heldout-text FILE to score the best on one"));
+        }
+    }
 
     let tokenizer = model_dir.join("tokenizer.json");
     let train_tokens = tokens::ensure(&train_text, &tokenizer)?;

@@ -24,6 +24,8 @@ pub struct Summary<'a> {
     pub diff: &'a [FileDiff],
     /// File name of the plot, relative to the report.
     pub plot: &'a str,
+    /// Held-out scores (heldout.tsv), oldest first.
+    pub heldout: &'a [autoqat_workspace::heldout::Row],
 }
 
 /// The Markdown text of the report.
@@ -34,6 +36,7 @@ pub fn render(s: &Summary<'_>) -> String {
     let _ = writeln!(md, "![eval PPL per experiment]({})\n", s.plot);
     best_recipe(&mut md, s);
     noise(&mut md, s);
+    heldout(&mut md, s);
     table(&mut md, s.rows);
     md
 }
@@ -134,6 +137,31 @@ fn noise(md: &mut String, s: &Summary<'_>) {
             );
         }
     }
+}
+
+/// Search PPL beside held-out PPL: the loop selected on the first, so after many experiments
+/// it is optimistic; the second was never read by a decision.
+fn heldout(md: &mut String, s: &Summary<'_>) {
+    let _ = writeln!(md, "## Held-out split\n");
+    if s.heldout.is_empty() {
+        let _ = writeln!(
+            md,
+            "No held-out score yet: set `[heldout] command` in autoqat.toml (the templates score \
+             data/heldout.txt); the best recipe is scored when the run stops.\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Selection reads the eval text only; these texts were never seen by keep/discard or the proposer.\n"
+    );
+    let _ = writeln!(md, "| exp | change | search PPL | held-out PPL |\n|---:|---|---:|---:|");
+    for h in s.heldout {
+        let desc = s.rows.iter().find(|r| r.record.exp == h.exp).map(|r| r.description.as_str()).unwrap_or("");
+        let search = h.search_ppl.map(fmt_ppl).unwrap_or_else(|| "-".into());
+        let _ = writeln!(md, "| {} | {} | {search} | {} |", h.exp, desc.replace('|', "\\|"), fmt_ppl(h.heldout_ppl));
+    }
+    md.push('\n');
 }
 
 fn table(md: &mut String, rows: &[Row]) {

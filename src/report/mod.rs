@@ -62,6 +62,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
     let svg = out.join("progress.svg");
     let refs = plot::References { noise: noise.as_ref().map(|n| (n.mean, n.sigma)), fp_ppl };
     plot::write(&rows, &title, refs, &png, &svg)?;
+    let heldout = autoqat_workspace::heldout::read(&autoqat_workspace::Layout::new(workspace).heldout())?;
     let md = markdown::render(&markdown::Summary {
         title: &title,
         rows: &rows,
@@ -71,6 +72,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         fp_ppl,
         diff: &diff,
         plot: "progress.png",
+        heldout: &heldout,
     });
     let report_md = out.join("report.md");
     std::fs::write(&report_md, md).with_context(|| format!("cannot write {}", report_md.display()))?;

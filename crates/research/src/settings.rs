@@ -23,6 +23,36 @@ pub struct Settings {
     pub prune: PruneSettings,
     /// Which validator checks the mutable file.
     pub validator: ValidatorSettings,
+    /// Scoring the best recipe on a held-out text, apart from selection.
+    pub heldout: HeldoutSettings,
+}
+
+/// The held-out split (`[heldout]`): a text the trial never reads, scored once for the best
+/// recipe when the run stops (and for each keep with `keeps = true`). Keep/discard and the
+/// proposer never see these figures; the report shows them beside the search PPL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeldoutSettings {
+    /// Command that scores an experiment's output on the held-out text (`{run_dir}` and
+    /// `{exp}` are replaced; a leading `autoqat` is this executable); empty = no held-out split.
+    pub command: String,
+    /// Regex with one capture group for the PPL in the command's output.
+    pub metric_regex: String,
+    /// Also score each keep when it is kept (the best at the end is always scored).
+    pub keeps: bool,
+    /// Wall-clock limit of one scoring, in seconds.
+    pub timeout_s: f64,
+}
+
+impl Default for HeldoutSettings {
+    fn default() -> Self {
+        HeldoutSettings {
+            command: String::new(),
+            metric_regex: r#""eval_ppl"\s*:\s*([0-9.eE+-]+)"#.into(),
+            keeps: false,
+            timeout_s: 1800.0,
+        }
+    }
 }
 
 /// Loop settings (`[run]`).
@@ -128,9 +158,12 @@ pub struct ProviderSettings {
     pub max_tokens: u32,
     /// Sampling temperature.
     pub temperature: f64,
-    /// For `openai`: ask for the proposal's JSON shape. `auto` tries OpenAI's `json_schema`,
+    /// Ask for the proposal's JSON shape. For `openai`, `auto` tries OpenAI's `json_schema`,
     /// then the `json_object`-with-schema dialect (llama-cpp-python), then plain text, keeping
-    /// the first the server accepts; `json_schema`, `json_object` or `off` fix one.
+    /// the first the server accepts; `json_schema`, `json_object` or `off` fix one. For
+    /// `anthropic`, `auto` forces a `propose` tool whose input schema is the proposal's and
+    /// falls back to plain text for the rest of the run if the server refuses tools (HTTP 400);
+    /// `json_schema` or `json_object` insist on the tool, `off` sends none.
     pub structured_output: String,
     /// US dollars per million input tokens.
     pub price_in_per_mtok: f64,
@@ -177,11 +210,20 @@ pub struct NoiseSettings {
     pub confirm_sigmas: f64,
     /// How many times the baseline is run (with different seeds) to measure noise.
     pub baseline_repeats: u32,
+    /// A discard within this many σ of the best (within this many `min_rel_improvement`
+    /// margins while σ is unknown) is recorded as a near miss; the builtin search may combine two.
+    pub near_miss_sigmas: f64,
 }
 
 impl Default for NoiseSettings {
     fn default() -> Self {
-        NoiseSettings { min_rel_improvement: 0.002, confirm_seed: false, confirm_sigmas: 2.0, baseline_repeats: 1 }
+        NoiseSettings {
+            min_rel_improvement: 0.002,
+            confirm_seed: false,
+            confirm_sigmas: 2.0,
+            baseline_repeats: 1,
+            near_miss_sigmas: 2.0,
+        }
     }
 }
 
@@ -299,6 +341,18 @@ impl Settings {
         if let Some(re) = &self.trial.metric_regex {
             if let Err(e) = regex::Regex::new(re) {
                 return bad(format!("trial.metric_regex does not compile: {e}"));
+            }
+        }
+        if !self.heldout.command.trim().is_empty() {
+            match regex::Regex::new(&self.heldout.metric_regex) {
+                Err(e) => return bad(format!("heldout.metric_regex does not compile: {e}")),
+                Ok(re) if re.captures_len() < 2 => {
+                    return bad("heldout.metric_regex needs one capture group around the PPL".into())
+                }
+                Ok(_) => {}
+            }
+            if self.heldout.timeout_s <= 0.0 {
+                return bad("heldout.timeout_s must be positive".into());
             }
         }
         Ok(())

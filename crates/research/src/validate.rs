@@ -1,6 +1,8 @@
 //! Which checks a changed recipe must pass, and the schema the proposers see: the autoqat
 //! recipe schema, a schema declared in autoqat.toml (`toml`), or none for foreign trials.
 
+use std::collections::BTreeMap;
+
 use autoqat_recipe::{FieldSpec, FieldType, Schema};
 
 use crate::settings::{FieldSetting, Settings};
@@ -165,19 +167,24 @@ fn leaves(t: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
     }
 }
 
-/// A fingerprint of what a recipe means under `schema`: its keys with the schema's defaults
-/// filled in, values as parsed (so `1e-3` and `0.001`, comments, layout and key order do not
-/// matter). Two recipes with the same key run the same trial, whichever parent they came from.
-pub fn recipe_key(schema: &Schema, text: &str) -> Option<String> {
+/// What a recipe means under `schema`: every leaf key with the schema's defaults filled in,
+/// values as parsed (so `1e-3` and `0.001`, comments, layout and key order do not matter).
+pub fn recipe_values(schema: &Schema, text: &str) -> Option<BTreeMap<String, serde_json::Value>> {
     let table = parse_toml(text).ok()?;
     let mut flat = Vec::new();
     leaves(&table, "", &mut flat);
-    let mut meaning: std::collections::BTreeMap<String, String> =
-        flat.into_iter().map(|(k, v)| (k, toml_to_json(&v).to_string())).collect();
+    let mut meaning: BTreeMap<String, serde_json::Value> =
+        flat.into_iter().map(|(k, v)| (k, toml_to_json(&v))).collect();
     for f in schema.fields.iter().filter(|f| !f.default.is_null()) {
-        meaning.entry(f.key.clone()).or_insert_with(|| f.default.to_string());
+        meaning.entry(f.key.clone()).or_insert_with(|| f.default.clone());
     }
-    let lines: String = meaning.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    Some(meaning)
+}
+
+/// A fingerprint of [`recipe_values`]: two recipes with the same key run the same trial,
+/// whichever parent they came from.
+pub fn recipe_key(schema: &Schema, text: &str) -> Option<String> {
+    let lines: String = recipe_values(schema, text)?.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     Some(format!("recipe:{}", crate::focus::diff_key(&lines)))
 }
 
@@ -204,17 +211,10 @@ fn schema_from_settings(fields: &[FieldSetting]) -> Schema {
         .iter()
         .map(|f| {
             let choices: Vec<serde_json::Value> = f.choices.iter().map(toml_to_json).collect();
+            // The toml validator takes declared values only, numbers included: the schema says
+            // "one of", so neither a proposer nor the search offers a number in between.
             let ty = if choices.iter().all(|c| c.is_boolean()) {
                 FieldType::Bool
-            } else if choices.iter().all(|c| c.is_i64()) {
-                let v: Vec<i64> = choices.iter().filter_map(|c| c.as_i64()).collect();
-                FieldType::Int { min: *v.iter().min().unwrap_or(&0), max: *v.iter().max().unwrap_or(&0) }
-            } else if choices.iter().all(|c| c.is_number()) {
-                let v: Vec<f64> = choices.iter().filter_map(|c| c.as_f64()).collect();
-                FieldType::Float {
-                    min: v.iter().cloned().fold(f64::INFINITY, f64::min),
-                    max: v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-                }
             } else {
                 FieldType::Enum {
                     values: choices

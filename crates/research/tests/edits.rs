@@ -39,7 +39,15 @@ fn through_provider(
         system: String::new(),
         user: String::new(),
         repair: None,
-        ctx: Context { schema: None, recipe_path: "experiments/train.toml", recipe: RECIPE, records: &[], tried },
+        ctx: Context {
+            schema: None,
+            recipe_path: "experiments/train.toml",
+            recipe: RECIPE,
+            records: &[],
+            tried,
+            observations: &[],
+            max_changed_lines: 8,
+        },
     };
     let reply = p.propose(&req).unwrap();
     let validator = Validator::from_settings(&toy_settings());
@@ -131,7 +139,15 @@ fn builtin_ctx<'a>(
         system: String::new(),
         user: String::new(),
         repair: None,
-        ctx: Context { schema: Some(schema), recipe_path: "experiments/train.toml", recipe, records, tried },
+        ctx: Context {
+            schema: Some(schema),
+            recipe_path: "experiments/train.toml",
+            recipe,
+            records,
+            tried,
+            observations: &[],
+            max_changed_lines: 8,
+        },
     }
 }
 

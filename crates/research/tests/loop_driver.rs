@@ -448,3 +448,46 @@ fn a_prompt_longer_than_the_context_is_retried_with_fewer_rows_then_named() {
     assert!(lens.windows(2).all(|w| w[1] <= w[0]) && lens[4] < lens[0], "each retry is no longer: {lens:?}");
     assert_clean(ws.path());
 }
+
+#[test]
+fn the_best_is_scored_once_on_the_heldout_split_and_near_misses_are_recorded() {
+    // A 20% keep margin: lr 0.003 (ppl 30 against the baseline's 34.77) beats the best by 13.7%,
+    // not enough to keep, and is recorded as a near miss.
+    let extra = "[noise]\nmin_rel_improvement = 0.2\n[heldout]\ncommand = \"sh ./heldout.sh {run_dir}\"\n";
+    let toml = settings_toml("[provider]\nkind = \"builtin\"", extra)
+        .replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, "");
+    let ws = workspace(&toml);
+    // The held-out scorer: the run's PPL plus one, as `autoqat eval --json` prints it; each call
+    // leaves a mark so that the test can count them.
+    std::fs::write(
+        ws.path().join("heldout.sh"),
+        "#!/bin/sh\ntouch \"$1.heldout-called\"\np=$(sed -n 's/.*\"eval_ppl\":\\([0-9.]*\\).*/\\1/p' \"$1/summary.json\")\necho \"{\\\"eval_ppl\\\": $(awk \"BEGIN{print $p + 1}\")}\"\n",
+    )
+    .unwrap();
+    git(ws.path(), &["add", "heldout.sh"]);
+    git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "heldout scorer"]);
+    let (_, recs) = run_in_process(ws.path(), 4, false);
+    let rows = autoqat_workspace::heldout::read(&ws.path().join("heldout.tsv")).unwrap();
+    let best = autoqat_research::results::best(&recs).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].exp, best.exp);
+    assert_eq!(rows[0].search_ppl.map(|p| (p * 1e4).round()), best.eval_ppl.map(|p| (p * 1e4).round()));
+    assert!((rows[0].heldout_ppl - best.eval_ppl.unwrap() - 1.0).abs() < 1e-3, "{rows:?}");
+    let called: Vec<_> = std::fs::read_dir(ws.path().join("runs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".heldout-called"))
+        .collect();
+    assert_eq!(called.len(), 1, "only the best is scored");
+    // A second stop does not score the same best again.
+    let (_, recs) = run_in_process(ws.path(), 5, true);
+    assert_eq!(autoqat_workspace::heldout::read(&ws.path().join("heldout.tsv")).unwrap().len(), 1);
+    // The near miss is in the note and in results.tsv.
+    let near = recs.iter().find(|r| r.eval_ppl.is_some_and(|p| (p - 30.0).abs() < 1e-6)).expect("lr 0.003 ran");
+    assert_eq!(near.status(), Status::Discard);
+    assert!(near.near_miss, "{near:?}");
+    let rows = autoqat_research::results::read(&ws.path().join("results.tsv")).unwrap();
+    assert!(rows.iter().any(|r| r.record.exp == near.exp && r.near_miss));
+    assert!(!rows.iter().any(|r| r.status() == Status::Keep && r.near_miss));
+    assert_consistent(ws.path(), "t");
+}

@@ -33,7 +33,15 @@ fn request(tried: &HashSet<String>) -> Request<'_> {
         system: "sys".into(),
         user: "user prompt".into(),
         repair: None,
-        ctx: Context { schema: None, recipe_path: "experiments/train.toml", recipe: RECIPE, records: &[], tried },
+        ctx: Context {
+            schema: None,
+            recipe_path: "experiments/train.toml",
+            recipe: RECIPE,
+            records: &[],
+            tried,
+            observations: &[],
+            max_changed_lines: 8,
+        },
     }
 }
 
@@ -262,4 +270,108 @@ fn structured_output_off_sends_no_format_and_a_bad_setting_is_one_line() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("structured_output") && err.contains("json_object") && err.lines().count() == 1, "{err}");
+}
+
+/// An Anthropic Messages answer that calls the `propose` tool with `input`, after a text block.
+fn anthropic_tool_body(input: &str) -> String {
+    serde_json::json!({
+        "id": "msg", "type": "message", "role": "assistant",
+        "content": [
+            {"type": "text", "text": "I will propose a change."},
+            {"type": "tool_use", "id": "toolu_01", "name": "propose", "input": serde_json::from_str::<serde_json::Value>(input).unwrap()}
+        ],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 900, "output_tokens": 100}
+    })
+    .to_string()
+}
+
+fn bodies(srv: &Server) -> Vec<serde_json::Value> {
+    srv.seen.lock().unwrap().iter().map(|s| serde_json::from_str(&s.body).unwrap()).collect()
+}
+
+#[test]
+fn anthropic_structured_output_forces_the_propose_tool_and_reads_its_input() {
+    let srv = serve(vec![Canned::json(200, anthropic_tool_body(GOOD))]);
+    key("AQ_T_ANTHROPIC_TOOL", "sk-ant-test-tool");
+    let r = ask(&settings("anthropic", &srv.url, "AQ_T_ANTHROPIC_TOOL")).unwrap();
+    let p = answer::parse(&r.text).unwrap();
+    assert_eq!(p.description, "raise lr");
+    assert_eq!(p.edits.len(), 1);
+    assert_eq!((p.edits[0].search.as_str(), p.edits[0].replace.as_str()), ("lr = 0.001", "lr = 0.003"));
+    assert!(!r.text.contains("I will propose"), "the tool input, not the text block, is the answer: {}", r.text);
+    assert_eq!((r.input_tokens, r.output_tokens), (900, 100));
+    // 900 * 2 / 1e6 + 100 * 10 / 1e6
+    assert!((r.cost_usd - 0.0028).abs() < 1e-12, "{}", r.cost_usd);
+
+    let body = &bodies(&srv)[0];
+    assert_eq!(body["tool_choice"], serde_json::json!({"type": "tool", "name": "propose"}));
+    let tools = body["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), 1);
+    assert_eq!(tools[0]["name"], "propose");
+    assert!(!tools[0]["description"].as_str().unwrap().is_empty());
+    assert_eq!(tools[0]["input_schema"]["required"], serde_json::json!(["description", "rationale", "edits"]));
+
+    // The same schema the openai proposer sends as its response_format.
+    let oai = serve(vec![Canned::json(200, openai_body(GOOD))]);
+    ask(&settings("openai", &format!("{}/v1", oai.url), "AQ_T_ANTHROPIC_TOOL")).unwrap();
+    assert_eq!(tools[0]["input_schema"], bodies(&oai)[0]["response_format"]["json_schema"]["schema"]);
+}
+
+#[test]
+fn anthropic_tools_refused_with_a_400_falls_back_to_text_for_the_rest_of_the_run() {
+    let secret = "sk-ant-LEAKCANARY-tools-400";
+    // What api.anthropic.com answers a request whose fields it does not accept.
+    let refusal = Canned::json(
+        400,
+        format!(
+            r#"{{"type":"error","error":{{"type":"invalid_request_error","message":"tools: Extra inputs are not permitted (key {secret})"}}}}"#
+        ),
+    );
+    let srv = serve(vec![refusal, Canned::json(200, anthropic_body(GOOD)), Canned::json(200, anthropic_body(GOOD))]);
+    key("AQ_T_ANTHROPIC_REFUSE", secret);
+    let mut p = proposer::make(&settings("anthropic", &srv.url, "AQ_T_ANTHROPIC_REFUSE")).unwrap();
+    let tried = HashSet::new();
+    let req = request(&tried);
+    for _ in 0..2 {
+        let r = p.propose(&req).unwrap();
+        assert_eq!(answer::parse(&r.text).unwrap().description, "raise lr");
+        assert_eq!((r.input_tokens, r.output_tokens), (900, 100));
+    }
+    let sent = bodies(&srv);
+    assert_eq!(sent.len(), 3, "the refusal is retried once without tools, not with them");
+    assert_eq!(sent[0]["tools"][0]["name"], "propose");
+    for (i, b) in sent.iter().enumerate().skip(1) {
+        assert!(b.get("tools").is_none() && b.get("tool_choice").is_none(), "request {i} sent tools: {b}");
+        assert_eq!(b["messages"][0]["content"], "user prompt");
+    }
+
+    // Insisting on structured output (a fixed dialect) makes the refusal an error, without the key.
+    let refusal = Canned::json(
+        400,
+        format!(
+            r#"{{"type":"error","error":{{"type":"invalid_request_error","message":"tool_choice: unknown {secret}"}}}}"#
+        ),
+    );
+    let srv = serve(vec![refusal]);
+    let mut s = settings("anthropic", &srv.url, "AQ_T_ANTHROPIC_REFUSE");
+    s.structured_output = "json_schema".into();
+    let e = ask(&s).unwrap_err();
+    let msg = format!("{e} {e:?}");
+    assert!(msg.contains("400") && msg.contains("tool_choice"), "{msg}");
+    assert!(!msg.contains(secret), "key leaked into the error: {msg}");
+    assert_eq!(srv.seen.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn anthropic_structured_output_off_sends_no_tools() {
+    let srv = serve(vec![Canned::json(200, anthropic_body(GOOD))]);
+    key("AQ_T_ANTHROPIC_OFF", "sk-ant-test-off");
+    let mut s = settings("anthropic", &srv.url, "AQ_T_ANTHROPIC_OFF");
+    s.structured_output = "off".into();
+    let r = ask(&s).unwrap();
+    assert_eq!(answer::parse(&r.text).unwrap().description, "raise lr");
+    let body = &bodies(&srv)[0];
+    assert!(body.get("tools").is_none() && body.get("tool_choice").is_none(), "{body}");
+    assert_eq!(body["system"], "sys");
 }

@@ -30,6 +30,8 @@ fn builtin_changes_to_the_shipped_recipe_pass_the_schema() {
         recipe: &recipe,
         records: &[],
         tried: &tried,
+        observations: &[],
+        max_changed_lines: 8,
     };
     let cands = builtin::candidates(&schema, &ctx, 0);
     assert!(cands.len() >= 5, "the builtin search finds almost nothing to try: {}", cands.len());
@@ -87,6 +89,8 @@ fn builtin_skips_knobs_that_do_nothing_under_the_current_recipe() {
             recipe,
             records: &[],
             tried: &tried,
+            observations: &[],
+            max_changed_lines: 8,
         };
         builtin::candidates(&schema, &ctx, 0).into_iter().map(|c| c.key).collect()
     };

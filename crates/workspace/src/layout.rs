@@ -10,6 +10,10 @@ pub const CONFIG: &str = "autoqat.toml";
 pub const RECIPE: &str = "experiments/train.toml";
 /// One row per finished experiment (rebuildable from git notes).
 pub const RESULTS: &str = "results.tsv";
+/// The held-out text: the trial never reads it (`[heldout]` scores the best on it).
+pub const HELDOUT_TEXT: &str = "data/heldout.txt";
+/// Held-out scores of the best recipe, never read by the loop's decisions.
+pub const HELDOUT: &str = "heldout.tsv";
 /// The loop's private state: lock, journal, the running trial's process group.
 pub const STATE_DIR: &str = ".autoqat";
 /// The default run directory of an experiment; `{exp}` becomes its zero-padded number.
@@ -17,7 +21,8 @@ pub const RUN_DIR_TEMPLATE: &str = "runs/{exp}";
 /// The default stop file: touching it ends the run after the current experiment.
 pub const STOP_FILE: &str = "STOP";
 /// Paths the harness writes that must never make the worktree dirty (git exclude patterns).
-pub const GIT_EXCLUDES: &[&str] = &["/runs/", "/results.tsv", "/results.tsv.tmp", "/.autoqat/", "/STOP"];
+pub const GIT_EXCLUDES: &[&str] =
+    &["/runs/", "/results.tsv", "/results.tsv.tmp", "/heldout.tsv", "/.autoqat/", "/STOP"];
 
 /// The paths of one workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +54,11 @@ impl Layout {
     /// `results.tsv`.
     pub fn results(&self) -> PathBuf {
         self.root.join(RESULTS)
+    }
+
+    /// `heldout.tsv`.
+    pub fn heldout(&self) -> PathBuf {
+        self.root.join(HELDOUT)
     }
 
     /// `.autoqat/`.

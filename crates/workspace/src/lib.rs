@@ -20,6 +20,7 @@
 pub mod atomic;
 pub mod error;
 pub mod hash;
+pub mod heldout;
 pub mod layout;
 pub mod results;
 pub mod run;

@@ -17,7 +17,7 @@ pub use rows::{best_row, noise, read, running_best, Noise, Row};
 /// The header of results.tsv: DESIGN.md section 5's columns, then the compression track's
 /// artifact size (empty for QAT trials) and the PPL of a keep's second-seed confirmation. New columns go last, so that rows appended by this
 /// version under an older header keep every older column in place.
-pub const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription\tartifact_size_bytes\tbits_per_param\tconfirm_ppl";
+pub const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription\tartifact_size_bytes\tbits_per_param\tconfirm_ppl\tnear_miss";
 
 /// The outcome of one experiment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +136,9 @@ pub struct Record {
     pub bits_per_param: Option<f64>,
     /// Eval perplexity of the second-seed confirmation, when run.
     pub confirm_ppl: Option<f64>,
+    /// A discard within `noise.near_miss_sigmas` σ of the best: not kept, but worth combining.
+    #[serde(default)]
+    pub near_miss: bool,
     /// For the baseline: each repeat's eval_ppl.
     pub baseline_ppls: Vec<f64>,
     /// For the baseline: sample standard deviation of the repeats.
@@ -155,7 +158,7 @@ impl Record {
         let short = |c: &str| c.chars().take(12).collect::<String>();
         let _ = write!(
             s,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{}\t{}\t{}\t{}\t{}",
             self.exp,
             short(&self.commit),
             short(&self.parent),
@@ -175,6 +178,7 @@ impl Record {
             self.artifact_size_bytes.map(|b| b.to_string()).unwrap_or_default(),
             f(self.bits_per_param, 4),
             f(self.confirm_ppl, 4),
+            if self.near_miss { "yes" } else { "" },
         );
         s
     }

@@ -37,7 +37,7 @@ use crate::git::{self, Git, Lock};
 use crate::killpoint::hit;
 use crate::noise;
 use crate::prompt::{self, PromptInputs, Templates};
-use crate::proposer::{self, Context, Proposer, ProposerError, Request};
+use crate::proposer::{self, Context, Observation, Proposer, ProposerError, Request};
 use crate::prune;
 use crate::results::{self, Record, Status};
 use crate::settings::Settings;
@@ -83,6 +83,39 @@ fn recipe_key_at(git: &Git, validator: &Validator, s: &Settings, commit: &str) -
     crate::validate::recipe_key(schema, &text)
 }
 
+/// What `rec` meant and scored, for the searches: its recipe and its parent's read through the
+/// schema. `None` without a schema, or for a record without a recipe (an invalid answer).
+fn observe(git: &Git, validator: &Validator, s: &Settings, ws: &Path, rec: &Record) -> Option<Observation> {
+    let schema = validator.schema()?;
+    let path = s.run.mutable_paths.first()?;
+    let read = |commit: &str| {
+        let text = git.file_at(Oid::from_str(commit).ok()?, path)?;
+        crate::validate::recipe_values(schema, &text)
+    };
+    if rec.status() == Status::Invalid {
+        return None;
+    }
+    let values = read(&rec.commit)?;
+    let parent = read(&rec.parent).unwrap_or_default();
+    let changed: Vec<(String, serde_json::Value)> = if rec.status() == Status::Baseline {
+        Vec::new()
+    } else {
+        let differs = |k: &String, v: &serde_json::Value| !parent.get(k).is_some_and(|p| proposer::tpe::same(p, v));
+        values.iter().filter(|(k, v)| differs(k, v)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let ppl = match (rec.status(), rec.eval_ppl.filter(|p| p.is_finite())) {
+        (_, Some(p)) => Some(rec.confirm_ppl.filter(|c| c.is_finite()).map_or(p, |c| (p + c) / 2.0)),
+        // A pruned trial stopped while clearly worse: its curve's last point is what it reached.
+        (Status::Pruned, None) => prune::curve(&ws.join(s.run_dir(rec.exp)).join(autoqat_workspace::run::STEPS_FILE))
+            .iter()
+            .rev()
+            .map(|p| p.1)
+            .find(|p| p.is_finite()),
+        _ => None,
+    };
+    Some(Observation { exp: rec.exp, status: rec.status(), ppl, values, changed, near_miss: rec.near_miss })
+}
+
 /// The loop's state.
 pub struct Driver {
     ws: PathBuf,
@@ -93,6 +126,7 @@ pub struct Driver {
     templates: Templates,
     proposer: Option<Box<dyn Proposer>>,
     records: Vec<Record>,
+    observations: Vec<Observation>,
     tried: HashSet<String>,
     started: Instant,
     invalid_streak: u32,
@@ -159,6 +193,7 @@ impl Driver {
         for r in &records {
             tried.extend(recipe_key_at(&git, &validator, &s, &r.commit));
         }
+        let observations = records.iter().filter_map(|r| observe(&git, &validator, &s, &ws, r)).collect();
         let exe = std::env::current_exe().ok();
         let reporter: Box<dyn Reporter> = Box::new(Console { json: opts.json, quiet: opts.quiet });
         let templates = Templates::load(&ws.join(&s.run.prompts_dir));
@@ -171,6 +206,7 @@ impl Driver {
             templates,
             proposer,
             records,
+            observations,
             tried,
             started: Instant::now(),
             invalid_streak: 0,
@@ -203,7 +239,51 @@ impl Driver {
         if stop == StopReason::StopFile {
             let _ = std::fs::remove_file(self.ws.join(&self.s.run.stop_file));
         }
+        if stop != StopReason::Signal {
+            if let Some(exp) = results::best(&self.records).map(|b| b.exp) {
+                self.heldout(exp);
+            }
+        }
         Ok(RunSummary { stop, records: self.records })
+    }
+
+    /// Scores experiment `exp` on the held-out split once (heldout.tsv remembers it). Nothing
+    /// here feeds a decision, so a failure is reported and the run goes on.
+    fn heldout(&mut self, exp: u32) {
+        if self.s.heldout.command.trim().is_empty() {
+            return;
+        }
+        let Some(rec) = self.records.iter().find(|r| r.exp == exp).cloned() else { return };
+        let path = autoqat_workspace::Layout::new(&self.ws).heldout();
+        let scored = autoqat_workspace::heldout::read(&path);
+        if scored
+            .as_ref()
+            .is_ok_and(|rows| rows.iter().any(|r| !r.commit.is_empty() && rec.commit.starts_with(&r.commit)))
+        {
+            return;
+        }
+        let run_dir = self.s.run_dir(exp).to_string_lossy().to_string();
+        let line = match self.score_heldout(exp, &run_dir) {
+            Ok(Some((ppl, time_s))) => {
+                let row = autoqat_workspace::heldout::Row {
+                    exp,
+                    commit: rec.commit.clone(),
+                    search_ppl: rec.eval_ppl,
+                    heldout_ppl: ppl,
+                    time_s,
+                };
+                match autoqat_workspace::heldout::append(&path, &row) {
+                    Ok(()) => format!(
+                        "held-out: exp {exp} scores {ppl:.4} on the held-out text (search PPL {})",
+                        rec.eval_ppl.map_or("-".into(), |p| format!("{p:.4}"))
+                    ),
+                    Err(e) => format!("held-out: exp {exp} scored {ppl:.4}, but {e}"),
+                }
+            }
+            Ok(None) => format!("held-out: scoring exp {exp} failed; see {run_dir}-heldout/trial.log"),
+            Err(e) => format!("held-out: cannot score exp {exp}: {e}"),
+        };
+        self.say(&line);
     }
 
     fn results_path(&self) -> PathBuf {
@@ -231,6 +311,7 @@ impl Driver {
                 mutable_paths: &self.s.run.mutable_paths,
                 max_changed_lines: self.s.run.max_changed_lines,
                 recent_rows: rows,
+                observations: &self.observations,
             },
         )
     }
@@ -281,6 +362,8 @@ impl Driver {
                     recipe: &recipe,
                     records: &self.records,
                     tried: &self.tried,
+                    observations: &self.observations,
+                    max_changed_lines: self.s.run.max_changed_lines,
                 };
                 let attempt_user = match &repair {
                     Some((e, answer)) => prompt::repair(&self.templates, &user, answer, e, &recipe_path),
@@ -407,6 +490,7 @@ impl Driver {
             self.tried.insert(rec.diff_key.clone());
         }
         self.tried.extend(recipe_key_at(&self.git, &self.validator, &self.s, &rec.commit));
+        self.observations.extend(observe(&self.git, &self.validator, &self.s, &self.ws, &rec));
         self.records.push(rec);
         Ok(())
     }
@@ -444,7 +528,7 @@ impl Driver {
             let ppl = rec.eval_ppl.unwrap_or(f64::INFINITY);
             rec.delta = Some(policy::delta(ppl, bp));
             let sigma = self.records.iter().find(|r| r.status() == Status::Baseline).and_then(|r| r.sigma);
-            match policy::verdict(ppl, bp, &self.s.noise, sigma) {
+            let status = match policy::verdict(ppl, bp, &self.s.noise, sigma) {
                 policy::Verdict::Discard => Status::Discard,
                 policy::Verdict::Keep => Status::Keep,
                 policy::Verdict::Confirm => match self.run_seeded(exp, &format!("{run_dir}-seed2"), 1)? {
@@ -460,7 +544,9 @@ impl Driver {
                     // No seed key to shift: the first result stands.
                     None => Status::Keep,
                 },
-            }
+            };
+            rec.near_miss = status == Status::Discard && policy::near_miss(ppl, bp, &self.s.noise, sigma);
+            status
         } else {
             // The baseline (no best yet). Repeats measure the noise floor.
             let mut ppls: Vec<f64> = rec.eval_ppl.into_iter().collect();
@@ -505,7 +591,12 @@ impl Driver {
             self.git.reset_branch(&self.tag, back, || hit("reset"))?;
         }
         hit("before_row");
-        self.push(rec)
+        let kept = status == Status::Keep;
+        self.push(rec)?;
+        if kept && self.s.heldout.keeps {
+            self.heldout(exp);
+        }
+        Ok(())
     }
 
     /// Sets aside an experiment whose trial a signal stopped. It gets no row: it neither crashed

@@ -40,6 +40,13 @@ pub(super) fn confirmed(confirm_ppl: Option<f64>, best_ppl: f64, n: &NoiseSettin
     }
 }
 
+/// Whether a discarded `ppl` came within `near_miss_sigmas` σ of `best_ppl` (while σ is
+/// unknown: within that many `min_rel_improvement` margins).
+pub(super) fn near_miss(ppl: f64, best_ppl: f64, n: &NoiseSettings, sigma: Option<f64>) -> bool {
+    let noise = sigma.unwrap_or(best_ppl * n.min_rel_improvement);
+    ppl.is_finite() && ppl - best_ppl < n.near_miss_sigmas * noise
+}
+
 /// Relative change of `ppl` against `best_ppl` (the results column `delta`).
 pub(super) fn delta(ppl: f64, best_ppl: f64) -> f64 {
     (ppl - best_ppl) / best_ppl
@@ -66,5 +73,10 @@ mod tests {
         assert_eq!(confirmed(Some(99.9), 100.0, &n), Status::Discard);
         assert_eq!(confirmed(None, 100.0, &n), Status::Discard);
         assert!((delta(98.0, 100.0) + 0.02).abs() < 1e-12);
+        n.near_miss_sigmas = 2.0;
+        assert!(near_miss(102.0, 100.0, &n, Some(1.5)), "2 above the best is inside 2σ = 3");
+        assert!(!near_miss(104.0, 100.0, &n, Some(1.5)));
+        assert!(near_miss(101.5, 100.0, &n, None), "without σ: 2 margins of 1% = 2");
+        assert!(!near_miss(f64::NAN, 100.0, &n, Some(1.5)));
     }
 }

@@ -19,7 +19,12 @@ fn shell_quote(s: &str) -> String {
 impl Driver {
     /// The trial command line for one run directory.
     pub(super) fn command_line(&self, exp: u32, run_dir: &str) -> String {
-        let mut c = self.s.trial.command.replace("{exp}", &format!("{exp:04}")).replace("{run_dir}", run_dir);
+        self.command_from(&self.s.trial.command, exp, run_dir)
+    }
+
+    /// `template` with `{exp}` and `{run_dir}` replaced and a leading `autoqat` resolved.
+    fn command_from(&self, template: &str, exp: u32, run_dir: &str) -> String {
+        let mut c = template.replace("{exp}", &format!("{exp:04}")).replace("{run_dir}", run_dir);
         if let Some(rest) = c.strip_prefix("autoqat ") {
             if let Some(exe) = &self.exe {
                 c = format!("{} {rest}", shell_quote(&exe.display().to_string()));
@@ -29,10 +34,6 @@ impl Driver {
     }
 
     pub(super) fn run_trial(&self, exp: u32, run_dir: &str, prune_against: Option<Vec<(u64, f64)>>) -> Result<Outcome> {
-        let mut remove = vec!["OPENAI_API_KEY".to_string(), "ANTHROPIC_API_KEY".to_string()];
-        if !self.s.provider.api_key_env.is_empty() {
-            remove.push(self.s.provider.api_key_env.clone());
-        }
         let margin = self.s.prune.margin;
         let min_step = self.s.prune.min_step;
         let prune: Option<trial::PruneCheck> = match prune_against {
@@ -55,10 +56,45 @@ impl Driver {
                 .metric_regex
                 .as_deref()
                 .and_then(|r| regex::RegexBuilder::new(r).multi_line(true).build().ok()),
-            env_remove: remove,
+            env_remove: self.secret_env(),
             env: vec![("AUTOQAT_EXP".into(), exp.to_string()), ("AUTOQAT_RUN_DIR".into(), run_dir.to_string())],
         };
         trial::run(&spec)
+    }
+
+    /// The environment variables that hold API keys: no trial or scorer sees them.
+    fn secret_env(&self) -> Vec<String> {
+        let mut remove = vec!["OPENAI_API_KEY".to_string(), "ANTHROPIC_API_KEY".to_string()];
+        if !self.s.provider.api_key_env.is_empty() {
+            remove.push(self.s.provider.api_key_env.clone());
+        }
+        remove
+    }
+
+    /// Scores experiment `exp` (run directory `run_dir`) with `heldout.command`; its log goes to
+    /// `<run_dir>-heldout/`. `None` when it failed or was stopped (the reason is logged).
+    pub(super) fn score_heldout(&self, exp: u32, run_dir: &str) -> Result<Option<(f64, f64)>> {
+        let h = &self.s.heldout;
+        let spec = TrialSpec {
+            command: self.command_from(&h.command, exp, run_dir),
+            workspace: &self.ws,
+            run_dir: self.ws.join(format!("{run_dir}-heldout")),
+            timeout: Duration::from_secs_f64(h.timeout_s),
+            stop: &signals::STOP,
+            prune: None,
+            poll: Duration::from_secs(1),
+            metric_regex: regex::RegexBuilder::new(&h.metric_regex).multi_line(true).build().ok(),
+            env_remove: self.secret_env(),
+            env: vec![("AUTOQAT_EXP".into(), exp.to_string()), ("AUTOQAT_RUN_DIR".into(), run_dir.to_string())],
+        };
+        let out = trial::run(&spec)?;
+        match (out.failure, out.summary.eval_ppl) {
+            (None, Some(p)) => Ok(Some((p, out.wall_s))),
+            _ => {
+                tracing::warn!("held-out scoring of exp {exp} failed: {}", out.error.unwrap_or_default());
+                Ok(None)
+            }
+        }
     }
 
     /// Runs a trial with the seed key shifted by `offset` (the file is restored from git).

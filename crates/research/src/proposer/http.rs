@@ -155,15 +155,16 @@ fn is_context_error(body: &str) -> bool {
     .any(|p| b.contains(p))
 }
 
-/// Whether an error body refuses the request's `response_format`. Not transient, whatever the
-/// status: llama-cpp-python answers a `json_schema` it does not speak with a 500 that names
-/// `response_format`; a client error that names `json_schema` counts too.
+/// Whether an error body refuses how the request asked for the answer's shape: OpenAI's
+/// `response_format`, or Anthropic's `tools`/`tool_choice`. Not transient, whatever the status:
+/// llama-cpp-python answers a `json_schema` it does not speak with a 500 that names
+/// `response_format`; a client error that names `json_schema` or a tool counts too.
 fn refuses_format(body: &str, retryable: bool) -> bool {
     if retryable {
         return body.contains("response_format");
     }
     let b = body.to_ascii_lowercase();
-    b.contains("response_format") || b.contains("json_schema")
+    b.contains("response_format") || b.contains("json_schema") || b.contains("tool")
 }
 
 /// Retry-After in seconds (the HTTP-date form is treated as absent).

@@ -6,12 +6,14 @@ pub mod builtin;
 pub mod command;
 pub mod http;
 pub mod openai;
+pub mod tpe;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use autoqat_recipe::Schema;
+use serde_json::Value;
 
-use crate::results::Record;
+use crate::results::{Record, Status};
 use crate::settings::ProviderSettings;
 
 /// Why a proposer gave no answer.
@@ -31,8 +33,9 @@ pub enum ProposerError {
     /// prompt may pass; the same one never will.
     #[error("{0}")]
     ContextTooLong(String),
-    /// The server refused the request's `response_format` (it speaks another dialect, or
-    /// none); the same request without it, or in another dialect, may pass.
+    /// The server refused how the request asked for the answer's shape (`response_format`,
+    /// Anthropic's `tools`): it speaks another dialect, or none; the same request without it,
+    /// or in another dialect, may pass.
     #[error("{0}")]
     FormatRefused(String),
 }
@@ -49,6 +52,28 @@ pub struct Context<'a> {
     pub records: &'a [Record],
     /// Fingerprints of edits already tried.
     pub tried: &'a HashSet<String>,
+    /// Every finished experiment read through the schema (empty without one).
+    pub observations: &'a [Observation],
+    /// The focus limit: most changed lines one proposal may have.
+    pub max_changed_lines: usize,
+}
+
+/// One finished experiment as a search sees it: what its recipe meant and how it scored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Experiment number.
+    pub exp: u32,
+    /// Outcome.
+    pub status: Status,
+    /// Its eval PPL (the mean with the second seed's when confirmed); for a pruned trial the
+    /// last point of its eval curve; `None` when it failed.
+    pub ppl: Option<f64>,
+    /// Every key of its recipe, defaults filled in ([`crate::validate::recipe_values`]).
+    pub values: BTreeMap<String, Value>,
+    /// The keys whose values differ from its parent's recipe, with their new values.
+    pub changed: Vec<(String, Value)>,
+    /// Recorded as a near miss.
+    pub near_miss: bool,
 }
 
 /// One request: the rendered prompt and its context.

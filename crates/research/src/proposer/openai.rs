@@ -18,8 +18,8 @@ enum Shape {
     Text,
 }
 
-/// The proposal's JSON Schema (what `answer::parse` reads).
-fn proposal_schema() -> serde_json::Value {
+/// The proposal's JSON Schema (what `answer::parse` reads); the `anthropic` proposer sends it too.
+pub(super) fn proposal_schema() -> serde_json::Value {
     let text = json!({"type": "string"});
     json!({
         "type": "object",

@@ -111,6 +111,7 @@ impl Columns {
             artifact_size_bytes: value::<i64>("artifact_size_bytes", named("artifact_size_bytes"))?,
             bits_per_param: num("bits_per_param")?,
             confirm_ppl: num("confirm_ppl")?,
+            near_miss: named("near_miss") == "yes",
             ..Record::default()
         };
         Ok(Row { exp: exp.to_string(), record })
@@ -252,16 +253,19 @@ mod tests {
         rec.artifact_size_bytes = Some(37_170_160);
         rec.bits_per_param = Some(2.2107);
         rec.confirm_ppl = Some(40.5);
+        rec.near_miss = true;
         let rows = parse(&render(std::slice::from_ref(&rec))).unwrap();
+        assert!(rows[0].near_miss);
         assert_eq!(rows[0].artifact_size_bytes, Some(37_170_160));
         assert_eq!(rows[0].bits_per_param, Some(2.2107));
         assert_eq!(rows[0].confirm_ppl, Some(40.5));
         // A results.tsv started by a version without the new columns, then appended to.
-        let old_header = HEADER.strip_suffix("\tartifact_size_bytes\tbits_per_param\tconfirm_ppl").unwrap();
+        let old_header = HEADER.strip_suffix("\tartifact_size_bytes\tbits_per_param\tconfirm_ppl\tnear_miss").unwrap();
         let rows = parse(&format!("{old_header}\n{}\n", rec.to_row())).unwrap();
         assert_eq!(rows[0].description, "change 3");
         assert_eq!((rows[0].eval_ppl, rows[0].tokens), (Some(40.0), Some(4096)));
         assert_eq!(rows[0].artifact_size_bytes, None);
+        assert!(!rows[0].near_miss);
     }
 
     #[test]

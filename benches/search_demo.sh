@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The builtin search on the offline demo (issue 14's goal): one demo workspace (teacher and
+# baseline repeats), copied once per search seed, each searched for EXPERIMENTS experiments
+# after the baseline. Prints per seed the fraction of the baseline -> teacher PPL gap the best
+# recipe closes, and the keeps that beat the best by less than 2 sigma without a confirmation.
+#
+#   benches/search_demo.sh [AUTOQAT_BINARY] [OUT_DIR]   (EXPERIMENTS=20 SEEDS="0 1 2")
+# Run it once with the binary of each search to compare them on the same baseline.
+set -euo pipefail
+BIN=$(realpath "${1:-target/debug/autoqat}")
+OUT=${2:-/tmp/search-demo}
+EXPERIMENTS=${EXPERIMENTS:-20}
+SEEDS=${SEEDS:-0 1 2}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY="$ROOT/.venv/bin/python"
+mkdir -p "$OUT"
+base="$OUT/base"
+if [[ ! -f "$base/report/demo-summary.json" ]]; then
+  rm -rf "$base"
+  "$BIN" demo --dir "$base" --experiments 0 >"$OUT/base.log" 2>&1
+fi
+for s in $SEEDS; do
+  w="$OUT/seed$s"
+  rm -rf "$w"
+  cp -a "$base" "$w"
+  # provider.seed is harness config, committed on the run branch like any settings change.
+  "$PY" - "$w/autoqat.toml" "$s" <<'PYEOF'
+import re, sys
+p, s = sys.argv[1], sys.argv[2]
+t = open(p).read()
+t = re.sub(r'(?m)^\[provider\]\n(seed = .*\n)?', f'[provider]\nseed = {s}\n', t)
+open(p, "w").write(t)
+PYEOF
+  git -C "$w" commit -qam "bench: search seed $s"
+  start=$(date +%s)
+  "$BIN" run --workspace "$w" --tag demo --provider builtin --resume --max-experiments $((EXPERIMENTS + 1)) \
+    >"$OUT/seed$s.log" 2>&1 || echo "seed $s: run exited $? (see $OUT/seed$s.log)"
+  echo "seed $s: $(( $(date +%s) - start )) s"
+done
+"$PY" - "$OUT" "$SEEDS" <<'PYEOF'
+import csv, glob, json, statistics, sys
+out, seeds = sys.argv[1], sys.argv[2].split()
+fp = json.load(open(f"{out}/base/report/demo-summary.json"))["teacher_fp_ppl"]
+fracs = []
+for s in seeds:
+    rows = list(csv.DictReader(open(f"{out}/seed{s}/results.tsv"), delimiter="\t"))
+    # The baseline's repeats (other seeds) are run directories, not rows.
+    base = [json.load(open(p))["eval_ppl"] for p in glob.glob(f"{out}/seed{s}/runs/0000*/summary.json")]
+    b = statistics.mean(base)
+    sigma = statistics.stdev(base) if len(base) > 1 else float("nan")
+    best, weak, keeps = b, 0, []
+    for r in rows:
+        if r["status"] == "keep":
+            p = float(r["eval_ppl"])
+            confirmed = r.get("confirm_ppl", "") not in ("", "nan")
+            if best - p < 2 * sigma and not confirmed:
+                weak += 1
+            keeps.append(f'{r["exp"]} {r["description"]} {p:.4f}' + (" (confirmed)" if confirmed else ""))
+            best = p
+    frac = (b - best) / (b - fp)
+    fracs.append(frac)
+    n = sum(1 for r in rows if r["status"] not in ("baseline",))
+    print(f"seed {s}: baseline {b:.4f} (sigma {sigma:.4f}) best {best:.4f} fp {fp:.4f} "
+          f"gap closed {frac:.1%} | {n} experiments, {len(keeps)} keeps, {weak} under 2 sigma unconfirmed")
+    for k in keeps:
+        print(f"    keep {k}")
+print(f"mean gap closed over seeds {' '.join(seeds)}: {statistics.mean(fracs):.1%}")
+PYEOF
