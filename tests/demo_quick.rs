@@ -69,6 +69,12 @@ fn quick_demo_runs_the_whole_loop_and_reuses_the_cached_teacher() {
     // Report and plot.
     let md = std::fs::read_to_string(d1.join("report/report.md")).unwrap();
     assert!(md.contains("# autoqat report: demo") && md.contains("## Experiments"), "{md}");
+    // The best is scored once on the held-out stories, and the report puts it beside its search PPL.
+    let heldout = autoqat_workspace::heldout::read(&d1.join("heldout.tsv")).unwrap();
+    assert_eq!(heldout.len(), 1, "{heldout:?}");
+    assert!(heldout[0].heldout_ppl.is_finite() && heldout[0].heldout_ppl > 1.0, "{heldout:?}");
+    let row = format!("| {} |", heldout[0].exp);
+    assert!(md.contains("## Held-out split") && md.lines().any(|l| l.starts_with(&row) && l.ends_with(" |")), "{md}");
     let img = image::open(d1.join("report/progress.png")).unwrap();
     assert_eq!((img.width(), img.height()), (1200, 600));
     let s1 = summary(&d1);

@@ -118,7 +118,8 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
             PROGRAM.to_string(),
             TINY_SETTINGS
                 .replace("{{timeout_s}}", &tiny.timeout_s.to_string())
-                .replace("{{baseline_repeats}}", &tiny.baseline_repeats.to_string()),
+                .replace("{{baseline_repeats}}", &tiny.baseline_repeats.to_string())
+                .replace("{{seq_len}}", &tiny.seq_len.to_string()),
             TINY_TRAIN
                 .replace("{{steps}}", &tiny.steps.to_string())
                 .replace("{{eval_every}}", &tiny.eval_every.to_string())
