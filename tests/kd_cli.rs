@@ -272,21 +272,6 @@ fn the_7b_shape_runs_forward_without_the_dense_model() {
     assert!(r["logits_mean_abs_diff"].as_f64().unwrap().is_finite());
 }
 
-/// A free loopback port (bound, then released for the server to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Kills and reaps a child process when dropped, so a failing test leaves no server behind.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Software nobody here wrote: llama.cpp's OpenAI-compatible server (the `llama-cpp-python`
 /// package, built from source) serving the real SmolLM2-135M-Instruct GGUF that
 /// `../shared/tools/real-smollm2` leaves beside the Hugging Face directory. The traces it gives
@@ -295,47 +280,8 @@ impl Drop for Reaped {
 #[test]
 #[ignore = "slow: needs llama-cpp-python built from source (about 3 minutes; AUTOQAT_SLOW=1 ./scripts/test -- --ignored installs it) and the real SmolLM2"]
 fn traces_from_llama_cpp_server_match_the_local_teacher() {
-    let Some(py) = common::model::python() else { return };
-    let probe = Command::new(&py).args(["-c", "import llama_cpp.server"]).output().unwrap();
-    assert!(probe.status.success(), "llama-cpp-python[server] is not installed in {}", py.display());
-    let tool = common::model::repo_root().join("../shared/tools/real-smollm2");
-    let model = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-smollm2");
-    if !model.join("model.safetensors").is_file() {
-        let out = Command::new(&tool).arg(&model).arg(&py).output().unwrap();
-        assert!(out.status.success(), "real-smollm2: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let gguf = std::fs::read_dir(&model)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .expect("the GGUF beside the model");
-    let port = free_port();
-    let _server = Reaped(
-        Command::new(&py)
-            .args(["-m", "llama_cpp.server", "--model"])
-            .arg(&gguf)
-            .args([
-                "--n_ctx",
-                "2048",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--api_key",
-                "sk-llama-test-key",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://127.0.0.1:{port}/v1");
-    let up = (0..600).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(up, "llama.cpp's server did not listen within 2 minutes");
+    let Some(server) = common::llama_server(2048, "sk-llama-test-key") else { return };
+    let (py, model, url) = (server.py.clone(), server.model_dir.clone(), server.url.clone());
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -34,3 +34,67 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// A free loopback port (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port").local_addr().expect("its address").port()
+}
+
+/// Kills and reaps a child process when dropped, so a failing test leaves no server behind.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// llama.cpp's OpenAI-compatible server (the `llama-cpp-python` package, built from source)
+/// serving the real SmolLM2-135M-Instruct GGUF that `../shared/tools/real-smollm2` leaves
+/// beside the Hugging Face directory; stopped when dropped.
+pub struct LlamaServer {
+    _child: Reaped,
+    /// `http://127.0.0.1:PORT/v1`.
+    pub url: String,
+    /// The Hugging Face directory of the same weights.
+    pub model_dir: std::path::PathBuf,
+    /// The Python that runs it.
+    pub py: std::path::PathBuf,
+}
+
+/// Starts [`LlamaServer`] with an `n_ctx`-token context and `api_key`; `None` without the
+/// project's Python (the callers are slow tests, marked as such).
+pub fn llama_server(n_ctx: u32, api_key: &str) -> Option<LlamaServer> {
+    let py = model::python()?;
+    let probe = Command::new(&py).args(["-c", "import llama_cpp.server"]).output().expect("python");
+    assert!(probe.status.success(), "llama-cpp-python[server] is not installed in {}", py.display());
+    let tool = model::repo_root().join("../shared/tools/real-smollm2");
+    let model_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-smollm2");
+    if !model_dir.join("model.safetensors").is_file() {
+        let out = Command::new(&tool).arg(&model_dir).arg(&py).output().expect("real-smollm2");
+        assert!(out.status.success(), "real-smollm2: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let gguf = std::fs::read_dir(&model_dir)
+        .expect("the model directory")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .expect("the GGUF beside the model");
+    let port = free_port();
+    let child = Command::new(&py)
+        .args(["-m", "llama_cpp.server", "--model"])
+        .arg(&gguf)
+        .args(["--n_ctx", &n_ctx.to_string(), "--host", "127.0.0.1", "--port", &port.to_string(), "--api_key", api_key])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting llama_cpp.server");
+    let child = Reaped(child);
+    let up = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "llama.cpp's server did not listen within 2 minutes");
+    Some(LlamaServer { _child: child, url: format!("http://127.0.0.1:{port}/v1"), model_dir, py })
+}

@@ -118,10 +118,10 @@ fn builtin_loop_keeps_improvements_and_audits_everything() {
     assert!(head_recipe.contains("lr = 0.003") && head_recipe.contains("method = \"absmean\""), "{head_recipe}");
     assert!(ws.path().join("runs/0003/trial.log").exists());
     // --resume continues the same run, numbering on.
-    let (stop, recs) = run_in_process(ws.path(), 8, true);
-    // Every recipe run is a different one by meaning: once each neighbour of the best was
-    // tried (lr 0.0003 and 0.001 from the best are the recipes of exp 1 and of the baseline),
-    // the builtin search says so instead of running one again.
+    let (stop, recs) = run_in_process(ws.path(), 20, true);
+    // Every recipe run is a different one by meaning: once every change from the best it
+    // would consider was tried (single changes, and pairs of changes predicted to help), the
+    // builtin search says so instead of running one again.
     let s = Settings::load(ws.path()).unwrap();
     let schema = autoqat_research::validate::Validator::from_settings(&s).schema().cloned().unwrap();
     let git = autoqat_research::git::Git::open(ws.path()).unwrap();
@@ -134,7 +134,8 @@ fn builtin_loop_keeps_improvements_and_audits_everything() {
         .collect();
     assert_eq!(meanings.len(), recs.len(), "a recipe ran twice: {recs:#?}");
     assert!(matches!(stop, StopReason::Exhausted(_)), "{stop:?}");
-    assert_eq!(recs.len(), 7, "the baseline, five single changes, then absmax on the best (lr = 0.003)");
+    // The toy space has 4 x 3 recipes; a search that ran them all would be an enumeration.
+    assert!(recs.len() < 12, "{}", recs.iter().map(|r| r.description.as_str()).collect::<Vec<_>>().join("\n"));
     assert_consistent(ws.path(), "t");
     // A second run on the same tag without --resume is refused.
     let s = Settings::load(ws.path()).unwrap();

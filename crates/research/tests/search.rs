@@ -45,7 +45,6 @@ fn choose(recipe: &str, observations: &[Observation], tried: &HashSet<String>) -
         tried,
         observations,
         max_changed_lines: 8,
-        keep_margin: 0.0,
     };
     builtin::choose(&schema, &ctx, 0).expect("the search has something to propose")
 }
@@ -64,10 +63,11 @@ fn the_posterior_matches_a_hand_solve_and_a_bad_step_down_predicts_a_good_step_u
     ];
     let axes = vec![("optim.lr".to_string(), lr), ("optim.beta1".to_string(), Axis::of(schema.field("optim.beta1").unwrap()).unwrap())];
     let model = Effects::fit(&axes, &history, &values(RECIPE), Some(0.001));
-    // By hand: points ln 1e-3 (effect 0) and ln 3e-4 (effect ln 1.17); prior variance
-    // min(ln 1.17, 0.1)^2; noise 0.001^2 + 0.002^2; squared-exponential kernel one rung wide.
+    // By hand: points ln 1e-3 (effect 0) and ln 3e-4 (effect ln 1.17); prior variance from the
+    // median absolute step (1.4826 x, as a normal σ) within [0.003, 0.1]; noise 0.001^2 +
+    // 0.002^2; squared-exponential kernel one rung wide.
     let y1 = (1.0f64 + d).ln();
-    let (s2, n2) = (y1.min(0.1).powi(2), 0.001f64.powi(2) + 0.002f64.powi(2));
+    let (s2, n2) = ((1.4826 * y1).clamp(0.003, 0.1).powi(2), 0.001f64.powi(2) + 0.002f64.powi(2));
     let k = |a: f64, b: f64| s2 * (-0.5 * ((a.ln() - b.ln()) / rung).powi(2)).exp();
     let (a, b, c) = (k(1e-3, 1e-3) + n2, k(1e-3, 3e-4), k(3e-4, 3e-4) + n2);
     let det = a * c - b * b;
@@ -84,10 +84,10 @@ fn the_posterior_matches_a_hand_solve_and_a_bad_step_down_predicts_a_good_step_u
     let down = model.predict(&[("optim.lr".to_string(), json!(1e-4))]).unwrap();
     assert!(up.mean < 0.0 && down.mean > 0.0, "{up:?} {down:?}");
     assert!(up.expected_improvement(0.0) > down.expected_improvement(0.0));
-    // A key never changed: no opinion on the direction; its only point is the best's own value
-    // (0.9, effect 0), one ladder rung of 0.8..0.95 being 0.075.
+    // A key never changed: no opinion on the direction, and any first change is one rung into
+    // the unknown (its only point is the best's own value, effect 0).
     let beta = model.predict(&[("optim.beta1".to_string(), json!(0.8))]).unwrap();
-    let rho = (-0.5f64 * (0.1f64 / 0.075).powi(2)).exp();
+    let rho = (-0.5f64).exp();
     let var = s2 - (s2 * rho).powi(2) / (s2 + n2) + n2;
     assert!(beta.mean.abs() < 1e-12 && (beta.var - var).abs() < 1e-12, "{beta:?} vs {var}");
 }

@@ -374,7 +374,6 @@ impl Driver {
                     tried: &self.tried,
                     observations: &self.observations,
                     max_changed_lines: self.s.run.max_changed_lines,
-                    keep_margin: self.s.noise.min_rel_improvement,
                 };
                 let attempt_user = match &repair {
                     Some((e, answer)) => prompt::repair(&self.templates, &user, answer, e, &recipe_path),

@@ -3,8 +3,8 @@
 //! - two near misses (discards that beat the current best, but not by the keep margin) that
 //!   change different keys are first combined into one proposal on top of the best, once;
 //! - otherwise a Gaussian process per key ([`gp`](super::gp)) predicts what each candidate
-//!   change does to eval PPL, and the one with the largest expected improvement beyond the
-//!   keep margin is proposed. Candidates are the ladder's values, any number in the range of a
+//!   change does to eval PPL, and the one with the largest expected improvement over the best
+//!   is proposed. Candidates are the ladder's values, any number in the range of a
 //!   key already changed, and two or three helpful changes of keys already changed at once;
 //!   ties go to the ladder's order ([`candidates`]): keys whose last change was kept pushed one
 //!   step further the same way, then the least-tried keys, nearest values first.
@@ -82,11 +82,11 @@ pub struct Choice {
 }
 
 /// The next proposal: two near misses combined once, else the change with the largest
-/// expected improvement beyond the keep margin under the per-key Gaussian-process model
+/// expected improvement over the best under the per-key Gaussian-process model
 /// ([`gp`](super::gp)). Candidates: every declared value (a key never changed is first moved
-/// one rung of its ladder, as a researcher would), any number in the range of a key already
-/// changed, and the best predicted single changes of keys already changed, two or three at
-/// once within the focus limit. Ties go to the ladder's order (least-tried key, nearest value).
+/// one rung of its ladder, as a researcher would), any number within one rung of the values a
+/// key was already tried at, and the best predicted single changes of keys already changed, two
+/// or three at once within the focus limit. Ties go to the ladder's order (least-tried key, nearest value).
 pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     let current = crate::validate::recipe_values(schema, ctx.recipe)?;
     let max_keys = ctx.max_changed_lines.clamp(1, 3);
@@ -122,19 +122,18 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
         b.sigma.filter(|_| mean > 0.0).map(|s| s / mean)
     });
     let model = Effects::fit(&axes, ctx.observations, &current, noise_rel);
-    let margin = -(1.0 - ctx.keep_margin.clamp(0.0, 0.99)).ln();
     let mut pool: Vec<Vec<(String, Value)>> = Vec::new();
     for c in candidates(schema, ctx, seed) {
         // A key never changed moves one rung first; a choice may go anywhere.
         let numeric = matches!(axes.iter().find(|(k, _)| *k == c.key), Some((_, Axis::Number { .. })));
-        if numeric && !model.tried(&c.key) && c.rank.1 > 1 {
+        if numeric && ((!model.tried(&c.key) && c.rank.1 > 1) || !model.near_data(&c.key, &c.value)) {
             continue;
         }
         pool.push(vec![(c.key, c.value)]);
     }
     for (k, axis) in axes.iter().filter(|(k, a)| matches!(a, Axis::Number { .. }) && model.tried(k)) {
         for v in axis.grid(GRID) {
-            if current.get(k).is_some_and(|c| !same(c, &v)) {
+            if current.get(k).is_some_and(|c| !same(c, &v)) && model.near_data(k, &v) {
                 pool.push(vec![(k.clone(), v)]);
             }
         }
@@ -167,12 +166,12 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     let mut best: Option<(f64, Choice)> = None;
     for sets in pool {
         let Some(p) = model.predict(&sets) else { continue };
-        let ei = p.expected_improvement(margin);
+        let ei = p.expected_improvement(0.0);
         if best.as_ref().is_some_and(|(b, _)| ei <= b * (1.0 + 1e-9)) {
             continue;
         }
         let why = format!(
-            "builtin search (GP): predicted {:+.2}% ± {:.2}% in eval PPL, expected improvement beyond the keep margin {:.2e}",
+            "builtin search (GP): predicted {:+.2}% ± {:.2}% in eval PPL, expected improvement {:.2e}",
             (p.mean.exp() - 1.0) * 100.0,
             p.var.sqrt() * 100.0,
             ei

@@ -8,8 +8,8 @@
 //! current best's value. A failed or pruned trial is a step up of [`CAP`]; a change of several
 //! keys shares its step among them. Numbers live on their axis (log where the key's ladder
 //! spans a decade) with a squared-exponential kernel one ladder rung wide, so that a bad step
-//! down predicts a good step up; choices are independent. A candidate is worth its expected
-//! improvement beyond the keep margin.
+//! down predicts a good step up; two different choices correlate like two numbers one rung
+//! apart. A candidate is worth its expected improvement over the current best.
 
 use std::collections::BTreeMap;
 
@@ -90,13 +90,18 @@ impl Axis {
         }
     }
 
-    /// Prior correlation of the effects of two values.
+    /// Prior correlation of the effects of two values: numbers by their distance in rungs;
+    /// two different choices as two values one rung apart, so that a first change of a choice
+    /// key and a first one-rung step of a number are equally uncertain.
     fn corr(&self, a: &Value, b: &Value) -> f64 {
+        let one_rung = (-0.5f64).exp();
         match self {
-            Axis::Choice(_) => f64::from(u8::from(same(a, b))),
+            Axis::Choice(_) if same(a, b) => 1.0,
+            Axis::Choice(_) => one_rung,
             Axis::Number { rung, .. } => match (self.unit(a), self.unit(b)) {
                 (Some(x), Some(y)) => (-0.5 * ((x - y) / rung).powi(2)).exp(),
-                _ => f64::from(u8::from(same(a, b))),
+                _ if same(a, b) => 1.0,
+                _ => one_rung,
             },
         }
     }
@@ -143,6 +148,8 @@ struct KeyGp {
     alpha: Vec<f64>,
     /// Cholesky factor of `K + noise I` (lower, row-major).
     chol: Vec<f64>,
+    /// `prior + noise`: the first diagonal entry.
+    var0: f64,
 }
 
 /// The fitted surrogate.
@@ -164,7 +171,8 @@ pub struct Prediction {
 }
 
 impl Prediction {
-    /// Expected improvement beyond `margin` (in log PPL): `E[max(0, -effect - margin)]`.
+    /// Expected improvement beyond `margin` (in log PPL): `E[max(0, -effect - margin)]`; the
+    /// search uses 0 (improvement over the best at all; the keep margin is the loop's call).
     pub fn expected_improvement(&self, margin: f64) -> f64 {
         let sd = self.var.max(1e-18).sqrt();
         let z = (-self.mean - margin) / sd;
@@ -209,8 +217,12 @@ impl Effects {
                 }
             }
         }
-        let rms = (steps.iter().map(|s| s * s).sum::<f64>() / steps.len().max(1) as f64).sqrt();
-        let prior = if steps.is_empty() { 0.02f64.powi(2) } else { rms.clamp(0.005, 0.1).powi(2) };
+        // The spread of a change's effect, robustly: a crash or two must not make every change
+        // look like a lottery ticket.
+        let mut abs: Vec<f64> = steps.iter().map(|s| s.abs()).collect();
+        abs.sort_by(f64::total_cmp);
+        let spread = abs.get(abs.len() / 2).map_or(0.02, |m| 1.4826 * m);
+        let prior = spread.clamp(0.003, 0.1).powi(2);
         let noise = noise_rel.unwrap_or(0.003).powi(2) + 0.002f64.powi(2);
         let mut keys = BTreeMap::new();
         for (k, axis) in axes {
@@ -232,6 +244,18 @@ impl Effects {
     /// Whether `key` has data beyond its current value.
     pub fn tried(&self, key: &str) -> bool {
         self.keys.get(key).is_some_and(|g| g.points.len() > 1)
+    }
+
+    /// Whether `value` of `key` is within one rung of a value tried (or the current one): the
+    /// model extrapolates no trend, so beyond that it knows nothing and would call it promising.
+    pub fn near_data(&self, key: &str, value: &Value) -> bool {
+        let Some(g) = self.keys.get(key) else { return false };
+        match &g.axis {
+            Axis::Choice(_) => true,
+            Axis::Number { rung, .. } => g.axis.unit(value).is_some_and(|u| {
+                g.points.iter().filter_map(|(x, _)| g.axis.unit(x)).any(|p| (u - p).abs() <= rung * (1.0 + 1e-9))
+            }),
+        }
     }
 
     /// The predicted effect of setting every `(key, value)` (effects add up).
@@ -260,11 +284,17 @@ impl KeyGp {
         let chol = cholesky(&k, n);
         let y: Vec<f64> = points.iter().map(|p| p.1).collect();
         let alpha = solve_chol(&chol, n, &y);
-        KeyGp { axis, points, alpha, chol }
+        KeyGp { axis, points, alpha, chol, var0: prior + noise }
     }
 
     fn predict(&self, v: &Value, prior: f64) -> Prediction {
         let n = self.points.len();
+        if n == 1 {
+            // A key never changed: any first change is one step into the unknown, however far
+            // its ladder's spacing puts it (so first changes tie, and the ladder's order rules).
+            let rho = (-0.5f64).exp();
+            return Prediction { mean: 0.0, var: prior - (prior * rho).powi(2) / self.var0 };
+        }
         let ks: Vec<f64> = self.points.iter().map(|(x, _)| prior * self.axis.corr(x, v)).collect();
         let mean: f64 = ks.iter().zip(&self.alpha).map(|(a, b)| a * b).sum();
         let w = forward(&self.chol, n, &ks);

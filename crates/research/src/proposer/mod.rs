@@ -56,8 +56,6 @@ pub struct Context<'a> {
     pub observations: &'a [Observation],
     /// The focus limit: most changed lines one proposal may have.
     pub max_changed_lines: usize,
-    /// The keep margin (`noise.min_rel_improvement`): a change must beat the best by this much.
-    pub keep_margin: f64,
 }
 
 /// One finished experiment as a search sees it: what its recipe meant and how it scored.
