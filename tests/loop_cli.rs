@@ -1,6 +1,8 @@
 //! `autoqat run`, `autoqat results [--rebuild]` and `autoqat log` through the real binary in a
 //! throwaway workspace with a toy trial script (no libtorch involved).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -102,4 +104,55 @@ fn the_report_uses_the_noise_the_driver_measured() {
     let md = std::fs::read_to_string(ws.join("report/report.md")).unwrap();
     assert!(md.contains("The baseline ran 3 times"), "{md}");
     assert!(!md.contains("noise is unknown"), "{md}");
+}
+
+/// A small local model behind software nobody here wrote: llama.cpp's OpenAI-compatible server
+/// (llama-cpp-python) serving the real SmolLM2-135M-Instruct with a 4,096-token context, as a
+/// new user would run it. The proposer must fit its prompt into that context and get answers in
+/// the proposal's shape through the server's schema-constrained decoding: every answer parses
+/// (an edit the small model gets wrong is a rejected edit, never unreadable text).
+#[test]
+#[ignore = "slow: needs llama-cpp-python built from source (about 3 minutes; AUTOQAT_SLOW=1 ./scripts/test -- --ignored installs it) and the real SmolLM2"]
+fn a_small_model_behind_llama_cpp_answers_in_the_proposals_shape() {
+    let Some(server) = common::llama_server(4096, "sk-llama-loop-key") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path();
+    std::fs::create_dir_all(ws.join("experiments")).unwrap();
+    std::fs::write(ws.join("experiments/train.toml"), RECIPE).unwrap();
+    std::fs::write(ws.join("trial.sh"), TRIAL).unwrap();
+    std::fs::write(ws.join("program.md"), "Lower eval_ppl of the toy trial by changing optim.lr.\n").unwrap();
+    let provider = format!(
+        "[provider]\nkind = \"openai\"\nmodel = \"smollm2\"\nbase_url = \"{}\"\napi_key_env = \"AUTOQAT_LLAMA_KEY\"\ntimeout_s = 300\nmax_retries = 1\n",
+        server.url
+    );
+    std::fs::write(ws.join("autoqat.toml"), format!("{SETTINGS}\n{provider}")).unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ] {
+        assert!(sh(ws, "git", args).status.success());
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_autoqat"))
+        .args(["run", "--max-experiments", "4", "-v"])
+        .env("AUTOQAT_LLAMA_KEY", "sk-llama-loop-key")
+        .current_dir(ws)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let rows = std::fs::read_to_string(ws.join("results.tsv")).unwrap();
+    assert_eq!(rows.lines().count(), 1 + 4, "{rows}");
+    // Rejected answers name a reason about the edit, never an answer that could not be read.
+    for line in rows.lines().skip(1).filter(|l| l.contains("\tinvalid\t")) {
+        let exp = line.split('\t').next().unwrap();
+        let log = sh(ws, "git", &["log", "--all", "--format=%B", &format!("--grep=^Autoqat-Experiment: {exp}$")]);
+        let body = String::from_utf8_lossy(&log.stdout);
+        assert!(body.contains("Rejected:"), "exp {exp}: {body}");
+        assert!(
+            !body.contains("contains no JSON object") && !body.contains("does not parse as a proposal"),
+            "exp {exp}: {body}"
+        );
+    }
+    assert!(!stderr.contains("sk-llama-loop-key") && !stdout.contains("sk-llama-loop-key"));
 }

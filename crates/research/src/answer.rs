@@ -31,6 +31,10 @@ pub struct Proposal {
 pub fn parse(text: &str) -> Result<Proposal, String> {
     let mut last_err = None;
     for candidate in candidates(text) {
+        // llama.cpp's JSON grammar lets raw newlines and tabs into strings, which JSON forbids:
+        // a small model's schema-shaped answer would otherwise fail on a line break.
+        let escaped = escape_raw_controls(candidate);
+        let candidate = escaped.as_str();
         match serde_json::from_str::<Proposal>(candidate) {
             Ok(p) => return check(p),
             Err(e) => {
@@ -83,6 +87,30 @@ fn candidates(text: &str) -> Vec<&str> {
         if let Some(len) = balanced(&text[i..]) {
             out.push(&text[i..i + len]);
         }
+    }
+    out
+}
+
+/// `s` with control characters inside JSON strings written as escapes (`\n`, `\t`, `\u0001`).
+fn escape_raw_controls(s: &str) -> String {
+    let (mut out, mut in_str, mut esc) = (String::with_capacity(s.len()), false, false);
+    for c in s.chars() {
+        match (in_str, esc, c) {
+            (true, true, _) => esc = false,
+            (true, false, '\\') => esc = true,
+            (true, false, '"') | (false, _, '"') => in_str = !in_str,
+            (true, false, c) if c.is_control() => {
+                match c {
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c => out.push_str(&format!("\\u{:04x}", c as u32)),
+                }
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
     }
     out
 }
@@ -163,5 +191,17 @@ mod printable_tests {
         assert_eq!(p.description, "red lr up");
         assert_eq!(p.rationale, "a\nb");
         assert_eq!(printable("plain \u{e9}t\u{e9}\tok"), "plain \u{e9}t\u{e9}\tok");
+    }
+
+    #[test]
+    fn raw_line_breaks_inside_strings_read_as_the_characters_they_are() {
+        // What llama.cpp's JSON grammar lets a small model write: a real line break and a tab
+        // inside string values (JSON wants them escaped). A brace inside a string stays text.
+        let answer = "{\"description\": \"lr up\", \"rationale\": \"first line\nsecond}\tline\", \"edits\": [{\"path\": \"x\", \"search\": \"[optim]\nlr = 0.001\", \"replace\": \"[optim]\nlr = 0.002\"}]}";
+        assert!(serde_json::from_str::<serde_json::Value>(answer).is_err(), "the input is not strict JSON");
+        let p = parse(answer).unwrap();
+        assert_eq!(p.rationale, "first line\nsecond}\tline");
+        assert_eq!(p.edits[0].search, "[optim]\nlr = 0.001");
+        assert_eq!(p.edits[0].replace, "[optim]\nlr = 0.002");
     }
 }

@@ -47,6 +47,7 @@ fn through_provider(
             tried,
             observations: &[],
             max_changed_lines: 8,
+            keep_margin: 0.0,
         },
     };
     let reply = p.propose(&req).unwrap();
@@ -147,6 +148,7 @@ fn builtin_ctx<'a>(
             tried,
             observations: &[],
             max_changed_lines: 8,
+            keep_margin: 0.0,
         },
     }
 }

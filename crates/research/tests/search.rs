@@ -17,7 +17,14 @@ fn values(recipe: &str) -> BTreeMap<String, Value> {
 }
 
 /// An observation of `from` with `sets` applied, `delta` against the best it was tried on.
-fn obs(exp: u32, status: Status, delta: Option<f64>, from: &str, sets: &[(&str, Value)], near_miss: bool) -> Observation {
+fn obs(
+    exp: u32,
+    status: Status,
+    delta: Option<f64>,
+    from: &str,
+    sets: &[(&str, Value)],
+    near_miss: bool,
+) -> Observation {
     let parent = values(from);
     let mut v = parent.clone();
     for (k, x) in sets {
@@ -45,6 +52,7 @@ fn choose(recipe: &str, observations: &[Observation], tried: &HashSet<String>) -
         tried,
         observations,
         max_changed_lines: 8,
+        keep_margin: 0.0,
     };
     builtin::choose(&schema, &ctx, 0).expect("the search has something to propose")
 }
@@ -61,13 +69,16 @@ fn the_posterior_matches_a_hand_solve_and_a_bad_step_down_predicts_a_good_step_u
         obs(0, Status::Baseline, None, RECIPE, &[], false),
         obs(1, Status::Discard, Some(d), RECIPE, &[("optim.lr", json!(3e-4))], false),
     ];
-    let axes = vec![("optim.lr".to_string(), lr), ("optim.beta1".to_string(), Axis::of(schema.field("optim.beta1").unwrap()).unwrap())];
+    let axes = vec![
+        ("optim.lr".to_string(), lr),
+        ("optim.beta1".to_string(), Axis::of(schema.field("optim.beta1").unwrap()).unwrap()),
+    ];
     let model = Effects::fit(&axes, &history, &values(RECIPE), Some(0.001));
-    // By hand: points ln 1e-3 (effect 0) and ln 3e-4 (effect ln 1.17); prior variance from the
-    // median absolute step (1.4826 x, as a normal σ) within [0.003, 0.1]; noise 0.001^2 +
-    // 0.002^2; squared-exponential kernel one rung wide.
+    // By hand: points ln 1e-3 (effect 0) and ln 3e-4 (effect ln 1.17); prior variance the
+    // squared step, counted at most 0.05; noise 0.001^2 + 0.002^2; squared-exponential kernel
+    // one rung wide.
     let y1 = (1.0f64 + d).ln();
-    let (s2, n2) = ((1.4826 * y1).clamp(0.003, 0.1).powi(2), 0.001f64.powi(2) + 0.002f64.powi(2));
+    let (s2, n2) = (y1.min(0.05).powi(2), 0.001f64.powi(2) + 0.002f64.powi(2));
     let k = |a: f64, b: f64| s2 * (-0.5 * ((a.ln() - b.ln()) / rung).powi(2)).exp();
     let (a, b, c) = (k(1e-3, 1e-3) + n2, k(1e-3, 3e-4), k(3e-4, 3e-4) + n2);
     let det = a * c - b * b;

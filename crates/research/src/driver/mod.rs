@@ -374,6 +374,7 @@ impl Driver {
                     tried: &self.tried,
                     observations: &self.observations,
                     max_changed_lines: self.s.run.max_changed_lines,
+                    keep_margin: self.s.noise.min_rel_improvement,
                 };
                 let attempt_user = match &repair {
                     Some((e, answer)) => prompt::repair(&self.templates, &user, answer, e, &recipe_path),
@@ -412,7 +413,14 @@ impl Driver {
             cost.0 += reply.cost_usd;
             cost.1 += reply.input_tokens;
             cost.2 += reply.output_tokens;
-            let parsed = answer::parse(&reply.text);
+            // An answer cut at max_tokens reads as broken JSON; say which knob cut it.
+            let parsed = answer::parse(&reply.text).map_err(|e| match reply.truncated {
+                true => format!(
+                    "{e} (the answer was cut off at provider.max_tokens = {}; raise it)",
+                    self.s.provider.max_tokens
+                ),
+                false => e,
+            });
             if let Ok(p) = &parsed {
                 last_desc = p.description.clone();
             }

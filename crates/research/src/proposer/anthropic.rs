@@ -107,6 +107,12 @@ impl Proposer for Anthropic {
         };
         let input = v["usage"]["input_tokens"].as_u64().unwrap_or(0);
         let output = v["usage"]["output_tokens"].as_u64().unwrap_or(0);
-        Ok(Reply { text, input_tokens: input, output_tokens: output, cost_usd: cost(&self.settings, input, output) })
+        Ok(Reply {
+            text,
+            input_tokens: input,
+            output_tokens: output,
+            cost_usd: cost(&self.settings, input, output),
+            truncated: v["stop_reason"] == "max_tokens",
+        })
     }
 }

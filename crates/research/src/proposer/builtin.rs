@@ -3,8 +3,8 @@
 //! - two near misses (discards that beat the current best, but not by the keep margin) that
 //!   change different keys are first combined into one proposal on top of the best, once;
 //! - otherwise a Gaussian process per key ([`gp`](super::gp)) predicts what each candidate
-//!   change does to eval PPL, and the one with the largest expected improvement over the best
-//!   is proposed. Candidates are the ladder's values, any number in the range of a
+//!   change does to eval PPL, and the one with the largest expected improvement beyond the
+//!   keep margin is proposed. Candidates are the ladder's values, any number in the range of a
 //!   key already changed, and two or three helpful changes of keys already changed at once;
 //!   ties go to the ladder's order ([`candidates`]): keys whose last change was kept pushed one
 //!   step further the same way, then the least-tried keys, nearest values first.
@@ -82,7 +82,7 @@ pub struct Choice {
 }
 
 /// The next proposal: two near misses combined once, else the change with the largest
-/// expected improvement over the best under the per-key Gaussian-process model
+/// expected improvement beyond the keep margin under the per-key Gaussian-process model
 /// ([`gp`](super::gp)). Candidates: every declared value (a key never changed is first moved
 /// one rung of its ladder, as a researcher would), any number within one rung of the values a
 /// key was already tried at, and the best predicted single changes of keys already changed, two
@@ -92,8 +92,7 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     let max_keys = ctx.max_changed_lines.clamp(1, 3);
     let active = |key: &str| {
         schema.field(key).is_some_and(|f| {
-            !f.locked
-                && f.active_when.as_ref().is_none_or(|c| current.get(&c.key).is_some_and(|v| c.holds(v)))
+            !f.locked && f.active_when.as_ref().is_none_or(|c| current.get(&c.key).is_some_and(|v| c.holds(v)))
         })
     };
     let build = |sets: &[(String, Value)], why: String| -> Option<Choice> {
@@ -122,27 +121,34 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
         b.sigma.filter(|_| mean > 0.0).map(|s| s / mean)
     });
     let model = Effects::fit(&axes, ctx.observations, &current, noise_rel);
-    let mut pool: Vec<Vec<(String, Value)>> = Vec::new();
+    // Aim at changes the loop can keep: a predicted gain inside the keep margin is worth little.
+    let margin = -(1.0 - ctx.keep_margin.clamp(0.0, 0.99)).ln();
+    // Breadth first: a candidate's tier is how often its keys were changed (the ladder's tier
+    // for its own values: a kept direction pushed further comes first, going back last).
+    let tries = key_tries(ctx);
+    let tier_of = |sets: &[(String, Value)]| sets.iter().map(|(k, _)| *tries.get(k).unwrap_or(&0)).max().unwrap_or(0);
+    let mut pool: Vec<(i64, Vec<(String, Value)>)> = Vec::new();
     for c in candidates(schema, ctx, seed) {
         // A key never changed moves one rung first; a choice may go anywhere.
         let numeric = matches!(axes.iter().find(|(k, _)| *k == c.key), Some((_, Axis::Number { .. })));
         if numeric && ((!model.tried(&c.key) && c.rank.1 > 1) || !model.near_data(&c.key, &c.value)) {
             continue;
         }
-        pool.push(vec![(c.key, c.value)]);
+        pool.push((c.rank.0, vec![(c.key, c.value)]));
     }
     for (k, axis) in axes.iter().filter(|(k, a)| matches!(a, Axis::Number { .. }) && model.tried(k)) {
         for v in axis.grid(GRID) {
             if current.get(k).is_some_and(|c| !same(c, &v)) && model.near_data(k, &v) {
-                pool.push(vec![(k.clone(), v)]);
+                let sets = vec![(k.clone(), v)];
+                pool.push((tier_of(&sets), sets));
             }
         }
     }
     // Several keys at once only to exploit: keys changed before, each predicted to help.
     let mut helpful: Vec<(f64, (String, Value))> = pool
         .iter()
-        .filter(|s| s.len() == 1 && model.tried(&s[0].0))
-        .filter_map(|s| model.predict(s).filter(|p| p.mean < 0.0).map(|p| (p.mean, s[0].clone())))
+        .filter(|(_, s)| s.len() == 1 && model.tried(&s[0].0))
+        .filter_map(|(_, s)| model.predict(s).filter(|p| p.mean < 0.0).map(|p| (p.mean, s[0].clone())))
         .collect();
     helpful.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut top: Vec<(String, Value)> = Vec::new();
@@ -154,30 +160,33 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     for i in 0..top.len() {
         for j in i + 1..top.len() {
             if max_keys >= 2 {
-                pool.push(vec![top[i].clone(), top[j].clone()]);
+                let sets = vec![top[i].clone(), top[j].clone()];
+                pool.push((tier_of(&sets), sets));
             }
             for l in j + 1..top.len() {
                 if max_keys >= 3 {
-                    pool.push(vec![top[i].clone(), top[j].clone(), top[l].clone()]);
+                    let sets = vec![top[i].clone(), top[j].clone(), top[l].clone()];
+                    pool.push((tier_of(&sets), sets));
                 }
             }
         }
     }
-    let mut best: Option<(f64, Choice)> = None;
-    for sets in pool {
+    // Lowest tier first, then the largest expected improvement; ties keep the pool's order.
+    let mut best: Option<((i64, f64), Choice)> = None;
+    for (tier, sets) in pool {
         let Some(p) = model.predict(&sets) else { continue };
-        let ei = p.expected_improvement(0.0);
-        if best.as_ref().is_some_and(|(b, _)| ei <= b * (1.0 + 1e-9)) {
+        let ei = p.expected_improvement(margin);
+        if best.as_ref().is_some_and(|((t, b), _)| tier > *t || (tier == *t && ei <= b * (1.0 + 1e-9))) {
             continue;
         }
         let why = format!(
-            "builtin search (GP): predicted {:+.2}% ± {:.2}% in eval PPL, expected improvement {:.2e}",
+            "builtin search (GP): predicted {:+.2}% ± {:.2}% in eval PPL, expected improvement beyond the keep margin {:.2e}",
             (p.mean.exp() - 1.0) * 100.0,
             p.var.sqrt() * 100.0,
             ei
         );
         if let Some(c) = build(&sets, why) {
-            best = Some((ei, c));
+            best = Some(((tier, ei), c));
         }
     }
     best.map(|(_, c)| c)

@@ -9,7 +9,7 @@
 //! keys shares its step among them. Numbers live on their axis (log where the key's ladder
 //! spans a decade) with a squared-exponential kernel one ladder rung wide, so that a bad step
 //! down predicts a good step up; two different choices correlate like two numbers one rung
-//! apart. A candidate is worth its expected improvement over the current best.
+//! apart. A candidate is worth its expected improvement beyond the keep margin.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +22,8 @@ use crate::results::Status;
 /// The step of a failed trial, and the most any step counts (a crash is "much worse", not a
 /// number that swamps every other point).
 pub const CAP: f64 = 0.3;
+/// The most one step counts towards the prior spread of a change's effect.
+const SPREAD_CAP: f64 = 0.05;
 
 /// How one key is searched.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,7 +129,8 @@ fn round_into(x: f64, int: bool, limits: (f64, f64)) -> Value {
     if int {
         return Value::from(x.round() as i64);
     }
-    let inside = (1..=6).map(|p| format!("{x:.p$e}").parse::<f64>().unwrap_or(x)).find(|r| (limits.0..=limits.1).contains(r));
+    let inside =
+        (1..=6).map(|p| format!("{x:.p$e}").parse::<f64>().unwrap_or(x)).find(|r| (limits.0..=limits.1).contains(r));
     Value::from(inside.unwrap_or(x))
 }
 
@@ -171,8 +174,7 @@ pub struct Prediction {
 }
 
 impl Prediction {
-    /// Expected improvement beyond `margin` (in log PPL): `E[max(0, -effect - margin)]`; the
-    /// search uses 0 (improvement over the best at all; the keep margin is the loop's call).
+    /// Expected improvement beyond `margin` (in log PPL): `E[max(0, -effect - margin)]`.
     pub fn expected_improvement(&self, margin: f64) -> f64 {
         let sd = self.var.max(1e-18).sqrt();
         let z = (-self.mean - margin) / sd;
@@ -206,9 +208,12 @@ impl Effects {
                 // The old value's level: the baseline's value is 0, a value reached by an
                 // earlier step has that step's level.
                 let base = observations.first().and_then(|b| b.values.get(k));
-                let from = lv.iter().rev().find(|(x, _)| same(x, old)).map(|p| p.1).or_else(|| {
-                    base.filter(|b| same(b, old)).map(|_| 0.0)
-                });
+                let from = lv
+                    .iter()
+                    .rev()
+                    .find(|(x, _)| same(x, old))
+                    .map(|p| p.1)
+                    .or_else(|| base.filter(|b| same(b, old)).map(|_| 0.0));
                 if let Some(from) = from {
                     if !lv.iter().any(|(x, _)| same(x, old)) {
                         lv.push((old.clone(), from));
@@ -217,12 +222,12 @@ impl Effects {
                 }
             }
         }
-        // The spread of a change's effect, robustly: a crash or two must not make every change
-        // look like a lottery ticket.
-        let mut abs: Vec<f64> = steps.iter().map(|s| s.abs()).collect();
-        abs.sort_by(f64::total_cmp);
-        let spread = abs.get(abs.len() / 2).map_or(0.02, |m| 1.4826 * m);
-        let prior = spread.clamp(0.003, 0.1).powi(2);
+        // The spread of a change's effect: the RMS step, each counted at most 5% so that a
+        // crash or two do not make every change look like a lottery ticket.
+        let rms = (steps.iter().map(|s| s.clamp(-SPREAD_CAP, SPREAD_CAP).powi(2)).sum::<f64>()
+            / steps.len().max(1) as f64)
+            .sqrt();
+        let prior = if steps.is_empty() { 0.02f64.powi(2) } else { rms.max(0.003).powi(2) };
         let noise = noise_rel.unwrap_or(0.003).powi(2) + 0.002f64.powi(2);
         let mut keys = BTreeMap::new();
         for (k, axis) in axes {
@@ -344,7 +349,8 @@ fn solve_chol(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
 fn normal_cdf(z: f64) -> f64 {
     let x = z.abs() / std::f64::consts::SQRT_2;
     let t = 1.0 / (1.0 + 0.327_591_1 * x);
-    let poly = t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let poly =
+        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let erf = 1.0 - poly * (-x * x).exp();
     if z >= 0.0 {
         0.5 * (1.0 + erf)

@@ -4,9 +4,9 @@
 pub mod anthropic;
 pub mod builtin;
 pub mod command;
+pub mod gp;
 pub mod http;
 pub mod openai;
-pub mod gp;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -56,6 +56,8 @@ pub struct Context<'a> {
     pub observations: &'a [Observation],
     /// The focus limit: most changed lines one proposal may have.
     pub max_changed_lines: usize,
+    /// The keep margin (`noise.min_rel_improvement`): a change must beat the best by this much.
+    pub keep_margin: f64,
 }
 
 /// One finished experiment as a search sees it: what its recipe meant and how it scored.
@@ -103,6 +105,8 @@ pub struct Reply {
     pub output_tokens: u64,
     /// US dollars.
     pub cost_usd: f64,
+    /// The answer stopped at `provider.max_tokens`, not at its end.
+    pub truncated: bool,
 }
 
 /// Something that proposes edits.

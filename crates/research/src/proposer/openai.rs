@@ -120,6 +120,7 @@ impl Proposer for OpenAi {
             input_tokens: input,
             output_tokens: output,
             cost_usd: cost(&self.settings, input, output),
+            truncated: v["choices"][0]["finish_reason"] == "length",
         })
     }
 }
