@@ -4,13 +4,15 @@
 # after the baseline. Prints per seed the fraction of the baseline -> teacher PPL gap the best
 # recipe closes, and the keeps that beat the best by less than 2 sigma without a confirmation.
 #
-#   benches/search_demo.sh [AUTOQAT_BINARY] [OUT_DIR]   (EXPERIMENTS=20 SEEDS="0 1 2")
-# Run it once with the binary of each search to compare them on the same baseline.
+#   benches/search_demo.sh [AUTOQAT_BINARY] [OUT_DIR]   (EXPERIMENTS=20 SEEDS="0 1 2" MARGIN= SUMMARY_ONLY=)
+# Run it once with the binary of each search to compare them on the same baseline (copy one
+# OUT_DIR/base to the others). MARGIN sets noise.min_rel_improvement (the demo's is 0.01).
 set -euo pipefail
 BIN=$(realpath "${1:-target/debug/autoqat}")
 OUT=${2:-/tmp/search-demo}
 EXPERIMENTS=${EXPERIMENTS:-20}
 SEEDS=${SEEDS:-0 1 2}
+MARGIN=${MARGIN:-}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY="$ROOT/.venv/bin/python"
 mkdir -p "$OUT"
@@ -19,19 +21,22 @@ if [[ ! -f "$base/report/demo-summary.json" ]]; then
   rm -rf "$base"
   "$BIN" demo --dir "$base" --experiments 0 >"$OUT/base.log" 2>&1
 fi
-for s in $SEEDS; do
+# SUMMARY_ONLY=1 prints the figures of runs already made.
+for s in $([[ -n "${SUMMARY_ONLY:-}" ]] || echo "$SEEDS"); do
   w="$OUT/seed$s"
   rm -rf "$w"
   cp -a "$base" "$w"
   # provider.seed is harness config, committed on the run branch like any settings change.
-  "$PY" - "$w/autoqat.toml" "$s" <<'PYEOF'
+  "$PY" - "$w/autoqat.toml" "$s" "$MARGIN" <<'PYEOF'
 import re, sys
-p, s = sys.argv[1], sys.argv[2]
+p, s, margin = sys.argv[1], sys.argv[2], sys.argv[3]
 t = open(p).read()
 t = re.sub(r'(?m)^\[provider\]\n(seed = .*\n)?', f'[provider]\nseed = {s}\n', t)
+if margin:
+    t = re.sub(r'(?m)^min_rel_improvement = .*$', f'min_rel_improvement = {margin}', t)
 open(p, "w").write(t)
 PYEOF
-  git -C "$w" commit -qam "bench: search seed $s"
+  git -C "$w" commit -qam "bench: search seed $s${MARGIN:+, keep margin $MARGIN}"
   start=$(date +%s)
   "$BIN" run --workspace "$w" --tag demo --provider builtin --resume --max-experiments $((EXPERIMENTS + 1)) \
     >"$OUT/seed$s.log" 2>&1 || echo "seed $s: run exited $? (see $OUT/seed$s.log)"

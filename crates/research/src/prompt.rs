@@ -273,8 +273,6 @@ mod tests {
             ppl: Some(2.0),
             values: Default::default(),
             changed: vec![(k.to_string(), v)],
-            was: vec![serde_json::Value::Null],
-            delta: None,
             near_miss: false,
         };
         let obs =

@@ -47,7 +47,6 @@ fn through_provider(
             tried,
             observations: &[],
             max_changed_lines: 8,
-            keep_margin: 0.0,
         },
     };
     let reply = p.propose(&req).unwrap();
@@ -148,7 +147,6 @@ fn builtin_ctx<'a>(
             tried,
             observations: &[],
             max_changed_lines: 8,
-            keep_margin: 0.0,
         },
     }
 }

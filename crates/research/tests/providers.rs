@@ -41,7 +41,6 @@ fn request(tried: &HashSet<String>) -> Request<'_> {
             tried,
             observations: &[],
             max_changed_lines: 8,
-            keep_margin: 0.0,
         },
     }
 }

@@ -32,7 +32,6 @@ fn builtin_changes_to_the_shipped_recipe_pass_the_schema() {
         tried: &tried,
         observations: &[],
         max_changed_lines: 8,
-        keep_margin: 0.0,
     };
     let cands = builtin::candidates(&schema, &ctx, 0);
     assert!(cands.len() >= 5, "the builtin search finds almost nothing to try: {}", cands.len());
@@ -92,7 +91,6 @@ fn builtin_skips_knobs_that_do_nothing_under_the_current_recipe() {
             tried: &tried,
             observations: &[],
             max_changed_lines: 8,
-            keep_margin: 0.0,
         };
         builtin::candidates(&schema, &ctx, 0).into_iter().map(|c| c.key).collect()
     };

@@ -100,10 +100,9 @@ fn observe(git: &Git, validator: &Validator, s: &Settings, ws: &Path, rec: &Reco
     let changed: Vec<(String, serde_json::Value)> = if rec.status() == Status::Baseline {
         Vec::new()
     } else {
-        let differs = |k: &String, v: &serde_json::Value| !parent.get(k).is_some_and(|p| proposer::gp::same(p, v));
+        let differs = |k: &String, v: &serde_json::Value| !parent.get(k).is_some_and(|p| proposer::tpe::same(p, v));
         values.iter().filter(|(k, v)| differs(k, v)).map(|(k, v)| (k.clone(), v.clone())).collect()
     };
-    let was = changed.iter().map(|(k, _)| parent.get(k).cloned().unwrap_or(serde_json::Value::Null)).collect();
     let ppl = match (rec.status(), rec.eval_ppl.filter(|p| p.is_finite())) {
         (_, Some(p)) => Some(rec.confirm_ppl.filter(|c| c.is_finite()).map_or(p, |c| (p + c) / 2.0)),
         // A pruned trial stopped while clearly worse: its curve's last point is what it reached.
@@ -120,8 +119,6 @@ fn observe(git: &Git, validator: &Validator, s: &Settings, ws: &Path, rec: &Reco
         ppl,
         values,
         changed,
-        was,
-        delta: rec.delta,
         near_miss: rec.near_miss,
     })
 }
@@ -374,7 +371,6 @@ impl Driver {
                     tried: &self.tried,
                     observations: &self.observations,
                     max_changed_lines: self.s.run.max_changed_lines,
-                    keep_margin: self.s.noise.min_rel_improvement,
                 };
                 let attempt_user = match &repair {
                     Some((e, answer)) => prompt::repair(&self.templates, &user, answer, e, &recipe_path),

@@ -1,20 +1,20 @@
-//! The `builtin` proposer: no LLM. A model-based search over the schema's free keys that
-//! learns from every finished experiment and never repeats a recipe already tried:
-//! - two near misses (discards that beat the current best, but not by the keep margin) that
-//!   change different keys are first combined into one proposal on top of the best, once;
-//! - otherwise a Gaussian process per key ([`gp`](super::gp)) predicts what each candidate
-//!   change does to eval PPL, and the one with the largest expected improvement beyond the
-//!   keep margin is proposed. Candidates are the ladder's values, any number in the range of a
-//!   key already changed, and two or three helpful changes of keys already changed at once;
-//!   ties go to the ladder's order ([`candidates`]): keys whose last change was kept pushed one
-//!   step further the same way, then the least-tried keys, nearest values first.
+//! The `builtin` proposer: no LLM. A search over the schema's free keys that never repeats a
+//! recipe already tried, in three parts:
+//! - two near misses (discards within noise of the best) that change different keys are
+//!   combined into one proposal first, on top of the current best;
+//! - for the first experiments, a ladder over the declared values, one key at a time: keys
+//!   whose last change was kept are pushed further along the same ladder, untried keys come
+//!   next, then the least-tried keys, nearest values first;
+//! - once a few experiments have a PPL, a model-based search ([`tpe`](super::tpe)) scores the
+//!   ladder's changes and changes sampled from what went well (numbers anywhere in a key's
+//!   range, up to three keys at once within the focus limit) and proposes the best-scored one.
 
 use std::collections::HashMap;
 
 use autoqat_recipe::Schema;
 use serde_json::{json, Value};
 
-use super::gp::{same, Axis, Effects};
+use super::tpe::{same, Axis, Model, Rng};
 use super::{Context, Observation, Proposer, ProposerError, Reply, Request};
 pub use crate::edit::line_edit;
 use crate::focus;
@@ -65,10 +65,13 @@ impl Proposer for Builtin {
     }
 }
 
-/// Values per numeric key the model scores besides the ladder's.
-const GRID: usize = 25;
-/// Single changes predicted to help that are combined into several-key proposals.
-const COMBINE_TOP: usize = 4;
+/// Experiments with a PPL before the model ranks values (the ladder's order until then).
+const STARTUP: usize = 4;
+/// Changes sampled from the good density per proposal.
+const SAMPLES: usize = 96;
+/// What each key beyond the first must add to a change's score (a doubling of l/g): several
+/// keys at once only when each is expected to help.
+const EXTRA_KEY_COST: f64 = std::f64::consts::LN_2;
 
 /// One proposal of the builtin search.
 #[derive(Debug, Clone)]
@@ -81,12 +84,14 @@ pub struct Choice {
     pub why: String,
 }
 
-/// The next proposal: two near misses combined once, else the change with the largest
-/// expected improvement beyond the keep margin under the per-key Gaussian-process model
-/// ([`gp`](super::gp)). Candidates: every declared value (a key never changed is first moved
-/// one rung of its ladder, as a researcher would), any number within one rung of the values a
-/// key was already tried at, and the best predicted single changes of keys already changed, two
-/// or three at once within the focus limit. Ties go to the ladder's order (least-tried key, nearest value).
+/// The next proposal.
+///
+/// Breadth comes first, as a researcher works with a small budget: a change's tier is how
+/// often its keys were tried (a key whose last change was kept goes first, one step further
+/// the same way). Within a tier the model ranks: every declared value and every change sampled
+/// from the good density (any number in a key's range, up to three keys within the focus
+/// limit) is scored by its log l/g gain. Before the tiers, two near misses that both beat the
+/// current best, on different keys, are tried together once.
 pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     let current = crate::validate::recipe_values(schema, ctx.recipe)?;
     let max_keys = ctx.max_changed_lines.clamp(1, 3);
@@ -110,84 +115,82 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     if let Some(c) = near_misses_combined(ctx.observations, &current, max_keys, &active, &build) {
         return Some(c);
     }
+    let ladder = candidates(schema, ctx, seed);
+    let tries = key_tries(ctx);
+    let why_ladder = "builtin search (ladder): one key at a time, following what was kept";
+    let Some(model) = Model::fit(ctx.observations, STARTUP) else {
+        let c = ladder.first()?;
+        return build(&[(c.key.clone(), c.value.clone())], why_ladder.into());
+    };
     let axes: Vec<(String, Axis)> = schema
         .fields
         .iter()
         .filter(|f| active(&f.key))
         .filter_map(|f| Axis::of(f).map(|a| (f.key.clone(), a)))
         .collect();
-    let noise_rel = ctx.records.iter().find(|r| r.status() == Status::Baseline).and_then(|b| {
-        let mean = crate::results::mean(&b.baseline_ppls);
-        b.sigma.filter(|_| mean > 0.0).map(|s| s / mean)
-    });
-    let model = Effects::fit(&axes, ctx.observations, &current, noise_rel);
-    // Aim at changes the loop can keep: a predicted gain inside the keep margin is worth little.
-    let margin = -(1.0 - ctx.keep_margin.clamp(0.0, 0.99)).ln();
-    // Breadth first: a candidate's tier is how often its keys were changed (the ladder's tier
-    // for its own values: a kept direction pushed further comes first, going back last).
-    let tries = key_tries(ctx);
-    let tier_of = |sets: &[(String, Value)]| sets.iter().map(|(k, _)| *tries.get(k).unwrap_or(&0)).max().unwrap_or(0);
-    let mut pool: Vec<(i64, Vec<(String, Value)>)> = Vec::new();
-    for c in candidates(schema, ctx, seed) {
-        // A key never changed moves one rung first; a choice may go anywhere.
-        let numeric = matches!(axes.iter().find(|(k, _)| *k == c.key), Some((_, Axis::Number { .. })));
-        if numeric && ((!model.tried(&c.key) && c.rank.1 > 1) || !model.near_data(&c.key, &c.value)) {
+    let gains = |sets: &[(String, Value)]| -> Option<Vec<f64>> {
+        sets.iter()
+            .map(|(k, v)| {
+                let (_, axis) = axes.iter().find(|(a, _)| a == k)?;
+                Some(model.gain(k, axis, current.get(k)?, v))
+            })
+            .collect()
+    };
+    // (tier, -score in hundredths, order): lowest first; the ladder's own order breaks ties.
+    let mut best: Option<((i64, i64, usize), Choice)> = None;
+    let mut offer = |tier: i64, score: f64, order: usize, choice: Option<Choice>| {
+        let rank = (tier, -(score * 100.0).round() as i64, order);
+        if let (true, Some(c)) = (score.is_finite() && best.as_ref().is_none_or(|(r, _)| rank < *r), choice) {
+            best = Some((rank, c));
+        }
+    };
+    for (i, c) in ladder.iter().enumerate() {
+        let sets = vec![(c.key.clone(), c.value.clone())];
+        let Some(g) = gains(&sets) else { continue };
+        let why =
+            format!("builtin search (TPE): the model's best value of a least-tried key, log l/g gain {:+.2}", g[0]);
+        offer(c.rank.0, g[0], i, build(&sets, why));
+    }
+    let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9).wrapping_add(ctx.records.len() as u64));
+    for s in 0..SAMPLES {
+        if axes.is_empty() {
+            break;
+        }
+        let want = match rng.below(10) {
+            0..=5 => 1,
+            6..=8 => 2,
+            _ => 3,
+        }
+        .min(max_keys)
+        .min(axes.len());
+        let mut sets: Vec<(String, Value)> = Vec::new();
+        for _ in 0..4 * want {
+            let (k, axis) = &axes[rng.below(axes.len())];
+            if sets.len() == want || sets.iter().any(|(s, _)| s == k) {
+                continue;
+            }
+            let v = model.sample(k, axis, &mut rng);
+            if current.get(k).is_some_and(|c| !same(c, &v)) {
+                sets.push((k.clone(), v));
+            }
+        }
+        if sets.len() < want {
             continue;
         }
-        pool.push((c.rank.0, vec![(c.key, c.value)]));
-    }
-    for (k, axis) in axes.iter().filter(|(k, a)| matches!(a, Axis::Number { .. }) && model.tried(k)) {
-        for v in axis.grid(GRID) {
-            if current.get(k).is_some_and(|c| !same(c, &v)) && model.near_data(k, &v) {
-                let sets = vec![(k.clone(), v)];
-                pool.push((tier_of(&sets), sets));
-            }
-        }
-    }
-    // Several keys at once only to exploit: keys changed before, each predicted to help.
-    let mut helpful: Vec<(f64, (String, Value))> = pool
-        .iter()
-        .filter(|(_, s)| s.len() == 1 && model.tried(&s[0].0))
-        .filter_map(|(_, s)| model.predict(s).filter(|p| p.mean < 0.0).map(|p| (p.mean, s[0].clone())))
-        .collect();
-    helpful.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut top: Vec<(String, Value)> = Vec::new();
-    for (_, (k, v)) in helpful {
-        if top.len() < COMBINE_TOP && !top.iter().any(|(t, _)| *t == k) {
-            top.push((k, v));
-        }
-    }
-    for i in 0..top.len() {
-        for j in i + 1..top.len() {
-            if max_keys >= 2 {
-                let sets = vec![top[i].clone(), top[j].clone()];
-                pool.push((tier_of(&sets), sets));
-            }
-            for l in j + 1..top.len() {
-                if max_keys >= 3 {
-                    let sets = vec![top[i].clone(), top[j].clone(), top[l].clone()];
-                    pool.push((tier_of(&sets), sets));
-                }
-            }
-        }
-    }
-    // Lowest tier first, then the largest expected improvement; ties keep the pool's order.
-    let mut best: Option<((i64, f64), Choice)> = None;
-    for (tier, sets) in pool {
-        let Some(p) = model.predict(&sets) else { continue };
-        let ei = p.expected_improvement(margin);
-        if best.as_ref().is_some_and(|((t, b), _)| tier > *t || (tier == *t && ei <= b * (1.0 + 1e-9))) {
+        let Some(g) = gains(&sets) else { continue };
+        // Several keys at once only to exploit: keys tried before, each expected to help. An
+        // untried key is explored alone, so that a bad partner cannot hide a good change.
+        if sets.len() > 1 && (g.iter().any(|x| *x <= 0.0) || sets.iter().any(|(k, _)| !tries.contains_key(k))) {
             continue;
         }
+        let score = g.iter().sum::<f64>() - EXTRA_KEY_COST * (sets.len() - 1) as f64;
+        let tier = sets.iter().map(|(k, _)| *tries.get(k).unwrap_or(&0)).max().unwrap_or(0);
         let why = format!(
-            "builtin search (GP): predicted {:+.2}% ± {:.2}% in eval PPL, expected improvement beyond the keep margin {:.2e}",
-            (p.mean.exp() - 1.0) * 100.0,
-            p.var.sqrt() * 100.0,
-            ei
+            "builtin search (TPE): sampled from the best quarter of {} experiments, log l/g gain {:+.2}",
+            ctx.observations.len(),
+            g.iter().sum::<f64>()
         );
-        if let Some(c) = build(&sets, why) {
-            best = Some(((tier, ei), c));
-        }
+        offer(tier, score, ladder.len() + s, build(&sets, why));
     }
     best.map(|(_, c)| c)
 }

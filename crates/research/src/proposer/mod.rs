@@ -4,7 +4,7 @@
 pub mod anthropic;
 pub mod builtin;
 pub mod command;
-pub mod gp;
+pub mod tpe;
 pub mod http;
 pub mod openai;
 
@@ -56,8 +56,6 @@ pub struct Context<'a> {
     pub observations: &'a [Observation],
     /// The focus limit: most changed lines one proposal may have.
     pub max_changed_lines: usize,
-    /// The keep margin (`noise.min_rel_improvement`): a change must beat the best by this much.
-    pub keep_margin: f64,
 }
 
 /// One finished experiment as a search sees it: what its recipe meant and how it scored.
@@ -74,10 +72,6 @@ pub struct Observation {
     pub values: BTreeMap<String, Value>,
     /// The keys whose values differ from its parent's recipe, with their new values.
     pub changed: Vec<(String, Value)>,
-    /// The parent's values of the `changed` keys, in the same order.
-    pub was: Vec<Value>,
-    /// Its relative change of eval PPL against the best it was tried on.
-    pub delta: Option<f64>,
     /// Recorded as a near miss.
     pub near_miss: bool,
 }
