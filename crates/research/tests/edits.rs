@@ -35,21 +35,7 @@ fn through_provider(
         ..ProviderSettings::default()
     };
     let mut p = proposer::make(&s).unwrap();
-    let req = Request {
-        system: String::new(),
-        user: String::new(),
-        repair: None,
-        ctx: Context {
-            schema: None,
-            recipe_path: "experiments/train.toml",
-            recipe: RECIPE,
-            records: &[],
-            tried,
-            observations: &[],
-            max_changed_lines: 8,
-        },
-    };
-    let reply = p.propose(&req).unwrap();
+    let reply = p.propose(&bare_request("", "", RECIPE, tried)).unwrap();
     let validator = Validator::from_settings(&toy_settings());
     let rules = EditRules { root, mutable_paths: mutable, validator: &validator, max_changed_lines: 4, tried };
     answer::parse(&reply.text).and_then(|prop| edit::apply(&prop, &rules))

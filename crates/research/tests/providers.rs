@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use autoqat_research::answer;
-use autoqat_research::proposer::{self, Context, ProposerError, Reply, Request};
+use autoqat_research::proposer::{self, ProposerError, Reply, Request};
 use autoqat_research::settings::ProviderSettings;
 use common::*;
 
@@ -29,20 +29,7 @@ fn settings(kind: &str, url: &str, var: &str) -> ProviderSettings {
 
 /// The request every provider test sends.
 fn request(tried: &HashSet<String>) -> Request<'_> {
-    Request {
-        system: "sys".into(),
-        user: "user prompt".into(),
-        repair: None,
-        ctx: Context {
-            schema: None,
-            recipe_path: "experiments/train.toml",
-            recipe: RECIPE,
-            records: &[],
-            tried,
-            observations: &[],
-            max_changed_lines: 8,
-        },
-    }
+    bare_request("sys", "user prompt", RECIPE, tried)
 }
 
 fn ask(s: &ProviderSettings) -> Result<Reply, ProposerError> {

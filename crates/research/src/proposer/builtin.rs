@@ -1,13 +1,14 @@
-//! The `builtin` proposer: no LLM. A search over the schema's free keys that never repeats a
-//! recipe already tried, in three parts:
-//! - two near misses (discards within noise of the best) that change different keys are
-//!   combined into one proposal first, on top of the current best;
-//! - for the first experiments, a ladder over the declared values, one key at a time: keys
-//!   whose last change was kept are pushed further along the same ladder, untried keys come
-//!   next, then the least-tried keys, nearest values first;
-//! - once a few experiments have a PPL, a model-based search ([`tpe`](super::tpe)) scores the
-//!   ladder's changes and changes sampled from what went well (numbers anywhere in a key's
-//!   range, up to three keys at once within the focus limit) and proposes the best-scored one.
+//! The `builtin` proposer: no LLM. A search over the schema's free keys that learns from
+//! every finished experiment and never repeats a recipe already tried:
+//! - two near misses (discards that beat the current best, but not by the keep margin) that
+//!   change different keys are first combined into one proposal on top of the best, once;
+//! - breadth first: a change's tier is how often its keys were changed (a key whose last
+//!   change was kept is pushed one step further the same way first, going back comes last);
+//! - within a tier, until a few experiments have a PPL, the ladder's order (nearest values
+//!   first); then a tree-structured Parzen estimator ([`tpe`](super::tpe)) scores the declared
+//!   values and changes sampled from what went well (numbers anywhere in a key's range; two or
+//!   three keys at once within the focus limit, when each was changed before and each is
+//!   expected to help) and the best-scored one is proposed.
 
 use std::collections::HashMap;
 
@@ -72,6 +73,9 @@ const SAMPLES: usize = 96;
 /// What each key beyond the first must add to a change's score (a doubling of l/g): several
 /// keys at once only when each is expected to help.
 const EXTRA_KEY_COST: f64 = std::f64::consts::LN_2;
+
+/// Turns `(key, value)` settings and a reason into a proposal, `None` when already tried.
+type Build<'a> = dyn Fn(&[(String, Value)], String) -> Option<Choice> + 'a;
 
 /// One proposal of the builtin search.
 #[derive(Debug, Clone)]
@@ -202,7 +206,7 @@ fn near_misses_combined(
     current: &std::collections::BTreeMap<String, Value>,
     max_keys: usize,
     active: &dyn Fn(&str) -> bool,
-    build: &dyn Fn(&[(String, Value)], String) -> Option<Choice>,
+    build: &Build,
 ) -> Option<Choice> {
     let best_ppl = observations.iter().rev().find(|o| o.status.is_kept()).and_then(|o| o.ppl)?;
     // Tried on the current best: every key it did not change has the best's value.

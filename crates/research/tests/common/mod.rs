@@ -281,3 +281,27 @@ pub fn assert_consistent(dir: &Path, tag: &str) -> Vec<autoqat_research::results
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// A proposal request with prompts `system`/`user` and a context of `recipe` alone: no
+/// schema, no results (what the provider tests send).
+pub fn bare_request<'a>(
+    system: &str,
+    user: &str,
+    recipe: &'a str,
+    tried: &'a std::collections::HashSet<String>,
+) -> autoqat_research::proposer::Request<'a> {
+    autoqat_research::proposer::Request {
+        system: system.into(),
+        user: user.into(),
+        repair: None,
+        ctx: autoqat_research::proposer::Context {
+            schema: None,
+            recipe_path: "experiments/train.toml",
+            recipe,
+            records: &[],
+            tried,
+            observations: &[],
+            max_changed_lines: 8,
+        },
+    }
+}
