@@ -158,3 +158,24 @@ fn two_near_misses_that_beat_the_best_on_different_keys_are_combined_first() {
     let next = choose(RECIPE, &history, &tried);
     assert!(!next.why.contains("near misses"), "{next:?}");
 }
+
+#[test]
+fn sampled_numbers_stay_inside_the_keys_limits_after_rounding() {
+    // beta2's upper limit is 0.99999: two significant digits of a draw near it would be 1.0,
+    // which the schema refuses.
+    let schema = autoqat_recipe::schema();
+    let axis = Axis::of(schema.field("optim.beta2").unwrap()).unwrap();
+    let points = [
+        obs(0, Status::Baseline, Some(2.0), &[("optim.beta2", json!(0.999))], false),
+        obs(1, Status::Discard, Some(2.5), &[("optim.beta2", json!(0.95))], false),
+    ];
+    let model = Model::fit(&points, 1).unwrap();
+    let mut rng = autoqat_research::proposer::tpe::Rng::new(7);
+    let mut near_top = 0;
+    for _ in 0..2000 {
+        let v = model.sample("optim.beta2", &axis, &mut rng).as_f64().unwrap();
+        assert!((0.0..=0.99999).contains(&v), "{v}");
+        near_top += usize::from(v > 0.995);
+    }
+    assert!(near_top > 0, "draws near the good point's 0.999 do happen");
+}

@@ -113,14 +113,7 @@ fn observe(git: &Git, validator: &Validator, s: &Settings, ws: &Path, rec: &Reco
             .find(|p| p.is_finite()),
         _ => None,
     };
-    Some(Observation {
-        exp: rec.exp,
-        status: rec.status(),
-        ppl,
-        values,
-        changed,
-        near_miss: rec.near_miss,
-    })
+    Some(Observation { exp: rec.exp, status: rec.status(), ppl, values, changed, near_miss: rec.near_miss })
 }
 
 /// The loop's state.

@@ -4,9 +4,9 @@
 pub mod anthropic;
 pub mod builtin;
 pub mod command;
-pub mod tpe;
 pub mod http;
 pub mod openai;
+pub mod tpe;
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -130,8 +130,12 @@ impl Axis {
                 if *int {
                     Value::from(x.round() as i64)
                 } else {
-                    // Two significant digits: a reviewer reads `lr = 0.0021`, not 0.00208713.
-                    Value::from(format!("{x:.1e}").parse::<f64>().unwrap_or(x))
+                    // Two significant digits where the limits allow (a reviewer reads
+                    // `lr = 0.0021`, not 0.00208713; 0.99999 must not round to 1.0).
+                    let inside = (1..=6)
+                        .map(|p| format!("{x:.p$e}").parse::<f64>().unwrap_or(x))
+                        .find(|r| (limits.0..=limits.1).contains(r));
+                    Value::from(inside.unwrap_or(x))
                 }
             }
         }
