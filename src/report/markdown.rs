@@ -153,7 +153,7 @@ fn heldout(md: &mut String, s: &Summary<'_>) {
     }
     let _ = writeln!(
         md,
-        "Selection reads the eval text only; these texts were never seen by keep/discard or the proposer.\n"
+        "Keep/discard read the eval text only; no decision and no prompt ever saw the held-out text.\n"
     );
     let _ = writeln!(md, "| exp | change | search PPL | held-out PPL |\n|---:|---|---:|---:|");
     for h in s.heldout {
