@@ -441,7 +441,7 @@ pub fn heldout(bytes: usize) -> String {
 }
 
 /// Seed of [`heldout`]: far from the seeds of any teacher spec's train and eval text.
-const HELDOUT_SEED: u64 = 0x4845_4c44_4f55_54;
+const HELDOUT_SEED: u64 = 0x0048_454c_444f_5554;
 
 #[cfg(test)]
 mod tests {

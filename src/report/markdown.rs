@@ -151,10 +151,8 @@ fn heldout(md: &mut String, s: &Summary<'_>) {
         );
         return;
     }
-    let _ = writeln!(
-        md,
-        "Keep/discard read the eval text only; no decision and no prompt ever saw the held-out text.\n"
-    );
+    let _ =
+        writeln!(md, "Keep/discard read the eval text only; no decision and no prompt ever saw the held-out text.\n");
     let _ = writeln!(md, "| exp | change | search PPL | held-out PPL |\n|---:|---|---:|---:|");
     for h in s.heldout {
         let desc = s.rows.iter().find(|r| r.record.exp == h.exp).map(|r| r.description.as_str()).unwrap_or("");
