@@ -64,7 +64,7 @@ fn run_results_rebuild_and_log_through_the_cli() {
 
     let live = std::fs::read_to_string(ws.join("results.tsv")).unwrap();
     assert_eq!(live.lines().count(), 5, "{live}");
-    assert!(live.starts_with("exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription\tartifact_size_bytes\tbits_per_param\tconfirm_ppl\n"));
+    assert!(live.starts_with("exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription\tartifact_size_bytes\tbits_per_param\tconfirm_ppl\tnear_miss\n"));
     let shown = autoqat(ws, &["results"]);
     assert_eq!(String::from_utf8_lossy(&shown.stdout), live);
     std::fs::remove_file(ws.join("results.tsv")).unwrap();

@@ -99,9 +99,12 @@ pub fn prepare(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Prep
         fetch_text(opts.eval_text.as_deref(), eval_target.as_deref(), "eval", log, || hub_data::wikitext2("test"))?;
 
     // The held-out split only feeds the report, so a text that cannot be had is said, not fatal.
-    // The tiny demo's was written with its teacher.
+    // The tiny demo's was written with its teacher; a local eval text means working offline,
+    // where only a local held-out text is taken.
     let heldout = ws.join(autoqat_workspace::layout::HELDOUT_TEXT);
-    if !heldout.is_file() || opts.heldout_text.is_some() {
+    if opts.heldout_text.is_none() && opts.eval_text.is_some() && !heldout.is_file() {
+        log("held-out text: none (pass --heldout-text FILE to score the best recipe on one)");
+    } else if !heldout.is_file() || opts.heldout_text.is_some() {
         let fetched = fetch_text(opts.heldout_text.as_deref(), Some(&heldout), "heldout", log, || {
             hub_data::wikitext2("validation")
         });
