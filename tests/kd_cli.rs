@@ -280,7 +280,7 @@ fn the_7b_shape_runs_forward_without_the_dense_model() {
 #[test]
 #[ignore = "slow: needs llama-cpp-python built from source (about 3 minutes; AUTOQAT_SLOW=1 ./scripts/test -- --ignored installs it) and the real SmolLM2"]
 fn traces_from_llama_cpp_server_match_the_local_teacher() {
-    let Some(server) = common::llama_server(2048, "sk-llama-test-key") else { return };
+    let Some(server) = common::llama_server(2048, "fake-llama-test-key") else { return };
     let (py, model, url) = (server.py.clone(), server.model_dir.clone(), server.url.clone());
 
     let tmp = tempfile::tempdir().unwrap();
@@ -309,7 +309,7 @@ fn traces_from_llama_cpp_server_match_the_local_teacher() {
         .args(["--template", template])
         .arg("--student-tokenizer")
         .arg(&model)
-        .env("AUTOQAT_LLAMA_KEY", "sk-llama-test-key")
+        .env("AUTOQAT_LLAMA_KEY", "fake-llama-test-key")
         .current_dir(dir);
         ok(&cmd.output().unwrap())
     };

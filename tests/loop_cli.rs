@@ -114,7 +114,7 @@ fn the_report_uses_the_noise_the_driver_measured() {
 #[test]
 #[ignore = "slow: needs llama-cpp-python built from source (about 3 minutes; AUTOQAT_SLOW=1 ./scripts/test -- --ignored installs it) and the real SmolLM2"]
 fn a_small_model_behind_llama_cpp_answers_in_the_proposals_shape() {
-    let Some(server) = common::llama_server(4096, "sk-llama-loop-key") else { return };
+    let Some(server) = common::llama_server(4096, "fake-llama-loop-key") else { return };
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path();
     std::fs::create_dir_all(ws.join("experiments")).unwrap();
@@ -135,7 +135,7 @@ fn a_small_model_behind_llama_cpp_answers_in_the_proposals_shape() {
     }
     let out = Command::new(env!("CARGO_BIN_EXE_autoqat"))
         .args(["run", "--max-experiments", "4", "-v"])
-        .env("AUTOQAT_LLAMA_KEY", "sk-llama-loop-key")
+        .env("AUTOQAT_LLAMA_KEY", "fake-llama-loop-key")
         .current_dir(ws)
         .output()
         .unwrap();
@@ -154,5 +154,5 @@ fn a_small_model_behind_llama_cpp_answers_in_the_proposals_shape() {
             "exp {exp}: {body}"
         );
     }
-    assert!(!stderr.contains("sk-llama-loop-key") && !stdout.contains("sk-llama-loop-key"));
+    assert!(!stderr.contains("fake-llama-loop-key") && !stdout.contains("fake-llama-loop-key"));
 }

@@ -134,7 +134,7 @@ fn assert_same_answer(a: &Answer, b: &Answer) {
 fn the_api_teacher_over_http_matches_the_local_teacher_and_keeps_its_key_secret() {
     let Some(fx) = common::kd_fixture() else { return };
     let teacher_dir = fx.join("teacher");
-    let key = "sk-test-kd-0123456789SECRET";
+    let key = "fake-test-kd-0123456789SECRET";
     let Some(server) = common::Server::start(&teacher_dir, &["--fail-first", "2", "--require-key", key]) else {
         return;
     };
@@ -184,9 +184,9 @@ fn the_api_teacher_over_http_matches_the_local_teacher_and_keeps_its_key_secret(
 
     // A wrong key: one clear error, and the key it was given is not in it.
     let mut wrong =
-        OpenAiTeacher::with_secret(&settings(&server.url), Secret::new("sk-wrong-key-ABCDEFGHIJ"), 0.0).unwrap();
+        OpenAiTeacher::with_secret(&settings(&server.url), Secret::new("fake-wrong-key-ABCDEFGHIJ"), 0.0).unwrap();
     let err = wrong.answer("hello there", 4, 2).unwrap_err().to_string();
-    assert!(err.contains("401") && !err.contains("sk-wrong-key-ABCDEFGHIJ"), "{err}");
+    assert!(err.contains("401") && !err.contains("fake-wrong-key-ABCDEFGHIJ"), "{err}");
 }
 
 /// A teacher that fails at its `fail_at`-th answer, as a dropped connection or a kill would.

@@ -363,7 +363,7 @@ fn resume_after_sigkill_at_every_point_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_fake_api_key_never_reaches_disk_git_or_logs() {
-    let key = "sk-AUTOQAT-FAKE-KEY-5f3a9c0e1b7d";
+    let key = "fake-AUTOQAT-FAKE-KEY-5f3a9c0e1b7d";
     let ws = workspace(&settings_toml("", ""));
     let mut busy = Canned::json(429, format!(r#"{{"error":"slow down, {key}"}}"#));
     busy.headers.push(("retry-after".into(), "0".into()));
@@ -434,7 +434,7 @@ fn a_prompt_longer_than_the_context_is_retried_with_fewer_rows_then_named() {
     );
     std::fs::write(ws.path().join("autoqat.toml"), settings_toml(&prov, "")).unwrap();
     git(ws.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings"]);
-    std::env::set_var("AQ_CTX_KEY", "sk-ctx-test");
+    std::env::set_var("AQ_CTX_KEY", "fake-ctx-test");
     let s = Settings::load(ws.path()).unwrap();
     let opts = RunOptions { max_experiments: Some(3), quiet: true, ..RunOptions::default() };
     let err = Driver::open(ws.path(), s, opts, None).unwrap().run().unwrap_err().to_string();

@@ -48,7 +48,7 @@ const GOOD: &str = r#"{"description":"raise lr","rationale":"r","edits":[{"path"
 #[test]
 fn openai_good_answer_sends_key_model_and_prices_tokens() {
     let srv = serve(vec![Canned::json(200, openai_body(GOOD))]);
-    key("AQ_T_OPENAI_GOOD", "sk-test-openai-good");
+    key("AQ_T_OPENAI_GOOD", "fake-test-openai-good");
     let r = ask(&settings("openai", &format!("{}/v1", srv.url), "AQ_T_OPENAI_GOOD")).unwrap();
     assert_eq!(answer::parse(&r.text).unwrap().description, "raise lr");
     assert_eq!((r.input_tokens, r.output_tokens), (1000, 200));
@@ -56,7 +56,7 @@ fn openai_good_answer_sends_key_model_and_prices_tokens() {
     assert!((r.cost_usd - 0.004).abs() < 1e-12, "{}", r.cost_usd);
     let seen = srv.seen.lock().unwrap();
     assert_eq!(seen[0].path, "/v1/chat/completions");
-    assert!(seen[0].headers.contains(&("authorization".into(), "Bearer sk-test-openai-good".into())));
+    assert!(seen[0].headers.contains(&("authorization".into(), "Bearer fake-test-openai-good".into())));
     let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
     assert_eq!(body["model"], "test-model");
     assert_eq!(body["messages"][1]["content"], "user prompt");
@@ -65,13 +65,13 @@ fn openai_good_answer_sends_key_model_and_prices_tokens() {
 #[test]
 fn anthropic_good_answer_uses_messages_api() {
     let srv = serve(vec![Canned::json(200, anthropic_body(GOOD))]);
-    key("AQ_T_ANTHROPIC_GOOD", "sk-ant-test");
+    key("AQ_T_ANTHROPIC_GOOD", "fake-ant-test");
     let r = ask(&settings("anthropic", &srv.url, "AQ_T_ANTHROPIC_GOOD")).unwrap();
     assert_eq!(answer::parse(&r.text).unwrap().edits.len(), 1);
     assert_eq!((r.input_tokens, r.output_tokens), (900, 100));
     let seen = srv.seen.lock().unwrap();
     assert_eq!(seen[0].path, "/v1/messages");
-    assert!(seen[0].headers.contains(&("x-api-key".into(), "sk-ant-test".into())));
+    assert!(seen[0].headers.contains(&("x-api-key".into(), "fake-ant-test".into())));
     assert!(seen[0].headers.iter().any(|(k, _)| k == "anthropic-version"));
     let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
     assert_eq!(body["system"], "sys");
@@ -164,7 +164,7 @@ fn prose_and_fence_wrapped_answers_parse() {
 
 #[test]
 fn client_errors_fail_fast_and_never_echo_the_key() {
-    let secret = "sk-LEAKCANARY-0xDEADBEEF-401";
+    let secret = "fake-LEAKCANARY-0xDEADBEEF-401";
     let srv = serve(vec![Canned::json(401, format!(r#"{{"error":"invalid key {secret}"}}"#))]);
     key("AQ_T_401", secret);
     let e = ask(&settings("openai", &srv.url, "AQ_T_401")).unwrap_err();
@@ -218,7 +218,7 @@ fn structured_output_falls_back_through_the_dialects_and_remembers_the_one_accep
         r#"{"error":{"message":"1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': \"'text' or 'json_object'\"}}","type":"internal_server_error"}}"#,
     );
     let srv = serve(vec![refusal, Canned::json(200, openai_body(GOOD)), Canned::json(200, openai_body(GOOD))]);
-    key("AQ_T_OPENAI_SHAPE", "sk-test-openai-shape");
+    key("AQ_T_OPENAI_SHAPE", "fake-test-openai-shape");
     let mut p = proposer::make(&settings("openai", &format!("{}/v1", srv.url), "AQ_T_OPENAI_SHAPE")).unwrap();
     let tried = HashSet::new();
     let req = request(&tried);
@@ -244,7 +244,7 @@ fn structured_output_falls_back_through_the_dialects_and_remembers_the_one_accep
 #[test]
 fn structured_output_off_sends_no_format_and_a_bad_setting_is_one_line() {
     let srv = serve(vec![Canned::json(200, openai_body(GOOD))]);
-    key("AQ_T_OPENAI_OFF", "sk-test-openai-off");
+    key("AQ_T_OPENAI_OFF", "fake-test-openai-off");
     let mut s = settings("openai", &format!("{}/v1", srv.url), "AQ_T_OPENAI_OFF");
     s.structured_output = "off".into();
     ask(&s).unwrap();
@@ -280,7 +280,7 @@ fn bodies(srv: &Server) -> Vec<serde_json::Value> {
 #[test]
 fn anthropic_structured_output_forces_the_propose_tool_and_reads_its_input() {
     let srv = serve(vec![Canned::json(200, anthropic_tool_body(GOOD))]);
-    key("AQ_T_ANTHROPIC_TOOL", "sk-ant-test-tool");
+    key("AQ_T_ANTHROPIC_TOOL", "fake-ant-test-tool");
     let r = ask(&settings("anthropic", &srv.url, "AQ_T_ANTHROPIC_TOOL")).unwrap();
     let p = answer::parse(&r.text).unwrap();
     assert_eq!(p.description, "raise lr");
@@ -307,7 +307,7 @@ fn anthropic_structured_output_forces_the_propose_tool_and_reads_its_input() {
 
 #[test]
 fn anthropic_tools_refused_with_a_400_falls_back_to_text_for_the_rest_of_the_run() {
-    let secret = "sk-ant-LEAKCANARY-tools-400";
+    let secret = "fake-ant-LEAKCANARY-tools-400";
     // What api.anthropic.com answers a request whose fields it does not accept.
     let refusal = Canned::json(
         400,
@@ -353,7 +353,7 @@ fn anthropic_tools_refused_with_a_400_falls_back_to_text_for_the_rest_of_the_run
 #[test]
 fn anthropic_structured_output_off_sends_no_tools() {
     let srv = serve(vec![Canned::json(200, anthropic_body(GOOD))]);
-    key("AQ_T_ANTHROPIC_OFF", "sk-ant-test-off");
+    key("AQ_T_ANTHROPIC_OFF", "fake-ant-test-off");
     let mut s = settings("anthropic", &srv.url, "AQ_T_ANTHROPIC_OFF");
     s.structured_output = "off".into();
     let r = ask(&s).unwrap();
