@@ -65,9 +65,14 @@ impl Proposer for Anthropic {
         });
         let headers =
             [("x-api-key", self.secret.expose().to_string()), ("anthropic-version", "2023-06-01".to_string())];
-        let v = loop {
-            let shape = self.shapes[0];
-            if let Some(m) = body.as_object_mut() {
+        let v = self.http.post_json_shaped(
+            &self.url,
+            &headers,
+            &mut body,
+            &self.secret,
+            &mut self.shapes,
+            |body, shape| {
+                let Some(m) = body.as_object_mut() else { return };
                 match shape {
                     Shape::Tool => {
                         m.insert(
@@ -86,17 +91,8 @@ impl Proposer for Anthropic {
                         m.remove("tool_choice");
                     }
                 }
-            }
-            match self.http.post_json(&self.url, &headers, &body, &self.secret) {
-                Ok(v) => break v,
-                // This server does not take tools: ask in free text from now on.
-                Err(ProposerError::FormatRefused(m)) if self.shapes.len() > 1 => {
-                    tracing::info!("the server refused tools; asking in free text from now on ({m})");
-                    self.shapes.remove(0);
-                }
-                Err(e) => return Err(e),
-            }
-        };
+            },
+        )?;
         let parts =
             v["content"].as_array().ok_or_else(|| ProposerError::Failed("the answer has no `content` array".into()))?;
         // The tool's input is the proposal; a server that answered in text anyway still counts.

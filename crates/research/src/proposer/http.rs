@@ -75,6 +75,32 @@ impl Http {
         })
     }
 
+    /// POSTs `body` in the first answer shape the server accepts: `apply` writes `shapes[0]`
+    /// into the body, and a refusal of it ([`ProposerError::FormatRefused`]) drops it and tries
+    /// the next, so the shape the server took stays in front for the rest of the run.
+    pub fn post_json_shaped<S: Copy + std::fmt::Debug>(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        body: &mut serde_json::Value,
+        secret: &Secret,
+        shapes: &mut Vec<S>,
+        apply: impl Fn(&mut serde_json::Value, S),
+    ) -> Result<serde_json::Value, ProposerError> {
+        loop {
+            let shape = shapes[0];
+            apply(body, shape);
+            match self.post_json(url, headers, body, secret) {
+                Ok(v) => return Ok(v),
+                Err(ProposerError::FormatRefused(m)) if shapes.len() > 1 => {
+                    tracing::info!("the server refused the answer shape {shape:?}; trying the next ({m})");
+                    shapes.remove(0);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// POSTs `body` as JSON and returns the parsed JSON answer, retrying what may pass.
     pub fn post_json(
         &self,

@@ -84,9 +84,13 @@ impl Proposer for OpenAi {
             "max_tokens": self.settings.max_tokens,
         });
         let headers = [("authorization", format!("Bearer {}", self.secret.expose()))];
-        let v = loop {
-            let shape = self.shapes[0];
-            match shape {
+        let v = self.http.post_json_shaped(
+            &self.url,
+            &headers,
+            &mut body,
+            &self.secret,
+            &mut self.shapes,
+            |body, shape| match shape {
                 Shape::JsonSchema => {
                     body["response_format"] =
                         json!({"type": "json_schema", "json_schema": {"name": "proposal", "schema": proposal_schema()}})
@@ -99,17 +103,8 @@ impl Proposer for OpenAi {
                         m.remove("response_format");
                     }
                 }
-            }
-            match self.http.post_json(&self.url, &headers, &body, &self.secret) {
-                Ok(v) => break v,
-                // This server speaks another dialect (or none): try the next one.
-                Err(ProposerError::FormatRefused(m)) if self.shapes.len() > 1 => {
-                    tracing::info!("the server refused response_format {shape:?}; trying the next dialect ({m})");
-                    self.shapes.remove(0);
-                }
-                Err(e) => return Err(e),
-            }
-        };
+            },
+        )?;
         let text = v["choices"][0]["message"]["content"]
             .as_str()
             .ok_or_else(|| ProposerError::Failed("the answer has no choices[0].message.content".into()))?;
