@@ -184,8 +184,13 @@ pub fn recipe_values(schema: &Schema, text: &str) -> Option<BTreeMap<String, ser
 /// A fingerprint of [`recipe_values`]: two recipes with the same key run the same trial,
 /// whichever parent they came from.
 pub fn recipe_key(schema: &Schema, text: &str) -> Option<String> {
-    let lines: String = recipe_values(schema, text)?.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    Some(format!("recipe:{}", crate::focus::diff_key(&lines)))
+    recipe_values(schema, text).map(|v| values_key(&v))
+}
+
+/// The fingerprint of values already read ([`recipe_key`] of the recipe they came from).
+pub fn values_key(values: &BTreeMap<String, serde_json::Value>) -> String {
+    let lines: String = values.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    format!("recipe:{}", crate::focus::diff_key(&lines))
 }
 
 /// What a change is remembered by in the tried set: the meaning of the recipe it produces

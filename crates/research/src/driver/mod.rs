@@ -74,17 +74,9 @@ pub struct RunSummary {
     pub records: Vec<Record>,
 }
 
-/// The meaning key (`validate::recipe_key`) of the recipe at `commit`, when there is a schema
-/// to read it with and the commit holds the recipe.
-fn recipe_key_at(git: &Git, validator: &Validator, s: &Settings, commit: &str) -> Option<String> {
-    let schema = validator.schema()?;
-    let oid = git2::Oid::from_str(commit).ok()?;
-    let text = git.file_at(oid, s.run.mutable_paths.first()?)?;
-    crate::validate::recipe_key(schema, &text)
-}
-
-/// What `rec` meant and scored, for the searches: its recipe and its parent's read through the
-/// schema. `None` without a schema, or for a record without a recipe (an invalid answer).
+/// What `rec` meant and scored, for the searches and the tried set: its recipe and its
+/// parent's read through the schema. `None` without a schema, or for a record without a recipe
+/// of its own (an invalid answer's commit holds its parent's, which is tried already).
 fn observe(git: &Git, validator: &Validator, s: &Settings, ws: &Path, rec: &Record) -> Option<Observation> {
     let schema = validator.schema()?;
     let path = s.run.mutable_paths.first()?;
@@ -188,12 +180,15 @@ impl Driver {
             git.create_branch(&tag)?;
         }
         let validator = Validator::from_settings(&s);
-        let mut tried: HashSet<String> =
-            records.iter().filter(|r| !r.diff_key.is_empty()).map(|r| r.diff_key.clone()).collect();
-        for r in &records {
-            tried.extend(recipe_key_at(&git, &validator, &s, &r.commit));
-        }
-        let observations = records.iter().filter_map(|r| observe(&git, &validator, &s, &ws, r)).collect();
+        let observations: Vec<Observation> =
+            records.iter().filter_map(|r| observe(&git, &validator, &s, &ws, r)).collect();
+        // Tried means the diff's text, and (with a schema) the recipe's meaning.
+        let tried: HashSet<String> = records
+            .iter()
+            .filter(|r| !r.diff_key.is_empty())
+            .map(|r| r.diff_key.clone())
+            .chain(observations.iter().map(|o| crate::validate::values_key(&o.values)))
+            .collect();
         let exe = std::env::current_exe().ok();
         let reporter: Box<dyn Reporter> = Box::new(Console { json: opts.json, quiet: opts.quiet });
         let templates = Templates::load(&ws.join(&s.run.prompts_dir));
@@ -496,8 +491,10 @@ impl Driver {
         if !rec.diff_key.is_empty() {
             self.tried.insert(rec.diff_key.clone());
         }
-        self.tried.extend(recipe_key_at(&self.git, &self.validator, &self.s, &rec.commit));
-        self.observations.extend(observe(&self.git, &self.validator, &self.s, &self.ws, &rec));
+        if let Some(o) = observe(&self.git, &self.validator, &self.s, &self.ws, &rec) {
+            self.tried.insert(crate::validate::values_key(&o.values));
+            self.observations.push(o);
+        }
         self.records.push(rec);
         Ok(())
     }
