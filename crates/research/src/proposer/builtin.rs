@@ -48,6 +48,17 @@ pub struct Candidate {
     pub rank: (i64, i64, u64),
 }
 
+impl Candidate {
+    /// This change as a proposal, for the reason `why`.
+    fn choice(&self, why: String) -> Choice {
+        Choice {
+            sets: vec![(self.key.clone(), self.value.clone())],
+            edits: vec![(self.search.clone(), self.replace.clone())],
+            why,
+        }
+    }
+}
+
 impl Proposer for Builtin {
     fn propose(&mut self, req: &Request) -> Result<Reply, ProposerError> {
         let schema = req.ctx.schema.ok_or_else(|| {
@@ -99,22 +110,9 @@ pub struct Choice {
 pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     let current = crate::validate::recipe_values(schema, ctx.recipe)?;
     let max_keys = ctx.max_changed_lines.clamp(1, 3);
-    let active = |key: &str| {
-        schema.field(key).is_some_and(|f| {
-            !f.locked && f.active_when.as_ref().is_none_or(|c| current.get(&c.key).is_some_and(|v| c.holds(v)))
-        })
-    };
+    let active = |key: &str| schema.field(key).is_some_and(|f| !f.locked && active_under(f, &current));
     let build = |sets: &[(String, Value)], why: String| -> Option<Choice> {
-        let mut text = ctx.recipe.to_string();
-        let mut edits = Vec::new();
-        for (k, v) in sets {
-            let (s, r) = line_edit(&text, k, v)?;
-            text = text.replacen(&s, &r, 1);
-            edits.push((s, r));
-        }
-        let key = focus::diff_key(&focus::compact_diff(ctx.recipe_path, ctx.recipe, &text));
-        let tried = ctx.tried.contains(&crate::validate::tried_key(Some(schema), Some(&text), &key));
-        (!tried && !edits.is_empty()).then(|| Choice { sets: sets.to_vec(), edits, why })
+        untried_edits(schema, ctx, sets).map(|edits| Choice { sets: sets.to_vec(), edits, why })
     };
     if let Some(c) = near_misses_combined(ctx.observations, &current, max_keys, &active, &build) {
         return Some(c);
@@ -123,8 +121,7 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     let tries = key_tries(ctx);
     let why_ladder = "builtin search (ladder): one key at a time, following what was kept";
     let Some(model) = Model::fit(ctx.observations, STARTUP) else {
-        let c = ladder.first()?;
-        return build(&[(c.key.clone(), c.value.clone())], why_ladder.into());
+        return ladder.first().map(|c| c.choice(why_ladder.into()));
     };
     let axes: Vec<(String, Axis)> = schema
         .fields
@@ -153,7 +150,8 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
         let Some(g) = gains(&sets) else { continue };
         let why =
             format!("builtin search (TPE): the model's best value of a least-tried key, log l/g gain {:+.2}", g[0]);
-        offer(c.rank.0, g[0], i, build(&sets, why));
+        // `candidates` left out what was tried: the ladder's edit stands as it is.
+        offer(c.rank.0, g[0], i, Some(c.choice(why)));
     }
     let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9).wrapping_add(ctx.records.len() as u64));
     for s in 0..SAMPLES {
@@ -239,6 +237,26 @@ fn near_misses_combined(
     None
 }
 
+/// Whether `f` has an effect under the recipe `values` (its `active_when` holds, or it has none).
+fn active_under(f: &autoqat_recipe::FieldSpec, values: &std::collections::BTreeMap<String, Value>) -> bool {
+    f.active_when.as_ref().is_none_or(|c| values.get(&c.key).is_some_and(|v| c.holds(v)))
+}
+
+/// The edits that set `sets` on the current recipe, in order; `None` when a key has no line to
+/// edit or the resulting recipe was tried already (by meaning, as the edit rules judge it).
+fn untried_edits(schema: &Schema, ctx: &Context, sets: &[(String, Value)]) -> Option<Vec<(String, String)>> {
+    let mut text = ctx.recipe.to_string();
+    let mut edits = Vec::new();
+    for (k, v) in sets {
+        let (s, r) = line_edit(&text, k, v)?;
+        text = text.replacen(&s, &r, 1);
+        edits.push((s, r));
+    }
+    let key = focus::diff_key(&focus::compact_diff(ctx.recipe_path, ctx.recipe, &text));
+    let tried = ctx.tried.contains(&crate::validate::tried_key(Some(schema), Some(&text), &key));
+    (!tried && !edits.is_empty()).then_some(edits)
+}
+
 /// How often each key was changed, from the observations (every key of a several-key change
 /// counts), else from the builtin's own `set key = value` descriptions.
 fn key_tries(ctx: &Context) -> HashMap<String, i64> {
@@ -260,7 +278,7 @@ fn key_tries(ctx: &Context) -> HashMap<String, i64> {
 
 /// Every untried single-key change, best first.
 pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
-    let Ok(table) = ctx.recipe.parse::<toml::Table>() else { return Vec::new() };
+    let Some(values) = crate::validate::recipe_values(schema, ctx.recipe) else { return Vec::new() };
     // Per key: how often it was tried, and the (old, new) values of its latest change if
     // that change was kept (so the search can continue in the same direction).
     let tries = key_tries(ctx);
@@ -284,30 +302,19 @@ pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
         if f.locked || f.choices.is_empty() {
             continue;
         }
-        let value_of = |key: &str| {
-            crate::validate::lookup(&table, key)
-                .map(crate::validate::toml_to_json)
-                .or_else(|| schema.field(key).map(|g| g.default.clone()))
-        };
         // A knob with no effect under the current recipe (deadzone_t with absmean, say) would
         // waste a whole trial on a no-op.
-        if let Some(cond) = &f.active_when {
-            if !value_of(&cond.key).is_some_and(|v| cond.holds(&v)) {
-                continue;
-            }
+        if !active_under(f, &values) {
+            continue;
         }
-        let current = value_of(&f.key).unwrap_or_else(|| f.default.clone());
+        let current = values.get(&f.key).cloned().unwrap_or_else(|| f.default.clone());
         let cur_idx = f.choices.iter().position(|c| same(c, &current));
         for (ci, choice) in f.choices.iter().enumerate() {
             if same(choice, &current) {
                 continue;
             }
-            let Some((search, replace)) = line_edit(ctx.recipe, &f.key, choice) else { continue };
-            let new_text = ctx.recipe.replacen(&search, &replace, 1);
-            let key = focus::diff_key(&focus::compact_diff(ctx.recipe_path, ctx.recipe, &new_text));
-            if ctx.tried.contains(&crate::validate::tried_key(Some(schema), Some(&new_text), &key)) {
-                continue;
-            }
+            let Some(mut edits) = untried_edits(schema, ctx, &[(f.key.clone(), choice.clone())]) else { continue };
+            let (search, replace) = edits.remove(0);
             let dist = cur_idx.map(|c| (c as i64 - ci as i64).abs()).unwrap_or(1);
             let n = *tries.get(&f.key).unwrap_or(&0);
             let mut tier = n;
