@@ -1,6 +1,8 @@
 //! Whole-file writes that a concurrent reader never sees half done: the bytes go to a
 //! temporary sibling, which is synced and then renamed over the target. Every JSON file of a
 //! run (summary, health, gates, manifests, indexes) and `results.tsv` are written this way.
+//! The append-only tables (`results.tsv` while a run is live, `heldout.tsv`) grow by one synced
+//! row at a time, which their readers expect to find half written at worst.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,16 @@ pub fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Resul
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| WorkspaceError::Format { path: path.to_path_buf(), msg: format!("cannot serialize: {e}") })?;
     write(path, (text + "\n").as_bytes())
+}
+
+/// Appends `row` and a newline to the table at `path`, with `header` first when the file is
+/// new or empty, and syncs it: a finished row survives a crash right after.
+pub fn append_row(path: &Path, header: &str, row: &str) -> Result<()> {
+    let fresh = std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
+    let text = if fresh { format!("{header}\n{row}\n") } else { format!("{row}\n") };
+    file.write_all(text.as_bytes()).map_err(io_err(path))?;
+    file.sync_data().map_err(io_err(path))
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! reads it back into a decision or a prompt: selection runs on the eval text, the report puts
 //! the two figures side by side.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Result, WorkspaceError};
@@ -52,15 +51,10 @@ pub fn read(path: &Path) -> Result<Vec<Row>> {
 
 /// Appends one row (with the header when the file is new), synced to disk.
 pub fn append(path: &Path, row: &Row) -> Result<()> {
-    let fresh = std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
-    let io = |e| WorkspaceError::io(path, e);
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-    let mut text = if fresh { format!("{HEADER}\n") } else { String::new() };
     let search = row.search_ppl.map(|p| format!("{p:.4}")).unwrap_or_default();
     let commit: String = row.commit.chars().take(12).collect();
-    text.push_str(&format!("{}\t{commit}\t{search}\t{:.4}\t{:.1}\n", row.exp, row.heldout_ppl, row.time_s));
-    file.write_all(text.as_bytes()).map_err(io)?;
-    file.sync_data().map_err(io)
+    let line = format!("{}\t{commit}\t{search}\t{:.4}\t{:.1}", row.exp, row.heldout_ppl, row.time_s);
+    crate::atomic::append_row(path, HEADER, &line)
 }
 
 #[cfg(test)]

@@ -3,12 +3,11 @@
 //! the live file byte for byte. Reading the file back: [`read`], [`Row`].
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{io_err, Result};
+use crate::error::Result;
 
 mod rows;
 
@@ -208,17 +207,7 @@ pub fn write_all(path: &Path, records: &[Record]) -> Result<()> {
 
 /// Appends one row (writing the header first if the file is new or empty).
 pub fn append(path: &Path, record: &Record) -> Result<()> {
-    let fresh = std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
-    let mut text = String::new();
-    if fresh {
-        text.push_str(HEADER);
-        text.push('\n');
-    }
-    text.push_str(&record.to_row());
-    text.push('\n');
-    file.write_all(text.as_bytes()).map_err(io_err(path))?;
-    file.sync_data().map_err(io_err(path))
+    crate::atomic::append_row(path, HEADER, &record.to_row())
 }
 
 /// The best kept record: the latest keep or baseline (the branch head).
