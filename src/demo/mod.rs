@@ -25,7 +25,10 @@ pub fn install_teacher(dir: &Path, t: &teacher::Teacher) -> anyhow::Result<()> {
     }
     copy(&t.train_text, &dir.join("data/train.txt"))?;
     copy(&t.eval_text, &dir.join("data/eval.txt"))?;
-    let eval_bytes = std::fs::metadata(&t.eval_text).map(|m| m.len() as usize).unwrap_or(60_000);
+    // As long as the eval text, so that both figures rest on as many tokens.
+    let eval_bytes = std::fs::metadata(&t.eval_text)
+        .with_context(|| format!("cannot read {}", t.eval_text.display()))?
+        .len() as usize;
     let heldout = dir.join(autoqat_workspace::layout::HELDOUT_TEXT);
     std::fs::write(&heldout, corpus::heldout(eval_bytes))
         .with_context(|| format!("cannot write {}", heldout.display()))?;

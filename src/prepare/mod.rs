@@ -104,13 +104,10 @@ pub fn prepare(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Prep
     let heldout = ws.join(autoqat_workspace::layout::HELDOUT_TEXT);
     if opts.heldout_text.is_none() && opts.eval_text.is_some() && !heldout.is_file() {
         log("held-out text: none (pass --heldout-text FILE to score the best recipe on one)");
-    } else if !heldout.is_file() || opts.heldout_text.is_some() {
-        let fetched = fetch_text(opts.heldout_text.as_deref(), Some(&heldout), "heldout", log, || {
-            hub_data::wikitext2("validation")
-        });
-        if let Err(e) = fetched {
-            log(&format!("held-out text: not prepared ({e:#}); pass --heldout-text FILE to score the best on one"));
-        }
+    } else if let Err(e) =
+        fetch_text(opts.heldout_text.as_deref(), Some(&heldout), "heldout", log, || hub_data::wikitext2("validation"))
+    {
+        log(&format!("held-out text: not prepared ({e:#}); pass --heldout-text FILE to score the best on one"));
     }
 
     let tokenizer = model_dir.join("tokenizer.json");
