@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use autoqat_research::answer;
 use autoqat_research::edit::{self, EditRules};
 use autoqat_research::proposer::builtin::{self, Builtin};
-use autoqat_research::proposer::{self, Context, Proposer, ProposerError, Request};
+use autoqat_research::proposer::{self, Proposer, ProposerError, Request};
 use autoqat_research::results::{Record, Status};
 use autoqat_research::settings::{ProviderSettings, Settings};
 use autoqat_research::validate::Validator;
@@ -125,15 +125,7 @@ fn builtin_ctx<'a>(
         system: String::new(),
         user: String::new(),
         repair: None,
-        ctx: Context {
-            schema: Some(schema),
-            recipe_path: "experiments/train.toml",
-            recipe,
-            records,
-            tried,
-            observations: &[],
-            max_changed_lines: 8,
-        },
+        ctx: context(Some(schema), recipe, records, tried, &[]),
     }
 }
 

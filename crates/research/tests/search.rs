@@ -1,11 +1,13 @@
 //! The builtin search's model and choices, on the autoqat recipe schema: the Parzen densities
 //! are densities, the search follows what went well, and two near misses are combined.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 
 use autoqat_research::proposer::builtin;
 use autoqat_research::proposer::tpe::{Axis, Model};
-use autoqat_research::proposer::{Context, Observation};
+use autoqat_research::proposer::Observation;
 use autoqat_research::results::Status;
 use serde_json::{json, Value};
 
@@ -33,15 +35,7 @@ fn obs(exp: u32, status: Status, ppl: Option<f64>, sets: &[(&str, Value)], near_
 
 fn choose(recipe: &str, observations: &[Observation], tried: &HashSet<String>) -> builtin::Choice {
     let schema = autoqat_recipe::schema();
-    let ctx = Context {
-        schema: Some(&schema),
-        recipe_path: "experiments/train.toml",
-        recipe,
-        records: &[],
-        tried,
-        observations,
-        max_changed_lines: 8,
-    };
+    let ctx = common::context(Some(&schema), recipe, &[], tried, observations);
     builtin::choose(&schema, &ctx, 0).expect("the search has something to propose")
 }
 

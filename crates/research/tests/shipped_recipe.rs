@@ -1,12 +1,13 @@
 //! The builtin proposer against the shipped recipe (`experiments/train.toml`) and the real
 //! recipe schema: every change it proposes must pass the autoqat validator.
 
+mod common;
+
 use std::collections::HashSet;
 
 use autoqat_research::answer;
 use autoqat_research::edit::{self, EditRules};
 use autoqat_research::proposer::builtin;
-use autoqat_research::proposer::Context;
 use autoqat_research::validate::Validator;
 
 #[test]
@@ -24,15 +25,7 @@ fn builtin_changes_to_the_shipped_recipe_pass_the_schema() {
     }
     autoqat_recipe::parse(&recipe).expect("the shipped recipe must parse");
     let tried = HashSet::new();
-    let ctx = Context {
-        schema: Some(&schema),
-        recipe_path: "experiments/train.toml",
-        recipe: &recipe,
-        records: &[],
-        tried: &tried,
-        observations: &[],
-        max_changed_lines: 8,
-    };
+    let ctx = common::context(Some(&schema), &recipe, &[], &tried, &[]);
     let cands = builtin::candidates(&schema, &ctx, 0);
     assert!(cands.len() >= 5, "the builtin search finds almost nothing to try: {}", cands.len());
     assert!(cands.iter().all(|c| !schema.field(&c.key).unwrap().locked));
@@ -83,15 +76,7 @@ fn builtin_skips_knobs_that_do_nothing_under_the_current_recipe() {
     let schema = autoqat_recipe::schema();
     let keys_for = |recipe: &str| -> Vec<String> {
         let tried = HashSet::new();
-        let ctx = Context {
-            schema: Some(&schema),
-            recipe_path: "experiments/train.toml",
-            recipe,
-            records: &[],
-            tried: &tried,
-            observations: &[],
-            max_changed_lines: 8,
-        };
+        let ctx = common::context(Some(&schema), recipe, &[], &tried, &[]);
         builtin::candidates(&schema, &ctx, 0).into_iter().map(|c| c.key).collect()
     };
     let absmean = keys_for(

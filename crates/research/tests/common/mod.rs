@@ -282,6 +282,25 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A proposer's context for `recipe` at `experiments/train.toml`, focus limit 8.
+pub fn context<'a>(
+    schema: Option<&'a autoqat_recipe::Schema>,
+    recipe: &'a str,
+    records: &'a [autoqat_research::results::Record],
+    tried: &'a std::collections::HashSet<String>,
+    observations: &'a [autoqat_research::proposer::Observation],
+) -> autoqat_research::proposer::Context<'a> {
+    autoqat_research::proposer::Context {
+        schema,
+        recipe_path: "experiments/train.toml",
+        recipe,
+        records,
+        tried,
+        observations,
+        max_changed_lines: 8,
+    }
+}
+
 /// A proposal request with prompts `system`/`user` and a context of `recipe` alone: no
 /// schema, no results (what the provider tests send).
 pub fn bare_request<'a>(
@@ -294,14 +313,6 @@ pub fn bare_request<'a>(
         system: system.into(),
         user: user.into(),
         repair: None,
-        ctx: autoqat_research::proposer::Context {
-            schema: None,
-            recipe_path: "experiments/train.toml",
-            recipe,
-            records: &[],
-            tried,
-            observations: &[],
-            max_changed_lines: 8,
-        },
+        ctx: context(None, recipe, &[], tried, &[]),
     }
 }
