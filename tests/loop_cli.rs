@@ -28,14 +28,18 @@ fn autoqat(dir: &Path, args: &[&str]) -> std::process::Output {
     sh(dir, env!("CARGO_BIN_EXE_autoqat"), args)
 }
 
-#[test]
-fn run_results_rebuild_and_log_through_the_cli() {
+/// A committed git workspace with the toy recipe and trial, `settings` as autoqat.toml, and
+/// the `extra` files `(path, text)`.
+fn toy_workspace(settings: &str, extra: &[(&str, &str)]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path();
     std::fs::create_dir_all(ws.join("experiments")).unwrap();
     std::fs::write(ws.join("experiments/train.toml"), RECIPE).unwrap();
     std::fs::write(ws.join("trial.sh"), TRIAL).unwrap();
-    std::fs::write(ws.join("autoqat.toml"), SETTINGS).unwrap();
+    std::fs::write(ws.join("autoqat.toml"), settings).unwrap();
+    for (path, text) in extra {
+        std::fs::write(ws.join(path), text).unwrap();
+    }
     for args in [
         &["init", "-q", "-b", "main"][..],
         &["add", "."],
@@ -43,6 +47,13 @@ fn run_results_rebuild_and_log_through_the_cli() {
     ] {
         assert!(sh(ws, "git", args).status.success());
     }
+    tmp
+}
+
+#[test]
+fn run_results_rebuild_and_log_through_the_cli() {
+    let tmp = toy_workspace(SETTINGS, &[]);
+    let ws = tmp.path();
     // A change to a tracked file is refused with one clear line.
     let trial_sh = std::fs::read_to_string(ws.join("trial.sh")).unwrap();
     std::fs::write(ws.join("trial.sh"), format!("{trial_sh}\n# edited\n")).unwrap();
@@ -82,19 +93,8 @@ fn run_results_rebuild_and_log_through_the_cli() {
 
 #[test]
 fn the_report_uses_the_noise_the_driver_measured() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = toy_workspace(&format!("{SETTINGS}[noise]\nbaseline_repeats = 3\n"), &[]);
     let ws = tmp.path();
-    std::fs::create_dir_all(ws.join("experiments")).unwrap();
-    std::fs::write(ws.join("experiments/train.toml"), RECIPE).unwrap();
-    std::fs::write(ws.join("trial.sh"), TRIAL).unwrap();
-    std::fs::write(ws.join("autoqat.toml"), format!("{SETTINGS}[noise]\nbaseline_repeats = 3\n")).unwrap();
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "."],
-        &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-    ] {
-        assert!(sh(ws, "git", args).status.success());
-    }
     let out = autoqat(ws, &["run", "--max-experiments", "1", "--provider", "builtin"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // One baseline row in results.tsv, three runs behind it.
@@ -115,24 +115,13 @@ fn the_report_uses_the_noise_the_driver_measured() {
 #[ignore = "slow: needs llama-cpp-python built from source (about 3 minutes; AUTOQAT_SLOW=1 ./scripts/test -- --ignored installs it) and the real SmolLM2"]
 fn a_small_model_behind_llama_cpp_answers_in_the_proposals_shape() {
     let Some(server) = common::llama_server(4096, "fake-llama-loop-key") else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let ws = tmp.path();
-    std::fs::create_dir_all(ws.join("experiments")).unwrap();
-    std::fs::write(ws.join("experiments/train.toml"), RECIPE).unwrap();
-    std::fs::write(ws.join("trial.sh"), TRIAL).unwrap();
-    std::fs::write(ws.join("program.md"), "Lower eval_ppl of the toy trial by changing optim.lr.\n").unwrap();
     let provider = format!(
         "[provider]\nkind = \"openai\"\nmodel = \"smollm2\"\nbase_url = \"{}\"\napi_key_env = \"AUTOQAT_LLAMA_KEY\"\ntimeout_s = 300\nmax_retries = 1\n",
         server.url
     );
-    std::fs::write(ws.join("autoqat.toml"), format!("{SETTINGS}\n{provider}")).unwrap();
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "."],
-        &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-    ] {
-        assert!(sh(ws, "git", args).status.success());
-    }
+    let program = ("program.md", "Lower eval_ppl of the toy trial by changing optim.lr.\n");
+    let tmp = toy_workspace(&format!("{SETTINGS}\n{provider}"), &[program]);
+    let ws = tmp.path();
     let out = Command::new(env!("CARGO_BIN_EXE_autoqat"))
         .args(["run", "--max-experiments", "4", "-v"])
         .env("AUTOQAT_LLAMA_KEY", "fake-llama-loop-key")
