@@ -16,6 +16,11 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// What a trial (or its held-out scorer) learns from its environment: its experiment and run dir.
+fn run_env(exp: u32, run_dir: &str) -> Vec<(String, String)> {
+    vec![("AUTOQAT_EXP".into(), exp.to_string()), ("AUTOQAT_RUN_DIR".into(), run_dir.to_string())]
+}
+
 impl Driver {
     /// The trial command line for one run directory.
     pub(super) fn command_line(&self, exp: u32, run_dir: &str) -> String {
@@ -57,7 +62,7 @@ impl Driver {
                 .as_deref()
                 .and_then(|r| regex::RegexBuilder::new(r).multi_line(true).build().ok()),
             env_remove: self.secret_env(),
-            env: vec![("AUTOQAT_EXP".into(), exp.to_string()), ("AUTOQAT_RUN_DIR".into(), run_dir.to_string())],
+            env: run_env(exp, run_dir),
         };
         trial::run(&spec)
     }
@@ -85,7 +90,7 @@ impl Driver {
             poll: Duration::from_secs(1),
             metric_regex: regex::RegexBuilder::new(&h.metric_regex).multi_line(true).build().ok(),
             env_remove: self.secret_env(),
-            env: vec![("AUTOQAT_EXP".into(), exp.to_string()), ("AUTOQAT_RUN_DIR".into(), run_dir.to_string())],
+            env: run_env(exp, run_dir),
         };
         let out = trial::run(&spec)?;
         match (out.failure, out.summary.eval_ppl) {
