@@ -22,6 +22,7 @@ mod validate;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+pub use autoqat_expr::{LossExpr, QuantProgram, ScaleForm, ScheduleExpr};
 pub use types::*;
 
 /// Errors from reading a recipe.
@@ -69,6 +70,11 @@ pub enum FieldType {
     Bool,
     /// Free text: a path or hub id.
     String,
+    /// An expression of the recipe's expression language (`autoqat-expr`); empty = unused.
+    Expr {
+        /// The names it may read (and, for programs, assign).
+        names: String,
+    },
 }
 
 /// One leaf key of the recipe.
@@ -154,6 +160,15 @@ pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+fn expr_error(key: &str, message: &str) -> RecipeError {
+    RecipeError::Invalid(format!("`{key}`: {message}"))
+}
+
+/// Steps covered by a fraction `frac` of `total` steps (every warm-up rounds this way).
+pub fn frac_steps(frac: f64, total: u64) -> u64 {
+    (frac * total as f64).round() as u64
+}
+
 /// Parses and validates a recipe.
 pub fn parse(text: &str) -> Result<Recipe, RecipeError> {
     let table: toml::Table =
@@ -237,8 +252,63 @@ impl Recipe {
         toml::to_string(self).unwrap_or_default()
     }
 
+    /// The checked quantizer program: `Some` when `quant.method = "expr"`.
+    pub fn quant_program(&self) -> Result<Option<QuantProgram>, RecipeError> {
+        if self.quant.method != QuantMethod::Expr {
+            return Ok(None);
+        }
+        if self.quant.expr.trim().is_empty() {
+            return Err(expr_error("quant.expr", "empty, but quant.method = \"expr\" needs a program (e.g. \"scale = max(mean(abs(w)), 1e-5); code = clamp(round(w / scale), -1, 1)\")"));
+        }
+        self.compile_quant().map(Some)
+    }
+
+    fn compile_quant(&self) -> Result<QuantProgram, RecipeError> {
+        let rows = self.quant.granularity != Granularity::PerTensor;
+        QuantProgram::compile(&self.quant.expr, rows).map_err(|e| expr_error("quant.expr", &e.message))
+    }
+
+    fn compile_lambda(&self) -> Result<ScheduleExpr, RecipeError> {
+        ScheduleExpr::compile(&self.ste.lambda_expr).map_err(|e| expr_error("ste.lambda_expr", &e.message))
+    }
+
+    /// The checked lambda schedule: `Some` when `ste.lambda_schedule = "expr"`.
+    pub fn lambda_program(&self) -> Result<Option<ScheduleExpr>, RecipeError> {
+        if self.ste.lambda_schedule != LambdaSchedule::Expr {
+            return Ok(None);
+        }
+        if self.ste.lambda_expr.trim().is_empty() {
+            return Err(expr_error("ste.lambda_expr", "empty, but ste.lambda_schedule = \"expr\" needs a function of the step (e.g. \"p * p\")"));
+        }
+        self.compile_lambda().map(Some)
+    }
+
+    /// The checked extra loss term, if `loss.extra` is not empty.
+    pub fn extra_loss(&self) -> Result<Option<LossExpr>, RecipeError> {
+        if self.loss.extra.trim().is_empty() {
+            return Ok(None);
+        }
+        LossExpr::compile(&self.loss.extra).map(Some).map_err(|e| expr_error("loss.extra", &e.message))
+    }
+
     /// Rules that involve more than one key.
     fn check_consistency(&self) -> Result<(), RecipeError> {
+        self.quant_program()?;
+        self.extra_loss()?;
+        // A program under another method or schedule is still checked, so that a broken one
+        // cannot wait in the file for the day its switch is flipped.
+        if self.quant.method != QuantMethod::Expr && !self.quant.expr.trim().is_empty() {
+            self.compile_quant()?;
+        }
+        if self.ste.lambda_schedule != LambdaSchedule::Expr && !self.ste.lambda_expr.trim().is_empty() {
+            self.compile_lambda()?;
+        }
+        if let Some(lambda) = self.lambda_program()? {
+            let total = self.total_steps();
+            if let Some((step, v)) = lambda.first_bad_step(total, frac_steps(self.ste.lambda_warmup_frac, total)) {
+                return Err(expr_error("ste.lambda_expr", &format!("it gives {v} at step {step} of {total}; lambda must be a number in [0, 1] at every step (hint: wrap it in clamp(..., 0, 1))")));
+            }
+        }
         if self.data.eval_stride > self.data.eval_ctx {
             return Err(RecipeError::OutOfRange {
                 key: "data.eval_stride".into(),

@@ -41,8 +41,18 @@ fn bool_field(key: &str, doc: &str, default: bool, locked: bool) -> FieldSpec {
     field(key, doc, FieldType::Bool, json!(default), choices, locked)
 }
 
+/// An expression key the proposer may change: free text checked by `autoqat-expr`.
+fn expr_field(key: &str, doc: &str, names: &str) -> FieldSpec {
+    field(key, doc, FieldType::Expr { names: names.into() }, json!(""), vec![], false)
+}
+
 fn string_field(key: &str, doc: &str, default: &str) -> FieldSpec {
     field(key, doc, FieldType::String, json!(default), vec![], true)
+}
+
+fn loss_names() -> String {
+    let terms: Vec<String> = autoqat_expr::LOSS_TERMS.iter().map(|(n, d)| format!("{n} ({d})")).collect();
+    format!("{}; and step, steps, progress (step / steps), pi", terms.join(", "))
 }
 
 /// Every recipe key, in file order.
@@ -70,27 +80,31 @@ pub(crate) fn fields() -> Vec<FieldSpec> {
         // comparison by not quantizing, so it is not among the proposer's choices.
         enum_field_for_humans(
             "quant.method",
-            "weight quantizer: ternary_absmean (BitNet b1.58), ternary_absmax, ternary_deadzone (|w| > t*scale), paretoq_stretched (learned per-row step), binary_absmean, none (full precision, reference runs only)",
-            &["ternary_absmean", "ternary_absmax", "ternary_deadzone", "paretoq_stretched", "binary_absmean", "none"],
-            &["none"],
+            "weight quantizer: ternary_absmean (BitNet b1.58), ternary_absmax, ternary_deadzone (|w| > t*scale), paretoq_stretched (learned per-row step), binary_absmean, expr (the program in quant.expr), none (full precision, reference runs only)",
+            &["ternary_absmean", "ternary_absmax", "ternary_deadzone", "paretoq_stretched", "binary_absmean", "expr", "none"],
+            // `expr` needs a program a search cannot invent; an LLM writes one in quant.expr.
+            &["expr", "none"],
             "ternary_absmean",
             FREE,
         ),
         enum_field("quant.granularity", "weights sharing one scale", &["per_tensor", "per_row", "group64", "group128", "group256"], "per_tensor", FREE),
         float_field("quant.deadzone_t", "deadzone threshold as a multiple of mean|w| (ternary_deadzone only)", 0.0, 2.0, 0.5, &[0.3, 0.4, 0.5, 0.6, 0.7, 0.8], FREE).active_when("quant.method", &[json!("ternary_deadzone")]),
+        expr_field("quant.expr", "the weight quantizer as a program (quant.method = \"expr\"), evaluated per matrix in the grouping of quant.granularity", autoqat_expr::QUANT_NAMES).active_when("quant.method", &[json!("expr")]),
         bool_field("quant.attention", "quantize the attention projections q/k/v/o (locked: what is quantized is the goal)", true, LOCKED),
         bool_field("quant.mlp", "quantize the MLP projections gate/up/down (locked: what is quantized is the goal)", true, LOCKED),
         bool_field("quant.embeddings", "quantize the token embedding (and a tied lm_head) (locked: what is quantized is the goal)", false, LOCKED),
         bool_field("quant.lm_head", "quantize an untied lm_head (locked: what is quantized is the goal)", false, LOCKED),
         // [ste]
-        enum_field(
+        enum_field_for_humans(
             "ste.lambda_schedule",
-            "ramp of lambda in w + lambda*(q(w) - w).detach(), from 0 to 1 over the warmup",
-            &["constant", "linear", "cosine", "exponential", "step", "sigmoid"],
+            "ramp of lambda in w + lambda*(q(w) - w).detach(), from 0 to 1 over the warmup; expr = the function in ste.lambda_expr",
+            &["constant", "linear", "cosine", "exponential", "step", "sigmoid", "expr"],
+            &["expr"],
             "linear",
             FREE,
         ),
         float_field("ste.lambda_warmup_frac", "fraction of the steps over which lambda reaches 1", 0.0, 1.0, 0.2, &[0.0, 0.05, 0.1, 0.2, 0.3, 0.5], FREE),
+        expr_field("ste.lambda_expr", "lambda at each step (ste.lambda_schedule = \"expr\"), a number in [0, 1]", autoqat_expr::SCHEDULE_NAMES).active_when("ste.lambda_schedule", &[json!("expr")]),
         // [activations]
         enum_field("activations.bits", "bits of the inputs of quantized linears: none, 8 or 4 (symmetric absmax)", &["none", "8", "4"], "none", FREE),
         enum_field("activations.granularity", "activations sharing one absmax scale", &["per_token", "per_channel"], "per_token", FREE).active_when("activations.bits", &[json!("8"), json!("4")]),
@@ -116,6 +130,8 @@ pub(crate) fn fields() -> Vec<FieldSpec> {
         float_field("distill.temperature", "softmax temperature tau of the KL term (scaled by tau^2)", 0.1, 20.0, 2.0, &[1.0, 2.0, 4.0], FREE).active_when("distill.enabled", &[json!(true)]),
         float_field("distill.ce_weight", "weight of the next-token cross entropy", 0.0, 10.0, 0.5, &[0.0, 0.1, 0.5, 1.0], FREE).active_when("distill.enabled", &[json!(true)]),
         float_field("distill.kl_weight", "weight of the KL(teacher || student) term", 0.0, 10.0, 1.0, &[0.5, 1.0, 2.0], FREE).active_when("distill.enabled", &[json!(true)]),
+        // [loss]
+        expr_field("loss.extra", "an extra term added to the training loss (empty = none)", &loss_names()),
         // [traces]
         bool_field("traces.enabled", "train on teacher traces (`autoqat kd collect`) instead of data.train_text (locked: the data is the goal)", false, LOCKED),
         string_field("traces.dir", "trace directory written by `autoqat kd collect --out`, relative to the recipe file", ""),

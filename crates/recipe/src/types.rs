@@ -25,6 +25,8 @@ pub struct Recipe {
     pub optim: OptimSection,
     /// `[distill]`: knowledge distillation from the frozen full-precision teacher.
     pub distill: DistillSection,
+    /// `[loss]`.
+    pub loss: LossSection,
     /// `[traces]`: train on teacher traces (`autoqat kd collect`) instead of the training text.
     pub traces: TracesSection,
     /// `[runtime]`: device and precision.
@@ -87,6 +89,8 @@ pub enum QuantMethod {
     ParetoqStretched,
     /// sign(w) * mean|w|.
     BinaryAbsmean,
+    /// The program in `quant.expr`.
+    Expr,
     /// No weight quantization (full-precision fine-tune; a control).
     None,
 }
@@ -129,6 +133,8 @@ pub struct QuantSection {
     pub granularity: Granularity,
     /// Deadzone threshold as a multiple of the scale (`ternary_deadzone` only).
     pub deadzone_t: f64,
+    /// The quantizer program (`method = "expr"` only).
+    pub expr: String,
     /// Quantize q/k/v/o projections.
     pub attention: bool,
     /// Quantize gate/up/down projections.
@@ -155,6 +161,8 @@ pub enum LambdaSchedule {
     Step,
     /// Logistic ramp centred at half the warmup, normalized to [0, 1].
     Sigmoid,
+    /// The function in `ste.lambda_expr`.
+    Expr,
 }
 
 /// `[ste]`.
@@ -165,6 +173,16 @@ pub struct SteSection {
     pub lambda_schedule: LambdaSchedule,
     /// Fraction of the steps over which lambda ramps to 1.
     pub lambda_warmup_frac: f64,
+    /// lambda as a function of the step (`lambda_schedule = "expr"` only).
+    pub lambda_expr: String,
+}
+
+/// `[loss]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossSection {
+    /// An extra loss term (`autoqat-expr` loss expression); empty = none.
+    pub extra: String,
 }
 
 /// Activation bit width.

@@ -77,6 +77,7 @@ pub(crate) fn allowed(ty: &FieldType) -> String {
         FieldType::Float { min, max } => format!("a number in [{min}, {max}]"),
         FieldType::Bool => "true or false".into(),
         FieldType::String => "a string".into(),
+        FieldType::Expr { .. } => "an expression (a string)".into(),
     }
 }
 
@@ -131,7 +132,7 @@ fn check_value(spec: &FieldSpec, v: &Value) -> Result<Value, RecipeError> {
             Value::Boolean(_) => Ok(v.clone()),
             _ => Err(wrong_type(spec, v)),
         },
-        FieldType::String => match v {
+        FieldType::String | FieldType::Expr { .. } => match v {
             Value::String(_) => Ok(v.clone()),
             _ => Err(wrong_type(spec, v)),
         },
@@ -144,7 +145,7 @@ fn default_value(spec: &FieldSpec) -> Result<Value, RecipeError> {
         (FieldType::Float { .. }, serde_json::Value::Number(n)) => n.as_f64().map(Value::Float),
         (FieldType::Int { .. }, serde_json::Value::Number(n)) => n.as_i64().map(Value::Integer),
         (FieldType::Bool, serde_json::Value::Bool(b)) => Some(Value::Boolean(*b)),
-        (FieldType::Enum { .. } | FieldType::String, serde_json::Value::String(s)) => Some(Value::String(s.clone())),
+        (FieldType::Enum { .. } | FieldType::String | FieldType::Expr { .. }, serde_json::Value::String(s)) => Some(Value::String(s.clone())),
         _ => None,
     };
     v.ok_or_else(|| RecipeError::Invalid(format!("internal: bad default for `{}`", spec.key)))
