@@ -25,7 +25,7 @@ pub struct Student {
 pub fn load_student(recipe: &Recipe, device: Device) -> Result<Student> {
     let bits = recipe.activations.bits.bits().unwrap_or(0);
     let state = QatState::new(1.0, bits);
-    let builder = QuantBuilder::new(recipe, state.clone());
+    let builder = QuantBuilder::new(recipe, state.clone())?;
     let loaded = load_causal_lm(&recipe.model.source, device, Kind::Float, &builder)?;
     let handles = builder.take_handles();
     init_learned_scales(&handles);

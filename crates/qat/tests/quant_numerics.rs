@@ -61,7 +61,7 @@ fn quantizers_ste_and_schedules_match_pytorch() {
     let mut checked = 0;
     for (method, m) in METHODS {
         for (gran, g) in GRANS {
-            let wq = WeightQuant { method, granularity: gran, deadzone_t: DEADZONE_T };
+            let wq = WeightQuant::builtin(method, gran, DEADZONE_T);
             let w = input[&format!("w__{m}__{g}")].detach().copy().set_requires_grad(true);
             let up = &input[&format!("g__{m}__{g}")];
             let alpha = wq.learned_scale().then(|| wq.init_learned_scale(&w).detach().set_requires_grad(true));
@@ -136,7 +136,7 @@ fn quantizers_ste_and_schedules_match_pytorch() {
 
 #[test]
 fn ragged_groups_are_rejected_with_the_shape() {
-    let wq = WeightQuant { method: QuantMethod::TernaryAbsmean, granularity: Granularity::Group128, deadzone_t: 0.5 };
+    let wq = WeightQuant::builtin(QuantMethod::TernaryAbsmean, Granularity::Group128, 0.5);
     let err = wq.check_shape(64, 576).unwrap_err();
     assert!(err.contains("group128") && err.contains("[64, 576]"), "{err}");
     assert!(wq.check_shape(64, 512).is_ok());

@@ -63,11 +63,30 @@ pub fn schema_text(schema: Option<&Schema>, compact: bool) -> String {
             FieldType::Float { min, max } => format!("float in [{min}, {max}]"),
             FieldType::Bool => "bool".into(),
             FieldType::String => "string".into(),
+            FieldType::Expr { names } => format!("expression; {names}"),
         };
         let lock = if f.locked { " LOCKED" } else { "" };
         out.push_str(&format!("- {} ({ty}; default {}){lock}: {}\n", f.key, f.default, f.doc));
     }
+    if schema.fields.iter().any(|f| matches!(f.ty, FieldType::Expr { .. }) && !f.locked) {
+        out.push_str(&expression_help());
+    }
     out
+}
+
+/// The grammar of expression keys and two examples: how to try an idea that is not a knob.
+fn expression_help() -> String {
+    format!(
+        "\nExpressions (keys typed `expression`): {}\n\
+         Example, a deadzone wider than rounding's, as one diff:\n\
+         quant.method = \"expr\"\n\
+         quant.expr = \"s = max(mean(abs(w)), 1e-5); scale = s; code = sign(w) * (abs(w) > 0.7 * s)\"\n\
+         Example, a quadratic lambda ramp and a late pull onto the grid:\n\
+         ste.lambda_schedule = \"expr\"\n\
+         ste.lambda_expr = \"p * p\"\n\
+         loss.extra = \"0.01 * progress * qerr\"\n",
+        autoqat_expr::grammar("see each key")
+    )
 }
 
 /// A record as one human-readable line.

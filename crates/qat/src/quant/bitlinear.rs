@@ -146,12 +146,17 @@ pub const ALPHA_NAME: &str = "qat_alpha";
 pub const DZ_NAME: &str = "qat_dz_scale";
 
 impl QuantBuilder {
-    /// A builder for `recipe`, sharing `state` with the trainer.
-    pub fn new(recipe: &Recipe, state: Arc<QatState>) -> Self {
+    /// A builder for `recipe`, sharing `state` with the trainer; fails on a `quant.expr` that
+    /// does not check (a recipe from `autoqat_recipe::parse` always does).
+    pub fn new(recipe: &Recipe, state: Arc<QatState>) -> Result<Self, crate::QatError> {
         let q = &recipe.quant;
         let on = q.method != QuantMethod::None;
-        Self {
-            quant: WeightQuant { method: q.method, granularity: q.granularity, deadzone_t: q.deadzone_t },
+        let quant = match recipe.quant_program().map_err(|e| crate::QatError::Config(e.to_string()))? {
+            Some(p) => WeightQuant::program(p, q.granularity),
+            None => WeightQuant::builtin(q.method, q.granularity, q.deadzone_t),
+        };
+        Ok(Self {
+            quant,
             attention: on && q.attention,
             mlp: on && q.mlp,
             embeddings: on && q.embeddings,
@@ -162,12 +167,12 @@ impl QuantBuilder {
             state,
             handles: RefCell::new(Vec::new()),
             extra: RefCell::new(Vec::new()),
-        }
+        })
     }
 
     /// The quantizer.
     pub fn quant(&self) -> WeightQuant {
-        self.quant
+        self.quant.clone()
     }
 
     /// The quantized weights built so far (drains the registry).
@@ -235,7 +240,7 @@ impl LinearBuilder for QuantBuilder {
                 weight: plain.weight.shallow_clone(),
                 alpha: alpha.as_ref().map(Tensor::shallow_clone),
                 dz_scale: dz_scale.as_ref().map(Tensor::shallow_clone),
-                quant: self.quant,
+                quant: self.quant.clone(),
             });
         }
         Ok(Box::new(BitLinear {
@@ -243,7 +248,7 @@ impl LinearBuilder for QuantBuilder {
             bias: plain.bias,
             alpha,
             dz_scale,
-            quant: self.quant,
+            quant: self.quant.clone(),
             act_gran: self.act_gran,
             state: self.state.clone(),
         }))
@@ -261,9 +266,9 @@ impl LinearBuilder for QuantBuilder {
             weight: plain.weight.shallow_clone(),
             alpha: alpha.as_ref().map(Tensor::shallow_clone),
             dz_scale: None,
-            quant: self.quant,
+            quant: self.quant.clone(),
         });
-        Ok(Box::new(BitEmbedding { weight: plain.weight, alpha, quant: self.quant, state: self.state.clone() }))
+        Ok(Box::new(BitEmbedding { weight: plain.weight, alpha, quant: self.quant.clone(), state: self.state.clone() }))
     }
 
     fn is_extra_var(&self, name: &str) -> bool {

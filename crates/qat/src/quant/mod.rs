@@ -3,6 +3,7 @@
 
 pub mod act;
 pub mod bitlinear;
+pub mod expr;
 pub mod schedule;
 pub mod weight;
 

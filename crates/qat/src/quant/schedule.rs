@@ -2,22 +2,23 @@
 //! step, so a resumed trial recomputes them exactly. The lr schedules follow the formulas of
 //! Hugging Face `transformers.optimization` (checked against it in the tests).
 
-use autoqat_recipe::{LambdaSchedule, LrSchedule, Recipe};
+pub use autoqat_recipe::frac_steps;
+use autoqat_recipe::{LambdaSchedule, LrSchedule, Recipe, ScheduleExpr};
 use std::f64::consts::PI;
 
-/// Steps covered by a warmup fraction of `total` steps.
-pub fn frac_steps(frac: f64, total: u64) -> u64 {
-    (frac * total as f64).round() as u64
-}
-
 /// lambda at 0-based `step`: ramps from 0 to 1 over `warmup` steps with the given shape, then 1.
+/// `Expr` has no shape of its own: [`Schedules`] evaluates `ste.lambda_expr`, and the kind alone
+/// gives NaN, which the trainer refuses as a non-finite value.
 pub fn lambda_at(kind: LambdaSchedule, step: u64, warmup: u64) -> f64 {
+    if kind == LambdaSchedule::Expr {
+        return f64::NAN;
+    }
     if warmup == 0 || kind == LambdaSchedule::Constant {
         return 1.0;
     }
     let p = (step as f64 / warmup as f64).min(1.0);
     match kind {
-        LambdaSchedule::Constant => 1.0,
+        LambdaSchedule::Constant | LambdaSchedule::Expr => 1.0,
         LambdaSchedule::Linear => p,
         LambdaSchedule::Cosine => 0.5 * (1.0 - (PI * p).cos()),
         LambdaSchedule::Exponential => (1.0 - (-5.0 * p).exp()) / (1.0 - (-5.0f64).exp()),
@@ -75,6 +76,7 @@ pub struct Schedules {
     /// Total optimizer steps.
     pub total: u64,
     lambda_kind: LambdaSchedule,
+    lambda_expr: Option<ScheduleExpr>,
     lambda_warmup: u64,
     lr: f64,
     lr_kind: LrSchedule,
@@ -99,6 +101,8 @@ impl Schedules {
         Self {
             total,
             lambda_kind: recipe.ste.lambda_schedule,
+            // The recipe checked the program when it was parsed.
+            lambda_expr: recipe.lambda_program().ok().flatten(),
             lambda_warmup: frac_steps(recipe.ste.lambda_warmup_frac, total),
             lr: recipe.optim.lr,
             lr_kind: recipe.optim.lr_schedule,
@@ -111,7 +115,10 @@ impl Schedules {
 
     /// lambda used by the forward passes of 0-based `step`.
     pub fn lambda(&self, step: u64) -> f64 {
-        lambda_at(self.lambda_kind, step, self.lambda_warmup)
+        match &self.lambda_expr {
+            Some(e) => e.at(step, self.total, self.lambda_warmup),
+            None => lambda_at(self.lambda_kind, step, self.lambda_warmup),
+        }
     }
 
     /// Learning rate of 0-based `step`.

@@ -4,14 +4,15 @@
 //! Grouping: per-tensor views the matrix as `[1, 1, out*in]`, per-row as `[out, 1, in]`,
 //! groupN as `[out, in/N, N]`; a scale is computed over the last axis.
 
-use autoqat_recipe::{Granularity, QuantMethod};
+use autoqat_recipe::{Granularity, QuantMethod, QuantProgram, ScaleForm};
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// Smallest scale, as in BitNet's reference code, so an all-zero group does not divide by 0.
 pub const SCALE_EPS: f64 = 1e-5;
 
 /// A weight quantizer with its parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WeightQuant {
     /// Which quantizer.
     pub method: QuantMethod,
@@ -19,6 +20,8 @@ pub struct WeightQuant {
     pub granularity: Granularity,
     /// Deadzone threshold (multiple of mean|w|) for `TernaryDeadzone`.
     pub deadzone_t: f64,
+    /// The checked program of `QuantMethod::Expr`.
+    pub program: Option<Arc<QuantProgram>>,
 }
 
 /// Ternary/binary codes (`{-1, 0, 1}` as the weight's float kind) and the scale of each
@@ -34,9 +37,23 @@ pub struct Codes {
 }
 
 impl WeightQuant {
+    /// A builtin quantizer (no program).
+    pub fn builtin(method: QuantMethod, granularity: Granularity, deadzone_t: f64) -> WeightQuant {
+        WeightQuant { method, granularity, deadzone_t, program: None }
+    }
+
+    /// The quantizer of an `expr` program.
+    pub fn program(program: QuantProgram, granularity: Granularity) -> WeightQuant {
+        WeightQuant { method: QuantMethod::Expr, granularity, deadzone_t: 0.0, program: Some(Arc::new(program)) }
+    }
+
+    fn expr(&self) -> Option<&QuantProgram> {
+        self.program.as_deref().filter(|_| self.method == QuantMethod::Expr)
+    }
+
     /// Whether this quantizer learns its scale (a variable trained by the optimizer).
     pub fn learned_scale(&self) -> bool {
-        self.method == QuantMethod::ParetoqStretched
+        self.method == QuantMethod::ParetoqStretched || self.expr().is_some_and(|p| p.learned)
     }
 
     /// Checks that a `[out, in]` matrix can be grouped; the error names the shapes.
@@ -76,6 +93,9 @@ impl WeightQuant {
     /// Initial value of a learned scale: 1.5 * mean|w| per group, so that at the start the
     /// stretched quantizer equals ternary absmean (step mean|w|, threshold mean|w|/2).
     pub fn init_learned_scale(&self, w: &Tensor) -> Tensor {
+        if let Some(p) = self.expr() {
+            return tch::no_grad(|| super::expr::alpha_init(p, &self.group(w)));
+        }
         self.group(w).abs().mean_dim(-1, true, Kind::Float).clamp_min(SCALE_EPS).to_kind(w.kind()) * 1.5
     }
 
@@ -92,6 +112,17 @@ impl WeightQuant {
                 inv_scale: Some(inv),
             };
             match self.method {
+                QuantMethod::Expr => {
+                    let alpha = match (alpha, self.expr().is_some_and(|p| p.learned)) {
+                        (Some(a), _) => Some(a.shallow_clone()),
+                        (None, true) => Some(self.init_learned_scale(w)),
+                        (None, false) => None,
+                    };
+                    match self.expr() {
+                        Some(p) => program_codes(super::expr::run(p, &g, alpha.as_ref())),
+                        None => ternary(absmean(&g).reciprocal()),
+                    }
+                }
                 QuantMethod::TernaryAbsmean | QuantMethod::None => ternary(absmean(&g).reciprocal()),
                 QuantMethod::TernaryAbsmax => ternary(g.abs().amax(-1, true).clamp_min(SCALE_EPS).reciprocal()),
                 QuantMethod::TernaryDeadzone => {
@@ -128,18 +159,34 @@ impl WeightQuant {
     /// straight-through round) and in `alpha` (LSQ-style); for the others it carries no
     /// gradient (the STE blend detaches it).
     pub fn fake_quant(&self, w: &Tensor, alpha: Option<&Tensor>) -> Tensor {
+        if let (Some(p), Some(a)) = (self.expr().filter(|p| p.learned), alpha) {
+            // A learned scale trains through the program's own graph; its STE is whatever the
+            // program wrote (`round_ste`, `detach`).
+            let out = super::expr::run(p, &self.group(w), Some(a));
+            let c = program_codes(out);
+            return self.dequant(&c, &w.size());
+        }
         match (self.method, alpha) {
             (QuantMethod::ParetoqStretched, Some(a)) => {
                 let g = self.group(w);
                 let x = (&g * 1.5 / a).clamp(-1.0, 1.0);
                 let r = &x + (x.round() - &x).detach();
-                (r * a * (2.0 / 3.0)).reshape(w.size())
+                // r * (a * 2/3), not (r * a) * 2/3: the same bits as `dequant(codes(w))`, so
+                // the forward that trains is the one the packed export computes.
+                (r * (a * (2.0 / 3.0))).reshape(w.size())
             }
             _ => {
                 let c = self.codes(w, alpha);
                 self.dequant(&c, &w.size())
             }
         }
+    }
+}
+
+fn program_codes(out: super::expr::ProgramOut) -> Codes {
+    match out.form {
+        ScaleForm::Scale => Codes { codes: out.code, scale: out.scale, inv_scale: None },
+        ScaleForm::InvScale => Codes { codes: out.code, scale: out.scale.reciprocal(), inv_scale: Some(out.scale) },
     }
 }
 

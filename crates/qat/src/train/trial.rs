@@ -5,7 +5,7 @@
 use super::checkpoint;
 use super::data::TrainData;
 use super::health::{Gates, Health, HealthLog};
-use super::loss::{cross_entropy, distill_kl, topk_other_kl, weighted_sample_ce};
+use super::loss::{cross_entropy, distill_kl, extra_loss, topk_other_kl, weighted_sample_ce};
 use super::optim::AdamW;
 use super::outputs::{peak_rss_mb, RunFiles, StepRow, Summary};
 use super::traces::TraceData;
@@ -257,6 +257,7 @@ fn train(
     progress.tokens = if matches!(data, Data::Traces(_)) { seen } else { first * recipe.tokens_per_step() };
 
     let diverged_above = 10.0 * (model.cfg.vocab_size as f64).ln();
+    let extra = recipe.extra_loss().map_err(|e| QatError::Config(e.to_string()))?;
     let mut interval_loss = 0.0;
     let mut interval_n = 0u64;
     let mut last_report: Option<(EvalReport, [f64; 3], f64)> = None;
@@ -307,6 +308,10 @@ fn train(
                     seen += b.seen;
                     (loss, ce)
                 }
+            };
+            let loss = match &extra {
+                Some(e) => loss + extra_loss(e, &student.handles, step, total).to_device(device),
+                None => loss,
             };
             let loss_v = loss.double_value(&[]);
             let ce_v = ce.double_value(&[]);

@@ -49,7 +49,7 @@ def quantize(method, w, gran, t=0.5, alpha=None):
     elif method == "paretoq_stretched":
         x = (g * 1.5 / alpha).clamp(-1, 1)
         r = x + (x.round() - x).detach()
-        q = r * alpha * (2.0 / 3.0)
+        q = r * (alpha * (2.0 / 3.0))
     else:
         raise ValueError(method)
     return q.reshape(w.shape)
