@@ -269,3 +269,58 @@ fn trial_reads_the_token_cache_and_ignores_a_stale_one() {
     let line = lines_with(&run.path().join("trial.log"), "train tokens");
     assert!(line[0] != format!("train tokens {}", cached.len()) && line[0].starts_with("train tokens "), "{line:?}");
 }
+
+/// A quantizer that is not a builtin (a learned per-group scale with a wider deadzone, written
+/// as a program), a lambda schedule and an extra loss term, all from recipe expressions: the
+/// trial trains, exports, and its packed export scores the trial's PPL.
+#[test]
+fn a_new_expression_quantizer_trains_exports_and_its_packed_export_scores_the_trial_ppl() {
+    let Some(model) = common::tiny_model() else { return };
+    let recipe = common::tiny_recipe(
+        &model,
+        r#"[budget]
+steps = 16
+eval_every = 8
+checkpoint_every = 0
+[optim]
+lr = 3e-3
+batch_size = 4
+[quant]
+method = "expr"
+granularity = "group64"
+expr = """
+alpha_init = max(mean(abs(w)), 1e-5)
+code = round_ste(clamp(w / alpha, -1, 1)) * (abs(w) > 0.3 * alpha)
+scale = alpha
+"""
+[ste]
+lambda_schedule = "expr"
+lambda_warmup_frac = 0.5
+lambda_expr = "p * p"
+[loss]
+extra = "0.01 * progress * qerr + 0.001 * zero_frac"
+[distill]
+enabled = false
+"#,
+    );
+    let run = tempfile::tempdir().unwrap();
+    let summary = run_trial(&recipe, TrialOptions::new(run.path()));
+    assert_eq!(summary.status, "ok", "{:?}", summary.error);
+    let rows = read_steps(run.path()).unwrap();
+    // lambda = p^2 over 8 warm-up steps, then 1.
+    assert_eq!(rows.iter().map(|r| r.lambda).collect::<Vec<_>>(), vec![(7.0f64 / 8.0).powi(2), 1.0]);
+    let zero = rows[1].q_zero;
+    assert!(zero > 0.0 && zero < 1.0, "zero fraction {zero}");
+
+    // The learned scale is a trained variable that the export stores.
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("export/quant.json")).unwrap()).unwrap();
+    assert_eq!(info["method"], "expr");
+    let packed = autoqat_qat::load_packed(&run.path().join("export"), Device::Cpu).unwrap();
+    let tok = TextTokenizer::from_path(&run.path().join("export")).unwrap();
+    let set = eval_set(&tok, &recipe).unwrap();
+    let r = evaluate(&packed.model, &set, Device::Cpu, false).unwrap();
+    let in_memory = summary.eval_ppl.unwrap();
+    let rel = (r.eval_ppl - in_memory).abs() / in_memory;
+    assert!(rel < 1e-3, "packed ppl {} vs in-memory {in_memory} (rel {rel})", r.eval_ppl);
+}

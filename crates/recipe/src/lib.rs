@@ -118,6 +118,14 @@ impl Condition {
 }
 
 impl FieldSpec {
+    /// Whether a proposer may set this key to `value`: one of `choices`, or an enum's `expr`,
+    /// which switches to an expression key. A search cannot invent a program, so `expr` is
+    /// kept out of `choices`; a proposer that writes the program in the same diff may use it.
+    pub fn open_to_proposers(&self, value: &serde_json::Value) -> bool {
+        self.choices.contains(value)
+            || matches!(&self.ty, FieldType::Enum { values } if values.iter().any(|v| v == "expr") && value == "expr")
+    }
+
     /// The same field, active only when `key` has one of `values`.
     pub fn active_when(mut self, key: &str, values: &[serde_json::Value]) -> FieldSpec {
         self.active_when = Some(Condition { key: key.to_string(), values: values.to_vec() });

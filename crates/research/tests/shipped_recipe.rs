@@ -90,3 +90,32 @@ fn builtin_skips_knobs_that_do_nothing_under_the_current_recipe() {
     assert!(deadzone.iter().any(|k| k == "quant.deadzone_t"), "{deadzone:?}");
     assert!(deadzone.iter().any(|k| k == "distill.temperature"), "{deadzone:?}");
 }
+
+/// An idea that is not a knob: a proposer writes a quantizer program into the shipped recipe
+/// in a two-line diff. The validator accepts it, refuses a program that does not check (naming
+/// the key), and refuses a program the trial would not read (its switch is off).
+#[test]
+fn a_quantizer_program_is_open_to_proposers_and_checked_before_it_runs() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Ok(old) = std::fs::read_to_string(root.join("experiments/train.toml")) else {
+        println!("skipped: experiments/train.toml is absent");
+        return;
+    };
+    let validator = Validator::Autoqat(autoqat_recipe::schema());
+    let with = |method: &str, program: &str| {
+        old.replacen("method = \"ternary_absmean\"", &format!("method = \"{method}\"\nexpr = \"{program}\""), 1)
+    };
+    let good = "s = max(mean(abs(w)), 1e-5); scale = s; code = sign(w) * (abs(w) > 0.7 * s)";
+    assert_ne!(with("expr", good), old, "the shipped recipe names its method");
+    validator.check(&old, &with("expr", good)).expect("a program is open to the proposer");
+
+    let err = validator.check(&old, &with("expr", "scale = abs(w); code = sign(w)")).unwrap_err();
+    assert!(err.contains("`quant.expr`") && err.contains("one value per weight"), "{err}");
+    let err = validator.check(&old, &with("ternary_absmean", good)).unwrap_err();
+    assert!(err.contains("quant.expr"), "an inactive program is refused: {err}");
+    // The builtin search cannot write a program, so it never switches to one.
+    let schema = validator.schema().unwrap().clone();
+    let tried = HashSet::new();
+    let ctx = common::context(Some(&schema), &old, &[], &tried, &[]);
+    assert!(builtin::candidates(&schema, &ctx, 0).iter().all(|c| c.value != "expr"));
+}
