@@ -322,3 +322,28 @@ mod tests {
         assert!(short.len() < user.len());
     }
 }
+
+#[cfg(test)]
+mod expression_tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_shows_the_expression_grammar_and_two_examples_that_check() {
+        let schema = autoqat_recipe::schema();
+        let text = schema_text(Some(&schema), true);
+        assert!(text.contains("- quant.expr (expression; inputs: w (the weight"), "{text}");
+        assert!(text.contains("round_ste(x): round(x) forward, gradient 1 backward"), "{text}");
+        assert!(text.contains("mean sum amax amin (x[, axis])"), "{text}");
+        // The examples are real: the dotted lines the prompt shows form a recipe that parses.
+        let mut recipe = String::new();
+        for line in text.lines().filter(|l| l.starts_with("quant.") || l.starts_with("ste.") || l.starts_with("loss.")) {
+            // Dotted keys are TOML as they stand.
+            recipe.push_str(line);
+            recipe.push('\n');
+        }
+        assert_eq!(recipe.lines().count(), 5, "two examples, five lines: {recipe}");
+        let parsed = autoqat_recipe::parse(&recipe).expect("the prompt's examples form a valid recipe");
+        assert!(parsed.quant_program().unwrap().is_some() && parsed.extra_loss().unwrap().is_some());
+        assert!(!schema_text(None, false).contains("Expressions"));
+    }
+}
