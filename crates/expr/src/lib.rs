@@ -82,7 +82,8 @@ impl QuantProgram {
         let parsed = parse_program(text)?;
         let learned = parsed.iter().any(|(n, _)| n == "alpha_init");
         let mut names = BTreeMap::new();
-        names.insert("w".to_string(), Info { level: Level::Elem, int: false, lo: f64::NEG_INFINITY, hi: f64::INFINITY });
+        names
+            .insert("w".to_string(), Info { level: Level::Elem, int: false, lo: f64::NEG_INFINITY, hi: f64::INFINITY });
         let mut alpha_names = vec!["alpha".to_string()];
         let mut stmts = Vec::new();
         for (name, expr) in parsed {
@@ -90,7 +91,9 @@ impl QuantProgram {
                 return Err(ExprError::plain(format!("`{name}` is reserved and cannot be assigned")));
             }
             if names.contains_key(&name) {
-                return Err(ExprError::plain(format!("`{name}` is assigned twice; give the second value another name")));
+                return Err(ExprError::plain(format!(
+                    "`{name}` is assigned twice; give the second value another name"
+                )));
             }
             let uses_alpha = alpha_names.iter().any(|a| expr.mentions(a));
             if name == "alpha_init" && uses_alpha {
@@ -103,7 +106,8 @@ impl QuantProgram {
             }
             let mut scope_names = names.clone();
             if learned && name != "alpha_init" {
-                scope_names.insert("alpha".into(), Info { level: Level::Group, int: false, lo: 0.0, hi: f64::INFINITY });
+                scope_names
+                    .insert("alpha".into(), Info { level: Level::Group, int: false, lo: 0.0, hi: f64::INFINITY });
             }
             let known = "w, alpha (with alpha_init), and names assigned above";
             let scope = Scope { names: scope_names, rows: Some(rows), known };
@@ -132,7 +136,9 @@ impl QuantProgram {
         let form = match (names.contains_key("scale"), names.contains_key("inv_scale")) {
             (true, false) => ScaleForm::Scale,
             (false, true) => ScaleForm::InvScale,
-            (false, false) => return Err(ExprError::plain("the program assigns neither `scale` nor `inv_scale`".into())),
+            (false, false) => {
+                return Err(ExprError::plain("the program assigns neither `scale` nor `inv_scale`".into()))
+            }
             (true, true) => return Err(ExprError::plain("assign `scale` or `inv_scale`, not both".into())),
         };
         if learned && !stmts.iter().any(|s| s.name != "alpha_init" && s.uses_alpha) {
@@ -224,7 +230,10 @@ impl LossExpr {
 }
 
 fn scalar_scope(vars: &[&str], known: &'static str) -> Scope {
-    let names = vars.iter().map(|v| (v.to_string(), Info { level: Level::Const, int: false, lo: f64::NEG_INFINITY, hi: f64::INFINITY })).collect();
+    let names = vars
+        .iter()
+        .map(|v| (v.to_string(), Info { level: Level::Const, int: false, lo: f64::NEG_INFINITY, hi: f64::INFINITY }))
+        .collect();
     Scope { names, rows: None, known }
 }
 

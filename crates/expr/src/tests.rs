@@ -31,7 +31,10 @@ fn codes_that_can_leave_the_ternary_set_are_refused_with_a_fix() {
 #[test]
 fn a_scale_with_one_value_per_weight_is_a_shape_error() {
     let e = quant_err("scale = abs(w); code = sign(w)");
-    assert_eq!(e, "scale must be one value per group at most, but it is one value per weight; reduce it with mean/amax/...(x)");
+    assert_eq!(
+        e,
+        "scale must be one value per group at most, but it is one value per weight; reduce it with mean/amax/...(x)"
+    );
     // A row scale under per-row or grouped quantization is fine; a row reduction under
     // per-tensor grouping is not.
     QuantProgram::compile("scale = mean(abs(w), row); code = sign(w)", true).unwrap();

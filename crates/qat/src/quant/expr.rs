@@ -54,7 +54,12 @@ impl Env {
 
     /// An environment of scalar terms (loss expressions).
     pub fn scalars(terms: Vec<(&str, Val)>) -> Env {
-        Env { names: terms.into_iter().map(|(n, v)| (n.to_string(), v)).collect(), view: vec![], kind: Kind::Float, device: tch::Device::Cpu }
+        Env {
+            names: terms.into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
+            view: vec![],
+            kind: Kind::Float,
+            device: tch::Device::Cpu,
+        }
     }
 
     /// Binds `name`.
