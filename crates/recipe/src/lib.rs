@@ -286,7 +286,10 @@ impl Recipe {
             return Ok(None);
         }
         if self.ste.lambda_expr.trim().is_empty() {
-            return Err(expr_error("ste.lambda_expr", "empty, but ste.lambda_schedule = \"expr\" needs a function of the step (e.g. \"p * p\")"));
+            return Err(expr_error(
+                "ste.lambda_expr",
+                "empty, but ste.lambda_schedule = \"expr\" needs a function of the step (e.g. \"p * p\")",
+            ));
         }
         self.compile_lambda().map(Some)
     }

@@ -219,14 +219,17 @@ fn expression_keys_are_checked_before_any_work_and_errors_name_the_key() {
         err("[quant]\nmethod = \"expr\"\nexpr = \"scale = abs(w); code = sign(w)\"\n"),
         "invalid recipe: `quant.expr`: scale must be one value per group at most, but it is one value per weight; reduce it with mean/amax/...(x)"
     );
-    assert!(err("[quant]\nmethod = \"expr\"\n").contains("`quant.expr`: empty, but quant.method = \"expr\" needs a program"));
+    assert!(err("[quant]\nmethod = \"expr\"\n")
+        .contains("`quant.expr`: empty, but quant.method = \"expr\" needs a program"));
     // A row reduction needs rows: the check reads quant.granularity.
     let per_tensor = "[quant]\nmethod = \"expr\"\ngranularity = \"per_tensor\"\nexpr = \"scale = mean(abs(w), row); code = sign(w)\"\n";
     assert!(err(per_tensor).contains("per_tensor"));
     // A program under another method is still checked, so a broken one cannot wait in the file.
     assert!(err("[quant]\nexpr = \"scale = 1; code = v\"\n").contains("unknown name `v`"));
 
-    let lambda = |e: &str| format!("[budget]\nsteps = 10\n[ste]\nlambda_schedule = \"expr\"\nlambda_warmup_frac = 0.4\nlambda_expr = \"{e}\"\n");
+    let lambda = |e: &str| {
+        format!("[budget]\nsteps = 10\n[ste]\nlambda_schedule = \"expr\"\nlambda_warmup_frac = 0.4\nlambda_expr = \"{e}\"\n")
+    };
     assert_eq!(parse(&lambda("p * p")).unwrap().lambda_program().unwrap().unwrap().at(2, 10, 4), 0.25);
     assert_eq!(
         err(&lambda("2 * p")),

@@ -145,7 +145,9 @@ fn default_value(spec: &FieldSpec) -> Result<Value, RecipeError> {
         (FieldType::Float { .. }, serde_json::Value::Number(n)) => n.as_f64().map(Value::Float),
         (FieldType::Int { .. }, serde_json::Value::Number(n)) => n.as_i64().map(Value::Integer),
         (FieldType::Bool, serde_json::Value::Bool(b)) => Some(Value::Boolean(*b)),
-        (FieldType::Enum { .. } | FieldType::String | FieldType::Expr { .. }, serde_json::Value::String(s)) => Some(Value::String(s.clone())),
+        (FieldType::Enum { .. } | FieldType::String | FieldType::Expr { .. }, serde_json::Value::String(s)) => {
+            Some(Value::String(s.clone()))
+        }
         _ => None,
     };
     v.ok_or_else(|| RecipeError::Invalid(format!("internal: bad default for `{}`", spec.key)))

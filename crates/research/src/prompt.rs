@@ -336,7 +336,8 @@ mod expression_tests {
         assert!(text.contains("mean sum amax amin (x[, axis])"), "{text}");
         // The examples are real: the dotted lines the prompt shows form a recipe that parses.
         let mut recipe = String::new();
-        for line in text.lines().filter(|l| l.starts_with("quant.") || l.starts_with("ste.") || l.starts_with("loss.")) {
+        for line in text.lines().filter(|l| l.starts_with("quant.") || l.starts_with("ste.") || l.starts_with("loss."))
+        {
             // Dotted keys are TOML as they stand.
             recipe.push_str(line);
             recipe.push('\n');
