@@ -125,7 +125,7 @@ impl Env {
             BinOp::Div => match (a, b) {
                 (T(x), T(y)) => T(x / y),
                 (T(x), Num(y)) => T(x / y),
-                (Num(c), T(x)) if c == 1.0 => T(x.reciprocal()),
+                (Num(1.0), T(x)) => T(x.reciprocal()),
                 (Num(c), T(x)) => T(x.reciprocal() * c),
                 _ => Num(f64::NAN),
             },
