@@ -55,6 +55,17 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// The whole loop offline in minutes: corpus, tokenizer, teacher, experiments, report.
     Demo(DemoArgs),
+    /// Run the Python of python-qat trials ($AUTOQAT_PYTHON, else the .venv autoqat was built
+    /// against, else python3), e.g. `autoqat python train.py --run-dir runs/manual`.
+    Python(PythonArgs),
+}
+
+/// Arguments of `autoqat python`.
+#[derive(Debug, Args)]
+pub struct PythonArgs {
+    /// Passed to the interpreter as they are.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// Arguments of `autoqat doctor`.
@@ -377,7 +388,9 @@ pub struct StatusArgs {
 /// Arguments of `autoqat init`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// tiny-demo, smollm-ternary, smollm-binary, qwen-ternary or qwen-binary (the compression track).
+    /// tiny-demo, smollm-ternary, smollm-binary, qwen-ternary, qwen-binary (the compression
+    /// track) or python-qat (program.md, a read-only prepare.py and the mutable train.py: plain
+    /// PyTorch + transformers ternary QAT, run with `autoqat python`).
     #[arg(long, default_value = "smollm-ternary")]
     pub template: String,
     /// Directory to create (default: the current directory).

@@ -16,6 +16,10 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     }
     let next = match template {
         Template::TinyDemo => "autoqat prepare (generates the corpus and the tiny teacher), then autoqat run",
+        Template::PythonQat => {
+            "autoqat prepare (the demo's tiny teacher and corpus into teacher/ and data/; or --model DIR --train-text F \
+             --eval-text F), autoqat python prepare.py (checks the layout), then autoqat run"
+        }
         Template::QwenTernary | Template::QwenBinary | Template::TinyCompress => {
             "put a calibration text in data/train.txt and the eval documents (one per line) in data/eval.txt, \
              point experiments/compress.toml's model.source at your checkpoint if not the default, then autoqat run"

@@ -10,6 +10,7 @@ pub mod init;
 pub mod kd;
 pub mod log;
 pub mod prepare;
+pub mod python;
 pub mod report;
 pub mod results;
 pub mod run;
@@ -35,6 +36,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status(a) => status::run(a),
         Command::Init(a) => init::run(a),
         Command::Prepare(a) => prepare::run(a),
+        Command::Python(a) => python::run(a),
         Command::Demo(a) => demo::run(a),
     }
 }

@@ -55,6 +55,9 @@ const TINY_TEACHER: &str = "../teacher";
 pub fn prepare(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Prepared> {
     let ws = &opts.workspace;
     let recipe_path = ws.join(RECIPE);
+    if !recipe_path.exists() && ws.join(PYTHON_PREPARE).is_file() {
+        return prepare_python(opts, log);
+    }
     let text = std::fs::read_to_string(&recipe_path)
         .with_context(|| format!("cannot read {} (hint: run `autoqat init` first)", recipe_path.display()))?;
     let recipe = autoqat_recipe::parse(&text).with_context(|| format!("in {}", recipe_path.display()))?;
@@ -125,6 +128,67 @@ pub fn prepare(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Prep
     let out = Prepared { model_source, model_dir, train_text, eval_text, train_tokens, eval_tokens, recipe_changed };
     let data = ws.join("data");
     std::fs::create_dir_all(&data)?;
+    std::fs::write(data.join("prepare.json"), serde_json::to_string_pretty(&out)?)?;
+    Ok(out)
+}
+
+/// The python-qat layout's model directory and texts (what its prepare.py reads).
+const PYTHON_PREPARE: &str = "prepare.py";
+
+/// A python-qat workspace (no recipe, a `prepare.py`): the model in `teacher/` and the texts in
+/// `data/`, where its prepare.py reads them. Without `--model`, the demo's cached tiny teacher
+/// and corpus (built once, offline); with it, `teacher` links to that directory.
+fn prepare_python(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Prepared> {
+    let ws = &opts.workspace;
+    let teacher_dir = ws.join("teacher");
+    let (model_source, model_dir) = match &opts.model {
+        None => {
+            let t = teacher::get_or_build(&teacher::cache_dir(), &TeacherSpec::standard(), log)?;
+            crate::demo::install_teacher(ws, &t)?;
+            log(&format!("model: the demo's tiny teacher -> {}", teacher_dir.display()));
+            ("teacher".to_string(), teacher_dir.clone())
+        }
+        Some(source) => {
+            log(&format!("model: resolving {source}"));
+            let dir = autoqat_model::hub::resolve_model_dir(source)
+                .with_context(|| format!("cannot get the model {source} (offline? hint: pass --model LOCAL_HF_DIR)"))?;
+            let dir = dir.canonicalize().unwrap_or(dir);
+            match std::fs::read_link(&teacher_dir) {
+                Ok(old) if old == dir => {}
+                Ok(_) => std::fs::remove_file(&teacher_dir)?,
+                Err(_) if teacher_dir.exists() => anyhow::bail!(
+                    "{} exists and is not a link (hint: remove it to use --model {source})",
+                    teacher_dir.display()
+                ),
+                Err(_) => {}
+            }
+            if !teacher_dir.exists() {
+                std::os::unix::fs::symlink(&dir, &teacher_dir)
+                    .with_context(|| format!("cannot link {} to {}", teacher_dir.display(), dir.display()))?;
+            }
+            log(&format!("model: {} -> {}", teacher_dir.display(), dir.display()));
+            (source.clone(), dir)
+        }
+    };
+    let data = ws.join("data");
+    let train_text = fetch_text(opts.train_text.as_deref(), Some(&data.join("train.txt")), "train", log, || {
+        hub_data::tinystories()
+            .and_then(|p| std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display())))
+    })?;
+    let eval_text = fetch_text(opts.eval_text.as_deref(), Some(&data.join("eval.txt")), "eval", log, || {
+        hub_data::wikitext2("test")
+    })?;
+    let heldout = ws.join(autoqat_workspace::layout::HELDOUT_TEXT);
+    if let Some(h) = &opts.heldout_text {
+        place(h, Some(&heldout), log)?;
+    } else if !heldout.is_file() {
+        log("held-out text: none (pass --heldout-text FILE to score the best experiment on one)");
+    }
+    let tokenizer = model_dir.join("tokenizer.json");
+    let train_tokens = tokens::ensure(&train_text, &tokenizer)?;
+    let eval_tokens = tokens::ensure(&eval_text, &tokenizer)?;
+    let out =
+        Prepared { model_source, model_dir, train_text, eval_text, train_tokens, eval_tokens, recipe_changed: false };
     std::fs::write(data.join("prepare.json"), serde_json::to_string_pretty(&out)?)?;
     Ok(out)
 }

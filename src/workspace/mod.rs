@@ -17,6 +17,10 @@ const TINY_SETTINGS: &str = include_str!("templates/tiny-demo.autoqat.toml");
 const COMPRESS_PROGRAM: &str = include_str!("templates/compress.program.md");
 const COMPRESS_SETTINGS: &str = include_str!("templates/compress.autoqat.toml");
 const COMPRESS_RECIPE: &str = include_str!("templates/compress.toml");
+const PYTHON_PROGRAM: &str = include_str!("templates/python-qat.program.md");
+const PYTHON_SETTINGS: &str = include_str!("templates/python-qat.autoqat.toml");
+const PYTHON_PREPARE: &str = include_str!("templates/python-qat.prepare.py");
+const PYTHON_TRAIN: &str = include_str!("templates/python-qat.train.py");
 /// The default checkpoint of the compression templates (the track's model family).
 pub const QWEN_MODEL: &str = "Qwen/Qwen2.5-0.5B";
 const GITIGNORE: &str =
@@ -40,6 +44,9 @@ pub enum Template {
     QwenTernary,
     /// The compression track, binary budget (1.3125 bits/param).
     QwenBinary,
+    /// The classic three files: program.md, a read-only prepare.py (model, data, budget,
+    /// evaluation) and the mutable train.py (plain PyTorch + transformers ternary QAT).
+    PythonQat,
     /// The compression track on the offline tiny teacher, ternary budget (what `autoqat demo
     /// --track compress` uses; not offered by `init`, whose `prepare` builds QAT workspaces).
     TinyCompress,
@@ -47,8 +54,8 @@ pub enum Template {
 
 impl Template {
     /// Every template name, for help and errors.
-    pub const NAMES: [&'static str; 5] =
-        ["tiny-demo", "smollm-ternary", "smollm-binary", "qwen-ternary", "qwen-binary"];
+    pub const NAMES: [&'static str; 6] =
+        ["tiny-demo", "smollm-ternary", "smollm-binary", "qwen-ternary", "qwen-binary", "python-qat"];
 
     /// Parses a template name.
     pub fn parse(name: &str) -> anyhow::Result<Template> {
@@ -58,6 +65,7 @@ impl Template {
             "smollm-binary" => Ok(Template::SmollmBinary),
             "qwen-ternary" => Ok(Template::QwenTernary),
             "qwen-binary" => Ok(Template::QwenBinary),
+            "python-qat" => Ok(Template::PythonQat),
             other => anyhow::bail!("unknown template `{other}`; expected one of {}", Template::NAMES.join(", ")),
         }
     }
@@ -91,6 +99,7 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
     let mut out = vec![(PathBuf::from(".gitignore"), GITIGNORE.to_string())];
     let mut recipe = PathBuf::from(autoqat_workspace::layout::RECIPE);
     let (program, settings, train) = match template {
+        Template::PythonQat => return Ok(python_files(tiny)),
         Template::QwenTernary | Template::QwenBinary | Template::TinyCompress => {
             let (track, bpp) =
                 if template == Template::QwenBinary { ("binary", "1.3125") } else { ("ternary", "2.2125") };
@@ -145,6 +154,31 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
         out.push((Path::new("prompts").join(name), text.to_string()));
     }
     Ok(out)
+}
+
+/// The python-qat workspace: sized like the tiny demo (its teacher is the default model), the
+/// eval cut to the demo recipe's 16384 tokens.
+fn python_files(tiny: TinySizes) -> Vec<(PathBuf, String)> {
+    let fill = |text: &str| {
+        text.replace("{{steps}}", &tiny.steps.to_string())
+            .replace("{{eval_every}}", &tiny.eval_every.to_string())
+            .replace("{{seq_len}}", &tiny.seq_len.to_string())
+            .replace("{{batch}}", &tiny.batch.to_string())
+            .replace("{{eval_max_tokens}}", "16384")
+            .replace("{{timeout_s}}", &tiny.timeout_s.to_string())
+            .replace("{{baseline_repeats}}", &tiny.baseline_repeats.to_string())
+    };
+    let mut out = vec![
+        (PathBuf::from(".gitignore"), format!("{GITIGNORE}__pycache__/\n")),
+        ("program.md".into(), PYTHON_PROGRAM.to_string()),
+        (autoqat_workspace::layout::CONFIG.into(), fill(PYTHON_SETTINGS)),
+        ("prepare.py".into(), fill(PYTHON_PREPARE)),
+        ("train.py".into(), PYTHON_TRAIN.to_string()),
+    ];
+    for (name, text) in prompts() {
+        out.push((Path::new("prompts").join(name), text.to_string()));
+    }
+    out
 }
 
 /// The prompt templates a workspace starts with: the repository's own `prompts/`.

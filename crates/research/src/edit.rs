@@ -88,10 +88,12 @@ pub fn apply(p: &Proposal, rules: &EditRules) -> Result<Applied, String> {
     // included), whichever parent it came from; the same edit from a new best is a new recipe.
     // Without one, only the text of the change can be compared.
     let recipe = rules.mutable_paths.first().and_then(|p| files.get(p)).map(|(_, new)| new.as_str());
-    let tried_as = crate::validate::tried_key(rules.validator.schema(), recipe, &key);
+    let tried_as = rules.validator.tried_key(recipe, &key);
     if rules.tried.contains(&tried_as) {
         return Err(if tried_as == key {
             format!("this exact change was already tried:\n{diff}propose something different")
+        } else if rules.validator.format() == crate::validate::Format::Python {
+            format!("this code was already tried (the same program up to comments, layout and number notation, from this parent or another):\n{diff}propose something different")
         } else {
             format!("this recipe was already tried (the same values after parsing, defaults included, from this parent or another):\n{diff}propose something different")
         });

@@ -18,6 +18,7 @@ pub mod noise;
 pub mod prompt;
 pub mod proposer;
 pub mod prune;
+pub mod python;
 pub mod review;
 pub mod settings;
 pub mod trial;

@@ -251,9 +251,11 @@ impl Default for PruneSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidatorSettings {
-    /// `autoqat` (the recipe schema), `toml` (the fields below), or `none` (foreign trials).
+    /// `autoqat` (the recipe schema), `toml` (the fields below), `python` (the fields are
+    /// top-level constants of a Python file; a change that runs the same code is refused), or
+    /// `none` (foreign trials).
     pub kind: String,
-    /// For `toml`: the keys the builtin proposer may change and their values.
+    /// For `toml` and `python`: the keys the builtin proposer may change and their values.
     pub fields: Vec<FieldSetting>,
 }
 
@@ -329,8 +331,8 @@ impl Settings {
                 self.provider.structured_output
             ));
         }
-        if !["autoqat", "toml", "none"].contains(&self.validator.kind.as_str()) {
-            return bad(format!("validator.kind = {:?}; expected autoqat, toml or none", self.validator.kind));
+        if !["autoqat", "toml", "python", "none"].contains(&self.validator.kind.as_str()) {
+            return bad(format!("validator.kind = {:?}; expected autoqat, toml, python or none", self.validator.kind));
         }
         if !(self.noise.min_rel_improvement >= 0.0 && self.noise.min_rel_improvement < 1.0) {
             return bad("noise.min_rel_improvement must be in [0, 1)".into());

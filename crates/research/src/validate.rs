@@ -1,5 +1,7 @@
 //! Which checks a changed recipe must pass, and the schema the proposers see: the autoqat
-//! recipe schema, a schema declared in autoqat.toml (`toml`), or none for foreign trials.
+//! recipe schema, a schema declared in autoqat.toml (`toml`, or `python` for the top-level
+//! constants of a Python file such as the python-qat template's train.py), or none for
+//! foreign trials.
 
 use std::collections::BTreeMap;
 
@@ -14,8 +16,72 @@ pub enum Validator {
     Autoqat(Schema),
     /// Parses as TOML; declared keys take declared values; undeclared keys may not change.
     Toml(Schema),
+    /// Python code (`train.py`): it must tokenize, it must run something new (not only
+    /// comments, layout, docstrings or number notation changed), declared top-level constants
+    /// stay constants and take declared values; the rest of the code is free.
+    Python(Schema),
     /// No check (foreign trials).
     None,
+}
+
+/// How the recipe file is read and edited: TOML keys, or the constants of a Python file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `experiments/train.toml` and other TOML recipes: dotted keys.
+    Toml,
+    /// A Python file: top-level UPPER_CASE constants.
+    Python,
+}
+
+impl Format {
+    /// The value at `key` in `text` as written (no defaults).
+    pub fn read(self, text: &str, key: &str) -> Option<serde_json::Value> {
+        match self {
+            Format::Toml => lookup(&parse_toml(text).ok()?, key).map(toml_to_json),
+            Format::Python => crate::python::constants(text)?.remove(key),
+        }
+    }
+
+    /// The exact `(search, replace)` that sets `key` to `value` in `text`.
+    pub fn set_edit(self, text: &str, key: &str, value: &serde_json::Value) -> Option<(String, String)> {
+        match self {
+            Format::Toml => crate::edit::line_edit(text, key, value),
+            Format::Python => crate::python::line_edit(text, key, value),
+        }
+    }
+
+    /// What a recipe means under `schema` ([`recipe_values`]; for Python its constants, the
+    /// declared ones' first choices filling any that are absent).
+    pub fn values(self, schema: &Schema, text: &str) -> Option<BTreeMap<String, serde_json::Value>> {
+        match self {
+            Format::Toml => recipe_values(schema, text),
+            Format::Python => {
+                let mut values = crate::python::constants(text)?;
+                for f in schema.fields.iter().filter(|f| !f.default.is_null()) {
+                    values.entry(f.key.clone()).or_insert_with(|| f.default.clone());
+                }
+                Some(values)
+            }
+        }
+    }
+
+    /// What a change is remembered by in the tried set (see [`tried_key`]): for Python, what
+    /// the code runs ([`crate::python::code_key`]), so two edits of the code that differ only
+    /// in layout are one, and the same constants with different code are two.
+    pub fn tried_key(self, schema: Option<&Schema>, recipe: Option<&str>, diff_key: &str) -> String {
+        match self {
+            Format::Toml => tried_key(schema, recipe, diff_key),
+            Format::Python => recipe.and_then(crate::python::code_key).unwrap_or_else(|| diff_key.to_string()),
+        }
+    }
+
+    /// The tried-set key of a whole recipe text, when it has a meaning to compare by.
+    pub fn meaning_key(self, schema: Option<&Schema>, text: &str) -> Option<String> {
+        match self {
+            Format::Toml => recipe_key(schema?, text),
+            Format::Python => crate::python::code_key(text),
+        }
+    }
 }
 
 impl Validator {
@@ -24,14 +90,38 @@ impl Validator {
         match s.validator.kind.as_str() {
             "autoqat" => Validator::Autoqat(autoqat_recipe::schema()),
             "toml" => Validator::Toml(schema_from_settings(&s.validator.fields)),
+            "python" => Validator::Python(schema_from_settings(&s.validator.fields)),
             _ => Validator::None,
         }
+    }
+
+    /// How the recipe file is read and edited.
+    pub fn format(&self) -> Format {
+        match self {
+            Validator::Python(_) => Format::Python,
+            _ => Format::Toml,
+        }
+    }
+
+    /// What a change that produces `recipe` is remembered by ([`Format::tried_key`]).
+    pub fn tried_key(&self, recipe: Option<&str>, diff_key: &str) -> String {
+        self.format().tried_key(self.schema(), recipe, diff_key)
+    }
+
+    /// The tried-set key of a whole recipe text ([`Format::meaning_key`]).
+    pub fn meaning_key(&self, text: &str) -> Option<String> {
+        self.format().meaning_key(self.schema(), text)
+    }
+
+    /// What a recipe means ([`Format::values`]); `None` without a schema.
+    pub fn values(&self, text: &str) -> Option<BTreeMap<String, serde_json::Value>> {
+        self.format().values(self.schema()?, text)
     }
 
     /// The schema shown to proposers and searched by the builtin one.
     pub fn schema(&self) -> Option<&Schema> {
         match self {
-            Validator::Autoqat(s) | Validator::Toml(s) => Some(s),
+            Validator::Autoqat(s) | Validator::Toml(s) | Validator::Python(s) => Some(s),
             Validator::None => None,
         }
     }
@@ -59,7 +149,7 @@ impl Validator {
                         continue;
                     }
                     let json = toml_to_json(v);
-                    if !f.choices.contains(&json) {
+                    if !f.open_to_proposers(&json) {
                         let allowed: Vec<String> = f.choices.iter().map(|c| c.to_string()).collect();
                         return Err(format!(
                             "`{}` = {} is not open to the proposer; expected one of {}",
@@ -113,9 +203,53 @@ impl Validator {
                 }
                 Ok(())
             }
+            Validator::Python(schema) => check_python(schema, old, new),
         }
     }
 }
+
+/// The python validator (see [`Validator::Python`]).
+fn check_python(schema: &Schema, old: &str, new: &str) -> Result<(), String> {
+    crate::python::lines(new).map_err(|e| format!("not valid Python: {e}"))?;
+    if crate::python::same_code(old, new) {
+        return Err(NO_EFFECT_CODE.into());
+    }
+    let (o, n) = (crate::python::constants(old).unwrap_or_default(), crate::python::constants(new).unwrap_or_default());
+    for f in &schema.fields {
+        let (ov, nv) = (o.get(&f.key), n.get(&f.key));
+        let Some(v) = nv else {
+            if ov.is_some() {
+                return Err(format!(
+                    "`{}` must stay a top-level constant `{} = <literal>` (autoqat.toml declares it for the search)",
+                    f.key, f.key
+                ));
+            }
+            continue;
+        };
+        if ov.is_some_and(|x| crate::proposer::tpe::same(x, v)) {
+            continue;
+        }
+        if !f.choices.iter().any(|c| crate::proposer::tpe::same(c, v)) {
+            let allowed: Vec<String> = f.choices.iter().map(|c| c.to_string()).collect();
+            return Err(format!("`{}` = {} is not allowed; expected one of {}", f.key, v, allowed.join(", ")));
+        }
+        if let Some(cond) = &f.active_when {
+            if !n.get(&cond.key).is_some_and(|x| cond.holds(x)) {
+                let allowed: Vec<String> = cond.values.iter().map(|v| v.to_string()).collect();
+                return Err(format!(
+                    "`{}` has no effect unless `{}` is {}; change that constant in the same proposal, or another one",
+                    f.key,
+                    cond.key,
+                    allowed.join(" or ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a code change that runs the same program is refused.
+const NO_EFFECT_CODE: &str = "the code runs the same as before (only comments, blank lines, indentation width, docstrings, quote style or the notation of a number changed): the trial would run nothing new; propose a change to the code or a constant";
 
 /// Why a change whose parsed recipe equals the old one is refused.
 const NO_EFFECT: &str = "the recipe means the same after parsing (a value in another notation, or only comments or layout changed): the trial would read nothing new; propose a different value";

@@ -82,7 +82,7 @@ fn observe(git: &Git, validator: &Validator, s: &Settings, ws: &Path, rec: &Reco
     let path = s.run.mutable_paths.first()?;
     let read = |commit: &str| {
         let text = git.file_at(Oid::from_str(commit).ok()?, path)?;
-        crate::validate::recipe_values(schema, &text)
+        validator.format().values(schema, &text)
     };
     if rec.status() == Status::Invalid {
         return None;
@@ -106,6 +106,17 @@ fn observe(git: &Git, validator: &Validator, s: &Settings, ws: &Path, rec: &Reco
         _ => None,
     };
     Some(Observation { exp: rec.exp, status: rec.status(), ppl, values, changed, near_miss: rec.near_miss })
+}
+
+/// What `rec`'s recipe is remembered by in the tried set: its meaning through the validator
+/// (the values of a TOML recipe, what a Python file runs). `None` for an invalid answer, whose
+/// commit holds its parent's recipe.
+fn meaning(git: &Git, validator: &Validator, s: &Settings, rec: &Record) -> Option<String> {
+    if rec.status() == Status::Invalid {
+        return None;
+    }
+    let text = git.file_at(Oid::from_str(&rec.commit).ok()?, s.run.mutable_paths.first()?)?;
+    validator.meaning_key(&text)
 }
 
 /// The loop's state.
@@ -187,7 +198,7 @@ impl Driver {
             .iter()
             .filter(|r| !r.diff_key.is_empty())
             .map(|r| r.diff_key.clone())
-            .chain(observations.iter().map(|o| crate::validate::values_key(&o.values)))
+            .chain(records.iter().filter_map(|r| meaning(&git, &validator, &s, r)))
             .collect();
         let exe = std::env::current_exe().ok();
         let reporter: Box<dyn Reporter> = Box::new(Console { json: opts.json, quiet: opts.quiet });
@@ -353,6 +364,7 @@ impl Driver {
                 }
                 let ctx = Context {
                     schema: self.validator.schema(),
+                    format: self.validator.format(),
                     recipe_path: &recipe_path,
                     recipe: &recipe,
                     records: &self.records,
@@ -491,8 +503,10 @@ impl Driver {
         if !rec.diff_key.is_empty() {
             self.tried.insert(rec.diff_key.clone());
         }
+        if let Some(k) = meaning(&self.git, &self.validator, &self.s, &rec) {
+            self.tried.insert(k);
+        }
         if let Some(o) = observe(&self.git, &self.validator, &self.s, &self.ws, &rec) {
-            self.tried.insert(crate::validate::values_key(&o.values));
             self.observations.push(o);
         }
         self.records.push(rec);

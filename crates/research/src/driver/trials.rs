@@ -111,13 +111,12 @@ impl Driver {
         let path = self.recipe_path().to_string();
         let text =
             std::fs::read_to_string(self.ws.join(&path)).map_err(|e| ResearchError::io(self.ws.join(&path), e))?;
-        let table: toml::Table = match text.parse() {
-            Ok(t) => t,
-            Err(_) => return Ok(None),
-        };
-        let seed = crate::validate::lookup(&table, &key).and_then(|v| v.as_integer()).unwrap_or(0);
-        let Some((search, replace)) = crate::edit::line_edit(&text, &key, &serde_json::Value::from(seed + offset))
-        else {
+        let format = self.validator.format();
+        if format == crate::validate::Format::Toml && text.parse::<toml::Table>().is_err() {
+            return Ok(None);
+        }
+        let seed = format.read(&text, &key).and_then(|v| v.as_i64()).unwrap_or(0);
+        let Some((search, replace)) = format.set_edit(&text, &key, &serde_json::Value::from(seed + offset)) else {
             return Ok(None);
         };
         std::fs::write(self.ws.join(&path), text.replacen(&search, &replace, 1))

@@ -62,7 +62,7 @@ impl Candidate {
 impl Proposer for Builtin {
     fn propose(&mut self, req: &Request) -> Result<Reply, ProposerError> {
         let schema = req.ctx.schema.ok_or_else(|| {
-            ProposerError::Config("the builtin proposer needs a schema: set validator.kind = \"autoqat\" or declare [[validator.fields]] with kind = \"toml\"".into())
+            ProposerError::Config("the builtin proposer needs a schema: set validator.kind = \"autoqat\" or declare [[validator.fields]] with kind = \"toml\" or \"python\"".into())
         })?;
         let Some(c) = choose(schema, &req.ctx, self.seed) else {
             return Err(ProposerError::Exhausted(
@@ -108,7 +108,7 @@ pub struct Choice {
 /// limit) is scored by its log l/g gain. Before the tiers, two near misses that both beat the
 /// current best, on different keys, are tried together once.
 pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
-    let current = crate::validate::recipe_values(schema, ctx.recipe)?;
+    let current = ctx.format.values(schema, ctx.recipe)?;
     let max_keys = ctx.max_changed_lines.clamp(1, 3);
     let active = |key: &str| schema.field(key).is_some_and(|f| !f.locked && active_under(f, &current));
     let build = |sets: &[(String, Value)], why: String| -> Option<Choice> {
@@ -248,12 +248,12 @@ fn untried_edits(schema: &Schema, ctx: &Context, sets: &[(String, Value)]) -> Op
     let mut text = ctx.recipe.to_string();
     let mut edits = Vec::new();
     for (k, v) in sets {
-        let (s, r) = line_edit(&text, k, v)?;
+        let (s, r) = ctx.format.set_edit(&text, k, v)?;
         text = text.replacen(&s, &r, 1);
         edits.push((s, r));
     }
     let key = focus::diff_key(&focus::compact_diff(ctx.recipe_path, ctx.recipe, &text));
-    let tried = ctx.tried.contains(&crate::validate::tried_key(Some(schema), Some(&text), &key));
+    let tried = ctx.tried.contains(&ctx.format.tried_key(Some(schema), Some(&text), &key));
     (!tried && !edits.is_empty()).then_some(edits)
 }
 
@@ -278,7 +278,7 @@ fn key_tries(ctx: &Context) -> HashMap<String, i64> {
 
 /// Every untried single-key change, best first.
 pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
-    let Some(values) = crate::validate::recipe_values(schema, ctx.recipe) else { return Vec::new() };
+    let Some(values) = ctx.format.values(schema, ctx.recipe) else { return Vec::new() };
     // Per key: how often it was tried, and the (old, new) values of its latest change if
     // that change was kept (so the search can continue in the same direction).
     let tries = key_tries(ctx);

@@ -44,6 +44,8 @@ pub enum ProposerError {
 pub struct Context<'a> {
     /// The recipe schema, when a validator declares one.
     pub schema: Option<&'a Schema>,
+    /// How the recipe is read and edited (TOML keys, or a Python file's constants).
+    pub format: crate::validate::Format,
     /// Workspace-relative path of the recipe.
     pub recipe_path: &'a str,
     /// Current recipe text (the best so far).

@@ -292,6 +292,7 @@ pub fn context<'a>(
 ) -> autoqat_research::proposer::Context<'a> {
     autoqat_research::proposer::Context {
         schema,
+        format: autoqat_research::validate::Format::Toml,
         recipe_path: "experiments/train.toml",
         recipe,
         records,
