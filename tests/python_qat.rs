@@ -43,7 +43,7 @@ fn commit(ws: &Path, msg: &str) {
 }
 
 /// `[provider]` as a `command` proposer that answers `answers` in turn (then the last again);
-/// the answers and the counter live outside the workspace.
+/// the answers, the counter and the last prompt (`prompt.txt`) live outside the workspace.
 fn scripted(settings: &str, dir: &Path, answers: &[serde_json::Value]) -> String {
     for (i, a) in answers.iter().enumerate() {
         std::fs::write(dir.join(format!("answer{i}.json")), a.to_string()).unwrap();
@@ -52,7 +52,7 @@ fn scripted(settings: &str, dir: &Path, answers: &[serde_json::Value]) -> String
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\ncat > /dev/null\nd='{d}'\nn=$(cat \"$d/n\" 2>/dev/null || echo 0)\n[ -f \"$d/answer$n.json\" ] || n={last}\necho $((n + 1)) > \"$d/n\"\ncat \"$d/answer$n.json\"\n",
+            "#!/bin/sh\nd='{d}'\nn=$(cat \"$d/n\" 2>/dev/null || echo 0)\n[ -f \"$d/answer$n.json\" ] || n={last}\necho $((n + 1)) > \"$d/n\"\ncat > \"$d/prompt.txt\"\ncat \"$d/answer$n.json\"\n",
             d = dir.display(),
             last = answers.len() - 1
         ),
@@ -115,6 +115,16 @@ fn init_writes_the_python_layout_and_an_edit_of_prepare_py_is_refused() {
     assert!(prepare.replace("\n                 ", " ").contains(&columns), "prepare.py's STEPS_COLUMNS differ");
     let help = ok(&autoqat(&ws, &["init", "--help"], None));
     assert!(help.contains("python-qat"), "{help}");
+    // A Python without torch (the venv's, its site-packages off) fails in one line saying so.
+    if let Some(py) = common::qat::python() {
+        let bare = dir.join("python-without-site-packages");
+        std::fs::write(&bare, format!("#!/bin/sh\nexec '{}' -S \"$@\"\n", py.display())).unwrap();
+        assert!(Command::new("chmod").arg("+x").arg(&bare).status().unwrap().success());
+        let out = autoqat(&ws, &["python", "train.py"], Some(&bare));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("prepare.py: cannot import torch with"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
 
     let out = ok(&autoqat(&ws, &["run", "--max-experiments", "2"], None));
     let r = rows(&ws);
@@ -274,6 +284,10 @@ fn a_scripted_command_proposer_edits_the_code_of_train_py() {
     assert_eq!(runs.iter().filter(|n| !n.to_string_lossy().contains('-')).count(), 3, "{runs:?}");
     let log = ok(&autoqat(&ws, &["log"], Some(&py)));
     assert!(log.contains("+    return 1.0 if warm <= 0 else 0.5 * (1 - math.cos"), "{log}");
+    // The proposer saw train.py as Python, its searchable constants as the schema.
+    let prompt = std::fs::read_to_string(dir.join("prompt.txt")).unwrap();
+    assert!(prompt.contains("```python\n\"\"\"train.py: ternary"), "{prompt}");
+    assert!(prompt.contains("- LR (one of 0.001 | 0.002 | 0.003 | 0.0005"), "{prompt}");
     assert!(log.contains("+        loss = CE_WEIGHT * ce * 2.0"), "{log}");
     // The kept code is on the branch: its head holds the best experiment's train.py.
     let best = r.iter().filter(|r| r.2 != "discard").min_by(|a, b| a.3.partial_cmp(&b.3).unwrap()).unwrap();

@@ -256,7 +256,10 @@ pub fn build(t: &Templates, i: &PromptInputs) -> (String, String) {
         ("in_flight", "(none: trials run one at a time)"),
         ("rejections", rejected.as_str()),
     ];
-    (render(&t.system, &vars), render(&t.propose, &vars))
+    let user = render(&t.propose, &vars);
+    // A Python recipe (the python-qat template's train.py) is shown as the code it is.
+    let user = if i.recipe_path.ends_with(".py") { user.replace("```toml\n", "```python\n") } else { user };
+    (render(&t.system, &vars), user)
 }
 
 /// Renders the repair request quoting the rejection.

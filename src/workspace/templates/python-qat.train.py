@@ -10,11 +10,11 @@ import copy
 import math
 import sys
 
+import prepare  # first: it says in one line when torch or transformers is missing
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import prepare
 
 # Hyperparameters: the builtin search varies the constants declared in autoqat.toml's
 # [[validator.fields]]; any proposer may change the code itself.
