@@ -69,8 +69,8 @@ fn edit(path: &str, search: &str, replace: &str, description: &str) -> serde_jso
         "edits": [{"path": path, "search": search, "replace": replace}]})
 }
 
-/// A trial that costs nothing: it counts its runs and writes a summary.
-const STUB: &str = "echo run >> ../trials.count; mkdir -p {run_dir}; echo '{\"status\":\"ok\",\"eval_ppl\":5.0}' > {run_dir}/summary.json";
+/// A trial that costs nothing: it notes the seed it ran with and writes a summary.
+const STUB: &str = "grep '^SEED = ' train.py >> ../trials.count; mkdir -p {run_dir}; echo '{\"status\":\"ok\",\"eval_ppl\":5.0}' > {run_dir}/summary.json";
 
 fn stub_trial(toml: String) -> String {
     toml.replace("command = \"autoqat python train.py --run-dir {run_dir}\"", &format!("command = '''{STUB}'''"))
@@ -152,14 +152,17 @@ fn a_comment_or_whitespace_only_edit_of_train_py_runs_no_trial() {
         edit("train.py", WARMUP_SEARCH, &WARMUP_COSINE.replace("0.5 * ", "0.50 * "), "cosine again"),
         edit("train.py", WARMUP_SEARCH, &WARMUP_COSINE.replace("0.5 * ", "0.50 * "), "cosine again"),
     ];
-    let (_t, ws) = workspace(|t| scripted(&stub_trial(t), &dir, &answers));
+    let (_t, ws) =
+        workspace(|t| scripted(&stub_trial(t).replace("baseline_repeats = 1", "baseline_repeats = 2"), &dir, &answers));
     let out = ok(&autoqat(&ws, &["run", "--max-experiments", "4"], None));
     let r = rows(&ws);
     let status: Vec<&str> = r.iter().map(|r| r.2.as_str()).collect();
     // exp 1: a comment, then a wrapped line: both refused, no trial. exp 2: the cosine warmup
     // runs. exp 3: the same program with 0.50 for 0.5 is refused twice as already tried.
     assert_eq!(status, ["baseline", "invalid", "discard", "invalid"], "{out}");
-    assert_eq!(std::fs::read_to_string(ws.parent().unwrap().join("trials.count")).unwrap().lines().count(), 2, "{out}");
+    // The baseline and its repeat (train.py's SEED shifted, then restored), and exp 2.
+    let trials = std::fs::read_to_string(ws.parent().unwrap().join("trials.count")).unwrap();
+    assert_eq!(trials, "SEED = 0\nSEED = 1\nSEED = 0\n", "{out}");
     let log = ok(&autoqat(&ws, &["log"], None));
     assert!(log.contains("the code runs the same as before"), "{log}");
     assert!(log.contains("this code was already tried"), "{log}");
@@ -320,8 +323,13 @@ fn prepare_py_scores_like_autoqat_on_the_same_tokens() {
     std::fs::write(ws.join("exp/train.toml"), recipe).unwrap();
     let _ = autoqat(&ws, &["trial", "--config", "exp/train.toml", "--run-dir", "runs/rust"], Some(&py));
     let rust = autoqat_workspace::run::read_summary(&ws.join("runs/rust")).unwrap().unwrap();
-    let code = "import json, prepare; m = prepare.load_model(); print(json.dumps(prepare.evaluate(m, ctx=64, stride=48, max_tokens=300)))";
+    // And the budget: one pass of STEPS batches, a second pass refused.
+    let code = "import json, prepare\nev = prepare.evaluate(prepare.load_model(), ctx=64, stride=48, max_tokens=300)\n\
+                ev['batches'] = sum(1 for _ in prepare.batches(0))\ntry:\n    next(prepare.batches(1))\n\
+                except RuntimeError as e:\n    ev['again'] = str(e)\nprint(json.dumps(ev))";
     let out = ok(&autoqat(&ws, &["python", "-c", code], Some(&py)));
     let ours: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert!(rel(ours["eval_ppl"].as_f64().unwrap(), rust.fp_ppl.unwrap()) < 1e-4, "{ours} vs {rust:?}");
+    assert_eq!(ours["batches"], 4, "{ours}");
+    assert!(ours["again"].as_str().is_some_and(|e| e.contains("called twice")), "{ours}");
 }

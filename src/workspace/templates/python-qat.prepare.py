@@ -3,12 +3,13 @@
 Read-only: the research loop lets its proposer edit train.py only (autoqat.toml's
 mutable_paths), so what a trial is scored on cannot move. train.py imports this file:
 
-    batches(seed)        the training budget: exactly STEPS batches of BATCH_SIZE x SEQ_LEN tokens
+    batches(seed)        the training budget: STEPS batches of BATCH_SIZE x SEQ_LEN tokens, once
     evaluate(model)      the eval protocol of `autoqat trial` and `autoqat eval`: sliding windows
                          of EVAL_CTX tokens every EVAL_STRIDE over the first EVAL_MAX_TOKENS tokens
                          of EVAL_TEXT, shifted next-token cross entropy, token-weighted (the
                          Hugging Face guide "Perplexity of fixed-length models")
-    Run(run_dir)         steps.tsv and summary.json with the columns and keys of `autoqat trial`
+    Run(run_dir)         steps.tsv and summary.json with the columns and keys of `autoqat trial`;
+                         the steps and tokens it reports are the batches handed out, not a claim
 
 `python prepare.py` checks the layout and scores the full-precision model; `python prepare.py
 --eval DIR [--text FILE]` scores any Hugging Face directory and prints one JSON line.
@@ -154,9 +155,14 @@ def evaluate(model, text_path=EVAL_TEXT, ctx=EVAL_CTX, stride=EVAL_STRIDE, max_t
             "tokens": n_tokens, "bytes": n_bytes}
 
 
+USED = {"steps": 0, "tokens": 0}  # what batches() has handed out: the summary's steps and tokens
+
+
 def batches(seed, tok=None):
     """The training budget: STEPS batches (x, y) of BATCH_SIZE random windows of SEQ_LEN tokens
-    of the train text, y shifted by one; nothing more."""
+    of the train text, y shifted by one; one pass per trial, nothing more."""
+    if USED["steps"]:
+        raise RuntimeError("prepare.batches() was called twice: the budget is one pass of STEPS batches")
     ids = torch.tensor((tok or tokenizer()).encode(_read(TRAIN_TEXT)).ids, dtype=torch.long)
     if len(ids) <= SEQ_LEN + 1:
         raise ValueError(f"{TRAIN_TEXT} has {len(ids)} tokens; a training window needs {SEQ_LEN + 1}")
@@ -165,6 +171,8 @@ def batches(seed, tok=None):
     for _ in range(STEPS):
         starts = [rng.randrange(len(ids) - SEQ_LEN - 1) for _ in range(BATCH_SIZE)]
         chunk = torch.stack([ids[s:s + SEQ_LEN + 1] for s in starts]).to(dev)
+        USED["steps"] += 1
+        USED["tokens"] += BATCH_SIZE * SEQ_LEN
         yield chunk[:, :-1], chunk[:, 1:]
 
 
@@ -201,14 +209,14 @@ class Run:
         with open(os.path.join(self.dir, "steps.tsv"), "a") as f:
             f.write("\t".join(cells) + "\n")
 
-    def summary(self, status, ev=None, train_loss=None, steps=0, tokens=0, q=(None, None, None), fp_ppl=None,
-                error=None):
-        """summary.json, written whole (renamed into place); NaN and Inf are written as null."""
+    def summary(self, status, ev=None, train_loss=None, q=(None, None, None), fp_ppl=None, error=None):
+        """summary.json, written whole (renamed into place); NaN and Inf are written as null. Its
+        steps and tokens are what batches() handed out."""
         def num(v):
             return v if v is not None and math.isfinite(v) else None
         ev = ev or {}
         s = {"status": status, "eval_ppl": num(ev.get("eval_ppl")), "eval_bpb": num(ev.get("eval_bpb")),
-             "eval_loss": num(ev.get("eval_loss")), "train_loss": num(train_loss), "steps": steps, "tokens": tokens,
+             "eval_loss": num(ev.get("eval_loss")), "train_loss": num(train_loss), "steps": USED["steps"], "tokens": USED["tokens"],
              "time_s": time.time() - self.start, "peak_mem_mb": num(peak_mem_mb()), "device": device().type,
              "q_neg1": num(q[0]), "q_zero": num(q[1]), "q_pos1": num(q[2]), "fp_ppl": num(fp_ppl), "error": error,
              "artifact_size_bytes": None, "bits_per_param": None}

@@ -115,7 +115,7 @@ def main(run_dir):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}],
                             lr=LR, betas=(BETA1, BETA2))
     model.train()
-    step, tokens, losses, ev, train_loss = 0, 0, [], None, float("nan")
+    step, losses, ev, train_loss = 0, [], None, float("nan")
     for x, y in prepare.batches(SEED, tok):
         step += 1
         lam, lr = lambda_at(step), lr_at(step)
@@ -132,14 +132,13 @@ def main(run_dir):
                           log_target=True, reduction="batchmean") / x.size(1)
             loss = loss + KD_WEIGHT * TEMPERATURE ** 2 * kl
         if not math.isfinite(loss.item()):
-            run.summary("crash", steps=step, tokens=tokens, fp_ppl=fp_ppl, error=f"loss is {loss.item()} at step {step}")
+            run.summary("crash", fp_ppl=fp_ppl, error=f"loss is {loss.item()} at step {step}")
             sys.exit(f"crash: loss is {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if GRAD_CLIP > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         opt.step()
-        tokens += x.numel()
         losses.append(ce.item())
         if step % prepare.EVAL_EVERY == 0 or step == prepare.STEPS:
             train_loss = sum(losses) / len(losses)
@@ -151,7 +150,7 @@ def main(run_dir):
     if ev is None:
         ev = evaluate(layers, model)
     q = code_fractions(layers)
-    run.summary("ok", ev, train_loss=train_loss, steps=step, tokens=tokens, q=q, fp_ppl=fp_ppl)
+    run.summary("ok", ev, train_loss=train_loss, q=q, fp_ppl=fp_ppl)
     # The quantized weights as a plain Hugging Face model, for `autoqat eval` and the held-out score.
     state = model.state_dict()
     names = {m: n for n, m in model.named_modules()}
