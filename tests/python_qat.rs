@@ -124,6 +124,12 @@ fn init_writes_the_python_layout_and_an_edit_of_prepare_py_is_refused() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("prepare.py: cannot import torch with"), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let doctor: serde_json::Value =
+            serde_json::from_str(&ok(&autoqat(&ws, &["doctor", "--json"], Some(&bare)))).unwrap();
+        assert_eq!(
+            (doctor["python"].as_str(), doctor["python_from"].as_str()),
+            (Some(s(&bare)), Some("AUTOQAT_PYTHON"))
+        );
     }
 
     let out = ok(&autoqat(&ws, &["run", "--max-experiments", "2"], None));

@@ -22,6 +22,9 @@ struct Report {
     cpu_threads: i32,
     mkl: bool,
     openmp: bool,
+    /// The interpreter `autoqat python` (python-qat trials) runs, and where it came from.
+    python: PathBuf,
+    python_from: &'static str,
     hints: Vec<String>,
 }
 
@@ -55,6 +58,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     }
     println!("mps            {}", yes_no(report.mps_available));
     println!("cpu threads    {} (mkl {}, openmp {})", report.cpu_threads, yes_no(report.mkl), yes_no(report.openmp));
+    println!("python         {} ({})", report.python.display(), report.python_from);
     for hint in &report.hints {
         println!("hint: {hint}");
     }
@@ -86,6 +90,7 @@ fn collect() -> Report {
             ));
         }
     }
+    let (python, python_from) = super::python::interpreter();
     Report {
         autoqat_version: env!("CARGO_PKG_VERSION"),
         torch_version,
@@ -100,6 +105,8 @@ fn collect() -> Report {
         cpu_threads: tch::get_num_threads(),
         mkl: tch::utils::has_mkl(),
         openmp: tch::utils::has_openmp(),
+        python,
+        python_from,
         hints,
     }
 }
