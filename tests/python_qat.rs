@@ -99,7 +99,9 @@ fn init_writes_the_python_layout_and_an_edit_of_prepare_py_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let (_t, ws) = workspace(|t| {
-        scripted(&stub_trial(t), &dir, &[edit("prepare.py", "STEPS = 30", "STEPS = 3000", "a longer budget")])
+        let answers = [edit("prepare.py", "STEPS = 30", "STEPS = 3000", "a longer budget")];
+        // A declared constant train.py does not have is said at the start.
+        scripted(&stub_trial(t), &dir, &answers) + "[[validator.fields]]\nkey = \"NO_SUCH\"\nchoices = [1, 2]\n"
     });
     for f in ["program.md", "prepare.py", "train.py", "autoqat.toml", ".gitignore", "prompts/propose.md"] {
         assert!(ws.join(f).is_file(), "{f} missing");
@@ -132,7 +134,10 @@ fn init_writes_the_python_layout_and_an_edit_of_prepare_py_is_refused() {
         );
     }
 
-    let out = ok(&autoqat(&ws, &["run", "--max-experiments", "2"], None));
+    let run = autoqat(&ws, &["run", "--max-experiments", "2"], None);
+    let out = ok(&run);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("validator field `NO_SUCH` is not a top-level `NO_SUCH = <literal>` of train.py"), "{err}");
     let r = rows(&ws);
     assert_eq!(r.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(), ["baseline", "invalid"], "{out}");
     let log = ok(&autoqat(&ws, &["log"], None));
@@ -157,21 +162,28 @@ fn a_comment_or_whitespace_only_edit_of_train_py_runs_no_trial() {
         // The same program again, written differently: already tried.
         edit("train.py", WARMUP_SEARCH, &WARMUP_COSINE.replace("0.5 * ", "0.50 * "), "cosine again"),
         edit("train.py", WARMUP_SEARCH, &WARMUP_COSINE.replace("0.5 * ", "0.50 * "), "cosine again"),
+        // The focus gate counts code lines too; broken code is refused naming its line.
+        edit("train.py", "SEED = 0\n", &(0..10).map(|i| format!("X{i} = {i}\n")).collect::<String>(), "ten lines"),
+        edit("train.py", "SEED = 0\n", &(0..10).map(|i| format!("X{i} = {i}\n")).collect::<String>(), "ten lines"),
+        edit("train.py", "SEED = 0\n", "SEED = int(\n", "unclosed"),
     ];
     let (_t, ws) =
         workspace(|t| scripted(&stub_trial(t).replace("baseline_repeats = 1", "baseline_repeats = 2"), &dir, &answers));
-    let out = ok(&autoqat(&ws, &["run", "--max-experiments", "4"], None));
+    let out = ok(&autoqat(&ws, &["run", "--max-experiments", "6"], None));
     let r = rows(&ws);
     let status: Vec<&str> = r.iter().map(|r| r.2.as_str()).collect();
     // exp 1: a comment, then a wrapped line: both refused, no trial. exp 2: the cosine warmup
     // runs. exp 3: the same program with 0.50 for 0.5 is refused twice as already tried.
-    assert_eq!(status, ["baseline", "invalid", "discard", "invalid"], "{out}");
+    // exp 4: ten new lines, twice. exp 5: an unclosed bracket.
+    assert_eq!(status, ["baseline", "invalid", "discard", "invalid", "invalid", "invalid"], "{out}");
     // The baseline and its repeat (train.py's SEED shifted, then restored), and exp 2.
     let trials = std::fs::read_to_string(ws.parent().unwrap().join("trials.count")).unwrap();
     assert_eq!(trials, "SEED = 0\nSEED = 1\nSEED = 0\n", "{out}");
     let log = ok(&autoqat(&ws, &["log"], None));
     assert!(log.contains("the code runs the same as before"), "{log}");
     assert!(log.contains("this code was already tried"), "{log}");
+    assert!(log.contains("the change touches 10 lines; at most 8 are allowed"), "{log}");
+    assert!(log.contains("not valid Python: line 32: `(` is never closed"), "{log}");
     assert!(log.contains("+    return 1.0 if warm <= 0 else 0.5 * (1 - math.cos"), "the code diff: {log}");
 }
 

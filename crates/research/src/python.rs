@@ -289,7 +289,7 @@ pub fn same_code(a: &str, b: &str) -> bool {
 }
 
 /// Whether `name` reads as a constant: `UPPER_CASE`, digits and underscores.
-fn is_constant(name: &str) -> bool {
+pub fn is_constant(name: &str) -> bool {
     name.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
         && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
         && name.chars().any(|c| c.is_ascii_uppercase())
@@ -413,6 +413,17 @@ mod tests {
         }
         // Dedenting a line moves it out of the function: a change.
         assert!(!same_code("def f():\n    a = 1\n    b = 2\n", "def f():\n    a = 1\nb = 2\n"));
+    }
+
+    #[test]
+    fn python_validator_fields_name_constants() {
+        let toml = |key: &str| {
+            format!("[run]\nmutable_paths = [\"train.py\"]\n[validator]\nkind = \"python\"\n[[validator.fields]]\nkey = \"{key}\"\nchoices = [1, 2]\n")
+        };
+        let path = std::path::Path::new("autoqat.toml");
+        assert!(crate::settings::Settings::parse(&toml("LR_2"), path).is_ok());
+        let e = crate::settings::Settings::parse(&toml("optim.lr"), path).unwrap_err().to_string();
+        assert!(e.contains("`optim.lr` is not a constant name") && e.contains("train.py"), "{e}");
     }
 
     #[test]

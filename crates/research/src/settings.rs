@@ -334,6 +334,15 @@ impl Settings {
         if !["autoqat", "toml", "python", "none"].contains(&self.validator.kind.as_str()) {
             return bad(format!("validator.kind = {:?}; expected autoqat, toml, python or none", self.validator.kind));
         }
+        if self.validator.kind == "python" {
+            if let Some(f) = self.validator.fields.iter().find(|f| !crate::python::is_constant(&f.key)) {
+                return bad(format!(
+                    "validator.fields key `{}` is not a constant name; with kind = \"python\" each key names a top-level UPPER_CASE constant of {}",
+                    f.key,
+                    self.run.mutable_paths[0]
+                ));
+            }
+        }
         if !(self.noise.min_rel_improvement >= 0.0 && self.noise.min_rel_improvement < 1.0) {
             return bad("noise.min_rel_improvement must be in [0, 1)".into());
         }

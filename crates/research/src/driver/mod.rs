@@ -191,6 +191,18 @@ impl Driver {
             git.create_branch(&tag)?;
         }
         let validator = Validator::from_settings(&s);
+        if let (Validator::Python(schema), Some(path)) = (&validator, s.run.mutable_paths.first()) {
+            let constants = std::fs::read_to_string(ws.join(path)).ok().and_then(|t| crate::python::constants(&t));
+            for f in &schema.fields {
+                if !constants.as_ref().is_some_and(|c| c.contains_key(&f.key)) {
+                    tracing::warn!(
+                        "validator field `{}` is not a top-level `{} = <literal>` of {path}: the builtin search cannot set it",
+                        f.key,
+                        f.key
+                    );
+                }
+            }
+        }
         let observations: Vec<Observation> =
             records.iter().filter_map(|r| observe(&git, &validator, &s, &ws, r)).collect();
         // Tried means the diff's text, and (with a schema) the recipe's meaning.
