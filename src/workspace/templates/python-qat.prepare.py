@@ -28,9 +28,9 @@ try:
     from tokenizers import Tokenizer
 except ImportError as e:
     sys.exit(
-        f"prepare.py: cannot import {e.name} with {sys.executable} (hint: autoqat runs trials with "
-        "$AUTOQAT_PYTHON, else the .venv it was built against, else python3; point AUTOQAT_PYTHON at "
-        "a Python with torch and transformers)"
+        f"prepare.py: cannot import {e.name} with {sys.executable} (hint: `{sys.executable} -m pip install "
+        "transformers` (and torch), or point AUTOQAT_PYTHON at a Python that has them; `autoqat doctor` "
+        "shows which one trials use)"
     )
 
 # The goalposts: every trial gets this model, these texts, this budget and this eval protocol.
