@@ -51,8 +51,10 @@ pub fn lines(src: &str) -> Result<Vec<Line>, String> {
     let mut brackets: Vec<(char, usize)> = Vec::new();
     let finish = |cur: &mut Option<Line>, out: &mut Vec<Line>| {
         if let Some(l) = cur.take() {
-            // A statement made of string literals only (a docstring) runs nothing.
-            if !l.toks.iter().all(|t| matches!(t, Tok::Str(_))) {
+            // A statement made of plain string literals only (a docstring) runs nothing; an
+            // f-string may call something.
+            let inert = |t: &Tok| matches!(t, Tok::Str(s) if !s.split(':').next().unwrap_or("").contains(['f', 't']));
+            if !l.toks.iter().all(inert) {
                 out.push(l);
             }
         }
@@ -407,6 +409,7 @@ mod tests {
             SRC.replace("STEPS = 100", "STEPS = 100.0"),
             SRC.replace("    return (x +\n            LR) * 2", "    return (x +\n            LR) * 2\n    x = 1"),
             SRC.replace("    # a comment\n", "    '''a string, not a comment'''\n    print('#')\n"),
+            SRC.replace("    # a comment\n", "    f'{print(x)}'\n"),
         ];
         for d in &different {
             assert!(!same_code(SRC, d), "{d}");
