@@ -75,7 +75,7 @@ const STUB: &str = "grep '^SEED = ' train.py >> ../trials.count; mkdir -p {run_d
 fn stub_trial(toml: String) -> String {
     toml.replace("command = \"autoqat python train.py --run-dir {run_dir}\"", &format!("command = '''{STUB}'''"))
         .replace("baseline_repeats = 3", "baseline_repeats = 1")
-        .replace("command = \"autoqat eval --model {run_dir}/hf", "command = \"\" # ")
+        .replace("command = \"autoqat python prepare.py --eval {run_dir}/hf", "command = \"\" # ")
 }
 
 /// results.tsv rows as (exp, commit, status, eval_ppl, description).
@@ -192,9 +192,7 @@ fn a_comment_or_whitespace_only_edit_of_train_py_runs_no_trial() {
 fn tiny_python_workspace(settings: impl Fn(String) -> String) -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
     let py = common::qat::python()?;
     let model = common::qat::tiny_model()?;
-    let (tmp, ws) = workspace(|t| {
-        settings(t.replace("baseline_repeats = 3", "baseline_repeats = 1").replace("--ctx 128", "--ctx 64"))
-    });
+    let (tmp, ws) = workspace(|t| settings(t.replace("baseline_repeats = 3", "baseline_repeats = 1")));
     let text = std::fs::read_to_string(model.join("train.txt")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let (train, rest) = lines.split_at(lines.len() * 3 / 4);
@@ -273,8 +271,9 @@ fn the_loop_searches_train_py_constants_with_the_builtin_proposer() {
     let summary = autoqat_workspace::run::read_summary(&ws.join("runs/0000")).unwrap().unwrap();
     assert_eq!((summary.status.as_str(), summary.steps, summary.tokens), ("ok", 4, 4 * 4 * 32));
     assert!(summary.fp_ppl.is_some() && summary.eval_bpb.is_some() && summary.q_zero.is_some(), "{summary:?}");
-    // The held-out score of the best, on train.py's export.
-    assert!(out.contains("held-out: exp"), "{out}");
+    // The held-out score of the best, on train.py's export, by prepare.py's protocol.
+    assert!(out.contains("held-out: exp") && out.contains("on the held-out text"), "{out}");
+    assert_eq!(std::fs::read_to_string(ws.join("heldout.tsv")).unwrap().lines().count(), 2, "{out}");
 }
 
 #[test]
