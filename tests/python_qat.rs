@@ -342,11 +342,18 @@ fn prepare_py_scores_like_autoqat_on_the_same_tokens() {
     let rust = autoqat_workspace::run::read_summary(&ws.join("runs/rust")).unwrap().unwrap();
     // And the budget: one pass of STEPS batches, a second pass refused.
     let code = "import json, prepare\nev = prepare.evaluate(prepare.load_model(), ctx=64, stride=48, max_tokens=300)\n\
-                ev['batches'] = sum(1 for _ in prepare.batches(0))\ntry:\n    next(prepare.batches(1))\n\
+                ev['batches'] = sum(1 for _ in prepare.batches(0))\n\
+                tok, prepare.tokenizer = prepare.tokenizer(), None\nids = prepare.train_ids()\n\
+                ev['cache'] = ids.tolist() == tok.encode(open(prepare.TRAIN_TEXT).read()).ids\n\
+                try:\n    next(prepare.batches(1))\n\
                 except RuntimeError as e:\n    ev['again'] = str(e)\nprint(json.dumps(ev))";
     let out = ok(&autoqat(&ws, &["python", "-c", code], Some(&py)));
     let ours: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert!(rel(ours["eval_ppl"].as_f64().unwrap(), rust.fp_ppl.unwrap()) < 1e-4, "{ours} vs {rust:?}");
     assert_eq!(ours["batches"], 4, "{ours}");
+    // The train ids come from `autoqat prepare`'s token cache (no tokenizer at hand) and are
+    // the tokenizer's.
+    assert!(ws.join("data/train.txt.tokens").is_file());
+    assert_eq!(ours["cache"], true, "{ours}");
     assert!(ours["again"].as_str().is_some_and(|e| e.contains("called twice")), "{ours}");
 }

@@ -158,12 +158,28 @@ def evaluate(model, text_path=EVAL_TEXT, ctx=EVAL_CTX, stride=EVAL_STRIDE, max_t
 USED = {"steps": 0, "tokens": 0}  # what batches() has handed out: the summary's steps and tokens
 
 
+def train_ids(tok=None):
+    """The ids of the train text: the token cache `autoqat prepare` writes beside it (u32 ids in
+    `<text>.tokens`, described by `<text>.tokens.json`) when it is newer than the text and the
+    tokenizer and covers the text's bytes, else encoded here."""
+    cache, meta = TRAIN_TEXT + ".tokens", TRAIN_TEXT + ".tokens.json"
+    try:
+        with open(meta) as f:
+            m = json.load(f)
+        newest = max(os.path.getmtime(TRAIN_TEXT), os.path.getmtime(os.path.join(MODEL_DIR, "tokenizer.json")))
+        if os.path.getmtime(meta) >= newest and m["bytes"] == os.path.getsize(TRAIN_TEXT):
+            return torch.from_file(cache, size=m["tokens"], dtype=torch.int32).long()
+    except (OSError, KeyError, ValueError, RuntimeError):
+        pass
+    return torch.tensor((tok or tokenizer()).encode(_read(TRAIN_TEXT)).ids, dtype=torch.long)
+
+
 def batches(seed, tok=None):
     """The training budget: STEPS batches (x, y) of BATCH_SIZE random windows of SEQ_LEN tokens
     of the train text, y shifted by one; one pass per trial, nothing more."""
     if USED["steps"]:
         raise RuntimeError("prepare.batches() was called twice: the budget is one pass of STEPS batches")
-    ids = torch.tensor((tok or tokenizer()).encode(_read(TRAIN_TEXT)).ids, dtype=torch.long)
+    ids = train_ids(tok)
     if len(ids) <= SEQ_LEN + 1:
         raise ValueError(f"{TRAIN_TEXT} has {len(ids)} tokens; a training window needs {SEQ_LEN + 1}")
     rng = random.Random(seed)
