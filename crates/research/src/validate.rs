@@ -113,11 +113,6 @@ impl Validator {
         self.format().meaning_key(self.schema(), text)
     }
 
-    /// What a recipe means ([`Format::values`]); `None` without a schema.
-    pub fn values(&self, text: &str) -> Option<BTreeMap<String, serde_json::Value>> {
-        self.format().values(self.schema()?, text)
-    }
-
     /// The schema shown to proposers and searched by the builtin one.
     pub fn schema(&self) -> Option<&Schema> {
         match self {
