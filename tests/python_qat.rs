@@ -290,18 +290,21 @@ fn a_scripted_command_proposer_edits_the_code_of_train_py() {
             "        loss = CE_WEIGHT * ce * 2.0\n",
             "double the CE term",
         ),
+        // Code that raises: a crash row with the exception, from prepare.py's summary.
+        edit("train.py", "        return LR * step / warm\n", "        return LR * step / 0\n", "a broken warmup"),
     ];
     let Some((_t, ws, py)) = tiny_python_workspace(|t| scripted(&t, &dir, &answers)) else { return };
-    let out = ok(&autoqat(&ws, &["run", "--max-experiments", "3"], Some(&py)));
+    let out = ok(&autoqat(&ws, &["run", "--max-experiments", "4"], Some(&py)));
     let r = assert_run(&ws, "python-qat");
     let got: Vec<(&str, &str)> = r.iter().map(|r| (r.2.as_str(), r.4.as_str())).collect();
-    assert_eq!(got.len(), 3, "{out}");
+    assert_eq!(got.len(), 4, "{out}");
     assert_eq!(got[1].1, "cosine lambda warmup", "{out}");
     assert_eq!(got[2].1, "double the CE term", "{out}");
-    assert!(r.iter().all(|r| r.3.is_some_and(f64::is_finite)), "{r:?}");
-    // Three trials (no run directory for the refused answer), and the log shows the code diffs.
+    assert_eq!(got[3], ("crash", "a broken warmup"), "{out}");
+    assert!(r[..3].iter().all(|r| r.3.is_some_and(f64::is_finite)), "{r:?}");
+    // Four trials (no run directory for the refused answer), and the log shows the code diffs.
     let runs: Vec<_> = std::fs::read_dir(ws.join("runs")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(runs.iter().filter(|n| !n.to_string_lossy().contains('-')).count(), 3, "{runs:?}");
+    assert_eq!(runs.iter().filter(|n| !n.to_string_lossy().contains('-')).count(), 4, "{runs:?}");
     let log = ok(&autoqat(&ws, &["log"], Some(&py)));
     assert!(log.contains("+    return 1.0 if warm <= 0 else 0.5 * (1 - math.cos"), "{log}");
     // The proposer saw train.py as Python, its searchable constants as the schema.
@@ -309,8 +312,11 @@ fn a_scripted_command_proposer_edits_the_code_of_train_py() {
     assert!(prompt.contains("```python\n\"\"\"train.py: ternary"), "{prompt}");
     assert!(prompt.contains("- LR (one of 0.001 | 0.002 | 0.003 | 0.0005"), "{prompt}");
     assert!(log.contains("+        loss = CE_WEIGHT * ce * 2.0"), "{log}");
+    assert!(log.contains("error: ZeroDivisionError: float division by zero"), "{log}");
+    let crashed = autoqat_workspace::run::read_summary(&ws.join("runs/0003")).unwrap().unwrap();
+    assert_eq!((crashed.status.as_str(), crashed.fp_ppl), ("crash", None), "{crashed:?}");
     // The kept code is on the branch: its head holds the best experiment's train.py.
-    let best = r.iter().filter(|r| r.2 != "discard").min_by(|a, b| a.3.partial_cmp(&b.3).unwrap()).unwrap();
+    let best = r.iter().filter(|r| r.2 == "baseline" || r.2 == "keep").last().unwrap();
     let train = git(&ws, &["show", &format!("{}:train.py", best.1)]);
     assert_eq!(std::fs::read_to_string(ws.join("train.py")).unwrap(), train);
 }

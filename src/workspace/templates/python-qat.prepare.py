@@ -206,15 +206,25 @@ def peak_mem_mb():
 
 class Run:
     """A run directory: steps.tsv (one row per eval, flushed at once for the pruner and `autoqat
-    status`) and summary.json, with the columns and keys of `autoqat trial`."""
+    status`) and summary.json, with the columns and keys of `autoqat trial`. An exception that
+    ends the trial before its summary writes one with status crash and the exception."""
 
     def __init__(self, run_dir):
         self.dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.start = time.time()
         self.best = math.inf
+        self.done = False
         with open(os.path.join(run_dir, "steps.tsv"), "w") as f:
             f.write("\t".join(STEPS_COLUMNS) + "\n")
+        hook = sys.excepthook
+
+        def crash(kind, value, tb):
+            if not self.done:
+                self.summary("crash", error=f"{kind.__name__}: {value}")
+            hook(kind, value, tb)
+
+        sys.excepthook = crash
 
     def row(self, step, lam, train_loss, ev, lr, q):
         """One steps.tsv row: `ev` from evaluate(), `q` the (-1, 0, +1) fractions."""
@@ -240,6 +250,7 @@ class Run:
         with open(path + ".tmp", "w") as f:
             json.dump(s, f, indent=2)
         os.replace(path + ".tmp", path)
+        self.done = True
         return s
 
 

@@ -129,7 +129,7 @@ def main(run_dir):
             with torch.no_grad():
                 t_logits = teacher(input_ids=x).logits
             kl = F.kl_div(F.log_softmax(logits / TEMPERATURE, -1), F.log_softmax(t_logits / TEMPERATURE, -1),
-                          log_target=True, reduction="batchmean") / x.size(1)
+                          log_target=True, reduction="batchmean") / x.size(1)  # per token
             loss = loss + KD_WEIGHT * TEMPERATURE ** 2 * kl
         if not math.isfinite(loss.item()):
             run.summary("crash", fp_ppl=fp_ppl, error=f"loss is {loss.item()} at step {step}")
@@ -149,8 +149,6 @@ def main(run_dir):
                   flush=True)
     if ev is None:
         ev = evaluate(layers, model)
-    q = code_fractions(layers)
-    run.summary("ok", ev, train_loss=train_loss, q=q, fp_ppl=fp_ppl)
     # The quantized weights as a plain Hugging Face model, for `autoqat eval` and the held-out score.
     state = model.state_dict()
     names = {m: n for n, m in model.named_modules()}
@@ -158,6 +156,7 @@ def main(run_dir):
         for m in layers:
             state[names[m] + ".weight"] = m.ternary().detach().clone()
     prepare.export(model, state, f"{run_dir}/hf")
+    run.summary("ok", ev, train_loss=train_loss, q=code_fractions(layers), fp_ppl=fp_ppl)  # last: the trial is done
     print(f"eval_ppl: {ev['eval_ppl']:.6f}\neval_bpb: {ev['eval_bpb']:.6f}\nfp_ppl: {fp_ppl:.6f}\nsteps: {step}")
 
 
