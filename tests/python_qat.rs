@@ -316,7 +316,7 @@ fn a_scripted_command_proposer_edits_the_code_of_train_py() {
     let crashed = autoqat_workspace::run::read_summary(&ws.join("runs/0003")).unwrap().unwrap();
     assert_eq!((crashed.status.as_str(), crashed.fp_ppl), ("crash", None), "{crashed:?}");
     // The kept code is on the branch: its head holds the best experiment's train.py.
-    let best = r.iter().filter(|r| r.2 == "baseline" || r.2 == "keep").last().unwrap();
+    let best = r.iter().rfind(|r| r.2 == "baseline" || r.2 == "keep").unwrap();
     let train = git(&ws, &["show", &format!("{}:train.py", best.1)]);
     assert_eq!(std::fs::read_to_string(ws.join("train.py")).unwrap(), train);
 }
