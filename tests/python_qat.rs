@@ -363,3 +363,35 @@ fn prepare_py_scores_like_autoqat_on_the_same_tokens() {
     assert_eq!(ours["cache"], true, "{ours}");
     assert!(ours["again"].as_str().is_some_and(|e| e.contains("called twice")), "{ours}");
 }
+
+/// The proof on the demo's own teacher (`autoqat prepare` in a python-qat workspace builds or
+/// reuses it, offline): the builtin search over train.py's constants, then a scripted proposer
+/// whose comment-only answer runs no trial and whose repair edits the lambda ramp.
+#[test]
+#[ignore = "slow: the demo's standard teacher (about 2 minutes to build once, then cached) and 30-step trials"]
+fn on_the_demo_teacher_the_builtin_and_a_code_editing_proposer_run_the_loop() {
+    let Some(py) = common::qat::python() else { return };
+    let (_t, ws) = workspace(|t| t.replace("baseline_repeats = 3", "baseline_repeats = 1"));
+    ok(&autoqat(&ws, &["prepare"], Some(&py)));
+    let out = ok(&autoqat(&ws, &["run", "--max-experiments", "2"], Some(&py)));
+    let r = assert_run(&ws, "python-qat");
+    assert_eq!((r.len(), r[1].4.starts_with("set LR = ")), (2, true), "{out}");
+    let summary = autoqat_workspace::run::read_summary(&ws.join("runs/0000")).unwrap().unwrap();
+    // The teacher's PPL under this protocol is the QAT demo's (eval text cut the same way).
+    assert!(summary.fp_ppl.is_some_and(|p| p > 1.0 && p < 3.0), "{summary:?}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let answers = [
+        edit("train.py", COMMENT_SEARCH, "LR = 0.001  # peak AdamW learning rate (1e-3)", "same lr"),
+        edit("train.py", WARMUP_SEARCH, WARMUP_COSINE, "cosine lambda warmup"),
+    ];
+    let (_t2, ws2) =
+        workspace(|t| scripted(&t.replace("baseline_repeats = 3", "baseline_repeats = 1"), tmp.path(), &answers));
+    ok(&autoqat(&ws2, &["prepare"], Some(&py)));
+    let out = ok(&autoqat(&ws2, &["run", "--max-experiments", "2"], Some(&py)));
+    let r = assert_run(&ws2, "python-qat");
+    assert_eq!(r[1].4, "cosine lambda warmup", "{out}");
+    assert!(!ws2.join("runs/0002").exists() && ws2.join("runs/0001/summary.json").is_file());
+    let log = ok(&autoqat(&ws2, &["log"], Some(&py)));
+    assert!(log.contains("+    return 1.0 if warm <= 0 else 0.5 * (1 - math.cos"), "{log}");
+}
