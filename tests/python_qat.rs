@@ -187,6 +187,20 @@ fn a_comment_or_whitespace_only_edit_of_train_py_runs_no_trial() {
     assert!(log.contains("+    return 1.0 if warm <= 0 else 0.5 * (1 - math.cos"), "the code diff: {log}");
 }
 
+/// The builtin search on train.py without torch (a stub trial): each proposal rewrites one
+/// declared constant's line in place, comment kept, and none repeats.
+#[test]
+fn the_builtin_search_sets_train_py_constants_in_place() {
+    let (_t, ws) = workspace(stub_trial);
+    let out = ok(&autoqat(&ws, &["run", "--max-experiments", "4"], None));
+    let r = rows(&ws);
+    let desc: Vec<&str> = r.iter().map(|r| r.4.as_str()).collect();
+    assert_eq!(desc[1..], ["set LR = 0.002", "set LAMBDA_WARMUP_FRAC = 0.4", "set MIN_LR_FRAC = 0.0"], "{out}");
+    let train = git(&ws, &["show", &format!("{}:train.py", r[1].1)]);
+    assert!(train.contains("\nLR = 0.002  # peak AdamW learning rate\n"), "{train}");
+    assert_eq!(train.lines().count(), std::fs::read_to_string(ws.join("train.py")).unwrap().lines().count());
+}
+
 /// The tiny Llama fixture as a python-qat workspace through `autoqat prepare --model`: train
 /// text, an eval text and a held-out text cut from the fixture's text; sizes for seconds.
 fn tiny_python_workspace(settings: impl Fn(String) -> String) -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
