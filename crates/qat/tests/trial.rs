@@ -13,6 +13,16 @@ fn lines_with(path: &std::path::Path, prefix: &str) -> Vec<String> {
     std::fs::read_to_string(path).unwrap().lines().filter(|l| l.starts_with(prefix)).map(String::from).collect()
 }
 
+/// PPL of the packed export in `run` under the recipe's eval protocol, and its relative
+/// distance to the trial's own (in-memory) PPL; scales are stored in f16.
+fn packed_ppl(run: &std::path::Path, recipe: &autoqat_recipe::Recipe, in_memory: f64) -> (f64, f64) {
+    let packed = autoqat_qat::load_packed(&run.join("export"), Device::Cpu).unwrap();
+    let tok = TextTokenizer::from_path(&run.join("export")).unwrap();
+    let set = eval_set(&tok, recipe).unwrap();
+    let r = evaluate(&packed.model, &set, Device::Cpu, false).unwrap();
+    (r.eval_ppl, (r.eval_ppl - in_memory).abs() / in_memory)
+}
+
 #[test]
 fn loss_falls_fractions_sum_to_one_and_exports_agree() {
     let Some(model) = common::tiny_model() else { return };
@@ -60,13 +70,11 @@ fn loss_falls_fractions_sum_to_one_and_exports_agree() {
     assert_eq!(s["error"], serde_json::Value::Null);
 
     // The packed export scores what the in-memory model scored (scales are stored in f16).
-    let packed = autoqat_qat::load_packed(&run.path().join("export"), Device::Cpu).unwrap();
+    let in_memory = summary.eval_ppl.unwrap();
+    let (packed, rel) = packed_ppl(run.path(), &recipe, in_memory);
+    assert!(rel < 1e-3, "packed ppl {packed} vs in-memory {in_memory} (rel {rel})");
     let tok = TextTokenizer::from_path(&run.path().join("export")).unwrap();
     let set = eval_set(&tok, &recipe).unwrap();
-    let r = evaluate(&packed.model, &set, Device::Cpu, false).unwrap();
-    let in_memory = summary.eval_ppl.unwrap();
-    let rel = (r.eval_ppl - in_memory).abs() / in_memory;
-    assert!(rel < 1e-3, "packed ppl {} vs in-memory {in_memory} (rel {rel})", r.eval_ppl);
     let packed_bytes = std::fs::metadata(run.path().join("export/model.safetensors")).unwrap().len();
     let hf_bytes = std::fs::metadata(run.path().join("hf/model.safetensors")).unwrap().len();
     assert!(packed_bytes < hf_bytes, "packed {packed_bytes} B is not smaller than dequantized {hf_bytes} B");
@@ -182,12 +190,9 @@ fn quantized_embeddings_and_folded_deadzone_bias_export_exactly() {
     assert_eq!(info["folded_biases"].as_array().unwrap().len(), 2 * 7);
     // a Llama config cannot hold per-layer biases, so no HF directory is claimed
     assert!(!run.path().join("hf").exists());
-    let m = autoqat_qat::load_packed(&run.path().join("export"), Device::Cpu).unwrap();
-    let tok = TextTokenizer::from_path(&run.path().join("export")).unwrap();
-    let set = eval_set(&tok, &recipe).unwrap();
-    let r = evaluate(&m.model, &set, Device::Cpu, false).unwrap();
     let want = summary.eval_ppl.unwrap();
-    assert!((r.eval_ppl - want).abs() / want < 1e-3, "packed {} vs in-memory {want}", r.eval_ppl);
+    let (packed, rel) = packed_ppl(run.path(), &recipe, want);
+    assert!(rel < 1e-3, "packed {packed} vs in-memory {want}");
 }
 
 /// With quantized activations the export must quantize the packed layers' inputs as the trial
@@ -316,11 +321,7 @@ enabled = false
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.path().join("export/quant.json")).unwrap()).unwrap();
     assert_eq!(info["method"], "expr");
-    let packed = autoqat_qat::load_packed(&run.path().join("export"), Device::Cpu).unwrap();
-    let tok = TextTokenizer::from_path(&run.path().join("export")).unwrap();
-    let set = eval_set(&tok, &recipe).unwrap();
-    let r = evaluate(&packed.model, &set, Device::Cpu, false).unwrap();
     let in_memory = summary.eval_ppl.unwrap();
-    let rel = (r.eval_ppl - in_memory).abs() / in_memory;
-    assert!(rel < 1e-3, "packed ppl {} vs in-memory {in_memory} (rel {rel})", r.eval_ppl);
+    let (packed, rel) = packed_ppl(run.path(), &recipe, in_memory);
+    assert!(rel < 1e-3, "packed ppl {packed} vs in-memory {in_memory} (rel {rel})");
 }
