@@ -21,8 +21,11 @@ pub struct Lock {
     _file: File,
 }
 
+/// How long a busy workspace lock is retried before the run is refused.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Lock {
-    /// Takes `<workspace>/.autoqat/lock`; fails at once if another run holds it.
+    /// Takes `<workspace>/.autoqat/lock`; fails (after a short grace) if another run holds it.
     pub fn acquire(workspace: &Path) -> Result<Lock> {
         let layout = Layout::new(workspace);
         let dir = layout.state_dir();
@@ -34,8 +37,17 @@ impl Lock {
             .write(true)
             .open(&path)
             .map_err(|e| ResearchError::io(&path, e))?;
-        // flock, not a pid file: the kernel releases it even after kill -9.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        // flock, not a pid file: the kernel releases it even after kill -9. A lock just released
+        // can stay held for a moment by a child another thread forked before its exec closed
+        // the inherited descriptor (close-on-exec), so a busy lock is retried briefly.
+        let start = std::time::Instant::now();
+        let rc = loop {
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 || start.elapsed() >= LOCK_GRACE {
+                break rc;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        };
         if rc != 0 {
             return Err(ResearchError::Workspace(format!(
                 "{} is locked by another `autoqat run`; wait for it or stop it (touch STOP)",
