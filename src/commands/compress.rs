@@ -89,7 +89,7 @@ fn print_summary(s: &Summary, path: &Path) {
 
 /// Scores the zip in a fresh `autoqat eval` process and checks it against the in-memory PPL.
 fn verify(recipe: &CompressRecipe, s: &Summary) -> anyhow::Result<f64> {
-    let exe = std::env::current_exe().context("cannot find the autoqat binary for the verify stage")?;
+    let exe = autoqat_workspace::self_exe().context("cannot find the autoqat binary for the verify stage")?;
     let source = recipe.model_source();
     let tokenizer = autoqat_model::hub::resolve_model_dir(&source)?.join("tokenizer.json");
     let out = Command::new(exe)

@@ -125,7 +125,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// `autoqat run` on `dir` with the builtin proposer, as a child so that its signal handling
 /// and workspace lock are exactly those of a user's run.
 fn run_loop(dir: &Path, experiments: u32) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot locate the autoqat executable")?;
+    let exe = autoqat_workspace::self_exe().context("cannot locate the autoqat executable")?;
     let status = Command::new(&exe)
         .arg("run")
         .arg("--workspace")

@@ -19,6 +19,7 @@
 
 pub mod atomic;
 pub mod error;
+mod exe;
 pub mod hash;
 pub mod heldout;
 pub mod layout;
@@ -27,5 +28,6 @@ pub mod run;
 pub mod tokens;
 
 pub use error::{Result, WorkspaceError};
+pub use exe::self_exe;
 pub use layout::Layout;
 pub use run::{StepRow, Summary};

@@ -212,7 +212,7 @@ impl Driver {
             .map(|r| r.diff_key.clone())
             .chain(records.iter().filter_map(|r| meaning(&git, &validator, &s, r)))
             .collect();
-        let exe = std::env::current_exe().ok();
+        let exe = autoqat_workspace::self_exe().ok();
         let reporter: Box<dyn Reporter> = Box::new(Console { json: opts.json, quiet: opts.quiet });
         let templates = Templates::load(&ws.join(&s.run.prompts_dir));
         Ok(Driver {
