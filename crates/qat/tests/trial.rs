@@ -123,6 +123,26 @@ fn absurd_lr_ends_in_crash_with_reason() {
     assert_eq!(s["error"], serde_json::Value::String(err));
 }
 
+/// A loss that stops being finite ends the trial with its reason, and health.json (what the
+/// report's health gates read) counts it.
+#[test]
+fn a_non_finite_loss_ends_the_trial_and_health_json_counts_it() {
+    let Some(model) = common::tiny_model() else { return };
+    // log(0) = -inf from the first step: the expression language makes the failure exact.
+    let recipe = common::tiny_recipe(
+        &model,
+        "[budget]\nsteps = 4\neval_every = 4\ncheckpoint_every = 0\n[loss]\nextra = \"log(qerr - qerr)\"\n",
+    );
+    let run = tempfile::tempdir().unwrap();
+    let summary = run_trial(&recipe, TrialOptions::new(run.path()));
+    assert_eq!(summary.status, "crash");
+    let err = summary.error.unwrap_or_default();
+    assert!(err.contains("the training loss is -inf at step 1"), "{err}");
+    let health: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("health.json")).unwrap()).unwrap();
+    assert_eq!(health["nan_count"], 1, "{health}");
+}
+
 #[test]
 fn resume_equals_an_uninterrupted_run() {
     let Some(model) = common::tiny_model() else { return };

@@ -317,6 +317,10 @@ fn train(
             let ce_v = ce.double_value(&[]);
             if !loss_v.is_finite() {
                 health.nan_count += 1;
+                // The trial ends on this loss: health.json records it for the report and a
+                // reviewer (the error already names it; a failed write must not hide that).
+                let act_bits = if flip.is_some() { 4 } else { base_bits };
+                let _ = Health::now(step, seen, flip.is_some(), act_bits, &health).write(&opts.run_dir);
             }
             finite(loss_v, "the training loss", step + 1, lr)?;
             // Far worse than guessing uniformly: the weights have blown up even if still finite.
