@@ -75,6 +75,22 @@ fn quick_demo_runs_the_whole_loop_and_reuses_the_cached_teacher() {
     assert!(heldout[0].heldout_ppl.is_finite() && heldout[0].heldout_ppl > 1.0, "{heldout:?}");
     let row = format!("| {} |", heldout[0].exp);
     assert!(md.contains("## Held-out split") && md.lines().any(|l| l.starts_with(&row) && l.ends_with(" |")), "{md}");
+    // Both files come back from git alone: the metrics notes and the held-out notes.
+    let (results_before, heldout_before) =
+        (std::fs::read(d1.join("results.tsv")).unwrap(), std::fs::read(d1.join("heldout.tsv")).unwrap());
+    std::fs::remove_file(d1.join("results.tsv")).unwrap();
+    std::fs::remove_file(d1.join("heldout.tsv")).unwrap();
+    let rebuilt = Command::new(env!("CARGO_BIN_EXE_autoqat"))
+        .args(["results", "--rebuild", "--tag", "demo", "--workspace"])
+        .arg(&d1)
+        .output()
+        .unwrap();
+    assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
+    assert_eq!(std::fs::read(d1.join("results.tsv")).unwrap(), results_before);
+    assert_eq!(
+        String::from_utf8_lossy(&std::fs::read(d1.join("heldout.tsv")).unwrap()),
+        String::from_utf8_lossy(&heldout_before)
+    );
     let img = image::open(d1.join("report/progress.png")).unwrap();
     assert_eq!((img.width(), img.height()), (1200, 600));
     let s1 = summary(&d1);

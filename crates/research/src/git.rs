@@ -13,6 +13,19 @@ use crate::results::Record;
 
 /// The notes ref that holds every experiment's metrics JSON.
 pub const NOTES_REF: &str = "refs/notes/autoqat";
+/// The notes ref that holds held-out scores, apart from the metrics note: that one marks an
+/// experiment finished and is written once; a held-out score comes later, when a run stops.
+pub const HELDOUT_NOTES_REF: &str = "refs/notes/autoqat-heldout";
+
+/// A held-out score as its git note holds it: the row, and when it was scored (the order of
+/// heldout.tsv).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HeldoutNote {
+    /// The heldout.tsv row.
+    pub row: autoqat_workspace::heldout::Row,
+    /// Seconds since the Unix epoch when the score was taken.
+    pub scored_at: f64,
+}
 
 use autoqat_workspace::layout::{Layout, GIT_EXCLUDES as EXCLUDES};
 
@@ -321,6 +334,32 @@ impl Git {
     pub fn read_note(&self, commit: Oid) -> Option<Record> {
         let note = self.repo.find_note(Some(NOTES_REF), commit).ok()?;
         serde_json::from_str(note.message().ok()?).ok()
+    }
+
+    /// Records a held-out score on the scored experiment's commit.
+    pub fn write_heldout_note(&self, commit: Oid, note: &HeldoutNote) -> Result<()> {
+        let json = serde_json::to_string_pretty(note).map_err(|e| ResearchError::Results(e.to_string()))?;
+        let sig = self.signature()?;
+        self.repo.note(&sig, &sig, Some(HELDOUT_NOTES_REF), commit, &json, true)?;
+        Ok(())
+    }
+
+    /// Every held-out score in the repository, in the order it was taken.
+    pub fn heldout_notes(&self) -> Result<Vec<HeldoutNote>> {
+        let notes = match self.repo.notes(Some(HELDOUT_NOTES_REF)) {
+            Ok(n) => n,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out: Vec<HeldoutNote> = Vec::new();
+        for item in notes {
+            let (blob_id, _commit) = item?;
+            if let Ok(n) = serde_json::from_slice::<HeldoutNote>(self.repo.find_blob(blob_id)?.content()) {
+                out.push(n);
+            }
+        }
+        out.sort_by(|a, b| a.scored_at.total_cmp(&b.scored_at));
+        Ok(out)
     }
 
     /// Every experiment record of `tag`, sorted by exp; one per exp.

@@ -11,7 +11,7 @@ use crate::error::{Result, WorkspaceError};
 pub const HEADER: &str = "exp\tcommit\tsearch_ppl\theldout_ppl\ttime_s";
 
 /// One held-out score.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     /// Experiment number.
     pub exp: u32,
@@ -49,12 +49,25 @@ pub fn read(path: &Path) -> Result<Vec<Row>> {
         .collect())
 }
 
-/// Appends one row (with the header when the file is new), synced to disk.
-pub fn append(path: &Path, row: &Row) -> Result<()> {
+fn line(row: &Row) -> String {
     let search = row.search_ppl.map(|p| format!("{p:.4}")).unwrap_or_default();
     let commit: String = row.commit.chars().take(12).collect();
-    let line = format!("{}\t{commit}\t{search}\t{:.4}\t{:.1}", row.exp, row.heldout_ppl, row.time_s);
-    crate::atomic::append_row(path, HEADER, &line)
+    format!("{}\t{commit}\t{search}\t{:.4}\t{:.1}", row.exp, row.heldout_ppl, row.time_s)
+}
+
+/// Appends one row (with the header when the file is new), synced to disk.
+pub fn append(path: &Path, row: &Row) -> Result<()> {
+    crate::atomic::append_row(path, HEADER, &line(row))
+}
+
+/// Writes every row at once (the rebuild from git), atomically.
+pub fn write_all(path: &Path, rows: &[Row]) -> Result<()> {
+    let mut text = format!("{HEADER}\n");
+    for r in rows {
+        text.push_str(&line(r));
+        text.push('\n');
+    }
+    crate::atomic::write(path, text.as_bytes())
 }
 
 #[cfg(test)]

@@ -290,7 +290,18 @@ impl Driver {
                     heldout_ppl: ppl,
                     time_s,
                 };
-                match autoqat_workspace::heldout::append(&path, &row) {
+                // The note first: heldout.tsv is rebuilt from the notes, so a row written
+                // without its note could not come back.
+                let scored_at =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                let note = git::HeldoutNote { row: row.clone(), scored_at };
+                let noted = Oid::from_str(&rec.commit)
+                    .map_err(|e| ResearchError::Results(e.to_string()))
+                    .and_then(|c| self.git.write_heldout_note(c, &note));
+                match noted
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| autoqat_workspace::heldout::append(&path, &row).map_err(|e| e.to_string()))
+                {
                     Ok(()) => format!(
                         "held-out: exp {exp} scores {ppl:.4} on the held-out text (search PPL {})",
                         rec.eval_ppl.map_or("-".into(), |p| format!("{p:.4}"))
@@ -675,10 +686,16 @@ impl From<autoqat_workspace::WorkspaceError> for Halt {
     }
 }
 
-/// Rebuilds `results.tsv` from the notes of `tag` alone; returns the records.
+/// Rebuilds `results.tsv` from the notes of `tag` alone, and heldout.tsv (every tag's held-out
+/// scores, in the order they were taken) when the repository holds any; returns the records.
 pub fn rebuild(workspace: &Path, tag: &str) -> Result<Vec<Record>> {
     let git = Git::open(workspace)?;
     let records = git.records(tag)?;
-    results::write_all(&autoqat_workspace::Layout::new(&git.root).results(), &records)?;
+    let layout = autoqat_workspace::Layout::new(&git.root);
+    results::write_all(&layout.results(), &records)?;
+    let heldout: Vec<_> = git.heldout_notes()?.into_iter().map(|n| n.row).collect();
+    if !heldout.is_empty() {
+        autoqat_workspace::heldout::write_all(&layout.heldout(), &heldout)?;
+    }
     Ok(records)
 }
