@@ -103,8 +103,9 @@ pub struct EvalArgs {
     /// docs: score at most this many documents (0 = all).
     #[arg(long, default_value_t = 0)]
     pub max_docs: usize,
-    /// tokenizer.json (or a directory holding one) to score with instead of the model's: the
-    /// track's reference tokenizer, or the tokenizer of an artifact that ships none.
+    /// tokenizer.json (or a directory holding one, or a model's hub id) to score with instead
+    /// of the model's: the track's reference tokenizer, or the tokenizer of an artifact that
+    /// ships none.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// auto, cpu, cuda, cuda:N or mps.

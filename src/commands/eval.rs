@@ -58,7 +58,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if text.trim().is_empty() {
         bail!("text file {} is empty (hint: pass a UTF-8 text to score)", args.text.display());
     }
-    let reference = args.tokenizer.as_deref().map(TextTokenizer::from_path).transpose()?;
+    let reference = args.tokenizer.as_deref().map(reference_tokenizer).transpose()?;
     let scored = load_any(&args.model, device, kind)?;
     let tokenizer = match (reference, scored.tokenizer) {
         (Some(t), _) | (None, Some(t)) => t,
@@ -116,4 +116,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         println!("tokens_per_s: {:.1}", report.tokens_per_s);
     }
     Ok(())
+}
+
+/// `--tokenizer`: a tokenizer.json, a directory holding one, or the hub id of a model whose
+/// tokenizer to use (an artifact's source model, as the compression templates name it).
+fn reference_tokenizer(p: &std::path::Path) -> anyhow::Result<TextTokenizer> {
+    if p.exists() {
+        return Ok(TextTokenizer::from_path(p)?);
+    }
+    let dir = autoqat_model::hub::resolve_model_dir(&p.to_string_lossy())
+        .with_context(|| format!("--tokenizer {}: not a file, a directory or a model id", p.display()))?;
+    Ok(TextTokenizer::from_path(&dir)?)
 }

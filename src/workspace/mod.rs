@@ -106,6 +106,11 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
             recipe = PathBuf::from("experiments/compress.toml");
             let program = COMPRESS_PROGRAM.replace("{{track}}", track).replace("{{bpp}}", bpp);
             let mut settings = COMPRESS_SETTINGS.replace("{{tag}}", &format!("qwen-{track}"));
+            let (model, doc_tokens) = match template {
+                Template::TinyCompress => ("teacher".to_string(), tiny.seq_len.to_string()),
+                _ => (QWEN_MODEL.to_string(), "512".to_string()),
+            };
+            settings = settings.replace("{{model}}", &model).replace("{{doc_tokens}}", &doc_tokens);
             let mut text = COMPRESS_RECIPE.replace("{{track}}", track).replace("{{model}}", QWEN_MODEL);
             if template == Template::TinyCompress {
                 // The demo's teacher: short documents and calibration sequences (one of the searched
