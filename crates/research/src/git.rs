@@ -324,10 +324,7 @@ impl Git {
 
     /// Attaches (or replaces) the metrics note of an experiment commit.
     pub fn write_note(&self, commit: Oid, record: &Record) -> Result<()> {
-        let json = serde_json::to_string_pretty(record).map_err(|e| ResearchError::Results(e.to_string()))?;
-        let sig = self.signature()?;
-        self.repo.note(&sig, &sig, Some(NOTES_REF), commit, &json, true)?;
-        Ok(())
+        self.note_json(NOTES_REF, commit, record)
     }
 
     /// The note of one commit, if any.
@@ -338,48 +335,46 @@ impl Git {
 
     /// Records a held-out score on the scored experiment's commit.
     pub fn write_heldout_note(&self, commit: Oid, note: &HeldoutNote) -> Result<()> {
-        let json = serde_json::to_string_pretty(note).map_err(|e| ResearchError::Results(e.to_string()))?;
-        let sig = self.signature()?;
-        self.repo.note(&sig, &sig, Some(HELDOUT_NOTES_REF), commit, &json, true)?;
-        Ok(())
+        self.note_json(HELDOUT_NOTES_REF, commit, note)
     }
 
     /// Every held-out score in the repository, in the order it was taken.
     pub fn heldout_notes(&self) -> Result<Vec<HeldoutNote>> {
-        let notes = match self.repo.notes(Some(HELDOUT_NOTES_REF)) {
-            Ok(n) => n,
-            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out: Vec<HeldoutNote> = Vec::new();
-        for item in notes {
-            let (blob_id, _commit) = item?;
-            if let Ok(n) = serde_json::from_slice::<HeldoutNote>(self.repo.find_blob(blob_id)?.content()) {
-                out.push(n);
-            }
-        }
+        let mut out: Vec<HeldoutNote> = self.notes_json(HELDOUT_NOTES_REF)?;
         out.sort_by(|a, b| a.scored_at.total_cmp(&b.scored_at));
         Ok(out)
     }
 
     /// Every experiment record of `tag`, sorted by exp; one per exp.
     pub fn records(&self, tag: &str) -> Result<Vec<Record>> {
-        let notes = match self.repo.notes(Some(NOTES_REF)) {
+        let mut out: Vec<Record> = self.notes_json::<Record>(NOTES_REF)?.into_iter().filter(|r| r.tag == tag).collect();
+        out.sort_by_key(|r| r.exp);
+        out.dedup_by_key(|r| r.exp);
+        Ok(out)
+    }
+
+    /// Attaches (or replaces) the JSON note of `commit` under `notes_ref`.
+    fn note_json(&self, notes_ref: &str, commit: Oid, value: &impl serde::Serialize) -> Result<()> {
+        let json = serde_json::to_string_pretty(value).map_err(|e| ResearchError::Results(e.to_string()))?;
+        let sig = self.signature()?;
+        self.repo.note(&sig, &sig, Some(notes_ref), commit, &json, true)?;
+        Ok(())
+    }
+
+    /// Every note under `notes_ref` that reads as a `T` (none when the ref does not exist).
+    fn notes_json<T: serde::de::DeserializeOwned>(&self, notes_ref: &str) -> Result<Vec<T>> {
+        let notes = match self.repo.notes(Some(notes_ref)) {
             Ok(n) => n,
             Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let mut out: Vec<Record> = Vec::new();
+        let mut out = Vec::new();
         for item in notes {
             let (blob_id, _commit) = item?;
-            let blob = self.repo.find_blob(blob_id)?;
-            let Ok(rec) = serde_json::from_slice::<Record>(blob.content()) else { continue };
-            if rec.tag == tag {
-                out.push(rec);
+            if let Ok(v) = serde_json::from_slice::<T>(self.repo.find_blob(blob_id)?.content()) {
+                out.push(v);
             }
         }
-        out.sort_by_key(|r| r.exp);
-        out.dedup_by_key(|r| r.exp);
         Ok(out)
     }
 
