@@ -79,13 +79,20 @@ fn default_runs() -> anyhow::Result<Vec<PathBuf>> {
     runs_in(Path::new("runs"))
 }
 
-/// The run directories directly under `dir`, sorted (none when `dir` does not exist).
+/// The run directories directly under `dir`, sorted (none when `dir` does not exist); the
+/// logs of held-out scoring beside them are not runs.
 pub fn runs_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    let mut out: Vec<PathBuf> =
-        std::fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let scoring = |p: &Path| {
+        p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(autoqat_workspace::layout::HELDOUT_RUN_SUFFIX))
+    };
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !scoring(p))
+        .collect();
     out.sort();
     Ok(out)
 }

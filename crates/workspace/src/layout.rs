@@ -14,6 +14,8 @@ pub const RESULTS: &str = "results.tsv";
 pub const HELDOUT_TEXT: &str = "data/heldout.txt";
 /// Held-out scores of the best recipe, never read by the loop's decisions.
 pub const HELDOUT: &str = "heldout.tsv";
+/// Suffix of the directory beside a run's that holds its held-out scoring's log (not a run).
+pub const HELDOUT_RUN_SUFFIX: &str = "-heldout";
 /// The loop's private state: lock, journal, the running trial's process group.
 pub const STATE_DIR: &str = ".autoqat";
 /// The default run directory of an experiment; `{exp}` becomes its zero-padded number.

@@ -309,7 +309,10 @@ impl Driver {
                     Err(e) => format!("held-out: exp {exp} scored {ppl:.4}, but {e}"),
                 }
             }
-            Ok(None) => format!("held-out: scoring exp {exp} failed; see {run_dir}-heldout/trial.log"),
+            Ok(None) => format!(
+                "held-out: scoring exp {exp} failed; see {run_dir}{}/trial.log",
+                autoqat_workspace::layout::HELDOUT_RUN_SUFFIX
+            ),
             Err(e) => format!("held-out: cannot score exp {exp}: {e}"),
         };
         self.say(&line);

@@ -83,7 +83,7 @@ impl Driver {
         let spec = TrialSpec {
             command: self.command_from(&h.command, exp, run_dir),
             workspace: &self.ws,
-            run_dir: self.ws.join(format!("{run_dir}-heldout")),
+            run_dir: self.ws.join(format!("{run_dir}{}", autoqat_workspace::layout::HELDOUT_RUN_SUFFIX)),
             timeout: Duration::from_secs_f64(h.timeout_s),
             stop: &signals::STOP,
             prune: None,
