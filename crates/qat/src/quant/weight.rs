@@ -112,17 +112,17 @@ impl WeightQuant {
                 inv_scale: Some(inv),
             };
             match self.method {
-                QuantMethod::Expr => {
-                    let alpha = match (alpha, self.expr().is_some_and(|p| p.learned)) {
-                        (Some(a), _) => Some(a.shallow_clone()),
-                        (None, true) => Some(self.init_learned_scale(w)),
-                        (None, false) => None,
-                    };
-                    match self.expr() {
-                        Some(p) => program_codes(super::expr::run(p, &g, alpha.as_ref())),
-                        None => ternary(absmean(&g).reciprocal()),
+                QuantMethod::Expr => match self.expr() {
+                    Some(p) => {
+                        // Without a trained alpha yet, a learned scale starts at alpha_init.
+                        let alpha =
+                            alpha.map(Tensor::shallow_clone).or_else(|| p.learned.then(|| self.init_learned_scale(w)));
+                        program_codes(super::expr::run(p, &g, alpha.as_ref()))
                     }
-                }
+                    // A WeightQuant built by hand with the method but no program (a recipe always
+                    // brings one): BitNet's absmean, the default method.
+                    None => ternary(absmean(&g).reciprocal()),
+                },
                 QuantMethod::TernaryAbsmean | QuantMethod::None => ternary(absmean(&g).reciprocal()),
                 QuantMethod::TernaryAbsmax => ternary(g.abs().amax(-1, true).clamp_min(SCALE_EPS).reciprocal()),
                 QuantMethod::TernaryDeadzone => {

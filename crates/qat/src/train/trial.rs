@@ -229,6 +229,8 @@ fn train(
     let final_bits = if sched.a4_from.is_some() || flip_at_tokens.is_some() { 4 } else { base_bits };
     let mut seen: u64 = 0;
     let mut flip: Option<(u64, u64)> = None;
+    // Activation bits of a training step: 4 once the one-way A8 -> A4 flip happened.
+    let train_bits = |flip: &Option<(u64, u64)>| if flip.is_some() { 4 } else { base_bits };
     let mut health = HealthLog::default();
 
     let mut first = 0u64;
@@ -271,7 +273,7 @@ fn train(
             flip = Some((step, seen));
             files.log(&format!("a8->a4 flip at step {step} after {seen} seen tokens"));
         }
-        student.state.set_act_bits(if flip.is_some() { 4 } else { base_bits });
+        student.state.set_act_bits(train_bits(&flip));
         opt.zero_grad();
         let mut ce_sum = 0.0;
         let mut loss_sum = 0.0;
@@ -319,8 +321,7 @@ fn train(
                 health.nan_count += 1;
                 // The trial ends on this loss: health.json records it for the report and a
                 // reviewer (the error already names it; a failed write must not hide that).
-                let act_bits = if flip.is_some() { 4 } else { base_bits };
-                let _ = Health::now(step, seen, flip.is_some(), act_bits, &health).write(&opts.run_dir);
+                let _ = Health::now(step, seen, flip.is_some(), train_bits(&flip), &health).write(&opts.run_dir);
             }
             finite(loss_v, "the training loss", step + 1, lr)?;
             // Far worse than guessing uniformly: the weights have blown up even if still finite.
@@ -395,8 +396,7 @@ fn train(
                 flip,
             };
             checkpoint::save(&opts.run_dir, &student.loaded.vs, &opt, &meta)?;
-            let act_bits = if flip.is_some() { 4 } else { base_bits };
-            Health::now(done, seen, flip.is_some(), act_bits, &health).write(&opts.run_dir)?;
+            Health::now(done, seen, flip.is_some(), train_bits(&flip), &health).write(&opts.run_dir)?;
         }
         if opts.stop_after == Some(done) {
             files.log(&format!("stopped after step {done} as asked"));
