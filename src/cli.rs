@@ -328,6 +328,13 @@ pub struct RunArgs {
     /// openai, anthropic, command or builtin (default: from autoqat.toml).
     #[arg(long)]
     pub provider: Option<String>,
+    /// Trials in flight at once, each in its own git worktree and on its own device (default:
+    /// executor.workers in autoqat.toml, else 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: Option<u32>,
+    /// Where trials run: local (this machine) or slurm (sbatch jobs; default: executor.kind).
+    #[arg(long, value_parser = ["local", "slurm"])]
+    pub executor: Option<String>,
     /// Resume the run of --tag after an interruption.
     #[arg(long)]
     pub resume: bool,

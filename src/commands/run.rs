@@ -19,6 +19,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         resume: args.resume,
         json: args.json.on,
         quiet: false,
+        workers: args.workers,
+        executor: args.executor,
     };
     driver::install_signal_handlers();
     let d = Driver::open(&args.workspace, settings, opts, None)

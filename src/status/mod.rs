@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use autoqat_research::results::{self, Row};
-use autoqat_workspace::{run, Layout};
+use autoqat_workspace::{layout, run, Layout};
 
 /// The last evaluated step of the running trial.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -54,6 +54,25 @@ pub struct Status {
     pub baseline_ppl: Option<f64>,
     /// Count of each status so far.
     pub counts: Vec<(String, usize)>,
+    /// The parallel loop's experiments in flight, one per busy worker.
+    pub in_flight: Vec<InFlight>,
+}
+
+/// One experiment the parallel loop has in flight.
+#[derive(Debug, Clone, Serialize)]
+pub struct InFlight {
+    /// Experiment number.
+    pub exp: u32,
+    /// Worker slot (device) it runs on.
+    pub worker: usize,
+    /// Its description.
+    pub description: String,
+    /// Its run directory.
+    pub run_dir: PathBuf,
+    /// Its Slurm job id, under the Slurm executor.
+    pub slurm_job: Option<String>,
+    /// Its progress, once it has evaluated.
+    pub trial: Option<TrialProgress>,
 }
 
 /// Reads the workspace's state.
@@ -69,8 +88,27 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     let rows: Vec<Row> = results::read(&layout.results())?;
     let running = lock_held(ws);
     let next = rows.iter().map(|r| r.record.exp).max().map_or(0, |m| m + 1);
-    let (current_exp, run_dir, trial, current_description) = if running {
-        let settings = autoqat_research::settings::Settings::load(ws)?;
+    let settings = autoqat_research::settings::Settings::load(ws)?;
+    let in_flight: Vec<InFlight> = autoqat_research::driver::flights(ws)
+        .into_iter()
+        .map(|f| {
+            let rel = settings.run_dir(f.exp());
+            let dir = ws.join(&rel);
+            let recipe = autoqat_research::executor::Worktree::of(ws, f.tag(), f.exp()).path.join(layout::RECIPE);
+            let total = autoqat_recipe::load(&recipe).ok().map(|r| r.total_steps());
+            InFlight {
+                exp: f.exp(),
+                worker: f.worker,
+                description: f.description().to_string(),
+                slurm_job: std::fs::read_to_string(dir.join(autoqat_research::executor::slurm::JOB_FILE))
+                    .ok()
+                    .map(|t| t.trim().to_string()),
+                trial: progress(&dir.join(run::STEPS_FILE), total),
+                run_dir: rel,
+            }
+        })
+        .collect();
+    let (current_exp, run_dir, trial, current_description) = if running && in_flight.is_empty() {
         let rel = settings.run_dir(next);
         let dir = ws.join(&rel);
         let total = autoqat_recipe::load(&layout.recipe()).ok().map(|r| r.total_steps());
@@ -96,6 +134,7 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
         best_ppl: best.and_then(|i| rows[i].eval_ppl),
         baseline_ppl: rows.iter().find(|r| r.status() == results::Status::Baseline).and_then(|r| r.eval_ppl),
         counts,
+        in_flight,
     })
 }
 
@@ -167,6 +206,14 @@ pub fn render(s: &Status) -> String {
         match &s.trial {
             Some(t) => out.push_str(&format!("trial: {}\n", trial_line(t))),
             None => out.push_str("trial: starting (no eval yet)\n"),
+        }
+    }
+    for f in &s.in_flight {
+        let job = f.slurm_job.as_ref().map(|j| format!(" [slurm job {j}]")).unwrap_or_default();
+        out.push_str(&format!("worker {}: experiment {}{job}: {}\n", f.worker, f.exp, f.description));
+        match &f.trial {
+            Some(t) => out.push_str(&format!("  trial: {}\n", trial_line(t))),
+            None => out.push_str("  trial: starting (no eval yet)\n"),
         }
     }
     out

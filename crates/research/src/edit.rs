@@ -63,6 +63,12 @@ pub fn apply(p: &Proposal, rules: &EditRules) -> Result<Applied, String> {
         }
         *cur = cur.replacen(&e.search, &e.replace, 1);
     }
+    check(files, rules)
+}
+
+/// The change from each file's old to new text (`path -> (old, new)`) held to the rules that
+/// bind a proposal's: within the focus limit, the schema and not tried before.
+pub fn check(files: BTreeMap<String, (String, String)>, rules: &EditRules) -> Result<Applied, String> {
     let mut diff = String::new();
     let mut changed = 0;
     for (path, (old, new)) in &files {

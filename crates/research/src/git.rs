@@ -411,3 +411,116 @@ impl Git {
         Ok(self.repo.commit(None, &sig, &sig, msg, &parent.tree()?, &[&parent])?)
     }
 }
+
+/// Commits, worktrees and merges of the parallel loop, where an experiment's commit is made
+/// beside the branch (its parent the best at that moment) and only a keep moves the branch.
+impl Git {
+    /// The ref that keeps an experiment whose trial is in flight reachable.
+    pub fn running_ref(tag: &str, exp: u32) -> String {
+        format!("refs/autoqat/{tag}/running/{exp:04}")
+    }
+
+    /// A commit of `parent`'s tree with `files` (path, content) written into it; moves no ref
+    /// and touches neither the index nor the worktree.
+    pub fn commit_on(&self, parent: Oid, files: &[(String, String)], msg: &str) -> Result<Oid> {
+        let parent = self.repo.find_commit(parent)?;
+        let mut index = git2::Index::new()?;
+        index.read_tree(&parent.tree()?)?;
+        for (path, content) in files {
+            let blob = self.repo.blob(content.as_bytes())?;
+            let mode = index.get_path(Path::new(path), 0).map_or(0o100644, |e| e.mode);
+            let entry = git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode,
+                uid: 0,
+                gid: 0,
+                file_size: content.len() as u32,
+                id: blob,
+                flags: 0,
+                flags_extended: 0,
+                path: path.as_bytes().to_vec(),
+            };
+            index.add(&entry)?;
+        }
+        let tree = self.repo.find_tree(index.write_tree_to(&self.repo)?)?;
+        let sig = self.signature()?;
+        Ok(self.repo.commit(None, &sig, &sig, msg, &tree, &[&parent])?)
+    }
+
+    /// `commit`'s change re-applied on top of `onto` (a three-way merge, as `git cherry-pick`):
+    /// the new content of each of `paths` that differs from `onto`'s, or `None` on a conflict.
+    pub fn replay(&self, commit: Oid, onto: Oid, paths: &[String]) -> Result<Option<Vec<(String, String)>>> {
+        let theirs = self.repo.find_commit(commit)?;
+        let ours = self.repo.find_commit(onto)?;
+        let mut index = self.repo.cherrypick_commit(&theirs, &ours, 0, None)?;
+        if index.has_conflicts() {
+            return Ok(None);
+        }
+        let tree = self.repo.find_tree(index.write_tree_to(&self.repo)?)?;
+        let mut out = Vec::new();
+        for p in paths {
+            let read = |t: &git2::Tree| -> Option<String> {
+                let blob = t.get_path(Path::new(p)).ok()?.to_object(&self.repo).ok()?.peel_to_blob().ok()?;
+                Some(String::from_utf8_lossy(blob.content()).to_string())
+            };
+            if let Some(new) = read(&tree) {
+                if read(&ours.tree()?).as_deref() != Some(new.as_str()) {
+                    out.push((p.clone(), new));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Adds a git worktree `name` at `path` with `commit` checked out (detached HEAD).
+    pub fn add_worktree(&self, name: &str, path: &Path, commit: Oid) -> Result<()> {
+        self.remove_worktree(name, path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ResearchError::io(dir, e))?;
+        }
+        // libgit2 checks a worktree out on a branch: a short-lived one, detached from at once.
+        let branch = format!("refs/heads/autoqat-worktree/{name}");
+        let reference = self.repo.reference(&branch, commit, true, "autoqat: worktree")?;
+        let mut opts = git2::WorktreeAddOptions::new();
+        opts.reference(Some(&reference));
+        let added = self.repo.worktree(name, path, Some(&opts)).and_then(|wt| {
+            let repo = Repository::open_from_worktree(&wt)?;
+            repo.set_head_detached(commit)
+        });
+        let _ = self.repo.find_reference(&branch).and_then(|mut r| r.delete());
+        added?;
+        Ok(())
+    }
+
+    /// Removes worktree `name` (its directory at `path` and git's record of it), if any.
+    pub fn remove_worktree(&self, name: &str, path: &Path) {
+        let _ = std::fs::remove_dir_all(path);
+        if let Ok(wt) = self.repo.find_worktree(name) {
+            let mut opts = git2::WorktreePruneOptions::new();
+            opts.valid(true).locked(true).working_tree(true);
+            let _ = wt.prune(Some(&mut opts));
+        }
+        let _ = self.repo.find_reference(&format!("refs/heads/autoqat-worktree/{name}")).and_then(|mut r| r.delete());
+    }
+
+    /// The names of this repository's worktrees.
+    pub fn worktree_names(&self) -> Vec<String> {
+        self.repo.worktrees().map(|w| w.iter().flatten().flatten().map(str::to_string).collect()).unwrap_or_default()
+    }
+
+    /// Untracked and ignored entries of the workspace (directories not descended into), the
+    /// inputs a trial reads that git does not carry: data, teacher checkpoints, run dirs.
+    pub fn untracked_entries(&self) -> Result<Vec<String>> {
+        let mut opts = StatusOptions::new();
+        opts.include_untracked(true).include_ignored(true).recurse_untracked_dirs(false).recurse_ignored_dirs(false);
+        let statuses = self.repo.statuses(Some(&mut opts))?;
+        Ok(statuses
+            .iter()
+            .filter(|s| s.status().intersects(git2::Status::WT_NEW | git2::Status::IGNORED))
+            .filter_map(|s| s.path().ok().map(|p| p.trim_end_matches('/').to_string()))
+            .collect())
+    }
+}

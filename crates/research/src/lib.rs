@@ -11,6 +11,7 @@ pub mod answer;
 pub mod driver;
 pub mod edit;
 pub mod error;
+pub mod executor;
 pub mod focus;
 pub mod git;
 pub mod killpoint;

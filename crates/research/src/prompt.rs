@@ -127,6 +127,8 @@ pub struct PromptInputs<'a> {
     pub recent_rows: usize,
     /// Every finished experiment read through the schema.
     pub observations: &'a [Observation],
+    /// The experiments whose trials are running now (parallel loop), one entry each.
+    pub in_flight: &'a [String],
 }
 
 /// Per key, what changing it did: each value tried, the change in eval_ppl against the best it
@@ -239,6 +241,7 @@ pub fn build(t: &Templates, i: &PromptInputs) -> (String, String) {
     let max = i.max_changed_lines.to_string();
     let recent = if recent.is_empty() { "(none yet)".into() } else { recent.join("\n") };
     let discarded = if discarded.is_empty() { "(none yet)".into() } else { discarded.join("\n\n") };
+    let in_flight = if i.in_flight.is_empty() { "(none)".into() } else { i.in_flight.join("\n\n") };
     let vars = [
         ("program", i.program),
         ("schema", schema.as_str()),
@@ -252,8 +255,7 @@ pub fn build(t: &Templates, i: &PromptInputs) -> (String, String) {
         ("effects", effects.as_str()),
         ("noise", noise.as_str()),
         ("weight_mix", mix.as_str()),
-        // One trial runs at a time today; the section is there for when several do.
-        ("in_flight", "(none: trials run one at a time)"),
+        ("in_flight", in_flight.as_str()),
         ("rejections", rejected.as_str()),
     ];
     let user = render(&t.propose, &vars);
@@ -311,6 +313,7 @@ mod tests {
             max_changed_lines: 8,
             recent_rows: rows,
             observations: &obs,
+            in_flight: &[],
         };
         let (_, user) = build(&t, &inputs(15));
         assert!(user.contains("- quant.granularity (1 tried): \"per_row\" -3.40% (keep, exp 1)"), "{user}");

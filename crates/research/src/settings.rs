@@ -25,6 +25,68 @@ pub struct Settings {
     pub validator: ValidatorSettings,
     /// Scoring the best recipe on a held-out text, apart from selection.
     pub heldout: HeldoutSettings,
+    /// Where trials run and how many at once.
+    pub executor: ExecutorSettings,
+}
+
+/// Where trials run (`[executor]`): `local` runs `workers` trials at once on this machine, each
+/// in its own git worktree and on its own device; `slurm` hands each trial to `sbatch`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorSettings {
+    /// `local` or `slurm`.
+    pub kind: String,
+    /// Trials in flight at once (1: one at a time, in the workspace itself).
+    pub workers: u32,
+    /// Local: the device of each worker, as `CUDA_VISIBLE_DEVICES` values (worker i gets
+    /// entry i mod len). Empty: one GPU each when the machine has enough, else a CPU share.
+    pub devices: Vec<String>,
+    /// Local on CPU: threads per trial (`OMP_NUM_THREADS`); 0 = the cores split evenly.
+    pub threads: u32,
+    /// The Slurm executor's job settings.
+    pub slurm: SlurmSettings,
+}
+
+impl Default for ExecutorSettings {
+    fn default() -> Self {
+        ExecutorSettings { kind: "local".into(), workers: 1, devices: Vec::new(), threads: 0, slurm: SlurmSettings::default() }
+    }
+}
+
+/// How a trial becomes a Slurm job (`[executor.slurm]`). The workspace must be on a file
+/// system the compute nodes share: a job runs in its worktree and writes its run dir there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmSettings {
+    /// `--partition` (empty: the cluster's default).
+    pub partition: String,
+    /// `--account` (empty: none).
+    pub account: String,
+    /// `--gres`, e.g. `gpu:1` (empty: none).
+    pub gres: String,
+    /// `--time` (empty: the trial timeout plus a minute).
+    pub time: String,
+    /// More `#SBATCH` lines, written as given (e.g. `--mem=32G`, `--constraint=a100`).
+    pub extra: Vec<String>,
+    /// How often `squeue` is asked, in seconds.
+    pub poll_s: f64,
+    /// Give up (status `timeout`, `scancel`) on a job still waiting in the queue after this
+    /// many seconds; 0 = wait as long as it takes.
+    pub max_queue_s: f64,
+}
+
+impl Default for SlurmSettings {
+    fn default() -> Self {
+        SlurmSettings {
+            partition: String::new(),
+            account: String::new(),
+            gres: String::new(),
+            time: String::new(),
+            extra: Vec::new(),
+            poll_s: 5.0,
+            max_queue_s: 0.0,
+        }
+    }
 }
 
 /// The held-out split (`[heldout]`): a text the trial never reads, scored once for the best
@@ -345,6 +407,20 @@ impl Settings {
         }
         if !(self.noise.min_rel_improvement >= 0.0 && self.noise.min_rel_improvement < 1.0) {
             return bad("noise.min_rel_improvement must be in [0, 1)".into());
+        }
+        if !["local", "slurm"].contains(&self.executor.kind.as_str()) {
+            return bad(format!("executor.kind = {:?}; expected local or slurm", self.executor.kind));
+        }
+        if self.executor.workers == 0 {
+            return bad("executor.workers must be at least 1".into());
+        }
+        if !(self.executor.slurm.poll_s > 0.0) || self.executor.slurm.max_queue_s < 0.0 {
+            return bad("executor.slurm.poll_s must be positive and max_queue_s at least 0".into());
+        }
+        if let Some(l) = self.executor.slurm.extra.iter().find(|l| l.contains('\n') || !l.trim_start().starts_with('-')) {
+            return bad(format!(
+                "executor.slurm.extra line {l:?} is not one sbatch option; write options such as \"--mem=32G\""
+            ));
         }
         if self.trial.timeout_s <= 0.0 {
             return bad("trial.timeout_s must be positive".into());

@@ -83,6 +83,21 @@ impl Layout {
         self.state_dir().join("pending.json")
     }
 
+    /// `.autoqat/inflight/`: the parallel loop's journals, one per experiment in flight.
+    pub fn inflight(&self) -> PathBuf {
+        self.state_dir().join("inflight")
+    }
+
+    /// `.autoqat/queue.json`: the parallel loop's changes waiting to be re-applied on a new best.
+    pub fn queue(&self) -> PathBuf {
+        self.state_dir().join("queue.json")
+    }
+
+    /// `.autoqat/worktrees/`: the git worktrees of the trials in flight.
+    pub fn worktrees(&self) -> PathBuf {
+        self.state_dir().join("worktrees")
+    }
+
     /// The run directory of experiment `exp` under `template` (`{exp}` replaced), absolute.
     pub fn run_dir(&self, template: &str, exp: u32) -> PathBuf {
         self.root.join(run_dir(template, exp))

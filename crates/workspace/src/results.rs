@@ -36,11 +36,14 @@ pub enum Status {
     Pruned,
     /// The proposer's answer was rejected even after the repair round.
     Invalid,
+    /// Parallel loop: it beat the best it was tried against, but another keep landed first;
+    /// its change was re-applied on top of the new best and queued as a new experiment.
+    Superseded,
 }
 
 impl Status {
     /// Every status, in the order reports list them.
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Baseline,
         Status::Keep,
         Status::Discard,
@@ -48,6 +51,7 @@ impl Status {
         Status::Timeout,
         Status::Pruned,
         Status::Invalid,
+        Status::Superseded,
     ];
 
     /// The status named `name` (as [`Status::as_str`] spells it).
@@ -65,6 +69,7 @@ impl Status {
             Status::Timeout => "timeout",
             Status::Pruned => "pruned",
             Status::Invalid => "invalid",
+            Status::Superseded => "superseded",
         }
     }
 

@@ -42,11 +42,13 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-/// The first stop condition that holds before the next experiment, if any.
+/// The first stop condition that holds before the next experiment, if any; `in_flight`
+/// experiments count toward the experiment limit.
 pub(super) fn check(
     ws: &Path,
     s: &Settings,
     records: &[Record],
+    in_flight: usize,
     started: Instant,
     invalid_streak: u32,
 ) -> Option<StopReason> {
@@ -57,7 +59,7 @@ pub(super) fn check(
         return Some(StopReason::StopFile);
     }
     if let Some(n) = s.run.max_experiments {
-        if records.len() as u64 >= n as u64 {
+        if (records.len() + in_flight) as u64 >= n as u64 {
             return Some(StopReason::MaxExperiments);
         }
     }

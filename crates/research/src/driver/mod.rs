@@ -14,6 +14,7 @@
 mod journal;
 mod limits;
 mod policy;
+mod pool;
 mod recovery;
 pub mod report;
 mod signals;
@@ -27,12 +28,14 @@ use git2::Oid;
 
 use journal::Pending;
 pub use limits::StopReason;
+pub use pool::{flights, Flight};
 use report::{Console, Event, Reporter};
 pub use signals::install_signal_handlers;
 
 use crate::answer;
 use crate::edit::{self, EditRules};
 use crate::error::{ResearchError, Result};
+use crate::executor::Executor;
 use crate::git::{self, Git, Lock};
 use crate::killpoint::hit;
 use crate::noise;
@@ -63,6 +66,10 @@ pub struct RunOptions {
     pub json: bool,
     /// Print nothing (benchmarks, tests).
     pub quiet: bool,
+    /// Trials in flight at once (`executor.workers`).
+    pub workers: Option<u32>,
+    /// Where trials run: `local` or `slurm` (`executor.kind`).
+    pub executor: Option<String>,
 }
 
 /// What a finished `run` reports.
@@ -135,6 +142,11 @@ pub struct Driver {
     invalid_streak: u32,
     exe: Option<PathBuf>,
     reporter: Box<dyn Reporter>,
+    executor: Executor,
+    /// What the parallel loop has running, as the prompt shows it.
+    in_flight: Vec<String>,
+    /// Set while recovery re-runs a trial: a cluster job left running is followed, not resubmitted.
+    reattach: bool,
     _lock: Lock,
 }
 
@@ -159,11 +171,21 @@ impl Driver {
         if let Some(c) = opts.max_cost {
             s.run.max_cost_usd = Some(c);
         }
+        if let Some(w) = opts.workers {
+            s.executor.workers = w.max(1);
+        }
+        if let Some(k) = &opts.executor {
+            if !["local", "slurm"].contains(&k.as_str()) {
+                return Err(ResearchError::Workspace(format!("--executor {k}: expected local or slurm")));
+            }
+            s.executor.kind = k.clone();
+        }
         let lock = Lock::acquire(workspace)?;
         let git = Git::open(workspace)?;
         let ws = git.root.clone();
         git.ensure_excludes()?;
         trial::kill_orphan(&ws);
+        pool::kill_orphans(&ws);
         let tag = opts.tag.clone().unwrap_or_else(|| s.run.tag.clone());
         if tag.is_empty() || tag.contains(|c: char| c.is_whitespace() || c == ':' || c == '~' || c == '^') {
             return Err(ResearchError::Workspace(format!("tag `{tag}` is not a valid branch name part")));
@@ -217,7 +239,6 @@ impl Driver {
         let templates = Templates::load(&ws.join(&s.run.prompts_dir));
         Ok(Driver {
             ws,
-            s,
             git,
             tag,
             validator,
@@ -230,6 +251,10 @@ impl Driver {
             invalid_streak: 0,
             exe,
             reporter,
+            executor: Executor::new(&s.executor),
+            s,
+            reattach: false,
+            in_flight: Vec::new(),
             _lock: lock,
         })
     }
@@ -243,17 +268,7 @@ impl Driver {
     /// Runs experiments until a stop condition.
     pub fn run(mut self) -> Result<RunSummary> {
         self.recover()?;
-        let stop = loop {
-            if let Some(r) = limits::check(&self.ws, &self.s, &self.records, self.started, self.invalid_streak) {
-                break r;
-            }
-            let exp = self.records.last().map(|r| r.exp + 1).unwrap_or(0);
-            match self.experiment(exp) {
-                Ok(()) => {}
-                Err(Halt::Stop(r)) => break r,
-                Err(Halt::Error(e)) => return Err(e),
-            }
-        };
+        let stop = if self.s.executor.workers > 1 { self.run_pool()? } else { self.run_serial()? };
         if stop == StopReason::StopFile {
             let _ = std::fs::remove_file(self.ws.join(&self.s.run.stop_file));
         }
@@ -263,6 +278,21 @@ impl Driver {
             }
         }
         Ok(RunSummary { stop, records: self.records })
+    }
+
+    /// One experiment at a time, in the workspace.
+    fn run_serial(&mut self) -> Result<StopReason> {
+        Ok(loop {
+            if let Some(r) = limits::check(&self.ws, &self.s, &self.records, 0, self.started, self.invalid_streak) {
+                break r;
+            }
+            let exp = self.records.last().map(|r| r.exp + 1).unwrap_or(0);
+            match self.experiment(exp) {
+                Ok(()) => {}
+                Err(Halt::Stop(r)) => break r,
+                Err(Halt::Error(e)) => return Err(e),
+            }
+        })
     }
 
     /// Scores experiment `exp` on the held-out split once (heldout.tsv remembers it). Nothing
@@ -344,6 +374,7 @@ impl Driver {
                 max_changed_lines: self.s.run.max_changed_lines,
                 recent_rows: rows,
                 observations: &self.observations,
+                in_flight: &self.in_flight,
             },
         )
     }
@@ -365,6 +396,18 @@ impl Driver {
             let commit = self.commit_pending(&p, &[])?;
             return self.finish(p, commit);
         }
+        match self.propose(exp)? {
+            Turn::Change(p, files) => {
+                let commit = self.commit_pending(&p, &files)?;
+                self.finish(p, commit)
+            }
+            Turn::Recorded => Ok(()),
+        }
+    }
+
+    /// The proposer's turn for experiment `exp`, against the recipe in the workspace (the
+    /// best): a change to try, or an invalid answer already recorded.
+    fn propose(&mut self, exp: u32) -> std::result::Result<Turn, Halt> {
         let recipe_path = self.recipe_path().to_string();
         let recipe = std::fs::read_to_string(self.ws.join(&recipe_path))
             .map_err(|e| ResearchError::io(self.ws.join(&recipe_path), e))?;
@@ -468,8 +511,7 @@ impl Driver {
                         input_tokens: cost.1,
                         output_tokens: cost.2,
                     };
-                    let commit = self.commit_pending(&pend, &a.files)?;
-                    return self.finish(pend, commit);
+                    return Ok(Turn::Change(pend, a.files));
                 }
                 Err(e) if round == 1 => {
                     tracing::info!("answer rejected, asking for a repair: {e}");
@@ -477,11 +519,12 @@ impl Driver {
                 }
                 Err(e) => {
                     let desc = if last_desc.is_empty() { "invalid answer".to_string() } else { last_desc.clone() };
-                    return self.record_invalid(exp, &desc, &e, cost);
+                    self.record_invalid(exp, &desc, &e, cost)?;
+                    return Ok(Turn::Recorded);
                 }
             }
         }
-        Ok(())
+        Err(Halt::Error(ResearchError::Proposer("the proposer gave no answer".into())))
     }
 
     fn commit_pending(&mut self, p: &Pending, files: &[(String, String)]) -> std::result::Result<Oid, Halt> {
@@ -523,7 +566,16 @@ impl Driver {
     }
 
     fn push(&mut self, rec: Record) -> std::result::Result<(), Halt> {
-        results::append(&self.results_path(), &rec)?;
+        // Rows stay in experiment order: in the parallel loop a later experiment can finish
+        // first, and then the file is rewritten whole (as `results --rebuild` writes it).
+        let at = self.records.partition_point(|r| r.exp < rec.exp);
+        if at == self.records.len() {
+            results::append(&self.results_path(), &rec)?;
+        } else {
+            let mut all = self.records.clone();
+            all.insert(at, rec.clone());
+            results::write_all(&self.results_path(), &all)?;
+        }
         journal::clear(&self.ws);
         self.reporter.event(Event::Finished(&rec));
         if !rec.diff_key.is_empty() {
@@ -535,7 +587,7 @@ impl Driver {
         if let Some(o) = observe(&self.git, &self.validator, &self.s, &self.ws, &rec) {
             self.observations.push(o);
         }
-        self.records.push(rec);
+        self.records.insert(at, rec);
         Ok(())
     }
 
@@ -663,6 +715,14 @@ impl Driver {
             Err(e) => Halt::Error(e),
         }
     }
+}
+
+/// What a proposer's turn produced.
+enum Turn {
+    /// A valid change: its journal entry and the files it writes.
+    Change(Pending, Vec<(String, String)>),
+    /// An invalid answer, recorded as such.
+    Recorded,
 }
 
 /// Ends one experiment early: a stop condition or an error.

@@ -74,7 +74,10 @@ impl Driver {
     /// Finishes an experiment that recovery picked up again; a stop during it (a signal) ends
     /// recovery quietly, as the run loop's own stop check follows.
     fn finish_in_recovery(&mut self, p: journal::Pending, commit: Oid) -> Result<()> {
-        match self.finish(p, commit) {
+        self.reattach = true;
+        let done = self.finish(p, commit);
+        self.reattach = false;
+        match done {
             Ok(()) | Err(Halt::Stop(_)) => Ok(()),
             Err(Halt::Error(e)) => Err(e),
         }

@@ -7,14 +7,10 @@ use std::time::Duration;
 
 use super::{signals, Driver};
 use crate::error::{ResearchError, Result};
+use crate::executor::shell_quote;
 use crate::prune;
-use crate::trial::{self, Outcome, TrialSpec};
+use crate::trial::{Outcome, TrialSpec};
 use crate::validate::Validator;
-
-/// `s` quoted for `sh -c` (single quotes; an inner quote closes, escapes and reopens).
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
 
 /// What a trial (or its held-out scorer) learns from its environment: its experiment and run dir.
 fn run_env(exp: u32, run_dir: &str) -> Vec<(String, String)> {
@@ -22,11 +18,6 @@ fn run_env(exp: u32, run_dir: &str) -> Vec<(String, String)> {
 }
 
 impl Driver {
-    /// The trial command line for one run directory.
-    pub(super) fn command_line(&self, exp: u32, run_dir: &str) -> String {
-        self.command_from(&self.s.trial.command, exp, run_dir)
-    }
-
     /// `template` with `{exp}` and `{run_dir}` replaced and a leading `autoqat` resolved.
     fn command_from(&self, template: &str, exp: u32, run_dir: &str) -> String {
         let mut c = template.replace("{exp}", &format!("{exp:04}")).replace("{run_dir}", run_dir);
@@ -38,20 +29,31 @@ impl Driver {
         c
     }
 
-    pub(super) fn run_trial(&self, exp: u32, run_dir: &str, prune_against: Option<Vec<(u64, f64)>>) -> Result<Outcome> {
+    /// The spec of a trial of `exp` run in `root` (the workspace, or the experiment's
+    /// worktree, where `run_dir` is given absolute) with `env` added to its environment.
+    pub(super) fn trial_spec(
+        &self,
+        exp: u32,
+        root: &Path,
+        run_dir: &str,
+        prune_against: Option<Vec<(u64, f64)>>,
+        env: Vec<(String, String)>,
+    ) -> TrialSpec<'static> {
         let margin = self.s.prune.margin;
         let min_step = self.s.prune.min_step;
-        let prune: Option<trial::PruneCheck> = match prune_against {
+        let prune: Option<crate::trial::PruneCheck<'static>> = match prune_against {
             Some(best) if self.s.prune.enabled && !best.is_empty() => Some(Box::new(move |dir: &Path| {
                 prune::verdict(&prune::curve(&dir.join(autoqat_workspace::run::STEPS_FILE)), &best, margin, min_step)
             })),
             _ => None,
         };
-        let spec = TrialSpec {
-            command: self.command_line(exp, run_dir),
-            workspace: &self.ws,
+        let queue = self.s.executor.slurm.max_queue_s;
+        TrialSpec {
+            command: self.command_from(&self.s.trial.command, exp, run_dir),
+            workspace: root.to_path_buf(),
             run_dir: self.ws.join(run_dir),
             timeout: Duration::from_secs_f64(self.s.trial.timeout_s),
+            queue_timeout: (queue > 0.0).then(|| Duration::from_secs_f64(queue)),
             stop: &signals::STOP,
             prune,
             poll: Duration::from_secs_f64(self.s.prune.poll_s.max(0.05)),
@@ -62,9 +64,19 @@ impl Driver {
                 .as_deref()
                 .and_then(|r| regex::RegexBuilder::new(r).multi_line(true).build().ok()),
             env_remove: self.secret_env(),
-            env: run_env(exp, run_dir),
-        };
-        trial::run(&spec)
+            env: run_env(exp, run_dir).into_iter().chain(env).collect(),
+        }
+    }
+
+    /// The job name of a trial (what `squeue` shows).
+    pub(super) fn job_name(&self, exp: u32) -> String {
+        format!("autoqat-{}-{exp:04}", self.tag)
+    }
+
+    /// Runs a trial of `exp` in the workspace, one at a time.
+    pub(super) fn run_trial(&self, exp: u32, run_dir: &str, prune_against: Option<Vec<(u64, f64)>>) -> Result<Outcome> {
+        let spec = self.trial_spec(exp, &self.ws, run_dir, prune_against, Vec::new());
+        self.executor.run(&spec, &self.job_name(exp), self.reattach)
     }
 
     /// The environment variables that hold API keys: no trial or scorer sees them.
@@ -82,9 +94,10 @@ impl Driver {
         let h = &self.s.heldout;
         let spec = TrialSpec {
             command: self.command_from(&h.command, exp, run_dir),
-            workspace: &self.ws,
+            workspace: self.ws.clone(),
             run_dir: self.ws.join(format!("{run_dir}{}", autoqat_workspace::layout::HELDOUT_RUN_SUFFIX)),
             timeout: Duration::from_secs_f64(h.timeout_s),
+            queue_timeout: None,
             stop: &signals::STOP,
             prune: None,
             poll: Duration::from_secs(1),
@@ -92,7 +105,7 @@ impl Driver {
             env_remove: self.secret_env(),
             env: run_env(exp, run_dir),
         };
-        let out = trial::run(&spec)?;
+        let out = self.executor.run(&spec, &format!("{}-heldout", self.job_name(exp)), false)?;
         match (out.failure, out.summary.eval_ppl) {
             (None, Some(p)) => Ok(Some((p, out.wall_s))),
             _ => {
@@ -102,25 +115,32 @@ impl Driver {
         }
     }
 
-    /// Runs a trial with the seed key shifted by `offset` (the file is restored from git).
-    pub(super) fn run_seeded(&self, exp: u32, run_dir: &str, offset: i64) -> Result<Option<Outcome>> {
-        let Some(key) = self.s.trial.seed_key.clone() else { return Ok(None) };
+    /// Shifts the seed key of the recipe under `root` by `offset` (the file is rewritten; the
+    /// caller restores it). `false` when there is no seed key to shift.
+    pub(super) fn shift_seed(&self, root: &Path, offset: i64) -> Result<bool> {
+        let Some(key) = self.s.trial.seed_key.clone() else { return Ok(false) };
         if matches!(self.validator, Validator::None) {
-            return Ok(None);
+            return Ok(false);
         }
-        let path = self.recipe_path().to_string();
-        let text =
-            std::fs::read_to_string(self.ws.join(&path)).map_err(|e| ResearchError::io(self.ws.join(&path), e))?;
+        let path = root.join(self.recipe_path());
+        let text = std::fs::read_to_string(&path).map_err(|e| ResearchError::io(&path, e))?;
         let format = self.validator.format();
         if format == crate::validate::Format::Toml && text.parse::<toml::Table>().is_err() {
-            return Ok(None);
+            return Ok(false);
         }
         let seed = format.read(&text, &key).and_then(|v| v.as_i64()).unwrap_or(0);
         let Some((search, replace)) = format.set_edit(&text, &key, &serde_json::Value::from(seed + offset)) else {
-            return Ok(None);
+            return Ok(false);
         };
-        std::fs::write(self.ws.join(&path), text.replacen(&search, &replace, 1))
-            .map_err(|e| ResearchError::io(self.ws.join(&path), e))?;
+        std::fs::write(&path, text.replacen(&search, &replace, 1)).map_err(|e| ResearchError::io(&path, e))?;
+        Ok(true)
+    }
+
+    /// Runs a trial with the seed key shifted by `offset` (the file is restored from git).
+    pub(super) fn run_seeded(&self, exp: u32, run_dir: &str, offset: i64) -> Result<Option<Outcome>> {
+        if !self.shift_seed(&self.ws, offset)? {
+            return Ok(None);
+        }
         let out = self.run_trial(exp, run_dir, None);
         self.git.force_checkout_head()?;
         out.map(Some)
