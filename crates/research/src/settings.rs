@@ -49,7 +49,13 @@ pub struct ExecutorSettings {
 
 impl Default for ExecutorSettings {
     fn default() -> Self {
-        ExecutorSettings { kind: "local".into(), workers: 1, devices: Vec::new(), threads: 0, slurm: SlurmSettings::default() }
+        ExecutorSettings {
+            kind: "local".into(),
+            workers: 1,
+            devices: Vec::new(),
+            threads: 0,
+            slurm: SlurmSettings::default(),
+        }
     }
 }
 
@@ -417,7 +423,8 @@ impl Settings {
         if !(self.executor.slurm.poll_s > 0.0) || self.executor.slurm.max_queue_s < 0.0 {
             return bad("executor.slurm.poll_s must be positive and max_queue_s at least 0".into());
         }
-        if let Some(l) = self.executor.slurm.extra.iter().find(|l| l.contains('\n') || !l.trim_start().starts_with('-')) {
+        if let Some(l) = self.executor.slurm.extra.iter().find(|l| l.contains('\n') || !l.trim_start().starts_with('-'))
+        {
             return bad(format!(
                 "executor.slurm.extra line {l:?} is not one sbatch option; write options such as \"--mem=32G\""
             ));

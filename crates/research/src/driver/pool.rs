@@ -153,7 +153,8 @@ impl Driver {
         }
         loop {
             if pool.stop.is_none() {
-                pool.stop = limits::check(&self.ws, &self.s, &self.records, pool.live.len(), self.started, self.invalid_streak);
+                pool.stop =
+                    limits::check(&self.ws, &self.s, &self.records, pool.live.len(), self.started, self.invalid_streak);
             }
             if pool.stop.is_none() && pool.live.len() < workers {
                 match self.launch_next(&mut pool, workers) {
@@ -280,7 +281,13 @@ impl Driver {
             .live
             .values()
             .map(|l| {
-                format!("exp {} (worker {}): {}\n{}", l.f.pending.exp, l.f.worker, l.f.pending.description, l.f.pending.diff.trim_end())
+                format!(
+                    "exp {} (worker {}): {}\n{}",
+                    l.f.pending.exp,
+                    l.f.worker,
+                    l.f.pending.description,
+                    l.f.pending.diff.trim_end()
+                )
             })
             .collect();
         Ok(())
@@ -298,7 +305,9 @@ impl Driver {
         }
         let commit = Oid::from_str(&f.commit).ok().or_else(|| self.git.ref_target(&running));
         let Some(commit) = commit.filter(|c| self.git.repo.find_commit(*c).is_ok()) else {
-            self.say(&format!("experiment {exp} was killed before its commit was made; dropped (it cost nothing to run)"));
+            self.say(&format!(
+                "experiment {exp} was killed before its commit was made; dropped (it cost nothing to run)"
+            ));
             self.forget(&f, &wt);
             return Ok(());
         };
@@ -352,8 +361,12 @@ impl Driver {
                 let fresh = best.to_string() == live.f.parent;
                 let wants_confirm = out.failure.is_none()
                     && fresh
-                    && policy::verdict(out.summary.eval_ppl.unwrap_or(f64::INFINITY), b.eval_ppl.unwrap_or(f64::INFINITY), &self.s.noise, sigma)
-                        == policy::Verdict::Confirm;
+                    && policy::verdict(
+                        out.summary.eval_ppl.unwrap_or(f64::INFINITY),
+                        b.eval_ppl.unwrap_or(f64::INFINITY),
+                        &self.s.noise,
+                        sigma,
+                    ) == policy::Verdict::Confirm;
                 if wants_confirm && self.shift_seed(&live.wt.path, 1)? {
                     live.stage = Stage::Confirm(Box::new(out));
                     return Ok(self.start(pool, live, false)?);
@@ -415,9 +428,9 @@ impl Driver {
             let beats = |against: f64| match policy::verdict(ppl, against, n, sigma) {
                 policy::Verdict::Discard => false,
                 policy::Verdict::Keep => true,
-                policy::Verdict::Confirm => confirm
-                    .as_ref()
-                    .is_none_or(|o| policy::confirmed(rec.confirm_ppl, against, n) == Status::Keep && o.failure.is_none()),
+                policy::Verdict::Confirm => confirm.as_ref().is_none_or(|o| {
+                    policy::confirmed(rec.confirm_ppl, against, n) == Status::Keep && o.failure.is_none()
+                }),
             };
             if best.to_string() == f.parent {
                 let st = if beats(bp) { Status::Keep } else { Status::Discard };
@@ -538,14 +551,16 @@ impl Driver {
 
     fn read_queue(&self) -> VecDeque<u32> {
         let path = autoqat_workspace::Layout::new(&self.ws).queue();
-        let all: Vec<Queued> = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let all: Vec<Queued> =
+            std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         all.into_iter().filter(|q| q.tag == self.tag).map(|q| q.exp).collect()
     }
 
     /// Writes this tag's queue, keeping other tags' entries.
     fn write_queue(&self, queue: &VecDeque<u32>) -> Result<()> {
         let path = autoqat_workspace::Layout::new(&self.ws).queue();
-        let old: Vec<Queued> = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let old: Vec<Queued> =
+            std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         let all: Vec<Queued> = old
             .into_iter()
             .filter(|q| q.tag != self.tag)

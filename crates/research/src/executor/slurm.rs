@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::shell_quote;
 use crate::error::{ResearchError, Result};
 use crate::settings::SlurmSettings;
-use super::shell_quote;
 use crate::trial::{self, Exit, Running, TrialSpec};
 
 /// The job script, in the run dir.
@@ -75,10 +75,7 @@ fn client(cmd: &mut Command, what: &str) -> Result<String> {
         ))
     })?;
     if !out.status.success() {
-        return Err(ResearchError::Trial(format!(
-            "`{what}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(ResearchError::Trial(format!("`{what}` failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }

@@ -1,0 +1,290 @@
+//! The parallel loop (`executor.workers = 2`) on CPU with a toy trial: overlapping trials in
+//! their own worktrees, the superseded/replay merge policy, and kill -9 of the driver with two
+//! trials in flight followed by `--resume`.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use autoqat_research::driver::{Driver, RunOptions, StopReason};
+use autoqat_research::git::Git;
+use autoqat_research::results::{Record, Status};
+use autoqat_research::settings::Settings;
+use common::*;
+
+/// The toy recipe: the optimum is lr = 0.003 and a large width.
+const RECIPE: &str = "# toy recipe\n[optim]\nlr = 0.001\n\n[model]\nwidth = 0\n";
+
+/// The toy trial: ppl = 40 + 10*|log10(lr/0.003)| - width. It logs its start and end (with
+/// its worker, cwd and thread share) to `$2`, naps `$3` s at lr = 0.003 and `$4` s at
+/// width = 1, and writes steps.tsv and summary.json like a real trial.
+const TRIAL: &str = r#"#!/bin/sh
+set -e
+dir="$1"; log="$2"
+mkdir -p "$dir"
+lr=$(sed -n 's/^lr = //p' experiments/train.toml)
+width=$(sed -n 's/^width = //p' experiments/train.toml)
+echo "start $AUTOQAT_EXP ${AUTOQAT_WORKER:--} ${OMP_NUM_THREADS:--} $(pwd)" >> "$log"
+sleep 0.2
+if [ "$lr" = 0.003 ]; then sleep "$3"; fi
+if [ "$width" = 1 ]; then sleep "$4"; fi
+ppl=$(awk -v lr="$lr" -v w="$width" 'BEGIN{l=log(lr/0.003)/log(10); if(l<0)l=-l; printf "%.6f", 40+10*l-w}')
+printf 'step\tlambda\ttrain_loss\ttrain_ppl\teval_ppl\teval_bpb\tlr\ttime_s\tbest_ppl\tq_neg1\tq_zero\tq_pos1\n' > "$dir/steps.tsv"
+printf '10\t1\t4\t50\t%s\t2\t0.001\t1\t%s\t0.3\t0.4\t0.3\n' $ppl $ppl >> "$dir/steps.tsv"
+printf '{"status":"ok","eval_ppl":%s,"steps":10,"time_s":0.1}' "$ppl" > "$dir/summary.json"
+echo "end $AUTOQAT_EXP" >> "$log"
+"#;
+
+/// A committed toy workspace with two workers; `naps` are the trial's `$3 $4`.
+fn parallel_workspace(provider: &str, naps: (f64, f64)) -> tempfile::TempDir {
+    let ws = workspace("");
+    let p = ws.path();
+    let log = p.join(".trials.log");
+    let settings = format!(
+        r#"[run]
+tag = "t"
+mutable_paths = ["experiments/train.toml"]
+max_changed_lines = 4
+
+[trial]
+command = "sh ./trial.sh {{run_dir}} {} {} {}"
+timeout_s = 30
+
+{provider}
+
+[noise]
+confirm_seed = false
+baseline_repeats = 1
+
+[executor]
+workers = 2
+
+[validator]
+kind = "toml"
+[[validator.fields]]
+key = "optim.lr"
+choices = [0.0003, 0.001, 0.003, 0.01]
+[[validator.fields]]
+key = "model.width"
+choices = [0, 1, 2]
+"#,
+        log.display(),
+        naps.0,
+        naps.1
+    );
+    std::fs::write(p.join("autoqat.toml"), settings).unwrap();
+    std::fs::write(p.join("experiments/train.toml"), RECIPE).unwrap();
+    std::fs::write(p.join("trial.sh"), TRIAL).unwrap();
+    let excl = p.join(".git/info/exclude");
+    let mut e = std::fs::read_to_string(&excl).unwrap_or_default();
+    e.push_str("/.trials.log\n/.canned/\n");
+    std::fs::write(excl, e).unwrap();
+    git(p, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "parallel toy"]);
+    ws
+}
+
+/// The trial log's lines as (event, exp, rest).
+fn trial_events(ws: &Path) -> Vec<(String, u32, Vec<String>)> {
+    std::fs::read_to_string(ws.join(".trials.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut w = l.split_whitespace().map(str::to_string);
+            let ev = w.next().unwrap();
+            let exp = w.next().unwrap().parse().unwrap();
+            (ev, exp, w.collect())
+        })
+        .collect()
+}
+
+/// No journal, worktree or running ref is left, and git knows no extra worktree.
+fn assert_no_flight_left(ws: &Path) {
+    let dir = |d: &str| std::fs::read_dir(ws.join(d)).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(dir(".autoqat/inflight"), 0, "a journal outlived its experiment");
+    assert_eq!(dir(".autoqat/worktrees"), 0, "a worktree outlived its experiment");
+    assert_eq!(git(ws, &["worktree", "list"]).lines().count(), 1, "{}", git(ws, &["worktree", "list"]));
+    assert!(git(ws, &["for-each-ref", "refs/autoqat/t/running/"]).trim().is_empty());
+    assert!(git(ws, &["branch", "--list", "autoqat-worktree/*"]).trim().is_empty());
+}
+
+fn run_in_process(ws: &Path, max: u32, resume: bool) -> (StopReason, Vec<Record>) {
+    let s = Settings::load(ws).unwrap();
+    let opts = RunOptions { max_experiments: Some(max), resume, quiet: true, ..RunOptions::default() };
+    let sum = Driver::open(ws, s, opts, None).unwrap().run().unwrap();
+    (sum.stop, sum.records)
+}
+
+#[test]
+fn two_local_workers_overlap_in_worktrees_and_lose_or_duplicate_nothing() {
+    let ws = parallel_workspace("[provider]\nkind = \"builtin\"", (0.3, 0.3));
+    let (stop, recs) = run_in_process(ws.path(), 8, false);
+    assert_eq!(stop, StopReason::MaxExperiments);
+    assert_eq!(recs.len(), 8);
+    assert_eq!(recs, assert_consistent(ws.path(), "t"));
+    assert_no_flight_left(ws.path());
+    let events = trial_events(ws.path());
+    // Every experiment's trial ran exactly once (no repeats configured).
+    for r in &recs {
+        let starts = events.iter().filter(|(e, x, _)| e == "start" && *x == r.exp).count();
+        assert_eq!(starts, 1, "exp {} started {starts} times:\n{events:?}", r.exp);
+    }
+    // The baseline ran alone in the workspace; every other trial in its own worktree, on a
+    // worker slot of its own with half of the cores.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let mut running: Vec<(u32, String)> = Vec::new();
+    let mut most = 0;
+    for (ev, exp, rest) in &events {
+        if ev == "end" {
+            running.retain(|(x, _)| x != exp);
+            continue;
+        }
+        let (worker, threads, cwd) = (&rest[0], &rest[1], &rest[2]);
+        if *exp == 0 {
+            assert_eq!(Path::new(cwd).canonicalize().unwrap(), ws.path().canonicalize().unwrap());
+            continue;
+        }
+        assert!(cwd.contains(".autoqat/worktrees/autoqat-t-"), "exp {exp} ran in {cwd}");
+        assert_eq!(threads, &(cores / 2).max(1).to_string(), "exp {exp}");
+        assert!(
+            running.iter().all(|(_, w)| w != worker),
+            "exp {exp} shares worker {worker} with a running trial: {events:?}"
+        );
+        running.push((*exp, worker.clone()));
+        most = most.max(running.len());
+    }
+    assert_eq!(most, 2, "two trials never overlapped (or more than two did): {events:?}");
+    // The search still finds the toy optimum.
+    let best = autoqat_research::results::best(&recs).unwrap();
+    assert!(best.eval_ppl.unwrap() < 40.0, "{recs:#?}");
+    // `autoqat results --rebuild` gives the same file.
+    let live = std::fs::read_to_string(ws.path().join("results.tsv")).unwrap();
+    autoqat_research::driver::rebuild(ws.path(), "t").unwrap();
+    assert_eq!(live, std::fs::read_to_string(ws.path().join("results.tsv")).unwrap());
+}
+
+/// A `command` proposer answering the canned answers in order, then `no more answers`.
+fn canned(ws: &Path, answers: &[String]) -> String {
+    let dir = ws.join(".canned");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, a) in answers.iter().enumerate() {
+        std::fs::write(dir.join(format!("{i}.txt")), a).unwrap();
+    }
+    std::fs::write(
+        dir.join("agent.sh"),
+        format!(
+            "#!/bin/sh\nd={}\nn=$(cat $d/count 2>/dev/null || echo 0)\necho $((n+1)) > $d/count\ncat > $d/prompt$n.txt\ncat $d/$n.txt 2>/dev/null || echo 'no more answers'\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    format!("[provider]\nkind = \"command\"\ncommand = \"sh {}/agent.sh\"\ntimeout_s = 10", dir.display())
+}
+
+#[test]
+fn a_change_overtaken_by_a_keep_is_superseded_and_replayed_on_the_new_best() {
+    // exp 1 (lr 0.003, 2 s) and exp 2 (width 2, quick) both start from the baseline; exp 2 is
+    // kept first, so exp 1 finishes on a stale parent. exp 3 (width 1, 6 s) starts from exp 2;
+    // exp 4 is exp 1's change re-applied on exp 2 and is kept; exp 3 then lands stale and
+    // worse than its parent: a plain discard.
+    let ws = parallel_workspace("", (2.0, 6.0));
+    let p = ws.path();
+    let lr = |desc: &str| proposal(desc, "lr = 0.001", "lr = 0.003");
+    let answers =
+        [lr("lr 0.003"), proposal("width 2", "width = 0", "width = 2"), proposal("width 1", "width = 2", "width = 1")];
+    let provider = canned(p, &answers);
+    let text =
+        std::fs::read_to_string(p.join("autoqat.toml")).unwrap().replace("[noise]", &format!("{provider}\n\n[noise]"));
+    std::fs::write(p.join("autoqat.toml"), text).unwrap();
+    git(p, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "canned"]);
+    let (_, recs) = run_in_process(p, 5, false);
+    let st: Vec<Status> = recs.iter().map(|r| r.status()).collect();
+    assert_eq!(st, [Status::Baseline, Status::Superseded, Status::Keep, Status::Discard, Status::Keep], "{recs:#?}");
+    let ppl = |i: usize| recs[i].eval_ppl.unwrap();
+    assert!((ppl(1) - 40.0).abs() < 1e-6 && (ppl(2) - 42.771213).abs() < 1e-5 && (ppl(4) - 38.0).abs() < 1e-6);
+    assert!(recs[4].description.contains("exp 1 re-applied on exp 2"), "{}", recs[4].description);
+    assert_eq!(recs[4].parent, recs[2].commit, "the replay runs on the new best");
+    assert_eq!(recs[1].parent, recs[0].commit, "exp 1 was tried against the baseline");
+    assert_eq!(recs[3].parent, recs[2].commit);
+    let recipe = std::fs::read_to_string(p.join("experiments/train.toml")).unwrap();
+    assert!(recipe.contains("lr = 0.003") && recipe.contains("width = 2"), "{recipe}");
+    assert_consistent(p, "t");
+    assert_no_flight_left(p);
+    let msg = git(p, &["log", "-1", "--format=%B", &recs[1].commit]);
+    assert!(msg.contains("Superseded: exp 2 was kept while this ran"), "{msg}");
+    // The proposer saw what was running: the third prompt lists exp 1 in flight.
+    let prompt = std::fs::read_to_string(p.join(".canned/prompt2.txt")).unwrap();
+    let flight = prompt.split("# Trials in flight").nth(1).unwrap_or("");
+    assert!(flight.contains("exp 1 (worker 0): lr 0.003"), "{prompt}");
+}
+
+/// Not a test on its own: the body of a driver child process (see `run_child`).
+#[test]
+fn parallel_driver_child() {
+    let Ok(ws) = std::env::var("AQ_PAR_WS") else { return };
+    autoqat_research::driver::install_signal_handlers();
+    let s = Settings::load(Path::new(&ws)).unwrap();
+    let opts = RunOptions {
+        max_experiments: std::env::var("AQ_PAR_MAX").ok().and_then(|v| v.parse().ok()),
+        resume: std::env::var("AQ_PAR_RESUME").is_ok(),
+        quiet: true,
+        ..RunOptions::default()
+    };
+    let summary = Driver::open(Path::new(&ws), s, opts, None).unwrap().run().unwrap();
+    println!("STOP: {}", summary.stop);
+}
+
+fn run_child(ws: &Path, max: u32, resume: bool, kill_at: Option<&str>) -> Output {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", "parallel_driver_child", "--nocapture", "--test-threads", "1"])
+        .env("AQ_PAR_WS", ws)
+        .env("AQ_PAR_MAX", max.to_string())
+        .env_remove("AUTOQAT_TEST_KILL_AT");
+    if resume {
+        c.env("AQ_PAR_RESUME", "1");
+    }
+    if let Some(k) = kill_at {
+        c.env("AUTOQAT_TEST_KILL_AT", k);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn kill_9_with_two_trials_in_flight_then_resume_loses_nothing() {
+    // trial:3 and trial:4 fire as a second trial starts beside a running one; the others while
+    // two are in flight and one of them is being recorded.
+    let points = ["after_commit:3", "trial:3", "trial:4", "after_trial:2", "before_row:3"];
+    let mut handles = Vec::new();
+    for point in points {
+        handles.push(std::thread::spawn(move || {
+            let ws = parallel_workspace("[provider]\nkind = \"builtin\"", (0.5, 0.5));
+            let out = run_child(ws.path(), 6, false, Some(point));
+            assert_eq!(
+                out.status.signal(),
+                Some(libc::SIGKILL),
+                "{point}: the driver was not killed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let before = Git::open(ws.path()).unwrap().records("t").unwrap();
+            let out = run_child(ws.path(), 6, true, None);
+            assert!(out.status.success(), "{point}: resume failed: {}", String::from_utf8_lossy(&out.stderr));
+            let after = assert_consistent(ws.path(), "t");
+            assert_eq!(after.len(), 6, "{point}: {after:#?}");
+            for b in &before {
+                assert_eq!(
+                    Some(b),
+                    after.iter().find(|a| a.exp == b.exp),
+                    "{point}: finished experiment {} changed or lost",
+                    b.exp
+                );
+            }
+            assert_no_flight_left(ws.path());
+        }));
+    }
+    for h in handles {
+        if let Err(e) = h.join() {
+            std::panic::resume_unwind(e);
+        }
+    }
+}
