@@ -127,3 +127,43 @@ fn status_outside_a_workspace_says_so() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an autoqat workspace"));
 }
+
+#[test]
+fn status_lists_what_each_worker_of_the_parallel_loop_runs() {
+    let tmp = workspace();
+    let ws = tmp.path().join("ws");
+    let _lock = hold_lock(&ws);
+    // The parallel loop's journals (`.autoqat/inflight/`), as `autoqat run --workers 2` writes them.
+    std::fs::create_dir_all(ws.join(".autoqat/inflight")).unwrap();
+    for (exp, worker, desc) in [(2, 0, "lr up again"), (3, 1, "per-group scales")] {
+        let journal = serde_json::json!({
+            "pending": {"tag": "demo", "exp": exp, "description": desc, "rationale": "", "diff": "", "diff_key": "",
+                        "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0},
+            "commit": "", "parent": "", "worker": worker, "replays": null
+        });
+        std::fs::write(ws.join(format!(".autoqat/inflight/demo-{exp:04}.json")), journal.to_string()).unwrap();
+    }
+    std::fs::create_dir_all(ws.join("runs/0003")).unwrap();
+    std::fs::write(ws.join("runs/0003/slurm_job"), "17\n").unwrap();
+    let s = status_json(&ws);
+    assert!(s["current_exp"].is_null(), "one current experiment means nothing with two in flight");
+    let f = s["in_flight"].as_array().unwrap();
+    assert_eq!(f.len(), 2);
+    assert_eq!((f[0]["exp"].as_u64(), f[0]["worker"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(f[0]["trial"]["step"], 10);
+    assert_eq!(f[1]["slurm_job"], "17");
+    let out = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["status", "--workspace"]).arg(&ws).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("worker 0: experiment 2: lr up again\n  trial: step 10/"), "{text}");
+    assert!(text.contains("worker 1: experiment 3 [slurm job 17]: per-group scales"), "{text}");
+    // A report taken meanwhile says so too (with the baseline alone: its fake commits have no recipe diff).
+    std::fs::write(
+        ws.join("results.tsv"),
+        format!("{HEADER}\n0\tc0\t\tbaseline\t3.0\t0.4\t1.1\t\t50\t1000\t300\t0.35\t0.3\t0.35\t0\tbaseline\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["report", "--workspace"]).arg(&ws).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = std::fs::read_to_string(ws.join("report/report.md")).unwrap();
+    assert!(md.contains("- in flight: worker 0: experiment 2: lr up again\n"), "{md}");
+}

@@ -26,6 +26,8 @@ pub struct Summary<'a> {
     pub plot: &'a str,
     /// Held-out scores (heldout.tsv), oldest first.
     pub heldout: &'a [autoqat_workspace::heldout::Row],
+    /// The parallel loop's experiments still in flight, one line per worker.
+    pub in_flight: &'a [String],
 }
 
 /// The Markdown text of the report.
@@ -72,7 +74,11 @@ fn overview(md: &mut String, s: &Summary<'_>) {
             let _ = writeln!(md, "- best weight mix: -1 {:.1}%, 0 {:.1}%, +1 {:.1}%", n * 100.0, z * 100.0, p * 100.0);
         }
     }
-    let _ = writeln!(md, "- trial time: {:.1} min; proposer cost: ${cost:.4}\n", time / 60.0);
+    let _ = writeln!(md, "- trial time: {:.1} min; proposer cost: ${cost:.4}", time / 60.0);
+    for line in s.in_flight {
+        let _ = writeln!(md, "- in flight: {line}");
+    }
+    md.push('\n');
 }
 
 fn best_recipe(md: &mut String, s: &Summary<'_>) {

@@ -63,6 +63,11 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
     let refs = plot::References { noise: noise.as_ref().map(|n| (n.mean, n.sigma)), fp_ppl };
     plot::write(&rows, &title, refs, &png, &svg)?;
     let heldout = autoqat_workspace::heldout::read(&autoqat_workspace::Layout::new(workspace).heldout())?;
+    // A report taken while the parallel loop runs says what is still in flight.
+    let in_flight: Vec<String> = match autoqat_research::settings::Settings::load(workspace) {
+        Ok(settings) => crate::status::in_flight(workspace, &settings).iter().map(|f| f.line()).collect(),
+        Err(_) => Vec::new(),
+    };
     let md = markdown::render(&markdown::Summary {
         title: &title,
         rows: &rows,
@@ -73,6 +78,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         diff: &diff,
         plot: "progress.png",
         heldout: &heldout,
+        in_flight: &in_flight,
     });
     let report_md = out.join("report.md");
     std::fs::write(&report_md, md).with_context(|| format!("cannot write {}", report_md.display()))?;

@@ -89,25 +89,7 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     let running = lock_held(ws);
     let next = rows.iter().map(|r| r.record.exp).max().map_or(0, |m| m + 1);
     let settings = autoqat_research::settings::Settings::load(ws)?;
-    let in_flight: Vec<InFlight> = autoqat_research::driver::flights(ws)
-        .into_iter()
-        .map(|f| {
-            let rel = settings.run_dir(f.exp());
-            let dir = ws.join(&rel);
-            let recipe = autoqat_research::executor::Worktree::of(ws, f.tag(), f.exp()).path.join(layout::RECIPE);
-            let total = autoqat_recipe::load(&recipe).ok().map(|r| r.total_steps());
-            InFlight {
-                exp: f.exp(),
-                worker: f.worker,
-                description: f.description().to_string(),
-                slurm_job: std::fs::read_to_string(dir.join(autoqat_research::executor::slurm::JOB_FILE))
-                    .ok()
-                    .map(|t| t.trim().to_string()),
-                trial: progress(&dir.join(run::STEPS_FILE), total),
-                run_dir: rel,
-            }
-        })
-        .collect();
+    let in_flight = in_flight(ws, &settings);
     let (current_exp, run_dir, trial, current_description) = if running && in_flight.is_empty() {
         let rel = settings.run_dir(next);
         let dir = ws.join(&rel);
@@ -136,6 +118,37 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
         counts,
         in_flight,
     })
+}
+
+/// The parallel loop's experiments in flight, from its journals (every tag), in order.
+pub fn in_flight(ws: &Path, settings: &autoqat_research::settings::Settings) -> Vec<InFlight> {
+    autoqat_research::driver::flights(ws)
+        .into_iter()
+        .map(|f| {
+            let rel = settings.run_dir(f.exp());
+            let dir = ws.join(&rel);
+            let recipe = autoqat_research::executor::Worktree::of(ws, f.tag(), f.exp()).path.join(layout::RECIPE);
+            let total = autoqat_recipe::load(&recipe).ok().map(|r| r.total_steps());
+            InFlight {
+                exp: f.exp(),
+                worker: f.worker,
+                description: f.description().to_string(),
+                slurm_job: std::fs::read_to_string(dir.join(autoqat_research::executor::slurm::JOB_FILE))
+                    .ok()
+                    .map(|t| t.trim().to_string()),
+                trial: progress(&dir.join(run::STEPS_FILE), total),
+                run_dir: rel,
+            }
+        })
+        .collect()
+}
+
+impl InFlight {
+    /// `worker 1: experiment 3 [slurm job 17]: <description>`.
+    pub fn line(&self) -> String {
+        let job = self.slurm_job.as_ref().map(|j| format!(" [slurm job {j}]")).unwrap_or_default();
+        format!("worker {}: experiment {}{job}: {}", self.worker, self.exp, self.description)
+    }
 }
 
 /// Whether another process holds `.autoqat/lock` (the research loop takes it with flock).
@@ -209,8 +222,8 @@ pub fn render(s: &Status) -> String {
         }
     }
     for f in &s.in_flight {
-        let job = f.slurm_job.as_ref().map(|j| format!(" [slurm job {j}]")).unwrap_or_default();
-        out.push_str(&format!("worker {}: experiment {}{job}: {}\n", f.worker, f.exp, f.description));
+        out.push_str(&f.line());
+        out.push('\n');
         match &f.trial {
             Some(t) => out.push_str(&format!("  trial: {}\n", trial_line(t))),
             None => out.push_str("  trial: starting (no eval yet)\n"),

@@ -15,7 +15,7 @@ use autoqat_research::settings::Settings;
 use common::*;
 
 /// The toy recipe: the optimum is lr = 0.003 and a large width.
-const RECIPE: &str = "# toy recipe\n[optim]\nlr = 0.001\n\n[model]\nwidth = 0\n";
+const RECIPE: &str = "# toy recipe\n[optim]\nlr = 0.001\nseed = 0\n\n[model]\nwidth = 0\n";
 
 /// The toy trial: ppl = 40 + 10*|log10(lr/0.003)| - width. It logs its start and end (with
 /// its worker, cwd and thread share) to `$2`, naps `$3` s at lr = 0.003 and `$4` s at
@@ -162,6 +162,33 @@ fn two_local_workers_overlap_in_worktrees_and_lose_or_duplicate_nothing() {
     let live = std::fs::read_to_string(ws.path().join("results.tsv")).unwrap();
     autoqat_research::driver::rebuild(ws.path(), "t").unwrap();
     assert_eq!(live, std::fs::read_to_string(ws.path().join("results.tsv")).unwrap());
+}
+
+#[test]
+fn a_keep_is_confirmed_by_a_second_seed_in_its_worktree() {
+    let ws = parallel_workspace("[provider]\nkind = \"builtin\"", (0.3, 0.3));
+    let p = ws.path();
+    let text =
+        std::fs::read_to_string(p.join("autoqat.toml")).unwrap().replace("confirm_seed = false", "confirm_seed = true");
+    std::fs::write(p.join("autoqat.toml"), text).unwrap();
+    git(p, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "confirm"]);
+    let (_, recs) = run_in_process(p, 6, false);
+    assert_consistent(p, "t");
+    assert_no_flight_left(p);
+    let events = trial_events(p);
+    let keeps: Vec<&Record> = recs.iter().filter(|r| r.status() == Status::Keep).collect();
+    assert!(!keeps.is_empty(), "{recs:#?}");
+    for r in keeps {
+        assert!(r.confirm_ppl.is_some(), "exp {} kept without its second seed", r.exp);
+        assert!(p.join(format!("runs/{:04}-seed2/summary.json", r.exp)).exists());
+        let starts: Vec<&Vec<String>> =
+            events.iter().filter(|(e, x, _)| e == "start" && *x == r.exp).map(|e| &e.2).collect();
+        assert_eq!(starts.len(), 2, "exp {}: {events:?}", r.exp);
+        assert!(starts.iter().all(|s| s[2].contains(".autoqat/worktrees/")), "{starts:?}");
+        // The shifted seed lived in the worktree only: the kept recipe has the original one.
+        let recipe = git(p, &["show", &format!("{}:experiments/train.toml", r.commit)]);
+        assert!(recipe.contains("seed = 0"), "{recipe}");
+    }
 }
 
 /// A `command` proposer answering the canned answers in order, then `no more answers`.
