@@ -420,7 +420,8 @@ impl Settings {
         if self.executor.workers == 0 {
             return bad("executor.workers must be at least 1".into());
         }
-        if !(self.executor.slurm.poll_s > 0.0) || self.executor.slurm.max_queue_s < 0.0 {
+        let poll_positive = self.executor.slurm.poll_s > 0.0;
+        if !poll_positive || self.executor.slurm.max_queue_s < 0.0 {
             return bad("executor.slurm.poll_s must be positive and max_queue_s at least 0".into());
         }
         if let Some(l) = self.executor.slurm.extra.iter().find(|l| l.contains('\n') || !l.trim_start().starts_with('-'))

@@ -315,3 +315,27 @@ fn kill_9_with_two_trials_in_flight_then_resume_loses_nothing() {
         }
     }
 }
+
+#[test]
+fn a_wrong_executor_setting_is_named_with_its_fix() {
+    let parse = |extra: &str| {
+        let text = format!("[run]\nmutable_paths = [\"experiments/train.toml\"]\n{extra}");
+        Settings::parse(&text, Path::new("autoqat.toml")).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    assert!(parse("[executor]\nkind = \"k8s\"").contains("executor.kind = \"k8s\"; expected local or slurm"));
+    assert!(parse("[executor]\nworkers = 0").contains("executor.workers must be at least 1"));
+    let e = parse("[executor.slurm]\nextra = [\"mem=32G\"]");
+    assert!(e.contains("\"mem=32G\" is not one sbatch option") && e.contains("--mem=32G"), "{e}");
+    assert!(parse("[executor.slurm]\npoll_s = 0").contains("poll_s must be positive"));
+    assert!(parse("[executor]\nworkers = 4\ndevices = [\"0\", \"1\"]\n[executor.slurm]\ngres = \"gpu:1\"").is_empty());
+    let e = Driver::open(
+        Path::new("/nonexistent"),
+        Settings::default(),
+        RunOptions { executor: Some("k8s".into()), ..RunOptions::default() },
+        None,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("--executor k8s: expected local or slurm"), "{e}");
+}

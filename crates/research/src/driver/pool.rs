@@ -109,6 +109,9 @@ struct Queued {
     exp: u32,
 }
 
+/// A change to run: its journal entry and the files it writes.
+type Change = (Pending, Vec<(String, String)>);
+
 /// A stage of an experiment's trials.
 enum Stage {
     /// Its first trial.
@@ -354,7 +357,7 @@ impl Driver {
             ));
             return Err(Halt::Stop(StopReason::Signal));
         }
-        let result = match std::mem::replace(&mut live.stage, Stage::First) {
+        match std::mem::replace(&mut live.stage, Stage::First) {
             Stage::First => {
                 let (best, b) = self.best()?;
                 let sigma = self.sigma();
@@ -374,8 +377,7 @@ impl Driver {
                 self.settle(pool, live, out, None)
             }
             Stage::Confirm(first) => self.settle(pool, live, *first, Some(out)),
-        };
-        result
+        }
     }
 
     /// The baseline's measured run-to-run σ, if it ran more than once.
@@ -492,7 +494,7 @@ impl Driver {
 
     /// Experiment `of`'s change re-applied on top of the best, as experiment `exp`; `None`
     /// (with the reason reported) when it no longer applies.
-    fn replay(&mut self, of: u32, exp: u32) -> std::result::Result<Option<(Pending, Vec<(String, String)>)>, Halt> {
+    fn replay(&mut self, of: u32, exp: u32) -> std::result::Result<Option<Change>, Halt> {
         let Some(rec) = self.records.iter().find(|r| r.exp == of && r.status() == Status::Superseded).cloned() else {
             return Ok(None);
         };

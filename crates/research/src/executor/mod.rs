@@ -131,3 +131,68 @@ impl Worktree {
         git.remove_worktree(&self.name, &self.path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
+        env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn each_worker_gets_its_own_device_or_its_share_of_the_cores() {
+        let mut s =
+            ExecutorSettings { workers: 2, devices: vec!["2".into(), "3".into()], ..ExecutorSettings::default() };
+        assert_eq!(get(&device_env(&s, 0), "CUDA_VISIBLE_DEVICES"), Some("2"));
+        assert_eq!(get(&device_env(&s, 1), "CUDA_VISIBLE_DEVICES"), Some("3"));
+        assert_eq!(get(&device_env(&s, 2), "CUDA_VISIBLE_DEVICES"), Some("2"), "worker i gets entry i mod len");
+        assert_eq!(get(&device_env(&s, 1), "AUTOQAT_WORKER"), Some("1"));
+        assert_eq!(get(&device_env(&s, 1), "OMP_NUM_THREADS"), None, "a GPU worker keeps libtorch's threads");
+        if visible_gpus().is_empty() {
+            s.devices.clear();
+            s.threads = 3;
+            let env = device_env(&s, 1);
+            assert_eq!((get(&env, "OMP_NUM_THREADS"), get(&env, "CUDA_VISIBLE_DEVICES")), (Some("3"), None));
+        }
+        // One worker, or the Slurm executor (gres decides there): nothing is pinned.
+        s.workers = 1;
+        assert_eq!(device_env(&s, 0).len(), 1);
+        s.workers = 2;
+        s.kind = "slurm".into();
+        assert_eq!(device_env(&s, 0).len(), 1);
+    }
+
+    #[test]
+    fn the_job_script_carries_the_settings_and_writes_the_exit_status() {
+        static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let spec = TrialSpec {
+            command: "echo 'it''s' > x".into(),
+            workspace: PathBuf::from("/ws/.autoqat/worktrees/autoqat-t-0003"),
+            run_dir: PathBuf::from("/ws/runs/0003"),
+            timeout: std::time::Duration::from_secs(150),
+            queue_timeout: None,
+            stop: &STOP,
+            prune: None,
+            poll: std::time::Duration::from_secs(1),
+            metric_regex: None,
+            env_remove: Vec::new(),
+            env: Vec::new(),
+        };
+        let s = SlurmSettings { gres: "gpu:1".into(), extra: vec!["--mem=32G".into()], ..SlurmSettings::default() };
+        let text = slurm::script(&spec, &s, "autoqat-t-0003");
+        for line in [
+            "#SBATCH --job-name=autoqat-t-0003",
+            "#SBATCH --output=/ws/runs/0003/trial.log",
+            "#SBATCH --chdir=/ws/.autoqat/worktrees/autoqat-t-0003",
+            "#SBATCH --time=4",
+            "#SBATCH --gres=gpu:1",
+            "#SBATCH --mem=32G",
+            "sh -c 'echo '\\''it'\\'''\\''s'\\'' > x'",
+            "echo $? > '/ws/runs/0003/exit_code.part' && mv '/ws/runs/0003/exit_code.part' '/ws/runs/0003/exit_code'",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("--partition"), "an empty partition is the cluster's default");
+    }
+}
