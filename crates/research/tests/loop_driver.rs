@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use autoqat_research::driver::{Driver, RunOptions, StopReason};
-use autoqat_research::git::Git;
 use autoqat_research::results::{Record, Status};
 use autoqat_research::settings::Settings;
 use common::*;
@@ -56,30 +54,6 @@ fn run_in_process(ws: &Path, max: u32, resume: bool) -> (StopReason, Vec<Record>
     let opts = RunOptions { max_experiments: Some(max), resume, quiet: true, ..RunOptions::default() };
     let sum = Driver::open(ws, s, opts, None).unwrap().run().unwrap();
     (sum.stop, sum.records)
-}
-
-/// A `command` proposer answering the canned answers in order (one file per call) and
-/// saving each prompt it received.
-fn canned_proposer(ws: &Path, answers: &[String]) -> String {
-    let dir = ws.join(".canned");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (i, a) in answers.iter().enumerate() {
-        std::fs::write(dir.join(format!("{i}.txt")), a).unwrap();
-    }
-    std::fs::write(
-        dir.join("agent.sh"),
-        format!(
-            "#!/bin/sh\nd={}\nn=$(cat $d/count 2>/dev/null || echo 0)\necho $((n+1)) > $d/count\ncat > $d/prompt$n.txt\ncat $d/$n.txt 2>/dev/null || echo 'no more answers'\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    // Keep the canned files out of the worktree status.
-    let excl = ws.join(".git/info/exclude");
-    let mut e = std::fs::read_to_string(&excl).unwrap_or_default();
-    e.push_str("/.canned/\n");
-    std::fs::write(excl, e).unwrap();
-    format!("[provider]\nkind = \"command\"\ncommand = \"sh {}/agent.sh\"\ntimeout_s = 10", dir.display())
 }
 
 fn set_method(m: &str) -> String {
@@ -331,26 +305,8 @@ fn resume_after_sigkill_at_every_point_loses_and_duplicates_nothing() {
                 &settings_toml("[provider]\nkind = \"builtin\"", "")
                     .replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, ""),
             );
-            let out = run_child(ws.path(), 6, false, &[("AUTOQAT_TEST_KILL_AT", point)]);
-            assert_eq!(
-                out.status.signal(),
-                Some(libc::SIGKILL),
-                "{point}: the driver was not killed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let before = Git::open(ws.path()).unwrap().records("t").unwrap();
-            let out = run_child(ws.path(), 6, true, &[]);
-            assert!(out.status.success(), "{point}: resume failed: {}", String::from_utf8_lossy(&out.stderr));
-            let after = assert_consistent(ws.path(), "t");
-            assert_eq!(after.len(), 6, "{point}: {after:#?}");
-            for b in &before {
-                assert_eq!(
-                    Some(b),
-                    after.iter().find(|a| a.exp == b.exp),
-                    "{point}: finished experiment {} changed or lost",
-                    b.exp
-                );
-            }
+            let killed = run_child(ws.path(), 6, false, &[("AUTOQAT_TEST_KILL_AT", point)]);
+            assert_resume_loses_nothing(ws.path(), point, 6, killed, || run_child(ws.path(), 6, true, &[]));
             assert!(!Path::new(&ws.path().join(".autoqat/pending.json")).exists());
         }));
     }

@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use autoqat_research::driver::{Driver, RunOptions, StopReason};
-use autoqat_research::git::Git;
 use autoqat_research::results::{Record, Status};
 use autoqat_research::settings::Settings;
 use common::*;
@@ -191,24 +189,6 @@ fn a_keep_is_confirmed_by_a_second_seed_in_its_worktree() {
     }
 }
 
-/// A `command` proposer answering the canned answers in order, then `no more answers`.
-fn canned(ws: &Path, answers: &[String]) -> String {
-    let dir = ws.join(".canned");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (i, a) in answers.iter().enumerate() {
-        std::fs::write(dir.join(format!("{i}.txt")), a).unwrap();
-    }
-    std::fs::write(
-        dir.join("agent.sh"),
-        format!(
-            "#!/bin/sh\nd={}\nn=$(cat $d/count 2>/dev/null || echo 0)\necho $((n+1)) > $d/count\ncat > $d/prompt$n.txt\ncat $d/$n.txt 2>/dev/null || echo 'no more answers'\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    format!("[provider]\nkind = \"command\"\ncommand = \"sh {}/agent.sh\"\ntimeout_s = 10", dir.display())
-}
-
 #[test]
 fn a_change_overtaken_by_a_keep_is_superseded_and_replayed_on_the_new_best() {
     // exp 1 (lr 0.003, 2 s) and exp 2 (width 2, quick) both start from the baseline; exp 2 is
@@ -220,7 +200,7 @@ fn a_change_overtaken_by_a_keep_is_superseded_and_replayed_on_the_new_best() {
     let lr = |desc: &str| proposal(desc, "lr = 0.001", "lr = 0.003");
     let answers =
         [lr("lr 0.003"), proposal("width 2", "width = 0", "width = 2"), proposal("width 1", "width = 2", "width = 1")];
-    let provider = canned(p, &answers);
+    let provider = canned_proposer(p, &answers);
     let text =
         std::fs::read_to_string(p.join("autoqat.toml")).unwrap().replace("[noise]", &format!("{provider}\n\n[noise]"));
     std::fs::write(p.join("autoqat.toml"), text).unwrap();
@@ -286,26 +266,8 @@ fn kill_9_with_two_trials_in_flight_then_resume_loses_nothing() {
     for point in points {
         handles.push(std::thread::spawn(move || {
             let ws = parallel_workspace("[provider]\nkind = \"builtin\"", (0.5, 0.5));
-            let out = run_child(ws.path(), 6, false, Some(point));
-            assert_eq!(
-                out.status.signal(),
-                Some(libc::SIGKILL),
-                "{point}: the driver was not killed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let before = Git::open(ws.path()).unwrap().records("t").unwrap();
-            let out = run_child(ws.path(), 6, true, None);
-            assert!(out.status.success(), "{point}: resume failed: {}", String::from_utf8_lossy(&out.stderr));
-            let after = assert_consistent(ws.path(), "t");
-            assert_eq!(after.len(), 6, "{point}: {after:#?}");
-            for b in &before {
-                assert_eq!(
-                    Some(b),
-                    after.iter().find(|a| a.exp == b.exp),
-                    "{point}: finished experiment {} changed or lost",
-                    b.exp
-                );
-            }
+            let killed = run_child(ws.path(), 6, false, Some(point));
+            assert_resume_loses_nothing(ws.path(), point, 6, killed, || run_child(ws.path(), 6, true, None));
             assert_no_flight_left(ws.path());
         }));
     }

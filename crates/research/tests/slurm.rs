@@ -182,24 +182,8 @@ fn single_jobs(bed: &Testbed) {
 fn slurm_workspace(prefix: &str, workers: u32, answers: &[String]) -> tempfile::TempDir {
     let ws = workspace("");
     let p = ws.path();
-    let provider = if answers.is_empty() {
-        "[provider]\nkind = \"builtin\"".to_string()
-    } else {
-        let dir = p.join(".canned");
-        std::fs::create_dir_all(&dir).unwrap();
-        for (i, a) in answers.iter().enumerate() {
-            std::fs::write(dir.join(format!("{i}.txt")), a).unwrap();
-        }
-        std::fs::write(
-            dir.join("agent.sh"),
-            format!(
-                "#!/bin/sh\nd={}\nn=$(cat $d/count 2>/dev/null || echo 0)\necho $((n+1)) > $d/count\ncat > /dev/null\ncat $d/$n.txt\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        format!("[provider]\nkind = \"command\"\ncommand = \"sh {}/agent.sh\"\ntimeout_s = 10", dir.display())
-    };
+    let provider =
+        if answers.is_empty() { "[provider]\nkind = \"builtin\"".to_string() } else { canned_proposer(p, answers) };
     let text = settings_toml(
         &provider,
         &format!("\n[executor]\nkind = \"slurm\"\nworkers = {workers}\n[executor.slurm]\npoll_s = 0.2\n"),
@@ -207,10 +191,6 @@ fn slurm_workspace(prefix: &str, workers: u32, answers: &[String]) -> tempfile::
     .replace("command = \"sh ./trial.sh {run_dir}\"", &format!("command = \"{prefix}sh ./trial.sh {{run_dir}}\""))
     .replace("timeout_s = 20", "timeout_s = 8");
     std::fs::write(p.join("autoqat.toml"), text).unwrap();
-    let excl = p.join(".git/info/exclude");
-    let mut e = std::fs::read_to_string(&excl).unwrap_or_default();
-    e.push_str("/.canned/\n");
-    std::fs::write(excl, e).unwrap();
     git(p, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slurm"]);
     ws
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::results::Record;
 
 /// The journal of the experiment in flight.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,6 +21,28 @@ pub(super) struct Pending {
     pub cost_usd: f64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+}
+
+impl Pending {
+    /// The record of this experiment after its first trial: what it is, and what the trial
+    /// measured (the status and the comparison are the caller's).
+    pub(super) fn record(&self, first: &crate::trial::Outcome) -> Record {
+        let mut rec = Record {
+            tag: self.tag.clone(),
+            exp: self.exp,
+            description: self.description.clone(),
+            rationale: self.rationale.clone(),
+            diff: self.diff.clone(),
+            diff_key: self.diff_key.clone(),
+            cost_usd: self.cost_usd,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            ..Record::default()
+        };
+        rec.set_measurements(&first.summary, first.wall_s);
+        rec.error = first.error.clone();
+        rec
+    }
 }
 
 /// Writes the journal atomically.

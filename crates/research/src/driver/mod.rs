@@ -603,20 +603,7 @@ impl Driver {
         if first.interrupted {
             return Err(self.set_aside(exp, commit));
         }
-        let mut rec = Record {
-            tag: self.tag.clone(),
-            exp,
-            description: p.description.clone(),
-            rationale: p.rationale.clone(),
-            diff: p.diff.clone(),
-            diff_key: p.diff_key.clone(),
-            cost_usd: p.cost_usd,
-            input_tokens: p.input_tokens,
-            output_tokens: p.output_tokens,
-            ..Record::default()
-        };
-        rec.set_measurements(&first.summary, first.wall_s);
-        rec.error = first.error.clone();
+        let mut rec = p.record(&first);
         let status = if let Some(f) = first.failure {
             f
         } else if let Some(b) = &best {
@@ -669,25 +656,42 @@ impl Driver {
         rec.status = Some(status);
         let parent = self.git.parent_of(commit)?.unwrap_or(commit);
         rec.parent = parent.to_string();
-        let body = match &rec.error {
-            Some(e) => format!("{}\n\nError: {}", p.rationale, results::one_line(e)),
-            None => p.rationale.clone(),
-        };
-        let msg = git::message(&p.description, &body, exp, status.as_str(), rec.eval_ppl);
-        let final_commit = self.git.amend(commit, &msg)?;
-        rec.commit = final_commit.to_string();
-        if status.is_kept() {
-            self.git.write_note(final_commit, &rec)?;
-            self.git.set_ref(&Git::branch_ref(&self.tag), final_commit, "autoqat: keep")?;
-            self.git.force_checkout_head()?;
-        } else {
-            self.git.set_ref(&Git::discarded_ref(&self.tag, exp), final_commit, "autoqat: discard")?;
-            self.git.write_note(final_commit, &rec)?;
+        self.seal(commit, &p, &p.rationale, &mut rec)?;
+        if !status.is_kept() {
             let back = best.as_ref().and_then(|b| Oid::from_str(&b.commit).ok()).unwrap_or(parent);
             self.git.reset_branch(&self.tag, back, || hit("reset"))?;
         }
+        self.record(rec)
+    }
+
+    /// Writes the final commit of `rec` (the running `commit` with its status, PPL and any
+    /// error in the message; `body` before the error), its note and its ref: a keep moves the
+    /// branch to it, anything else goes under `refs/autoqat/<tag>/discarded/<exp>`.
+    fn seal(&mut self, commit: Oid, p: &Pending, body: &str, rec: &mut Record) -> Result<()> {
+        let status = rec.status();
+        let body = match &rec.error {
+            Some(e) => format!("{body}\n\nError: {}", results::one_line(e)),
+            None => body.to_string(),
+        };
+        let msg = git::message(&p.description, &body, rec.exp, status.as_str(), rec.eval_ppl);
+        let final_commit = self.git.amend(commit, &msg)?;
+        rec.commit = final_commit.to_string();
+        if status.is_kept() {
+            self.git.write_note(final_commit, rec)?;
+            self.git.set_ref(&Git::branch_ref(&self.tag), final_commit, "autoqat: keep")?;
+            self.git.force_checkout_head()?;
+        } else {
+            self.git.set_ref(&Git::discarded_ref(&self.tag, rec.exp), final_commit, "autoqat: discard")?;
+            self.git.write_note(final_commit, rec)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the row of a sealed experiment; a keep is scored on the held-out split when
+    /// `heldout.keeps` asks for it.
+    fn record(&mut self, rec: Record) -> std::result::Result<(), Halt> {
         hit("before_row");
-        let kept = status == Status::Keep;
+        let (exp, kept) = (rec.exp, rec.status() == Status::Keep);
         self.push(rec)?;
         if kept && self.s.heldout.keeps {
             self.heldout(exp);

@@ -396,21 +396,7 @@ impl Driver {
         let Live { f, wt, .. } = live;
         let exp = f.pending.exp;
         let p = &f.pending;
-        let mut rec = Record {
-            tag: self.tag.clone(),
-            exp,
-            description: p.description.clone(),
-            rationale: p.rationale.clone(),
-            diff: p.diff.clone(),
-            diff_key: p.diff_key.clone(),
-            cost_usd: p.cost_usd,
-            input_tokens: p.input_tokens,
-            output_tokens: p.output_tokens,
-            parent: f.parent.clone(),
-            ..Record::default()
-        };
-        rec.set_measurements(&first.summary, first.wall_s);
-        rec.error = first.error.clone();
+        let mut rec = Record { parent: f.parent.clone(), ..p.record(&first) };
         let (best, b) = self.best()?;
         let bp = b.eval_ppl.unwrap_or(f64::INFINITY);
         let sigma = self.sigma();
@@ -461,34 +447,16 @@ impl Driver {
                 "\n\nSuperseded: exp {} was kept while this ran; this change is re-applied on top of it and queued.",
                 b.exp
             ));
-        }
-        if let Some(e) = &rec.error {
-            body.push_str(&format!("\n\nError: {}", results::one_line(e)));
-        }
-        let msg = git::message(&p.description, &body, exp, status.as_str(), rec.eval_ppl);
-        let final_commit = self.git.amend(commit, &msg)?;
-        rec.commit = final_commit.to_string();
-        if status == Status::Superseded {
-            // Queued before the note: a kill in between re-runs the trial and queues it again.
-            pool.queue.push_back(exp);
+            // Queued before the note: a kill in between re-runs the trial, which queues it again.
+            if !pool.queue.contains(&exp) {
+                pool.queue.push_back(exp);
+            }
             self.write_queue(&pool.queue)?;
         }
-        if status.is_kept() {
-            self.git.write_note(final_commit, &rec)?;
-            self.git.set_ref(&Git::branch_ref(&self.tag), final_commit, "autoqat: keep")?;
-            self.git.force_checkout_head()?;
-        } else {
-            self.git.set_ref(&Git::discarded_ref(&self.tag, exp), final_commit, "autoqat: discard")?;
-            self.git.write_note(final_commit, &rec)?;
-        }
-        hit("before_row");
-        let kept = status == Status::Keep;
-        self.push(rec)?;
+        self.seal(commit, p, &body, &mut rec)?;
+        self.record(rec)?;
         self.forget(&f, &wt);
         self.in_flight.retain(|l| !l.starts_with(&format!("exp {exp} ")));
-        if kept && self.s.heldout.keeps {
-            self.heldout(exp);
-        }
         Ok(())
     }
 

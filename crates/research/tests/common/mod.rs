@@ -317,3 +317,59 @@ pub fn bare_request<'a>(
         ctx: context(None, recipe, &[], tried, &[]),
     }
 }
+
+/// A `command` proposer answering the canned answers in order (one file per call) and
+/// saving each prompt it received.
+pub fn canned_proposer(ws: &Path, answers: &[String]) -> String {
+    let dir = ws.join(".canned");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, a) in answers.iter().enumerate() {
+        std::fs::write(dir.join(format!("{i}.txt")), a).unwrap();
+    }
+    std::fs::write(
+        dir.join("agent.sh"),
+        format!(
+            "#!/bin/sh\nd={}\nn=$(cat $d/count 2>/dev/null || echo 0)\necho $((n+1)) > $d/count\ncat > $d/prompt$n.txt\ncat $d/$n.txt 2>/dev/null || echo 'no more answers'\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    // Keep the canned files out of the worktree status.
+    let excl = ws.join(".git/info/exclude");
+    let mut e = std::fs::read_to_string(&excl).unwrap_or_default();
+    e.push_str("/.canned/\n");
+    std::fs::write(excl, e).unwrap();
+    format!("[provider]\nkind = \"command\"\ncommand = \"sh {}/agent.sh\"\ntimeout_s = 10", dir.display())
+}
+
+/// Kill -9 then `--resume`: `killed` is the killed run's output, `resume` runs the driver
+/// again; the resumed run must be consistent, have `total` experiments and keep every one
+/// that had finished before the kill unchanged.
+pub fn assert_resume_loses_nothing(
+    ws: &Path,
+    point: &str,
+    total: usize,
+    killed: std::process::Output,
+    resume: impl FnOnce() -> std::process::Output,
+) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        killed.status.signal(),
+        Some(libc::SIGKILL),
+        "{point}: the driver was not killed: {}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    let before = autoqat_research::git::Git::open(ws).unwrap().records("t").unwrap();
+    let out = resume();
+    assert!(out.status.success(), "{point}: resume failed: {}", String::from_utf8_lossy(&out.stderr));
+    let after = assert_consistent(ws, "t");
+    assert_eq!(after.len(), total, "{point}: {after:#?}");
+    for b in &before {
+        assert_eq!(
+            Some(b),
+            after.iter().find(|a| a.exp == b.exp),
+            "{point}: finished experiment {} changed or lost",
+            b.exp
+        );
+    }
+}
