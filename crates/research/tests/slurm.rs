@@ -254,7 +254,7 @@ fn slurm_driver_child() {
     autoqat_research::driver::install_signal_handlers();
     let s = Settings::load(Path::new(&ws)).unwrap();
     let opts = RunOptions {
-        max_experiments: Some(2),
+        max_experiments: std::env::var("AQ_SLURM_MAX").ok().and_then(|v| v.parse().ok()).or(Some(2)),
         resume: std::env::var("AQ_SLURM_RESUME").is_ok(),
         quiet: true,
         ..RunOptions::default()
@@ -297,6 +297,43 @@ fn resume_and_cancel(_bed: &Testbed) {
     assert_eq!(jobs_named("autoqat-t-0000", p), 1);
     let recs = assert_consistent(p, "t");
     assert_eq!(recs.iter().map(|r| r.status()).collect::<Vec<_>>(), [Status::Baseline, Status::Keep]);
+
+    // The same with two workers: kill -9 as the second of two jobs is submitted; --resume
+    // follows both jobs still in the queue or running.
+    let ws = slurm_workspace("sleep 3 && ", 2, &[]);
+    let p = ws.path();
+    let text = std::fs::read_to_string(p.join("autoqat.toml"))
+        .unwrap()
+        .replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, "");
+    std::fs::write(p.join("autoqat.toml"), text).unwrap();
+    git(p, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "harmless"]);
+    let out = output(child(p, false, &[("AUTOQAT_TEST_KILL_AT", "trial:3"), ("AQ_SLURM_MAX", "4")]));
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<String> = (1..=2)
+        .map(|e| {
+            std::fs::read_to_string(p.join(format!("runs/{e:04}")).join(slurm::JOB_FILE)).unwrap().trim().to_string()
+        })
+        .collect();
+    assert_eq!(std::fs::read_dir(p.join(".autoqat/inflight")).unwrap().count(), 2, "two experiments were in flight");
+    for id in &ids {
+        wait_for("both jobs running", Duration::from_secs(30), || job_state(id) == "RUNNING");
+    }
+    let out = output(child(p, true, &[("AQ_SLURM_MAX", "4")]));
+    assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));
+    for (e, id) in (1..=2).zip(&ids) {
+        let again = std::fs::read_to_string(p.join(format!("runs/{e:04}")).join(slurm::JOB_FILE)).unwrap();
+        assert_eq!(again.trim(), id, "exp {e} was submitted again instead of re-attached");
+        assert_eq!(
+            jobs_named(&format!("autoqat-t-{e:04}"), &p.join(format!(".autoqat/worktrees/autoqat-t-{e:04}"))),
+            1
+        );
+    }
+    let recs = assert_consistent(p, "t");
+    assert_eq!(recs.len(), 4);
+    for r in &recs[1..=2] {
+        // The jobs ran on in their worktrees: a resume that rebuilt those under them crashes them.
+        assert!(r.status().is_kept() || matches!(r.status(), Status::Discard | Status::Superseded), "{r:#?}");
+    }
 
     // Ctrl-C of the driver while a job runs: the job is cancelled, the experiment set aside.
     let ws = slurm_workspace("sleep 30 && ", 1, &[]);

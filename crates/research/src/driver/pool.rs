@@ -149,8 +149,8 @@ impl Driver {
         let workers = self.s.executor.workers as usize;
         let (tx, rx) = mpsc::channel();
         let mut pool = Pool { live: BTreeMap::new(), queue: self.read_queue(), tx, rx, stop: None };
-        self.sweep_worktrees(&[]);
         let left: Vec<Flight> = flights(&self.ws).into_iter().filter(|f| f.pending.tag == self.tag).collect();
+        self.sweep_worktrees(&left.iter().map(|f| f.pending.exp).collect::<Vec<_>>());
         for f in left {
             self.resume_flight(&mut pool, f)?;
         }
@@ -315,8 +315,14 @@ impl Driver {
             return Ok(());
         };
         let f = Flight { commit: commit.to_string(), ..f };
-        self.say(&format!("resuming experiment {exp}: re-running its trial ({})", f.pending.description));
-        wt.create(&self.git, commit)?;
+        // A Slurm job may still be running in its worktree: that one stays as it is.
+        let job_may_run = matches!(self.executor, crate::executor::Executor::Slurm(_)) && wt.path.join(".git").exists();
+        if job_may_run {
+            self.say(&format!("resuming experiment {exp}: following its Slurm job ({})", f.pending.description));
+        } else {
+            self.say(&format!("resuming experiment {exp}: re-running its trial ({})", f.pending.description));
+            wt.create(&self.git, commit)?;
+        }
         self.start(pool, Live { f, wt, stage: Stage::First }, true)
     }
 
@@ -370,7 +376,7 @@ impl Driver {
                         &self.s.noise,
                         sigma,
                     ) == policy::Verdict::Confirm;
-                if wants_confirm && self.shift_seed(&live.wt.path, 1)? {
+                if wants_confirm && self.restore_recipe(&live)? && self.shift_seed(&live.wt.path, 1)? {
                     live.stage = Stage::Confirm(Box::new(out));
                     return Ok(self.start(pool, live, false)?);
                 }
@@ -378,6 +384,16 @@ impl Driver {
             }
             Stage::Confirm(first) => self.settle(pool, live, *first, Some(out)),
         }
+    }
+
+    /// Rewrites the worktree's recipe as its commit has it (a resumed worktree may hold a
+    /// shifted seed from before the kill); `true` when it could.
+    fn restore_recipe(&self, live: &Live) -> Result<bool> {
+        let commit = Oid::from_str(&live.f.commit).map_err(|e| ResearchError::Results(e.to_string()))?;
+        let Some(text) = self.git.file_at(commit, self.recipe_path()) else { return Ok(false) };
+        let path = live.wt.path.join(self.recipe_path());
+        std::fs::write(&path, text).map_err(|e| ResearchError::io(&path, e))?;
+        Ok(true)
     }
 
     /// The baseline's measured run-to-run σ, if it ran more than once.
