@@ -301,3 +301,53 @@ fn a_wrong_executor_setting_is_named_with_its_fix() {
     .to_string();
     assert!(e.contains("--executor k8s: expected local or slurm"), "{e}");
 }
+
+#[test]
+fn the_stop_file_lets_the_trials_in_flight_finish() {
+    let ws = parallel_workspace("[provider]\nkind = \"builtin\"", (0.3, 0.3));
+    let p = ws.path();
+    // Experiment 3's trial drops the stop file; 4 (and 5) are in flight or queued by then.
+    let text = std::fs::read_to_string(p.join("autoqat.toml")).unwrap().replace(
+        "command = \"sh ./trial.sh {run_dir}",
+        &format!("command = \"if [ $AUTOQAT_EXP = 3 ]; then touch {}/STOP; fi; sh ./trial.sh {{run_dir}}", p.display()),
+    );
+    std::fs::write(p.join("autoqat.toml"), text).unwrap();
+    git(p, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "stop at 3"]);
+    let (stop, recs) = run_in_process(p, 20, false);
+    assert_eq!(stop, StopReason::StopFile);
+    assert!((4..=6).contains(&recs.len()), "the trials in flight finish, nothing new starts: {recs:#?}");
+    assert_eq!(recs, assert_consistent(p, "t"));
+    assert_no_flight_left(p);
+    assert!(!p.join("STOP").exists(), "the stop file is consumed");
+}
+
+#[test]
+fn sigint_stops_both_trials_and_resume_runs_them_again() {
+    let ws = parallel_workspace("[provider]\nkind = \"builtin\"", (5.0, 5.0));
+    let p = ws.path();
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", "parallel_driver_child", "--nocapture", "--test-threads", "1"])
+        .env("AQ_PAR_WS", p)
+        .env("AQ_PAR_MAX", "5")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    // Two trials running: two journals and, in the trial log, two starts after the baseline.
+    let t = std::time::Instant::now();
+    while trial_events(p).iter().filter(|(e, x, _)| e == "start" && *x > 0).count() < 2 {
+        assert!(t.elapsed().as_secs() < 60, "two trials never ran at once: {:?}", trial_events(p));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    assert!(child.wait().unwrap().success());
+    let journals = std::fs::read_dir(p.join(".autoqat/inflight")).unwrap().count();
+    assert!(journals >= 1, "the interrupted experiments wait in their journals");
+    assert_eq!(git(p, &["worktree", "list"]).lines().count(), 1, "their worktrees are gone");
+    assert_clean(p);
+    let (_, recs) = run_in_process(p, 5, true);
+    assert_eq!(recs.len(), 5);
+    assert_eq!(recs, assert_consistent(p, "t"));
+    assert_no_flight_left(p);
+}
