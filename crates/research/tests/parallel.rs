@@ -191,11 +191,12 @@ fn a_keep_is_confirmed_by_a_second_seed_in_its_worktree() {
 
 #[test]
 fn a_change_overtaken_by_a_keep_is_superseded_and_replayed_on_the_new_best() {
-    // exp 1 (lr 0.003, 2 s) and exp 2 (width 2, quick) both start from the baseline; exp 2 is
-    // kept first, so exp 1 finishes on a stale parent. exp 3 (width 1, 6 s) starts from exp 2;
-    // exp 4 is exp 1's change re-applied on exp 2 and is kept; exp 3 then lands stale and
-    // worse than its parent: a plain discard.
-    let ws = parallel_workspace("", (2.0, 6.0));
+    // exp 1 (lr 0.003, 3 s) and exp 2 (width 2, quick) both start from the baseline; exp 2 is
+    // kept first, so exp 1 finishes on a stale parent. exp 3 (width 1, 10 s) starts from exp 2;
+    // exp 4 is exp 1's change re-applied on exp 2 (3 s) and is kept; exp 3 then lands stale
+    // and worse than its parent: a plain discard. The naps leave seconds of slack either way
+    // for a loaded machine.
+    let ws = parallel_workspace("", (3.0, 10.0));
     let p = ws.path();
     let lr = |desc: &str| proposal(desc, "lr = 0.001", "lr = 0.003");
     let answers =
