@@ -347,7 +347,11 @@ fn sigint_stops_both_trials_and_resume_runs_them_again() {
     assert!(journals >= 1, "the interrupted experiments wait in their journals");
     assert_eq!(git(p, &["worktree", "list"]).lines().count(), 1, "their worktrees are gone");
     assert_clean(p);
-    let (_, recs) = run_in_process(p, 5, true);
+    // Resumed with one worker: what was in flight is still the parallel loop's to finish.
+    let s = Settings::load(p).unwrap();
+    let opts =
+        RunOptions { max_experiments: Some(5), resume: true, quiet: true, workers: Some(1), ..RunOptions::default() };
+    let recs = Driver::open(p, s, opts, None).unwrap().run().unwrap().records;
     assert_eq!(recs.len(), 5);
     assert_eq!(recs, assert_consistent(p, "t"));
     assert_no_flight_left(p);

@@ -268,7 +268,10 @@ impl Driver {
     /// Runs experiments until a stop condition.
     pub fn run(mut self) -> Result<RunSummary> {
         self.recover()?;
-        let stop = if self.s.executor.workers > 1 { self.run_pool()? } else { self.run_serial()? };
+        // Experiments a parallel run left in flight are the parallel loop's to finish, whatever
+        // the worker count now.
+        let left = pool::flights(&self.ws).iter().any(|f| f.tag() == self.tag);
+        let stop = if self.s.executor.workers > 1 || left { self.run_pool()? } else { self.run_serial()? };
         if stop == StopReason::StopFile {
             let _ = std::fs::remove_file(self.ws.join(&self.s.run.stop_file));
         }
