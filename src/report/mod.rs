@@ -56,7 +56,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         }
         _ => Vec::new(),
     };
-    let fp_ppl = fp_ppl(workspace, &rows);
+    let fp_ppl = fp_ppl(workspace, &title, &rows);
     let noise = measured_noise(workspace, &title).or_else(|| results::noise(&rows));
     let png = out.join("progress.png");
     let svg = out.join("progress.svg");
@@ -112,8 +112,11 @@ fn measured_noise(workspace: &Path, tag: &str) -> Option<results::Noise> {
 
 /// `fp_ppl` from the first trial summary that has one (in the run directory the settings
 /// name): the full-precision floor every trial is measured against.
-fn fp_ppl(workspace: &Path, rows: &[Row]) -> Option<f64> {
-    let settings = autoqat_research::settings::Settings::load(workspace).ok();
+fn fp_ppl(workspace: &Path, tag: &str, rows: &[Row]) -> Option<f64> {
+    let settings = autoqat_research::settings::Settings::load(workspace).ok().map(|mut s| {
+        s.for_tag(tag);
+        s
+    });
     let template = settings.as_ref().map_or(autoqat_workspace::layout::RUN_DIR_TEMPLATE, |s| s.trial.run_dir.as_str());
     let layout = autoqat_workspace::Layout::new(workspace);
     rows.iter().find_map(|r| {

@@ -88,8 +88,11 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     let rows: Vec<Row> = results::read(&layout.results())?;
     let running = lock_held(ws);
     let next = rows.iter().map(|r| r.record.exp).max().map_or(0, |m| m + 1);
-    let settings = autoqat_research::settings::Settings::load(ws)?;
+    let mut settings = autoqat_research::settings::Settings::load(ws)?;
     let in_flight = in_flight(ws, &settings);
+    if let Some(tag) = crate::report::current_tag(ws) {
+        settings.for_tag(&tag);
+    }
     let (current_exp, run_dir, trial, current_description) = if running && in_flight.is_empty() {
         let rel = settings.run_dir(next);
         let dir = ws.join(&rel);
@@ -125,6 +128,8 @@ pub fn in_flight(ws: &Path, settings: &autoqat_research::settings::Settings) -> 
     autoqat_research::driver::flights(ws)
         .into_iter()
         .map(|f| {
+            let mut settings = settings.clone();
+            settings.for_tag(f.tag());
             let rel = settings.run_dir(f.exp());
             let dir = ws.join(&rel);
             let recipe = autoqat_research::executor::Worktree::of(ws, f.tag(), f.exp()).path.join(layout::RECIPE);

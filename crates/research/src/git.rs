@@ -353,6 +353,11 @@ impl Git {
         Ok(out)
     }
 
+    /// Every run tag with at least one finished experiment.
+    pub fn tags(&self) -> Result<std::collections::BTreeSet<String>> {
+        Ok(self.notes_json::<Record>(NOTES_REF)?.into_iter().map(|r| r.tag).collect())
+    }
+
     /// Attaches (or replaces) the JSON note of `commit` under `notes_ref`.
     fn note_json(&self, notes_ref: &str, commit: Oid, value: &impl serde::Serialize) -> Result<()> {
         let json = serde_json::to_string_pretty(value).map_err(|e| ResearchError::Results(e.to_string()))?;

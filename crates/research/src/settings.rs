@@ -178,7 +178,7 @@ pub struct TrialSettings {
     pub command: String,
     /// Wall-clock limit in seconds; the whole process group is killed after it.
     pub timeout_s: f64,
-    /// Where a trial writes its outputs; `{exp}` is replaced.
+    /// Where a trial writes its outputs; `{exp}` and `{tag}` are replaced.
     pub run_dir: String,
     /// Regex with one capture group for eval_ppl in the trial log, for foreign trials that
     /// write no summary.json. With it, summary.json is still preferred when present.
@@ -451,6 +451,12 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Fills `{tag}` in `trial.run_dir` with the run's tag (a template without it is shared by
+    /// every tag of the workspace).
+    pub fn for_tag(&mut self, tag: &str) {
+        self.trial.run_dir = self.trial.run_dir.replace("{tag}", tag);
     }
 
     /// The run directory of experiment `exp`, relative to the workspace.

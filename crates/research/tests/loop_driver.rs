@@ -448,3 +448,29 @@ fn the_best_is_scored_once_on_the_heldout_split_and_near_misses_are_recorded() {
     assert!(!rows.iter().any(|r| r.status() == Status::Keep && r.near_miss));
     assert_consistent(ws.path(), "t");
 }
+
+#[test]
+fn a_second_tag_never_writes_over_the_first_tags_run_directories() {
+    let toml =
+        settings_toml("[provider]\nkind = \"builtin\"", "").replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, "");
+    let ws = workspace(&toml);
+    let p = ws.path();
+    run_in_process(p, 2, false);
+    let before = std::fs::read(p.join("runs/0000/summary.json")).unwrap();
+    let open = |tag: &str| {
+        let opts = RunOptions { tag: Some(tag.into()), max_experiments: Some(2), quiet: true, ..RunOptions::default() };
+        Driver::open(p, Settings::load(p).unwrap(), opts, None)
+    };
+    let e = open("u").err().unwrap().to_string();
+    assert!(e.contains("tag `u` would write over the run directories of tag `t`"), "{e}");
+    assert!(e.contains(r#"trial.run_dir = "runs/{tag}/{exp}""#), "{e}");
+    // With {tag} in the template, each tag has its own run directories.
+    let toml = std::fs::read_to_string(p.join("autoqat.toml")).unwrap().replace("[trial]\n", "[trial]\nrun_dir = \"runs/{tag}/{exp}\"\n");
+    std::fs::write(p.join("autoqat.toml"), toml).unwrap();
+    git(p, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a run dir per tag"]);
+    let sum = open("u").unwrap().run().unwrap();
+    assert_eq!(sum.records.len(), 2);
+    assert!(p.join("runs/u/0000/summary.json").exists() && p.join("runs/u/0001/trial.log").exists());
+    assert_eq!(std::fs::read(p.join("runs/0000/summary.json")).unwrap(), before, "tag t's run was overwritten");
+    assert_consistent(p, "u");
+}

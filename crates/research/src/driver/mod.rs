@@ -191,6 +191,20 @@ impl Driver {
             return Err(ResearchError::Workspace(format!("tag `{tag}` is not a valid branch name part")));
         }
         let records = git.records(&tag)?;
+        // Another tag's run directories are its checkpoints and exports: a new tag must not
+        // write over them.
+        let shared = !s.trial.run_dir.contains("{tag}");
+        s.for_tag(&tag);
+        if shared && !opts.resume && records.is_empty() && ws.join(s.run_dir(0)).exists() {
+            if let Some(other) = git.tags()?.into_iter().find(|t| *t != tag) {
+                return Err(ResearchError::Workspace(format!(
+                    "tag `{tag}` would write over the run directories of tag `{other}` (trial.run_dir = {:?} has no {{tag}}); \
+                     set trial.run_dir = \"runs/{{tag}}/{{exp}}\" in autoqat.toml and commit it, or move {} away first",
+                    s.trial.run_dir,
+                    s.run_dir(0).display()
+                )));
+            }
+        }
         if opts.resume {
             // A kill during a reset may leave a mutable file half-written; the loop owns those.
             let dirty: Vec<String> =
