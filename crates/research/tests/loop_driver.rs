@@ -451,8 +451,8 @@ fn the_best_is_scored_once_on_the_heldout_split_and_near_misses_are_recorded() {
 
 #[test]
 fn a_second_tag_never_writes_over_the_first_tags_run_directories() {
-    let toml =
-        settings_toml("[provider]\nkind = \"builtin\"", "").replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, "");
+    let toml = settings_toml("[provider]\nkind = \"builtin\"", "")
+        .replace(r#", "crash", "hang", "nan", "slowbad", "hangonce""#, "");
     let ws = workspace(&toml);
     let p = ws.path();
     run_in_process(p, 2, false);
@@ -465,7 +465,9 @@ fn a_second_tag_never_writes_over_the_first_tags_run_directories() {
     assert!(e.contains("tag `u` would write over the run directories of tag `t`"), "{e}");
     assert!(e.contains(r#"trial.run_dir = "runs/{tag}/{exp}""#), "{e}");
     // With {tag} in the template, each tag has its own run directories.
-    let toml = std::fs::read_to_string(p.join("autoqat.toml")).unwrap().replace("[trial]\n", "[trial]\nrun_dir = \"runs/{tag}/{exp}\"\n");
+    let toml = std::fs::read_to_string(p.join("autoqat.toml"))
+        .unwrap()
+        .replace("[trial]\n", "[trial]\nrun_dir = \"runs/{tag}/{exp}\"\n");
     std::fs::write(p.join("autoqat.toml"), toml).unwrap();
     git(p, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a run dir per tag"]);
     let sum = open("u").unwrap().run().unwrap();
