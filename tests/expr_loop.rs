@@ -62,8 +62,10 @@ fn a_proposer_writes_a_quantizer_program_the_loop_runs_it_and_refuses_a_broken_o
         ],
     );
     let settings = std::fs::read_to_string(ws.join("autoqat.toml")).unwrap();
-    let settings =
-        settings.replace("kind = \"builtin\"", &format!("kind = \"command\"\ncommand = \"sh {}\"", script.display()));
+    // The demo's own runs stay: this tag gets run directories of its own.
+    let settings = settings
+        .replace("kind = \"builtin\"", &format!("kind = \"command\"\ncommand = \"sh {}\"", script.display()))
+        .replace("run_dir = \"runs/{exp}\"", "run_dir = \"runs/{tag}/{exp}\"");
     std::fs::write(ws.join("autoqat.toml"), settings).unwrap();
     git(&ws, &["commit", "-qam", "a scripted proposer"]);
 
@@ -84,7 +86,7 @@ fn a_proposer_writes_a_quantizer_program_the_loop_runs_it_and_refuses_a_broken_o
 
     // The trial read the program: its run directory's export says so.
     let quant: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(ws.join(format!("runs/{:04}/export/quant.json", ran.record.exp))).unwrap(),
+        &std::fs::read_to_string(ws.join(format!("runs/expr/{:04}/export/quant.json", ran.record.exp))).unwrap(),
     )
     .unwrap();
     assert_eq!(quant["method"], "expr");
