@@ -105,14 +105,16 @@ fn observe(git: &Git, validator: &Validator, s: &Settings, ws: &Path, rec: &Reco
     let ppl = match (rec.status(), rec.eval_ppl.filter(|p| p.is_finite())) {
         (_, Some(p)) => Some(rec.confirm_ppl.filter(|c| c.is_finite()).map_or(p, |c| (p + c) / 2.0)),
         // A pruned trial stopped while clearly worse: its curve's last point is what it reached.
-        (Status::Pruned, None) => prune::curve(&ws.join(s.run_dir(rec.exp)).join(autoqat_workspace::run::STEPS_FILE))
-            .iter()
-            .rev()
-            .map(|p| p.1)
-            .find(|p| p.is_finite()),
+        (Status::Pruned, None) => run_curve(ws, s, rec.exp).iter().rev().map(|p| p.1).find(|p| p.is_finite()),
         _ => None,
     };
     Some(Observation { exp: rec.exp, status: rec.status(), ppl, values, changed, near_miss: rec.near_miss })
+}
+
+/// The eval curve (step, PPL) of experiment `exp`'s run, from its steps.tsv (what pruning
+/// compares against).
+fn run_curve(ws: &Path, s: &Settings, exp: u32) -> Vec<(u64, f64)> {
+    prune::curve(&ws.join(s.run_dir(exp)).join(autoqat_workspace::run::STEPS_FILE))
 }
 
 /// What `rec`'s recipe is remembered by in the tried set: its meaning through the validator
@@ -365,6 +367,11 @@ impl Driver {
         self.say(&line);
     }
 
+    /// The baseline's measured run-to-run σ, if it ran more than once.
+    fn sigma(&self) -> Option<f64> {
+        self.records.iter().find(|r| r.status() == Status::Baseline).and_then(|r| r.sigma)
+    }
+
     fn results_path(&self) -> PathBuf {
         autoqat_workspace::Layout::new(&self.ws).results()
     }
@@ -613,9 +620,7 @@ impl Driver {
         let exp = p.exp;
         let run_dir = self.s.run_dir(exp).to_string_lossy().to_string();
         let best = results::best(&self.records).cloned();
-        let best_steps = best
-            .as_ref()
-            .map(|b| prune::curve(&self.ws.join(self.s.run_dir(b.exp)).join(autoqat_workspace::run::STEPS_FILE)));
+        let best_steps = best.as_ref().map(|b| run_curve(&self.ws, &self.s, b.exp));
         let first = self.run_trial(exp, &run_dir, best_steps)?;
         if first.interrupted {
             return Err(self.set_aside(exp, commit));
@@ -627,7 +632,7 @@ impl Driver {
             let bp = b.eval_ppl.unwrap_or(f64::INFINITY);
             let ppl = rec.eval_ppl.unwrap_or(f64::INFINITY);
             rec.delta = Some(policy::delta(ppl, bp));
-            let sigma = self.records.iter().find(|r| r.status() == Status::Baseline).and_then(|r| r.sigma);
+            let sigma = self.sigma();
             let status = match policy::verdict(ppl, bp, &self.s.noise, sigma) {
                 policy::Verdict::Discard => Status::Discard,
                 policy::Verdict::Keep => Status::Keep,

@@ -202,16 +202,26 @@ impl Driver {
                 return self.launch(pool, p, files, worker, Some(of));
             }
         }
+        // The prompt shows what is running now.
+        self.in_flight = pool
+            .live
+            .values()
+            .map(|l| {
+                let p = &l.f.pending;
+                format!("exp {} (worker {}): {}\n{}", p.exp, l.f.worker, p.description, p.diff.trim_end())
+            })
+            .collect();
         match self.propose(exp)? {
             Turn::Change(p, files) => self.launch(pool, p, files, worker, None),
             Turn::Recorded => Ok(()),
         }
     }
 
-    /// The next free experiment number: after every recorded, running or journaled one.
+    /// The next free experiment number: after every recorded or running one. (Every journal
+    /// is running once the loop has resumed them; a set-aside one only appears on a signal,
+    /// after which nothing is launched.)
     fn next_exp(&self, pool: &Pool) -> u32 {
-        let journaled = flights(&self.ws).into_iter().filter(|f| f.pending.tag == self.tag).map(|f| f.pending.exp);
-        self.records.iter().map(|r| r.exp).chain(pool.live.keys().copied()).chain(journaled).max().map_or(0, |m| m + 1)
+        self.records.iter().map(|r| r.exp).chain(pool.live.keys().copied()).max().map_or(0, |m| m + 1)
     }
 
     /// The best's commit and its record.
@@ -260,9 +270,7 @@ impl Driver {
         let base = self.ws.join(self.s.run_dir(exp)).to_string_lossy().to_string();
         let (run_dir, prune) = match &live.stage {
             Stage::First => {
-                let curve = results::best(&self.records).map(|b| {
-                    crate::prune::curve(&self.ws.join(self.s.run_dir(b.exp)).join(autoqat_workspace::run::STEPS_FILE))
-                });
+                let curve = results::best(&self.records).map(|b| super::run_curve(&self.ws, &self.s, b.exp));
                 (base, curve)
             }
             Stage::Confirm(_) => (format!("{base}-seed2"), None),
@@ -280,19 +288,6 @@ impl Driver {
             })
             .map_err(|e| ResearchError::Trial(format!("cannot start a trial thread: {e}")))?;
         pool.live.insert(exp, live);
-        self.in_flight = pool
-            .live
-            .values()
-            .map(|l| {
-                format!(
-                    "exp {} (worker {}): {}\n{}",
-                    l.f.pending.exp,
-                    l.f.worker,
-                    l.f.pending.description,
-                    l.f.pending.diff.trim_end()
-                )
-            })
-            .collect();
         Ok(())
     }
 
@@ -396,11 +391,6 @@ impl Driver {
         Ok(true)
     }
 
-    /// The baseline's measured run-to-run σ, if it ran more than once.
-    fn sigma(&self) -> Option<f64> {
-        self.records.iter().find(|r| r.status() == Status::Baseline).and_then(|r| r.sigma)
-    }
-
     /// Decides, commits and records a finished experiment (see the module's merge policy).
     fn settle(
         &mut self,
@@ -472,7 +462,6 @@ impl Driver {
         self.seal(commit, p, &body, &mut rec)?;
         self.record(rec)?;
         self.forget(&f, &wt);
-        self.in_flight.retain(|l| !l.starts_with(&format!("exp {exp} ")));
         Ok(())
     }
 

@@ -70,7 +70,7 @@ impl Driver {
 
     /// The job name of a trial (what `squeue` shows).
     pub(super) fn job_name(&self, exp: u32) -> String {
-        format!("autoqat-{}-{exp:04}", self.tag)
+        crate::executor::trial_name(&self.tag, exp)
     }
 
     /// Runs a trial of `exp` in the workspace, one at a time.

@@ -86,6 +86,11 @@ pub fn device_env(s: &ExecutorSettings, worker: usize) -> Vec<(String, String)> 
     env
 }
 
+/// The name of experiment `exp`'s trial: its worktree's, and its Slurm job's.
+pub fn trial_name(tag: &str, exp: u32) -> String {
+    format!("autoqat-{}-{exp:04}", tag.replace('/', "-"))
+}
+
 /// A git worktree in which one experiment's trial runs.
 #[derive(Debug, Clone)]
 pub struct Worktree {
@@ -98,7 +103,7 @@ pub struct Worktree {
 impl Worktree {
     /// The worktree of experiment `exp` of run `tag` (not created).
     pub fn of(ws: &Path, tag: &str, exp: u32) -> Worktree {
-        let name = format!("autoqat-{}-{exp:04}", tag.replace('/', "-"));
+        let name = trial_name(tag, exp);
         let path = autoqat_workspace::Layout::new(ws).worktrees().join(&name);
         Worktree { name, path }
     }
