@@ -13,6 +13,7 @@ pub mod hub;
 pub mod linear;
 pub mod llama;
 pub mod load;
+pub mod offload;
 pub mod tokenizer;
 
 pub use config::{Arch, ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
@@ -21,6 +22,7 @@ pub use error::{ModelError, Result};
 pub use eval::{line_documents, perplexity, perplexity_docs, DocEvalOptions, EvalOptions, EvalReport, EvalSet};
 pub use generate::{greedy_decode, stop_ids, DecodeStep, Decoded};
 pub use linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec, PlainBuilder, PlainLinear};
-pub use llama::{CausalLM, KvCache};
+pub use llama::{CausalLM, KvCache, LayerHook};
 pub use load::{build_causal_lm, load_causal_lm, load_weights, save_pretrained, LoadedModel};
+pub use offload::{load_offloaded, Offload};
 pub use tokenizer::TextTokenizer;

@@ -300,6 +300,15 @@ impl KvCache {
     }
 }
 
+/// Called before a decoder layer runs, so that a layer's weights can live elsewhere (a file)
+/// until the forward reaches it: memory then grows with one layer, not with depth (see
+/// [`crate::offload`]). Infallible because a forward is; an implementation keeps its errors for
+/// its owner to check after the pass.
+pub trait LayerHook: std::fmt::Debug + Send + Sync {
+    /// Layer `layer` is about to run.
+    fn enter(&self, layer: usize);
+}
+
 /// The decoder stack without the head (`model.*`).
 #[derive(Debug)]
 pub struct Model {
@@ -307,26 +316,44 @@ pub struct Model {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     rotary: RotaryEmbedding,
+    hook: Option<std::sync::Arc<dyn LayerHook>>,
 }
 
 impl Model {
-    /// Builds `p` = `model`.
-    pub fn new(p: &nn::Path, cfg: &ModelConfig, b: &dyn LinearBuilder) -> Result<Self> {
+    /// Builds `p` = `model`, calling `after_layer(i)` once layer `i`'s variables exist.
+    pub fn new(
+        p: &nn::Path,
+        cfg: &ModelConfig,
+        b: &dyn LinearBuilder,
+        after_layer: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<Self> {
         let embed_tokens = b.embedding(&(p / "embed_tokens"), cfg.vocab_size, cfg.hidden_size)?;
         let layers = (0..cfg.num_hidden_layers as usize)
-            .map(|i| DecoderLayer::new(&(p / "layers" / i), cfg, i, b))
+            .map(|i| {
+                let layer = DecoderLayer::new(&(p / "layers" / i), cfg, i, b)?;
+                after_layer(i)?;
+                Ok(layer)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens,
             layers,
             norm: RmsNorm::new(&(p / "norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             rotary: RotaryEmbedding::new(cfg, p.device()),
+            hook: None,
         })
+    }
+
+    fn enter(&self, i: usize) {
+        if let Some(hook) = &self.hook {
+            hook.enter(i);
+        }
     }
 
     /// Decoder layer `i` alone: `[B, T, C] -> [B, T, C]` (positions from 0), for block-wise
     /// work such as layerwise distillation.
     pub fn layer(&self, i: usize, h: &Tensor) -> Tensor {
+        self.enter(i);
         let (cos, sin) = self.rotary.cos_sin(h.size()[1], h.kind());
         self.layers[i].forward(h, &cos, &sin)
     }
@@ -339,7 +366,8 @@ impl Model {
         let (cos, sin) = self.rotary.cos_sin(cache.len + t, h.kind());
         let (cos, sin) = (cos.narrow(0, cache.len, t), sin.narrow(0, cache.len, t));
         cache.layers.resize_with(self.layers.len(), || None);
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            self.enter(i);
             h = layer.forward_cached(&h, &cos, &sin, kv);
         }
         cache.len += t;
@@ -351,7 +379,8 @@ impl Model {
         let t = ids.size()[1];
         let mut h = self.embed_tokens.forward(ids);
         let (cos, sin) = self.rotary.cos_sin(t, h.kind());
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            self.enter(i);
             h = layer.forward(&h, &cos, &sin);
         }
         self.norm.forward(&h)
@@ -370,7 +399,18 @@ pub struct CausalLM {
 impl CausalLM {
     /// Builds every variable under `p` (the VarStore root) with `b` building the linears.
     pub fn new(p: &nn::Path, cfg: &ModelConfig, b: &dyn LinearBuilder) -> Result<Self> {
-        let model = Model::new(&(p / "model"), cfg, b)?;
+        Self::new_with(p, cfg, b, &mut |_| Ok(()))
+    }
+
+    /// As [`CausalLM::new`], calling `after_layer(i)` as soon as decoder layer `i`'s variables
+    /// exist (an offloader moves them out there, so the whole model is never allocated).
+    pub fn new_with(
+        p: &nn::Path,
+        cfg: &ModelConfig,
+        b: &dyn LinearBuilder,
+        after_layer: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<Self> {
+        let model = Model::new(&(p / "model"), cfg, b, after_layer)?;
         let tied = cfg.tie_word_embeddings.then(|| model.embed_tokens.weight().shallow_clone());
         let lm_head = b.linear(
             &(p / "lm_head"),
@@ -399,6 +439,21 @@ impl CausalLM {
     /// Token ids `[B, T]` (i64) -> final hidden states `[B, T, C]`.
     pub fn hidden(&self, ids: &Tensor) -> Tensor {
         self.model.forward(ids)
+    }
+
+    /// Runs `hook` before each decoder layer from now on (None: no hook).
+    pub fn set_layer_hook(&mut self, hook: Option<std::sync::Arc<dyn LayerHook>>) {
+        self.model.hook = hook;
+    }
+
+    /// Token ids `[B, T]` -> the embeddings `[B, T, C]` the first layer reads.
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        self.model.embed_tokens.forward(ids)
+    }
+
+    /// The last layer's output `[.., C]` -> the final normed hidden states the head reads.
+    pub fn final_norm(&self, h: &Tensor) -> Tensor {
+        self.model.norm.forward(h)
     }
 
     /// Hidden states `[.., C]` -> logits `[.., V]`.

@@ -54,7 +54,7 @@ pub fn build_causal_lm(
 }
 
 /// Where each checkpoint key lives: one file, or a shard map from the index.
-fn weight_files(dir: &Path) -> Result<(PathBuf, HashMap<String, PathBuf>)> {
+pub(crate) fn weight_files(dir: &Path) -> Result<(PathBuf, HashMap<String, PathBuf>)> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok((single.clone(), HashMap::new()));
