@@ -462,3 +462,28 @@ fn widening_query_heads_keeps_the_function_under_grouped_query_attention() {
     let rel = common::model::rel_err(a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
     assert!(rel <= 1e-4, "autoqat {} vs transformers {}", a["eval_ppl"], r["eval_ppl"]);
 }
+
+#[test]
+fn offloaded_layers_pack_the_same_bytes_as_a_resident_model() {
+    // Decoder layers read in one at a time (the default) must change nothing but memory: every
+    // sensitivity's scores, the layerwise stage and the apply pass see the same weights.
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("fisher", "[allocate]\nsensitivity = \"fisher\"\n[distill]\nenabled = true\nsteps = 6"),
+        ("activation", "[allocate]\nsensitivity = \"activation\""),
+        ("mse", "[allocate]\nsensitivity = \"mse\""),
+    ];
+    for (name, body) in cases {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = recipe(&dir, fx, "qwen2", "ternary", body);
+        let offloaded = run_compress(&config, &dir.join("offloaded"));
+        let text = std::fs::read_to_string(&config).unwrap().replacen("[model]\n", "[model]\noffload = false\n", 1);
+        std::fs::write(&config, text).unwrap();
+        let resident = run_compress(&config, &dir.join("resident"));
+        assert_eq!(offloaded["artifact_sha256"], resident["artifact_sha256"], "{name}: offloading changed the artifact");
+        assert_eq!(offloaded["eval_ppl"], resident["eval_ppl"], "{name}");
+        assert_eq!((offloaded["offloaded"].as_bool(), resident["offloaded"].as_bool()), (Some(true), Some(false)));
+    }
+}

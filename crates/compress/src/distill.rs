@@ -112,7 +112,8 @@ const REPORTS_FILE: &str = "distill.json";
 /// of each quantized matrix by module path (`model.embed_tokens` included), `seqs` the
 /// calibration sequences. The variables end holding the trained latents. With `state`, each
 /// block's latents are saved once trained, and blocks saved by a killed run are loaded, not
-/// trained again.
+/// trained again. `keep(layer, file)` is told where a block's latents were saved, so that an
+/// offloaded model reads them from there once the block is released.
 #[allow(clippy::too_many_arguments)]
 pub fn layerwise(
     model: &CausalLM,
@@ -122,6 +123,7 @@ pub fn layerwise(
     opts: &DistillSection,
     device: Device,
     state: Option<&ResumeState>,
+    keep: &mut dyn FnMut(usize, &std::path::Path) -> Result<()>,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<BlockReport>> {
     let ids = seqs.to_device(device);
@@ -186,6 +188,9 @@ pub fn layerwise(
                 (report, next)
             }
         };
+        if let Some(s) = state {
+            keep(layer, &s.dir().join(layer_file(layer)))?;
+        }
         reports.push(report);
         x_q = next;
         x_fp = y_fp;

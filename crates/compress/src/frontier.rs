@@ -166,6 +166,7 @@ mod tests {
             distill: vec![],
             finetune: None,
             verify_ppl: verified.then_some(ppl),
+            offloaded: false,
         };
         Point { run: PathBuf::from(name), summary: Some(s), on_frontier: false, dominated_by: None, flags: vec![] }
     }

@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod recipe;
 pub mod resume;
 pub mod rows;
+mod score;
 pub mod sensitivity;
 pub mod widen;
 

@@ -5,64 +5,74 @@
 use autoqat_workspace::run;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use autoqat_model::linear::LinearRole;
-use autoqat_model::{load_causal_lm, parse_device, CausalLM, DocEvalOptions, EvalReport, EvalSet, TextTokenizer};
+use autoqat_model::offload::layer_prefix;
+use autoqat_model::{
+    load_offloaded, parse_device, DocEvalOptions, EvalReport, EvalSet, LayerHook, Offload, TextTokenizer,
+};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use crate::allocate::{allocate, MatrixScores};
+use crate::allocate::allocate;
 use crate::artifact::{self, TextFiles};
-use crate::calib::{self, input_key, Recorder};
+use crate::calib::{self, Recorder};
 use crate::error::{io_err, CompressError, Result};
 use crate::finetune::Teacher;
 use crate::recipe::CompressRecipe;
 use crate::resume::ResumeState;
 use crate::rows::{self, RowKind};
-use crate::sensitivity::{row_errors, Sensitivity, Weighting};
+use crate::score::{targets, weight, Calibration};
 
-/// Calibration sequences per forward pass.
-const CALIB_BATCH: i64 = 8;
 /// Resume files: the full-precision score, the fine-tune's teacher, the allocation.
 const FP_FILE: &str = "fp.json";
 const TEACHER_FILE: &str = "teacher.safetensors";
 const MIX_FILE: &str = "mix.json";
 
-/// One quantized matrix: where it lives and what its input statistics are called.
-#[derive(Debug, Clone)]
-struct Target {
-    /// Module path (`model.layers.0.mlp.up_proj`, `model.embed_tokens`, `lm_head`).
-    prefix: String,
-    /// [`input_key`] of its Gram matrix; None for the embedding.
-    gram: Option<String>,
-}
+/// The model's decoder layers: offloaded (read in as passes reach them, see
+/// [`autoqat_model::offload`]), or all resident (widened, or `model.offload = false`, or a
+/// stage that needs the whole model at once).
+struct Paging(Option<Arc<Offload>>);
 
-/// Every matrix the artifact quantizes, in a fixed order: the embedding (and with it a tied
-/// lm_head), each layer's projections, an untied lm_head.
-fn targets(n_layers: usize, tied: bool) -> Vec<Target> {
-    let mut out = vec![Target { prefix: "model.embed_tokens".into(), gram: None }];
-    let roles = [
-        LinearRole::Q,
-        LinearRole::K,
-        LinearRole::V,
-        LinearRole::O,
-        LinearRole::Gate,
-        LinearRole::Up,
-        LinearRole::Down,
-    ];
-    for layer in 0..n_layers {
-        for role in roles {
-            out.push(Target { prefix: role.module_path(Some(layer)), gram: Some(input_key(role, Some(layer))) });
+impl Paging {
+    fn enter(&self, layer: usize) {
+        if let Some(o) = &self.0 {
+            o.enter(layer);
         }
     }
-    if !tied {
-        out.push(Target {
-            prefix: LinearRole::LmHead.module_path(None),
-            gram: Some(input_key(LinearRole::LmHead, None)),
-        });
+
+    /// Read errors since the last check.
+    fn check(&self) -> Result<()> {
+        match &self.0 {
+            Some(o) => Ok(o.check()?),
+            None => Ok(()),
+        }
     }
-    out
+
+    fn release(&self) {
+        if let Some(o) = &self.0 {
+            o.release();
+        }
+    }
+
+    /// Keeps layer `layer`'s current weights for later passes (a file under `dir`).
+    fn write_back(&self, layer: usize, dir: &Path) -> Result<()> {
+        match &self.0 {
+            Some(o) => {
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+                Ok(o.write_back(layer, &dir.join(format!("layer-{layer}.safetensors")))?)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn redirect(&self, layer: usize, file: &Path) -> Result<()> {
+        match &self.0 {
+            Some(o) => Ok(o.redirect(layer, file)?),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The row mix of one matrix, for the manifest.
@@ -160,6 +170,9 @@ pub struct Summary {
     pub finetune: Option<crate::finetune::FinetuneReport>,
     /// PPL of the zip reloaded from disk in a fresh process (the CLI's verify stage).
     pub verify_ppl: Option<f64>,
+    /// Whether decoder layers were read in one at a time (memory of one layer, not the model).
+    #[serde(default)]
+    pub offloaded: bool,
 }
 
 impl Summary {
@@ -183,9 +196,6 @@ impl Summary {
         self.run.bits_per_param.unwrap_or(f64::NAN)
     }
 }
-
-/// Named tensors (a block's or a model's variables).
-type Tensors = HashMap<String, Tensor>;
 
 /// Progress lines go through this, so a CLI prints them and a test can keep them.
 pub type Log<'a> = &'a mut dyn FnMut(&str);
@@ -218,16 +228,25 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
     let recorder = Recorder::default();
     let source = recipe.model_source();
     log(&format!("load: {source}"));
-    let (loaded, tok, calib_seqs, docs) = timed(&mut st.load_s, || {
-        let loaded = load_causal_lm(&source, device, Kind::Float, &recorder)?;
+    let (loaded, offload, tok, calib_seqs, docs) = timed(&mut st.load_s, || {
+        let (loaded, offload) = load_offloaded(&source, device, Kind::Float, &recorder)?;
         let tok = TextTokenizer::from_path(&loaded.dir)?;
         let cpath = recipe.resolve(&recipe.calibration.text);
         let ctext = std::fs::read_to_string(&cpath).map_err(io_err(&cpath))?;
         let ids = tok.encode(&ctext)?;
         let seqs = calib::sequences(&ids, recipe.calibration.tokens, recipe.calibration.seq_len)?;
         let docs = eval_documents(recipe, &tok)?;
-        Ok((loaded, tok, seqs, docs))
+        Ok((loaded, offload, tok, seqs, docs))
     })?;
+    // Memory grows with one decoder layer, except where a stage needs the whole model: widening
+    // builds a new one, the fine-tune trains end to end.
+    let widens = recipe.widen.new_width(loaded.cfg.intermediate_size).is_some()
+        || recipe.widen.new_heads(loaded.cfg.num_attention_heads, loaded.cfg.num_key_value_heads).is_some();
+    if !recipe.model.offload || widens || recipe.finetune.enabled {
+        offload.pin_all()?;
+    } else {
+        log("load: decoder layers offloaded, read in one at a time");
+    }
     let mut source_config: serde_json::Value = {
         let p = loaded.dir.join("config.json");
         let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
@@ -236,8 +255,8 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
     let probe = calib_seqs.narrow(0, 0, 1);
     let widening =
         timed(&mut st.widen_s, || crate::widen::widen_model(&loaded, &recipe.widen, &recorder, &probe, device))?;
-    let (loaded, widened) = match widening {
-        None => (loaded, None),
+    let (loaded, paging, widened) = match widening {
+        None => (loaded, Paging((!offload.pinned()).then_some(offload)), None),
         Some((wider, report)) => {
             log(&format!(
                 "widen: MLP {} -> {} units, query heads {} -> {}, max logit change {:.2e}",
@@ -251,7 +270,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
             source_config["num_attention_heads"] = report.heads_after.into();
             // The head width stays: explicit, since hidden / heads no longer gives it.
             source_config["head_dim"] = wider.cfg.head_dim.into();
-            (wider, Some(report))
+            (wider, Paging(None), Some(report))
         }
     };
     let cfg = loaded.cfg.clone();
@@ -259,6 +278,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
         Some(fp) => fp,
         None => {
             let fp = timed(&mut st.fp_eval_s, || Ok(docs.score(&loaded.model, device)?))?;
+            paging.check()?;
             state.save(FP_FILE, &fp)?;
             fp
         }
@@ -279,13 +299,19 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
     };
 
     let vars = loaded.vs.variables();
+    // Full shapes: an offloaded layer's variables are empty while it is not resident.
+    let mut shapes: HashMap<String, Vec<i64>> = vars.iter().map(|(n, v)| (n.clone(), v.size())).collect();
+    if let Some(o) = &paging.0 {
+        shapes.extend(o.shapes().map(|(n, s)| (n.to_string(), s.to_vec())));
+    }
+    let numel = |n: &str| shapes.get(n).map(|s| s.iter().product::<i64>()).unwrap_or(0);
     let tied = cfg.tie_word_embeddings;
     let targets = targets(cfg.num_hidden_layers as usize, tied);
     let kinds = recipe.allocate.kinds.clone();
     let sens = recipe.allocate.sensitivity;
     // The budget: everything but the rows' codes and scales is reserved first, exactly or as
     // an upper bound, so the allocation can spend the rest.
-    let param_count: i64 = vars.values().map(|v| v.numel() as i64).sum();
+    let param_count: i64 = shapes.keys().map(|n| numel(n)).sum();
     let bpp = recipe.budget_bpp();
     let total_bits = artifact::budget_bits(param_count, bpp);
     let quantized: std::collections::HashSet<String> = targets.iter().map(|t| format!("{}.weight", t.prefix)).collect();
@@ -312,10 +338,16 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
             names.push(format!("{}.{}.scales", t.prefix, k.name()));
         }
     }
-    let max_dim = vars.values().flat_map(|v| v.size()).max().unwrap_or(1);
-    let passthrough_bytes: i64 = passthrough.iter().map(|n| 2 * vars[n].numel() as i64).sum();
-    let kind_bytes: i64 =
-        targets.iter().map(|t| Ok((weight(&vars, &t.prefix)?.size()[0] + 3) / 4)).sum::<Result<i64>>()?;
+    let max_dim = shapes.values().flatten().copied().max().unwrap_or(1);
+    let passthrough_bytes: i64 = passthrough.iter().map(|n| 2 * numel(n)).sum();
+    let rows_of = |prefix: &str| -> Result<i64> {
+        let name = format!("{prefix}.weight");
+        shapes
+            .get(&name)
+            .and_then(|s| s.first().copied())
+            .ok_or_else(|| CompressError::Torch(format!("the model has no variable {name}")))
+    };
+    let kind_bytes: i64 = targets.iter().map(|t| Ok((rows_of(&t.prefix)? + 3) / 4)).sum::<Result<i64>>()?;
     let reserve_bytes = artifact::zip_overhead(&files)?
         + artifact::safetensors_header_bound(names.iter().map(String::as_str), max_dim, total_bits / 8 + 1)
         + passthrough_bytes
@@ -337,41 +369,19 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
                 calib_seqs.size()[1],
                 sens.name()
             ));
-            let (grams, fisher) = timed(&mut st.calibrate_s, || {
-                calibrate(&loaded.model, &loaded.vs, &recorder, &calib_seqs, sens, device)
-            })?;
-            let counts = calib::token_counts(&calib_seqs, cfg.vocab_size).to_device(device);
-            let scores = timed(&mut st.score_s, || {
-                targets
-                    .iter()
-                    .map(|t| {
-                        let w = weight(&vars, &t.prefix)?;
-                        let fisher_t = fisher.as_ref().map(|f| &f[&format!("{}.weight", t.prefix)]);
-                        let weighting = match (sens, &t.gram, fisher_t) {
-                            (Sensitivity::Mse, _, _) => Weighting::None,
-                            (Sensitivity::Fisher, _, Some(f)) => Weighting::Fisher(f),
-                            (_, Some(key), _) => Weighting::Gram(gram(&grams, key)?),
-                            (_, None, _) => Weighting::Embedding {
-                                counts: &counts,
-                                head: if tied {
-                                    Some(gram(&grams, &input_key(LinearRole::LmHead, None))?)
-                                } else {
-                                    None
-                                },
-                            },
-                        };
-                        let errors = kinds
-                            .iter()
-                            .map(|&k| {
-                                let (codes, scale) = rows::quantize_codes(&w, k);
-                                row_errors(&w, &rows::dequantize(&codes, &scale, k), &weighting)
-                            })
-                            .collect::<Result<Vec<_>>>()?;
-                        Ok(MatrixScores { in_dim: w.size()[1], errors })
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })?;
-            drop(fisher);
+            // Calibration and scoring are one layer-by-layer pass (see `score`), timed as one.
+            let check = || paging.check();
+            let calibration = Calibration {
+                model: &loaded.model,
+                vars: &vars,
+                recorder: &recorder,
+                seqs: &calib_seqs,
+                check: &check,
+                scratch: &state.dir().join("acts"),
+                device,
+            };
+            let scores = timed(&mut st.calibrate_s, || crate::score::score(&calibration, &targets, &kinds, sens, tied))?;
+            paging.release();
             let mix = timed(&mut st.allocate_s, || allocate(&scores, &kinds, row_budget))?;
             state.save(MIX_FILE, &mix)?;
             mix
@@ -392,6 +402,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
                 opts,
                 device,
                 Some(&state),
+                &mut |layer, file| paging.redirect(layer, file),
                 &mut *log,
             )
         })?
@@ -424,23 +435,48 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut manifest: Vec<MatrixMix> = Vec::new();
     timed(&mut st.apply_s, || {
+        // Layer by layer: each layer's quantized weights (and half-precision norms) are written
+        // back for the evaluation to read; the embedding and head stay resident.
+        let layer_dir = state.dir().join("layers");
+        // A layer is finished once its matrices are packed: its norms go to half precision
+        // (as the artifact holds them) and it is written back before the next is read in.
+        let finish = |layer: usize, tensors: &mut Vec<(String, Tensor)>| -> Result<()> {
+            for name in passthrough.iter().filter(|n| n.starts_with(&layer_prefix(layer))) {
+                tensors.push(to_half(&vars, name)?);
+            }
+            paging.write_back(layer, &layer_dir)
+        };
+        let mut current: Option<usize> = None;
         for (t, row_kinds) in targets.iter().zip(&mix) {
+            if t.layer != current {
+                if let Some(done) = current {
+                    finish(done, &mut tensors)?;
+                }
+                if let Some(l) = t.layer {
+                    paging.enter(l);
+                }
+                current = t.layer;
+            }
             let mut w = weight(&vars, &t.prefix)?;
             let (packed, mm) = apply(&mut w, &t.prefix, row_kinds)?;
             tensors.extend(packed);
             manifest.push(mm);
         }
-        for name in &passthrough {
-            let mut v = vars[name].shallow_clone();
-            let half = v.to_kind(Kind::Half);
-            tch::no_grad(|| v.f_copy_(&half))?;
-            tensors.push((name.clone(), half.to_device(Device::Cpu)));
+        if let Some(done) = current {
+            finish(done, &mut tensors)?;
         }
+        for name in passthrough.iter().filter(|n| !n.starts_with("model.layers.")) {
+            tensors.push(to_half(&vars, name)?);
+        }
+        paging.check()?;
+        paging.release();
         Ok(())
     })?;
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
 
     let report: EvalReport = timed(&mut st.eval_s, || Ok(docs.score(&loaded.model, device)?))?;
+    paging.check()?;
+    paging.release();
     log(&format!(
         "eval: PPL {:.4} (fp {:.4}, {:+.2}%)",
         report.eval_ppl,
@@ -492,6 +528,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
             / manifest.iter().map(|m| m.sq_norm).sum::<f64>().max(f64::MIN_POSITIVE),
         tokenizer_sha256: artifact::sha256_file(&loaded.dir.join("tokenizer.json"))?.0,
         mix: total_mix,
+        offloaded: paging.0.is_some(),
         stages: st,
         widen: widened,
         distill: distilled,
@@ -518,65 +555,16 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     Ok(autoqat_workspace::atomic::write_json(path, value)?)
 }
 
-fn weight(vars: &HashMap<String, Tensor>, prefix: &str) -> Result<Tensor> {
-    vars.get(&format!("{prefix}.weight"))
-        .map(Tensor::detach)
-        .ok_or_else(|| CompressError::Torch(format!("the model has no variable {prefix}.weight")))
-}
-
-fn gram<'a>(grams: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor> {
-    grams.get(key).ok_or_else(|| CompressError::Calibration(format!("no calibration statistics for {key}")))
-}
-
-/// Forward passes over the calibration sequences recording input Gram matrices, and for
-/// `fisher` the summed squared gradients of every weight (one backward per sequence).
-fn calibrate(
-    model: &CausalLM,
-    vs: &nn::VarStore,
-    recorder: &Recorder,
-    seqs: &Tensor,
-    sens: Sensitivity,
-    device: Device,
-) -> Result<(Tensors, Option<Tensors>)> {
-    let n = seqs.size()[0];
-    recorder.set_recording(true);
-    for (i, b) in calib::batches(n, CALIB_BATCH) {
-        let x = seqs.narrow(0, i, b).to_device(device);
-        let _ = tch::no_grad(|| model.forward(&x));
-    }
-    recorder.set_recording(false);
-    let grams = recorder.take_grams();
-    if sens != Sensitivity::Fisher {
-        return Ok((grams, None));
-    }
-    let vars = vs.variables();
-    let mut fisher: HashMap<String, Tensor> =
-        vars.iter().filter(|(k, _)| k.ends_with(".weight")).map(|(k, v)| (k.clone(), v.zeros_like())).collect();
-    for s in 0..n {
-        let x = seqs.narrow(0, s, 1).to_device(device);
-        let logits = model.forward(&x);
-        let t = logits.size()[1];
-        let v = logits.size()[2];
-        let loss = logits.narrow(1, 0, t - 1).reshape([-1, v]).f_cross_entropy_loss::<Tensor>(
-            &x.narrow(1, 1, t - 1).reshape([-1]),
-            None,
-            Reduction::Mean,
-            -100,
-            0.0,
-        )?;
-        calib::zero_grads(vars.values());
-        loss.f_backward()?;
-        tch::no_grad(|| {
-            for (name, f) in fisher.iter_mut() {
-                let g = vars[name].grad();
-                if g.defined() {
-                    let _ = f.g_add_(&g.square());
-                }
-            }
-        });
-    }
-    calib::zero_grads(vars.values());
-    Ok((grams, Some(fisher)))
+/// Rounds variable `name` to half precision in place (the model then scores what the artifact
+/// holds) and returns the half-precision copy to pack.
+fn to_half(vars: &HashMap<String, Tensor>, name: &str) -> Result<(String, Tensor)> {
+    let mut v = vars
+        .get(name)
+        .ok_or_else(|| CompressError::Torch(format!("the model has no variable {name}")))?
+        .shallow_clone();
+    let h = v.to_kind(Kind::Half);
+    tch::no_grad(|| v.f_copy_(&h))?;
+    Ok((name.to_string(), h.to_device(Device::Cpu)))
 }
 
 /// Quantizes `w` in place, row by row to `row_kinds`, returning the packed tensors and the mix.

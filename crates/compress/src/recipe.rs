@@ -87,6 +87,14 @@ pub struct ModelSection {
     /// auto, cpu, cuda, cuda:N or mps.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Read decoder layers in one at a time, so memory grows with one layer and not with depth
+    /// (false: keep the whole model resident; widening and the fine-tune always do).
+    #[serde(default = "yes")]
+    pub offload: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[budget]`.
