@@ -145,6 +145,18 @@ struct State {
     error: Option<ModelError>,
 }
 
+/// Hands the heap's free pages back to the kernel. A released layer's buffers are free but stay
+/// resident (the CLI raises glibc's mmap and trim thresholds so that a forward's buffers are
+/// reused, see `src/host_alloc.rs`), and layers read in later land elsewhere in the heap: without
+/// this, resident memory grew with every layer read (measured: 4x the layers, 2.5x the peak).
+fn return_freed_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Decoder layers read in from files as a forward reaches them (see the module doc).
 #[derive(Debug)]
 pub struct Offload {
@@ -209,6 +221,7 @@ impl Offload {
         let mut state = self.lock();
         if !state.pinned {
             self.release_all(&mut state);
+            return_freed_pages();
         }
     }
 
@@ -288,6 +301,7 @@ impl LayerHook for Offload {
         let Some(names) = self.layers.get(layer) else { return };
         if !state.pinned {
             self.release_all(&mut state);
+            return_freed_pages();
         }
         for (i, v) in names.iter().enumerate() {
             let data = match self.read(&state, layer, v) {
