@@ -114,6 +114,10 @@ pub struct EvalArgs {
     /// f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Read decoder layers in one at a time as the pass reaches them (memory of one layer,
+    /// not the model; an artifact is unpacked to dense shards in the temporary directory first).
+    #[arg(long)]
+    pub offload: bool,
     #[command(flatten)]
     pub json: JsonArg,
 }

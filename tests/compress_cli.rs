@@ -482,8 +482,18 @@ fn offloaded_layers_pack_the_same_bytes_as_a_resident_model() {
         let text = std::fs::read_to_string(&config).unwrap().replacen("[model]\n", "[model]\noffload = false\n", 1);
         std::fs::write(&config, text).unwrap();
         let resident = run_compress(&config, &dir.join("resident"));
-        assert_eq!(offloaded["artifact_sha256"], resident["artifact_sha256"], "{name}: offloading changed the artifact");
+        assert_eq!(
+            offloaded["artifact_sha256"], resident["artifact_sha256"],
+            "{name}: offloading changed the artifact"
+        );
         assert_eq!(offloaded["eval_ppl"], resident["eval_ppl"], "{name}");
         assert_eq!((offloaded["offloaded"].as_bool(), resident["offloaded"].as_bool()), (Some(true), Some(false)));
+        // `autoqat eval --offload` (what verify runs) unpacks the zip to dense shards and reads
+        // them a layer at a time: the same number as the whole model in memory.
+        let zip = dir.join("offloaded/artifact.zip");
+        let tok = fx.join("qwen2").join("tokenizer.json");
+        let whole = eval_docs(&zip, fx, &["--tokenizer", s(&tok)]);
+        let paged = eval_docs(&zip, fx, &["--tokenizer", s(&tok), "--offload"]);
+        assert_eq!(whole["eval_ppl"], paged["eval_ppl"], "{name}: eval --offload scored another PPL");
     }
 }

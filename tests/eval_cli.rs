@@ -35,9 +35,11 @@ fn eval_ppl_matches_transformers_guide_at_two_settings() {
         eprintln!("note: wikitext-2 absent; comparing on the generated text instead");
     }
     let text = dir.join("text.txt");
-    for (key, want) in reference["models"]["llama"].as_object().unwrap() {
+    // Resident, and with the decoder layers read in one at a time (`--offload`).
+    let cases = reference["models"]["llama"].as_object().unwrap().iter().flat_map(|kv| [(kv, false), (kv, true)]);
+    for ((key, want), offload) in cases {
         let (ctx, stride) = key.split_once('/').unwrap();
-        let out = autoqat(&[
+        let mut args = vec![
             "eval",
             "--model",
             s(&dir.join("llama")),
@@ -52,12 +54,16 @@ fn eval_ppl_matches_transformers_guide_at_two_settings() {
             "--device",
             "cpu",
             "--json",
-        ]);
+        ];
+        if offload {
+            args.push("--offload");
+        }
+        let out = autoqat(&args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
         let (got_ppl, want_ppl) = (got["eval_ppl"].as_f64().unwrap(), want["eval_ppl"].as_f64().unwrap());
         let err = common::model::rel_err(got_ppl, want_ppl);
-        assert!(err <= 1e-4, "{key}: autoqat {got_ppl} vs transformers {want_ppl} (rel err {err})");
+        assert!(err <= 1e-4, "{key} (offload {offload}): autoqat {got_ppl} vs transformers {want_ppl} (rel err {err})");
         assert_eq!(got["tokens"], want["tokens"]);
         assert_eq!(got["bytes"].as_u64().unwrap(), std::fs::metadata(&text).unwrap().len());
         for k in ["eval_loss", "eval_bpb", "tokens_per_s"] {

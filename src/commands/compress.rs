@@ -104,6 +104,8 @@ fn verify(recipe: &CompressRecipe, s: &Summary) -> anyhow::Result<f64> {
         .args(["--max-docs", &recipe.eval.max_docs.to_string()])
         .arg("--tokenizer")
         .arg(&tokenizer)
+        // The reload is bounded by one layer too, as the compression was.
+        .args(recipe.model.offload.then_some("--offload"))
         .output()
         .context("cannot run autoqat eval for the verify stage")?;
     if !out.status.success() {

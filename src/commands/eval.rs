@@ -3,12 +3,13 @@
 //! compression track's document protocol (see `autoqat_model::eval`).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use autoqat_compress::artifact::{self, ArtifactFiles};
 use autoqat_model::{
-    device_name, load_causal_lm, parse_device, parse_kind, CausalLM, DocEvalOptions, EvalOptions, EvalSet, ModelConfig,
-    PlainBuilder, TextTokenizer,
+    device_name, load_causal_lm, load_offloaded, parse_device, parse_kind, CausalLM, DocEvalOptions, EvalOptions,
+    EvalSet, ModelConfig, Offload, PlainBuilder, TextTokenizer,
 };
 use tch::{Device, Kind};
 
@@ -22,30 +23,49 @@ struct Scored {
     cfg: ModelConfig,
     model: CausalLM,
     tokenizer: Option<TextTokenizer>,
+    /// With `--offload`: reads the layers in; its read errors are checked after the pass.
+    offload: Option<Arc<Offload>>,
+    /// What the offloaded layers are read from (an artifact's dense shards), kept until scored.
+    _shards: Option<Box<dyn std::any::Any>>,
 }
 
 /// Loads a Hugging Face model, a packed ternary export of `autoqat trial` (it has a
 /// `quant.json`), or a compression artifact (a zip, or its directory), weights dequantized.
-fn load_any(source: &str, device: Device, kind: Kind) -> anyhow::Result<Scored> {
+fn load_any(source: &str, device: Device, kind: Kind, offload: bool) -> anyhow::Result<Scored> {
     let dir = Path::new(source);
     if artifact::is_artifact(dir) {
         let files = ArtifactFiles::read(dir).with_context(|| format!("cannot read artifact {source}"))?;
         let tokenizer =
             files.tokenizer().map(|b| TextTokenizer::from_bytes(b, &dir.join("tokenizer.json"))).transpose()?;
-        let loaded = artifact::load(&files, device, kind).with_context(|| format!("cannot load artifact {source}"))?;
-        return Ok(Scored { cfg: loaded.cfg, model: loaded.model, tokenizer });
+        let cannot = || format!("cannot load artifact {source}");
+        if offload {
+            let a = artifact::load_offloaded(&files, device, kind, &std::env::temp_dir()).with_context(cannot)?;
+            let (model, offload, shards) =
+                (a.model, Some(a.offload), Some(Box::new(a.shards) as Box<dyn std::any::Any>));
+            return Ok(Scored { cfg: a.cfg, model, tokenizer, offload, _shards: shards });
+        }
+        let loaded = artifact::load(&files, device, kind).with_context(cannot)?;
+        return Ok(Scored { cfg: loaded.cfg, model: loaded.model, tokenizer, offload: None, _shards: None });
     }
     if autoqat_qat::is_packed(dir) {
+        if offload {
+            bail!("--offload reads Hugging Face checkpoints and compression artifacts, not the packed export {source} (hint: drop --offload)");
+        }
         let mut packed =
             autoqat_qat::load_packed(dir, device).with_context(|| format!("cannot load packed model {source}"))?;
         packed.vs.set_kind(kind);
         let tokenizer = TextTokenizer::from_path(dir).ok();
-        return Ok(Scored { cfg: packed.cfg, model: packed.model, tokenizer });
+        return Ok(Scored { cfg: packed.cfg, model: packed.model, tokenizer, offload: None, _shards: None });
     }
-    let loaded =
-        load_causal_lm(source, device, kind, &PlainBuilder).with_context(|| format!("cannot load model {source}"))?;
+    let cannot = || format!("cannot load model {source}");
+    let (loaded, offload) = if offload {
+        let (loaded, o) = load_offloaded(source, device, kind, &PlainBuilder).with_context(cannot)?;
+        (loaded, Some(o))
+    } else {
+        (load_causal_lm(source, device, kind, &PlainBuilder).with_context(cannot)?, None)
+    };
     let tokenizer = Some(TextTokenizer::from_path(&loaded.dir)?);
-    Ok(Scored { cfg: loaded.cfg, model: loaded.model, tokenizer })
+    Ok(Scored { cfg: loaded.cfg, model: loaded.model, tokenizer, offload, _shards: None })
 }
 
 /// Runs `autoqat eval`.
@@ -59,7 +79,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         bail!("text file {} is empty (hint: pass a UTF-8 text to score)", args.text.display());
     }
     let reference = args.tokenizer.as_deref().map(reference_tokenizer).transpose()?;
-    let scored = load_any(&args.model, device, kind)?;
+    let scored = load_any(&args.model, device, kind, args.offload)?;
     let tokenizer = match (reference, scored.tokenizer) {
         (Some(t), _) | (None, Some(t)) => t,
         (None, None) => bail!(
@@ -87,6 +107,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             set.score(&scored.model, device)?
         }
     };
+    if let Some(o) = &scored.offload {
+        o.check().context("reading an offloaded layer failed")?;
+    }
     let protocol = match args.protocol {
         Protocol::Windows => "windows",
         Protocol::Docs => "docs",

@@ -319,3 +319,98 @@ pub fn load(files: &ArtifactFiles, device: Device, kind: Kind) -> Result<LoadedA
     vs.set_kind(kind);
     Ok(LoadedArtifact { cfg, model, vs })
 }
+
+/// An artifact unpacked to a dense checkpoint on disk (one shard per decoder layer) and loaded
+/// with its layers offloaded ([`autoqat_model::offload`]): memory holds the packed zip and one
+/// dense layer, not the dense model. The shards are removed when this is dropped.
+#[derive(Debug)]
+pub struct OffloadedArtifact {
+    /// The configuration.
+    pub cfg: ModelConfig,
+    /// The network; its layers are read in as a pass reaches them.
+    pub model: CausalLM,
+    /// Reads the layers in; [`Offload::check`] returns a read error after a pass.
+    pub offload: std::sync::Arc<autoqat_model::Offload>,
+    /// The dense shards the layers are read from (deleted on drop: keep it while scoring).
+    pub shards: tempfile::TempDir,
+}
+
+/// Every variable of the model `cfg` describes, by name with its shape, grouped by decoder layer
+/// (the last group: the embedding, final norm and untied head). No layer is ever allocated
+/// whole: each is emptied as soon as it is built.
+fn variable_shapes(cfg: &ModelConfig) -> Result<Vec<Vec<(String, Vec<i64>)>>> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut groups: Vec<Vec<(String, Vec<i64>)>> = Vec::new();
+    CausalLM::new_with(&vs.root(), cfg, &PlainBuilder, &mut |i| {
+        let prefix = autoqat_model::offload::layer_prefix(i);
+        let mut layer: Vec<(String, Vec<i64>)> = Vec::new();
+        for (name, mut var) in vs.variables().into_iter().filter(|(n, _)| n.starts_with(&prefix)) {
+            layer.push((name, var.size()));
+            var.set_data(&Tensor::empty([0], (Kind::Float, Device::Cpu)));
+        }
+        layer.sort();
+        groups.push(layer);
+        autoqat_model::offload::return_freed_pages();
+        Ok(())
+    })?;
+    let mut rest: Vec<(String, Vec<i64>)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("model.layers."))
+        .map(|(n, v)| (n, v.size()))
+        .collect();
+    rest.sort();
+    groups.push(rest);
+    Ok(groups)
+}
+
+/// Unpacks `files` layer by layer into a sharded f32 checkpoint under `scratch` (a new temporary
+/// directory) and loads it with its decoder layers offloaded on `device` in `kind`. Scores the
+/// same as [`load`]: the same bytes are unpacked by the same code.
+pub fn load_offloaded(files: &ArtifactFiles, device: Device, kind: Kind, scratch: &Path) -> Result<OffloadedArtifact> {
+    let path = &files.path;
+    let cfg_text = std::str::from_utf8(&files.files["config.json"])
+        .map_err(|_| CompressError::Artifact { path: path.clone(), msg: "config.json is not UTF-8".into() })?;
+    let cfg = ModelConfig::from_json_str(cfg_text)?;
+    let st = SafeTensors::deserialize(&files.files[WEIGHTS])
+        .map_err(|e| CompressError::Artifact { path: path.clone(), msg: format!("{WEIGHTS}: {e}") })?;
+    std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
+    let dir = tempfile::Builder::new().prefix("autoqat-artifact-").tempdir_in(scratch).map_err(io_err(scratch))?;
+    let mut weight_map = serde_json::Map::new();
+    for (i, group) in variable_shapes(&cfg)?.into_iter().enumerate() {
+        let shard = format!("shard-{i:05}.safetensors");
+        let mut dense: Vec<(String, Tensor)> = Vec::with_capacity(group.len());
+        for (name, size) in group {
+            let unpacked = match name.strip_suffix(".weight") {
+                Some(prefix) if size.len() == 2 => unpack_weight(&st, prefix, size[0], size[1], path)?,
+                _ => None,
+            };
+            let value = match unpacked {
+                Some(w) => w,
+                None => tensor_of(&st, &name, path)?.to_kind(Kind::Float),
+            };
+            if value.size() != size {
+                return Err(CompressError::Artifact {
+                    path: path.clone(),
+                    msg: format!("tensor {name} has shape {:?}, the config implies {size:?}", value.size()),
+                });
+            }
+            weight_map.insert(name.clone(), shard.clone().into());
+            dense.push((name, value));
+        }
+        autoqat_model::load::write_safetensors(&dense, &dir.path().join(&shard))?;
+        drop(dense);
+        autoqat_model::offload::return_freed_pages();
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    for (name, bytes) in [
+        ("config.json", cfg_text.as_bytes().to_vec()),
+        ("model.safetensors.index.json", index.to_string().into_bytes()),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).map_err(io_err(&p))?;
+    }
+    let source = dir.path().to_string_lossy().into_owned();
+    let (loaded, offload) = autoqat_model::load_offloaded(&source, device, kind, &PlainBuilder)?;
+    Ok(OffloadedArtifact { cfg, model: loaded.model, offload, shards: dir })
+}

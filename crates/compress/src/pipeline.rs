@@ -380,7 +380,8 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
                 scratch: &state.dir().join("acts"),
                 device,
             };
-            let scores = timed(&mut st.calibrate_s, || crate::score::score(&calibration, &targets, &kinds, sens, tied))?;
+            let scores =
+                timed(&mut st.calibrate_s, || crate::score::score(&calibration, &targets, &kinds, sens, tied))?;
             paging.release();
             let mix = timed(&mut st.allocate_s, || allocate(&scores, &kinds, row_budget))?;
             state.save(MIX_FILE, &mix)?;

@@ -173,7 +173,8 @@ pub(crate) fn score(
                 scores[i] = Some(score_matrix(&weight(c.vars, &targets[i].prefix)?, kinds, &weighting)?);
             }
             if let Some(i) = head_i {
-                scores[i] = Some(score_matrix(&weight(c.vars, &targets[i].prefix)?, kinds, &Weighting::Gram(head_gram))?);
+                scores[i] =
+                    Some(score_matrix(&weight(c.vars, &targets[i].prefix)?, kinds, &Weighting::Gram(head_gram))?);
             }
         }
         Sensitivity::Mse => {
@@ -212,7 +213,13 @@ pub(crate) type FisherVisit<'a> = &'a mut dyn FnMut(&str, &Tensor) -> Result<()>
 /// The Fisher pass (see the module doc): `visit` gets every quantized weight's summed squared
 /// per-sequence gradient as soon as it is complete, while its layer is resident; nothing of it
 /// is kept. `h` is the last layer's output per batch, `ids` the batches.
-pub(crate) fn stream_fisher(c: &Calibration, ids: &[Tensor], h: &[Tensor], tied: bool, visit: FisherVisit) -> Result<()> {
+pub(crate) fn stream_fisher(
+    c: &Calibration,
+    ids: &[Tensor],
+    h: &[Tensor],
+    tied: bool,
+    visit: FisherVisit,
+) -> Result<()> {
     let model = c.model;
     let seqs: Vec<Tensor> = ids.iter().flat_map(|b| (0..b.size()[0]).map(move |s| b.narrow(0, s, 1))).collect();
     let finals: Vec<Tensor> = h.iter().flat_map(|b| (0..b.size()[0]).map(move |s| b.narrow(0, s, 1))).collect();

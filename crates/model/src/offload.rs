@@ -149,7 +149,7 @@ struct State {
 /// resident (the CLI raises glibc's mmap and trim thresholds so that a forward's buffers are
 /// reused, see `src/host_alloc.rs`), and layers read in later land elsewhere in the heap: without
 /// this, resident memory grew with every layer read (measured: 4x the layers, 2.5x the peak).
-fn return_freed_pages() {
+pub fn return_freed_pages() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel; it is thread-safe.
     unsafe {
@@ -385,6 +385,7 @@ pub fn load_offloaded(
             }
             layers.push(names);
             layer_vars.push(vars.into_iter().map(|(_, v)| v).collect());
+            return_freed_pages();
             Ok(())
         })?
     };
