@@ -34,7 +34,7 @@ fn eval_ppl_matches_transformers_guide_at_two_settings() {
     if !common::model::on_wikitext(&reference) {
         eprintln!("note: wikitext-2 absent; comparing on the generated text instead");
     }
-    let text = dir.join("text.txt");
+    let (text, model) = (dir.join("text.txt"), dir.join("llama"));
     // Resident, and with the decoder layers read in one at a time (`--offload`).
     let cases = reference["models"]["llama"].as_object().unwrap().iter().flat_map(|kv| [(kv, false), (kv, true)]);
     for ((key, want), offload) in cases {
@@ -42,7 +42,7 @@ fn eval_ppl_matches_transformers_guide_at_two_settings() {
         let mut args = vec![
             "eval",
             "--model",
-            s(&dir.join("llama")),
+            s(&model),
             "--text",
             s(&text),
             "--ctx",

@@ -229,6 +229,39 @@ impl ArtifactFiles {
     }
 }
 
+impl ArtifactFiles {
+    /// The configuration's text, the configuration, and the weights' view.
+    fn parts(&self) -> Result<(&str, ModelConfig, SafeTensors<'_>)> {
+        let path = &self.path;
+        let cfg_text = std::str::from_utf8(&self.files["config.json"])
+            .map_err(|_| CompressError::Artifact { path: path.clone(), msg: "config.json is not UTF-8".into() })?;
+        let cfg = ModelConfig::from_json_str(cfg_text)?;
+        let st = SafeTensors::deserialize(&self.files[WEIGHTS])
+            .map_err(|e| CompressError::Artifact { path: path.clone(), msg: format!("{WEIGHTS}: {e}") })?;
+        Ok((cfg_text, cfg, st))
+    }
+}
+
+/// Variable `name` of the model, dense f32 with shape `size`: a quantized matrix unpacked, any
+/// other tensor as stored.
+fn dense_tensor(st: &SafeTensors, name: &str, size: &[i64], path: &Path) -> Result<Tensor> {
+    let unpacked = match name.strip_suffix(".weight") {
+        Some(prefix) if size.len() == 2 => unpack_weight(st, prefix, size[0], size[1], path)?,
+        _ => None,
+    };
+    let value = match unpacked {
+        Some(w) => w,
+        None => tensor_of(st, name, path)?.to_kind(Kind::Float),
+    };
+    if value.size() != size {
+        return Err(CompressError::Artifact {
+            path: path.to_path_buf(),
+            msg: format!("tensor {name} has shape {:?}, the config implies {size:?}", value.size()),
+        });
+    }
+    Ok(value)
+}
+
 /// A tensor of a safetensors view, on the CPU in its stored kind.
 fn tensor_of(st: &SafeTensors, name: &str, path: &Path) -> Result<Tensor> {
     let bad = |msg: String| CompressError::Artifact { path: path.to_path_buf(), msg };
@@ -290,30 +323,12 @@ pub struct LoadedArtifact {
 /// shipped Python reader does.
 pub fn load(files: &ArtifactFiles, device: Device, kind: Kind) -> Result<LoadedArtifact> {
     let path = &files.path;
-    let cfg_text = std::str::from_utf8(&files.files["config.json"])
-        .map_err(|_| CompressError::Artifact { path: path.clone(), msg: "config.json is not UTF-8".into() })?;
-    let cfg = ModelConfig::from_json_str(cfg_text)?;
-    let st = SafeTensors::deserialize(&files.files[WEIGHTS])
-        .map_err(|e| CompressError::Artifact { path: path.clone(), msg: format!("{WEIGHTS}: {e}") })?;
+    let (_, cfg, st) = files.parts()?;
     let (mut vs, model) = build_causal_lm(&cfg, device, Kind::Float, &PlainBuilder)?;
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, mut var) in vars {
-        let size = var.size();
-        let dense = match name.strip_suffix(".weight") {
-            Some(prefix) if size.len() == 2 => unpack_weight(&st, prefix, size[0], size[1], path)?,
-            _ => None,
-        };
-        let value = match dense {
-            Some(w) => w,
-            None => tensor_of(&st, &name, path)?.to_kind(Kind::Float),
-        };
-        if value.size() != size {
-            return Err(CompressError::Artifact {
-                path: path.clone(),
-                msg: format!("tensor {name} has shape {:?}, the config implies {size:?}", value.size()),
-            });
-        }
+        let value = dense_tensor(&st, &name, &var.size(), path)?;
         tch::no_grad(|| var.f_copy_(&value))?;
     }
     vs.set_kind(kind);
@@ -369,11 +384,7 @@ fn variable_shapes(cfg: &ModelConfig) -> Result<Vec<Vec<(String, Vec<i64>)>>> {
 /// same as [`load`]: the same bytes are unpacked by the same code.
 pub fn load_offloaded(files: &ArtifactFiles, device: Device, kind: Kind, scratch: &Path) -> Result<OffloadedArtifact> {
     let path = &files.path;
-    let cfg_text = std::str::from_utf8(&files.files["config.json"])
-        .map_err(|_| CompressError::Artifact { path: path.clone(), msg: "config.json is not UTF-8".into() })?;
-    let cfg = ModelConfig::from_json_str(cfg_text)?;
-    let st = SafeTensors::deserialize(&files.files[WEIGHTS])
-        .map_err(|e| CompressError::Artifact { path: path.clone(), msg: format!("{WEIGHTS}: {e}") })?;
+    let (cfg_text, cfg, st) = files.parts()?;
     std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
     let dir = tempfile::Builder::new().prefix("autoqat-artifact-").tempdir_in(scratch).map_err(io_err(scratch))?;
     let mut weight_map = serde_json::Map::new();
@@ -381,20 +392,7 @@ pub fn load_offloaded(files: &ArtifactFiles, device: Device, kind: Kind, scratch
         let shard = format!("shard-{i:05}.safetensors");
         let mut dense: Vec<(String, Tensor)> = Vec::with_capacity(group.len());
         for (name, size) in group {
-            let unpacked = match name.strip_suffix(".weight") {
-                Some(prefix) if size.len() == 2 => unpack_weight(&st, prefix, size[0], size[1], path)?,
-                _ => None,
-            };
-            let value = match unpacked {
-                Some(w) => w,
-                None => tensor_of(&st, &name, path)?.to_kind(Kind::Float),
-            };
-            if value.size() != size {
-                return Err(CompressError::Artifact {
-                    path: path.clone(),
-                    msg: format!("tensor {name} has shape {:?}, the config implies {size:?}", value.size()),
-                });
-            }
+            let value = dense_tensor(&st, &name, &size, path)?;
             weight_map.insert(name.clone(), shard.clone().into());
             dense.push((name, value));
         }
