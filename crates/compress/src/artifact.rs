@@ -350,15 +350,18 @@ pub struct OffloadedArtifact {
     pub shards: tempfile::TempDir,
 }
 
+/// Variables by name with their shapes.
+type Shapes = Vec<(String, Vec<i64>)>;
+
 /// Every variable of the model `cfg` describes, by name with its shape, grouped by decoder layer
 /// (the last group: the embedding, final norm and untied head). No layer is ever allocated
 /// whole: each is emptied as soon as it is built.
-fn variable_shapes(cfg: &ModelConfig) -> Result<Vec<Vec<(String, Vec<i64>)>>> {
+fn variable_shapes(cfg: &ModelConfig) -> Result<Vec<Shapes>> {
     let vs = nn::VarStore::new(Device::Cpu);
-    let mut groups: Vec<Vec<(String, Vec<i64>)>> = Vec::new();
+    let mut groups: Vec<Shapes> = Vec::new();
     CausalLM::new_with(&vs.root(), cfg, &PlainBuilder, &mut |i| {
         let prefix = autoqat_model::offload::layer_prefix(i);
-        let mut layer: Vec<(String, Vec<i64>)> = Vec::new();
+        let mut layer: Shapes = Vec::new();
         for (name, mut var) in vs.variables().into_iter().filter(|(n, _)| n.starts_with(&prefix)) {
             layer.push((name, var.size()));
             var.set_data(&Tensor::empty([0], (Kind::Float, Device::Cpu)));
@@ -368,7 +371,7 @@ fn variable_shapes(cfg: &ModelConfig) -> Result<Vec<Vec<(String, Vec<i64>)>>> {
         autoqat_model::offload::return_freed_pages();
         Ok(())
     })?;
-    let mut rest: Vec<(String, Vec<i64>)> = vs
+    let mut rest: Shapes = vs
         .variables()
         .into_iter()
         .filter(|(n, _)| !n.starts_with("model.layers."))
