@@ -79,7 +79,7 @@ for track in ("ternary", "binary"):
         s = json.load(open(f"{work}/{track}-{v}.json"))
         mix = ", ".join(f"{k} {n}" for k, n in sorted(s["mix"].items()))
         st = s["stages"]
-        stages = " ".join(f"{k[:-2]} {st.get(k, 0):.0f}" for k in ("calibrate_s", "score_s", "allocate_s", "distill_s", "teacher_s", "finetune_s", "apply_s", "eval_s", "pack_s"))
+        stages = " ".join(f"{k[:-2]} {st.get(k, 0):.0f}" for k in ("calibrate_s", "allocate_s", "distill_s", "teacher_s", "finetune_s", "apply_s", "eval_s", "pack_s"))
         print(f"{track + '-' + v:<26} {s['artifact_size_bytes']:>10} {s['bits_per_param']:>10.4f} {s['budget_bpp']:>7} "
               f"{s['eval_ppl']:>12.1f} {s['eval_ppl'] / base:>10.3g} {s['fp_ppl']:>8.2f}  {mix}  {stages}")
 PY

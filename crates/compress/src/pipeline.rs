@@ -101,10 +101,9 @@ pub struct StageTimes {
     pub widen_s: f64,
     /// Full-precision evaluation.
     pub fp_eval_s: f64,
-    /// Calibration forward (and, for fisher, backward) passes.
+    /// Calibration forward (and, for fisher, backward) passes, and with them the sensitivity of
+    /// every row for every kind (one layer-by-layer pass).
     pub calibrate_s: f64,
-    /// Sensitivities of every row for every kind.
-    pub score_s: f64,
     /// The allocation.
     pub allocate_s: f64,
     /// Layerwise distillation (0 when off).

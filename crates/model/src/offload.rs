@@ -221,16 +221,17 @@ impl Offload {
         let mut state = self.lock();
         if !state.pinned {
             self.release_all(&mut state);
-            return_freed_pages();
         }
     }
 
+    /// Empties every resident layer and hands the freed pages back.
     fn release_all(&self, state: &mut State) {
         for r in std::mem::take(&mut state.resident) {
             for var in &state.vars[r] {
                 self.set(var, &empty(self.kind, self.device));
             }
         }
+        return_freed_pages();
     }
 
     /// From now on layer `layer`'s names that `file` holds are read from it (newest redirect
@@ -301,7 +302,6 @@ impl LayerHook for Offload {
         let Some(names) = self.layers.get(layer) else { return };
         if !state.pinned {
             self.release_all(&mut state);
-            return_freed_pages();
         }
         for (i, v) in names.iter().enumerate() {
             let data = match self.read(&state, layer, v) {
