@@ -435,7 +435,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "autoqat-demo")]
     pub dir: PathBuf,
     /// Number of experiments after the baseline.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 20)]
     pub experiments: u32,
     /// Smaller corpus, teacher and trials (for tests).
     #[arg(long)]

@@ -173,3 +173,139 @@ fn sampled_numbers_stay_inside_the_keys_limits_after_rounding() {
     }
     assert!(near_top > 0, "draws near the good point's 0.999 do happen");
 }
+
+/// `candidates` on `RECIPE` after `history` (records carry the baseline's σ when given).
+fn ranked(history: &[Observation], sigma: Option<f64>) -> Vec<builtin::Candidate> {
+    let schema = autoqat_recipe::schema();
+    let records = [autoqat_research::results::Record { status: Some(Status::Baseline), sigma, ..Default::default() }];
+    let tried = HashSet::new();
+    let ctx = common::context(Some(&schema), RECIPE, &records, &tried, history);
+    builtin::candidates(&schema, &ctx, 0)
+}
+
+fn position(cands: &[builtin::Candidate], key: &str, value: f64) -> usize {
+    cands
+        .iter()
+        .position(|c| c.key == key && c.value.as_f64().is_some_and(|v| (v - value).abs() < 1e-12))
+        .unwrap_or_else(|| panic!("{key} = {value} is not a candidate"))
+}
+
+#[test]
+fn a_step_that_hurt_is_followed_by_half_a_rung_the_other_way() {
+    // σ = 0.01: lr 3e-4 is 60σ worse (it hurt); beta1 0.8 changed nothing (0.5σ).
+    let history = [
+        obs(0, Status::Baseline, Some(2.0), &[], false),
+        obs(1, Status::Discard, Some(2.6), &[("optim.lr", json!(3e-4))], false),
+        obs(2, Status::Discard, Some(2.005), &[("optim.beta1", json!(0.8))], true),
+    ];
+    let c = ranked(&history, Some(0.01));
+    let half = &c[position(&c, "optim.lr", 0.0017)];
+    assert_eq!((half.rank.0, half.rank.1), (0, 1), "half a rung up (x1.7, written 0.0017) stays in the first tier");
+    assert!(position(&c, "optim.lr", 0.0017) < position(&c, "optim.lr", 0.003), "the smaller step first");
+    // Lower lrs lie where the step hurt: a second tier, as is the other side of beta1, whose
+    // step said the key matters little.
+    assert_eq!(c[position(&c, "optim.lr", 1e-4)].rank.0, 1);
+    assert_eq!(c[position(&c, "optim.beta1", 0.95)].rank.0, 1);
+    assert!(position(&c, "optim.lr", 0.0017) < position(&c, "optim.beta1", 0.95));
+    // A key never moved is polled half a rung from its value first, in the first tier.
+    let wd =
+        |v: f64| (c[position(&c, "optim.weight_decay", v)].rank.0, c[position(&c, "optim.weight_decay", v)].rank.1);
+    assert_eq!((wd(0.005), wd(0.01)), ((0, 1), (0, 2)));
+}
+
+#[test]
+fn a_gain_beyond_two_sigma_under_the_keep_margin_is_followed_one_step_further() {
+    // beta1 0.85 beat the best by 3σ but was not kept (the margin is wider): the next step the
+    // same way (the declared 0.8) comes before anything else. At 1σ it would be noise.
+    let step = |ppl: f64| {
+        [
+            obs(0, Status::Baseline, Some(2.0), &[], false),
+            obs(1, Status::Discard, Some(ppl), &[("optim.beta1", json!(0.85))], true),
+        ]
+    };
+    let c = ranked(&step(1.97), Some(0.01));
+    assert_eq!((c[0].key.as_str(), c[0].rank.0), ("optim.beta1", -1), "{:?}", &c[0]);
+    assert_eq!(c[0].value, json!(0.8));
+    let c = ranked(&step(1.99), Some(0.01));
+    assert!(c[0].rank.0 >= 0, "a 1σ gain is not followed: {:?}", &c[0]);
+}
+
+#[test]
+fn a_kept_step_past_the_ladders_end_continues_by_the_same_step() {
+    // min_lr_frac's ladder ends at 0.3: a keep from 0.1 to 0.3 goes on to 0.5, within [0, 1].
+    let schema = autoqat_recipe::schema();
+    let recipe = "[optim]\nlr_schedule = \"cosine\"\nmin_lr_frac = 0.3\n";
+    let records = [
+        autoqat_research::results::Record { status: Some(Status::Baseline), ..Default::default() },
+        autoqat_research::results::Record {
+            exp: 1,
+            status: Some(Status::Keep),
+            description: "set optim.min_lr_frac = 0.3".into(),
+            diff: "experiments/train.toml: -min_lr_frac = 0.1\nexperiments/train.toml: +min_lr_frac = 0.3\n".into(),
+            ..Default::default()
+        },
+    ];
+    let tried = HashSet::new();
+    let ctx = common::context(Some(&schema), recipe, &records, &tried, &[]);
+    let c = builtin::candidates(&schema, &ctx, 0);
+    assert_eq!((c[0].key.as_str(), c[0].value.clone(), c[0].rank.0), ("optim.min_lr_frac", json!(0.5), -1));
+}
+
+#[test]
+fn near_misses_within_one_sigma_are_not_combined() {
+    // The two near misses of the combination test beat the best by 0.01 and 0.005: with σ =
+    // 0.02 measured both are noise, and the search moves on instead.
+    let history = [
+        obs(0, Status::Baseline, Some(2.0), &[], false),
+        obs(1, Status::Discard, Some(1.99), &[("optim.beta1", json!(0.8))], true),
+        obs(2, Status::Discard, Some(1.995), &[("optim.weight_decay", json!(0.01))], true),
+    ];
+    let schema = autoqat_recipe::schema();
+    let records =
+        [autoqat_research::results::Record { status: Some(Status::Baseline), sigma: Some(0.02), ..Default::default() }];
+    let tried = HashSet::new();
+    let ctx = common::context(Some(&schema), RECIPE, &records, &tried, &history);
+    let c = builtin::choose(&schema, &ctx, 0).unwrap();
+    assert!(!c.why.contains("near misses"), "{c:?}");
+    let ctx = common::context(Some(&schema), RECIPE, &[], &tried, &history);
+    assert!(builtin::choose(&schema, &ctx, 0).unwrap().why.contains("near misses"), "without σ any gain counts");
+}
+
+#[test]
+fn a_key_that_never_varied_carries_no_preference() {
+    // Every run held weight_decay 0: l and g are bumps on one point, and without a rule their
+    // widths would rate the values farthest from it best.
+    let schema = autoqat_recipe::schema();
+    let points = [
+        obs(0, Status::Baseline, Some(2.0), &[], false),
+        obs(1, Status::Discard, Some(3.0), &[("optim.lr", json!(3e-4))], false),
+        obs(2, Status::Discard, Some(2.1), &[("optim.beta1", json!(0.8))], false),
+        obs(3, Status::Discard, Some(2.2), &[("optim.beta1", json!(0.95))], false),
+        obs(4, Status::Keep, Some(1.9), &[("optim.lr", json!(3e-3))], false),
+    ];
+    let model = Model::fit(&points, 2).unwrap();
+    let wd = Axis::of(schema.field("optim.weight_decay").unwrap()).unwrap();
+    for v in [0.01, 0.1, 0.5] {
+        assert_eq!(model.gain("optim.weight_decay", &wd, &json!(0.0), &json!(v)), 0.0);
+    }
+    let lr = Axis::of(schema.field("optim.lr").unwrap()).unwrap();
+    assert!(model.gain("optim.lr", &lr, &json!(1e-3), &json!(3e-3)) > 0.0, "a key that varied still informs");
+}
+
+#[test]
+fn a_change_that_switches_off_untried_keys_waits_a_tier() {
+    // A constant schedule switches off min_lr_frac: while that key was never tried, the change
+    // waits a tier; wsd keeps it on and stays in the first.
+    let recipe = "[optim]\nlr_schedule = \"cosine\"\nmin_lr_frac = 0.1\n";
+    let schema = autoqat_recipe::schema();
+    let tier = |history: &[Observation], v: &str| {
+        let tried = HashSet::new();
+        let ctx = common::context(Some(&schema), recipe, &[], &tried, history);
+        let c = builtin::candidates(&schema, &ctx, 0);
+        c.iter().find(|c| c.key == "optim.lr_schedule" && c.value == json!(v)).map(|c| c.rank.0).unwrap()
+    };
+    let base = obs(0, Status::Baseline, Some(2.0), &[], false);
+    assert_eq!((tier(std::slice::from_ref(&base), "constant"), tier(std::slice::from_ref(&base), "wsd")), (1, 0));
+    let floor_tried = [base, obs(1, Status::Discard, Some(2.1), &[("optim.min_lr_frac", json!(0.3))], false)];
+    assert_eq!(tier(&floor_tried, "constant"), 0, "once the floor was tried, the switch is weighed like any change");
+}

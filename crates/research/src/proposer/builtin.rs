@@ -10,9 +10,9 @@
 //!   three keys at once within the focus limit, when each was changed before and each is
 //!   expected to help) and the best-scored one is proposed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use autoqat_recipe::Schema;
+use autoqat_recipe::{FieldSpec, Schema};
 use serde_json::{json, Value};
 
 use super::tpe::{same, Axis, Model, Rng};
@@ -114,14 +114,19 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     let build = |sets: &[(String, Value)], why: String| -> Option<Choice> {
         untried_edits(schema, ctx, sets).map(|edits| Choice { sets: sets.to_vec(), edits, why })
     };
-    if let Some(c) = near_misses_combined(ctx.observations, &current, max_keys, &active, &build) {
+    if let Some(c) = near_misses_combined(ctx.observations, measured_sigma(ctx), &current, max_keys, &active, &build) {
         return Some(c);
     }
     let ladder = candidates(schema, ctx, seed);
-    let tries = key_tries(ctx);
-    let why_ladder = "builtin search (ladder): one key at a time, following what was kept";
+    let tiers = Tiers::new(ctx, &current);
+    const FURTHER: &str = "builtin search: one step further the way a kept or clearly better step went";
+    let why_ladder = |c: &Candidate| {
+        let why =
+            if c.rank.0 < 0 { FURTHER } else { "builtin search (ladder): one key at a time, the smaller step first" };
+        why.to_string()
+    };
     let Some(model) = Model::fit(ctx.observations, STARTUP) else {
-        return ladder.first().map(|c| c.choice(why_ladder.into()));
+        return ladder.first().map(|c| c.choice(why_ladder(c)));
     };
     let axes: Vec<(String, Axis)> = schema
         .fields
@@ -137,10 +142,12 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
             })
             .collect()
     };
-    // (tier, -score in hundredths, order): lowest first; the ladder's own order breaks ties.
-    let mut best: Option<((i64, i64, usize), Choice)> = None;
-    let mut offer = |tier: i64, score: f64, order: usize, choice: Option<Choice>| {
-        let rank = (tier, -(score * 100.0).round() as i64, order);
+    // (tier, distance, -score in hundredths, order): lowest first. Within a tier the smaller
+    // step comes first (the model, fitted on a handful of noisy runs, would otherwise rate
+    // values far from every bad one highest); the model ranks steps of the same size.
+    let mut best: Option<((i64, i64, i64, usize), Choice)> = None;
+    let mut offer = |(tier, dist): (i64, i64), score: f64, order: usize, choice: Option<Choice>| {
+        let rank = (tier, dist, -(score * 100.0).round() as i64, order);
         if let (true, Some(c)) = (score.is_finite() && best.as_ref().is_none_or(|(r, _)| rank < *r), choice) {
             best = Some((rank, c));
         }
@@ -148,10 +155,13 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     for (i, c) in ladder.iter().enumerate() {
         let sets = vec![(c.key.clone(), c.value.clone())];
         let Some(g) = gains(&sets) else { continue };
-        let why =
-            format!("builtin search (TPE): the model's best value of a least-tried key, log l/g gain {:+.2}", g[0]);
+        let why = if c.rank.0 < 0 {
+            FURTHER.to_string()
+        } else {
+            format!("builtin search (TPE): the model's best value of a least-tried key, log l/g gain {:+.2}", g[0])
+        };
         // `candidates` left out what was tried: the ladder's edit stands as it is.
-        offer(c.rank.0, g[0], i, Some(c.choice(why)));
+        offer((c.rank.0, c.rank.1), g[0], i, Some(c.choice(why)));
     }
     let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9).wrapping_add(ctx.records.len() as u64));
     for s in 0..SAMPLES {
@@ -182,41 +192,43 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
         let Some(g) = gains(&sets) else { continue };
         // Several keys at once only to exploit: keys tried before, each expected to help. An
         // untried key is explored alone, so that a bad partner cannot hide a good change.
-        if sets.len() > 1 && (g.iter().any(|x| *x <= 0.0) || sets.iter().any(|(k, _)| !tries.contains_key(k))) {
+        if sets.len() > 1 && (g.iter().any(|x| *x <= 0.0) || sets.iter().any(|(k, _)| !tiers.tries.contains_key(k))) {
             continue;
         }
         let score = g.iter().sum::<f64>() - EXTRA_KEY_COST * (sets.len() - 1) as f64;
-        let tier = sets.iter().map(|(k, _)| *tries.get(k).unwrap_or(&0)).max().unwrap_or(0);
+        let (mut tier, mut dist) = (0, 0);
+        for (k, v) in &sets {
+            let (Some(f), Some(c)) = (schema.field(k), current.get(k)) else { continue };
+            let axis = axes.iter().find(|(a, _)| a == k).map(|(_, a)| a);
+            tier = tier.max(tiers.tier(k, axis, c, v));
+            dist = dist.max(step_distance(f, axis, c, v));
+        }
         let why = format!(
             "builtin search (TPE): sampled from the best quarter of {} experiments, log l/g gain {:+.2}",
             ctx.observations.len(),
             g.iter().sum::<f64>()
         );
-        offer(tier, score, ladder.len() + s, build(&sets, why));
+        offer((tier, dist), score, ladder.len() + s, build(&sets, why));
     }
     best.map(|(_, c)| c)
 }
 
-/// Two near misses on the current best that each beat it (but not by the keep margin), on
-/// different keys, applied together; the newest pair not tried yet.
+/// Two near misses on the current best that each beat it by more than the noise `sigma` (but
+/// not by the keep margin), on different keys, applied together; the newest pair not tried yet.
 fn near_misses_combined(
     observations: &[Observation],
-    current: &std::collections::BTreeMap<String, Value>,
+    sigma: Option<f64>,
+    current: &BTreeMap<String, Value>,
     max_keys: usize,
     active: &dyn Fn(&str) -> bool,
     build: &Build,
 ) -> Option<Choice> {
     let best_ppl = observations.iter().rev().find(|o| o.status.is_kept()).and_then(|o| o.ppl)?;
-    // Tried on the current best: every key it did not change has the best's value.
-    let on_best = |o: &Observation| {
-        o.values
-            .iter()
-            .all(|(k, v)| o.changed.iter().any(|(c, _)| c == k) || current.get(k).is_some_and(|b| same(b, v)))
-    };
+    // A near miss that beats the best by less than σ is noise: two of them add up to nothing.
     let near: Vec<&Observation> = observations
         .iter()
         .rev()
-        .filter(|o| o.near_miss && o.ppl.is_some_and(|p| p < best_ppl) && on_best(o))
+        .filter(|o| o.near_miss && o.ppl.is_some_and(|p| best_ppl - p > sigma.unwrap_or(0.0)) && on_best(o, current))
         .collect();
     for (i, a) in near.iter().enumerate() {
         for b in &near[i + 1..] {
@@ -237,8 +249,33 @@ fn near_misses_combined(
     None
 }
 
+/// Whether setting `key` to `value` on `values` makes a key inactive that is active now and
+/// was never changed.
+fn switches_off_untried(
+    schema: &Schema,
+    values: &BTreeMap<String, Value>,
+    tiers: &Tiers,
+    key: &str,
+    value: &Value,
+) -> bool {
+    let mut after = values.clone();
+    after.insert(key.to_string(), value.clone());
+    schema.fields.iter().any(|f| {
+        !f.locked
+            && !f.choices.is_empty()
+            && !tiers.tries.contains_key(&f.key)
+            && active_under(f, values)
+            && !active_under(f, &after)
+    })
+}
+
+/// Whether `o` was tried on the recipe `current`: every key it did not change has that value.
+fn on_best(o: &Observation, current: &BTreeMap<String, Value>) -> bool {
+    o.values.iter().all(|(k, v)| o.changed.iter().any(|(c, _)| c == k) || current.get(k).is_some_and(|b| same(b, v)))
+}
+
 /// Whether `f` has an effect under the recipe `values` (its `active_when` holds, or it has none).
-fn active_under(f: &autoqat_recipe::FieldSpec, values: &std::collections::BTreeMap<String, Value>) -> bool {
+fn active_under(f: &FieldSpec, values: &BTreeMap<String, Value>) -> bool {
     f.active_when.as_ref().is_none_or(|c| values.get(&c.key).is_some_and(|v| c.holds(v)))
 }
 
@@ -263,7 +300,7 @@ fn key_tries(ctx: &Context) -> HashMap<String, i64> {
     let mut tries: HashMap<String, i64> = HashMap::new();
     if ctx.observations.is_empty() {
         for r in ctx.records {
-            if let Some((key, _)) = r.description.strip_prefix("set ").and_then(|d| d.split_once(" = ")) {
+            for (key, _) in described_sets(&r.description) {
                 *tries.entry(key.to_string()).or_default() += 1;
             }
         }
@@ -276,27 +313,202 @@ fn key_tries(ctx: &Context) -> HashMap<String, i64> {
     tries
 }
 
-/// Every untried single-key change, best first.
-pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
-    let Some(values) = ctx.format.values(schema, ctx.recipe) else { return Vec::new() };
-    // Per key: how often it was tried, and the (old, new) values of its latest change if
-    // that change was kept (so the search can continue in the same direction).
-    let tries = key_tries(ctx);
-    let mut last_keep: HashMap<String, (Value, Value)> = HashMap::new();
-    for r in ctx.records {
-        if let Some((key, val)) = r.description.strip_prefix("set ").and_then(|d| d.split_once(" = ")) {
-            let new: Value = serde_json::from_str(val).unwrap_or(Value::String(val.to_string()));
-            let leaf = key.rsplit('.').next().unwrap_or(key);
-            match (r.status() == Status::Keep, old_value(&r.diff, leaf)) {
-                (true, Some(old)) => {
-                    last_keep.insert(key.to_string(), (old, new));
-                }
-                _ => {
-                    last_keep.remove(key);
+/// The run-to-run σ of the PPL that the baseline's repeats measured, if they did.
+fn measured_sigma(ctx: &Context) -> Option<f64> {
+    ctx.records
+        .iter()
+        .find(|r| r.status() == Status::Baseline)
+        .and_then(|r| r.sigma)
+        .filter(|s| s.is_finite() && *s > 0.0)
+}
+
+/// The `(key, value)` pairs of a builtin description, `set a = 1; b = "x"`.
+fn described_sets(description: &str) -> Vec<(&str, &str)> {
+    description
+        .strip_prefix("set ")
+        .map(|d| d.split("; ").filter_map(|p| p.split_once(" = ")).collect())
+        .unwrap_or_default()
+}
+
+/// The tier of going back to where a kept change came from: known to be worse, so last.
+const BACK: i64 = i64::MAX / 2;
+
+/// What the finished experiments say about where each key was moved: the search's tiers.
+struct Tiers<'a> {
+    observations: &'a [Observation],
+    /// The experiments that clearly hurt: failed, or worse than the best of their time by
+    /// more than twice the near-miss band (4σ with σ measured).
+    hurt: Vec<u32>,
+    /// How often each key was changed.
+    tries: HashMap<String, i64>,
+    /// Per key, the `(old, new)` values of its latest change, when that change was kept.
+    last_keep: HashMap<String, (Value, Value)>,
+    /// Per key, the value of the latest change of that key alone, tried on the current best,
+    /// that beat the best by more than 2σ and was not kept (under the keep margin).
+    improved: HashMap<String, Value>,
+}
+
+impl<'a> Tiers<'a> {
+    fn new(ctx: &'a Context, current: &BTreeMap<String, Value>) -> Tiers<'a> {
+        let mut last_keep: HashMap<String, (Value, Value)> = HashMap::new();
+        for r in ctx.records {
+            for (key, val) in described_sets(&r.description) {
+                let new: Value = serde_json::from_str(val).unwrap_or(Value::String(val.to_string()));
+                let leaf = key.rsplit('.').next().unwrap_or(key);
+                match (r.status() == Status::Keep, old_value(&r.diff, leaf)) {
+                    (true, Some(old)) => {
+                        last_keep.insert(key.to_string(), (old, new));
+                    }
+                    _ => {
+                        last_keep.remove(key);
+                    }
                 }
             }
         }
+        let sigma = measured_sigma(ctx);
+        let mut best = f64::INFINITY;
+        let mut hurt = Vec::new();
+        for o in ctx.observations {
+            let worse = match (o.ppl.filter(|p| p.is_finite()), sigma) {
+                (None, _) => true,
+                (Some(p), Some(s)) => p - best > 4.0 * s,
+                (Some(_), None) => !o.status.is_kept() && !o.near_miss,
+            };
+            if worse && !o.status.is_kept() {
+                hurt.push(o.exp);
+            }
+            if o.status.is_kept() || o.status == Status::Baseline {
+                best = o.ppl.unwrap_or(best);
+            }
+        }
+        let mut improved = HashMap::new();
+        for o in ctx.observations {
+            if let ([(k, v)], Some(p), false) = (o.changed.as_slice(), o.ppl, o.status.is_kept()) {
+                // Under 2σ a gain is as likely noise: following it would chase the noise.
+                if best - p > 2.0 * sigma.unwrap_or(0.0) && on_best(o, current) {
+                    improved.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        Tiers { observations: ctx.observations, hurt, tries: key_tries(ctx), last_keep, improved }
     }
+
+    /// The value `key` had before its latest change, when that change was kept and led to
+    /// `current`.
+    fn kept_from(&self, key: &str, current: &Value) -> Option<&Value> {
+        self.last_keep.get(key).filter(|(_, new)| same(new, current)).map(|(old, _)| old)
+    }
+
+    /// The tier of setting `key`, now `current` on `axis`, to `v`: lower is tried sooner.
+    ///
+    /// On a number axis each side of `current` has its own tier: the tries on that side, plus
+    /// one when the other side was tried and not every try there clearly hurt. A step that
+    /// changed nothing says the key matters little; a step that hurt says the other way may
+    /// help, and a pattern search polls it next.
+    fn tier(&self, key: &str, axis: Option<&Axis>, current: &Value, v: &Value) -> i64 {
+        let n = *self.tries.get(key).unwrap_or(&0);
+        let (Some(axis), false) = (axis, self.observations.is_empty()) else { return n };
+        let Some(s) = side(axis, current, v) else { return n };
+        if self.kept_from(key, current).and_then(|old| side(axis, current, old)) == Some(s) {
+            // Going back where a keep came from is known to be worse.
+            return BACK;
+        }
+        let (mut tries, mut all_worse) = ([0i64; 2], [true; 2]);
+        for o in self.observations {
+            let Some((_, x)) = o.changed.iter().find(|(k, _)| k == key) else { continue };
+            let Some(t) = side(axis, current, x) else { continue };
+            let i = usize::from(t > 0);
+            tries[i] += 1;
+            all_worse[i] &= self.hurt.contains(&o.exp);
+        }
+        let (this, other) = if s > 0 { (1, 0) } else { (0, 1) };
+        tries[this] + i64::from(tries[other] > 0 && !all_worse[other])
+    }
+}
+
+/// Which side of `current` the number `v` lies on along `axis`: -1, +1, or `None` for the
+/// same value or not a number axis.
+fn side(axis: &Axis, current: &Value, v: &Value) -> Option<i8> {
+    let (c, x) = (axis.unit(current)?, axis.unit(v)?);
+    if same(current, v) || x == c {
+        None
+    } else {
+        Some(if x > c { 1 } else { -1 })
+    }
+}
+
+/// How far `v` lies from `current` in half-rungs of the key's ladder, rounded up: half a rung
+/// toward a neighbouring declared value is 1, that value 2; on a choice axis the nearest
+/// values are 1 and each further rung adds 2. Every key's nearest values are 1 away, so the
+/// distance orders the steps of one key, not the keys.
+fn step_distance(f: &FieldSpec, axis: Option<&Axis>, current: &Value, v: &Value) -> i64 {
+    let at = |x: &Value| f.choices.iter().position(|c| same(c, x));
+    let (Some(axis @ Axis::Number { .. }), Some(dir)) = (axis, axis.and_then(|a| side(a, current, v))) else {
+        return match (at(current), at(v)) {
+            (Some(c), Some(i)) => 2 * (c as i64 - i as i64).abs() - 1,
+            _ => 1,
+        };
+    };
+    let (Some(uc), Some(uv)) = (axis.unit(current), axis.unit(v)) else { return 1 };
+    let mut ladder: Vec<f64> = f.choices.iter().filter_map(|c| axis.unit(c)).collect();
+    ladder.sort_by(f64::total_cmp);
+    // The rung on v's side: to the nearest declared value there, else the ladder's last rung.
+    let beyond: Vec<f64> = ladder.iter().map(|u| (u - uc) * f64::from(dir)).filter(|d| *d > 1e-12).collect();
+    let rung = beyond.iter().copied().reduce(f64::min).unwrap_or_else(|| {
+        let end = if dir > 0 { ladder.windows(2).last() } else { ladder.windows(2).next() };
+        end.map_or(1.0, |w| w[1] - w[0])
+    });
+    ((uv - uc).abs() / (rung / 2.0) - 1e-6).ceil().max(1.0) as i64
+}
+
+/// A key's candidate values: on a number axis, half a rung toward each neighbouring declared
+/// value (a tuned default is more often improved by a small step than a large one: one rung
+/// of the lr ladder is x3), then the declared values; on a choice axis, the declared values.
+fn ladder_values(f: &FieldSpec, axis: Option<&Axis>, current: &Value) -> Vec<Value> {
+    let mut out: Vec<Value> = f.choices.iter().filter(|c| !same(c, current)).cloned().collect();
+    let (Some(axis @ Axis::Number { .. }), Some(uc)) = (axis, axis.and_then(|a| a.unit(current))) else { return out };
+    for dir in [-1i8, 1] {
+        let nearest = f
+            .choices
+            .iter()
+            .filter(|c| side(axis, current, c) == Some(dir))
+            .filter_map(|c| axis.unit(c))
+            .min_by(|a, b| (a - uc).abs().total_cmp(&(b - uc).abs()));
+        if let Some(un) = nearest {
+            let half = axis.value_at((uc + un) / 2.0);
+            if side(axis, current, &half) == Some(dir) && !f.choices.iter().any(|c| same(c, &half)) {
+                out.push(half);
+            }
+        }
+    }
+    out
+}
+
+/// One step past `reached` on the way from `origin`: the next declared value beyond it, else
+/// (past the ladder's end) a step as long as the one from `origin`.
+fn further(f: &FieldSpec, axis: Option<&Axis>, origin: &Value, reached: &Value) -> Option<Value> {
+    let Some(axis @ Axis::Number { .. }) = axis else {
+        let at = |v: &Value| f.choices.iter().position(|c| same(c, v));
+        let (o, r) = (at(origin)?, at(reached)?);
+        let next = r.checked_add_signed((r as isize - o as isize).signum())?;
+        return (o != r).then(|| f.choices.get(next).cloned()).flatten();
+    };
+    let dir = side(axis, origin, reached)?;
+    let (uo, ur) = (axis.unit(origin)?, axis.unit(reached)?);
+    let next = f
+        .choices
+        .iter()
+        .filter(|c| side(axis, reached, c) == Some(dir))
+        .filter_map(|c| axis.unit(c).map(|u| (u, c)))
+        .min_by(|a, b| (a.0 - ur).abs().total_cmp(&(b.0 - ur).abs()));
+    let v = next.map_or_else(|| axis.value_at(ur + (ur - uo)), |(_, c)| c.clone());
+    (side(axis, reached, &v) == Some(dir)).then_some(v)
+}
+
+/// Every untried single-key change, best first.
+pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
+    let Some(values) = ctx.format.values(schema, ctx.recipe) else { return Vec::new() };
+    let tiers = Tiers::new(ctx, &values);
     let mut out = Vec::new();
     for (fi, f) in schema.fields.iter().enumerate() {
         if f.locked || f.choices.is_empty() {
@@ -308,35 +520,36 @@ pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
             continue;
         }
         let current = values.get(&f.key).cloned().unwrap_or_else(|| f.default.clone());
-        let cur_idx = f.choices.iter().position(|c| same(c, &current));
-        for (ci, choice) in f.choices.iter().enumerate() {
-            if same(choice, &current) {
-                continue;
-            }
-            let Some(mut edits) = untried_edits(schema, ctx, &[(f.key.clone(), choice.clone())]) else { continue };
+        let axis = Axis::of(f);
+        let from = tiers.kept_from(&f.key, &current);
+        // Pattern search: a step that was kept, or that beat the best by more than 2σ without
+        // being kept, is followed one step further the same way before anything else.
+        let next: Vec<Value> = from
+            .and_then(|old| further(f, axis.as_ref(), old, &current))
+            .into_iter()
+            .chain(tiers.improved.get(&f.key).and_then(|p| further(f, axis.as_ref(), &current, p)))
+            .collect();
+        let mut options = ladder_values(f, axis.as_ref(), &current);
+        options.extend(next.iter().filter(|n| !options.iter().any(|v| same(v, n))).cloned().collect::<Vec<_>>());
+        for value in options {
+            let dist = step_distance(f, axis.as_ref(), &current, &value);
+            let Some(mut edits) = untried_edits(schema, ctx, &[(f.key.clone(), value.clone())]) else { continue };
             let (search, replace) = edits.remove(0);
-            let dist = cur_idx.map(|c| (c as i64 - ci as i64).abs()).unwrap_or(1);
-            let n = *tries.get(&f.key).unwrap_or(&0);
-            let mut tier = n;
-            if let (Some((old, new)), Some(cur)) = (last_keep.get(&f.key), cur_idx) {
-                let old_idx = f.choices.iter().position(|c| same(c, old));
-                if same(new, &current) {
-                    if let Some(o) = old_idx {
-                        let dir = (cur as i64 - o as i64).signum();
-                        if ci as i64 == cur as i64 + dir {
-                            // A kept change on a ladder: one more step the same way comes first.
-                            tier = -1;
-                        } else if ci == o {
-                            // Going back is known to be worse.
-                            tier = i64::MAX / 2;
-                        }
-                    }
+            let tier = match (next.iter().any(|n| same(n, &value)), from) {
+                (true, _) => -1,
+                (false, Some(old)) if same(old, &value) => BACK,
+                // A change that switches off keys not tried yet (a constant schedule ends the
+                // search of its floor) waits until they were: it closes options the breadth
+                // first search has not weighed.
+                _ => {
+                    tiers.tier(&f.key, axis.as_ref(), &current, &value)
+                        + i64::from(switches_off_untried(schema, &values, &tiers, &f.key, &value))
                 }
-            }
+            };
             let tie = (fi as u64).wrapping_mul(0x9e3779b97f4a7c15) ^ seed.wrapping_mul(0xbf58476d1ce4e5b9);
             out.push(Candidate {
                 key: f.key.clone(),
-                value: choice.clone(),
+                value,
                 search,
                 replace,
                 rank: (tier, dist, if seed == 0 { fi as u64 } else { tie }),

@@ -68,7 +68,7 @@ impl Axis {
     }
 
     /// `v` in axis units (numbers only).
-    fn unit(&self, v: &Value) -> Option<f64> {
+    pub fn unit(&self, v: &Value) -> Option<f64> {
         let x = v.as_f64()?;
         match self {
             Axis::Number { log: true, .. } if x > 0.0 => Some(x.ln()),
@@ -119,25 +119,31 @@ impl Axis {
                 Some(p) => (*p).clone(),
                 None => choices[rng.below(choices.len())].clone(),
             },
-            Axis::Number { lo, hi, log, int, limits } => {
+            Axis::Number { lo, hi, .. } => {
                 let x = match points.get(pick).and_then(|p| self.unit(p)) {
                     Some(m) => m + self.bandwidth(points.len()) * rng.normal(),
                     None => lo + (hi - lo) * rng.unit(),
                 };
-                let x = x.clamp(*lo, *hi);
-                let x = if *log { x.exp() } else { x };
-                let x = x.clamp(limits.0, limits.1);
-                if *int {
-                    Value::from(x.round() as i64)
-                } else {
-                    // Two significant digits where the limits allow (a reviewer reads
-                    // `lr = 0.0021`, not 0.00208713; 0.99999 must not round to 1.0).
-                    let inside = (1..=6)
-                        .map(|p| format!("{x:.p$e}").parse::<f64>().unwrap_or(x))
-                        .find(|r| (limits.0..=limits.1).contains(r));
-                    Value::from(inside.unwrap_or(x))
-                }
+                self.value_at(x.clamp(*lo, *hi))
             }
+        }
+    }
+
+    /// The value at `u` axis units, inside the key's limits, as a reviewer would write it
+    /// (numbers only; a choice axis gives `Null`).
+    pub fn value_at(&self, u: f64) -> Value {
+        let Axis::Number { log, int, limits, .. } = self else { return Value::Null };
+        let x = if *log { u.exp() } else { u };
+        let x = x.clamp(limits.0, limits.1);
+        if *int {
+            Value::from(x.round() as i64)
+        } else {
+            // Two significant digits where the limits allow (a reviewer reads `lr = 0.0021`,
+            // not 0.00208713; 0.99999 must not round to 1.0).
+            let inside = (1..=6)
+                .map(|p| format!("{x:.p$e}").parse::<f64>().unwrap_or(x))
+                .find(|r| (limits.0..=limits.1).contains(r));
+            Value::from(inside.unwrap_or(x))
         }
     }
 }
@@ -172,8 +178,16 @@ impl<'a> Model<'a> {
         axis.density(&Self::values(&self.good, key), v).ln() - axis.density(&Self::values(&self.bad, key), v).ln()
     }
 
-    /// What setting `key` from `old` to `new` is worth.
+    /// What setting `key` from `old` to `new` is worth; 0 for a key that never varied.
     pub fn gain(&self, key: &str, axis: &Axis, old: &Value, new: &Value) -> f64 {
+        // When every experiment holds the same value, l/g compares two bumps on one point of
+        // different widths (the sides differ in size), which rates far values highest: no
+        // information, so no preference, and the search's own order decides.
+        let mut seen = self.good.iter().chain(&self.bad).filter_map(|o| o.values.get(key));
+        let first = seen.next();
+        if seen.all(|v| first.is_some_and(|f| same(f, v))) {
+            return 0.0;
+        }
         self.log_ratio(key, axis, new) - self.log_ratio(key, axis, old)
     }
 
