@@ -6,7 +6,7 @@
 #
 #   benches/search_demo.sh [AUTOQAT_BINARY] [OUT_DIR]   (EXPERIMENTS=20 SEEDS="0 1 2" MARGIN= SUMMARY_ONLY=)
 # Run it once with the binary of each search to compare them on the same baseline (copy one
-# OUT_DIR/base to the others). MARGIN sets noise.min_rel_improvement (the demo's is 0.01).
+# OUT_DIR/base to the others). MARGIN sets noise.min_rel_improvement (the demo's is 0.002; 0.01 before 2026-12-05).
 set -euo pipefail
 BIN=$(realpath "${1:-target/debug/autoqat}")
 OUT=${2:-/tmp/search-demo}

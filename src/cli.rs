@@ -434,9 +434,11 @@ pub struct DemoArgs {
     /// Workspace directory to create or reuse.
     #[arg(long, default_value = "autoqat-demo")]
     pub dir: PathBuf,
-    /// Number of experiments after the baseline.
-    #[arg(long, default_value_t = 20)]
-    pub experiments: u32,
+    /// Number of experiments after the baseline [default: 20 for the tiny QAT demo, where the
+    /// search needs them to stack its gains; 8 with --track compress or --real, whose trials
+    /// are slower]
+    #[arg(long)]
+    pub experiments: Option<u32>,
     /// Smaller corpus, teacher and trials (for tests).
     #[arg(long)]
     pub quick: bool,
@@ -447,6 +449,14 @@ pub struct DemoArgs {
     /// teacher into a ternary-budget artifact, then the size/PPL frontier.
     #[arg(long, value_enum, default_value = "qat", conflicts_with = "real")]
     pub track: DemoTrack,
+}
+
+impl DemoArgs {
+    /// The experiments to run after the baseline (`--experiments`, else the path's default).
+    pub fn experiments(&self) -> u32 {
+        let tiny_qat = !self.real && self.track == DemoTrack::Qat;
+        self.experiments.unwrap_or(if tiny_qat { 20 } else { 8 })
+    }
 }
 
 /// Which workflow `autoqat demo` runs.

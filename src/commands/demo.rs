@@ -80,9 +80,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     crate::demo::install_teacher(&dir, &teacher)?;
     phases.push(Phase { name: "workspace", seconds: t0.elapsed().as_secs_f64() });
 
-    say(&format!("phase 3/4: research loop, baseline + {} experiments (builtin proposer)", args.experiments));
+    say(&format!("phase 3/4: research loop, baseline + {} experiments (builtin proposer)", args.experiments()));
     let t0 = Instant::now();
-    run_loop(&dir, args.experiments + 1)?;
+    run_loop(&dir, args.experiments() + 1)?;
     phases.push(Phase { name: "research loop", seconds: t0.elapsed().as_secs_f64() });
 
     say("phase 4/4: report");
@@ -157,8 +157,8 @@ fn run_real(args: &DemoArgs) -> anyhow::Result<()> {
     };
     crate::prepare::prepare(&opts, &mut |line| say(&format!("  {line}")))
         .context("the real path needs the Hub (hint: without network, use `autoqat prepare --model DIR --train-text F --eval-text F` in an `autoqat init --template smollm-ternary` workspace)")?;
-    say(&format!("research loop, baseline + {} experiments (builtin proposer)", args.experiments));
-    run_loop(&dir, args.experiments + 1)?;
+    say(&format!("research loop, baseline + {} experiments (builtin proposer)", args.experiments()));
+    run_loop(&dir, args.experiments() + 1)?;
     let w = report::generate(&dir, Some(TAG), None)?;
     println!("report:      {}", abs(&w.report_md).display());
     println!("plot:        {}", abs(&w.png).display());
