@@ -1,14 +1,18 @@
-//! The `builtin` proposer: no LLM. A search over the schema's free keys that learns from
-//! every finished experiment and never repeats a recipe already tried:
-//! - two near misses (discards that beat the current best, but not by the keep margin) that
-//!   change different keys are first combined into one proposal on top of the best, once;
-//! - breadth first: a change's tier is how often its keys were changed (a key whose last
-//!   change was kept is pushed one step further the same way first, going back comes last);
-//! - within a tier, until a few experiments have a PPL, the ladder's order (nearest values
-//!   first); then a tree-structured Parzen estimator ([`tpe`](super::tpe)) scores the declared
-//!   values and changes sampled from what went well (numbers anywhere in a key's range; two or
-//!   three keys at once within the focus limit, when each was changed before and each is
-//!   expected to help) and the best-scored one is proposed.
+//! The `builtin` proposer: no LLM. A pattern search over the schema's free keys, guided by a
+//! model that learns from every finished experiment, that never repeats a recipe already tried:
+//! - two near misses (discards that beat the current best by more than σ, but not by the keep
+//!   margin) that change different keys are first combined into one proposal on the best, once;
+//! - a step that was kept, or that beat the best by more than 2σ, is followed one step further
+//!   the same way (past the end of a key's ladder by a step of the same size);
+//! - otherwise breadth first: a change's tier is how often that side of its key was tried,
+//!   plus one when the other side was tried without clearly hurting; going back to where a
+//!   keep came from comes last, and a change that switches off keys never tried waits a tier;
+//! - within a tier the smaller step first: half a rung toward a neighbouring declared value,
+//!   then the declared values;
+//! - steps of one size are ranked, once a few experiments have a PPL, by a tree-structured
+//!   Parzen estimator ([`tpe`](super::tpe)), which also scores changes sampled from what went
+//!   well (numbers anywhere in a key's range; two or three keys at once within the focus
+//!   limit, when each was changed before and each is expected to help).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -44,7 +48,7 @@ pub struct Candidate {
     pub search: String,
     /// Replacement text.
     pub replace: String,
-    /// Ranking: lower first.
+    /// Ranking, lower first: (tier, step distance in half-rungs, tie-break).
     pub rank: (i64, i64, u64),
 }
 
@@ -102,11 +106,12 @@ pub struct Choice {
 /// The next proposal.
 ///
 /// Breadth comes first, as a researcher works with a small budget: a change's tier is how
-/// often its keys were tried (a key whose last change was kept goes first, one step further
-/// the same way). Within a tier the model ranks: every declared value and every change sampled
-/// from the good density (any number in a key's range, up to three keys within the focus
-/// limit) is scored by its log l/g gain. Before the tiers, two near misses that both beat the
-/// current best, on different keys, are tried together once.
+/// often that side of its key was tried (`Tiers::tier`; a step after a kept or clearly
+/// better one goes first). Within a tier the smaller step comes first, and the model ranks
+/// steps of one size: every candidate value and every change sampled from the good density
+/// (any number in a key's range, up to three keys within the focus limit) is scored by its
+/// log l/g gain. Before the tiers, two near misses that both beat the current best by more
+/// than σ, on different keys, are tried together once.
 pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     let current = ctx.format.values(schema, ctx.recipe)?;
     let max_keys = ctx.max_changed_lines.clamp(1, 3);
