@@ -122,8 +122,8 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     if let Some(c) = near_misses_combined(ctx.observations, measured_sigma(ctx), &current, max_keys, &active, &build) {
         return Some(c);
     }
-    let ladder = candidates(schema, ctx, seed);
     let tiers = Tiers::new(ctx, &current);
+    let ladder = ranked_candidates(schema, ctx, seed, &current, &tiers);
     const FURTHER: &str = "builtin search: one step further the way a kept or clearly better step went";
     let why_ladder = |c: &Candidate| {
         let why =
@@ -442,24 +442,38 @@ fn side(axis: &Axis, current: &Value, v: &Value) -> Option<i8> {
     }
 }
 
+/// Where `v` stands in `f`'s declared values.
+fn ladder_index(f: &FieldSpec, v: &Value) -> Option<usize> {
+    f.choices.iter().position(|c| same(c, v))
+}
+
+/// The declared value of `f` nearest to `from` on side `dir` of it along `axis`, with its
+/// position in axis units.
+fn nearest_on_side<'f>(f: &'f FieldSpec, axis: &Axis, from: &Value, dir: i8) -> Option<(f64, &'f Value)> {
+    let u0 = axis.unit(from)?;
+    f.choices
+        .iter()
+        .filter(|c| side(axis, from, c) == Some(dir))
+        .filter_map(|c| axis.unit(c).map(|u| (u, c)))
+        .min_by(|a, b| (a.0 - u0).abs().total_cmp(&(b.0 - u0).abs()))
+}
+
 /// How far `v` lies from `current` in half-rungs of the key's ladder, rounded up: half a rung
 /// toward a neighbouring declared value is 1, that value 2; on a choice axis the nearest
 /// values are 1 and each further rung adds 2. Every key's nearest values are 1 away, so the
 /// distance orders the steps of one key, not the keys.
 fn step_distance(f: &FieldSpec, axis: Option<&Axis>, current: &Value, v: &Value) -> i64 {
-    let at = |x: &Value| f.choices.iter().position(|c| same(c, x));
     let (Some(axis @ Axis::Number { .. }), Some(dir)) = (axis, axis.and_then(|a| side(a, current, v))) else {
-        return match (at(current), at(v)) {
+        return match (ladder_index(f, current), ladder_index(f, v)) {
             (Some(c), Some(i)) => 2 * (c as i64 - i as i64).abs() - 1,
             _ => 1,
         };
     };
     let (Some(uc), Some(uv)) = (axis.unit(current), axis.unit(v)) else { return 1 };
-    let mut ladder: Vec<f64> = f.choices.iter().filter_map(|c| axis.unit(c)).collect();
-    ladder.sort_by(f64::total_cmp);
     // The rung on v's side: to the nearest declared value there, else the ladder's last rung.
-    let beyond: Vec<f64> = ladder.iter().map(|u| (u - uc) * f64::from(dir)).filter(|d| *d > 1e-12).collect();
-    let rung = beyond.iter().copied().reduce(f64::min).unwrap_or_else(|| {
+    let rung = nearest_on_side(f, axis, current, dir).map(|(u, _)| (u - uc).abs()).unwrap_or_else(|| {
+        let mut ladder: Vec<f64> = f.choices.iter().filter_map(|c| axis.unit(c)).collect();
+        ladder.sort_by(f64::total_cmp);
         let end = if dir > 0 { ladder.windows(2).last() } else { ladder.windows(2).next() };
         end.map_or(1.0, |w| w[1] - w[0])
     });
@@ -473,13 +487,7 @@ fn ladder_values(f: &FieldSpec, axis: Option<&Axis>, current: &Value) -> Vec<Val
     let mut out: Vec<Value> = f.choices.iter().filter(|c| !same(c, current)).cloned().collect();
     let (Some(axis @ Axis::Number { .. }), Some(uc)) = (axis, axis.and_then(|a| a.unit(current))) else { return out };
     for dir in [-1i8, 1] {
-        let nearest = f
-            .choices
-            .iter()
-            .filter(|c| side(axis, current, c) == Some(dir))
-            .filter_map(|c| axis.unit(c))
-            .min_by(|a, b| (a - uc).abs().total_cmp(&(b - uc).abs()));
-        if let Some(un) = nearest {
+        if let Some((un, _)) = nearest_on_side(f, axis, current, dir) {
             let half = axis.value_at((uc + un) / 2.0);
             if side(axis, current, &half) == Some(dir) && !f.choices.iter().any(|c| same(c, &half)) {
                 out.push(half);
@@ -493,27 +501,30 @@ fn ladder_values(f: &FieldSpec, axis: Option<&Axis>, current: &Value) -> Vec<Val
 /// (past the ladder's end) a step as long as the one from `origin`.
 fn further(f: &FieldSpec, axis: Option<&Axis>, origin: &Value, reached: &Value) -> Option<Value> {
     let Some(axis @ Axis::Number { .. }) = axis else {
-        let at = |v: &Value| f.choices.iter().position(|c| same(c, v));
-        let (o, r) = (at(origin)?, at(reached)?);
+        let (o, r) = (ladder_index(f, origin)?, ladder_index(f, reached)?);
         let next = r.checked_add_signed((r as isize - o as isize).signum())?;
         return (o != r).then(|| f.choices.get(next).cloned()).flatten();
     };
     let dir = side(axis, origin, reached)?;
     let (uo, ur) = (axis.unit(origin)?, axis.unit(reached)?);
-    let next = f
-        .choices
-        .iter()
-        .filter(|c| side(axis, reached, c) == Some(dir))
-        .filter_map(|c| axis.unit(c).map(|u| (u, c)))
-        .min_by(|a, b| (a.0 - ur).abs().total_cmp(&(b.0 - ur).abs()));
-    let v = next.map_or_else(|| axis.value_at(ur + (ur - uo)), |(_, c)| c.clone());
+    let v = nearest_on_side(f, axis, reached, dir).map_or_else(|| axis.value_at(ur + (ur - uo)), |(_, c)| c.clone());
     (side(axis, reached, &v) == Some(dir)).then_some(v)
 }
 
 /// Every untried single-key change, best first.
 pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
     let Some(values) = ctx.format.values(schema, ctx.recipe) else { return Vec::new() };
-    let tiers = Tiers::new(ctx, &values);
+    ranked_candidates(schema, ctx, seed, &values, &Tiers::new(ctx, &values))
+}
+
+/// [`candidates`] on the recipe `values`, with the tiers already read from the history.
+fn ranked_candidates(
+    schema: &Schema,
+    ctx: &Context,
+    seed: u64,
+    values: &BTreeMap<String, Value>,
+    tiers: &Tiers,
+) -> Vec<Candidate> {
     let mut out = Vec::new();
     for (fi, f) in schema.fields.iter().enumerate() {
         if f.locked || f.choices.is_empty() {
@@ -521,7 +532,7 @@ pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
         }
         // A knob with no effect under the current recipe (deadzone_t with absmean, say) would
         // waste a whole trial on a no-op.
-        if !active_under(f, &values) {
+        if !active_under(f, values) {
             continue;
         }
         let current = values.get(&f.key).cloned().unwrap_or_else(|| f.default.clone());
@@ -548,7 +559,7 @@ pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
                 // first search has not weighed.
                 _ => {
                     tiers.tier(&f.key, axis.as_ref(), &current, &value)
-                        + i64::from(switches_off_untried(schema, &values, &tiers, &f.key, &value))
+                        + i64::from(switches_off_untried(schema, values, tiers, &f.key, &value))
                 }
             };
             let tie = (fi as u64).wrapping_mul(0x9e3779b97f4a7c15) ^ seed.wrapping_mul(0xbf58476d1ce4e5b9);

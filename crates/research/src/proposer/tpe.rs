@@ -8,6 +8,8 @@
 //! on choices. A change is worth `log l(x)/g(x)` of its new values minus that of the values it
 //! replaces, summed over the keys it changes: every experiment teaches the model, kept or not.
 
+use std::collections::{HashMap, HashSet};
+
 use autoqat_recipe::{FieldSpec, FieldType};
 use serde_json::Value;
 
@@ -152,6 +154,8 @@ impl Axis {
 pub struct Model<'a> {
     good: Vec<&'a Observation>,
     bad: Vec<&'a Observation>,
+    /// The keys whose value differs between some two experiments.
+    varied: HashSet<&'a str>,
 }
 
 impl<'a> Model<'a> {
@@ -166,7 +170,14 @@ impl<'a> Model<'a> {
         let n_good = ((scored.len() as f64 * GAMMA).ceil() as usize).max(1);
         let good: Vec<&Observation> = scored[..n_good].to_vec();
         let bad = observations.iter().filter(|o| !good.iter().any(|g| g.exp == o.exp)).collect();
-        Some(Model { good, bad })
+        let mut first: HashMap<&str, &Value> = HashMap::new();
+        let mut varied = HashSet::new();
+        for (k, v) in observations.iter().flat_map(|o| &o.values) {
+            if !same(first.entry(k).or_insert(v), v) {
+                varied.insert(k.as_str());
+            }
+        }
+        Some(Model { good, bad, varied })
     }
 
     fn values(side: &[&'a Observation], key: &str) -> Vec<&'a Value> {
@@ -183,9 +194,7 @@ impl<'a> Model<'a> {
         // When every experiment holds the same value, l/g compares two bumps on one point of
         // different widths (the sides differ in size), which rates far values highest: no
         // information, so no preference, and the search's own order decides.
-        let mut seen = self.good.iter().chain(&self.bad).filter_map(|o| o.values.get(key));
-        let first = seen.next();
-        if seen.all(|v| first.is_some_and(|f| same(f, v))) {
+        if !self.varied.contains(key) {
             return 0.0;
         }
         self.log_ratio(key, axis, new) - self.log_ratio(key, axis, old)
