@@ -309,3 +309,27 @@ fn a_change_that_switches_off_untried_keys_waits_a_tier() {
     let floor_tried = [base, obs(1, Status::Discard, Some(2.1), &[("optim.min_lr_frac", json!(0.3))], false)];
     assert_eq!(tier(&floor_tried, "constant"), 0, "once the floor was tried, the switch is weighed like any change");
 }
+
+#[test]
+fn each_seed_orders_the_first_tier_its_own_way() {
+    // Before any experiment every key's first step ties: the seed decides the order. A product
+    // XOR a constant gave seeds four orders between them (1 and 5 searched alike).
+    let schema = autoqat_recipe::schema();
+    let tried = HashSet::new();
+    let history = [obs(0, Status::Baseline, Some(2.0), &[], false)];
+    let ctx = common::context(Some(&schema), RECIPE, &[], &tried, &history);
+    let orders: Vec<Vec<String>> = (1..=16u64)
+        .map(|seed| builtin::candidates(&schema, &ctx, seed).iter().take(6).map(|c| c.key.clone()).collect())
+        .collect();
+    let firsts: HashSet<&String> = orders.iter().map(|o| &o[0]).collect();
+    assert!(firsts.len() >= 8, "16 seeds start with {} keys: {firsts:?}", firsts.len());
+    let distinct: HashSet<&Vec<String>> = orders.iter().collect();
+    assert_eq!(distinct.len(), orders.len(), "two seeds begin alike: {orders:?}");
+    // Seed 0 keeps the schema's order, which the worked examples follow.
+    let zero = builtin::candidates(&schema, &ctx, 0);
+    let fields: Vec<&str> = schema.fields.iter().map(|f| f.key.as_str()).collect();
+    let pos = |k: &str| fields.iter().position(|f| *f == k).unwrap();
+    assert!(zero.windows(2).all(|w| w[0].rank.0 != w[1].rank.0
+        || w[0].rank.1 != w[1].rank.1
+        || pos(&w[0].key) <= pos(&w[1].key)));
+}

@@ -119,10 +119,10 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     let build = |sets: &[(String, Value)], why: String| -> Option<Choice> {
         untried_edits(schema, ctx, sets).map(|edits| Choice { sets: sets.to_vec(), edits, why })
     };
-    if let Some(c) = near_misses_combined(ctx.observations, measured_sigma(ctx), &current, max_keys, &active, &build) {
+    let tiers = Tiers::new(schema, ctx, &current);
+    if let Some(c) = near_misses_combined(&tiers, measured_sigma(ctx), max_keys, &active, &build) {
         return Some(c);
     }
-    let tiers = Tiers::new(ctx, &current);
     let ladder = ranked_candidates(schema, ctx, seed, &current, &tiers);
     const FURTHER: &str = "builtin search: one step further the way a kept or clearly better step went";
     let why_ladder = |c: &Candidate| {
@@ -221,19 +221,21 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
 /// Two near misses on the current best that each beat it by more than the noise `sigma` (but
 /// not by the keep margin), on different keys, applied together; the newest pair not tried yet.
 fn near_misses_combined(
-    observations: &[Observation],
+    tiers: &Tiers,
     sigma: Option<f64>,
-    current: &BTreeMap<String, Value>,
     max_keys: usize,
     active: &dyn Fn(&str) -> bool,
     build: &Build,
 ) -> Option<Choice> {
-    let best_ppl = observations.iter().rev().find(|o| o.status.is_kept()).and_then(|o| o.ppl)?;
+    let best_ppl = tiers.best?;
     // A near miss that beats the best by less than σ is noise: two of them add up to nothing.
-    let near: Vec<&Observation> = observations
+    let near: Vec<&Observation> = tiers
+        .observations
         .iter()
         .rev()
-        .filter(|o| o.near_miss && o.ppl.is_some_and(|p| best_ppl - p > sigma.unwrap_or(0.0)) && on_best(o, current))
+        .filter(|o| {
+            o.near_miss && o.ppl.is_some_and(|p| best_ppl - p > sigma.unwrap_or(0.0)) && on_best(o, tiers.values)
+        })
         .collect();
     for (i, a) in near.iter().enumerate() {
         for b in &near[i + 1..] {
@@ -252,26 +254,6 @@ fn near_misses_combined(
         }
     }
     None
-}
-
-/// Whether setting `key` to `value` on `values` makes a key inactive that is active now and
-/// was never changed.
-fn switches_off_untried(
-    schema: &Schema,
-    values: &BTreeMap<String, Value>,
-    tiers: &Tiers,
-    key: &str,
-    value: &Value,
-) -> bool {
-    let mut after = values.clone();
-    after.insert(key.to_string(), value.clone());
-    schema.fields.iter().any(|f| {
-        !f.locked
-            && !f.choices.is_empty()
-            && !tiers.tries.contains_key(&f.key)
-            && active_under(f, values)
-            && !active_under(f, &after)
-    })
 }
 
 /// Whether `o` was tried on the recipe `current`: every key it did not change has that value.
@@ -340,6 +322,11 @@ const BACK: i64 = i64::MAX / 2;
 
 /// What the finished experiments say about where each key was moved: the search's tiers.
 struct Tiers<'a> {
+    schema: &'a Schema,
+    /// The current best recipe.
+    values: &'a BTreeMap<String, Value>,
+    /// Its PPL: that of the latest kept experiment (or the baseline).
+    best: Option<f64>,
     observations: &'a [Observation],
     /// The experiments that clearly hurt: failed, or worse than the best of their time by
     /// more than twice the near-miss band (4σ with σ measured).
@@ -354,7 +341,7 @@ struct Tiers<'a> {
 }
 
 impl<'a> Tiers<'a> {
-    fn new(ctx: &'a Context, current: &BTreeMap<String, Value>) -> Tiers<'a> {
+    fn new(schema: &'a Schema, ctx: &'a Context, current: &'a BTreeMap<String, Value>) -> Tiers<'a> {
         let mut last_keep: HashMap<String, (Value, Value)> = HashMap::new();
         for r in ctx.records {
             for (key, val) in described_sets(&r.description) {
@@ -382,7 +369,7 @@ impl<'a> Tiers<'a> {
             if worse && !o.status.is_kept() {
                 hurt.push(o.exp);
             }
-            if o.status.is_kept() || o.status == Status::Baseline {
+            if o.status.is_kept() {
                 best = o.ppl.unwrap_or(best);
             }
         }
@@ -395,7 +382,16 @@ impl<'a> Tiers<'a> {
                 }
             }
         }
-        Tiers { observations: ctx.observations, hurt, tries: key_tries(ctx), last_keep, improved }
+        Tiers {
+            schema,
+            values: current,
+            best: best.is_finite().then_some(best),
+            observations: ctx.observations,
+            hurt,
+            tries: key_tries(ctx),
+            last_keep,
+            improved,
+        }
     }
 
     /// The value `key` had before its latest change, when that change was kept and led to
@@ -406,11 +402,35 @@ impl<'a> Tiers<'a> {
 
     /// The tier of setting `key`, now `current` on `axis`, to `v`: lower is tried sooner.
     ///
-    /// On a number axis each side of `current` has its own tier: the tries on that side, plus
-    /// one when the other side was tried and not every try there clearly hurt. A step that
-    /// changed nothing says the key matters little; a step that hurt says the other way may
-    /// help, and a pattern search polls it next.
+    /// Going back to where a keep came from is known to be worse: last. A change that switches
+    /// off keys not tried yet (a constant schedule ends the search of its floor) waits a tier:
+    /// it closes options the breadth-first search has not weighed.
     fn tier(&self, key: &str, axis: Option<&Axis>, current: &Value, v: &Value) -> i64 {
+        if self.kept_from(key, current).is_some_and(|old| same(old, v)) {
+            return BACK;
+        }
+        self.side_tier(key, axis, current, v) + i64::from(self.switches_off_untried(key, v))
+    }
+
+    /// Whether setting `key` to `value` makes a key inactive that is active now and was never
+    /// changed.
+    fn switches_off_untried(&self, key: &str, value: &Value) -> bool {
+        let mut after = self.values.clone();
+        after.insert(key.to_string(), value.clone());
+        self.schema.fields.iter().any(|f| {
+            !f.locked
+                && !f.choices.is_empty()
+                && !self.tries.contains_key(&f.key)
+                && active_under(f, self.values)
+                && !active_under(f, &after)
+        })
+    }
+
+    /// [`Tiers::tier`] before its two rules: how often `key` was moved, and on a number axis
+    /// the tries on `v`'s side of `current`, plus one when the other side was tried and not
+    /// every try there clearly hurt. A step that changed nothing says the key matters little;
+    /// a step that hurt says the other way may help, and a pattern search polls it next.
+    fn side_tier(&self, key: &str, axis: Option<&Axis>, current: &Value, v: &Value) -> i64 {
         let n = *self.tries.get(key).unwrap_or(&0);
         let (Some(axis), false) = (axis, self.observations.is_empty()) else { return n };
         let Some(s) = side(axis, current, v) else { return n };
@@ -514,7 +534,7 @@ fn further(f: &FieldSpec, axis: Option<&Axis>, origin: &Value, reached: &Value) 
 /// Every untried single-key change, best first.
 pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
     let Some(values) = ctx.format.values(schema, ctx.recipe) else { return Vec::new() };
-    ranked_candidates(schema, ctx, seed, &values, &Tiers::new(ctx, &values))
+    ranked_candidates(schema, ctx, seed, &values, &Tiers::new(schema, ctx, &values))
 }
 
 /// [`candidates`] on the recipe `values`, with the tiers already read from the history.
@@ -551,18 +571,11 @@ fn ranked_candidates(
             let dist = step_distance(f, axis.as_ref(), &current, &value);
             let Some(mut edits) = untried_edits(schema, ctx, &[(f.key.clone(), value.clone())]) else { continue };
             let (search, replace) = edits.remove(0);
-            let tier = match (next.iter().any(|n| same(n, &value)), from) {
-                (true, _) => -1,
-                (false, Some(old)) if same(old, &value) => BACK,
-                // A change that switches off keys not tried yet (a constant schedule ends the
-                // search of its floor) waits until they were: it closes options the breadth
-                // first search has not weighed.
-                _ => {
-                    tiers.tier(&f.key, axis.as_ref(), &current, &value)
-                        + i64::from(switches_off_untried(schema, values, tiers, &f.key, &value))
-                }
-            };
-            let tie = (fi as u64).wrapping_mul(0x9e3779b97f4a7c15) ^ seed.wrapping_mul(0xbf58476d1ce4e5b9);
+            let tier =
+                if next.iter().any(|n| same(n, &value)) { -1 } else { tiers.tier(&f.key, axis.as_ref(), &current, &value) };
+            // A hash of (seed, field): a product XOR a constant would give every seed nearly one
+            // order (seeds 1 and 5 searched alike).
+            let tie = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fi as u64).word();
             out.push(Candidate {
                 key: f.key.clone(),
                 value,
