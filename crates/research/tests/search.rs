@@ -329,7 +329,7 @@ fn each_seed_orders_the_first_tier_its_own_way() {
     let zero = builtin::candidates(&schema, &ctx, 0);
     let fields: Vec<&str> = schema.fields.iter().map(|f| f.key.as_str()).collect();
     let pos = |k: &str| fields.iter().position(|f| *f == k).unwrap();
-    assert!(zero.windows(2).all(|w| w[0].rank.0 != w[1].rank.0
-        || w[0].rank.1 != w[1].rank.1
-        || pos(&w[0].key) <= pos(&w[1].key)));
+    assert!(zero
+        .windows(2)
+        .all(|w| w[0].rank.0 != w[1].rank.0 || w[0].rank.1 != w[1].rank.1 || pos(&w[0].key) <= pos(&w[1].key)));
 }

@@ -571,8 +571,11 @@ fn ranked_candidates(
             let dist = step_distance(f, axis.as_ref(), &current, &value);
             let Some(mut edits) = untried_edits(schema, ctx, &[(f.key.clone(), value.clone())]) else { continue };
             let (search, replace) = edits.remove(0);
-            let tier =
-                if next.iter().any(|n| same(n, &value)) { -1 } else { tiers.tier(&f.key, axis.as_ref(), &current, &value) };
+            let tier = if next.iter().any(|n| same(n, &value)) {
+                -1
+            } else {
+                tiers.tier(&f.key, axis.as_ref(), &current, &value)
+            };
             // A hash of (seed, field): a product XOR a constant would give every seed nearly one
             // order (seeds 1 and 5 searched alike).
             let tie = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fi as u64).word();
