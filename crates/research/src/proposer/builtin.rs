@@ -120,10 +120,10 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
         untried_edits(schema, ctx, sets).map(|edits| Choice { sets: sets.to_vec(), edits, why })
     };
     let tiers = Tiers::new(schema, ctx, &current);
-    if let Some(c) = near_misses_combined(&tiers, measured_sigma(ctx), max_keys, &active, &build) {
+    if let Some(c) = near_misses_combined(&tiers, max_keys, &active, &build) {
         return Some(c);
     }
-    let ladder = ranked_candidates(schema, ctx, seed, &current, &tiers);
+    let ladder = ranked_candidates(ctx, seed, &tiers);
     const FURTHER: &str = "builtin search: one step further the way a kept or clearly better step went";
     let why_ladder = |c: &Candidate| {
         let why =
@@ -218,11 +218,10 @@ pub fn choose(schema: &Schema, ctx: &Context, seed: u64) -> Option<Choice> {
     best.map(|(_, c)| c)
 }
 
-/// Two near misses on the current best that each beat it by more than the noise `sigma` (but
+/// Two near misses on the current best that each beat it by more than the measured σ (but
 /// not by the keep margin), on different keys, applied together; the newest pair not tried yet.
 fn near_misses_combined(
     tiers: &Tiers,
-    sigma: Option<f64>,
     max_keys: usize,
     active: &dyn Fn(&str) -> bool,
     build: &Build,
@@ -234,7 +233,7 @@ fn near_misses_combined(
         .iter()
         .rev()
         .filter(|o| {
-            o.near_miss && o.ppl.is_some_and(|p| best_ppl - p > sigma.unwrap_or(0.0)) && on_best(o, tiers.values)
+            o.near_miss && o.ppl.is_some_and(|p| best_ppl - p > tiers.sigma.unwrap_or(0.0)) && on_best(o, tiers.values)
         })
         .collect();
     for (i, a) in near.iter().enumerate() {
@@ -327,6 +326,8 @@ struct Tiers<'a> {
     values: &'a BTreeMap<String, Value>,
     /// Its PPL: that of the latest kept experiment (or the baseline).
     best: Option<f64>,
+    /// The run-to-run σ of the PPL that the baseline's repeats measured, if they did.
+    sigma: Option<f64>,
     observations: &'a [Observation],
     /// The experiments that clearly hurt: failed, or worse than the best of their time by
     /// more than twice the near-miss band (4σ with σ measured).
@@ -386,6 +387,7 @@ impl<'a> Tiers<'a> {
             schema,
             values: current,
             best: best.is_finite().then_some(best),
+            sigma,
             observations: ctx.observations,
             hurt,
             tries: key_tries(ctx),
@@ -534,17 +536,12 @@ fn further(f: &FieldSpec, axis: Option<&Axis>, origin: &Value, reached: &Value) 
 /// Every untried single-key change, best first.
 pub fn candidates(schema: &Schema, ctx: &Context, seed: u64) -> Vec<Candidate> {
     let Some(values) = ctx.format.values(schema, ctx.recipe) else { return Vec::new() };
-    ranked_candidates(schema, ctx, seed, &values, &Tiers::new(schema, ctx, &values))
+    ranked_candidates(ctx, seed, &Tiers::new(schema, ctx, &values))
 }
 
-/// [`candidates`] on the recipe `values`, with the tiers already read from the history.
-fn ranked_candidates(
-    schema: &Schema,
-    ctx: &Context,
-    seed: u64,
-    values: &BTreeMap<String, Value>,
-    tiers: &Tiers,
-) -> Vec<Candidate> {
+/// [`candidates`] on the recipe the tiers were read for.
+fn ranked_candidates(ctx: &Context, seed: u64, tiers: &Tiers) -> Vec<Candidate> {
+    let (schema, values) = (tiers.schema, tiers.values);
     let mut out = Vec::new();
     for (fi, f) in schema.fields.iter().enumerate() {
         if f.locked || f.choices.is_empty() {
