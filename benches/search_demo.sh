@@ -5,6 +5,8 @@
 # recipe closes, and the keeps that beat the best by less than 2 sigma without a confirmation.
 #
 #   benches/search_demo.sh [AUTOQAT_BINARY] [OUT_DIR]   (EXPERIMENTS=20 SEEDS="0 1 2" MARGIN= SUMMARY_ONLY=)
+# Seeds 0-2 are the goal; comparing two searches needs 20 seeds or more (the summary
+# prints the standard error of the mean).
 # Run it once with the binary of each search to compare them on the same baseline (copy one
 # OUT_DIR/base to the others). MARGIN sets noise.min_rel_improvement (the demo's is 0.002; 0.01 before 2026-12-05).
 set -euo pipefail
@@ -69,5 +71,8 @@ for s in seeds:
           f"gap closed {frac:.1%} | {n} experiments, {len(keeps)} keeps, {weak} under 2 sigma unconfirmed")
     for k in keeps:
         print(f"    keep {k}")
-print(f"mean gap closed over seeds {' '.join(seeds)}: {statistics.mean(fracs):.1%}")
+# Between seeds the gap closed spreads by about 7 points: a mean over few seeds, or a
+# difference between two searches, means little without its standard error.
+spread = f", sd {statistics.stdev(fracs):.1%}, standard error {statistics.stdev(fracs) / len(fracs) ** 0.5:.1%}" if len(fracs) > 1 else ""
+print(f"mean gap closed over seeds {' '.join(seeds)}: {statistics.mean(fracs):.1%}{spread}")
 PYEOF
