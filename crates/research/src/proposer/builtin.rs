@@ -554,6 +554,11 @@ fn ranked_candidates(ctx: &Context, seed: u64, tiers: &Tiers) -> Vec<Candidate> 
         }
         let current = values.get(&f.key).cloned().unwrap_or_else(|| f.default.clone());
         let axis = Axis::of(f);
+        // The key's place among keys that nothing ranks apart: the schema's order for seed 0,
+        // else a hash of (seed, field) (a product XOR a constant would give every seed nearly
+        // one order: seeds 1 and 5 searched alike).
+        let tie =
+            if seed == 0 { fi as u64 } else { Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fi as u64).word() };
         let from = tiers.kept_from(&f.key, &current);
         // Pattern search: a step that was kept, or that beat the best by more than 2σ without
         // being kept, is followed one step further the same way before anything else.
@@ -573,16 +578,7 @@ fn ranked_candidates(ctx: &Context, seed: u64, tiers: &Tiers) -> Vec<Candidate> 
             } else {
                 tiers.tier(&f.key, axis.as_ref(), &current, &value)
             };
-            // A hash of (seed, field): a product XOR a constant would give every seed nearly one
-            // order (seeds 1 and 5 searched alike).
-            let tie = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fi as u64).word();
-            out.push(Candidate {
-                key: f.key.clone(),
-                value,
-                search,
-                replace,
-                rank: (tier, dist, if seed == 0 { fi as u64 } else { tie }),
-            });
+            out.push(Candidate { key: f.key.clone(), value, search, replace, rank: (tier, dist, tie) });
         }
     }
     out.sort_by_key(|c| c.rank);
