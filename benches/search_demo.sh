@@ -4,11 +4,14 @@
 # after the baseline. Prints per seed the fraction of the baseline -> teacher PPL gap the best
 # recipe closes, and the keeps that beat the best by less than 2 sigma without a confirmation.
 #
-#   benches/search_demo.sh [AUTOQAT_BINARY] [OUT_DIR]   (EXPERIMENTS=20 SEEDS="0 1 2" MARGIN= SUMMARY_ONLY=)
+#   benches/search_demo.sh [AUTOQAT_BINARY] [OUT_DIR]   (EXPERIMENTS=20 SEEDS="0 1 2" MARGIN= SUMMARY_ONLY= FRESH=)
 # Seeds 0-2 are the issue's goal; comparing two searches needs 20 seeds or more (the summary
 # prints the standard error of the mean).
 # Run it once with the binary of each search to compare them on the same baseline (copy one
 # OUT_DIR/base to the others). MARGIN sets noise.min_rel_improvement (the demo's is 0.002; 0.01 before 2026-12-05).
+# FRESH=K also retrains each seed's best recipe with training seeds (optim.seed) 1..K and the
+# baseline with 0..2K+1, and prints the gap closed on those: the search picked its best on
+# training seed 0, and three baseline seeds are a rough mean (about 3 minutes more for K=5).
 set -euo pipefail
 BIN=$(realpath "${1:-target/debug/autoqat}")
 OUT=${2:-/tmp/search-demo}
@@ -75,4 +78,37 @@ for s in seeds:
 # difference between two searches, means little without its standard error.
 spread = f", sd {statistics.stdev(fracs):.1%}, standard error {statistics.stdev(fracs) / len(fracs) ** 0.5:.1%}" if len(fracs) > 1 else ""
 print(f"mean gap closed over seeds {' '.join(seeds)}: {statistics.mean(fracs):.1%}{spread}")
+PYEOF
+[[ -z "${FRESH:-}" ]] && exit 0
+"$PY" - "$BIN" "$OUT" "$SEEDS" "$FRESH" <<'PYEOF'
+import json, os, re, statistics, subprocess, sys
+bin_, out, seeds, k = sys.argv[1], sys.argv[2], sys.argv[3].split(), int(sys.argv[4])
+fp = json.load(open(f"{out}/base/report/demo-summary.json"))["teacher_fp_ppl"]
+measured = {}  # (recipe blob, training seed) -> eval PPL; seeds that found one recipe share it
+
+def ppl(w, rev, seed):
+    blob = subprocess.check_output(["git", "-C", w, "rev-parse", f"{rev}:experiments/train.toml"], text=True).strip()
+    if (blob, seed) not in measured:
+        run = f"{out}/fresh/{blob[:12]}-{seed}"
+        if not os.path.exists(f"{run}/summary.json"):
+            text = subprocess.check_output(["git", "-C", w, "show", f"{rev}:experiments/train.toml"], text=True)
+            recipe = f"{w}/experiments/fresh-{seed}.toml"  # beside train.toml: relative paths hold
+            open(recipe, "w").write(re.sub(r"(?m)^seed = .*$", f"seed = {seed}", text))
+            subprocess.run([bin_, "trial", "--config", recipe, "--run-dir", run], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=True)
+            os.remove(recipe)
+        measured[(blob, seed)] = json.load(open(f"{run}/summary.json"))["eval_ppl"]
+    return measured[(blob, seed)]
+
+base = [ppl(f"{out}/base", "HEAD", s) for s in range(2 * k + 2)]
+b = statistics.mean(base)
+print(f"baseline retrained on seeds 0-{2 * k + 1}: {b:.4f} (sd {statistics.stdev(base):.4f})")
+fracs = []
+for s in seeds:
+    best = [ppl(f"{out}/seed{s}", "HEAD", t) for t in range(1, k + 1)]
+    fracs.append((b - statistics.mean(best)) / (b - fp))
+    print(f"seed {s}: best recipe retrained on seeds 1-{k}: {statistics.mean(best):.4f} "
+          f"(sd {statistics.stdev(best):.4f}) gap closed {fracs[-1]:.1%}")
+spread = f", sd {statistics.stdev(fracs):.1%}, standard error {statistics.stdev(fracs) / len(fracs) ** 0.5:.1%}" if len(fracs) > 1 else ""
+print(f"mean gap closed on fresh training seeds: {statistics.mean(fracs):.1%}{spread}")
 PYEOF
