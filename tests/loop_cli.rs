@@ -93,7 +93,12 @@ fn run_results_rebuild_and_log_through_the_cli() {
 
 #[test]
 fn the_report_uses_the_noise_the_driver_measured() {
-    let tmp = toy_workspace(&format!("{SETTINGS}[noise]\nbaseline_repeats = 3\n"), &[]);
+    // The toy trial, but the seed moves the PPL by 0.01 per step: σ over seeds 0-2 is 0.01.
+    let trial = TRIAL
+        .replace("printf \"%.6f\", 30+10*l}')", "printf \"%.6f\", 30+10*l+0.01*s}')")
+        .replace("awk -v lr=\"$lr\"", "awk -v lr=\"$lr\" -v s=\"$(sed -n 's/^seed = //p' experiments/train.toml)\"");
+    assert!(trial.contains("+0.01*s}") && trial.contains("-v s="), "{trial}");
+    let tmp = toy_workspace(&format!("{SETTINGS}[noise]\nbaseline_repeats = 3\n"), &[("trial.sh", &trial)]);
     let ws = tmp.path();
     let out = autoqat(ws, &["run", "--max-experiments", "1", "--provider", "builtin"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -104,6 +109,18 @@ fn the_report_uses_the_noise_the_driver_measured() {
     let md = std::fs::read_to_string(ws.join("report/report.md")).unwrap();
     assert!(md.contains("The baseline ran 3 times"), "{md}");
     assert!(!md.contains("noise is unknown"), "{md}");
+    // And how rough three runs are: 0.578 to 4.415 times the measured σ at 90% (chi-square, 2
+    // degrees of freedom), with the setting that narrows it.
+    let number_after = |text: &str, tag: &str| -> f64 {
+        let rest = &text[text.find(tag).unwrap_or_else(|| panic!("no {tag:?} in {md}")) + tag.len()..];
+        rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next().unwrap().parse().unwrap()
+    };
+    let between = &md[md.find("lies between ").unwrap_or_else(|| panic!("no interval in {md}"))..];
+    let (sigma, lo, hi) =
+        (number_after(&md, "σ = "), number_after(between, "between "), number_after(between, " and "));
+    assert_eq!(sigma, 0.01, "{md}");
+    assert!((lo - 0.0058).abs() < 1e-9 && (hi - 0.0442).abs() < 1e-9, "{lo} {hi}: {md}");
+    assert!(md.contains("`noise.baseline_repeats`"), "{md}");
 }
 
 /// A small local model behind software nobody here wrote: llama.cpp's OpenAI-compatible server

@@ -125,15 +125,26 @@ fn noise(md: &mut String, s: &Summary<'_>) {
     let _ = writeln!(md, "## Noise\n");
     match &s.noise {
         Some(n) => {
-            let _ = writeln!(
+            let _ = write!(
                 md,
                 "The baseline ran {} times: mean eval PPL {}, σ = {:.4} ({:.2}% of the mean). \
-                 Improvements smaller than about 2σ are within noise.\n",
+                 Improvements smaller than about 2σ are within noise.",
                 n.n,
                 fmt_ppl(n.mean),
                 n.sigma,
                 n.relative() * 100.0
             );
+            // The keep rule trusts this σ; with few runs it can be off severalfold either way.
+            // (Identical runs, σ = 0, say the seed changes nothing: no interval to give.)
+            if let Some((lo, hi)) = n.interval(0.9).filter(|_| n.sigma > 0.0) {
+                let _ = write!(
+                    md,
+                    " From {} runs the true σ lies between {lo:.4} and {hi:.4} (90% confidence){}.",
+                    n.n,
+                    if n.n < 10 { "; more baseline repeats (`noise.baseline_repeats`) narrow it" } else { "" }
+                );
+            }
+            md.push_str("\n\n");
         }
         None => {
             let _ = writeln!(

@@ -199,6 +199,105 @@ impl Noise {
             f64::NAN
         }
     }
+
+    /// The two-sided `confidence` interval of the true σ that `n` runs allow (normal runs:
+    /// `(n-1) s² / σ²` is chi-square with `n-1` degrees of freedom). Three runs put σ anywhere
+    /// from 0.58 to 4.4 times the measured one at 90%: a reader must see how rough it is.
+    pub fn interval(&self, confidence: f64) -> Option<(f64, f64)> {
+        if self.n < 2 || !(0.0..1.0).contains(&confidence) || !self.sigma.is_finite() {
+            return None;
+        }
+        let dof = (self.n - 1) as f64;
+        let tail = (1.0 - confidence) / 2.0;
+        let (upper_q, lower_q) = (chi2_quantile(1.0 - tail, dof), chi2_quantile(tail, dof));
+        Some((self.sigma * (dof / upper_q).sqrt(), self.sigma * (dof / lower_q).sqrt()))
+    }
+}
+
+/// The `p` quantile of the chi-square distribution with `dof` degrees of freedom, by bisection
+/// on its distribution function (to 1e-12 relative; p in (0, 1)).
+fn chi2_quantile(p: f64, dof: f64) -> f64 {
+    let cdf = |x: f64| lower_gamma_regularized(dof / 2.0, x / 2.0);
+    let mut hi = dof.max(1.0);
+    while cdf(hi) < p {
+        hi *= 2.0;
+    }
+    let mut lo = 0.0;
+    while hi - lo > 1e-12 * hi {
+        let mid = (lo + hi) / 2.0;
+        if cdf(mid) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+/// P(a, x), the regularized lower incomplete gamma function: its power series below a + 1,
+/// else 1 minus Legendre's continued fraction for the upper part (Lentz's method), each of
+/// which converges quickly on its side.
+fn lower_gamma_regularized(a: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    let log_prefactor = a * x.ln() - x - ln_gamma(a);
+    if x < a + 1.0 {
+        // x^a e^-x / Γ(a+1) · Σ x^k / ((a+1)…(a+k))
+        let (mut term, mut sum, mut ap) = (1.0 / a, 1.0 / a, a);
+        for _ in 0..1000 {
+            ap += 1.0;
+            term *= x / ap;
+            sum += term;
+            if term.abs() < sum.abs() * 1e-16 {
+                break;
+            }
+        }
+        (sum * log_prefactor.exp()).min(1.0)
+    } else {
+        let tiny = 1e-300;
+        let mut b = x + 1.0 - a;
+        let (mut c, mut d) = (1.0 / tiny, 1.0 / b);
+        let mut h = d;
+        for i in 1..1000 {
+            let an = -(i as f64) * (i as f64 - a);
+            b += 2.0;
+            d = an * d + b;
+            d = if d.abs() < tiny { tiny } else { d };
+            c = b + an / c;
+            c = if c.abs() < tiny { tiny } else { c };
+            d = 1.0 / d;
+            let step = d * c;
+            h *= step;
+            if (step - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        (1.0 - log_prefactor.exp() * h).max(0.0)
+    }
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, nine coefficients: about 15 digits).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection: Γ(x) Γ(1-x) = π / sin(πx).
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let series = G[1..].iter().enumerate().fold(G[0], |acc, (i, g)| acc + g / (x + i as f64 + 1.0));
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
 }
 
 /// Noise estimate from the baseline rows, when the baseline ran at least twice.
@@ -342,5 +441,42 @@ mod tests {
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains(&format!("{} line 2", path.display())), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    /// Chi-square quantiles against references we did not derive here: the closed form for
+    /// two degrees of freedom (1 - e^(-x/2)), the square of the normal quantile for one, and
+    /// published table values for 5, 10 and 29.
+    #[test]
+    fn chi2_quantiles_match_closed_forms_and_tables() {
+        for p in [0.001, 0.05, 0.5, 0.95, 0.999] {
+            let want = -2.0 * (1.0f64 - p).ln();
+            let got = chi2_quantile(p, 2.0);
+            assert!((got - want).abs() < 1e-9 * want.max(1.0), "p {p}: {got} against {want}");
+        }
+        for (p, dof, want) in [
+            (0.95, 1.0, 1.959_963_985_f64.powi(2)),
+            (0.05, 1.0, 0.062_706_777_f64.powi(2)),
+            (0.05, 5.0, 1.145_476),
+            (0.95, 5.0, 11.070_498),
+            (0.05, 10.0, 3.940_299),
+            (0.95, 10.0, 18.307_038),
+            (0.95, 29.0, 42.556_968),
+        ] {
+            let got = chi2_quantile(p, dof);
+            assert!((got - want).abs() < 1e-5 * want, "p {p} dof {dof}: {got} against {want}");
+        }
+    }
+
+    #[test]
+    fn three_runs_bound_sigma_only_roughly() {
+        let noise = |n| Noise { n, mean: 1.95, sigma: 0.0139 };
+        let (lo, hi) = noise(3).interval(0.9).unwrap();
+        // sqrt(2 / 5.991465) and sqrt(2 / 0.102587): 0.578 and 4.415 times the measured σ.
+        assert!((lo / 0.0139 - 0.577_76).abs() < 1e-4, "{lo}");
+        assert!((hi / 0.0139 - 4.415_35).abs() < 1e-4, "{hi}");
+        let (lo12, hi12) = noise(12).interval(0.9).unwrap();
+        assert!(lo < lo12 && lo12 < 0.0139 && 0.0139 < hi12 && hi12 < hi, "{lo12} {hi12}");
+        assert!(noise(1).interval(0.9).is_none());
+        assert!(noise(3).interval(1.0).is_none());
     }
 }
