@@ -204,7 +204,7 @@ impl Noise {
     /// `(n-1) s² / σ²` is chi-square with `n-1` degrees of freedom). Three runs put σ anywhere
     /// from 0.58 to 4.4 times the measured one at 90%: a reader must see how rough it is.
     pub fn interval(&self, confidence: f64) -> Option<(f64, f64)> {
-        if self.n < 2 || !(0.0..1.0).contains(&confidence) || !self.sigma.is_finite() {
+        if self.n < 2 || !(confidence > 0.0 && confidence < 1.0) || !self.sigma.is_finite() {
             return None;
         }
         let dof = (self.n - 1) as f64;
