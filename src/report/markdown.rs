@@ -135,8 +135,7 @@ fn noise(md: &mut String, s: &Summary<'_>) {
                 n.relative() * 100.0
             );
             // The keep rule trusts this σ; with few runs it can be off severalfold either way.
-            // (Identical runs, σ = 0, say the seed changes nothing: no interval to give.)
-            if let Some((lo, hi)) = n.interval(0.9).filter(|_| n.sigma > 0.0) {
+            if let Some((lo, hi)) = n.interval(0.9) {
                 let _ = write!(
                     md,
                     " From {} runs the true σ lies between {lo:.4} and {hi:.4} (90% confidence){}.",
