@@ -47,10 +47,18 @@ PYEOF
     >"$OUT/seed$s.log" 2>&1 || echo "seed $s: run exited $? (see $OUT/seed$s.log)"
   echo "seed $s: $(( $(date +%s) - start )) s"
 done
-"$PY" - "$OUT" "$SEEDS" <<'PYEOF'
-import csv, glob, json, statistics, sys
-out, seeds = sys.argv[1], sys.argv[2].split()
+"$PY" - "$BIN" "$OUT" "$SEEDS" "${FRESH:-0}" <<'PYEOF'
+import csv, glob, json, os, re, statistics, subprocess, sys
+bin_, out, seeds, fresh = sys.argv[1], sys.argv[2], sys.argv[3].split(), int(sys.argv[4])
 fp = json.load(open(f"{out}/base/report/demo-summary.json"))["teacher_fp_ppl"]
+
+def mean_line(label, fracs):
+    # Between seeds the gap closed spreads by about 7 points: a mean over few seeds, or a
+    # difference between two searches, means little without its standard error.
+    sd = statistics.stdev(fracs) if len(fracs) > 1 else None
+    spread = f", sd {sd:.1%}, standard error {sd / len(fracs) ** 0.5:.1%}" if sd is not None else ""
+    print(f"{label}: {statistics.mean(fracs):.1%}{spread}")
+
 fracs = []
 for s in seeds:
     rows = list(csv.DictReader(open(f"{out}/seed{s}/results.tsv"), delimiter="\t"))
@@ -74,16 +82,9 @@ for s in seeds:
           f"gap closed {frac:.1%} | {n} experiments, {len(keeps)} keeps, {weak} under 2 sigma unconfirmed")
     for k in keeps:
         print(f"    keep {k}")
-# Between seeds the gap closed spreads by about 7 points: a mean over few seeds, or a
-# difference between two searches, means little without its standard error.
-spread = f", sd {statistics.stdev(fracs):.1%}, standard error {statistics.stdev(fracs) / len(fracs) ** 0.5:.1%}" if len(fracs) > 1 else ""
-print(f"mean gap closed over seeds {' '.join(seeds)}: {statistics.mean(fracs):.1%}{spread}")
-PYEOF
-[[ -z "${FRESH:-}" ]] && exit 0
-"$PY" - "$BIN" "$OUT" "$SEEDS" "$FRESH" <<'PYEOF'
-import json, os, re, statistics, subprocess, sys
-bin_, out, seeds, k = sys.argv[1], sys.argv[2], sys.argv[3].split(), int(sys.argv[4])
-fp = json.load(open(f"{out}/base/report/demo-summary.json"))["teacher_fp_ppl"]
+mean_line(f"mean gap closed over seeds {' '.join(seeds)}", fracs)
+if fresh == 0:
+    sys.exit(0)
 measured = {}  # (recipe blob, training seed) -> eval PPL; seeds that found one recipe share it
 
 def ppl(w, rev, seed):
@@ -100,15 +101,14 @@ def ppl(w, rev, seed):
         measured[(blob, seed)] = json.load(open(f"{run}/summary.json"))["eval_ppl"]
     return measured[(blob, seed)]
 
-base = [ppl(f"{out}/base", "HEAD", s) for s in range(2 * k + 2)]
+base = [ppl(f"{out}/base", "HEAD", s) for s in range(2 * fresh + 2)]
 b = statistics.mean(base)
-print(f"baseline retrained on seeds 0-{2 * k + 1}: {b:.4f} (sd {statistics.stdev(base):.4f})")
+print(f"baseline retrained on seeds 0-{2 * fresh + 1}: {b:.4f} (sd {statistics.stdev(base):.4f})")
 fracs = []
 for s in seeds:
-    best = [ppl(f"{out}/seed{s}", "HEAD", t) for t in range(1, k + 1)]
+    best = [ppl(f"{out}/seed{s}", "HEAD", t) for t in range(1, fresh + 1)]
     fracs.append((b - statistics.mean(best)) / (b - fp))
-    print(f"seed {s}: best recipe retrained on seeds 1-{k}: {statistics.mean(best):.4f} "
+    print(f"seed {s}: best recipe retrained on seeds 1-{fresh}: {statistics.mean(best):.4f} "
           f"(sd {statistics.stdev(best):.4f}) gap closed {fracs[-1]:.1%}")
-spread = f", sd {statistics.stdev(fracs):.1%}, standard error {statistics.stdev(fracs) / len(fracs) ** 0.5:.1%}" if len(fracs) > 1 else ""
-print(f"mean gap closed on fresh training seeds: {statistics.mean(fracs):.1%}{spread}")
+mean_line("mean gap closed on fresh training seeds", fracs)
 PYEOF
