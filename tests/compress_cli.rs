@@ -144,6 +144,32 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
     }
 }
 
+#[test]
+fn qwen3_5_wrapper_compresses_to_an_artifact_transformers_scores_the_same() {
+    // The live track's model family: Gated DeltaNet and gated-attention layers, shipped inside
+    // the image-text wrapper. The artifact holds the text decoder alone, as
+    // AutoModelForCausalLM loads it.
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = recipe(tmp.path(), fx, "qwen3_5", "ternary", "");
+    let a = run_compress(&config, &tmp.path().join("a"));
+    assert_eq!(a["status"], "ok");
+    let size = a["artifact_size_bytes"].as_i64().unwrap();
+    let params = a["param_count"].as_i64().unwrap();
+    assert!(size * 8 <= (params as f64 * 2.2125).ceil() as i64, "{} bits over the budget", size * 8);
+    let Some(r) = transformers_check(&tmp.path().join("a/artifact"), &fx.join("qwen3_5"), fx) else { return };
+    assert_eq!(r["class"], "AutoqatQwen3_5ForCausalLM");
+    assert_eq!(r["param_count"].as_i64().unwrap(), params, "transformers' parameter count");
+    // Every projection of both layer kinds went through the row quantizers.
+    assert_eq!(r["quantized_matrices"].as_i64().unwrap(), 1 + 3 * 8 + 7 + 1, "{r}");
+    let diff = r["max_weight_diff"].as_f64().unwrap();
+    assert!(diff <= 1e-6, "loaded weights differ from plain-PyTorch quantization by {diff}");
+    let (got, want) = (a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
+    let rel = common::model::rel_err(got, want);
+    assert!(rel <= 1e-4, "autoqat {got} vs transformers {want} (rel {rel})");
+    assert_eq!(a["eval_tokens"].as_i64(), r["tokens"].as_i64());
+}
+
 /// Runs compress expecting failure; returns its one stderr line.
 fn compress_fails(config: &Path, run: &Path) -> String {
     let out = autoqat(&["compress", "--config", s(config), "--run-dir", s(run)]);

@@ -13,7 +13,7 @@ import random
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+                          Qwen3_5ForCausalLM, Qwen3_5TextConfig, Qwen3Config, Qwen3ForCausalLM)
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -21,6 +21,7 @@ ARCHS = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "qwen3_5": (Qwen3_5TextConfig, Qwen3_5ForCausalLM),
 }
 
 
@@ -45,7 +46,7 @@ def byte_level_bpe(text, vocab_size, special_tokens=(ENDOFTEXT,)):
 
 
 def random_model(arch="llama", seed=0, **config):
-    """A `arch` model ("llama", "qwen2", "qwen3") with transformers' own init under `seed`."""
+    """A `arch` model ("llama", "qwen2", "qwen3", "qwen3_5") with transformers' own init under `seed`."""
     config_cls, model_cls = ARCHS[arch]
     torch.manual_seed(seed)
     return model_cls(config_cls(**config))

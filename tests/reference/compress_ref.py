@@ -2,7 +2,8 @@
 
     python compress_ref.py make OUT_DIR [--wikitext PATH]
         tiny random checkpoints saved by transformers (llama: tied, GQA; qwen2: untied, q/k/v
-        bias), each with tokenizer.json, plus calib.txt and eval.txt (one document per line).
+        bias; qwen3_5: the Qwen3.5/3.6 hybrid inside its image-text wrapper, as the live track's
+        model ships), each with tokenizer.json, plus calib.txt and eval.txt (one document per line).
 
     python compress_ref.py check ARTIFACT_DIR SOURCE_DIR EVAL_TEXT DOC_TOKENS BATCH
         loads the artifact with AutoModelForCausalLM(trust_remote_code=True) and prints JSON:
@@ -55,6 +56,36 @@ def make(out, wikitext=None):
                     scale = torch.exp(0.5 * torch.randn(p.shape[0], 1, generator=g)) if p.dim() == 2 else 1.0
                     p.copy_(0.05 * scale * torch.randn(p.shape, generator=g))
         save(os.path.join(out, name), model, tok)
+    make_qwen3_5(os.path.join(out, "qwen3_5"), tok)
+
+
+def make_qwen3_5(out, tok):
+    """Gated DeltaNet and gated attention layers (L L F L), wrapped as Qwen3_5ForConditionalGeneration."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    text = dict(vocab_size=tok.get_vocab_size(), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, linear_num_key_heads=2,
+                linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=32,
+                max_position_embeddings=256, tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})
+    torch.manual_seed(5)
+    model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=dict(
+        depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=256, patch_size=4,
+        num_position_embeddings=16), tie_word_embeddings=False))
+    g = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("linear_attn.norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif "norm" in pname:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))  # scales by 1 + w
+            elif "A_log" in pname or "dt_bias" in pname or "conv1d" in pname:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            else:
+                scale = torch.exp(0.5 * torch.randn(p.shape[0], 1, generator=g)) if p.dim() == 2 else 1.0
+                p.copy_(0.05 * scale * torch.randn(p.shape, generator=g))
+    save(out, model, tok)
 
 
 # ---- plain PyTorch row quantizers, from the track's description (DESIGN.md 8) ----

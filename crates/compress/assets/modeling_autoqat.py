@@ -15,6 +15,11 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 from transformers.utils import cached_file
 
+try:  # Qwen3.5/3.6 (Gated DeltaNet hybrids) need transformers 5.x
+    from transformers import Qwen3_5ForCausalLM
+except ImportError:  # an older transformers still loads the other architectures
+    Qwen3_5ForCausalLM = None
+
 KINDS = ("binary", "ternary", "q4", "q8")
 # (values per byte, base, offset of the stored digit) per kind
 PACKING = {"binary": (8, 2, 0), "ternary": (5, 3, 1), "q4": (2, 16, 7), "q8": (1, 256, 128)}
@@ -99,3 +104,9 @@ class AutoqatQwen2ForCausalLM(AutoqatMixin, Qwen2ForCausalLM):
 
 class AutoqatQwen3ForCausalLM(AutoqatMixin, Qwen3ForCausalLM):
     pass
+
+
+if Qwen3_5ForCausalLM is not None:
+
+    class AutoqatQwen3_5ForCausalLM(AutoqatMixin, Qwen3_5ForCausalLM):
+        pass

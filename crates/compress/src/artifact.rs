@@ -45,7 +45,10 @@ fn class_for(model_type: &str) -> Result<&'static str> {
         "llama" => Ok("AutoqatLlamaForCausalLM"),
         "qwen2" => Ok("AutoqatQwen2ForCausalLM"),
         "qwen3" => Ok("AutoqatQwen3ForCausalLM"),
-        other => Err(CompressError::Budget(format!("model_type \"{other}\" is not supported (llama, qwen2, qwen3)"))),
+        "qwen3_5_text" => Ok("AutoqatQwen3_5ForCausalLM"),
+        other => Err(CompressError::Budget(format!(
+            "model_type \"{other}\" is not supported (llama, qwen2, qwen3, qwen3_5_text)"
+        ))),
     }
 }
 

@@ -17,10 +17,13 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{CompressError, Result};
 
 /// The key of the input a projection reads: projections with the same key share one `H`.
+/// A layer's token mixer, softmax attention or Gated DeltaNet, reads `attn_in` and its output
+/// projection `o_in`.
 pub fn input_key(role: LinearRole, layer: Option<usize>) -> String {
     let group = match role {
         LinearRole::Q | LinearRole::K | LinearRole::V => "attn_in",
-        LinearRole::O => "o_in",
+        LinearRole::InProjQkv | LinearRole::InProjZ | LinearRole::InProjB | LinearRole::InProjA => "attn_in",
+        LinearRole::O | LinearRole::OutProj => "o_in",
         LinearRole::Gate | LinearRole::Up => "mlp_in",
         LinearRole::Down => "down_in",
         LinearRole::LmHead => return "head_in".to_string(),
@@ -88,7 +91,13 @@ impl LinearBuilder for Recorder {
     fn linear(&self, p: &nn::Path, spec: LinearSpec) -> std::result::Result<Box<dyn Linear>, ModelError> {
         let first_reader = matches!(
             spec.role,
-            LinearRole::Q | LinearRole::O | LinearRole::Gate | LinearRole::Down | LinearRole::LmHead
+            LinearRole::Q
+                | LinearRole::InProjQkv
+                | LinearRole::O
+                | LinearRole::OutProj
+                | LinearRole::Gate
+                | LinearRole::Down
+                | LinearRole::LmHead
         );
         let key = first_reader.then(|| input_key(spec.role, spec.layer));
         Ok(Box::new(RecordingLinear { inner: PlainLinear::new(p, spec)?, key, shared: self.shared.clone() }))

@@ -246,10 +246,14 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
     } else {
         log("load: decoder layers offloaded, read in one at a time");
     }
+    // The artifact holds the text decoder alone (as transformers' AutoModelForCausalLM loads
+    // it), so an image-text wrapper's config becomes its text part.
     let mut source_config: serde_json::Value = {
         let p = loaded.dir.join("config.json");
         let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-        serde_json::from_str(&text).map_err(|e| CompressError::Artifact { path: p, msg: e.to_string() })?
+        let value = serde_json::from_str(&text)
+            .map_err(|e| CompressError::Artifact { path: p.clone(), msg: e.to_string() })?;
+        autoqat_model::config::text_only_config(value).map_err(|msg| CompressError::Artifact { path: p, msg })?
     };
     let probe = calib_seqs.narrow(0, 0, 1);
     let widening =
@@ -305,7 +309,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
     }
     let numel = |n: &str| shapes.get(n).map(|s| s.iter().product::<i64>()).unwrap_or(0);
     let tied = cfg.tie_word_embeddings;
-    let targets = targets(cfg.num_hidden_layers as usize, tied);
+    let targets = targets(&cfg);
     let kinds = recipe.allocate.kinds.clone();
     let sens = recipe.allocate.sensitivity;
     // The budget: everything but the rows' codes and scales is reserved first, exactly or as

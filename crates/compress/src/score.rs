@@ -15,7 +15,7 @@ use std::path::Path;
 
 use autoqat_model::linear::LinearRole;
 use autoqat_model::offload::TensorFile;
-use autoqat_model::CausalLM;
+use autoqat_model::{CausalLM, LayerType, ModelConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::allocate::MatrixScores;
@@ -38,16 +38,37 @@ pub(crate) struct Target {
     pub gram: Option<String>,
 }
 
-/// The projections of a decoder layer, in the order the artifact lists them.
+/// The projections of a full-attention decoder layer, in the order the artifact lists them.
 const ROLES: [LinearRole; 7] =
     [LinearRole::Q, LinearRole::K, LinearRole::V, LinearRole::O, LinearRole::Gate, LinearRole::Up, LinearRole::Down];
 
+/// The projections of a Gated DeltaNet decoder layer, in the order the artifact lists them.
+const DELTANET_ROLES: [LinearRole; 8] = [
+    LinearRole::InProjQkv,
+    LinearRole::InProjZ,
+    LinearRole::InProjB,
+    LinearRole::InProjA,
+    LinearRole::OutProj,
+    LinearRole::Gate,
+    LinearRole::Up,
+    LinearRole::Down,
+];
+
+/// The projections of decoder layer `layer` of `cfg`.
+fn layer_roles(cfg: &ModelConfig, layer: usize) -> &'static [LinearRole] {
+    match cfg.layer_type(layer) {
+        LayerType::FullAttention => &ROLES,
+        LayerType::LinearAttention => &DELTANET_ROLES,
+    }
+}
+
 /// Every matrix the artifact quantizes, in a fixed order: the embedding (and with it a tied
 /// lm_head), each layer's projections, an untied lm_head.
-pub(crate) fn targets(n_layers: usize, tied: bool) -> Vec<Target> {
+pub(crate) fn targets(cfg: &ModelConfig) -> Vec<Target> {
+    let tied = cfg.tie_word_embeddings;
     let mut out = vec![Target { prefix: "model.embed_tokens".into(), layer: None, gram: None }];
-    for layer in 0..n_layers {
-        for role in ROLES {
+    for layer in 0..cfg.num_hidden_layers as usize {
+        for &role in layer_roles(cfg, layer) {
             out.push(Target {
                 prefix: role.module_path(Some(layer)),
                 layer: Some(layer),
@@ -265,7 +286,8 @@ pub(crate) fn stream_fisher(
     for layer in (0..model.num_layers()).rev() {
         let path = acts_file(c.scratch, layer);
         let acts = TensorFile::open(&path)?.read("acts")?.to_device(c.device);
-        let names: Vec<String> = ROLES.iter().map(|r| format!("{}.weight", r.module_path(Some(layer)))).collect();
+        let names: Vec<String> =
+            layer_roles(&model.cfg, layer).iter().map(|r| format!("{}.weight", r.module_path(Some(layer)))).collect();
         for (s, g) in grads.iter_mut().enumerate() {
             let x = acts.narrow(0, s as i64, 1).detach().set_requires_grad(true);
             let out = model.layer(layer, &x);
@@ -305,13 +327,35 @@ pub(crate) fn stream_fisher(
 mod tests {
     use super::*;
 
+    fn config(extra: &str) -> ModelConfig {
+        ModelConfig::from_json_str(&format!(
+            r#"{{"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":4,
+            "num_key_value_heads":2,"head_dim":16,"vocab_size":50,{extra}}}"#
+        ))
+        .unwrap()
+    }
+
     #[test]
     fn targets_list_the_embedding_each_layers_projections_and_an_untied_head() {
-        let t = targets(2, false);
+        let t = targets(&config(r#""model_type":"llama","tie_word_embeddings":false"#));
         assert_eq!(t.len(), 1 + 2 * 7 + 1);
         assert_eq!(t[0].prefix, "model.embed_tokens");
         assert_eq!(t[8].layer, Some(1));
         assert_eq!(t.last().map(|t| t.prefix.as_str()), Some("lm_head"));
-        assert_eq!(targets(2, true).len(), 15);
+        assert_eq!(targets(&config(r#""model_type":"llama","tie_word_embeddings":true"#)).len(), 15);
+    }
+
+    #[test]
+    fn deltanet_layers_list_their_own_projections() {
+        let cfg = config(
+            r#""model_type":"qwen3_5_text","layer_types":["linear_attention","full_attention"],
+            "linear_num_key_heads":2,"linear_num_value_heads":4,"linear_key_head_dim":8,"linear_value_head_dim":8"#,
+        );
+        let t = targets(&cfg);
+        assert_eq!(t.len(), 1 + 8 + 7 + 1);
+        assert_eq!(t[1].prefix, "model.layers.0.linear_attn.in_proj_qkv");
+        assert_eq!(t[5].prefix, "model.layers.0.linear_attn.out_proj");
+        assert_eq!(t[5].gram.as_deref(), Some("0.o_in"));
+        assert_eq!(t[9].prefix, "model.layers.1.self_attn.q_proj");
     }
 }

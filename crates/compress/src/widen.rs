@@ -195,6 +195,12 @@ pub fn widen_model(
     if wide_mlp.is_none() && wide_heads.is_none() {
         return Ok(None);
     }
+    if wide_heads.is_some() && old_cfg.attn_output_gate {
+        return Err(crate::CompressError::Budget(
+            "widen.heads is not supported on Qwen3.5/3.6 (q_proj carries each head's output gate) (hint: widen the MLP only)"
+                .into(),
+        ));
+    }
     let before = tch::no_grad(|| loaded.model.forward(&probe.to_device(device)));
     let mut cfg = old_cfg.clone();
     cfg.intermediate_size = wide_mlp.unwrap_or(cfg.intermediate_size);

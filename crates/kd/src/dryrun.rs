@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use autoqat_model::{build_causal_lm, Linear, LinearBuilder, LinearRole, LinearSpec, ModelConfig, PlainBuilder};
+use autoqat_model::{
+    build_causal_lm, DeltaNetConfig, Linear, LinearBuilder, LinearRole, LinearSpec, ModelConfig, PlainBuilder,
+};
 use autoqat_qat::export::{code_table, unpack_codes_into};
 use autoqat_qat::quant::act::act_quant_values;
 use autoqat_qat::train::outputs::{peak_rss_mb, rss_mb};
@@ -25,32 +27,60 @@ pub struct Shape {
     pub hidden: i64,
     /// Decoder layers.
     pub layers: i64,
-    /// Attention heads (as many key/value heads).
+    /// Attention heads.
     pub heads: i64,
+    /// Key/value heads (as many as `heads` unless the shape is grouped).
+    pub kv_heads: i64,
     /// Head dimension.
     pub head_dim: i64,
     /// MLP width.
     pub intermediate: i64,
     /// Vocabulary.
     pub vocab: i64,
+    /// A Qwen3.5/3.6 hybrid: the Gated DeltaNet shapes, with every `full_attention_interval`-th
+    /// layer full (gated) attention and the others Gated DeltaNet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deltanet: Option<DeltaNetConfig>,
+    /// See `deltanet`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_attention_interval: Option<i64>,
 }
+
+/// The presets `--shape` names.
+const PRESETS: &str = "7b, 1b, tiny, qwen3.6-27b";
 
 impl std::str::FromStr for Shape {
     type Err = String;
-    /// `7b`, `1b`, `tiny`, or `hidden,layers,heads,head_dim,intermediate,vocab`.
+    /// A preset (see [`PRESETS`]) or `hidden,layers,heads,head_dim,intermediate,vocab`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let shape = |v: [i64; 6]| Shape {
             hidden: v[0],
             layers: v[1],
             heads: v[2],
+            kv_heads: v[2],
             head_dim: v[3],
             intermediate: v[4],
             vocab: v[5],
+            deltanet: None,
+            full_attention_interval: None,
         };
         match s {
             "7b" => Ok(shape([4096, 32, 32, 128, 11008, 32000])),
             "1b" => Ok(shape([2048, 16, 16, 128, 5504, 32000])),
             "tiny" => Ok(shape([256, 4, 4, 64, 688, 4096])),
+            // Qwen/Qwen3.6-27B's text decoder, as its config.json gives it.
+            "qwen3.6-27b" => Ok(Shape {
+                kv_heads: 4,
+                deltanet: Some(DeltaNetConfig {
+                    num_key_heads: 16,
+                    num_value_heads: 48,
+                    key_head_dim: 128,
+                    value_head_dim: 128,
+                    conv_kernel: 4,
+                }),
+                full_attention_interval: Some(4),
+                ..shape([5120, 64, 24, 256, 17408, 248320])
+            }),
             other => {
                 let v: Vec<i64> = other
                     .split(',')
@@ -70,14 +100,19 @@ impl std::str::FromStr for Shape {
 }
 
 fn bad_shape(s: &str) -> String {
-    format!("`{s}` is not a shape; use 7b, 1b, tiny or hidden,layers,heads,head_dim,intermediate,vocab")
+    format!("`{s}` is not a shape; use {PRESETS} or hidden,layers,heads,head_dim,intermediate,vocab")
 }
 
 impl Shape {
-    /// Parameters of the quantized linears (attention and MLP).
-    pub fn linear_params(&self) -> u64 {
-        let per_layer = 4 * self.hidden * self.hidden + 3 * self.hidden * self.intermediate;
-        (per_layer * self.layers) as u64
+    /// `(out, in)` of every quantized linear (attention or Gated DeltaNet, and MLP).
+    fn linears(&self) -> Result<Vec<(i64, i64)>> {
+        let cfg = self.config()?;
+        Ok((0..self.layers as usize).flat_map(|l| cfg.layer_linears(l)).map(|(_, o, i)| (o, i)).collect())
+    }
+
+    /// Parameters of the quantized linears.
+    pub fn linear_params(&self) -> Result<u64> {
+        Ok(self.linears()?.iter().map(|(o, i)| (o * i) as u64).sum())
     }
 
     /// Parameters of the embedding and the untied head.
@@ -88,23 +123,25 @@ impl Shape {
     /// Bytes the run needs: the runtime itself (libtorch and this binary, about 400 MiB
     /// measured), packed codes and row scales, f32 embedding and head, one unpacked matrix with
     /// its index, and the activations and logits of `seq` tokens.
-    pub fn estimate_bytes(&self, seq: i64) -> u64 {
-        let packed = self.linear_params() / 4 + 4 * (self.layers * (4 * self.hidden + 3 * self.intermediate)) as u64;
+    pub fn estimate_bytes(&self, seq: i64) -> Result<u64> {
+        let linears = self.linears()?;
+        let rows: i64 = linears.iter().map(|(o, _)| o).sum();
+        let packed = self.linear_params()? / 4 + 4 * rows as u64;
         let embed = 4 * self.embedding_params();
-        let biggest = (self.hidden * self.intermediate) as u64 * 6;
+        let biggest = linears.iter().map(|(o, i)| (o * i) as u64).max().unwrap_or(0) * 6;
         let acts = (seq * (self.vocab + 8 * self.intermediate.max(self.hidden))) as u64 * 4 * 4;
         const RUNTIME: u64 = 400 << 20;
-        RUNTIME + packed + embed + biggest + acts
+        Ok(RUNTIME + packed + embed + biggest + acts)
     }
 
     fn config(&self) -> Result<ModelConfig> {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "model_type": "llama",
             "hidden_size": self.hidden,
             "intermediate_size": self.intermediate,
             "num_hidden_layers": self.layers,
             "num_attention_heads": self.heads,
-            "num_key_value_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
             "head_dim": self.head_dim,
             "vocab_size": self.vocab,
             "max_position_embeddings": 4096,
@@ -112,6 +149,19 @@ impl Shape {
             "rope_theta": 10000.0,
             "tie_word_embeddings": false,
         });
+        if let (Some(d), Some(every)) = (self.deltanet, self.full_attention_interval) {
+            let types: Vec<&str> = (0..self.layers)
+                .map(|i| if (i + 1) % every == 0 { "full_attention" } else { "linear_attention" })
+                .collect();
+            json["model_type"] = "qwen3_5_text".into();
+            json["layer_types"] = types.into();
+            json["partial_rotary_factor"] = 0.25.into();
+            json["linear_num_key_heads"] = d.num_key_heads.into();
+            json["linear_num_value_heads"] = d.num_value_heads.into();
+            json["linear_key_head_dim"] = d.key_head_dim.into();
+            json["linear_value_head_dim"] = d.value_head_dim.into();
+            json["linear_conv_kernel_dim"] = d.conv_kernel.into();
+        }
         Ok(ModelConfig::from_json_str(&json.to_string())?)
     }
 }
@@ -236,13 +286,14 @@ fn reset_peak() {
 
 /// Runs the dry run: build packed, forward `seq` random tokens at 8-bit then 4-bit activations.
 pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryRun> {
-    let estimate = shape.estimate_bytes(seq);
+    let estimate = shape.estimate_bytes(seq)?;
+    let linear_params = shape.linear_params()?;
     if let Some(avail) = available_bytes() {
         if estimate > avail / 10 * 9 {
             return Err(KdError::Config(format!(
                 "the shape needs about {:.1} GiB (packed weights {:.1} GiB, f32 embedding and head {:.1} GiB, one unpacked matrix, activations) but {:.1} GiB are available; pick a smaller --shape or free memory",
                 gib(estimate),
-                gib(shape.linear_params() / 4),
+                gib(linear_params / 4),
                 gib(4 * shape.embedding_params()),
                 gib(avail)
             )));
@@ -258,7 +309,7 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
     tch::manual_seed(seed);
     let cfg = shape.config()?;
     let act_bits = Arc::new(AtomicU32::new(8));
-    let biggest = (shape.hidden * shape.hidden.max(shape.intermediate) + 3) / 4;
+    let biggest = (shape.linears()?.iter().map(|(o, i)| o * i).max().unwrap_or(0) + 3) / 4;
     let scratch = Scratch {
         table: code_table(device),
         index: Tensor::zeros([biggest], (Kind::Int64, device)),
@@ -268,7 +319,7 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
     let mut phases = Vec::new();
     reset_peak();
     let t = Instant::now();
-    let (_vs, model) = build_causal_lm(&cfg, device, Kind::Float, &builder)?;
+    let (vs, model) = build_causal_lm(&cfg, device, Kind::Float, &builder)?;
     phases.push(Phase {
         name: "build".into(),
         seconds: t.elapsed().as_secs_f64(),
@@ -293,11 +344,13 @@ pub fn dry_run(shape: Shape, seq: i64, seed: i64, device: Device) -> Result<DryR
     let diff = (&logits[0] - &logits[1]).abs();
     let agree =
         logits[0].argmax(-1, false).eq_tensor(&logits[1].argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float);
-    let params = shape.linear_params() + shape.embedding_params() + (shape.layers * 2 + 1) as u64 * shape.hidden as u64;
+    // The packed linears are not variables; everything else (embedding, head, norms, and a
+    // hybrid's convolutions and decay parameters) is.
+    let params = linear_params + vs.variables().values().map(|t| t.numel() as u64).sum::<u64>();
     Ok(DryRun {
         shape,
         params,
-        packed_bytes: shape.linear_params() / 4,
+        packed_bytes: linear_params / 4,
         dense_fp32_bytes: 4 * params,
         estimate_bytes: estimate,
         seq,
@@ -320,11 +373,25 @@ mod tests {
     fn shapes_parse_and_the_7b_estimate_is_far_below_dense() {
         let s: Shape = "7b".parse().unwrap();
         assert_eq!((s.hidden, s.layers, s.heads, s.head_dim), (4096, 32, 32, 128));
-        let dense = 4 * (s.linear_params() + s.embedding_params());
-        assert!(s.estimate_bytes(16) * 5 < dense, "{} vs {dense}", s.estimate_bytes(16));
+        let dense = 4 * (s.linear_params().unwrap() + s.embedding_params());
+        let estimate = s.estimate_bytes(16).unwrap();
+        assert!(estimate * 5 < dense, "{estimate} vs {dense}");
         assert!("12,2,3,4,5,6".parse::<Shape>().is_ok());
         assert!("12,2,3,5,5,6".parse::<Shape>().unwrap_err().contains("hidden = heads * head_dim"));
-        assert!("huge".parse::<Shape>().unwrap_err().contains("7b, 1b, tiny"));
+        assert!("huge".parse::<Shape>().unwrap_err().contains("7b, 1b, tiny, qwen3.6-27b"));
+    }
+
+    #[test]
+    fn the_qwen3_6_27b_shape_has_the_real_models_decoder() {
+        let s: Shape = "qwen3.6-27b".parse().unwrap();
+        let cfg = s.config().unwrap();
+        let full = cfg.layer_types.iter().filter(|t| **t == autoqat_model::LayerType::FullAttention).count();
+        assert_eq!((cfg.layer_types.len(), full), (64, 16));
+        assert_eq!(cfg.rotary_dim(), 64);
+        // Its linears plus embedding and head: 26.9e9 of the reference's 27e9 (the rest is
+        // norms, convolutions and the decay parameters, counted after building).
+        let total = s.linear_params().unwrap() + s.embedding_params();
+        assert!((26.5e9..27.0e9).contains(&(total as f64)), "{total}");
     }
 
     #[test]

@@ -1,6 +1,11 @@
-//! The Hugging Face `config.json` of a Llama, Qwen2 or Qwen3 causal LM, with every default
-//! resolved in one place ([`ModelConfig::resolve`]) and unsupported settings rejected before a
-//! model is built.
+//! The Hugging Face `config.json` of a Llama, Qwen2, Qwen3 or Qwen3.5/3.6 causal LM, with every
+//! default resolved in one place ([`ModelConfig::resolve`]) and unsupported settings rejected
+//! before a model is built.
+//!
+//! Qwen3.5/3.6 ships as an image-text wrapper (`model_type` `qwen3_5`) whose decoder settings sit
+//! under `text_config` and whose decoder weights sit under `model.language_model.`; saved
+//! text-only it is `qwen3_5_text` with the weights under `model.`. Both resolve to the same
+//! [`ModelConfig`]; [`ModelConfig::checkpoint_key`] maps a variable to the key the file holds.
 
 use std::path::Path;
 
@@ -10,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::error::{ModelError, Result};
 
 /// The `model_type` values this crate builds.
-pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 5] = ["llama", "qwen2", "qwen3", "qwen3_5_text", "qwen3_5"];
 
 /// The architecture family, from `model_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +27,61 @@ pub enum Arch {
     Qwen2,
     /// Qwen3: RMSNorm on q and k per head.
     Qwen3,
+    /// Qwen3.5/3.6: hybrid Gated DeltaNet + gated full attention (`layer_types`).
+    #[serde(rename = "qwen3_5_text")]
+    Qwen3_5,
+}
+
+/// The token mixer of one decoder layer (`layer_types` in config.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerType {
+    /// Softmax attention over every earlier position (`self_attn`).
+    FullAttention,
+    /// Gated DeltaNet linear attention with a recurrent state (`linear_attn`).
+    LinearAttention,
+}
+
+impl LayerType {
+    /// The `layer_types` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FullAttention => "full_attention",
+            Self::LinearAttention => "linear_attention",
+        }
+    }
+}
+
+/// Shapes of the Gated DeltaNet layers (`linear_*` keys of a Qwen3.5 config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaNetConfig {
+    /// Query/key heads (`linear_num_key_heads`).
+    pub num_key_heads: i64,
+    /// Value heads (`linear_num_value_heads`), a multiple of the key heads.
+    pub num_value_heads: i64,
+    /// Per-head query/key width (`linear_key_head_dim`).
+    pub key_head_dim: i64,
+    /// Per-head value width (`linear_value_head_dim`).
+    pub value_head_dim: i64,
+    /// Width of the depthwise causal convolution (`linear_conv_kernel_dim`).
+    pub conv_kernel: i64,
+}
+
+impl DeltaNetConfig {
+    /// Width of all query (or key) heads together.
+    pub fn key_dim(&self) -> i64 {
+        self.num_key_heads * self.key_head_dim
+    }
+
+    /// Width of all value heads together.
+    pub fn value_dim(&self) -> i64 {
+        self.num_value_heads * self.value_head_dim
+    }
+
+    /// Channels of the convolution: queries, keys and values side by side.
+    pub fn conv_dim(&self) -> i64 {
+        2 * self.key_dim() + self.value_dim()
+    }
 }
 
 impl Arch {
@@ -31,6 +91,7 @@ impl Arch {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::Qwen3_5 => "qwen3_5_text",
         }
     }
 }
@@ -93,9 +154,35 @@ pub struct ModelConfig {
     pub o_bias: bool,
     /// Bias on the MLP projections (Llama `mlp_bias`).
     pub mlp_bias: bool,
-    /// RMSNorm on q and k per head (Qwen3).
+    /// RMSNorm on q and k per head (Qwen3, Qwen3.5).
     pub qk_norm: bool,
+    /// Each layer's token mixer; empty means all full attention.
+    #[serde(default)]
+    pub layer_types: Vec<LayerType>,
+    /// Fraction of each head that RoPE rotates (Qwen3.5: 0.25); the rest passes through.
+    #[serde(default = "one")]
+    pub partial_rotary_factor: f64,
+    /// `q_proj` also produces a per-channel output gate, `sigmoid` applied before `o_proj`
+    /// (Qwen3.5 full attention).
+    #[serde(default)]
+    pub attn_output_gate: bool,
+    /// RMSNorm scales by `1 + weight` (weights stored centred on zero, Qwen3.5).
+    #[serde(default)]
+    pub norm_unit_offset: bool,
+    /// Shapes of the Gated DeltaNet layers, when any layer is `linear_attention`.
+    #[serde(default)]
+    pub deltanet: Option<DeltaNetConfig>,
+    /// The checkpoint is the image-text wrapper: decoder weights under `model.language_model.`.
+    #[serde(default)]
+    pub wrapped: bool,
 }
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Where the wrapper keeps the decoder's weights.
+const WRAPPED_PREFIX: &str = "model.language_model.";
 
 /// The raw fields of config.json this crate reads; the rest is ignored.
 #[derive(Debug, Deserialize)]
@@ -118,6 +205,16 @@ struct RawConfig {
     mlp_bias: Option<bool>,
     hidden_act: Option<String>,
     use_sliding_window: Option<bool>,
+    layer_types: Option<Vec<String>>,
+    full_attention_interval: Option<i64>,
+    partial_rotary_factor: Option<f64>,
+    linear_num_key_heads: Option<i64>,
+    linear_num_value_heads: Option<i64>,
+    linear_key_head_dim: Option<i64>,
+    linear_value_head_dim: Option<i64>,
+    linear_conv_kernel_dim: Option<i64>,
+    #[serde(skip)]
+    wrapped: bool,
 }
 
 impl ModelConfig {
@@ -143,8 +240,10 @@ impl ModelConfig {
                 supported: SUPPORTED_MODEL_TYPES.to_vec(),
             });
         }
-        let raw: RawConfig = serde_json::from_value(value)
-            .map_err(|e| ModelError::Config { path: "config.json".into(), msg: e.to_string() })?;
+        let bad = |msg: String| ModelError::Config { path: "config.json".into(), msg };
+        let (value, wrapped) = if model_type == "qwen3_5" { (unwrap_text_config(value).map_err(bad)?, true) } else { (value, false) };
+        let mut raw: RawConfig = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        raw.wrapped = wrapped;
         Self::resolve(raw)
     }
 
@@ -153,6 +252,7 @@ impl ModelConfig {
             Some("llama") => Arch::Llama,
             Some("qwen2") => Arch::Qwen2,
             Some("qwen3") => Arch::Qwen3,
+            Some("qwen3_5_text") => Arch::Qwen3_5,
             other => {
                 return Err(ModelError::UnsupportedModelType {
                     found: other.unwrap_or("").to_string(),
@@ -208,8 +308,24 @@ impl ModelConfig {
         let (qkv_bias, o_bias) = match arch {
             // Qwen2 hard-codes bias on q/k/v and none on o, whatever attention_bias says.
             Arch::Qwen2 => (true, false),
-            Arch::Llama | Arch::Qwen3 => (attention_bias, attention_bias),
+            Arch::Llama | Arch::Qwen3 | Arch::Qwen3_5 => (attention_bias, attention_bias),
         };
+        let hybrid = arch == Arch::Qwen3_5;
+        let layer_types = if hybrid { resolve_layer_types(&raw)? } else { Vec::new() };
+        let deltanet = if layer_types.contains(&LayerType::LinearAttention) { Some(resolve_deltanet(&raw)?) } else { None };
+        // transformers reads the factor from rope_parameters and defaults it to 0.25 for Qwen3.5.
+        let partial_rotary_factor = [raw.rope_parameters.as_ref(), raw.rope_scaling.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(|v| v.get("partial_rotary_factor").and_then(Value::as_f64))
+            .or(raw.partial_rotary_factor)
+            .unwrap_or(if hybrid { 0.25 } else { 1.0 });
+        let rotary_dim = (head_dim as f64 * partial_rotary_factor) as i64;
+        if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) || rotary_dim <= 0 || rotary_dim % 2 != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "partial_rotary_factor = {partial_rotary_factor} gives a rotary width of {rotary_dim} of head_dim {head_dim} (must be even and positive)"
+            )));
+        }
         Ok(Self {
             arch,
             hidden_size: raw.hidden_size,
@@ -227,8 +343,68 @@ impl ModelConfig {
             qkv_bias,
             o_bias,
             mlp_bias: arch == Arch::Llama && raw.mlp_bias.unwrap_or(false),
-            qk_norm: arch == Arch::Qwen3,
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Qwen3_5),
+            layer_types,
+            partial_rotary_factor,
+            attn_output_gate: hybrid,
+            norm_unit_offset: hybrid,
+            deltanet,
+            wrapped: raw.wrapped,
         })
+    }
+
+    /// The token mixer of decoder layer `layer`.
+    pub fn layer_type(&self, layer: usize) -> LayerType {
+        self.layer_types.get(layer).copied().unwrap_or(LayerType::FullAttention)
+    }
+
+    /// How many head channels RoPE rotates (all of them unless `partial_rotary_factor` < 1).
+    pub fn rotary_dim(&self) -> i64 {
+        (self.head_dim as f64 * self.partial_rotary_factor) as i64
+    }
+
+    /// `(role, out_dim, in_dim)` of every projection of decoder layer `layer`, as the model
+    /// builds them (for sizing a model before building it).
+    pub fn layer_linears(&self, layer: usize) -> Vec<(crate::linear::LinearRole, i64, i64)> {
+        use crate::linear::LinearRole as R;
+        let (c, i) = (self.hidden_size, self.intermediate_size);
+        let mut out = match (self.layer_type(layer), &self.deltanet) {
+            (LayerType::LinearAttention, Some(d)) => vec![
+                (R::InProjQkv, d.conv_dim(), c),
+                (R::InProjZ, d.value_dim(), c),
+                (R::InProjB, d.num_value_heads, c),
+                (R::InProjA, d.num_value_heads, c),
+                (R::OutProj, c, d.value_dim()),
+            ],
+            _ => {
+                let (h, k, d) = (self.num_attention_heads, self.num_key_value_heads, self.head_dim);
+                let q = if self.attn_output_gate { 2 * h * d } else { h * d };
+                vec![(R::Q, q, c), (R::K, k * d, c), (R::V, k * d, c), (R::O, c, h * d)]
+            }
+        };
+        out.extend([(R::Gate, i, c), (R::Up, i, c), (R::Down, c, i)]);
+        out
+    }
+
+    /// The checkpoint key of variable `name` (they differ only for the image-text wrapper).
+    pub fn checkpoint_key(&self, name: &str) -> String {
+        match name.strip_prefix("model.") {
+            Some(rest) if self.wrapped => format!("{WRAPPED_PREFIX}{rest}"),
+            _ => name.to_string(),
+        }
+    }
+
+    /// The variable a checkpoint key fills, or None for a key of no part of the decoder (the
+    /// wrapper's vision encoder and multi-token-prediction head), which is never read.
+    pub fn var_name(&self, key: &str) -> Option<String> {
+        if !self.wrapped {
+            return Some(key.to_string());
+        }
+        match key.strip_prefix(WRAPPED_PREFIX) {
+            Some(rest) => Some(format!("model.{rest}")),
+            None if key.starts_with("model.") || key.starts_with("mtp.") => None,
+            None => Some(key.to_string()),
+        }
     }
 
     /// The Hugging Face config.json for this configuration (loadable by transformers).
@@ -243,6 +419,7 @@ impl ModelConfig {
                 Arch::Llama => "LlamaForCausalLM",
                 Arch::Qwen2 => "Qwen2ForCausalLM",
                 Arch::Qwen3 => "Qwen3ForCausalLM",
+                Arch::Qwen3_5 => "Qwen3_5ForCausalLM",
             }]),
         );
         put("model_type", self.arch.as_str().into());
@@ -284,10 +461,104 @@ impl ModelConfig {
                 );
             }
         }
+        if self.partial_rotary_factor != 1.0 {
+            rope.insert("partial_rotary_factor".into(), self.partial_rotary_factor.into());
+        }
         put("rope_theta", self.rope_theta.into());
         put("rope_parameters", Value::Object(rope));
+        if self.arch == Arch::Qwen3_5 {
+            put("layer_types", self.layer_types.iter().map(|t| Value::from(t.as_str())).collect());
+            if let Some(d) = &self.deltanet {
+                put("linear_num_key_heads", d.num_key_heads.into());
+                put("linear_num_value_heads", d.num_value_heads.into());
+                put("linear_key_head_dim", d.key_head_dim.into());
+                put("linear_value_head_dim", d.value_head_dim.into());
+                put("linear_conv_kernel_dim", d.conv_kernel.into());
+            }
+        }
         Value::Object(m)
     }
+}
+
+/// The `text_config` of an image-text wrapper (`model_type` `qwen3_5`) as a text-only
+/// `qwen3_5_text` config.json, with the wrapper's `tie_word_embeddings` where the text part does
+/// not say; any other config as it is. What a text-only save of the decoder carries.
+pub fn text_only_config(value: serde_json::Value) -> std::result::Result<Value, String> {
+    if value.get("model_type").and_then(Value::as_str) == Some("qwen3_5") {
+        unwrap_text_config(value)
+    } else {
+        Ok(value)
+    }
+}
+
+fn unwrap_text_config(mut value: Value) -> std::result::Result<Value, String> {
+    let tie = value.get("tie_word_embeddings").cloned();
+    let Some(Value::Object(mut text)) = value.get_mut("text_config").map(Value::take) else {
+        return Err("model_type \"qwen3_5\" (the image-text wrapper) needs a \"text_config\" object with the decoder's settings (hint: this config.json is incomplete; use the one the model ships with)".into());
+    };
+    text.insert("model_type".into(), "qwen3_5_text".into());
+    if let Some(tie) = tie {
+        text.entry("tie_word_embeddings").or_insert(tie);
+    }
+    Ok(Value::Object(text))
+}
+
+/// `layer_types`, checked against the layer count; transformers' `full_attention_interval`
+/// default only when a config leaves `layer_types` out.
+fn resolve_layer_types(raw: &RawConfig) -> Result<Vec<LayerType>> {
+    let n = raw.num_hidden_layers;
+    let Some(names) = &raw.layer_types else {
+        let every = raw.full_attention_interval.unwrap_or(4).max(1);
+        return Ok((0..n)
+            .map(|i| if (i + 1) % every == 0 { LayerType::FullAttention } else { LayerType::LinearAttention })
+            .collect());
+    };
+    if names.len() as i64 != n {
+        return Err(ModelError::Unsupported(format!(
+            "layer_types has {} entries but num_hidden_layers is {n} (hint: one entry per decoder layer)",
+            names.len()
+        )));
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| match name.as_str() {
+            "full_attention" => Ok(LayerType::FullAttention),
+            "linear_attention" => Ok(LayerType::LinearAttention),
+            other => Err(ModelError::Unsupported(format!(
+                "layer_types[{i}] = \"{other}\" (supported: full_attention, linear_attention)"
+            ))),
+        })
+        .collect()
+}
+
+/// The Gated DeltaNet shapes, with transformers' defaults for the keys a config leaves out.
+fn resolve_deltanet(raw: &RawConfig) -> Result<DeltaNetConfig> {
+    let d = DeltaNetConfig {
+        num_key_heads: raw.linear_num_key_heads.unwrap_or(16),
+        num_value_heads: raw.linear_num_value_heads.unwrap_or(32),
+        key_head_dim: raw.linear_key_head_dim.unwrap_or(128),
+        value_head_dim: raw.linear_value_head_dim.unwrap_or(128),
+        conv_kernel: raw.linear_conv_kernel_dim.unwrap_or(4),
+    };
+    for (name, v) in [
+        ("linear_num_key_heads", d.num_key_heads),
+        ("linear_num_value_heads", d.num_value_heads),
+        ("linear_key_head_dim", d.key_head_dim),
+        ("linear_value_head_dim", d.value_head_dim),
+        ("linear_conv_kernel_dim", d.conv_kernel),
+    ] {
+        if v <= 0 {
+            return Err(ModelError::Unsupported(format!("{name} = {v} (must be positive)")));
+        }
+    }
+    if d.num_value_heads % d.num_key_heads != 0 {
+        return Err(ModelError::Unsupported(format!(
+            "linear_num_value_heads = {} is not a multiple of linear_num_key_heads = {}",
+            d.num_value_heads, d.num_key_heads
+        )));
+    }
+    Ok(d)
 }
 
 /// Merges the legacy (`rope_theta` + `rope_scaling`) and transformers 5 (`rope_parameters`)

@@ -1,10 +1,11 @@
-//! autoqat-model: Hugging Face Llama / Qwen2 / Qwen3 causal LMs in tch, their loading, the
+//! autoqat-model: Hugging Face Llama / Qwen2 / Qwen3 / Qwen3.5 causal LMs in tch, their loading, the
 //! tokenizer, device selection and perplexity evaluation.
 //!
 //! Linear layers are built in one place ([`linear::LinearBuilder`]), so a quantization crate
 //! swaps in its own layers without copying model code.
 
 pub mod config;
+pub mod deltanet;
 pub mod device;
 pub mod error;
 pub mod eval;
@@ -16,13 +17,13 @@ pub mod load;
 pub mod offload;
 pub mod tokenizer;
 
-pub use config::{Arch, ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
+pub use config::{Arch, DeltaNetConfig, LayerType, ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES};
 pub use device::{device_name, parse_device, parse_kind};
 pub use error::{ModelError, Result};
 pub use eval::{line_documents, perplexity, perplexity_docs, DocEvalOptions, EvalOptions, EvalReport, EvalSet};
 pub use generate::{greedy_decode, stop_ids, DecodeStep, Decoded};
 pub use linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec, PlainBuilder, PlainLinear};
-pub use llama::{CausalLM, KvCache, LayerHook};
+pub use llama::{CausalLM, KvCache, LayerHook, LayerState, Mixer};
 pub use load::{build_causal_lm, load_causal_lm, load_weights, save_pretrained, LoadedModel};
 pub use offload::{load_offloaded, Offload};
 pub use tokenizer::TextTokenizer;

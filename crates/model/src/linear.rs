@@ -42,14 +42,52 @@ pub enum LinearRole {
     Up,
     /// MLP down projection.
     Down,
+    /// Gated DeltaNet: queries, keys and values before the convolution (`in_proj_qkv`).
+    InProjQkv,
+    /// Gated DeltaNet: the output gate (`in_proj_z`).
+    InProjZ,
+    /// Gated DeltaNet: the write strength beta, one per value head (`in_proj_b`).
+    InProjB,
+    /// Gated DeltaNet: the decay input, one per value head (`in_proj_a`).
+    InProjA,
+    /// Gated DeltaNet: the output projection (`out_proj`).
+    OutProj,
     /// Output head projecting hidden states to vocabulary logits.
     LmHead,
 }
 
 impl LinearRole {
-    /// True for the attention projections q/k/v/o.
+    /// Every projection role, in a fixed order.
+    pub const ALL: [LinearRole; 13] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+        Self::InProjQkv,
+        Self::InProjZ,
+        Self::InProjB,
+        Self::InProjA,
+        Self::OutProj,
+        Self::LmHead,
+    ];
+
+    /// True for the token mixer's projections: softmax attention's q/k/v/o and Gated
+    /// DeltaNet's (so "quantize attention" covers both kinds of layer).
     pub fn is_attention(self) -> bool {
+        self.is_full_attention() || self.is_linear_attention()
+    }
+
+    /// True for softmax attention's q/k/v/o.
+    pub fn is_full_attention(self) -> bool {
         matches!(self, Self::Q | Self::K | Self::V | Self::O)
+    }
+
+    /// True for Gated DeltaNet's projections.
+    pub fn is_linear_attention(self) -> bool {
+        matches!(self, Self::InProjQkv | Self::InProjZ | Self::InProjB | Self::InProjA | Self::OutProj)
     }
 
     /// True for the MLP projections gate/up/down.
@@ -63,7 +101,8 @@ impl LinearRole {
     pub fn module_path(self, layer: Option<usize>) -> String {
         match (self, layer) {
             (Self::LmHead, _) | (_, None) => self.hf_name().to_string(),
-            (r, Some(i)) if r.is_attention() => format!("model.layers.{i}.self_attn.{}", r.hf_name()),
+            (r, Some(i)) if r.is_full_attention() => format!("model.layers.{i}.self_attn.{}", r.hf_name()),
+            (r, Some(i)) if r.is_linear_attention() => format!("model.layers.{i}.linear_attn.{}", r.hf_name()),
             (r, Some(i)) => format!("model.layers.{i}.mlp.{}", r.hf_name()),
         }
     }
@@ -78,6 +117,11 @@ impl LinearRole {
             Self::Gate => "gate_proj",
             Self::Up => "up_proj",
             Self::Down => "down_proj",
+            Self::InProjQkv => "in_proj_qkv",
+            Self::InProjZ => "in_proj_z",
+            Self::InProjB => "in_proj_b",
+            Self::InProjA => "in_proj_a",
+            Self::OutProj => "out_proj",
             Self::LmHead => "lm_head",
         }
     }

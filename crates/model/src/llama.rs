@@ -1,7 +1,10 @@
-//! The Llama family causal LM (Llama, SmolLM, TinyLlama, Llama 3.x) with the two Qwen
-//! variations switched on by config flags: Qwen2's q/k/v bias and Qwen3's per-head q/k
-//! RMSNorm. Follows `transformers/models/llama/modeling_llama.py` (and `qwen2`, `qwen3`)
-//! block for block; variable names equal the Hugging Face checkpoint keys.
+//! The Llama family causal LM (Llama, SmolLM, TinyLlama, Llama 3.x) with the Qwen variations
+//! switched on by config flags: Qwen2's q/k/v bias, Qwen3's per-head q/k RMSNorm, and
+//! Qwen3.5/3.6's hybrid stack (`layer_types`: Gated DeltaNet layers, see [`crate::deltanet`],
+//! between full-attention layers whose `q_proj` also yields an output gate, with RoPE on part of
+//! each head and RMSNorms scaled by `1 + weight`). Follows
+//! `transformers/models/llama/modeling_llama.py` (and `qwen2`, `qwen3`, `qwen3_5`) block for
+//! block; variable names equal the Hugging Face checkpoint keys.
 //!
 //! Shapes in comments: B batch, T time, H query heads, K key/value heads, D head_dim,
 //! C hidden size, V vocabulary.
@@ -9,7 +12,8 @@
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-use crate::config::{ModelConfig, RopeScaling};
+use crate::config::{LayerType, ModelConfig, RopeScaling};
+use crate::deltanet::{DeltaState, GatedDeltaNet};
 use crate::error::Result;
 use crate::linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec};
 
@@ -18,17 +22,26 @@ use crate::linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec};
 pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    /// Qwen3.5 stores the scale centred on zero and multiplies by `1 + weight`, in f32.
+    unit_offset: bool,
 }
 
 impl RmsNorm {
-    /// Creates the scale at `p / "weight"` (`[dim]`, initialized to ones).
-    pub fn new(p: &nn::Path, dim: i64, eps: f64) -> Result<Self> {
-        Ok(Self { weight: p.f_var("weight", &[dim], Init::Const(1.0))?, eps })
+    /// Creates the scale at `p / "weight"` (`[dim]`, initialized to an effective scale of one).
+    pub fn new(p: &nn::Path, dim: i64, cfg: &ModelConfig) -> Result<Self> {
+        let unit_offset = cfg.norm_unit_offset;
+        let init = Init::Const(if unit_offset { 0.0 } else { 1.0 });
+        Ok(Self { weight: p.f_var("weight", &[dim], init)?, eps: cfg.rms_norm_eps, unit_offset })
     }
 
     /// `[.., dim] -> [.., dim]`.
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         let kind = xs.kind();
+        if self.unit_offset {
+            let x = xs.to_kind(Kind::Float);
+            let x = x.rms_norm([x.size()[x.dim() - 1]], None::<Tensor>, self.eps);
+            return (x * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind);
+        }
         if kind == Kind::Float {
             // Fused kernel: same math as the HF formula in f32.
             return xs.rms_norm([xs.size()[xs.dim() - 1]], Some(&self.weight), self.eps);
@@ -48,9 +61,9 @@ pub struct RotaryEmbedding {
 }
 
 impl RotaryEmbedding {
-    /// Builds the inverse frequencies for `cfg` on `device`.
+    /// Builds the inverse frequencies for `cfg` on `device` (over the rotated part of a head).
     pub fn new(cfg: &ModelConfig, device: tch::Device) -> Self {
-        let dim = cfg.head_dim;
+        let dim = cfg.rotary_dim();
         // As HF: base ** (arange(0, dim, 2) / dim), in f32.
         let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
         let base = Tensor::full([1], cfg.rope_theta, (Kind::Float, device));
@@ -81,7 +94,7 @@ impl RotaryEmbedding {
         Self { inv_freq }
     }
 
-    /// `(cos, sin)`, each `[T, D]` in `kind`, for positions `0..t`.
+    /// `(cos, sin)`, each `[T, R]` (R the rotated width) in `kind`, for positions `0..t`.
     pub fn cos_sin(&self, t: i64, kind: Kind) -> (Tensor, Tensor) {
         let pos = Tensor::arange(t, (Kind::Float, self.inv_freq.device()));
         let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0); // [T, D/2]
@@ -98,9 +111,15 @@ fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[&x2.neg(), &x1], -1)
 }
 
-/// Applies rotary embedding to `x` `[B, heads, T, D]` with `cos`/`sin` `[T, D]`.
+/// Applies rotary embedding to `x` `[B, heads, T, D]` with `cos`/`sin` `[T, R]`: the first R
+/// channels of each head rotate, the rest pass through (partial rotary).
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    x * cos + rotate_half(x) * sin
+    let (d, r) = (x.size()[3], cos.size()[1]);
+    if r == d {
+        return x * cos + rotate_half(x) * sin;
+    }
+    let rot = x.narrow(-1, 0, r);
+    Tensor::cat(&[&rot * cos + rotate_half(&rot) * sin, x.narrow(-1, r, d - r)], -1)
 }
 
 /// Multi-head attention with grouped key/value heads.
@@ -112,6 +131,8 @@ pub struct Attention {
     o_proj: Box<dyn Linear>,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
+    /// `q_proj` yields `[query | gate]` per head; the output is scaled by `sigmoid(gate)`.
+    output_gate: bool,
     n_heads: i64,
     n_kv_heads: i64,
     head_dim: i64,
@@ -126,66 +147,78 @@ impl Attention {
             b.linear(&(p / role.hf_name()), LinearSpec { role, layer: Some(layer), in_dim, out_dim, bias, tied: None })
         };
         let (q_norm, k_norm) = if cfg.qk_norm {
-            (
-                Some(RmsNorm::new(&(p / "q_norm"), d, cfg.rms_norm_eps)?),
-                Some(RmsNorm::new(&(p / "k_norm"), d, cfg.rms_norm_eps)?),
-            )
+            (Some(RmsNorm::new(&(p / "q_norm"), d, cfg)?), Some(RmsNorm::new(&(p / "k_norm"), d, cfg)?))
         } else {
             (None, None)
         };
+        let q_width = if cfg.attn_output_gate { 2 * h * d } else { h * d };
         Ok(Self {
-            q_proj: lin(LinearRole::Q, c, h * d, cfg.qkv_bias)?,
+            q_proj: lin(LinearRole::Q, c, q_width, cfg.qkv_bias)?,
             k_proj: lin(LinearRole::K, c, k * d, cfg.qkv_bias)?,
             v_proj: lin(LinearRole::V, c, k * d, cfg.qkv_bias)?,
             o_proj: lin(LinearRole::O, h * d, c, cfg.o_bias)?,
             q_norm,
             k_norm,
+            output_gate: cfg.attn_output_gate,
             n_heads: h,
             n_kv_heads: k,
             head_dim: d,
         })
     }
 
-    /// Queries, keys and values `[B, heads, T, D]` with rotary embedding applied.
-    fn qkv(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let (b, t) = (xs.size()[0], xs.size()[1]);
-        let heads = |proj: &dyn Linear, n: i64, norm: &Option<RmsNorm>| {
-            let x = proj.forward(xs).view([b, t, n, self.head_dim]);
+    /// Queries, keys and values `[B, heads, T, D]` with rotary embedding applied, and the
+    /// output gate `[B, T, H * D]` when the layer has one.
+    fn qkv(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor, Option<Tensor>) {
+        let (b, t, d) = (xs.size()[0], xs.size()[1], self.head_dim);
+        let heads = |x: Tensor, norm: &Option<RmsNorm>| {
             let x = match norm {
                 Some(norm) => norm.forward(&x),
                 None => x,
             };
             x.transpose(1, 2) // [B, n, T, D]
         };
-        let q = apply_rope(&heads(self.q_proj.as_ref(), self.n_heads, &self.q_norm), cos, sin);
-        let k = apply_rope(&heads(self.k_proj.as_ref(), self.n_kv_heads, &self.k_norm), cos, sin);
-        let v = heads(self.v_proj.as_ref(), self.n_kv_heads, &None);
-        (q, k, v)
+        let q_out = self.q_proj.forward(xs);
+        let (q, gate) = if self.output_gate {
+            // Per head: D query channels, then D gate channels.
+            let both = q_out.view([b, t, self.n_heads, 2 * d]);
+            (both.narrow(-1, 0, d), Some(both.narrow(-1, d, d).reshape([b, t, self.n_heads * d])))
+        } else {
+            (q_out.view([b, t, self.n_heads, d]), None)
+        };
+        let q = apply_rope(&heads(q, &self.q_norm), cos, sin);
+        let k = self.k_proj.forward(xs).view([b, t, self.n_kv_heads, d]);
+        let k = apply_rope(&heads(k, &self.k_norm), cos, sin);
+        let v = heads(self.v_proj.forward(xs).view([b, t, self.n_kv_heads, d]), &None);
+        (q, k, v, gate)
     }
 
-    /// Attention of `q` over `k`/`v`, then the output projection: `[B, T, C]`.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<Tensor>, causal: bool) -> Tensor {
+    /// Attention of `q` over `k`/`v`, gated, then the output projection: `[B, T, C]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, gate: Option<Tensor>, mask: Option<Tensor>, causal: bool) -> Tensor {
         let (b, t) = (q.size()[0], q.size()[2]);
         // GQA inside the fused kernel (`enable_gqa`): the same math as `repeat_kv` without the copy.
         let scale = (self.head_dim as f64).powf(-0.5);
         let gqa = self.n_heads != self.n_kv_heads;
         let y = Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, scale, gqa);
         let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
+        let y = match gate {
+            Some(gate) => y * gate.sigmoid(),
+            None => y,
+        };
         self.o_proj.forward(&y)
     }
 
     /// `[B, T, C] -> [B, T, C]`, causal.
     pub fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-        let (q, k, v) = self.qkv(xs, cos, sin);
-        self.attend(&q, &k, &v, None, true)
+        let (q, k, v, gate) = self.qkv(xs, cos, sin);
+        self.attend(&q, &k, &v, gate, None, true)
     }
 
     /// As [`Attention::forward`] for new positions after those held in `kv` (whose keys and
     /// values it appends); `cos`/`sin` cover the new positions only.
     pub fn forward_cached(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, kv: &mut Option<(Tensor, Tensor)>) -> Tensor {
-        let (q, k, v) = self.qkv(xs, cos, sin);
+        let (q, k, v, gate) = self.qkv(xs, cos, sin);
         let Some((pk, pv)) = kv.take() else {
-            let y = self.attend(&q, &k, &v, None, true);
+            let y = self.attend(&q, &k, &v, gate, None, true);
             *kv = Some((k, v));
             return y;
         };
@@ -194,7 +227,7 @@ impl Attention {
         let v = Tensor::cat(&[&pv, &v], 2);
         // One new token sees every cached one; several need the causal mask shifted by `past`.
         let mask = (t > 1).then(|| Tensor::ones([t, past + t], (Kind::Bool, q.device())).tril(past));
-        let y = self.attend(&q, &k, &v, mask, false);
+        let y = self.attend(&q, &k, &v, gate, mask, false);
         *kv = Some((k, v));
         y
     }
@@ -238,40 +271,94 @@ impl Mlp {
     }
 }
 
+/// A decoder layer's token mixer: softmax attention (`self_attn`) or Gated DeltaNet
+/// (`linear_attn`).
+#[derive(Debug)]
+pub enum Mixer {
+    /// Full (softmax) attention.
+    Attention(Attention),
+    /// Gated DeltaNet linear attention.
+    DeltaNet(GatedDeltaNet),
+}
+
+/// What one layer carries between decoding steps.
+#[derive(Debug, Default)]
+pub enum LayerState {
+    /// Nothing seen yet.
+    #[default]
+    Empty,
+    /// Attention's keys and values `[B, K, T, D]`.
+    Kv(Tensor, Tensor),
+    /// Gated DeltaNet's convolution window and recurrent state.
+    Delta(DeltaState),
+}
+
 /// One pre-norm decoder block.
 #[derive(Debug)]
 pub struct DecoderLayer {
     input_layernorm: RmsNorm,
-    self_attn: Attention,
+    mixer: Mixer,
     post_attention_layernorm: RmsNorm,
     mlp: Mlp,
 }
 
 impl DecoderLayer {
-    /// Builds `p` = `model.layers.<layer>`.
+    /// Builds `p` = `model.layers.<layer>`, its mixer from `layer_types`.
     pub fn new(p: &nn::Path, cfg: &ModelConfig, layer: usize, b: &dyn LinearBuilder) -> Result<Self> {
+        let mixer = match cfg.layer_type(layer) {
+            LayerType::FullAttention => Mixer::Attention(Attention::new(&(p / "self_attn"), cfg, layer, b)?),
+            LayerType::LinearAttention => Mixer::DeltaNet(GatedDeltaNet::new(&(p / "linear_attn"), cfg, layer, b)?),
+        };
         Ok(Self {
-            input_layernorm: RmsNorm::new(&(p / "input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
-            self_attn: Attention::new(&(p / "self_attn"), cfg, layer, b)?,
-            post_attention_layernorm: RmsNorm::new(
-                &(p / "post_attention_layernorm"),
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-            )?,
+            input_layernorm: RmsNorm::new(&(p / "input_layernorm"), cfg.hidden_size, cfg)?,
+            mixer,
+            post_attention_layernorm: RmsNorm::new(&(p / "post_attention_layernorm"), cfg.hidden_size, cfg)?,
             mlp: Mlp::new(&(p / "mlp"), cfg, layer, b)?,
         })
     }
 
     /// `[B, T, C] -> [B, T, C]`.
     pub fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-        let h = xs + self.self_attn.forward(&self.input_layernorm.forward(xs), cos, sin);
+        let x = self.input_layernorm.forward(xs);
+        let mixed = match &self.mixer {
+            Mixer::Attention(a) => a.forward(&x, cos, sin),
+            Mixer::DeltaNet(d) => d.forward(&x),
+        };
+        self.feed_forward(xs + mixed)
+    }
+
+    fn feed_forward(&self, h: Tensor) -> Tensor {
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
 
-    /// As [`DecoderLayer::forward`] with the layer's key/value cache.
-    pub fn forward_cached(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, kv: &mut Option<(Tensor, Tensor)>) -> Tensor {
-        let h = xs + self.self_attn.forward_cached(&self.input_layernorm.forward(xs), cos, sin, kv);
-        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    /// As [`DecoderLayer::forward`] continuing from the layer's decoding state.
+    pub fn forward_cached(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, state: &mut LayerState) -> Tensor {
+        self.step(xs, cos, sin, state, false)
+    }
+
+    fn step(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, state: &mut LayerState, recurrent: bool) -> Tensor {
+        let x = self.input_layernorm.forward(xs);
+        let mixed = match &self.mixer {
+            Mixer::Attention(a) => {
+                let mut kv = match std::mem::take(state) {
+                    LayerState::Kv(k, v) => Some((k, v)),
+                    _ => None,
+                };
+                let y = a.forward_cached(&x, cos, sin, &mut kv);
+                *state = kv.map_or(LayerState::Empty, |(k, v)| LayerState::Kv(k, v));
+                y
+            }
+            Mixer::DeltaNet(d) => {
+                let mut delta = match std::mem::take(state) {
+                    LayerState::Delta(s) => Some(s),
+                    _ => None,
+                };
+                let y = if recurrent { d.forward_recurrent(&x, &mut delta) } else { d.forward_cached(&x, &mut delta) };
+                *state = delta.map_or(LayerState::Empty, LayerState::Delta);
+                y
+            }
+        };
+        self.feed_forward(xs + mixed)
     }
 }
 
@@ -279,7 +366,7 @@ impl DecoderLayer {
 /// runs each new token through the stack once instead of re-reading the whole prefix.
 #[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<LayerState>,
     len: i64,
 }
 
@@ -338,7 +425,7 @@ impl Model {
         Ok(Self {
             embed_tokens,
             layers,
-            norm: RmsNorm::new(&(p / "norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            norm: RmsNorm::new(&(p / "norm"), cfg.hidden_size, cfg)?,
             rotary: RotaryEmbedding::new(cfg, p.device()),
             hook: None,
         })
@@ -359,16 +446,17 @@ impl Model {
     }
 
     /// Token ids `[B, T]` of the positions after those in `cache` -> final normed hidden states
-    /// `[B, T, C]`; the cache grows by `T`.
-    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Tensor {
+    /// `[B, T, C]`; the cache grows by `T`. `recurrent` runs Gated DeltaNet layers token by token
+    /// even over several new positions (the chunked form otherwise).
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, recurrent: bool) -> Tensor {
         let t = ids.size()[1];
         let mut h = self.embed_tokens.forward(ids);
         let (cos, sin) = self.rotary.cos_sin(cache.len + t, h.kind());
         let (cos, sin) = (cos.narrow(0, cache.len, t), sin.narrow(0, cache.len, t));
-        cache.layers.resize_with(self.layers.len(), || None);
-        for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+        cache.layers.resize_with(self.layers.len(), LayerState::default);
+        for (i, (layer, state)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             self.enter(i);
-            h = layer.forward_cached(&h, &cos, &sin, kv);
+            h = layer.step(&h, &cos, &sin, state, recurrent);
         }
         cache.len += t;
         self.norm.forward(&h)
@@ -468,6 +556,12 @@ impl CausalLM {
 
     /// Logits `[B, T, V]` of new positions after those in `cache` (see [`Model::forward_cached`]).
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Tensor {
-        self.head(&self.model.forward_cached(ids, cache))
+        self.head(&self.model.forward_cached(ids, cache, false))
+    }
+
+    /// As [`CausalLM::forward_cached`] with Gated DeltaNet layers in their recurrent form over
+    /// every new position, one at a time (the decoding path, checked against the chunked one).
+    pub fn forward_recurrent(&self, ids: &Tensor, cache: &mut KvCache) -> Tensor {
+        self.head(&self.model.forward_cached(ids, cache, true))
     }
 }

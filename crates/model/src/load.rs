@@ -34,7 +34,7 @@ pub fn load_causal_lm(source: &str, device: Device, kind: Kind, builder: &dyn Li
     let dir = hub::resolve_model_dir(source)?;
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let (vs, model) = build_causal_lm(&cfg, device, kind, builder)?;
-    load_weights(&vs, &dir, builder)?;
+    load_weights(&vs, &cfg, &dir, builder)?;
     Ok(LoadedModel { cfg, model, vs, dir })
 }
 
@@ -53,8 +53,9 @@ pub fn build_causal_lm(
     Ok((vs, model))
 }
 
-/// Where each checkpoint key lives: one file, or a shard map from the index.
-pub(crate) fn weight_files(dir: &Path) -> Result<(PathBuf, HashMap<String, PathBuf>)> {
+/// Where each checkpoint key lives: one file, or a shard map from the index (keyed by the
+/// variable each key fills; keys outside the decoder are left out).
+pub(crate) fn weight_files(dir: &Path, cfg: &ModelConfig) -> Result<(PathBuf, HashMap<String, PathBuf>)> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok((single.clone(), HashMap::new()));
@@ -73,15 +74,18 @@ pub(crate) fn weight_files(dir: &Path) -> Result<(PathBuf, HashMap<String, PathB
     let mut out = HashMap::new();
     for (name, file) in map {
         let file = file.as_str().ok_or_else(|| corrupt(format!("weight_map entry {name} is not a file name")))?;
-        out.insert(name.clone(), dir.join(file));
+        if let Some(var) = cfg.var_name(name) {
+            out.insert(var, dir.join(file));
+        }
     }
     Ok((index, out))
 }
 
-/// Fills every variable of `vs` from the checkpoint in `dir`, except those `builder` declares
-/// as its own extras. Checkpoint tensors the model does not use are ignored.
-pub fn load_weights(vs: &nn::VarStore, dir: &Path, builder: &dyn LinearBuilder) -> Result<()> {
-    let (main, shards) = weight_files(dir)?;
+/// Fills every variable of `vs` from the checkpoint in `dir` (keys as `cfg` maps them), except
+/// those `builder` declares as its own extras. Checkpoint tensors the model does not use (an
+/// image-text wrapper's vision encoder and MTP head among them) are never read.
+pub fn load_weights(vs: &nn::VarStore, cfg: &ModelConfig, dir: &Path, builder: &dyn LinearBuilder) -> Result<()> {
+    let (main, shards) = weight_files(dir, cfg)?;
     let vars = vs.variables();
     // Group wanted variables by the file that holds them, so each file is read once.
     let mut by_file: BTreeMap<PathBuf, Vec<(String, Tensor)>> = BTreeMap::new();
@@ -104,8 +108,8 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path, builder: &dyn LinearBuilder) 
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| ModelError::CorruptWeights { path: file.clone(), msg: e.to_string() })?;
         for (name, mut var) in wanted {
-            let view =
-                st.tensor(&name).map_err(|_| ModelError::MissingTensor { name: name.clone(), path: file.clone() })?;
+            let key = cfg.checkpoint_key(&name);
+            let view = st.tensor(&key).map_err(|_| ModelError::MissingTensor { name: key.clone(), path: file.clone() })?;
             let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             let expected = var.size();
             if found != expected {

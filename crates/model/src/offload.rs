@@ -106,6 +106,15 @@ impl TensorFile {
         Ok(Self { path: path.to_path_buf(), entries })
     }
 
+    /// The same file with its tensors named by the variables they fill (see
+    /// [`ModelConfig::var_name`]); tensors outside the decoder are dropped from the index.
+    pub fn renamed(mut self, cfg: &ModelConfig) -> Self {
+        if cfg.wrapped {
+            self.entries = self.entries.into_iter().filter_map(|(k, e)| Some((cfg.var_name(&k)?, e))).collect();
+        }
+        self
+    }
+
     /// The shape of `name`, when the file holds it.
     pub fn shape(&self, name: &str) -> Option<&[i64]> {
         self.entries.get(name).map(|e| e.shape.as_slice())
@@ -328,11 +337,11 @@ pub fn load_offloaded(
 ) -> Result<(LoadedModel, Arc<Offload>)> {
     let dir = hub::resolve_model_dir(source)?;
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-    let (main, shards) = weight_files(&dir)?;
+    let (main, shards) = weight_files(&dir, &cfg)?;
     let mut files: BTreeMap<PathBuf, Arc<TensorFile>> = BTreeMap::new();
     let mut checkpoint = HashMap::new();
     if shards.is_empty() {
-        let f = Arc::new(TensorFile::open(&main)?);
+        let f = Arc::new(TensorFile::open(&main)?.renamed(&cfg));
         for name in f.entries.keys() {
             checkpoint.insert(name.clone(), f.clone());
         }
@@ -341,7 +350,7 @@ pub fn load_offloaded(
             let f = match files.get(path) {
                 Some(f) => f.clone(),
                 None => {
-                    let f = Arc::new(TensorFile::open(path)?);
+                    let f = Arc::new(TensorFile::open(path)?.renamed(&cfg));
                     files.insert(path.clone(), f.clone());
                     f
                 }
