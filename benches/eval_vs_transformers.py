@@ -1,6 +1,9 @@
 """Benchmark (not a test): eval tokens/s of `autoqat eval` against Hugging Face transformers
 running the "Perplexity of fixed-length models" guide loop, on the same random-weight
 checkpoint, text, ctx and stride. Prints one line per config with the ratio autoqat/transformers.
+`qwen3_5_100m` is a Qwen3.5 hybrid of about 100M parameters (Gated DeltaNet in three layers of
+four); transformers runs its plain-PyTorch fallbacks there, as on any machine without
+flash-linear-attention.
 
     source scripts/env.sh && cargo build --release --bin autoqat
     $AUTOQAT_PYTHON benches/eval_vs_transformers.py [--bin target/release/autoqat] [--configs tiny,smollm135m]
@@ -34,6 +37,13 @@ CONFIGS = {
     "smollm135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                        num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048,
                        tie_word_embeddings=True, ctx=512, chars=24_000),
+    # A Qwen3.5 hybrid of about 100M parameters: three Gated DeltaNet layers, then one gated
+    # full-attention layer, repeated.
+    "qwen3_5_100m": dict(arch="qwen3_5", hidden_size=512, intermediate_size=1536, num_hidden_layers=12,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=64, linear_num_key_heads=4,
+                         linear_num_value_heads=8, linear_key_head_dim=64, linear_value_head_dim=64,
+                         vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=False,
+                         ctx=512, chars=24_000),
 }
 
 
@@ -52,10 +62,10 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
     for name in args.configs.split(","):
         spec = dict(CONFIGS[name])
-        ctx, chars = spec.pop("ctx"), spec.pop("chars")
+        ctx, chars, arch = spec.pop("ctx"), spec.pop("chars"), spec.pop("arch", "llama")
         text = full_text[:chars]
         with tempfile.TemporaryDirectory() as d:
-            tok, model = tiny_checkpoint(d, text, min(spec["vocab_size"], 2048), special_tokens=(),
+            tok, model = tiny_checkpoint(d, text, min(spec["vocab_size"], 2048), arch=arch, special_tokens=(),
                                          **spec, rms_norm_eps=1e-5, rope_theta=10000.0)
             model.eval()
             txt = os.path.join(d, "text.txt")
@@ -76,7 +86,8 @@ def main():
                 aq_runs.append(aq["tokens_per_s"])
             hf_best, aq_best = max(hf_runs), max(aq_runs)
             pairs = sorted(a / h for a, h in zip(aq_runs, hf_runs))
-            print(f"{name:11s} ctx {ctx:4d} tokens {n:6d}  transformers {hf_best:9.1f} tok/s  "
+            params = sum(p.numel() for p in model.parameters())
+            print(f"{name:11s} {params / 1e6:5.1f}M ctx {ctx:4d} tokens {n:6d}  transformers {hf_best:9.1f} tok/s  "
                   f"autoqat {aq_best:9.1f} tok/s  ratio {aq_best / hf_best:5.2f}  "
                   f"(per-pair ratios {pairs[0]:.2f}..{pairs[-1]:.2f}; "
                   f"ppl {math.exp(hf_loss):.4f} vs {aq['eval_ppl']:.4f})")

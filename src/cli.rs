@@ -242,8 +242,8 @@ pub struct KdReportArgs {
     #[arg(long, default_value = "teacher_baseline.json")]
     pub baseline: PathBuf,
     /// The teacher's weight bytes, when the baseline does not know them (an API teacher):
-    /// parameters times bytes per parameter.
-    #[arg(long)]
+    /// parameters times bytes per parameter (`16e9` or `16000000000`).
+    #[arg(long, value_parser = parse_byte_count)]
     pub teacher_bytes: Option<u64>,
     /// Where the report goes.
     #[arg(long, default_value = "kd_report.json")]
@@ -478,7 +478,14 @@ pub fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+    // Colour only on a terminal: redirected logs (files, CI) get plain text, not escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .without_time()
+        .try_init();
 }
 
 /// `--workspace DIR`, declared once for every command that works in a workspace; derefs to
@@ -520,4 +527,15 @@ pub struct JsonArg {
     /// Print machine-readable JSON (JSON lines for commands that stream).
     #[arg(long = "json")]
     pub on: bool,
+}
+
+/// A byte count written as an integer or in scientific notation (`16e9`).
+fn parse_byte_count(s: &str) -> Result<u64, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x < 1.8e19 => Ok(x as u64),
+        _ => Err(format!("`{s}` is not a whole number of bytes (e.g. 16000000000 or 16e9)")),
+    }
 }

@@ -99,6 +99,7 @@ fn kind_of(e: &(dyn std::error::Error + 'static)) -> Option<ExitKind> {
             | ModelError::Unsupported(_)
             | ModelError::UnsupportedModelType { .. }
             | ModelError::NoWeights(_)
+            | ModelError::CorruptWeights { .. }
             | ModelError::MissingTensor { .. }
             | ModelError::ShapeMismatch { .. }
             | ModelError::UnsupportedDtype { .. }
@@ -110,7 +111,12 @@ fn kind_of(e: &(dyn std::error::Error + 'static)) -> Option<ExitKind> {
     }
     if let Some(c) = e.downcast_ref::<CompressError>() {
         return match c {
-            CompressError::Recipe { .. } | CompressError::Calibration(_) => Some(BadInput),
+            // A changed recipe or nothing to resume (`Resume`) and an unreadable artifact are
+            // the user's input, as a malformed recipe is.
+            CompressError::Recipe { .. }
+            | CompressError::Calibration(_)
+            | CompressError::Resume(_)
+            | CompressError::Artifact { .. } => Some(BadInput),
             CompressError::Budget(_) | CompressError::Verify(_) => Some(TrialFailed),
             CompressError::Io { err, .. } => missing(err),
             CompressError::Model(m) => kind_of(m),
@@ -122,7 +128,14 @@ fn kind_of(e: &(dyn std::error::Error + 'static)) -> Option<ExitKind> {
             KdError::Config(_) => Some(BadInput),
             KdError::Io { cause, .. } => missing(cause),
             KdError::Model(m) => kind_of(m),
+            KdError::Traces(t) => kind_of(t),
             _ => None,
+        };
+    }
+    if let Some(t) = e.downcast_ref::<autoqat_traces::TraceError>() {
+        return match t {
+            autoqat_traces::TraceError::Io { cause, .. } => missing(cause),
+            _ => Some(BadInput),
         };
     }
     None
@@ -147,5 +160,13 @@ mod tests {
         assert_eq!(classify(&missing), ExitKind::BadInput);
         assert_eq!(classify(&anyhow::anyhow!("disk on fire")), ExitKind::Error);
         assert_eq!(ExitKind::Interrupted as i32, 130);
+    }
+
+    #[test]
+    fn a_cut_short_checkpoint_and_a_bad_resume_are_bad_input() {
+        let cut = ModelError::CorruptWeights { path: "m.safetensors".into(), msg: "truncated".into() };
+        assert_eq!(classify(&anyhow::Error::new(cut)), ExitKind::BadInput);
+        let resume = CompressError::Resume("nothing to resume".into());
+        assert_eq!(classify(&anyhow::Error::new(resume)), ExitKind::BadInput);
     }
 }

@@ -450,6 +450,7 @@ fn a_killed_compression_resumes_to_the_same_artifact() {
     let out = autoqat(&["compress", "--config", s(&config), "--run-dir", s(&run), "--resume"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.trim().lines().count() == 1 && err.contains("nothing to resume"), "{err}");
+    assert_eq!(out.status.code(), Some(3), "nothing to resume is bad input");
     let other = tmp.path().join("other");
     compress_killed_at(&config, &other, "resume/mix.json");
     let text = std::fs::read_to_string(&config).unwrap().replace("steps = 400", "steps = 401");
@@ -458,6 +459,59 @@ fn a_killed_compression_resumes_to_the_same_artifact() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.trim().lines().count() == 1, "{err}");
     assert!(err.contains("finetune.steps differs") && err.contains("without --resume"), "{err}");
+    assert_eq!(out.status.code(), Some(3), "a changed recipe is bad input");
+}
+
+/// Pids of live `autoqat` processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("autoqat") && cmd.contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_compression_killed_while_verifying_resumes_and_verifies() {
+    // Regression: a kill during verify left a zip that looked finished, `--resume` said there
+    // was nothing to resume, and the verify child ran on after its parent died.
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = recipe(tmp.path(), fx, "llama", "ternary", "");
+    let run = tmp.path().join("killed");
+    compress_killed_at(&config, &run, "artifact.zip");
+    assert!(run.join("resume").exists(), "an unverified artifact keeps the state to resume from");
+    // The verify child dies with its parent (give the kernel a moment to deliver it).
+    let zip = run.join("artifact.zip");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !processes_mentioning(s(&zip)).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(processes_mentioning(s(&zip)).is_empty(), "the verify process outlived its parent");
+    let out = autoqat(&["compress", "--config", s(&config), "--run-dir", s(&run), "--resume", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["verify_ppl"].as_f64().is_some(), "the resumed run verified: {summary}");
+    assert!(!run.join("resume").exists());
+}
+
+#[test]
+fn an_impossible_budget_is_refused_before_any_model_work() {
+    // Regression: bits_per_param = 0.5 ran the full-precision eval and calibration first, then
+    // printed a negative budget, 22,256,800% and a hint to allow a cheaper kind than binary.
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = recipe(tmp.path(), fx, "llama", "binary", "bits_per_param = 0.5");
+    let run = tmp.path().join("r");
+    let err = compress_fails(&config, &run);
+    assert!(err.contains("0.5 bits per parameter") && err.contains("raise budget.bits_per_param to at least"), "{err}");
+    assert!(!err.contains('%') && !err.contains("cheaper"), "{err}");
+    assert!(!run.join("resume/fp.json").exists(), "the full-precision eval must not have run");
 }
 
 #[test]

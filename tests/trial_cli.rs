@@ -103,7 +103,8 @@ fn qat_trial_on_a_qwen3_5_wrapper_lowers_the_loss_and_its_export_scores_the_same
     let recipe = write_recipe(tmp.path(), &model, "[quant]\nmethod = \"ternary_absmean\"\ngranularity = \"per_row\"\n")
         .to_string_lossy()
         .into_owned();
-    let text = std::fs::read_to_string(&recipe).unwrap().replace("steps = 12\neval_every = 6", "steps = 30\neval_every = 10");
+    let text =
+        std::fs::read_to_string(&recipe).unwrap().replace("steps = 12\neval_every = 6", "steps = 30\neval_every = 10");
     std::fs::write(&recipe, text).unwrap();
     let run = tmp.path().join("run");
     let out = autoqat(&["trial", "--config", &recipe, "--run-dir", s(&run)]);
@@ -112,13 +113,24 @@ fn qat_trial_on_a_qwen3_5_wrapper_lowers_the_loss_and_its_export_scores_the_same
     let (loss, ppl) = (column(&steps, "train_loss"), column(&steps, "eval_ppl"));
     assert_eq!(loss.len(), 3, "{steps}");
     assert!(loss[2] < loss[0] && ppl[2] < ppl[0], "QAT must lower the loss:\n{steps}");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["status"], "ok");
     // Gated DeltaNet projections are ternary too: some weights sit at zero.
     assert!(summary["q_zero"].as_f64().unwrap() > 0.05, "{summary}");
     let out = autoqat(&[
-        "eval", "--model", s(&run.join("export")), "--text", s(&tmp.path().join("eval.txt")), "--ctx", "64", "--stride", "64",
-        "--device", "cpu", "--json",
+        "eval",
+        "--model",
+        s(&run.join("export")),
+        "--text",
+        s(&tmp.path().join("eval.txt")),
+        "--ctx",
+        "64",
+        "--stride",
+        "64",
+        "--device",
+        "cpu",
+        "--json",
     ]);
     assert!(out.status.success(), "eval of the export failed: {}", String::from_utf8_lossy(&out.stderr));
     let scored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

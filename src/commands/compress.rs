@@ -38,13 +38,17 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
         }
     };
     let summary_path = run_dir.join(autoqat_workspace::run::SUMMARY_FILE);
-    let result = compress(&recipe, &run_dir, args.resume, &mut log).map_err(anyhow::Error::from).and_then(|mut s| {
-        if !args.no_verify {
-            log("verify: reloading the zip in a fresh process");
-            s.verify_ppl = Some(verify(&recipe, &s)?);
+    let no_verify = args.no_verify;
+    let mut check = |s: &Summary| -> autoqat_compress::Result<Option<f64>> {
+        if no_verify {
+            return Ok(None);
         }
-        Ok(s)
-    });
+        if !json {
+            println!("[compress] verify: reloading the zip in a fresh process");
+        }
+        verify(&recipe, s).map(Some).map_err(|e| autoqat_compress::CompressError::Verify(one_line(&e)))
+    };
+    let result = compress(&recipe, &run_dir, args.resume, &mut log, &mut check).map_err(anyhow::Error::from);
     let summary = match result {
         Ok(s) => s,
         Err(err) => {
@@ -85,6 +89,12 @@ fn print_summary(s: &Summary, path: &Path) {
     println!("artifact: {}", s.artifact_zip.display());
     println!("time_s: {:.1}", s.run.time_s);
     println!("summary: {}", path.display());
+    // What the track asks a miner to submit, so nothing has to be looked up by hand.
+    println!(
+        "hand in: artifact_sha256 {} and artifact_size_bytes {}, with a public HTTPS URL that serves exactly these bytes without a redirect",
+        s.artifact_sha256,
+        s.artifact_size_bytes()
+    );
 }
 
 /// Scores the zip in a fresh `autoqat eval` process and checks it against the in-memory PPL.
@@ -92,7 +102,16 @@ fn verify(recipe: &CompressRecipe, s: &Summary) -> anyhow::Result<f64> {
     let exe = autoqat_workspace::self_exe().context("cannot find the autoqat binary for the verify stage")?;
     let source = recipe.model_source();
     let tokenizer = autoqat_model::hub::resolve_model_dir(&source)?.join("tokenizer.json");
-    let out = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    // SAFETY: prctl only asks the kernel to kill the child when this process dies (a killed
+    // compress must not leave its verify running); no allocation or lock in between.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let out = cmd
         .arg("eval")
         .arg("--model")
         .arg(&s.artifact_zip)

@@ -8,7 +8,18 @@ first requests, demand an API key, answer slowly) to exercise retries, auth and 
 only the standard library plus torch and transformers, so it runs from $AUTOQAT_PYTHON as is.
 
     python kd_server.py MODEL_DIR --port-file FILE [--host 127.0.0.1] [--port 0]
-        [--fail-first N] [--fail-status 429] [--require-key KEY] [--delay-s 0]
+        [--fail-first N] [--fail-status 429] [--require-key KEY] [--delay-s 0] [--quirk Q ...]
+
+Quirks reproduce what real endpoints were seen to send (the numbers stay the model's own):
+    confident   the greedy token at logprob 0.0 and its alternatives at -17 and below, as an API
+                reports a near-certain position (the Top-K then sums to just over 1)
+    positive    the first alternative at a positive log-probability (a broken server)
+    duplicates  the second alternative listed twice
+    extra-top   three more alternatives than asked for
+    lossy       the last alternative replaced by a piece of a multi-byte character (the byte
+                token 0xC3), sent as llama.cpp does: token "\ufffd", bytes null
+    echo-key    the request's Authorization header echoed as the first generated token
+    stall       half the body, then silence (until the client gives up)
 """
 
 import argparse
@@ -233,8 +244,10 @@ def make_handler(teacher, args, state):
                 # OpenAI refuses this too; accepting it would hide a client that forgot logprobs.
                 raise BadRequest("logprobs must be true when top_logprobs is set", "top_logprobs")
             content, entries, finish, n_prompt, n_gen = teacher.generate(text, max_tokens, top_n)
+            content, entries = apply_quirks(args.quirk, teacher, entries, content, top_n,
+                                            self.headers.get("Authorization", ""))
             model = body.get("model") if isinstance(body.get("model"), str) else teacher.name
-            self.send_json(200, {
+            answer = {
                 "id": "chatcmpl-" + uuid.uuid4().hex,
                 "object": "chat.completion",
                 "created": int(time.time()),
@@ -246,9 +259,49 @@ def make_handler(teacher, args, state):
                     "finish_reason": finish,
                 }],
                 "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_gen, "total_tokens": n_prompt + n_gen},
-            })
+            }
+            if "stall" in args.quirk:
+                data = json.dumps(answer).encode("utf-8")
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                time.sleep(30)
+                self.close_connection = True
+                return
+            self.send_json(200, answer)
 
     return Handler
+
+
+def apply_quirks(quirks, teacher, entries, content, top_n, authorization):
+    """The answer as a misbehaving endpoint would send it (see the module's doc)."""
+    for e in entries:
+        top = e.get("top_logprobs", [])
+        if "confident" in quirks and top:
+            e["logprob"] = 0.0
+            top[0]["logprob"] = 0.0
+            for j, t in enumerate(top[1:]):
+                t["logprob"] = -17.0 - 0.25 * j
+        if "positive" in quirks and top:
+            top[0]["logprob"] = 0.5
+        if "duplicates" in quirks and len(top) >= 2:
+            top.append(dict(top[1]))
+        if "extra-top" in quirks and top:
+            worst = top[-1]["logprob"]
+            for j in range(3):
+                top.append({"token": f"extra{j}", "logprob": worst - 1.0 - j, "bytes": list(f"extra{j}".encode())})
+        if "lossy" in quirks and top:
+            # The byte token 0xC3 of a byte-level vocabulary (the character Ã in GPT-2's alphabet).
+            top[-1] = {"token": "\ufffd", "logprob": top[-1]["logprob"], "bytes": None}
+    if "echo-key" in quirks and entries:
+        echoed = authorization.encode("utf-8")
+        entries.insert(0, {"token": authorization, "logprob": -0.1, "bytes": list(echoed),
+                           "top_logprobs": [{"token": authorization, "logprob": -0.1, "bytes": list(echoed)}]})
+        content = authorization + content
+    return content, entries
 
 
 def main():
@@ -261,6 +314,8 @@ def main():
     ap.add_argument("--fail-status", type=int, default=429)
     ap.add_argument("--require-key")
     ap.add_argument("--delay-s", type=float, default=0.0)
+    ap.add_argument("--quirk", action="append", default=[],
+                    choices=["confident", "positive", "duplicates", "extra-top", "lossy", "echo-key", "stall"])
     args = ap.parse_args()
 
     teacher = Teacher(args.model_dir)

@@ -84,10 +84,21 @@ pub fn allocate(mats: &[MatrixScores], kinds: &[RowKind], budget_bits: i64) -> R
     let cheapest = kinds[order[0]];
     let floor: i64 = mats.iter().map(|m| m.errors[0].len() as i64 * cheapest.row_bits(m.in_dim)).sum();
     if floor > budget_bits {
+        let hint = if cheapest == RowKind::Binary {
+            "raise budget.bits_per_param"
+        } else {
+            "allow a cheaper kind in allocate.kinds, or raise budget.bits_per_param"
+        };
+        if budget_bits <= 0 {
+            return Err(CompressError::Budget(format!(
+                "the budget leaves no bits for the quantized rows (files, headers and full-precision tensors take {} bits more than it allows) (hint: {hint})",
+                -budget_bits
+            )));
+        }
         return Err(CompressError::Budget(format!(
-            "the budget leaves {budget_bits} bits for the quantized rows but all-{cheapest} rows need {floor}, {} bits ({:.2}%) over (hint: allow a cheaper kind in allocate.kinds, or raise budget.bits_per_param)",
+            "the budget leaves {budget_bits} bits for the quantized rows but all-{cheapest} rows need {floor}, {} bits ({:.2}%) over (hint: {hint})",
             floor - budget_bits,
-            100.0 * (floor - budget_bits) as f64 / budget_bits.max(1) as f64
+            100.0 * (floor - budget_bits) as f64 / budget_bits as f64
         )));
     }
     let mut left = budget_bits - floor;

@@ -69,7 +69,13 @@ pub fn artifact_config(source_config: &serde_json::Value, extra: serde_json::Val
 /// The files of an artifact other than the weights, by name.
 pub type TextFiles = BTreeMap<String, Vec<u8>>;
 
-/// Writes a deterministic zip of `entries` (name, bytes, stored?) in name order.
+/// Entries from this size on need ZIP64 (the classic format stores sizes in 32 bits).
+const ZIP64_FROM: u64 = u32::MAX as u64;
+
+/// Writes a deterministic zip of `entries` (name, bytes, stored?) in name order. A stored entry
+/// of 4 GiB or more (the weights of a model at the live tracks' 27B budgets) is written with
+/// ZIP64 sizes; the others keep the classic headers, so small artifacts are byte-identical to
+/// what earlier versions wrote.
 fn zip_bytes(entries: &[(&str, &[u8], bool)]) -> Result<Vec<u8>> {
     let mut sorted: Vec<&(&str, &[u8], bool)> = entries.iter().collect();
     sorted.sort_by_key(|e| e.0);
@@ -80,7 +86,8 @@ fn zip_bytes(entries: &[(&str, &[u8], bool)]) -> Result<Vec<u8>> {
         let opts = FileOptions::default()
             .compression_method(method)
             .last_modified_time(DateTime::default())
-            .unix_permissions(0o644);
+            .unix_permissions(0o644)
+            .large_file(data.len() as u64 >= ZIP64_FROM);
         w.start_file(*name, opts).map_err(zerr)?;
         w.write_all(data).map_err(|e| CompressError::Artifact { path: PathBuf::from("<zip>"), msg: e.to_string() })?;
     }
@@ -88,11 +95,16 @@ fn zip_bytes(entries: &[(&str, &[u8], bool)]) -> Result<Vec<u8>> {
 }
 
 /// Bytes of the zip besides the weights' own bytes: the other files (deflated) and every
-/// header. Exact, because the weights entry is stored.
-pub fn zip_overhead(files: &TextFiles) -> Result<i64> {
+/// header. Exact, because the weights entry is stored, except where the weights may reach
+/// ZIP64 sizes (`max_weight_bytes`): then an upper bound of the ZIP64 records is added (the
+/// weights' extra fields, the 64-bit offsets of the entries after them, the ZIP64 end record
+/// and its locator).
+pub fn zip_overhead(files: &TextFiles, max_weight_bytes: u64) -> Result<i64> {
     let mut entries: Vec<(&str, &[u8], bool)> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice(), false)).collect();
     entries.push((WEIGHTS, &[], true));
-    Ok(zip_bytes(&entries)?.len() as i64)
+    let classic = zip_bytes(&entries)?.len() as i64;
+    let zip64 = if max_weight_bytes >= ZIP64_FROM { 20 + 28 + 56 + 20 + 12 * entries.len() as i64 + 64 } else { 0 };
+    Ok(classic + zip64)
 }
 
 /// An upper bound of the safetensors header (8-byte length, JSON, padding to 8) for tensors

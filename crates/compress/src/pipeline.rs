@@ -214,11 +214,16 @@ pub fn eval_documents(recipe: &CompressRecipe, tok: &TextTokenizer) -> Result<Ev
     Ok(EvalSet::documents(tok, &text, opts, recipe.eval.max_docs)?)
 }
 
-/// Runs the whole compression described by `recipe`, writing into `run_dir`. With `resume`,
-/// continues a killed run of the same recipe in `run_dir` from what it saved (the
-/// full-precision score, the teacher, the allocation, each distilled block, the fine-tune's
-/// last checkpoint).
-pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log) -> Result<Summary> {
+/// Checks a packed artifact before the run counts as finished (the CLI reloads the zip in a
+/// fresh process); returns the PPL it measured, or None when verification is off.
+pub type Verify<'a> = &'a mut dyn FnMut(&Summary) -> Result<Option<f64>>;
+
+/// Runs the whole compression described by `recipe`, writing into `run_dir`, and `verify`s the
+/// artifact. With `resume`, continues a killed run of the same recipe in `run_dir` from what it
+/// saved (the full-precision score, the teacher, the allocation, each distilled block, the
+/// fine-tune's last checkpoint); the saved state is dropped only once the artifact verified, so
+/// a run killed while verifying resumes and verifies again.
+pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log, verify: Verify) -> Result<Summary> {
     let start = Instant::now();
     let mut st = StageTimes::default();
     std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
@@ -251,8 +256,8 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
     let mut source_config: serde_json::Value = {
         let p = loaded.dir.join("config.json");
         let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-        let value = serde_json::from_str(&text)
-            .map_err(|e| CompressError::Artifact { path: p.clone(), msg: e.to_string() })?;
+        let value =
+            serde_json::from_str(&text).map_err(|e| CompressError::Artifact { path: p.clone(), msg: e.to_string() })?;
         autoqat_model::config::text_only_config(value).map_err(|msg| CompressError::Artifact { path: p, msg })?
     };
     let probe = calib_seqs.narrow(0, 0, 1);
@@ -277,6 +282,53 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
         }
     };
     let cfg = loaded.cfg.clone();
+    let vars = loaded.vs.variables();
+    // Full shapes: an offloaded layer's variables are empty while it is not resident.
+    let mut shapes: HashMap<String, Vec<i64>> = vars.iter().map(|(n, v)| (n.clone(), v.size())).collect();
+    if let Some(o) = &paging.0 {
+        shapes.extend(o.shapes().map(|(n, s)| (n.to_string(), s.to_vec())));
+    }
+    let numel = |n: &str| shapes.get(n).map(|s| s.iter().product::<i64>()).unwrap_or(0);
+    let tied = cfg.tie_word_embeddings;
+    let targets = targets(&cfg);
+    let kinds = recipe.allocate.kinds.clone();
+    let sens = recipe.allocate.sensitivity;
+    // The budget: everything but the rows' codes and scales is reserved first, exactly or as
+    // an upper bound, so the allocation can spend the rest.
+    let param_count: i64 = shapes.keys().map(|n| numel(n)).sum();
+    let bpp = recipe.budget_bpp();
+    let total_bits = artifact::budget_bits(param_count, bpp);
+    let quantized: std::collections::HashSet<String> = targets.iter().map(|t| format!("{}.weight", t.prefix)).collect();
+    let mut passthrough: Vec<String> = vars.keys().filter(|n| !quantized.contains(*n)).cloned().collect();
+    passthrough.sort();
+    // A budget that not even all-cheapest rows meet is refused before any model work (the
+    // full-precision eval and calibration take most of a run): the rows' codes and scales and
+    // the full-precision tensors alone are a floor that packing can only add to.
+    let cheapest = kinds.iter().copied().min().unwrap_or(RowKind::Binary);
+    let floor_bits: i64 = targets
+        .iter()
+        .map(|t| {
+            let s = shapes.get(&format!("{}.weight", t.prefix)).map(Vec::as_slice).unwrap_or(&[]);
+            let (rows, cols) = (s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0));
+            rows * cheapest.row_bits(cols)
+        })
+        .sum::<i64>()
+        + passthrough.iter().map(|n| 16 * numel(n)).sum::<i64>();
+    if floor_bits > total_bits {
+        let need = floor_bits as f64 / param_count.max(1) as f64;
+        let hint = if cheapest == RowKind::Binary {
+            format!("raise budget.bits_per_param to at least {:.3}", need + 0.005)
+        } else {
+            format!(
+                "allow binary rows in allocate.kinds, or raise budget.bits_per_param to at least {:.3}",
+                need + 0.005
+            )
+        };
+        return Err(CompressError::Budget(format!(
+            "a budget of {bpp} bits per parameter cannot hold this model: all-{cheapest} rows and the full-precision tensors alone take {need:.3} bits per parameter, {:.3} over the budget (hint: {hint})",
+            need - bpp
+        )));
+    }
     let fp = match state.load::<EvalReport>(FP_FILE)? {
         Some(fp) => fp,
         None => {
@@ -301,25 +353,6 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
         None
     };
 
-    let vars = loaded.vs.variables();
-    // Full shapes: an offloaded layer's variables are empty while it is not resident.
-    let mut shapes: HashMap<String, Vec<i64>> = vars.iter().map(|(n, v)| (n.clone(), v.size())).collect();
-    if let Some(o) = &paging.0 {
-        shapes.extend(o.shapes().map(|(n, s)| (n.to_string(), s.to_vec())));
-    }
-    let numel = |n: &str| shapes.get(n).map(|s| s.iter().product::<i64>()).unwrap_or(0);
-    let tied = cfg.tie_word_embeddings;
-    let targets = targets(&cfg);
-    let kinds = recipe.allocate.kinds.clone();
-    let sens = recipe.allocate.sensitivity;
-    // The budget: everything but the rows' codes and scales is reserved first, exactly or as
-    // an upper bound, so the allocation can spend the rest.
-    let param_count: i64 = shapes.keys().map(|n| numel(n)).sum();
-    let bpp = recipe.budget_bpp();
-    let total_bits = artifact::budget_bits(param_count, bpp);
-    let quantized: std::collections::HashSet<String> = targets.iter().map(|t| format!("{}.weight", t.prefix)).collect();
-    let mut passthrough: Vec<String> = vars.keys().filter(|n| !quantized.contains(*n)).cloned().collect();
-    passthrough.sort();
     let mut files = TextFiles::new();
     let extra = serde_json::json!({
         "format": artifact::FORMAT,
@@ -351,7 +384,7 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
             .ok_or_else(|| CompressError::Torch(format!("the model has no variable {name}")))
     };
     let kind_bytes: i64 = targets.iter().map(|t| Ok((rows_of(&t.prefix)? + 3) / 4)).sum::<Result<i64>>()?;
-    let reserve_bytes = artifact::zip_overhead(&files)?
+    let reserve_bytes = artifact::zip_overhead(&files, (total_bits / 8).max(0) as u64)?
         + artifact::safetensors_header_bound(names.iter().map(String::as_str), max_dim, total_bits / 8 + 1)
         + passthrough_bytes
         + kind_bytes;
@@ -550,6 +583,8 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log)
         )));
     }
     drop(tok);
+    let mut summary = summary;
+    summary.verify_ppl = verify(&summary)?;
     state.finish()?;
     Ok(summary)
 }

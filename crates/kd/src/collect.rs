@@ -12,6 +12,7 @@ use crate::project::{project, Projector};
 use crate::teacher::Teacher;
 
 /// Everything `collect` needs besides the teacher.
+#[derive(Debug, Clone)]
 pub struct CollectOptions {
     /// The prompts, by index.
     pub prompts: Vec<String>,
@@ -51,8 +52,10 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-/// Opens (or starts) the index of `opts.out`, refusing one made by another collection, and
-/// removes what a killed run may have left (partial files, shards no prompt names).
+/// Opens (or starts) the index of `opts.out`, refusing one made by another collection or from
+/// a prompts file edited since (prompts are keyed by their text at their position), forgetting
+/// shards deleted by hand so that their prompts are asked again, and removing what a killed run
+/// may have left (partial files, shards no prompt names).
 fn open_index(opts: &CollectOptions, teacher: &str, tok_hash: &str) -> Result<TraceIndex> {
     std::fs::create_dir_all(&opts.out).map_err(io_err(&opts.out))?;
     let fresh =
@@ -78,6 +81,23 @@ fn open_index(opts: &CollectOptions, teacher: &str, tok_hash: &str) -> Result<Tr
             old
         }
     };
+    let mut index = index;
+    for entry in &index.prompts {
+        let now = usize::try_from(entry.idx).ok().and_then(|i| opts.prompts.get(i));
+        if now != Some(&entry.text) {
+            return Err(KdError::Config(format!(
+                "the prompts file changed since {} was collected: prompt {} was {:?}, now {} (hint: restore the file or only append to it, or collect into a new --out)",
+                opts.out.display(),
+                entry.idx,
+                clip(&entry.text),
+                now.map_or("absent".to_string(), |t| format!("{:?}", clip(t)))
+            )));
+        }
+    }
+    for file in index.drop_missing(&opts.out) {
+        eprintln!("warning: {} is missing from {}; its prompts are collected again", file, opts.out.display());
+    }
+    index.save(&opts.out)?;
     let listed: std::collections::HashSet<String> = index.shards.iter().map(|s| s.file.clone()).collect();
     for entry in std::fs::read_dir(&opts.out).map_err(io_err(&opts.out))? {
         let entry = entry.map_err(io_err(&opts.out))?;
@@ -88,6 +108,15 @@ fn open_index(opts: &CollectOptions, teacher: &str, tok_hash: &str) -> Result<Tr
         }
     }
     Ok(index)
+}
+
+/// The first 60 characters of a prompt, for a message.
+fn clip(text: &str) -> String {
+    let mut out: String = text.chars().take(60).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// Collects every prompt not yet in the index; `on_prompt` sees each finished prompt.
@@ -107,21 +136,26 @@ pub fn collect(
     let mut index = open_index(opts, &teacher.describe(), tok_hash)?;
     let done = index.done();
     let todo: Vec<usize> = (0..opts.prompts.len()).filter(|i| !done.contains(&(*i as i64))).collect();
-    let mut proj = Projector::new(student_tok);
+    // A teacher with the student's own tokenizer needs no projection: its ids are the student's.
+    let by_id = teacher.tokenizer_hash().as_deref() == Some(tok_hash);
+    let mut proj = Projector::new(student_tok, by_id);
     for chunk in todo.chunks(opts.prompts_per_shard.max(1)) {
         let shard = index.next_shard_name();
         let mut rows: Vec<TraceRow> = Vec::new();
         let mut entries = Vec::new();
-        let mut stats = index.stats.clone();
+        let mut stats = autoqat_traces::TraceStats::default();
         for &i in chunk {
             let text = &opts.prompts[i];
             let answer = teacher.answer(&opts.template.replace("{prompt}", text), opts.max_tokens, opts.top_k)?;
             let mut invalid = 0;
             for (step, pos) in answer.positions.iter().enumerate() {
-                let p = project(pos, &mut proj, i as i64, step as i32, &index.template_hash, tok_hash);
+                let p = project(pos, &mut proj, opts.top_k, i as i64, step as i32, &index.template_hash, tok_hash);
                 let valid = p.row.is_valid();
                 invalid += usize::from(!valid);
                 stats.add(valid, p.other_mass, p.coverage);
+                stats.clamped += usize::from(p.clamped);
+                stats.duplicates += p.duplicates;
+                stats.truncated += p.truncated;
                 rows.push(p.row);
             }
             entries.push(PromptEntry {
@@ -133,8 +167,8 @@ pub fn collect(
             });
         }
         autoqat_traces::write_shard(&opts.out.join(&shard), &rows)?;
-        index.shards.push(ShardEntry { file: shard, rows: rows.len() });
-        index.stats = stats;
+        index.stats.absorb(&stats);
+        index.shards.push(ShardEntry { file: shard, rows: rows.len(), stats });
         index.prompts.extend(entries.iter().cloned());
         index.save(&opts.out)?;
         for e in &entries {

@@ -36,6 +36,11 @@ pub trait Teacher {
     /// Answers `prompt` with at most `max_tokens` tokens, with the `top_k` alternatives of each
     /// position (0: no log-probabilities).
     fn answer(&mut self, prompt: &str, max_tokens: usize, top_k: usize) -> Result<Answer>;
+    /// The hash of the teacher's `tokenizer.json` when it is known and the teacher reports token
+    /// ids (a local checkpoint): positions then map by id onto a student with the same hash.
+    fn tokenizer_hash(&self) -> Option<String> {
+        None
+    }
 }
 
 /// How to reach a teacher, parsed from `openai:<model>` or `local:<dir>`.
@@ -95,7 +100,8 @@ impl OpenAiTeacher {
 }
 
 /// Bytes of one logprobs entry: its `bytes` array when the server sends one (exact, even for a
-/// piece of a multi-byte character), else its `token` text.
+/// piece of a multi-byte character), else its `token` text (where a server that lost the bytes
+/// writes U+FFFD, which the projection treats as unmappable).
 fn entry_bytes(v: &serde_json::Value) -> Option<Vec<u8>> {
     if let Some(arr) = v["bytes"].as_array() {
         return arr.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect();
@@ -103,8 +109,25 @@ fn entry_bytes(v: &serde_json::Value) -> Option<Vec<u8>> {
     v["token"].as_str().map(|s| s.as_bytes().to_vec())
 }
 
-/// The positions of `choices[0].logprobs.content`.
-fn parse_positions(v: &serde_json::Value) -> Result<Vec<TeacherPosition>> {
+/// Log-probabilities above this are not rounding of 0 but a broken server.
+const POSITIVE_LOGPROB: f64 = 1e-6;
+
+/// The log-probability of one entry, refusing a positive one (a server that returns those
+/// sends numbers that are not log-probabilities, and every row built on them would be wrong).
+fn entry_logprob(v: &serde_json::Value, server: &str) -> Option<Result<f64>> {
+    let lp = v["logprob"].as_f64()?;
+    Some(if lp > POSITIVE_LOGPROB {
+        Err(KdError::Teacher(format!(
+            "the teacher at {server} returned a positive log-probability ({lp}) for token {:?}; log-probabilities are at most 0, so its logprobs cannot be used (check the server or its version)",
+            v["token"].as_str().unwrap_or("?")
+        )))
+    } else {
+        Ok(lp.min(0.0))
+    })
+}
+
+/// The positions of `choices[0].logprobs.content`, as `server` sent them.
+fn parse_positions(v: &serde_json::Value, server: &str) -> Result<Vec<TeacherPosition>> {
     let bad = |what: &str| {
         KdError::Teacher(format!(
             "the answer's logprobs are malformed ({what}); does the server support logprobs/top_logprobs?"
@@ -117,15 +140,18 @@ fn parse_positions(v: &serde_json::Value) -> Result<Vec<TeacherPosition>> {
         .iter()
         .map(|e| {
             let sample = entry_bytes(e).ok_or_else(|| bad("an entry without token or bytes"))?;
-            let sample_logprob = e["logprob"].as_f64().ok_or_else(|| bad("an entry without logprob"))?;
+            let sample_logprob = entry_logprob(e, server).ok_or_else(|| bad("an entry without logprob"))??;
             let top = e["top_logprobs"]
                 .as_array()
                 .ok_or_else(|| bad("an entry without top_logprobs"))?
                 .iter()
-                .map(|t| Some((entry_bytes(t)?, t["logprob"].as_f64()?)))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| bad("a top_logprobs entry without token or logprob"))?;
-            Ok(TeacherPosition { sample, sample_logprob, top })
+                .map(|t| {
+                    let bytes = entry_bytes(t).ok_or_else(|| bad("a top_logprobs entry without token"))?;
+                    let lp = entry_logprob(t, server).ok_or_else(|| bad("a top_logprobs entry without logprob"))??;
+                    Ok((bytes, lp))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(TeacherPosition { sample, sample_logprob, top, ids: None })
         })
         .collect()
 }
@@ -164,7 +190,10 @@ impl Teacher for OpenAiTeacher {
             .as_str()
             .ok_or_else(|| KdError::Teacher("the answer has no choices[0].message.content".into()))?
             .to_string();
-        let positions = if top_k > 0 { parse_positions(&v)? } else { Vec::new() };
+        let positions = if top_k > 0 { parse_positions(&v, &self.url)? } else { Vec::new() };
+        // A server may echo the request (its Authorization header included) into its answer:
+        // nothing of the key may reach a trace or a report.
+        let (text, positions) = scrub_answer(&self.secret, text, positions);
         Ok(Answer {
             text,
             prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
@@ -175,10 +204,47 @@ impl Teacher for OpenAiTeacher {
     }
 }
 
+/// `text` and `positions` with the key removed: from the text, from every token, and from every
+/// run of consecutive sampled tokens that spells it (each of those tokens is blanked, so the
+/// projection marks them unmappable).
+fn scrub_answer(secret: &Secret, text: String, mut positions: Vec<TeacherPosition>) -> (String, Vec<TeacherPosition>) {
+    let key = secret.expose().as_bytes();
+    if key.len() < 4 {
+        return (text, positions);
+    }
+    let joined: Vec<u8> = positions.iter().flat_map(|p| p.sample.iter().copied()).collect();
+    let mut hit = vec![false; joined.len()];
+    for start in 0..joined.len().saturating_sub(key.len() - 1) {
+        if joined[start..].starts_with(key) {
+            hit[start..start + key.len()].iter_mut().for_each(|h| *h = true);
+        }
+    }
+    let mut at = 0;
+    let redacted = b"[redacted]".to_vec();
+    let scrub_bytes = |b: &[u8]| secret.scrub(&String::from_utf8_lossy(b)).into_bytes();
+    for p in &mut positions {
+        let span = at..at + p.sample.len();
+        at = span.end;
+        if hit[span].iter().any(|&h| h) {
+            p.sample.clone_from(&redacted);
+            p.top.clear();
+        } else if p.sample.windows(key.len()).any(|w| w == key) {
+            p.sample = scrub_bytes(&p.sample);
+        }
+        for (bytes, _) in &mut p.top {
+            if bytes.windows(key.len()).any(|w| w == key) {
+                *bytes = scrub_bytes(bytes);
+            }
+        }
+    }
+    (secret.scrub(&text), positions)
+}
+
 /// A local checkpoint answering with greedy decoding.
 pub struct LocalTeacher {
     loaded: LoadedModel,
     tok: TextTokenizer,
+    tok_hash: Option<String>,
     bytes: Vec<Vec<u8>>,
     stop: Vec<i64>,
     device: Device,
@@ -191,7 +257,8 @@ impl LocalTeacher {
         let tok = TextTokenizer::from_path(&loaded.dir)?;
         let stop = stop_ids(&loaded.dir);
         let bytes = token_bytes_table(&tok);
-        Ok(LocalTeacher { loaded, tok, bytes, stop, device })
+        let tok_hash = autoqat_traces::tokenizer_hash(&loaded.dir).ok();
+        Ok(LocalTeacher { loaded, tok, tok_hash, bytes, stop, device })
     }
 
     /// The teacher's tokenizer.
@@ -207,7 +274,7 @@ impl LocalTeacher {
 }
 
 /// The GPT-2 byte-level alphabet: byte -> the char a byte-level BPE writes for it.
-fn byte_level_char(b: u8) -> char {
+pub(crate) fn byte_level_char(b: u8) -> char {
     let printable = (b'!'..=b'~').contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
     if printable {
         return char::from(b);
@@ -245,6 +312,10 @@ impl Teacher for LocalTeacher {
         format!("local:{}", self.loaded.dir.display())
     }
 
+    fn tokenizer_hash(&self) -> Option<String> {
+        self.tok_hash.clone()
+    }
+
     fn answer(&mut self, prompt: &str, max_tokens: usize, top_k: usize) -> Result<Answer> {
         let ids = self.tok.encode(prompt)?;
         let out = greedy_decode(&self.loaded.model, &ids, max_tokens, &self.stop, top_k, self.device)?;
@@ -259,6 +330,7 @@ impl Teacher for LocalTeacher {
                     sample: self.token(s.id),
                     sample_logprob: s.logprob,
                     top: s.top.iter().map(|&(i, lp)| (self.token(i), lp)).collect(),
+                    ids: Some((s.id, s.top.iter().map(|&(i, _)| i).collect())),
                 })
                 .collect()
         };

@@ -241,7 +241,8 @@ impl ModelConfig {
             });
         }
         let bad = |msg: String| ModelError::Config { path: "config.json".into(), msg };
-        let (value, wrapped) = if model_type == "qwen3_5" { (unwrap_text_config(value).map_err(bad)?, true) } else { (value, false) };
+        let (value, wrapped) =
+            if model_type == "qwen3_5" { (unwrap_text_config(value).map_err(bad)?, true) } else { (value, false) };
         let mut raw: RawConfig = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         raw.wrapped = wrapped;
         Self::resolve(raw)
@@ -312,7 +313,8 @@ impl ModelConfig {
         };
         let hybrid = arch == Arch::Qwen3_5;
         let layer_types = if hybrid { resolve_layer_types(&raw)? } else { Vec::new() };
-        let deltanet = if layer_types.contains(&LayerType::LinearAttention) { Some(resolve_deltanet(&raw)?) } else { None };
+        let deltanet =
+            if layer_types.contains(&LayerType::LinearAttention) { Some(resolve_deltanet(&raw)?) } else { None };
         // transformers reads the factor from rope_parameters and defaults it to 0.25 for Qwen3.5.
         let partial_rotary_factor = [raw.rope_parameters.as_ref(), raw.rope_scaling.as_ref()]
             .into_iter()

@@ -81,7 +81,10 @@ impl GatedDeltaNet {
         })?;
         let c = cfg.hidden_size;
         let lin = |role: LinearRole, in_dim: i64, out_dim: i64| {
-            b.linear(&(p / role.hf_name()), LinearSpec { role, layer: Some(layer), in_dim, out_dim, bias: false, tied: None })
+            b.linear(
+                &(p / role.hf_name()),
+                LinearSpec { role, layer: Some(layer), in_dim, out_dim, bias: false, tied: None },
+            )
         };
         Ok(Self {
             in_proj_qkv: lin(LinearRole::InProjQkv, c, d.conv_dim())?,
@@ -126,7 +129,7 @@ impl GatedDeltaNet {
         let d = &self.d;
         let (k_pad, x_dim) = (d.conv_kernel - 1, d.conv_dim());
         let mixed = self.in_proj_qkv.forward(xs).transpose(1, 2); // [B, X, T]
-        // The causal convolution sees the previous kernel-1 inputs (zeros at the start).
+                                                                  // The causal convolution sees the previous kernel-1 inputs (zeros at the start).
         let past = match state {
             Some(s) => s.conv.to_kind(mixed.kind()),
             None => Tensor::zeros([bsz, x_dim, k_pad], (mixed.kind(), mixed.device())),
@@ -151,8 +154,11 @@ impl GatedDeltaNet {
             (q, k)
         };
         let initial = state.as_ref().map(|s| &s.recurrent);
-        let (out, last) =
-            if t == 1 && keep { recurrent_delta_rule(&q, &k, &v, &g, &beta, initial) } else { chunk_delta_rule(&q, &k, &v, &g, &beta, initial) };
+        let (out, last) = if t == 1 && keep {
+            recurrent_delta_rule(&q, &k, &v, &g, &beta, initial)
+        } else {
+            chunk_delta_rule(&q, &k, &v, &g, &beta, initial)
+        };
         if keep {
             let conv_state = padded.narrow(2, padded.size()[2] - k_pad, k_pad);
             *state = Some(DeltaState { conv: conv_state, recurrent: last });

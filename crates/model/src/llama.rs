@@ -193,7 +193,15 @@ impl Attention {
     }
 
     /// Attention of `q` over `k`/`v`, gated, then the output projection: `[B, T, C]`.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, gate: Option<Tensor>, mask: Option<Tensor>, causal: bool) -> Tensor {
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        gate: Option<Tensor>,
+        mask: Option<Tensor>,
+        causal: bool,
+    ) -> Tensor {
         let (b, t) = (q.size()[0], q.size()[2]);
         // GQA inside the fused kernel (`enable_gqa`): the same math as `repeat_kv` without the copy.
         let scale = (self.head_dim as f64).powf(-0.5);

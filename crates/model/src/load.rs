@@ -109,7 +109,8 @@ pub fn load_weights(vs: &nn::VarStore, cfg: &ModelConfig, dir: &Path, builder: &
             .map_err(|e| ModelError::CorruptWeights { path: file.clone(), msg: e.to_string() })?;
         for (name, mut var) in wanted {
             let key = cfg.checkpoint_key(&name);
-            let view = st.tensor(&key).map_err(|_| ModelError::MissingTensor { name: key.clone(), path: file.clone() })?;
+            let view =
+                st.tensor(&key).map_err(|_| ModelError::MissingTensor { name: key.clone(), path: file.clone() })?;
             let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             let expected = var.size();
             if found != expected {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use autoqat_model::{
-    line_documents, load_causal_lm, load_offloaded, perplexity, perplexity_docs, save_pretrained, DocEvalOptions,
-    EvalOptions, KvCache, LayerType, ModelConfig, PlainBuilder, TextTokenizer,
+    greedy_decode, line_documents, load_causal_lm, load_offloaded, perplexity, perplexity_docs, save_pretrained,
+    DocEvalOptions, EvalOptions, KvCache, LayerType, ModelConfig, PlainBuilder, TextTokenizer,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -45,7 +45,13 @@ fn hybrid_logits_match_transformers_text_only_and_wrapped() {
         let loaded = load_causal_lm(dir.join(name).to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap();
         assert_eq!(
             loaded.cfg.layer_types,
-            [LayerType::LinearAttention, LayerType::FullAttention, LayerType::LinearAttention, LayerType::LinearAttention, LayerType::FullAttention]
+            [
+                LayerType::LinearAttention,
+                LayerType::FullAttention,
+                LayerType::LinearAttention,
+                LayerType::LinearAttention,
+                LayerType::FullAttention
+            ]
         );
         assert_eq!(loaded.cfg.rotary_dim(), 4, "partial rotary 0.25 of head_dim 16");
         let logits = tch::no_grad(|| loaded.model.forward(&refs["ids"]));
@@ -59,7 +65,8 @@ fn hybrid_logits_match_transformers_text_only_and_wrapped() {
 #[test]
 fn wrapper_loads_only_the_text_decoder() {
     let Some(dir) = fixture() else { return };
-    let loaded = load_causal_lm(dir.join("wrapped").to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap();
+    let loaded =
+        load_causal_lm(dir.join("wrapped").to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap();
     assert!(loaded.cfg.wrapped);
     let ours: BTreeSet<String> = loaded.vs.variables().into_keys().collect();
     // The variables are the text-only checkpoint's keys: nothing of model.visual.* or mtp.*.
@@ -139,6 +146,21 @@ fn chunked_and_recurrent_forms_agree() {
 }
 
 #[test]
+fn greedy_decoding_matches_transformers_generate() {
+    // transformers decodes with its own cache (conv and recurrent states); ours prefills in the
+    // chunked form and then steps in the recurrent one.
+    let Some(dir) = fixture() else { return };
+    let reference = common::reference_ppl(dir);
+    let want = &reference["models"]["wrapped"]["greedy"];
+    let ids = |k: &str| want[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect::<Vec<i64>>();
+    let loaded =
+        load_causal_lm(dir.join("wrapped").to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap();
+    let expected = ids("continuation");
+    let got = greedy_decode(&loaded.model, &ids("prompt"), expected.len(), &[], 0, Device::Cpu).unwrap();
+    assert_eq!(got.steps.iter().map(|s| s.id).collect::<Vec<_>>(), expected);
+}
+
+#[test]
 fn offloaded_wrapper_matches_the_resident_model() {
     let Some(dir) = fixture() else { return };
     let refs = refs(dir);
@@ -211,6 +233,7 @@ fn checkpoint_missing_a_deltanet_tensor_names_it() {
         .filter(|(n, _)| n != "model.layers.2.linear_attn.A_log")
         .collect();
     Tensor::write_safetensors(&tensors, tmp.path().join("model.safetensors")).unwrap();
-    let err = load_causal_lm(tmp.path().to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap_err().to_string();
+    let err =
+        load_causal_lm(tmp.path().to_str().unwrap(), Device::Cpu, Kind::Float, &PlainBuilder).unwrap_err().to_string();
     assert!(err.contains("model.layers.2.linear_attn.A_log"), "{err}");
 }

@@ -35,6 +35,10 @@ pub struct ShardEntry {
     pub file: String,
     /// Rows it holds.
     pub rows: usize,
+    /// Its share of the collection's quality figures, so that the totals can be rebuilt when
+    /// a shard is collected again.
+    #[serde(default)]
+    pub stats: TraceStats,
 }
 
 /// Collection quality figures, kept as running sums so that a resumed collection adds to them.
@@ -54,9 +58,37 @@ pub struct TraceStats {
     pub sum_other_mass: f64,
     /// Sum of the coverage over valid positions.
     pub sum_coverage: f64,
+    /// Positions whose Top-K mass reached 1 by rounding, given the floor as their Other mass.
+    #[serde(default)]
+    pub clamped: usize,
+    /// Alternatives the teacher listed twice in one position (kept once).
+    #[serde(default)]
+    pub duplicates: usize,
+    /// Alternatives beyond the Top-K asked for (dropped).
+    #[serde(default)]
+    pub truncated: usize,
 }
 
 impl TraceStats {
+    /// Adds the sums of `other` (a shard's figures) and recomputes the means.
+    pub fn absorb(&mut self, other: &TraceStats) {
+        self.positions += other.positions;
+        self.invalid += other.invalid;
+        self.sum_other_mass += other.sum_other_mass;
+        self.sum_coverage += other.sum_coverage;
+        self.clamped += other.clamped;
+        self.duplicates += other.duplicates;
+        self.truncated += other.truncated;
+        self.refresh();
+    }
+
+    fn refresh(&mut self) {
+        let valid_n = (self.positions - self.invalid).max(1) as f64;
+        self.invalid_rate = if self.positions == 0 { 0.0 } else { self.invalid as f64 / self.positions as f64 };
+        self.mean_other_mass = self.sum_other_mass / valid_n;
+        self.topk_coverage = self.sum_coverage / valid_n;
+    }
+
     /// Adds one position: its validity, remaining mass and Top-K coverage.
     pub fn add(&mut self, valid: bool, other_mass: f64, coverage: f64) {
         self.positions += 1;
@@ -66,10 +98,7 @@ impl TraceStats {
         } else {
             self.invalid += 1;
         }
-        let valid_n = (self.positions - self.invalid).max(1) as f64;
-        self.invalid_rate = self.invalid as f64 / self.positions as f64;
-        self.mean_other_mass = self.sum_other_mass / valid_n;
-        self.topk_coverage = self.sum_coverage / valid_n;
+        self.refresh();
     }
 }
 
@@ -143,9 +172,32 @@ impl TraceIndex {
         self.prompts.iter().map(|p| p.idx).collect()
     }
 
-    /// File name for the next shard.
+    /// File name for the next shard: after the highest listed, so that a shard collected again
+    /// never takes the name of one that is still there.
     pub fn next_shard_name(&self) -> String {
-        format!("shard-{:05}.parquet", self.shards.len())
+        let number = |f: &str| f.strip_prefix("shard-")?.strip_suffix(".parquet")?.parse::<usize>().ok();
+        let next = self.shards.iter().filter_map(|s| number(&s.file)).max().map_or(0, |n| n + 1);
+        format!("shard-{next:05}.parquet")
+    }
+
+    /// Forgets the shards listed here that are not in `dir` any more (deleted by hand, to
+    /// collect them again) with their prompts, so that a collection asks those prompts again;
+    /// returns the missing files. The quality figures are rebuilt from the remaining shards'.
+    pub fn drop_missing(&mut self, dir: &Path) -> Vec<String> {
+        let (kept, gone): (Vec<ShardEntry>, Vec<ShardEntry>) =
+            std::mem::take(&mut self.shards).into_iter().partition(|s| dir.join(&s.file).is_file());
+        self.shards = kept;
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        let names: BTreeSet<&str> = gone.iter().map(|s| s.file.as_str()).collect();
+        self.prompts.retain(|p| !names.contains(p.shard.as_str()));
+        let mut stats = TraceStats::default();
+        for s in &self.shards {
+            stats.absorb(&s.stats);
+        }
+        self.stats = stats;
+        gone.into_iter().map(|s| s.file).collect()
     }
 
     /// Every row of every listed shard, in index order, each shard checked against the index's

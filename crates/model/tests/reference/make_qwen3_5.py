@@ -13,7 +13,8 @@ Writes into OUT_DIR:
   reference.safetensors fixed ids (2 x 150: three chunks of 64), fp32 logits of each directory as
                         AutoModelForCausalLM loads it, and the text's token ids
   reference.json        perplexity by the HF guide's loop and by the track's document protocol,
-                        and sum(p.numel()) of AutoModelForCausalLM on each directory
+                        sum(p.numel()) of AutoModelForCausalLM on each directory, and the greedy
+                        continuation transformers' generate() gives a prompt (its cached decoding)
 """
 
 import argparse
@@ -137,6 +138,11 @@ def main():
             loss, n = guide_loop(model, text_ids.unsqueeze(0), c, s)
             entry[f"{c}/{s}"] = {"eval_loss": loss, "eval_ppl": math.exp(loss), "tokens": n}
         entry["docs"] = doc_ppl(model, docs)
+        with torch.no_grad():
+            prompt = text_ids[:70].unsqueeze(0)  # a prefill longer than one chunk
+            gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24,
+                                 do_sample=False, eos_token_id=None, pad_token_id=0)
+        entry["greedy"] = {"prompt": prompt[0].tolist(), "continuation": gen[0, prompt.size(1):].tolist()}
         ref["models"][name] = entry
     save_file(out, os.path.join(args.out, "reference.safetensors"))
     with open(os.path.join(args.out, "reference.json"), "w") as f:

@@ -58,13 +58,15 @@ pub struct Http {
     max_retries: u32,
     backoff: Duration,
     max_backoff: Duration,
+    timeout: Duration,
 }
 
 impl Http {
     /// A client with the settings' timeout and retry policy.
     pub fn new(s: &ProviderSettings) -> Result<Http, ProposerError> {
+        let timeout = Duration::from_secs_f64(s.timeout_s.max(0.001));
         let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs_f64(s.timeout_s.max(0.001)))
+            .timeout(timeout)
             .build()
             .map_err(|e| ProposerError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Http {
@@ -72,6 +74,7 @@ impl Http {
             max_retries: s.max_retries,
             backoff: Duration::from_secs_f64(s.backoff_s.max(0.0)),
             max_backoff: Duration::from_secs_f64(s.max_backoff_s.max(0.0)),
+            timeout,
         })
     }
 
@@ -124,12 +127,16 @@ impl Http {
                     }
                     let text = resp.text();
                     if status.is_success() {
-                        match text
-                            .map_err(|e| e.to_string())
-                            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
-                        {
-                            Ok(v) => return Ok(v),
-                            Err(e) => format!("the response body is not valid JSON ({e})"),
+                        match text {
+                            // A body that stalls part-way fails while it is read, not as JSON.
+                            Err(e) => format!(
+                                "the response body stopped arriving (no complete answer within the request timeout of {:.0} s: {e})",
+                                self.timeout.as_secs_f64()
+                            ),
+                            Ok(t) => match serde_json::from_str::<serde_json::Value>(&t) {
+                                Ok(v) => return Ok(v),
+                                Err(e) => format!("the response body is not valid JSON ({e})"),
+                            },
                         }
                     } else {
                         let snippet: String = text.unwrap_or_default().chars().take(300).collect();
@@ -155,7 +162,8 @@ impl Http {
                     secret.scrub(&format!("{url}: giving up after {} attempts: {err}", attempt + 1)),
                 ));
             }
-            tracing::warn!("proposer request failed ({}); retrying in {:.1} s", secret.scrub(&err), wait.as_secs_f64());
+            // This client serves the proposer and the KD teacher alike: name the server, not a role.
+            tracing::warn!("request to {url} failed ({}); retrying in {:.1} s", secret.scrub(&err), wait.as_secs_f64());
             std::thread::sleep(wait);
             attempt += 1;
         }
