@@ -539,3 +539,14 @@ fn parse_byte_count(s: &str) -> Result<u64, String> {
         _ => Err(format!("`{s}` is not a whole number of bytes (e.g. 16000000000 or 16e9)")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_counts_take_scientific_notation() {
+        assert_eq!(super::parse_byte_count("16e9"), Ok(16_000_000_000));
+        assert_eq!(super::parse_byte_count("16000000000"), Ok(16_000_000_000));
+        assert!(super::parse_byte_count("1.5").unwrap_err().contains("whole number"));
+        assert!(super::parse_byte_count("-3e3").is_err());
+    }
+}

@@ -113,8 +113,13 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
         assert_eq!(size as u64, std::fs::metadata(tmp.path().join("a/artifact.zip")).unwrap().len());
         let budget_bits = (params as f64 * bpp).ceil() as i64;
         assert!(size * 8 <= budget_bits, "{model}: {} bits over a budget of {budget_bits}", size * 8);
-        // The allocation spends the budget rather than leaving it: within 2% of it.
-        assert!(size * 8 > budget_bits * 98 / 100, "{model}: {} bits of {budget_bits} used", size * 8);
+        // The track's rules: q4 rescue rows hold at most 10% of the parameters.
+        let q4 = a["q4_share"].as_f64().unwrap();
+        assert!(q4 > 0.0 && q4 <= 0.10, "{model}: q4 rows hold {q4} of the parameters");
+        if track == "binary" {
+            // Ternary rows may take what q4 may not: the allocation spends the budget.
+            assert!(size * 8 > budget_bits * 98 / 100, "{model}: {} bits of {budget_bits} used", size * 8);
+        }
         assert!(a["verify_ppl"].as_f64().is_some(), "the verify stage ran");
 
         // Deterministic packaging: a second run gives the same bytes.
@@ -168,6 +173,26 @@ fn qwen3_5_wrapper_compresses_to_an_artifact_transformers_scores_the_same() {
     let rel = common::model::rel_err(got, want);
     assert!(rel <= 1e-4, "autoqat {got} vs transformers {want} (rel {rel})");
     assert_eq!(a["eval_tokens"].as_i64(), r["tokens"].as_i64());
+}
+
+#[test]
+fn beyond_the_track_rules_the_allocation_spends_the_budget_and_q8_is_refused_within_them() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // Research beyond the rules: q4 is not capped, so the ternary budget is spent.
+    let config = recipe(tmp.path(), fx, "llama", "ternary", "track_rules = false");
+    let a = run_compress(&config, &tmp.path().join("a"));
+    let (size, params) = (a["artifact_size_bytes"].as_i64().unwrap(), a["param_count"].as_i64().unwrap());
+    let budget_bits = (params as f64 * 2.2125).ceil() as i64;
+    assert!(size * 8 <= budget_bits && size * 8 > budget_bits * 98 / 100, "{} bits of {budget_bits}", size * 8);
+    assert!(a["q4_share"].as_f64().unwrap() > 0.10, "{}", a["q4_share"]);
+    // q8 under the track's rules: one line naming the rule and the switch.
+    let config = recipe(tmp.path(), fx, "llama", "ternary", "[allocate]\nkinds = [\"ternary\", \"q4\", \"q8\"]");
+    let out = autoqat(&["compress", "--config", s(&config), "--check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.trim().lines().count() == 1, "{err}");
+    assert!(err.contains("q8") && err.contains("track_rules = false"), "{err}");
+    assert_eq!(out.status.code(), Some(3));
 }
 
 /// Runs compress expecting failure; returns its one stderr line.

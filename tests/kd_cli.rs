@@ -272,6 +272,24 @@ fn the_7b_shape_runs_forward_without_the_dense_model() {
     assert!(r["logits_mean_abs_diff"].as_f64().unwrap().is_finite());
 }
 
+/// The live tracks' model, Qwen3.6-27B, as a packed ternary text decoder on this 24 GB CPU
+/// machine: 48 Gated DeltaNet and 16 gated attention layers, 26.9 B parameters.
+#[test]
+#[ignore = "slow: about 4 minutes and 21 GiB of memory on a 2-core machine; run with --ignored"]
+fn the_qwen3_6_27b_shape_runs_forward_without_the_dense_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(&autoqat(tmp.path(), &["dryrun", "--shape", "qwen3.6-27b", "--seq", "16", "--json"]));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let params = r["params"].as_f64().unwrap();
+    assert!((26.8e9..27.0e9).contains(&params), "{params}");
+    let dense_mb = r["dense_fp32_bytes"].as_f64().unwrap() / (1 << 20) as f64;
+    for p in r["phases"].as_array().unwrap().iter().filter(|p| p["name"] != "build") {
+        let peak = p["peak_rss_mb"].as_f64().unwrap();
+        assert!(peak < dense_mb / 4.0, "phase {} peaked at {peak:.0} MiB against {dense_mb:.0} MiB dense", p["name"]);
+    }
+    assert!(r["logits_mean_abs_diff"].as_f64().unwrap().is_finite());
+}
+
 /// Software nobody here wrote: llama.cpp's OpenAI-compatible server (the `llama-cpp-python`
 /// package, built from source) serving the real SmolLM2-135M-Instruct GGUF that
 /// `../shared/tools/real-smollm2` leaves beside the Hugging Face directory. The traces it gives

@@ -118,19 +118,24 @@ fn collect_cmd(a: KdCollectArgs) -> anyhow::Result<()> {
     })?;
     let s = &index.stats;
     println!(
-        "{} prompts collected ({} now, {} from before): {} positions, invalid rate {:.2}% (target < 2%), mean Other mass {:.4}, Top-K coverage {:.4} -> {}",
+        "{} prompts collected ({} now, {} from before): {} positions, invalid rate {:.2}% (target < 2%), clamped {:.2}%, mean Other mass {:.4}, Top-K coverage {:.4}, {} duplicate and {} surplus alternatives dropped -> {}",
         index.prompts.len(),
         fresh,
         index.prompts.len() - fresh,
         s.positions,
         100.0 * s.invalid_rate,
+        100.0 * s.clamped as f64 / s.positions.max(1) as f64,
         s.mean_other_mass,
         s.topk_coverage,
+        s.duplicates,
+        s.truncated,
         a.out.display()
     );
     if s.invalid_rate >= 0.02 {
+        // Near-certain positions are clamped, not invalid: what is left is a sampled token the
+        // student cannot encode (or a server that lost its bytes).
         eprintln!(
-            "warning: {:.2}% of the positions are invalid (target < 2%): the student tokenizer cannot encode many teacher tokens, or --top-k covers nearly all the mass",
+            "warning: {:.2}% of the positions are invalid (target < 2%): their sampled tokens have no student encoding; check that --student-tokenizer belongs to the student, and that the server sends each token's `bytes`",
             100.0 * s.invalid_rate
         );
     }

@@ -76,9 +76,15 @@ fn hull(points: &[(i64, f64)]) -> Vec<usize> {
     h
 }
 
-/// The kind of every row of every matrix, within `budget_bits` for all rows together.
+/// The kind of every row of every matrix, within `budget_bits` for all rows together, and with
+/// at most `q4_cap` parameters in q4 rows when given (the track's rescue limit).
 /// `kinds` are the allowed kinds, in the order of `MatrixScores::errors`.
-pub fn allocate(mats: &[MatrixScores], kinds: &[RowKind], budget_bits: i64) -> Result<Vec<Vec<RowKind>>> {
+pub fn allocate(
+    mats: &[MatrixScores],
+    kinds: &[RowKind],
+    budget_bits: i64,
+    q4_cap: Option<i64>,
+) -> Result<Vec<Vec<RowKind>>> {
     let mut order: Vec<usize> = (0..kinds.len()).collect();
     order.sort_by_key(|&k| kinds[k]);
     let cheapest = kinds[order[0]];
@@ -102,6 +108,7 @@ pub fn allocate(mats: &[MatrixScores], kinds: &[RowKind], budget_bits: i64) -> R
         )));
     }
     let mut left = budget_bits - floor;
+    let mut q4_left = q4_cap.unwrap_or(i64::MAX);
     // Per matrix and row: the hull (indices into `order`) and where the row stands on it.
     let mut hulls: Vec<Vec<Vec<usize>>> = Vec::with_capacity(mats.len());
     let mut at: Vec<Vec<usize>> = Vec::with_capacity(mats.len());
@@ -127,11 +134,14 @@ pub fn allocate(mats: &[MatrixScores], kinds: &[RowKind], budget_bits: i64) -> R
         let h = &hulls[step.matrix][step.row];
         let (from, to) = (point(m, step.row, h[step.to - 1]), point(m, step.row, h[step.to]));
         let extra = to.0 - from.0;
-        if extra > left {
+        let (was_q4, is_q4) = (kinds[h[step.to - 1]] == RowKind::Q4, kinds[h[step.to]] == RowKind::Q4);
+        let q4_change = (i64::from(is_q4) - i64::from(was_q4)) * m.in_dim;
+        if extra > left || q4_change > q4_left {
             // This row stops here; cheaper upgrades of other rows may still fit.
             continue;
         }
         left -= extra;
+        q4_left -= q4_change;
         at[step.matrix][step.row] = step.to;
         if step.to + 1 < h.len() {
             let next = point(m, step.row, h[step.to + 1]);
@@ -156,21 +166,25 @@ mod tests {
         let m = MatrixScores { in_dim: 128, errors: vec![vec![5.0, 1.0, 9.0], vec![1.0, 1.0, 0.5]] };
         let t = RowKind::Ternary.row_bits(128);
         let q = RowKind::Q4.row_bits(128);
-        let got = allocate(std::slice::from_ref(&m), &kinds, 3 * t + (q - t)).unwrap();
+        let got = allocate(std::slice::from_ref(&m), &kinds, 3 * t + (q - t), None).unwrap();
         assert_eq!(got[0], vec![RowKind::Ternary, RowKind::Ternary, RowKind::Q4]);
-        let got = allocate(std::slice::from_ref(&m), &kinds, 3 * t + 2 * (q - t)).unwrap();
+        let got = allocate(std::slice::from_ref(&m), &kinds, 3 * t + 2 * (q - t), None).unwrap();
         assert_eq!(got[0], vec![RowKind::Q4, RowKind::Ternary, RowKind::Q4]);
         assert!(bits(&got, 128) <= 3 * t + 2 * (q - t));
         // Row 1 never improves, so even an unlimited budget leaves it ternary.
-        let got = allocate(&[m], &kinds, i64::MAX / 2).unwrap();
+        let got = allocate(std::slice::from_ref(&m), &kinds, i64::MAX / 2, None).unwrap();
         assert_eq!(got[0][1], RowKind::Ternary);
+        // The track's rescue cap: one q4 row of 128 parameters at most, whatever the budget;
+        // it goes to the row that gains most.
+        let got = allocate(&[m], &kinds, i64::MAX / 2, Some(200)).unwrap();
+        assert_eq!(got[0], vec![RowKind::Ternary, RowKind::Ternary, RowKind::Q4]);
     }
 
     #[test]
     fn a_budget_below_the_cheapest_kind_says_by_how_much() {
         let m = MatrixScores { in_dim: 64, errors: vec![vec![1.0; 4]] };
         let need = 4 * RowKind::Ternary.row_bits(64);
-        let err = allocate(&[m], &[RowKind::Ternary], need - 10).unwrap_err().to_string();
+        let err = allocate(&[m], &[RowKind::Ternary], need - 10, None).unwrap_err().to_string();
         assert!(err.contains("10 bits"), "{err}");
     }
 

@@ -161,6 +161,7 @@ mod tests {
             weight_rel_mse: mse,
             tokenizer_sha256: tok.into(),
             mix: Default::default(),
+            q4_share: 0.0,
             stages: StageTimes::default(),
             widen: None,
             distill: vec![],

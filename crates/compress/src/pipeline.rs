@@ -156,6 +156,9 @@ pub struct Summary {
     pub tokenizer_sha256: String,
     /// Rows per kind over the whole model.
     pub mix: HashMap<RowKind, usize>,
+    /// Share of the parameters in q4 rows (the track's rules allow at most 10%).
+    #[serde(default)]
+    pub q4_share: f64,
     /// Per stage.
     pub stages: StageTimes,
     /// What widening did, when it ran.
@@ -419,7 +422,10 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log,
             let scores =
                 timed(&mut st.calibrate_s, || crate::score::score(&calibration, &targets, &kinds, sens, tied))?;
             paging.release();
-            let mix = timed(&mut st.allocate_s, || allocate(&scores, &kinds, row_budget))?;
+            // The track's rules: q4 rescue rows hold at most 10% of the parameters.
+            let q4_cap =
+                recipe.budget.track_rules.then(|| (param_count as f64 * crate::recipe::RESCUE_SHARE).floor() as i64);
+            let mix = timed(&mut st.allocate_s, || allocate(&scores, &kinds, row_budget, q4_cap))?;
             state.save(MIX_FILE, &mix)?;
             mix
         }
@@ -565,6 +571,11 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log,
             / manifest.iter().map(|m| m.sq_norm).sum::<f64>().max(f64::MIN_POSITIVE),
         tokenizer_sha256: artifact::sha256_file(&loaded.dir.join("tokenizer.json"))?.0,
         mix: total_mix,
+        q4_share: manifest
+            .iter()
+            .map(|m| m.rows.get(&RowKind::Q4).copied().unwrap_or(0) as f64 * m.shape[1] as f64)
+            .sum::<f64>()
+            / param_count.max(1) as f64,
         offloaded: paging.0.is_some(),
         stages: st,
         widen: widened,

@@ -7,6 +7,7 @@
 //! [budget]
 //! track = "ternary"                  # ternary: 2.2125 bits/param, binary: 1.3125
 //! bits_per_param = 0.0               # 0 = the track's budget
+//! track_rules = true                 # q4 the only rescue kind, on at most 10% of the parameters
 //! [widen]
 //! mlp_factor = 1.0                   # Net2Net: MLP width multiplier (1 = off)
 //! heads_factor = 1.0                 # Net2Net: query heads per key/value group multiplier (1 = off)
@@ -106,7 +107,14 @@ pub struct BudgetSection {
     /// An explicit budget in bits per parameter; 0 = the track's.
     #[serde(default)]
     pub bits_per_param: f64,
+    /// Hold the artifact to the track's declared rules: q4 is the only rescue kind (no q8), on
+    /// at most [`RESCUE_SHARE`] of the parameters. False: research beyond them.
+    #[serde(default = "yes")]
+    pub track_rules: bool,
 }
+
+/// The largest share of the parameters the track's rules let q4 rescue rows hold.
+pub const RESCUE_SHARE: f64 = 0.10;
 
 /// `[calibration]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -239,6 +247,11 @@ impl CompressRecipe {
         }
         r.allocate.kinds.sort();
         r.allocate.kinds.dedup();
+        if r.budget.track_rules && r.allocate.kinds.contains(&RowKind::Q8) {
+            return Err(bad(
+                "allocate.kinds has q8, which the track's rules do not allow (rescue rows are q4: int4 codes in [-7, 7] with an fp16 scale per 128) (hint: drop q8, or set budget.track_rules = false to research beyond the rules)".into(),
+            ));
+        }
         let w = &r.widen;
         if ![w.mlp_factor, w.heads_factor].iter().all(|f| (1.0..=4.0).contains(f))
             || !(0.0..=2.0).contains(&w.split_noise)

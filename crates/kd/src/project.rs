@@ -118,12 +118,15 @@ fn log_add(a: f64, b: f64) -> f64 {
     hi + (lo - hi).exp().ln_1p()
 }
 
+/// One alternative: its bytes, the teacher's id when known, its log-probability.
+type Alternative<'a> = (&'a [u8], Option<i64>, f64);
+
 /// The alternatives of `pos` once per token, at most `top_k`, most likely first (ties in the
 /// server's order), each with the teacher's id when known; and how many were dropped as
 /// duplicates and as extras.
-fn clean_alternatives(pos: &TeacherPosition, top_k: usize) -> (Vec<(&[u8], Option<i64>, f64)>, usize, usize) {
+fn clean_alternatives(pos: &TeacherPosition, top_k: usize) -> (Vec<Alternative<'_>>, usize, usize) {
     let ids = pos.ids.as_ref().map(|(_, top)| top);
-    let mut alts: Vec<(&[u8], Option<i64>, f64)> = pos
+    let mut alts: Vec<Alternative<'_>> = pos
         .top
         .iter()
         .enumerate()
