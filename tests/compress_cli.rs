@@ -73,6 +73,22 @@ fn transformers_check(artifact: &Path, source: &Path, fx: &Path) -> Option<serde
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
 
+/// `compress_ref.py validate`: the track's scoring path on `zip`, written from its description.
+fn validator_path(zip: &Path, fx: &Path, bpp: f64) -> Option<serde_json::Value> {
+    let out = Command::new(common::model::python()?)
+        .arg(script())
+        .arg("validate")
+        .arg(zip)
+        .arg(fx.join("eval.txt"))
+        .arg(DOC_TOKENS.to_string())
+        .arg(BATCH.to_string())
+        .arg(bpp.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the validator's path failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
 /// Parameters of the fixture as transformers counts them, from its config by hand, with the
 /// MLP width and the query heads overridden when widened (the head width stays).
 fn hand_param_count(fx: &Path, model: &str, intermediate: Option<i64>, heads: Option<i64>) -> i64 {
@@ -100,9 +116,12 @@ fn hand_param_count(fx: &Path, model: &str, intermediate: Option<i64>, heads: Op
 #[test]
 fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
     let Some(fx) = fixtures() else { return };
+    // The llama artifact ships its tokenizer files (the default); the qwen2 one does not.
     for (model, track, bpp) in [("llama", "ternary", 2.2125), ("qwen2", "binary", 1.3125)] {
         let tmp = tempfile::tempdir().unwrap();
-        let config = recipe(tmp.path(), fx, model, track, "");
+        let ships_tokenizer = model == "llama";
+        let body = if ships_tokenizer { "" } else { "[package]\ntokenizer = false" };
+        let config = recipe(tmp.path(), fx, model, track, body);
         let a = run_compress(&config, &tmp.path().join("a"));
         assert_eq!(a["status"], "ok");
 
@@ -141,6 +160,18 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
         let tok = fx.join(model).join("tokenizer.json");
         let e = eval_docs(&tmp.path().join("a/artifact.zip"), fx, &["--tokenizer", s(&tok)]);
         assert!(common::model::rel_err(e["eval_ppl"].as_f64().unwrap(), want) <= 1e-4);
+        if ships_tokenizer {
+            // The validator's own path (unzip, its exact loading arguments, AutoTokenizer from
+            // the artifact, both gates) agrees with `autoqat eval` of the zip and its tokenizer.
+            let zip = tmp.path().join("a/artifact.zip");
+            let v = validator_path(&zip, fx, bpp).unwrap();
+            assert!(v["gate_own"] == true && v["gate_reference"] == true && v["gate_param_cap"] == true, "{v}");
+            let mine = eval_docs(&zip, fx, &[]);
+            let rel = common::model::rel_err(mine["eval_ppl"].as_f64().unwrap(), v["eval_ppl"].as_f64().unwrap());
+            assert!(rel <= 1e-4, "{model}: autoqat eval {} vs the validator's path {v} (rel {rel})", mine["eval_ppl"]);
+            assert_eq!(mine["tokens"].as_i64(), v["tokens"].as_i64(), "{model}: the tokenizers disagree: {v}");
+            continue;
+        }
         // This artifact ships no tokenizer: scoring it without --tokenizer says what to pass.
         let out =
             autoqat(&["eval", "--model", s(&tmp.path().join("a/artifact.zip")), "--text", s(&fx.join("eval.txt"))]);
@@ -150,19 +181,25 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
 }
 
 #[test]
-fn qwen3_5_wrapper_compresses_to_an_artifact_transformers_scores_the_same() {
+fn qwen3_5_compresses_to_an_artifact_transformers_scores_the_same() {
     // The live track's model family: Gated DeltaNet and gated-attention layers, shipped inside
-    // the image-text wrapper. The artifact holds the text decoder alone, as
-    // AutoModelForCausalLM loads it.
+    // the image-text wrapper (and saved text-only). The artifact holds the text decoder alone,
+    // as AutoModelForCausalLM loads it.
     let Some(fx) = fixtures() else { return };
+    for model in ["qwen3_5", "qwen3_5_text"] {
+        qwen3_5_artifact_scores_the_same(fx, model);
+    }
+}
+
+fn qwen3_5_artifact_scores_the_same(fx: &Path, model: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let config = recipe(tmp.path(), fx, "qwen3_5", "ternary", "");
+    let config = recipe(tmp.path(), fx, model, "ternary", "");
     let a = run_compress(&config, &tmp.path().join("a"));
     assert_eq!(a["status"], "ok");
     let size = a["artifact_size_bytes"].as_i64().unwrap();
     let params = a["param_count"].as_i64().unwrap();
     assert!(size * 8 <= (params as f64 * 2.2125).ceil() as i64, "{} bits over the budget", size * 8);
-    let Some(r) = transformers_check(&tmp.path().join("a/artifact"), &fx.join("qwen3_5"), fx) else { return };
+    let Some(r) = transformers_check(&tmp.path().join("a/artifact"), &fx.join(model), fx) else { return };
     assert_eq!(r["class"], "AutoqatQwen3_5ForCausalLM");
     assert_eq!(r["param_count"].as_i64().unwrap(), params, "transformers' parameter count");
     // Every projection of both layer kinds went through the row quantizers.
@@ -171,8 +208,13 @@ fn qwen3_5_wrapper_compresses_to_an_artifact_transformers_scores_the_same() {
     assert!(diff <= 1e-6, "loaded weights differ from plain-PyTorch quantization by {diff}");
     let (got, want) = (a["eval_ppl"].as_f64().unwrap(), r["eval_ppl"].as_f64().unwrap());
     let rel = common::model::rel_err(got, want);
-    assert!(rel <= 1e-4, "autoqat {got} vs transformers {want} (rel {rel})");
+    assert!(rel <= 1e-4, "{model}: autoqat {got} vs transformers {want} (rel {rel})");
     assert_eq!(a["eval_tokens"].as_i64(), r["tokens"].as_i64());
+    // The validator's own path on the zip, its tokenizer from the artifact.
+    let v = validator_path(&tmp.path().join("a/artifact.zip"), fx, 2.2125).unwrap();
+    assert!(v["gate_own"] == true && v["gate_reference"] == true && v["finite"] == true, "{v}");
+    let rel = common::model::rel_err(v["eval_ppl"].as_f64().unwrap(), got);
+    assert!(rel <= 1e-4, "{model}: the validator's path scores {v} against autoqat's {got}");
 }
 
 #[test]

@@ -27,6 +27,30 @@ fn write_recipe(dir: &Path, model: &Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
+/// `autoqat eval` of a trial's packed export on `eval` with the recipe's windows (ctx and
+/// stride 64).
+fn export_ppl(run: &Path, eval: &Path) -> f64 {
+    let export = run.join("export");
+    let args = [
+        "eval",
+        "--model",
+        s(&export),
+        "--text",
+        s(eval),
+        "--ctx",
+        "64",
+        "--stride",
+        "64",
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    let out = autoqat(&args);
+    assert!(out.status.success(), "eval of the export failed: {}", String::from_utf8_lossy(&out.stderr));
+    let scored: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    scored["eval_ppl"].as_f64().expect("eval_ppl")
+}
+
 #[test]
 fn trial_outputs_and_packed_export_score_the_same_ppl() {
     let Some(model) = common::qat::tiny_model() else { return };
@@ -53,24 +77,7 @@ fn trial_outputs_and_packed_export_score_the_same_ppl() {
     assert!((fractions - 1.0).abs() < 1e-6, "q fractions sum to {fractions}");
     let trial_ppl = summary["eval_ppl"].as_f64().expect("eval_ppl");
 
-    let export = run.join("export");
-    let out = autoqat(&[
-        "eval",
-        "--model",
-        s(&export),
-        "--text",
-        s(&tmp.path().join("eval.txt")),
-        "--ctx",
-        "64",
-        "--stride",
-        "64",
-        "--device",
-        "cpu",
-        "--json",
-    ]);
-    assert!(out.status.success(), "eval of the export failed: {}", String::from_utf8_lossy(&out.stderr));
-    let scored: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
-    let packed_ppl = scored["eval_ppl"].as_f64().expect("eval_ppl");
+    let packed_ppl = export_ppl(&run, &tmp.path().join("eval.txt"));
     let rel = (packed_ppl - trial_ppl).abs() / trial_ppl;
     assert!(rel < 1e-3, "packed export scores {packed_ppl}, the trial reported {trial_ppl}");
 }
@@ -90,52 +97,42 @@ fn column(steps: &str, name: &str) -> Vec<f64> {
 }
 
 #[test]
-fn qat_trial_on_a_qwen3_5_wrapper_lowers_the_loss_and_its_export_scores_the_same() {
+fn qat_trial_on_qwen3_5_lowers_the_loss_and_its_export_scores_the_same() {
     let Some(fx) = qwen3_5_fixture() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    // The wrapped checkpoint, as Qwen3.6 ships, with the fixture's text to train on.
-    let model = tmp.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fx.join("wrapped").join(f), model.join(f)).unwrap();
+    // The text-only save and the wrapped checkpoint as Qwen3.6 ships, each with the fixture's
+    // text to train on.
+    for name in ["text", "wrapped"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(fx.join(name).join(f), model.join(f)).unwrap();
+        }
+        std::fs::copy(fx.join("text.txt"), model.join("train.txt")).unwrap();
+        let quant = "[quant]\nmethod = \"ternary_absmean\"\ngranularity = \"per_row\"\n";
+        let recipe = write_recipe(tmp.path(), &model, quant);
+        let text = std::fs::read_to_string(&recipe)
+            .unwrap()
+            .replace("steps = 12\neval_every = 6", "steps = 30\neval_every = 10");
+        std::fs::write(&recipe, text).unwrap();
+        let run = tmp.path().join("run");
+        let out = autoqat(&["trial", "--config", s(&recipe), "--run-dir", s(&run)]);
+        assert!(out.status.success(), "{name}: trial failed: {}", String::from_utf8_lossy(&out.stderr));
+        let steps = std::fs::read_to_string(run.join("steps.tsv")).unwrap();
+        let (loss, ppl) = (column(&steps, "train_loss"), column(&steps, "eval_ppl"));
+        assert_eq!(loss.len(), 3, "{steps}");
+        assert!(loss[2] < loss[0] && ppl[2] < ppl[0], "{name}: QAT must lower the loss:\n{steps}");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["status"], "ok");
+        // Gated DeltaNet projections are ternary too: some weights sit at zero.
+        assert!(summary["q_zero"].as_f64().unwrap() > 0.05, "{summary}");
+        let (packed, trial) = (export_ppl(&run, &tmp.path().join("eval.txt")), summary["eval_ppl"].as_f64().unwrap());
+        assert!(
+            (packed - trial).abs() / trial < 1e-3,
+            "{name}: packed export scores {packed}, the trial reported {trial}"
+        );
     }
-    std::fs::copy(fx.join("text.txt"), model.join("train.txt")).unwrap();
-    let recipe = write_recipe(tmp.path(), &model, "[quant]\nmethod = \"ternary_absmean\"\ngranularity = \"per_row\"\n")
-        .to_string_lossy()
-        .into_owned();
-    let text =
-        std::fs::read_to_string(&recipe).unwrap().replace("steps = 12\neval_every = 6", "steps = 30\neval_every = 10");
-    std::fs::write(&recipe, text).unwrap();
-    let run = tmp.path().join("run");
-    let out = autoqat(&["trial", "--config", &recipe, "--run-dir", s(&run)]);
-    assert!(out.status.success(), "trial failed: {}", String::from_utf8_lossy(&out.stderr));
-    let steps = std::fs::read_to_string(run.join("steps.tsv")).unwrap();
-    let (loss, ppl) = (column(&steps, "train_loss"), column(&steps, "eval_ppl"));
-    assert_eq!(loss.len(), 3, "{steps}");
-    assert!(loss[2] < loss[0] && ppl[2] < ppl[0], "QAT must lower the loss:\n{steps}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["status"], "ok");
-    // Gated DeltaNet projections are ternary too: some weights sit at zero.
-    assert!(summary["q_zero"].as_f64().unwrap() > 0.05, "{summary}");
-    let out = autoqat(&[
-        "eval",
-        "--model",
-        s(&run.join("export")),
-        "--text",
-        s(&tmp.path().join("eval.txt")),
-        "--ctx",
-        "64",
-        "--stride",
-        "64",
-        "--device",
-        "cpu",
-        "--json",
-    ]);
-    assert!(out.status.success(), "eval of the export failed: {}", String::from_utf8_lossy(&out.stderr));
-    let scored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let (packed, trial) = (scored["eval_ppl"].as_f64().unwrap(), summary["eval_ppl"].as_f64().unwrap());
-    assert!((packed - trial).abs() / trial < 1e-3, "packed export scores {packed}, the trial reported {trial}");
 }
 
 #[test]

@@ -94,3 +94,26 @@ def guide_loop(model, ids, ctx, stride):
         if end == seq_len:
             break
     return nll_sum / n_tokens, n_tokens
+
+
+def doc_protocol_nll(model, docs, batch):
+    """The compression track's document protocol over `docs` (lists of token ids, already
+    truncated): batches of `batch` right-padded with an attention mask, the shifted next-token
+    cross entropy masked on padding. Returns (summed NLL, tokens scored)."""
+    nll, count = 0.0, 0
+    for i in range(0, len(docs), batch):
+        group = docs[i:i + batch]
+        width = max(len(e) for e in group)
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for j, e in enumerate(group):
+            ids[j, :len(e)] = torch.tensor(e)
+            mask[j, :len(e)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float().cpu()
+        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        nll += loss.double().item()
+        count += int((labels != -100).sum())
+    return nll, count

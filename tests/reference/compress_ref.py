@@ -3,7 +3,7 @@
     python compress_ref.py make OUT_DIR [--wikitext PATH]
         tiny random checkpoints saved by transformers (llama: tied, GQA; qwen2: untied, q/k/v
         bias; qwen3_5: the Qwen3.5/3.6 hybrid inside its image-text wrapper, as the live track's
-        model ships), each with tokenizer.json, plus calib.txt and eval.txt (one document per line).
+        model ships, and qwen3_5_text: the same decoder saved text-only), each with tokenizer.json, plus calib.txt and eval.txt (one document per line).
 
     python compress_ref.py check ARTIFACT_DIR SOURCE_DIR EVAL_TEXT DOC_TOKENS BATCH
         loads the artifact with AutoModelForCausalLM(trust_remote_code=True) and prints JSON:
@@ -11,6 +11,13 @@
         from autoqat), its parameter count as transformers counts it, and the largest
         difference between each loaded weight and plain-PyTorch row quantization of the source
         weight with the row kinds the artifact declares.
+
+    python compress_ref.py validate ARTIFACT_ZIP EVAL_TEXT DOC_TOKENS BATCH BPP
+        the track's scoring path, written here from its public description (not from autoqat):
+        unzip, load the first directory holding config.json with AutoModelForCausalLM and the
+        validator's exact keyword arguments, tokenize with AutoTokenizer from that directory,
+        check both budget gates and the parameter cap, score by the document protocol; prints
+        JSON.
 """
 
 import json
@@ -21,7 +28,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
-from autoqat_ref.tiny import byte_level_bpe, generated_text, random_model, save  # noqa: E402
+from autoqat_ref.tiny import byte_level_bpe, doc_protocol_nll, generated_text, random_model, save  # noqa: E402
 
 WORDS = ("the model reads every token and predicts what comes next a small ternary network keeps "
          "one scale per row while a binary row keeps only the sign of each weight")
@@ -86,6 +93,14 @@ def make_qwen3_5(out, tok):
                 scale = torch.exp(0.5 * torch.randn(p.shape[0], 1, generator=g)) if p.dim() == 2 else 1.0
                 p.copy_(0.05 * scale * torch.randn(p.shape, generator=g))
     save(out, model, tok)
+    # The same decoder saved text-only (model_type qwen3_5_text), as a compressed artifact is.
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    text_only = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**text)).eval()
+    with torch.no_grad():
+        text_only.model.load_state_dict(model.model.language_model.state_dict())
+        text_only.lm_head.weight.copy_(model.lm_head.weight)
+    save(out + "_text", text_only, tok)
 
 
 # ---- plain PyTorch row quantizers, from the track's description (DESIGN.md 8) ----
@@ -129,24 +144,9 @@ def row_kinds(packed, rows):
 
 def validator_ppl(model, tokenizer, docs, doc_tokens, batch):
     """The track's protocol: truncate each document, right-pad batches, masked token-weighted CE."""
-    nll, count = 0.0, 0
     enc = [tokenizer(d, truncation=True, max_length=doc_tokens)["input_ids"] for d in docs]
     enc = [e for e in enc if len(e) >= 2]
-    for i in range(0, len(enc), batch):
-        group = enc[i:i + batch]
-        width = max(len(e) for e in group)
-        ids = torch.zeros(len(group), width, dtype=torch.long)
-        mask = torch.zeros(len(group), width, dtype=torch.long)
-        for j, e in enumerate(group):
-            ids[j, :len(e)] = torch.tensor(e)
-            mask[j, :len(e)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-        nll += loss.double().item()
-        count += int((labels != -100).sum())
+    nll, count = doc_protocol_nll(model, enc, batch)
     return math.exp(nll / count), count, len(enc)
 
 
@@ -209,11 +209,47 @@ def check(artifact, source, eval_text, doc_tokens, batch):
     }))
 
 
+REFERENCE_PARAMS = 27e9  # Qwen/Qwen3.6-27B, the live tracks' reference count
+
+
+def validate(zip_path, eval_text, doc_tokens, batch, bpp):
+    import tempfile
+    import zipfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    size = os.path.getsize(zip_path)
+    with tempfile.TemporaryDirectory() as d:
+        with zipfile.ZipFile(zip_path) as z:
+            z.extractall(d)
+        model_dir = next(root for root, _, files in sorted(os.walk(d)) if "config.json" in files)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, local_files_only=True,
+                                                     low_cpu_mem_usage=True, torch_dtype=dtype)
+        model = model.to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        params = sum(p.numel() for p in model.parameters())
+        with open(eval_text, encoding="utf-8") as f:
+            docs = [l for l in f.read().splitlines() if l.strip()]
+        ppl, tokens, n_docs = validator_ppl(model, tokenizer, docs, doc_tokens, batch)
+    print(json.dumps({
+        "eval_ppl": ppl, "tokens": tokens, "docs": n_docs, "param_count": params, "size_bytes": size,
+        "gate_own": size * 8 <= math.ceil(params * bpp),
+        "gate_reference": size * 8 <= math.ceil(REFERENCE_PARAMS * bpp),
+        "gate_param_cap": params <= 16 * REFERENCE_PARAMS,
+        "finite": math.isfinite(ppl), "tokenizer_class": type(tokenizer).__name__,
+        "dtype": str(next(model.parameters()).dtype),
+    }))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         wiki = sys.argv[sys.argv.index("--wikitext") + 1] if "--wikitext" in sys.argv else None
         make(sys.argv[2], wiki)
     elif sys.argv[1] == "check":
         check(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+    elif sys.argv[1] == "validate":
+        validate(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
     else:
         sys.exit(f"unknown mode {sys.argv[1]}")

@@ -7,7 +7,8 @@
 //! - `model.safetensors`: for each quantized matrix `P.weight`, `P.row_kind` (2-bit kind per row,
 //!   four per byte) and per kind present `P.<kind>.codes` / `P.<kind>.scales`; every other
 //!   tensor (norms, biases) in f16.
-//! - `modeling_autoqat.py`, and `tokenizer.json` when the recipe ships it.
+//! - `modeling_autoqat.py`, and the tokenizer files (`tokenizer.json`, `tokenizer_config.json`
+//!   and the companions the source has) unless the recipe turns `package.tokenizer` off.
 //!
 //! The zip is deterministic: entries in sorted order, fixed timestamp (1980-01-01) and
 //! permissions (0644), the weights stored, text deflated; the same tensors give the same bytes.
@@ -27,8 +28,26 @@ use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
 use crate::error::{io_err, CompressError, Result};
 use crate::rows;
 
-/// The Python reader shipped in every artifact.
+/// The Python reader shipped in every artifact, as it reads in this repository.
 pub const MODELING_PY: &str = include_str!("../assets/modeling_autoqat.py");
+
+/// The reader as an artifact ships it: the module docstring cut to one line and comment lines
+/// dropped, since its bytes count against the budget (a tiny model's budget has no room for
+/// prose). Code and inline comments are untouched.
+pub fn modeling_py() -> Vec<u8> {
+    let body = MODELING_PY
+        .strip_prefix("\"\"\"")
+        .and_then(|rest| rest.split_once("\"\"\"").map(|(_, body)| body))
+        .unwrap_or(MODELING_PY);
+    let mut out = String::from(
+        "\"\"\"autoqat rowmix artifact reader (commented source: autoqat, crates/compress/assets/modeling_autoqat.py).\"\"\"",
+    );
+    for line in body.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.into_bytes()
+}
 /// Format tag in `config.json`'s `autoqat` block.
 pub const FORMAT: &str = "autoqat-rowmix-1";
 /// The weights file.
@@ -64,6 +83,37 @@ pub fn artifact_config(source_config: &serde_json::Value, extra: serde_json::Val
     let mut text = serde_json::to_vec_pretty(&cfg).map_err(|e| CompressError::Budget(e.to_string()))?;
     text.push(b'\n');
     Ok(text)
+}
+
+/// What `AutoTokenizer.from_pretrained` reads from a model directory, besides `tokenizer.json`.
+const TOKENIZER_COMPANIONS: [&str; 5] = [
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
+/// The tokenizer files of the model directory `dir` to ship in an artifact, so that
+/// `AutoTokenizer.from_pretrained(artifact)` (how the track's production validator tokenizes)
+/// reproduces the source model's tokenizer: `tokenizer.json` and the companions present. A
+/// directory with `tokenizer.json` alone gets a `tokenizer_config.json` that names the fast
+/// tokenizer class, since without one transformers picks a class from `model_type` and may
+/// tokenize differently.
+pub fn tokenizer_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let main = dir.join("tokenizer.json");
+    let mut out = vec![("tokenizer.json".to_string(), std::fs::read(&main).map_err(io_err(&main))?)];
+    for name in TOKENIZER_COMPANIONS {
+        let p = dir.join(name);
+        if p.is_file() {
+            out.push((name.to_string(), std::fs::read(&p).map_err(io_err(&p))?));
+        }
+    }
+    if !dir.join("tokenizer_config.json").is_file() {
+        let cfg = serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast" });
+        out.push(("tokenizer_config.json".to_string(), format!("{cfg}\n").into_bytes()));
+    }
+    Ok(out)
 }
 
 /// The files of an artifact other than the weights, by name.
@@ -223,7 +273,7 @@ impl ArtifactFiles {
                 files.insert(name, buf);
             }
         } else {
-            for name in ["config.json", WEIGHTS, "tokenizer.json"] {
+            for name in ["config.json", WEIGHTS, "tokenizer.json"].into_iter().chain(TOKENIZER_COMPANIONS) {
                 let p = path.join(name);
                 if p.is_file() {
                     files.insert(name.to_string(), std::fs::read(&p).map_err(io_err(&p))?);
@@ -429,4 +479,20 @@ pub fn load_offloaded(files: &ArtifactFiles, device: Device, kind: Kind, scratch
     let source = dir.path().to_string_lossy().into_owned();
     let (loaded, offload) = autoqat_model::load_offloaded(&source, device, kind, &PlainBuilder)?;
     Ok(OffloadedArtifact { cfg, model: loaded.model, offload, shards: dir })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_shipped_reader_keeps_every_line_of_code() {
+        let shipped = String::from_utf8(super::modeling_py()).unwrap();
+        assert!(shipped.len() < super::MODELING_PY.len());
+        assert!(!shipped.lines().any(|l| l.trim_start().starts_with('#')));
+        let code = |t: &str| -> Vec<String> {
+            t.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()).map(String::from).collect()
+        };
+        // Everything after the module docstring is there, in order.
+        let after = super::MODELING_PY.splitn(3, "\"\"\"").nth(2).unwrap();
+        assert!(code(&shipped).ends_with(&code(after)));
+    }
 }

@@ -364,10 +364,11 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log,
         "sensitivity": sens.name(),
     });
     files.insert("config.json".into(), artifact::artifact_config(&source_config, extra)?);
-    files.insert("modeling_autoqat.py".into(), artifact::MODELING_PY.as_bytes().to_vec());
+    files.insert("modeling_autoqat.py".into(), artifact::modeling_py());
     if recipe.package.tokenizer {
-        let p = loaded.dir.join("tokenizer.json");
-        files.insert("tokenizer.json".into(), std::fs::read(&p).map_err(io_err(&p))?);
+        for (name, data) in artifact::tokenizer_files(&loaded.dir)? {
+            files.insert(name, data);
+        }
     }
     let mut names: Vec<String> = passthrough.clone();
     for t in &targets {

@@ -154,11 +154,9 @@ impl GatedDeltaNet {
             (q, k)
         };
         let initial = state.as_ref().map(|s| &s.recurrent);
-        let (out, last) = if t == 1 && keep {
-            recurrent_delta_rule(&q, &k, &v, &g, &beta, initial)
-        } else {
-            chunk_delta_rule(&q, &k, &v, &g, &beta, initial)
-        };
+        let inputs = RuleInputs::new(&q, &k, &v, &g, &beta);
+        let (out, last) =
+            if t == 1 && keep { recurrent_delta_rule(&inputs, initial) } else { chunk_delta_rule(&inputs, initial) };
         if keep {
             let conv_state = padded.narrow(2, padded.size()[2] - k_pad, k_pad);
             *state = Some(DeltaState { conv: conv_state, recurrent: last });
@@ -174,32 +172,50 @@ fn l2norm(x: &Tensor) -> Tensor {
     x * (x.square().sum_dim_intlist(-1, true, Kind::Float) + 1e-6).rsqrt()
 }
 
-/// Queries and keys (`[B, T, Hv, Dk]`), values (`[B, T, Hv, Dv]`), decay and beta (`[B, T, Hv]`)
-/// as f32 `[B, Hv, T, ..]`, queries and keys L2-normed and queries scaled by `Dk^-1/2`.
-fn heads_first(q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor) -> [Tensor; 5] {
-    let f = |x: &Tensor| x.transpose(1, 2).to_kind(Kind::Float).contiguous();
-    let dk = q.size()[3] as f64;
-    [l2norm(&f(q)) * dk.powf(-0.5), l2norm(&f(k)), f(v), f(g), f(beta)]
+/// The delta rule's inputs, heads first and in f32: queries and keys `[B, Hv, T, Dk]`
+/// (L2-normed, queries scaled by `Dk^-1/2`), values `[B, Hv, T, Dv]`, decay and beta
+/// `[B, Hv, T]`.
+struct RuleInputs {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+}
+
+impl RuleInputs {
+    /// From queries and keys `[B, T, Hv, Dk]`, values `[B, T, Hv, Dv]`, decay and beta `[B, T, Hv]`.
+    fn new(q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor) -> Self {
+        let f = |x: &Tensor| x.transpose(1, 2).to_kind(Kind::Float).contiguous();
+        let dk = q.size()[3] as f64;
+        Self { q: l2norm(&f(q)) * dk.powf(-0.5), k: l2norm(&f(k)), v: f(v), g: f(g), beta: f(beta) }
+    }
+
+    /// `(B, Hv, T, Dk, Dv)`.
+    fn dims(&self) -> (i64, i64, i64, i64, i64) {
+        let s = self.q.size();
+        (s[0], s[1], s[2], s[3], self.v.size()[3])
+    }
+
+    /// The state to start from: `initial` (f32), or zeros `[B, Hv, Dk, Dv]`.
+    fn start(&self, initial: Option<&Tensor>) -> Tensor {
+        let (bsz, h, _, dk, dv) = self.dims();
+        match initial {
+            Some(s) => s.to_kind(Kind::Float),
+            None => Tensor::zeros([bsz, h, dk, dv], (Kind::Float, self.q.device())),
+        }
+    }
 }
 
 /// The chunked gated delta rule: output `[B, T, Hv, Dv]` (f32) and the final state
 /// `[B, Hv, Dk, Dv]`.
-fn chunk_delta_rule(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    initial: Option<&Tensor>,
-) -> (Tensor, Tensor) {
-    let [q, k, v, g, beta] = heads_first(q, k, v, g, beta);
-    let s = q.size();
-    let (bsz, h, t, dk) = (s[0], s[1], s[2], s[3]);
-    let dv = v.size()[3];
+fn chunk_delta_rule(x: &RuleInputs, initial: Option<&Tensor>) -> (Tensor, Tensor) {
+    let (bsz, h, t, dk, dv) = x.dims();
+    let (q, k, v, g, beta) = (&x.q, &x.k, &x.v, &x.g, &x.beta);
     let pad = (CHUNK - t % CHUNK) % CHUNK;
     let n = (t + pad) / CHUNK;
     let pad4 = |x: &Tensor| x.constant_pad_nd([0, 0, 0, pad]);
-    let (q, k, v) = (pad4(&q), pad4(&k), pad4(&v));
+    let (q, k, v) = (pad4(q), pad4(k), pad4(v));
     let (g, beta) = (g.constant_pad_nd([0, pad]), beta.constant_pad_nd([0, pad]));
     let chunks = |x: &Tensor, w: i64| x.reshape([bsz, h, n, CHUNK, w]);
     let beta = beta.unsqueeze(-1);
@@ -219,10 +235,7 @@ fn chunk_delta_rule(
     let last = cum.narrow(-1, CHUNK - 1, 1); // [B, H, N, 1]
     let k = &k * (&last - &cum).exp().unsqueeze(-1);
     let chunk_decay = last.exp().unsqueeze(-1); // [B, H, N, 1, 1]
-    let mut state = match initial {
-        Some(s) => s.to_kind(Kind::Float),
-        None => Tensor::zeros([bsz, h, dk, dv], (Kind::Float, q.device())),
-    };
+    let mut state = x.start(initial);
     let mut outs = Vec::with_capacity(n as usize);
     for i in 0..n {
         let at = |x: &Tensor| x.select(2, i);
@@ -236,22 +249,10 @@ fn chunk_delta_rule(
 
 /// The recurrent gated delta rule, one position at a time: same inputs and outputs as
 /// [`chunk_delta_rule`].
-fn recurrent_delta_rule(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    initial: Option<&Tensor>,
-) -> (Tensor, Tensor) {
-    let [q, k, v, g, beta] = heads_first(q, k, v, g, beta);
-    let s = q.size();
-    let (bsz, h, t, dk) = (s[0], s[1], s[2], s[3]);
-    let dv = v.size()[3];
-    let mut state = match initial {
-        Some(s) => s.to_kind(Kind::Float),
-        None => Tensor::zeros([bsz, h, dk, dv], (Kind::Float, q.device())),
-    };
+fn recurrent_delta_rule(x: &RuleInputs, initial: Option<&Tensor>) -> (Tensor, Tensor) {
+    let t = x.dims().2;
+    let (q, k, v, g, beta) = (&x.q, &x.k, &x.v, &x.g, &x.beta);
+    let mut state = x.start(initial);
     let mut outs = Vec::with_capacity(t as usize);
     for i in 0..t {
         let (q_t, k_t, v_t) = (q.select(2, i), k.select(2, i), v.select(2, i)); // [B, H, D]

@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "python"))
-from autoqat_ref.tiny import byte_level_bpe, generated_text, guide_loop, random_model, save  # noqa: E402
+from autoqat_ref.tiny import (byte_level_bpe, doc_protocol_nll, generated_text, guide_loop, random_model,  # noqa: E402
+                              save)
 
 VOCAB = 384
 WORDS = "the hybrid model keeps a state per head and forgets a little of it at every token it reads"
@@ -60,23 +61,8 @@ def randomize(model, seed):
 
 
 def doc_ppl(model, docs):
-    """The track's protocol: truncate, right-pad batches of 8 with a mask, masked token-weighted CE."""
-    nll, count = 0.0, 0
-    for i in range(0, len(docs), DOC_BATCH):
-        group = docs[i:i + DOC_BATCH]
-        width = max(len(e) for e in group)
-        ids = torch.zeros(len(group), width, dtype=torch.long)
-        mask = torch.zeros(len(group), width, dtype=torch.long)
-        for j, e in enumerate(group):
-            ids[j, :len(e)] = torch.tensor(e)
-            mask[j, :len(e)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-        nll += loss.double().item()
-        count += int((labels != -100).sum())
+    """The track's protocol: truncated documents, right-padded batches of 8 with a mask."""
+    nll, count = doc_protocol_nll(model, docs, DOC_BATCH)
     return {"eval_loss": nll / count, "eval_ppl": math.exp(nll / count), "tokens": count}
 
 
