@@ -77,7 +77,8 @@ class AutoqatMixin:
 
         def on_meta(module, name, p):
             # Parameters take no memory until read; buffers (rotary tables) stay real.
-            if p is not None:
+            # (a parameter already on meta is kept as is, so tied weights stay one object)
+            if p is not None and p.device.type != "meta":
                 p = torch.nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
             register(module, name, p)
 

@@ -53,6 +53,16 @@ pub const FORMAT: &str = "autoqat-rowmix-1";
 /// The weights file.
 pub const WEIGHTS: &str = "model.safetensors";
 
+/// The reference models of the live tracks and the parameter count their gate uses.
+const REFERENCE_MODELS: [(&str, i64); 1] = [("qwen/qwen3.6-27b", 27_000_000_000)];
+
+/// The track's reference parameter count when `source` (a hub id, or a directory named after
+/// one) is a track's reference model: the artifact must then also fit `ceil(reference * bpp)`.
+pub fn reference_params(source: &str) -> Option<i64> {
+    let s = source.trim_end_matches('/').to_lowercase();
+    REFERENCE_MODELS.iter().find(|(id, _)| s == *id || s.ends_with(&format!("/{}", &id[5..]))).map(|(_, n)| *n)
+}
+
 /// `artifact_bytes * 8 <= ceil(param_count * bpp)` (DESIGN.md 8), in bits.
 pub fn budget_bits(param_count: i64, bpp: f64) -> i64 {
     (param_count as f64 * bpp).ceil() as i64
@@ -483,6 +493,14 @@ pub fn load_offloaded(files: &ArtifactFiles, device: Device, kind: Kind, scratch
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_live_reference_model_is_recognised_by_hub_id_or_directory() {
+        assert_eq!(super::reference_params("Qwen/Qwen3.6-27B"), Some(27_000_000_000));
+        assert_eq!(super::reference_params("/models/Qwen3.6-27B/"), Some(27_000_000_000));
+        assert_eq!(super::reference_params("Qwen/Qwen3.6-27B-FP8"), None);
+        assert_eq!(super::reference_params("HuggingFaceTB/SmolLM2-135M"), None);
+    }
+
     #[test]
     fn the_shipped_reader_keeps_every_line_of_code() {
         let shipped = String::from_utf8(super::modeling_py()).unwrap();

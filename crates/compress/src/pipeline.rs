@@ -300,7 +300,13 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log,
     // an upper bound, so the allocation can spend the rest.
     let param_count: i64 = shapes.keys().map(|n| numel(n)).sum();
     let bpp = recipe.budget_bpp();
-    let total_bits = artifact::budget_bits(param_count, bpp);
+    // The live tracks also gate on their reference model's count (27e9 for Qwen3.6-27B): a
+    // model widened past it gets no more bits than the reference would.
+    let reference = artifact::reference_params(&recipe.model.source);
+    let total_bits = artifact::budget_bits(reference.map_or(param_count, |r| param_count.min(r)), bpp);
+    if let Some(r) = reference.filter(|&r| r < param_count) {
+        log(&format!("budget: {param_count} parameters, gated at the track's reference count {r}"));
+    }
     let quantized: std::collections::HashSet<String> = targets.iter().map(|t| format!("{}.weight", t.prefix)).collect();
     let mut passthrough: Vec<String> = vars.keys().filter(|n| !quantized.contains(*n)).cloned().collect();
     passthrough.sort();
