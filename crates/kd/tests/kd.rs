@@ -273,16 +273,22 @@ impl Teacher for Flaky<'_> {
     }
 }
 
-#[test]
-fn a_collection_stopped_half_way_resumes_without_torn_shards_or_repeats() {
-    let Some(fx) = common::kd_fixture() else { return };
+/// The kd fixture's local teacher, its tokenizer (the student's too) with its hash, and the
+/// first `n` prompts.
+fn local_setup(n: usize) -> Option<(LocalTeacher, TextTokenizer, String, Vec<String>)> {
+    let fx = common::kd_fixture()?;
     let teacher_dir = fx.join("teacher");
-    let mut local = LocalTeacher::new(&teacher_dir, Device::Cpu).unwrap();
+    let local = LocalTeacher::new(&teacher_dir, Device::Cpu).unwrap();
     let tok_path = teacher_dir.join("tokenizer.json");
     let tok = TextTokenizer::from_path(&tok_path).unwrap();
     let hash = tokenizer_hash(&tok_path).unwrap();
-    let prompts: Vec<String> =
-        std::fs::read_to_string(fx.join("prompts.txt")).unwrap().lines().take(10).map(String::from).collect();
+    let prompts = std::fs::read_to_string(fx.join("prompts.txt")).unwrap().lines().take(n).map(String::from).collect();
+    Some((local, tok, hash, prompts))
+}
+
+#[test]
+fn a_collection_stopped_half_way_resumes_without_torn_shards_or_repeats() {
+    let Some((mut local, tok, hash, prompts)) = local_setup(10) else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("traces");
     let opts = CollectOptions {
@@ -464,14 +470,7 @@ fn a_teacher_with_the_students_tokenizer_maps_by_id() {
 
 #[test]
 fn an_edited_prompts_file_is_refused_and_a_deleted_shard_is_collected_again() {
-    let Some(fx) = common::kd_fixture() else { return };
-    let teacher_dir = fx.join("teacher");
-    let mut local = LocalTeacher::new(&teacher_dir, Device::Cpu).unwrap();
-    let tok_path = teacher_dir.join("tokenizer.json");
-    let tok = TextTokenizer::from_path(&tok_path).unwrap();
-    let hash = tokenizer_hash(&tok_path).unwrap();
-    let prompts: Vec<String> =
-        std::fs::read_to_string(fx.join("prompts.txt")).unwrap().lines().take(6).map(String::from).collect();
+    let Some((mut local, tok, hash, prompts)) = local_setup(6) else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("traces");
     let opts = CollectOptions {
