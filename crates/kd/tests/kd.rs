@@ -510,3 +510,29 @@ fn an_edited_prompts_file_is_refused_and_a_deleted_shard_is_collected_again() {
     assert_eq!(now, rows);
     assert_eq!(index.stats.positions, all.len(), "the figures count what is on disk");
 }
+
+#[test]
+fn a_local_qwen3_5_teacher_collects_traces_through_its_recurrent_decode() {
+    // The live tracks' model family as a `local:` teacher: prefill in the chunked form, then one
+    // recurrent Gated DeltaNet step per token; a student with the same tokenizer maps by id.
+    let script = common::repo_root().join("crates/model/tests/reference/make_qwen3_5.py");
+    let Some(fx) = common::script_fixture("qwen3_5-ref", &script, &[], "reference.json") else { return };
+    let dir = fx.join("wrapped");
+    let mut teacher = LocalTeacher::new(&dir, Device::Cpu).unwrap();
+    let tok_path = dir.join("tokenizer.json");
+    let tok = TextTokenizer::from_path(&tok_path).unwrap();
+    let hash = tokenizer_hash(&tok_path).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = CollectOptions {
+        prompts: vec!["The hybrid model".into(), "keeps a state per head".into()],
+        out: tmp.path().to_path_buf(),
+        top_k: 4,
+        max_tokens: 10,
+        template: "{prompt}".into(),
+        prompts_per_shard: 2,
+    };
+    let index = collect(&mut teacher, &tok, &hash, &opts, &mut |_, _| {}).unwrap();
+    assert_eq!((index.stats.positions, index.stats.invalid), (20, 0), "{:?}", index.stats);
+    let c = check_traces(tmp.path(), &tok_path, 4);
+    assert!(c["max_lse_err"].as_f64().unwrap() < 1e-4 && c["duplicate_ids"] == 0, "{c}");
+}
