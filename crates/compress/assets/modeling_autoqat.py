@@ -31,8 +31,8 @@ PACKING = {"binary": (8, 2, 0), "ternary": (5, 3, 1), "q4": (2, 16, 7), "q8": (1
 
 
 def digits(packed, per_byte, base, n):
-    x = packed.to(torch.int64).unsqueeze(-1)
-    pows = base ** torch.arange(per_byte, device=x.device)
+    x = packed.to(torch.int32).unsqueeze(-1)
+    pows = base ** torch.arange(per_byte, dtype=torch.int32, device=x.device)
     return torch.div(x, pows, rounding_mode="floor").remainder(base).flatten(1)[:, :n]
 
 
@@ -40,15 +40,19 @@ def unpack_weight(get, prefix, rows, n_in, dtype, device):
     """The dense weight [rows, n_in] of the quantized matrix `prefix`, in `dtype` on `device`."""
     kinds = digits(get(prefix + ".row_kind").to(device).view(1, -1), 4, 4, rows)[0]
     w = torch.zeros(rows, n_in, dtype=dtype, device=device)
+    # Rows are unpacked in blocks of about 4M values, so the integer and float32 temporaries stay
+    # small beside the model whatever the matrix (an embedding of 250k rows included).
+    block = max(1, (1 << 22) // n_in)
     for code, kind in enumerate(KINDS):
         idx = (kinds == code).nonzero().squeeze(1)
         if idx.numel():
             per_byte, base, offset = PACKING[kind]
-            c = digits(get(f"{prefix}.{kind}.codes").to(device), per_byte, base, n_in).float()
-            c = c * 2 - 1 if kind == "binary" else c - offset
-            s = get(f"{prefix}.{kind}.scales").to(device).float()
-            # float32 for one row kind of one matrix at a time
-            w[idx] = (c * s.repeat_interleave(128 if kind == "q4" else n_in, dim=1)[:, :n_in]).to(dtype)
+            packed, scales = get(f"{prefix}.{kind}.codes").to(device), get(f"{prefix}.{kind}.scales").to(device)
+            for i in range(0, idx.numel(), block):
+                c = digits(packed[i:i + block], per_byte, base, n_in).float()
+                c = c * 2 - 1 if kind == "binary" else c - offset
+                s = scales[i:i + block].float().repeat_interleave(128 if kind == "q4" else n_in, dim=1)[:, :n_in]
+                w[idx[i:i + block]] = (c * s).to(dtype)
     return w
 
 
