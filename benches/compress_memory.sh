@@ -17,7 +17,7 @@ ffn=${FFN:-4096}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 data=../shared/data/wikitext-2-raw-test.txt
-[ -f "$data" ] || { echo "error: $data is missing (WikiText-2 test split; see DESIGN.md 11)"; exit 1; }
+[ -f "$data" ] || { echo "error: $data is missing (WikiText-2 test split; see docs/contracts.md#data-the-tests-and-benchmarks-read)"; exit 1; }
 head -n 2000 "$data" > "$work/calib.txt"
 sed -n 2001,2400p "$data" > "$work/eval.txt"
 cargo build --locked --quiet

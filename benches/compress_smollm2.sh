@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 work=${1:-target/bench-compress}
 max_docs=${2:-150}
 data=../shared/data/wikitext-2-raw-test.txt
-[ -f "$data" ] || { echo "error: $data is missing (WikiText-2 test split; see DESIGN.md 11)"; exit 1; }
+[ -f "$data" ] || { echo "error: $data is missing (WikiText-2 test split; see docs/contracts.md#data-the-tests-and-benchmarks-read)"; exit 1; }
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 ../shared/tools/real-smollm2 "$work/smollm2" "$VENV/bin/python" >/dev/null

@@ -20,7 +20,7 @@ layers=${2:-6}
 tokens=${3:-48000}
 stories=../shared/data/tinystories-valid-sample.txt
 wiki=../shared/data/wikitext-2-raw-test.txt
-for f in "$stories" "$wiki"; do [ -f "$f" ] || { echo "error: $f is missing (see DESIGN.md 11)"; exit 1; }; done
+for f in "$stories" "$wiki"; do [ -f "$f" ] || { echo "error: $f is missing (see docs/contracts.md#data-the-tests-and-benchmarks-read)"; exit 1; }; done
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 [ -f "$work/smollm2/model.safetensors" ] || ../shared/tools/real-smollm2 "$work/smollm2" "$VENV/bin/python" >/dev/null

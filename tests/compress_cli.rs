@@ -1,7 +1,7 @@
 //! `autoqat compress` as a user runs it, checked against references we did not write:
 //! transformers loads the artifact (`trust_remote_code=True`) and scores the same PPL by the
 //! track's protocol as written in the reference script; plain-PyTorch row quantizers give the
-//! same weights; the zip is byte-identical across runs; the gate matches DESIGN.md 8 with a
+//! same weights; the zip is byte-identical across runs; the gate matches docs/contracts.md#the-compression-track with a
 //! hand-computed parameter count; bad input is one line with nothing left that looks finished.
 
 mod common;
@@ -125,7 +125,7 @@ fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
         let a = run_compress(&config, &tmp.path().join("a"));
         assert_eq!(a["status"], "ok");
 
-        // The gate, by the formula of DESIGN.md 8 with the parameters counted by hand.
+        // The gate, by the formula of docs/contracts.md#the-compression-track with the parameters counted by hand.
         let params = hand_param_count(fx, model, None, None);
         assert_eq!(a["param_count"].as_i64().unwrap(), params, "{model}: parameter count");
         let size = a["artifact_size_bytes"].as_i64().unwrap();

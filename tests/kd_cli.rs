@@ -98,7 +98,7 @@ fn traces_from_a_local_teacher_train_a_ternary_student_that_beats_its_baselines(
     let again = ok(&collect("traces"));
     assert!(again.contains("(0 now, 96 from before)"), "a re-run must skip what is done: {again}");
 
-    // pandas/pyarrow read the shards with the schema of DESIGN.md 9.
+    // pandas/pyarrow read the shards with the schema of docs/contracts.md#the-distillation-traces-track.
     let check = r#"
 import glob, json, sys
 import pyarrow.parquet as pq
@@ -256,7 +256,7 @@ fn the_dry_run_runs_a_small_shape_at_a8_then_a4() {
     assert_eq!(r["packed_bytes"].as_u64(), Some(4 * (4 * 256 * 256 + 3 * 256 * 688) / 4));
 }
 
-/// The 7B shape of DESIGN.md 9 on this CPU machine: packed weights, one matrix unpacked at a
+/// The 7B shape of docs/contracts.md#the-distillation-traces-track on this CPU machine: packed weights, one matrix unpacked at a
 /// time. About 1.6 GiB packed plus 1 GiB of f32 embedding and head.
 #[test]
 #[ignore = "slow: a 7B-shaped forward pass on CPU takes minutes; run with --ignored"]

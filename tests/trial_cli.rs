@@ -1,5 +1,5 @@
 //! `autoqat trial` as a user runs it: a short QAT trial on a tiny transformers Llama writes
-//! the DESIGN.md outputs, and its packed ternary export, scored by `autoqat eval`, gives the
+//! outputs of docs/contracts.md#the-trial, and its packed ternary export, scored by `autoqat eval`, gives the
 //! trial's own final eval PPL. A bad recipe key is one clear line.
 
 mod common;

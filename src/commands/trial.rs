@@ -70,7 +70,7 @@ pub fn run(args: TrialArgs) -> anyhow::Result<()> {
         println!("steps: {}", summary.steps);
         println!("time_s: {:.1}", summary.time_s);
         println!("summary: {}", run_dir.join(autoqat_workspace::run::SUMMARY_FILE).display());
-        // A trace trial's exit gates (DESIGN.md 9), as checked at its end.
+        // A trace trial's exit gates (docs/contracts.md#the-distillation-traces-track), as checked at its end.
         if let Ok(text) = std::fs::read_to_string(run_dir.join("gates.json")) {
             if let Ok(g) = serde_json::from_str::<serde_json::Value>(&text) {
                 for gate in g["gates"].as_array().into_iter().flatten() {

@@ -178,7 +178,7 @@ fn head_subject(ws: &Path) -> Option<String> {
     commit.summary().ok().flatten().map(str::to_string)
 }
 
-/// The last row of a trial's `steps.tsv` (DESIGN.md 4 columns), read by the workspace's reader.
+/// The last row of a trial's `steps.tsv` (docs/contracts.md#the-trial columns), read by the workspace's reader.
 pub fn progress(path: &Path, total_steps: Option<u64>) -> Option<TrialProgress> {
     let last = run::read_steps(path).ok()?.pop()?;
     let get = |name: &str| last.get(name).filter(|v| v.is_finite());

@@ -103,7 +103,7 @@ def make_qwen3_5(out, tok):
     save(out + "_text", text_only, tok)
 
 
-# ---- plain PyTorch row quantizers, from the track's description (DESIGN.md 8) ----
+# ---- plain PyTorch row quantizers, from the track's description (docs/contracts.md#the-compression-track) ----
 
 def f16(t):
     return t.half().float()

@@ -6,7 +6,7 @@
         vocabulary (for projection), prompts, held-out prompts, train and eval text.
 
     python kd_ref.py project TOKENIZER_JSON POSITIONS_JSON TOP_K
-        the projection of DESIGN.md 9 written from its description: each teacher token maps to
+        the projection of docs/contracts.md#the-distillation-traces-track written from its description: each teacher token maps to
         the FIRST sub-token of its student encoding (no special tokens), collisions merge with
         log-sum-exp, the rest is Other; with the cleaning rules of the hardening issue (see
         project()); prints the projected rows as JSON.
@@ -100,7 +100,7 @@ OTHER_FLOOR = 1e-6
 
 
 def project(tok_path, positions_path, top_k):
-    """The projection rules, written from DESIGN.md 9 and the hardening issue: alternatives once
+    """The projection rules, written from docs/contracts.md#the-distillation-traces-track and the hardening issue: alternatives once
     per token, at most top_k by logprob; first student sub-token of the exact bytes (through the
     byte alphabet for a piece of a character when the student is byte-level; U+FFFD unmappable);
     collisions merged by log-sum-exp; a Top-K mass that reaches 1 by rounding rescaled to leave

@@ -63,7 +63,7 @@ pub fn reference_params(source: &str) -> Option<i64> {
     REFERENCE_MODELS.iter().find(|(id, _)| s == *id || s.ends_with(&format!("/{}", &id[5..]))).map(|(_, n)| *n)
 }
 
-/// `artifact_bytes * 8 <= ceil(param_count * bpp)` (DESIGN.md 8), in bits.
+/// `artifact_bytes * 8 <= ceil(param_count * bpp)` (docs/contracts.md#the-compression-track), in bits.
 pub fn budget_bits(param_count: i64, bpp: f64) -> i64 {
     (param_count as f64 * bpp).ceil() as i64
 }

@@ -1,4 +1,4 @@
-//! autoqat-compress: the compression track (DESIGN.md 8). From a Hugging Face checkpoint to a
+//! autoqat-compress: the compression track (docs/contracts.md#the-compression-track). From a Hugging Face checkpoint to a
 //! binary/ternary artifact under a bits-per-parameter budget that transformers loads.
 //!
 //! - [`widen`]: Net2Net widening of the MLPs, function-preserving, duplicates made distinct.

@@ -122,8 +122,8 @@ pub struct StageTimes {
     pub pack_s: f64,
 }
 
-/// `summary.json` of a compress run: the trial contract every run directory has (DESIGN.md
-/// 4, owned by `autoqat_workspace`; here `eval_ppl` is the compressed model's PPL by the
+/// `summary.json` of a compress run: the trial contract every run directory has
+/// (docs/contracts.md#the-trial; owned by `autoqat_workspace`; here `eval_ppl` is the compressed model's PPL by the
 /// validator's protocol and `fp_ppl` the full-precision model's on the same documents), plus
 /// the artifact.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -61,7 +61,7 @@ pub enum Track {
 }
 
 impl Track {
-    /// `0.9 * native + 0.1 * (4 + 16/128)` (DESIGN.md 8).
+    /// `0.9 * native + 0.1 * (4 + 16/128)` (docs/contracts.md#the-compression-track).
     pub fn budget_bpp(self) -> f64 {
         let native = match self {
             Self::Ternary => 2.0,

@@ -1,4 +1,4 @@
-//! Row quantizers of the compression track and their packed storage (DESIGN.md 8).
+//! Row quantizers of the compression track and their packed storage (docs/contracts.md#the-compression-track).
 //!
 //! Every row of a quantized matrix is one [`RowKind`]. Each kind quantizes a row on its own and
 //! stores whole bytes per row, so a row's cost in bits is exact and known before packing:

@@ -1,5 +1,5 @@
 //! `autoqat dryrun`: a forward pass of a large ternary model on a machine that could not hold
-//! it dense (DESIGN.md 9: the 7B shape, dim 4096, 32 layers, 32 heads of 128). Weights exist only
+//! it dense (docs/contracts.md#the-distillation-traces-track: the 7B shape, dim 4096, 32 layers, 32 heads of 128). Weights exist only
 //! packed (2 bits each, as the QAT export stores them) and each linear unpacks its own matrix
 //! for the duration of its matmul, so the resident set is the packed model plus one matrix. The
 //! model code is the shared Llama; only the linear layers differ.

@@ -1,4 +1,4 @@
-//! autoqat-kd: the distillation-traces track (DESIGN.md 9). A teacher reached through an
+//! autoqat-kd: the distillation-traces track (docs/contracts.md#the-distillation-traces-track). A teacher reached through an
 //! OpenAI-compatible API (or a local checkpoint) answers prompts greedily; its Top-K+Other
 //! log-probabilities, projected to the student's tokenizer, become Parquet traces
 //! (`autoqat-traces`) that the QAT trial trains a ternary student on; the report measures the

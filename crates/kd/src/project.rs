@@ -1,4 +1,4 @@
-//! Projection of a teacher position onto the student's vocabulary (DESIGN.md 9): each teacher
+//! Projection of a teacher position onto the student's vocabulary (docs/contracts.md#the-distillation-traces-track): each teacher
 //! token maps to the FIRST sub-token of its student encoding, tokens that land on the same
 //! student id are merged with log-sum-exp, and what cannot be projected joins the Other mass.
 //!

@@ -1,5 +1,5 @@
 //! `autoqat kd report`: the student's efficiency against the teacher, every term measured
-//! (DESIGN.md 9): quality as top-1 agreement with the teacher's own greedy tokens on held-out
+//! (docs/contracts.md#the-distillation-traces-track): quality as top-1 agreement with the teacher's own greedy tokens on held-out
 //! traces (the teacher agrees with itself: quality_t = 1), memory as the bytes of the packed
 //! export and of the teacher's weights, speed as decode tokens/s of a greedy KV-cached decode of
 //! the baseline's prompts against the teacher's measured baseline.

@@ -334,7 +334,7 @@ fn window_losses(model: &CausalLM, ids: &[i64], group: &[Window], device: tch::D
         .collect())
 }
 
-/// How documents are scored by the compression track's validator (DESIGN.md 8): each document
+/// How documents are scored by the compression track's validator (docs/contracts.md#the-compression-track): each document
 /// truncated to `max_tokens` (no stride), `batch` documents per forward pass right-padded, the
 /// shifted next-token cross entropy masked on padding, summed and divided by the tokens scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! autoqat-traces: the on-disk contract of distillation traces (DESIGN.md 9). One row per
+//! autoqat-traces: the on-disk contract of distillation traces (docs/contracts.md#the-distillation-traces-track). One row per
 //! generated teacher position holds the sampled token and the teacher's Top-K log-probabilities
 //! projected to the student's vocabulary, plus the "Other" mass. Rows live in Parquet shards that
 //! pandas and pyarrow read; `index.json` beside them says which prompts are done, so a collection

@@ -1,4 +1,4 @@
-//! One Parquet shard of trace rows, with the column names and types of DESIGN.md 9. A shard is
+//! One Parquet shard of trace rows, with the column names and types of docs/contracts.md#the-distillation-traces-track. A shard is
 //! written to `<name>.partial` and renamed once closed and synced, so a killed collector leaves
 //! either a whole shard or none.
 

@@ -13,7 +13,7 @@ mod rows;
 
 pub use rows::{best_row, noise, read, running_best, Noise, Row};
 
-/// The header of results.tsv: DESIGN.md section 5's columns, then the compression track's
+/// The header of results.tsv: the columns of docs/contracts.md#the-research-loops-results, then the compression track's
 /// artifact size (empty for QAT trials) and the PPL of a keep's second-seed confirmation. New columns go last, so that rows appended by this
 /// version under an older header keep every older column in place.
 pub const HEADER: &str = "exp\tcommit\tparent\tstatus\teval_ppl\teval_bpb\ttrain_loss\tdelta\ttime_s\ttokens\tpeak_mem_mb\tq_neg1\tq_zero\tq_pos1\tcost_usd\tdescription\tartifact_size_bytes\tbits_per_param\tconfirm_ppl\tnear_miss";

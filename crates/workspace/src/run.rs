@@ -27,7 +27,7 @@ pub const TRACE_INDEX_FILE: &str = "index.json";
 /// What an interrupted compression left for `--resume` (removed when the run finishes).
 pub const RESUME_DIR: &str = "resume";
 
-/// Columns of `steps.tsv`, in order (DESIGN.md section 4).
+/// Columns of `steps.tsv`, in order (docs/contracts.md#the-trial).
 pub const STEPS_COLUMNS: [&str; 12] = [
     "step",
     "lambda",
@@ -158,7 +158,8 @@ pub fn read_steps(path: &Path) -> Result<Vec<StepRow>> {
     let Some(step_col) = header.iter().position(|h| *h == "step") else {
         return Err(WorkspaceError::Format {
             path: path.to_path_buf(),
-            msg: "no `step` column in the header (a trial must write DESIGN.md 4's columns)".into(),
+            msg: "no `step` column in the header (a trial must write the columns of docs/contracts.md#the-trial)"
+                .into(),
         });
     };
     let cols: Vec<Option<usize>> = STEPS_COLUMNS.iter().map(|c| header.iter().position(|h| h == c)).collect();
@@ -188,7 +189,7 @@ pub fn read_steps(path: &Path) -> Result<Vec<StepRow>> {
     Ok(rows)
 }
 
-/// `summary.json` (DESIGN.md section 4): what a trial reports and the loop records. A foreign
+/// `summary.json` (docs/contracts.md#the-trial): what a trial reports and the loop records. A foreign
 /// trial may write only `status` and `eval_ppl`; every other field then has its default
 /// (numbers NaN or 0, text empty), and a track may add fields of its own, which are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,7 +293,7 @@ pub fn read_summary(dir: &Path) -> Result<Option<Summary>> {
     let fixed = text.replace("NaN", "null").replace("-Infinity", "null").replace("Infinity", "null");
     serde_json::from_str(&fixed)
         .map(Some)
-        .map_err(|e| WorkspaceError::Format { path, msg: format!("not a summary (DESIGN.md 4): {e}") })
+        .map_err(|e| WorkspaceError::Format { path, msg: format!("not a summary (docs/contracts.md#the-trial): {e}") })
 }
 
 #[cfg(test)]

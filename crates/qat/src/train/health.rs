@@ -1,4 +1,4 @@
-//! Training health (DESIGN.md 9): `health.json` beside each checkpoint (step, seen tokens, the
+//! Training health (docs/contracts.md#the-distillation-traces-track): `health.json` beside each checkpoint (step, seen tokens, the
 //! flip, activation bits, last loss and gradient norm, NaN count) and the exit gates checked at
 //! the end of a trace trial, written to `gates.json` and the trial log.
 
@@ -91,7 +91,7 @@ pub struct Gate {
 /// The exit gates of a trace trial.
 #[derive(Debug, Serialize)]
 pub struct Gates {
-    /// Every gate, in DESIGN.md order.
+    /// Every gate, in the order docs/contracts.md lists them.
     pub gates: Vec<Gate>,
     /// True when no gate failed.
     pub passed: bool,

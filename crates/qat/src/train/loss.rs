@@ -78,7 +78,7 @@ pub fn distill_kl(student: &Tensor, teacher: &Tensor, tau: f64) -> Tensor {
     s.kl_div(&t, Reduction::Sum, true) / n * (tau * tau)
 }
 
-/// Teacher targets of `N` trace positions (DESIGN.md 9), padded to `K` alternatives. Every
+/// Teacher targets of `N` trace positions (docs/contracts.md#the-distillation-traces-track), padded to `K` alternatives. Every
 /// tensor is finite: invalid rows and padding hold dummy values and zero weights, so nothing
 /// multiplies `0 * -inf` into a NaN.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-"""The trace losses of DESIGN.md 9 in plain PyTorch, row by row, in float64, for
+"""The trace losses of docs/contracts.md#the-distillation-traces-track in plain PyTorch, row by row, in float64, for
 crates/qat/tests/trace_loss.rs:
 
     python trace_loss_ref.py INPUTS.safetensors OUT.safetensors TAU
