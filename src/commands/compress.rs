@@ -105,6 +105,7 @@ fn verify(recipe: &CompressRecipe, s: &Summary) -> anyhow::Result<f64> {
     let mut cmd = Command::new(exe);
     // SAFETY: prctl only asks the kernel to kill the child when this process dies (a killed
     // compress must not leave its verify running); no allocation or lock in between.
+    #[cfg(target_os = "linux")]
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

@@ -76,6 +76,20 @@ fn hull(points: &[(i64, f64)]) -> Vec<usize> {
     h
 }
 
+/// Bits of rows `(rows, in_dim)` all stored as `cheapest`: the floor every allocation starts from.
+pub fn all_cheapest_bits(matrices: impl IntoIterator<Item = (i64, i64)>, cheapest: RowKind) -> i64 {
+    matrices.into_iter().map(|(rows, in_dim)| rows * cheapest.row_bits(in_dim)).sum()
+}
+
+/// What to change when a budget cannot hold every row at `cheapest` (binary has nothing cheaper).
+pub fn over_budget_hint(cheapest: RowKind) -> &'static str {
+    if cheapest == RowKind::Binary {
+        "raise budget.bits_per_param"
+    } else {
+        "allow a cheaper kind in allocate.kinds, or raise budget.bits_per_param"
+    }
+}
+
 /// The kind of every row of every matrix, within `budget_bits` for all rows together, and with
 /// at most `q4_cap` parameters in q4 rows when given (the track's rescue limit).
 /// `kinds` are the allowed kinds, in the order of `MatrixScores::errors`.
@@ -88,13 +102,9 @@ pub fn allocate(
     let mut order: Vec<usize> = (0..kinds.len()).collect();
     order.sort_by_key(|&k| kinds[k]);
     let cheapest = kinds[order[0]];
-    let floor: i64 = mats.iter().map(|m| m.errors[0].len() as i64 * cheapest.row_bits(m.in_dim)).sum();
+    let floor = all_cheapest_bits(mats.iter().map(|m| (m.errors[0].len() as i64, m.in_dim)), cheapest);
     if floor > budget_bits {
-        let hint = if cheapest == RowKind::Binary {
-            "raise budget.bits_per_param"
-        } else {
-            "allow a cheaper kind in allocate.kinds, or raise budget.bits_per_param"
-        };
+        let hint = over_budget_hint(cheapest);
         if budget_bits <= 0 {
             return Err(CompressError::Budget(format!(
                 "the budget leaves no bits for the quantized rows (files, headers and full-precision tensors take {} bits more than it allows) (hint: {hint})",

@@ -15,7 +15,7 @@ use autoqat_model::{
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::allocate::allocate;
+use crate::allocate::{all_cheapest_bits, allocate, over_budget_hint};
 use crate::artifact::{self, TextFiles};
 use crate::calib::{self, Recorder};
 use crate::error::{io_err, CompressError, Result};
@@ -314,25 +314,14 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log,
     // full-precision eval and calibration take most of a run): the rows' codes and scales and
     // the full-precision tensors alone are a floor that packing can only add to.
     let cheapest = kinds.iter().copied().min().unwrap_or(RowKind::Binary);
-    let floor_bits: i64 = targets
-        .iter()
-        .map(|t| {
-            let s = shapes.get(&format!("{}.weight", t.prefix)).map(Vec::as_slice).unwrap_or(&[]);
-            let (rows, cols) = (s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0));
-            rows * cheapest.row_bits(cols)
-        })
-        .sum::<i64>()
-        + passthrough.iter().map(|n| 16 * numel(n)).sum::<i64>();
+    let matrices = targets.iter().map(|t| {
+        let s = shapes.get(&format!("{}.weight", t.prefix)).map(Vec::as_slice).unwrap_or(&[]);
+        (s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0))
+    });
+    let floor_bits = all_cheapest_bits(matrices, cheapest) + passthrough.iter().map(|n| 16 * numel(n)).sum::<i64>();
     if floor_bits > total_bits {
         let need = floor_bits as f64 / param_count.max(1) as f64;
-        let hint = if cheapest == RowKind::Binary {
-            format!("raise budget.bits_per_param to at least {:.3}", need + 0.005)
-        } else {
-            format!(
-                "allow binary rows in allocate.kinds, or raise budget.bits_per_param to at least {:.3}",
-                need + 0.005
-            )
-        };
+        let hint = format!("{} to at least {:.3}", over_budget_hint(cheapest), need + 0.005);
         return Err(CompressError::Budget(format!(
             "a budget of {bpp} bits per parameter cannot hold this model: all-{cheapest} rows and the full-precision tensors alone take {need:.3} bits per parameter, {:.3} over the budget (hint: {hint})",
             need - bpp

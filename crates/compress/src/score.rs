@@ -15,7 +15,7 @@ use std::path::Path;
 
 use autoqat_model::linear::LinearRole;
 use autoqat_model::offload::TensorFile;
-use autoqat_model::{CausalLM, LayerType, ModelConfig};
+use autoqat_model::{CausalLM, ModelConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::allocate::MatrixScores;
@@ -38,28 +38,10 @@ pub(crate) struct Target {
     pub gram: Option<String>,
 }
 
-/// The projections of a full-attention decoder layer, in the order the artifact lists them.
-const ROLES: [LinearRole; 7] =
-    [LinearRole::Q, LinearRole::K, LinearRole::V, LinearRole::O, LinearRole::Gate, LinearRole::Up, LinearRole::Down];
-
-/// The projections of a Gated DeltaNet decoder layer, in the order the artifact lists them.
-const DELTANET_ROLES: [LinearRole; 8] = [
-    LinearRole::InProjQkv,
-    LinearRole::InProjZ,
-    LinearRole::InProjB,
-    LinearRole::InProjA,
-    LinearRole::OutProj,
-    LinearRole::Gate,
-    LinearRole::Up,
-    LinearRole::Down,
-];
-
-/// The projections of decoder layer `layer` of `cfg`.
-fn layer_roles(cfg: &ModelConfig, layer: usize) -> &'static [LinearRole] {
-    match cfg.layer_type(layer) {
-        LayerType::FullAttention => &ROLES,
-        LayerType::LinearAttention => &DELTANET_ROLES,
-    }
+/// The projections of decoder layer `layer` of `cfg`, in the order the artifact lists them (the
+/// order the model builds them: the token mixer's, then the MLP's).
+fn layer_roles(cfg: &ModelConfig, layer: usize) -> Vec<LinearRole> {
+    cfg.layer_linears(layer).into_iter().map(|(role, _, _)| role).collect()
 }
 
 /// Every matrix the artifact quantizes, in a fixed order: the embedding (and with it a tied
@@ -68,7 +50,7 @@ pub(crate) fn targets(cfg: &ModelConfig) -> Vec<Target> {
     let tied = cfg.tie_word_embeddings;
     let mut out = vec![Target { prefix: "model.embed_tokens".into(), layer: None, gram: None }];
     for layer in 0..cfg.num_hidden_layers as usize {
-        for &role in layer_roles(cfg, layer) {
+        for role in layer_roles(cfg, layer) {
             out.push(Target {
                 prefix: role.module_path(Some(layer)),
                 layer: Some(layer),

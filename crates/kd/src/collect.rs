@@ -94,10 +94,13 @@ fn open_index(opts: &CollectOptions, teacher: &str, tok_hash: &str) -> Result<Tr
             )));
         }
     }
-    for file in index.drop_missing(&opts.out) {
+    let missing = index.drop_missing(&opts.out);
+    for file in &missing {
         eprintln!("warning: {} is missing from {}; its prompts are collected again", file, opts.out.display());
     }
-    index.save(&opts.out)?;
+    if !missing.is_empty() {
+        index.save(&opts.out)?;
+    }
     let listed: std::collections::HashSet<String> = index.shards.iter().map(|s| s.file.clone()).collect();
     for entry in std::fs::read_dir(&opts.out).map_err(io_err(&opts.out))? {
         let entry = entry.map_err(io_err(&opts.out))?;

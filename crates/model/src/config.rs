@@ -181,6 +181,11 @@ fn one() -> f64 {
     1.0
 }
 
+/// Channels RoPE rotates of a head of `head_dim` (transformers truncates the product).
+fn rotary_width(head_dim: i64, factor: f64) -> i64 {
+    (head_dim as f64 * factor) as i64
+}
+
 /// Where the wrapper keeps the decoder's weights.
 const WRAPPED_PREFIX: &str = "model.language_model.";
 
@@ -241,8 +246,8 @@ impl ModelConfig {
             });
         }
         let bad = |msg: String| ModelError::Config { path: "config.json".into(), msg };
-        let (value, wrapped) =
-            if model_type == "qwen3_5" { (unwrap_text_config(value).map_err(bad)?, true) } else { (value, false) };
+        let wrapped = model_type == "qwen3_5";
+        let value = text_only_config(value).map_err(bad)?;
         let mut raw: RawConfig = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         raw.wrapped = wrapped;
         Self::resolve(raw)
@@ -322,7 +327,7 @@ impl ModelConfig {
             .find_map(|v| v.get("partial_rotary_factor").and_then(Value::as_f64))
             .or(raw.partial_rotary_factor)
             .unwrap_or(if hybrid { 0.25 } else { 1.0 });
-        let rotary_dim = (head_dim as f64 * partial_rotary_factor) as i64;
+        let rotary_dim = rotary_width(head_dim, partial_rotary_factor);
         if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) || rotary_dim <= 0 || rotary_dim % 2 != 0 {
             return Err(ModelError::Unsupported(format!(
                 "partial_rotary_factor = {partial_rotary_factor} gives a rotary width of {rotary_dim} of head_dim {head_dim} (must be even and positive)"
@@ -362,7 +367,7 @@ impl ModelConfig {
 
     /// How many head channels RoPE rotates (all of them unless `partial_rotary_factor` < 1).
     pub fn rotary_dim(&self) -> i64 {
-        (self.head_dim as f64 * self.partial_rotary_factor) as i64
+        rotary_width(self.head_dim, self.partial_rotary_factor)
     }
 
     /// `(role, out_dim, in_dim)` of every projection of decoder layer `layer`, as the model

@@ -57,23 +57,6 @@ pub enum LinearRole {
 }
 
 impl LinearRole {
-    /// Every projection role, in a fixed order.
-    pub const ALL: [LinearRole; 13] = [
-        Self::Q,
-        Self::K,
-        Self::V,
-        Self::O,
-        Self::Gate,
-        Self::Up,
-        Self::Down,
-        Self::InProjQkv,
-        Self::InProjZ,
-        Self::InProjB,
-        Self::InProjA,
-        Self::OutProj,
-        Self::LmHead,
-    ];
-
     /// True for the token mixer's projections: softmax attention's q/k/v/o and Gated
     /// DeltaNet's (so "quantize attention" covers both kinds of layer).
     pub fn is_attention(self) -> bool {
