@@ -107,7 +107,8 @@ fn hand_param_count(fx: &Path, model: &str, intermediate: Option<i64>, heads: Op
     let h = heads.unwrap_or(h);
     let tied = cfg["tie_word_embeddings"].as_bool().unwrap();
     let qkv_bias = if cfg["model_type"] == "qwen2" { h * d + 2 * kv * d } else { 0 };
-    let attn = c * h * d + 2 * c * kv * d + h * d * c + qkv_bias;
+    let qk_norms = if cfg["model_type"] == "qwen3" { 2 * d } else { 0 };
+    let attn = c * h * d + 2 * c * kv * d + h * d * c + qkv_bias + qk_norms;
     let mlp = 3 * c * i;
     let norms = 2 * c;
     v * c + l * (attn + mlp + norms) + c + if tied { 0 } else { v * c }
@@ -116,10 +117,11 @@ fn hand_param_count(fx: &Path, model: &str, intermediate: Option<i64>, heads: Op
 #[test]
 fn artifact_loads_in_transformers_and_scores_the_same_ppl_within_the_gate() {
     let Some(fx) = fixtures() else { return };
-    // The llama artifact ships its tokenizer files (the default); the qwen2 one does not.
-    for (model, track, bpp) in [("llama", "ternary", 2.2125), ("qwen2", "binary", 1.3125)] {
+    // The llama and qwen3 artifacts ship their tokenizer files (the default); the qwen2 one does not.
+    for (model, track, bpp) in [("llama", "ternary", 2.2125), ("qwen2", "binary", 1.3125), ("qwen3", "ternary", 2.2125)]
+    {
         let tmp = tempfile::tempdir().unwrap();
-        let ships_tokenizer = model == "llama";
+        let ships_tokenizer = model != "qwen2";
         let body = if ships_tokenizer { "" } else { "[package]\ntokenizer = false" };
         let config = recipe(tmp.path(), fx, model, track, body);
         let a = run_compress(&config, &tmp.path().join("a"));
@@ -643,4 +645,92 @@ fn offloaded_layers_pack_the_same_bytes_as_a_resident_model() {
         let paged = eval_docs(&zip, fx, &["--tokenizer", s(&tok), "--offload"]);
         assert_eq!(whole["eval_ppl"], paged["eval_ppl"], "{name}: eval --offload scored another PPL");
     }
+}
+
+/// Copies the safetensors file `src` to `dst` with one more tensor, `autoqat.padding`, of `pad`
+/// pseudo-random bytes appended, streamed in 1 MiB blocks: a weights file past 4 GiB that this
+/// process never holds.
+fn pad_safetensors(src: &Path, dst: &Path, pad: u64) {
+    use std::io::{Read, Write};
+    let mut f = std::fs::File::open(src).unwrap();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).unwrap();
+    let mut header = vec![0u8; u64::from_le_bytes(n) as usize];
+    f.read_exact(&mut header).unwrap();
+    let mut meta: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).unwrap();
+    let end = meta.values().filter_map(|t| t["data_offsets"][1].as_u64()).max().unwrap();
+    meta.insert(
+        "autoqat.padding".into(),
+        serde_json::json!({"dtype": "U8", "shape": [pad], "data_offsets": [end, end + pad]}),
+    );
+    let mut header = serde_json::to_vec(&meta).unwrap();
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dst).unwrap());
+    out.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    out.write_all(&header).unwrap();
+    std::io::copy(&mut f, &mut out).unwrap();
+    let (mut block, mut x, mut left) = (vec![0u8; 1 << 20], 0x9e37_79b9_7f4a_7c15u64, pad);
+    while left > 0 {
+        for b in block.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let k = left.min(block.len() as u64) as usize;
+        out.write_all(&block[..k]).unwrap();
+        left -= k as u64;
+    }
+    out.flush().unwrap();
+}
+
+/// This process's peak resident memory in MB (`VmHWM`).
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+}
+
+#[test]
+#[ignore = "writes about 13 GB under the temporary directory (47 s on the development machine): run with `cargo test --test compress_cli -- --ignored zip64`"]
+fn a_zip64_artifact_past_4_gib_is_zipped_by_streaming_and_the_validator_reads_it() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = recipe(tmp.path(), fx, "llama", "ternary", "");
+    let a = run_compress(&config, &tmp.path().join("a"));
+    let small = validator_path(&tmp.path().join("a/artifact.zip"), fx, 2.2125).unwrap();
+
+    // The same artifact with its weights file grown past 4 GiB.
+    let (src, big) = (tmp.path().join("a/artifact"), tmp.path().join("big"));
+    std::fs::create_dir_all(&big).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name != "model.safetensors" {
+            std::fs::copy(src.join(&name), big.join(&name)).unwrap();
+        }
+    }
+    let pad = (1u64 << 32) + (64 << 20);
+    pad_safetensors(&src.join("model.safetensors"), &big.join("model.safetensors"), pad);
+    let weights_len = std::fs::metadata(big.join("model.safetensors")).unwrap().len();
+    assert!(weights_len > u32::MAX as u64);
+
+    let before = peak_rss_mb();
+    let zip = tmp.path().join("big.zip");
+    autoqat_compress::artifact::zip_dir(&big, &zip).unwrap();
+    let grew = peak_rss_mb() - before;
+    assert!(grew < 64.0, "zipping {weights_len} bytes raised the peak RSS by {grew:.0} MB");
+    let (sha, size) = autoqat_compress::artifact::sha256_file(&zip).unwrap();
+    assert!(size as u64 > weights_len && sha.len() == 64);
+
+    // The zip crate reads the ZIP64 sizes back from the central directory.
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
+    assert_eq!(archive.by_name("model.safetensors").unwrap().size(), weights_len);
+
+    // Python's zipfile unpacks it (checking every CRC) and transformers loads it with the
+    // validator's arguments: the same perplexity as the small artifact, and the gate now fails.
+    let v = validator_path(&zip, fx, 2.2125).unwrap();
+    assert_eq!(v["eval_ppl"], small["eval_ppl"], "{v} vs {small}");
+    assert_eq!(v["tokens"], small["tokens"]);
+    assert_eq!(v["gate_own"], false, "{v}");
+    assert_eq!(a["artifact_sha256"].as_str().unwrap().len(), 64);
 }

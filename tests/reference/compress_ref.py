@@ -2,7 +2,7 @@
 
     python compress_ref.py make OUT_DIR [--wikitext PATH]
         tiny random checkpoints saved by transformers (llama: tied, GQA; qwen2: untied, q/k/v
-        bias; qwen3_5: the Qwen3.5/3.6 hybrid inside its image-text wrapper, as the live track's
+        bias; qwen3: q/k norms; qwen3_5: the Qwen3.5/3.6 hybrid inside its image-text wrapper, as the live track's
         model ships, and qwen3_5_text: the same decoder saved text-only), each with tokenizer.json, plus calib.txt and eval.txt (one document per line).
 
     python compress_ref.py check ARTIFACT_DIR SOURCE_DIR EVAL_TEXT DOC_TOKENS BATCH
@@ -51,7 +51,8 @@ def make(out, wikitext=None):
     common = dict(vocab_size=tok.get_vocab_size(), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     for name, arch, extra in [("llama", "llama", dict(tie_word_embeddings=True)),
-                              ("qwen2", "qwen2", dict(tie_word_embeddings=False))]:
+                              ("qwen2", "qwen2", dict(tie_word_embeddings=False)),
+                              ("qwen3", "qwen3", dict(tie_word_embeddings=True, head_dim=64))]:
         model = random_model(arch, seed=5, **common, **extra)
         g = torch.Generator().manual_seed(11)
         with torch.no_grad():

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 
-use autoqat_model::load::{build_causal_lm, safetensors_bytes};
+use autoqat_model::load::{build_causal_lm, write_safetensors};
 use autoqat_model::{CausalLM, ModelConfig, PlainBuilder};
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
@@ -53,14 +53,18 @@ pub const FORMAT: &str = "autoqat-rowmix-1";
 /// The weights file.
 pub const WEIGHTS: &str = "model.safetensors";
 
-/// The reference models of the live tracks and the parameter count their gate uses.
-const REFERENCE_MODELS: [(&str, i64); 1] = [("qwen/qwen3.6-27b", 27_000_000_000)];
+/// The reference models of the live tracks (owner, name, lower case) and the parameter count
+/// their gate uses.
+const REFERENCE_MODELS: [(&str, &str, i64); 1] = [("qwen", "qwen3.6-27b", 27_000_000_000)];
 
 /// The track's reference parameter count when `source` (a hub id, or a directory named after
 /// one) is a track's reference model: the artifact must then also fit `ceil(reference * bpp)`.
 pub fn reference_params(source: &str) -> Option<i64> {
     let s = source.trim_end_matches('/').to_lowercase();
-    REFERENCE_MODELS.iter().find(|(id, _)| s == *id || s.ends_with(&format!("/{}", &id[5..]))).map(|(_, n)| *n)
+    REFERENCE_MODELS
+        .iter()
+        .find(|(owner, name, _)| s == format!("{owner}/{name}") || s.ends_with(&format!("/{name}")))
+        .map(|(_, _, n)| *n)
 }
 
 /// `artifact_bytes * 8 <= ceil(param_count * bpp)` (docs/contracts.md#the-compression-track), in bits.
@@ -132,26 +136,51 @@ pub type TextFiles = BTreeMap<String, Vec<u8>>;
 /// Entries from this size on need ZIP64 (the classic format stores sizes in 32 bits).
 const ZIP64_FROM: u64 = u32::MAX as u64;
 
-/// Writes a deterministic zip of `entries` (name, bytes, stored?) in name order. A stored entry
-/// of 4 GiB or more (the weights of a model at the live tracks' 27B budgets) is written with
-/// ZIP64 sizes; the others keep the classic headers, so small artifacts are byte-identical to
-/// what earlier versions wrote.
-fn zip_bytes(entries: &[(&str, &[u8], bool)]) -> Result<Vec<u8>> {
-    let mut sorted: Vec<&(&str, &[u8], bool)> = entries.iter().collect();
+/// What a zip entry holds: text kept in memory (deflated), or a file streamed from disk
+/// (stored, as the weights are, so their bytes in the zip are the file's bytes).
+enum Body<'a> {
+    Deflated(&'a [u8]),
+    StoredFile(&'a Path),
+    /// A stored entry with no bytes: the weights' headers when sizing the zip's overhead.
+    StoredEmpty,
+}
+
+/// Writes a deterministic zip of `entries` to `out`, in name order. A stored entry of 4 GiB or
+/// more (the weights at the live tracks' 27B budgets) gets ZIP64 sizes; the others keep the
+/// classic headers, so small artifacts are byte-identical to what earlier versions wrote. A
+/// file is copied through a fixed buffer, never held whole in memory.
+fn write_zip<W: Write + std::io::Seek>(out: W, entries: &[(&str, Body)]) -> Result<W> {
+    let mut sorted: Vec<&(&str, Body)> = entries.iter().collect();
     sorted.sort_by_key(|e| e.0);
     let zerr = |e: zip::result::ZipError| CompressError::Artifact { path: PathBuf::from("<zip>"), msg: e.to_string() };
-    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
-    for (name, data, stored) in sorted {
-        let method = if *stored { CompressionMethod::Stored } else { CompressionMethod::Deflated };
+    let werr = |e: std::io::Error| CompressError::Artifact { path: PathBuf::from("<zip>"), msg: e.to_string() };
+    let mut w = ZipWriter::new(out);
+    for (name, body) in sorted {
         let opts = FileOptions::default()
-            .compression_method(method)
             .last_modified_time(DateTime::default())
             .unix_permissions(0o644)
-            .large_file(data.len() as u64 >= ZIP64_FROM);
-        w.start_file(*name, opts).map_err(zerr)?;
-        w.write_all(data).map_err(|e| CompressError::Artifact { path: PathBuf::from("<zip>"), msg: e.to_string() })?;
+            .compression_method(CompressionMethod::Stored);
+        match body {
+            Body::Deflated(data) => {
+                w.start_file(*name, opts.compression_method(CompressionMethod::Deflated)).map_err(zerr)?;
+                w.write_all(data).map_err(werr)?;
+            }
+            Body::StoredEmpty => w.start_file(*name, opts).map_err(zerr)?,
+            Body::StoredFile(path) => {
+                let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+                let len = f.metadata().map_err(io_err(path))?.len();
+                w.start_file(*name, opts.large_file(len >= ZIP64_FROM)).map_err(zerr)?;
+                let copied = std::io::copy(&mut f, &mut w).map_err(werr)?;
+                if copied != len {
+                    return Err(CompressError::Artifact {
+                        path: path.to_path_buf(),
+                        msg: format!("changed while zipped ({len} bytes, then {copied})"),
+                    });
+                }
+            }
+        }
     }
-    Ok(w.finish().map_err(zerr)?.into_inner())
+    w.finish().map_err(zerr)
 }
 
 /// Bytes of the zip besides the weights' own bytes: the other files (deflated) and every
@@ -160,9 +189,9 @@ fn zip_bytes(entries: &[(&str, &[u8], bool)]) -> Result<Vec<u8>> {
 /// weights' extra fields, the 64-bit offsets of the entries after them, the ZIP64 end record
 /// and its locator).
 pub fn zip_overhead(files: &TextFiles, max_weight_bytes: u64) -> Result<i64> {
-    let mut entries: Vec<(&str, &[u8], bool)> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice(), false)).collect();
-    entries.push((WEIGHTS, &[], true));
-    let classic = zip_bytes(&entries)?.len() as i64;
+    let mut entries: Vec<(&str, Body)> = files.iter().map(|(n, d)| (n.as_str(), Body::Deflated(d))).collect();
+    entries.push((WEIGHTS, Body::StoredEmpty));
+    let classic = write_zip(Cursor::new(Vec::new()), &entries)?.into_inner().len() as i64;
     let zip64 = if max_weight_bytes >= ZIP64_FROM { 20 + 28 + 56 + 20 + 12 * entries.len() as i64 + 64 } else { 0 };
     Ok(classic + zip64)
 }
@@ -197,53 +226,76 @@ pub struct Written {
 pub fn write(dir: &Path, zip_path: &Path, files: &TextFiles, tensors: &[(String, Tensor)]) -> Result<Written> {
     let tmp_dir = dir.with_extension("partial");
     let tmp_zip = zip_path.with_extension("zip.partial");
-    let result = write_partial(&tmp_dir, &tmp_zip, files, tensors);
-    let zipped = match result {
-        Ok(z) => z,
-        Err(e) => {
-            // Nothing half-written stays behind, under any name.
-            let _ = std::fs::remove_dir_all(&tmp_dir);
-            let _ = std::fs::remove_file(&tmp_zip);
-            return Err(e);
-        }
-    };
+    if let Err(e) = write_partial(&tmp_dir, &tmp_zip, files, tensors) {
+        // Nothing half-written stays behind, under any name.
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+        let _ = std::fs::remove_file(&tmp_zip);
+        return Err(e);
+    }
+    let (sha256, size_bytes) = sha256_file(&tmp_zip)?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp_dir, dir).map_err(io_err(dir))?;
     std::fs::rename(&tmp_zip, zip_path).map_err(io_err(zip_path))?;
-    Ok(Written {
-        dir: dir.to_path_buf(),
-        zip: zip_path.to_path_buf(),
-        size_bytes: zipped.len() as i64,
-        sha256: hex(&Sha256::digest(&zipped)),
-    })
+    Ok(Written { dir: dir.to_path_buf(), zip: zip_path.to_path_buf(), size_bytes, sha256 })
 }
 
-/// Writes the directory and the zip under their temporary names; returns the zip's bytes.
-fn write_partial(tmp_dir: &Path, tmp_zip: &Path, files: &TextFiles, tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+/// Writes the directory and the zip under their temporary names. The weights go to disk one
+/// tensor at a time and into the zip through a buffer, so the host holds the packed tensors
+/// and nothing more (at 27B, the artifact's 7 GB once rather than three times).
+fn write_partial(tmp_dir: &Path, tmp_zip: &Path, files: &TextFiles, tensors: &[(String, Tensor)]) -> Result<()> {
     let _ = std::fs::remove_dir_all(tmp_dir);
     std::fs::create_dir_all(tmp_dir).map_err(io_err(tmp_dir))?;
     for (name, data) in files {
         let p = tmp_dir.join(name);
         std::fs::write(&p, data).map_err(io_err(&p))?;
     }
-    let weight_bytes = safetensors_bytes(tensors)?;
-    let weights = tmp_dir.join(WEIGHTS);
-    std::fs::write(&weights, &weight_bytes).map_err(io_err(&weights))?;
-    let mut entries: Vec<(&str, &[u8], bool)> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice(), false)).collect();
-    entries.push((WEIGHTS, &weight_bytes, true));
-    let zipped = zip_bytes(&entries)?;
-    std::fs::write(tmp_zip, &zipped).map_err(io_err(tmp_zip))?;
-    Ok(zipped)
+    write_safetensors(tensors, &tmp_dir.join(WEIGHTS))?;
+    zip_dir(tmp_dir, tmp_zip)
+}
+
+/// Zips the artifact directory `dir` into `zip_path` deterministically: its files in name
+/// order, the weights stored and streamed from disk (ZIP64 from 4 GiB on), the rest deflated.
+pub fn zip_dir(dir: &Path, zip_path: &Path) -> Result<()> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if entry.file_type().map_err(io_err(dir))?.is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    let mut text = BTreeMap::new();
+    for name in names.iter().filter(|n| n.as_str() != WEIGHTS) {
+        let p = dir.join(name);
+        text.insert(name.as_str(), std::fs::read(&p).map_err(io_err(&p))?);
+    }
+    let weights = dir.join(WEIGHTS);
+    let mut entries: Vec<(&str, Body)> = text.iter().map(|(n, d)| (*n, Body::Deflated(d))).collect();
+    entries.push((WEIGHTS, Body::StoredFile(&weights)));
+    let out = std::fs::File::create(zip_path).map_err(io_err(zip_path))?;
+    let out = write_zip(std::io::BufWriter::with_capacity(1 << 20, out), &entries)?;
+    let file = out.into_inner().map_err(|e| io_err(zip_path)(e.into_error()))?;
+    file.sync_all().map_err(io_err(zip_path))
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// SHA-256 (hex) and size of a file.
+/// SHA-256 (hex) and size of a file, read through a buffer.
 pub fn sha256_file(path: &Path) -> Result<(String, i64)> {
-    let data = std::fs::read(path).map_err(io_err(path))?;
-    Ok((hex(&Sha256::digest(&data)), data.len() as i64))
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0i64;
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as i64;
+    }
+    Ok((hex(&hasher.finalize()), len))
 }
 
 /// True when `path` is an autoqat artifact: a zip, or a directory whose config has an

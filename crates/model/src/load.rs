@@ -3,6 +3,7 @@
 //! device asked for. Variables are matched by name, so the VarStore names are the HF keys.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -142,14 +143,45 @@ fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }.map_err(io)
 }
 
-/// A tensor copied to host bytes for safetensors serialization.
-struct HostTensor {
+/// A tensor whose host bytes are made only when the writer reaches it, so that a file of any
+/// size is written with one tensor's copy in memory at a time.
+struct LazyHost<'a> {
+    tensor: &'a Tensor,
     dtype: Dtype,
     shape: Vec<usize>,
-    data: Vec<u8>,
+    len: usize,
+    /// The first copy that failed: `View::data` cannot return an error, so it hands out zeros
+    /// and the writer reports this afterwards (and removes the file).
+    failed: &'a RefCell<Option<String>>,
 }
 
-impl View for &HostTensor {
+impl<'a> LazyHost<'a> {
+    fn new(tensor: &'a Tensor, failed: &'a RefCell<Option<String>>) -> Result<Self> {
+        let dtype = match tensor.kind() {
+            Kind::Float => Dtype::F32,
+            Kind::BFloat16 => Dtype::BF16,
+            Kind::Half => Dtype::F16,
+            Kind::Double => Dtype::F64,
+            Kind::Int64 => Dtype::I64,
+            Kind::Int => Dtype::I32,
+            Kind::Int8 => Dtype::I8,
+            Kind::Uint8 => Dtype::U8,
+            other => return Err(ModelError::Unsupported(format!("saving a tensor of kind {other:?}"))),
+        };
+        let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+        let len = tensor.numel() * tensor.kind().elt_size_in_bytes();
+        Ok(Self { tensor, dtype, shape, len, failed })
+    }
+
+    fn copy(&self) -> std::result::Result<Vec<u8>, tch::TchError> {
+        let t = self.tensor.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let mut data = vec![0u8; self.len];
+        t.f_copy_data_u8(&mut data, t.numel())?;
+        Ok(data)
+    }
+}
+
+impl View for &LazyHost<'_> {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
@@ -157,45 +189,36 @@ impl View for &HostTensor {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+        match self.copy() {
+            Ok(data) => Cow::Owned(data),
+            Err(e) => {
+                self.failed.borrow_mut().get_or_insert(e.to_string());
+                Cow::Owned(vec![0u8; self.len])
+            }
+        }
     }
     fn data_len(&self) -> usize {
-        self.data.len()
+        self.len
     }
 }
 
-fn to_host(t: &Tensor) -> Result<HostTensor> {
-    let dtype = match t.kind() {
-        Kind::Float => Dtype::F32,
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Half => Dtype::F16,
-        Kind::Double => Dtype::F64,
-        Kind::Int64 => Dtype::I64,
-        Kind::Int => Dtype::I32,
-        Kind::Int8 => Dtype::I8,
-        Kind::Uint8 => Dtype::U8,
-        other => return Err(ModelError::Unsupported(format!("saving a tensor of kind {other:?}"))),
-    };
-    let t = t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
-    let numel = t.numel();
-    let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-    t.f_copy_data_u8(&mut data, numel)?;
-    Ok(HostTensor { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), data })
-}
-
-/// The bytes of a safetensors file of named tensors, with the `{"format": "pt"}` metadata
-/// transformers expects.
-pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
-    let host = tensors.iter().map(|(n, t)| Ok((n.clone(), to_host(t)?))).collect::<Result<Vec<_>>>()?;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-        .map_err(|e| ModelError::Unsupported(format!("serializing tensors: {e}")))
-}
-
-/// Writes named tensors as a safetensors file (see [`safetensors_bytes`]).
+/// Writes named tensors as a safetensors file with the `{"format": "pt"}` metadata transformers
+/// expects. The file is streamed (one tensor on the host at a time) under a temporary name and
+/// renamed when complete, so a failure leaves no file that looks finished.
 pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let bytes = safetensors_bytes(tensors)?;
-    std::fs::write(path, bytes).map_err(|err| ModelError::Io { path: path.to_path_buf(), err })
+    let failed = RefCell::new(None);
+    let views =
+        tensors.iter().map(|(n, t)| Ok((n.as_str(), LazyHost::new(t, &failed)?))).collect::<Result<Vec<_>>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), Some(meta), path).map_err(|e| match e {
+        safetensors::SafeTensorError::IoError(err) => ModelError::Io { path: path.to_path_buf(), err },
+        other => ModelError::Unsupported(format!("serializing tensors to {}: {other}", path.display())),
+    })?;
+    if let Some(msg) = failed.take() {
+        let _ = std::fs::remove_file(path);
+        return Err(ModelError::Unsupported(format!("copying a tensor for {}: {msg}", path.display())));
+    }
+    Ok(())
 }
 
 /// Saves `vs` as `model.safetensors` and `cfg` as `config.json` in `dir` (created if needed),
