@@ -8,7 +8,7 @@ flash-linear-attention.
     source scripts/env.sh && cargo build --release --bin autoqat
     $AUTOQAT_PYTHON benches/eval_vs_transformers.py [--bin target/release/autoqat] [--configs tiny,smollm135m]
 
-Both sides run on the CPU with the same torch threads; timing excludes loading and
+Both sides run on the same device (`--device`, the CPU by default) with the same torch threads; timing excludes loading and
 tokenization on both sides (autoqat's `tokens_per_s` covers forward passes and loss only, and the
 Python timer wraps only the guide loop). The two sides take turns, `--repeats` runs each; the
 best run of each side counts, and the spread of the per-pair ratios is printed with it.
@@ -54,12 +54,14 @@ def main():
     ap.add_argument("--text", default=os.path.join(root, "../shared/data/wikitext-2-raw-test.txt"))
     ap.add_argument("--configs", default="tiny,smollm135m")
     ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = ap.parse_args()
     if not os.path.exists(args.bin):
         sys.exit(f"no autoqat binary at {args.bin}; build it with `cargo build --release --bin autoqat`")
     with open(args.text, encoding="utf-8") as f:
         full_text = f.read()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device} ({where})")
     for name in args.configs.split(","):
         spec = dict(CONFIGS[name])
         ctx, chars, arch = spec.pop("ctx"), spec.pop("chars"), spec.pop("arch", "llama")
@@ -67,11 +69,11 @@ def main():
         with tempfile.TemporaryDirectory() as d:
             tok, model = tiny_checkpoint(d, text, min(spec["vocab_size"], 2048), arch=arch, special_tokens=(),
                                          **spec, rms_norm_eps=1e-5, rope_theta=10000.0)
-            model.eval()
+            model.eval().to(args.device)
             txt = os.path.join(d, "text.txt")
             with open(txt, "w", encoding="utf-8") as f:
                 f.write(text)
-            ids = torch.tensor([tok.encode(text).ids])
+            ids = torch.tensor([tok.encode(text).ids], device=args.device)
 
             # Interleaved (hf, autoqat, hf, autoqat, ...) so that a slow spell of a shared
             # machine hits both sides; the best run of each side counts.
@@ -81,7 +83,7 @@ def main():
                 hf_loss, n = guide_loop(model, ids, ctx, ctx)
                 hf_runs.append(n / (time.perf_counter() - t0))
                 out = subprocess.run([args.bin, "eval", "--model", d, "--text", txt, "--ctx", str(ctx),
-                                      "--device", "cpu", "--json"], capture_output=True, text=True, check=True)
+                                      "--device", args.device, "--json"], capture_output=True, text=True, check=True)
                 aq = json.loads(out.stdout)
                 aq_runs.append(aq["tokens_per_s"])
             hf_best, aq_best = max(hf_runs), max(aq_runs)

@@ -1,13 +1,19 @@
 """QAT training throughput and peak memory: `autoqat trial` vs a PyTorch-eager implementation
 of the same recipe (ternary absmean per-row BitLinear in attention + MLP, lambda = 1, AdamW,
-grad clip 1.0, CE loss, fp32 on CPU), same model shape, batch, sequence length and data.
+grad clip 1.0, CE loss, fp32), same model shape, batch, sequence length and data, on the CPU or
+on CUDA.
 
     source scripts/env.sh && cargo build && \
-    $AUTOQAT_PYTHON benches/qat_vs_pytorch.py [--configs tiny,smollm] [--steps N] [--bin PATH]
+    $AUTOQAT_PYTHON benches/qat_vs_pytorch.py [--configs tiny,smollm] [--steps N] [--bin PATH] [--device cuda]
 
-Each side runs in its own process (peak RSS = that process's high-water mark). Tokens/s is
-batch * seq / the median step time, steps after the first (the first pays for allocation
-warm-up; the median resists other processes on a shared machine); evals are excluded. Prints one line per config with the ratio autoqat / PyTorch.
+Each side runs in its own process. Memory on the CPU is that process's peak RSS; on CUDA it is the
+device memory in use at the end above what was in use once the context existed (cudaMemGetInfo on
+both sides; PyTorch's caching allocator keeps what it reserved, so the end is the high-water
+mark), and the PyTorch side also prints `max_memory_reserved` as a check. Tokens/s is batch * seq
+/ the median step time, steps after the first (the first pays for allocation warm-up; the
+median resists other processes on a shared machine); evals are excluded. On CUDA each PyTorch
+step ends in a synchronize, as autoqat's does when it reads the gradient norm. Prints one line
+per config with the ratio autoqat / PyTorch.
 """
 import argparse
 import json
@@ -44,15 +50,19 @@ def make_model(out, shape, text):
                     tie_word_embeddings=True, rope_theta=10000.0, save_kwargs=dict(safe_serialization=True))
 
 
-def pytorch_side(model_dir, text_path, batch, seq, steps, out_json):
+def pytorch_side(model_dir, text_path, batch, seq, steps, out_json, device):
     """The same recipe in plain PyTorch eager (runs in a child process)."""
     import torch
     import torch.nn.functional as F
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
+    cuda = device.startswith("cuda")
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if cuda:
+        free, total = torch.cuda.mem_get_info(device)
+        base = total - free
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     model.train()
 
     def bitlinear_forward(self, x):
@@ -73,20 +83,28 @@ def pytorch_side(model_dir, text_path, batch, seq, steps, out_json):
     times = []
     for _ in range(steps):
         starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=g)
-        b = torch.stack([ids[s:s + seq + 1] for s in starts])
+        b = torch.stack([ids[s:s + seq + 1] for s in starts]).to(device)
         opt.zero_grad(set_to_none=True)
         logits = model(b[:, :-1]).logits
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), b[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if cuda:
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter())
     tps = batch * seq / median([b - a for a, b in zip(times, times[1:])])
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    json.dump({"tokens_per_s": tps, "peak_mb": peak_mb, "loss": float(loss.detach())}, open(out_json, "w"))
+    out = {"tokens_per_s": tps, "loss": float(loss.detach())}
+    if cuda:
+        free, total = torch.cuda.mem_get_info(device)
+        out["peak_mb"] = (total - free - base) / 2**20
+        out["max_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    else:
+        out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    json.dump(out, open(out_json, "w"))
 
 
-def autoqat_side(binary, model_dir, text_path, batch, seq, steps, work):
+def autoqat_side(binary, model_dir, text_path, batch, seq, steps, work, device):
     recipe = f"""
 [model]
 source = "{model_dir}"
@@ -115,7 +133,7 @@ grad_clip = 1.0
 [distill]
 enabled = false
 [runtime]
-device = "cpu"
+device = "{device}"
 precision = "fp32"
 """
     path = os.path.join(work, "bench.toml")
@@ -136,30 +154,34 @@ def main():
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
                                                   "debug", "autoqat"))
     ap.add_argument("--text", default=os.path.join(ROOT, "..", "shared", "data", "tinystories-valid-sample.txt"))
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--_pytorch", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._pytorch:
         d, text, batch, seq, out = a._pytorch
-        pytorch_side(d, text, int(batch), int(seq), a.steps, out)
+        pytorch_side(d, text, int(batch), int(seq), a.steps, out, a.device)
         return
     import torch
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu")
+    where = torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else "cpu"
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {a.device} ({where})")
     for name in a.configs.split(","):
         shape, batch, seq = CONFIGS[name]
         with tempfile.TemporaryDirectory() as work:
             model_dir = os.path.join(work, "model")
             os.makedirs(model_dir)
             make_model(model_dir, shape, open(a.text, encoding="utf-8").read())
-            ours = autoqat_side(a.bin, model_dir, a.text, batch, seq, a.steps, work)
+            ours = autoqat_side(a.bin, model_dir, a.text, batch, seq, a.steps, work, a.device)
             out = os.path.join(work, "pt.json")
-            subprocess.run([sys.executable, __file__, "--steps", str(a.steps), "--_pytorch", model_dir, a.text,
-                            str(batch), str(seq), out], check=True)
+            subprocess.run([sys.executable, __file__, "--steps", str(a.steps), "--device", a.device, "--_pytorch",
+                            model_dir, a.text, str(batch), str(seq), out], check=True)
             pt = json.load(open(out))
         print(f"{name:7s} batch {batch} seq {seq} steps {a.steps}: "
               f"autoqat {ours['tokens_per_s']:8.1f} tok/s {ours['peak_mb']:7.0f} MB | "
               f"pytorch {pt['tokens_per_s']:8.1f} tok/s {pt['peak_mb']:7.0f} MB | "
               f"speed ratio {ours['tokens_per_s'] / pt['tokens_per_s']:.2f}x, "
-              f"memory ratio {ours['peak_mb'] / pt['peak_mb']:.2f}x", flush=True)
+              f"memory ratio {ours['peak_mb'] / pt['peak_mb']:.2f}x"
+              + (f" (pytorch max_memory_reserved {pt['max_reserved_mb']:.0f} MB)" if "max_reserved_mb" in pt else ""),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,50 @@ pub fn device_name(d: Device) -> String {
     }
 }
 
+/// Bytes in use on CUDA device `index` as the CUDA runtime reports them (`total - free`: the
+/// caching allocator's reserve, the context, and any other process on the card); `None` where
+/// no CUDA runtime is loaded or the device cannot be queried.
+///
+/// libtorch exposes no allocator statistics through its C API, so this asks the CUDA runtime
+/// that libtorch_cuda already loaded; nothing is loaded that was not there.
+pub fn cuda_used_bytes(index: usize) -> Option<u64> {
+    type GetDevice = unsafe extern "C" fn(*mut i32) -> i32;
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    let lib = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"].iter().find_map(|name| {
+        let c = std::ffi::CString::new(*name).ok()?;
+        // SAFETY: RTLD_NOLOAD only returns a handle to a library already mapped into the process.
+        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+        (!h.is_null()).then_some(h)
+    })?;
+    let sym = |name: &str| {
+        let c = std::ffi::CString::new(name).ok()?;
+        // SAFETY: `lib` is a live handle; a missing symbol yields null, checked here.
+        let p = unsafe { libc::dlsym(lib, c.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    };
+    let (get, set, info) = (sym("cudaGetDevice")?, sym("cudaSetDevice")?, sym("cudaMemGetInfo")?);
+    // SAFETY: the three symbols have the CUDA runtime's documented C signatures.
+    let (get, set, info) = unsafe {
+        (
+            std::mem::transmute::<*mut libc::c_void, GetDevice>(get),
+            std::mem::transmute::<*mut libc::c_void, SetDevice>(set),
+            std::mem::transmute::<*mut libc::c_void, MemGetInfo>(info),
+        )
+    };
+    let (mut current, mut free, mut total) = (0i32, 0usize, 0usize);
+    // SAFETY: plain out-pointers to locals; the thread's current device is restored so that
+    // libtorch's own device guard sees what it set.
+    unsafe {
+        if get(&mut current) != 0 || set(index as i32) != 0 {
+            return None;
+        }
+        let ok = info(&mut free, &mut total) == 0;
+        set(current);
+        ok.then(|| (total - free) as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

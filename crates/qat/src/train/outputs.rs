@@ -66,6 +66,43 @@ pub fn read_steps(dir: &Path) -> Result<Vec<StepRow>> {
     Ok(run::read_steps(&dir.join(run::STEPS_FILE))?)
 }
 
+/// A trial's peak memory: on CUDA the device memory it added, elsewhere the process's peak RSS.
+#[derive(Debug, Clone, Copy)]
+pub struct MemMeter {
+    /// CUDA device index and the bytes in use on it when the trial began.
+    cuda: Option<(usize, u64)>,
+}
+
+impl MemMeter {
+    /// Starts measuring on `device` (on CUDA this creates the context, so the baseline holds it).
+    pub fn start(device: tch::Device) -> Self {
+        let cuda = match device {
+            tch::Device::Cuda(i) => autoqat_model::device::cuda_used_bytes(i).map(|b| (i, b)),
+            _ => None,
+        };
+        MemMeter { cuda }
+    }
+
+    /// Peak memory in MB so far. On CUDA: bytes in use now less the baseline. PyTorch's
+    /// caching allocator keeps what it reserved (autoqat never empties it), so the figure at
+    /// the end of a trial is its high-water mark, comparable with `max_memory_reserved`.
+    pub fn peak_mb(&self) -> f64 {
+        match self.cuda.and_then(|(i, base)| autoqat_model::device::cuda_used_bytes(i).map(|now| (now, base))) {
+            Some((now, base)) => now.saturating_sub(base) as f64 / (1024.0 * 1024.0),
+            None => peak_rss_mb(),
+        }
+    }
+
+    /// Where the figure comes from, for the log.
+    pub fn source(&self) -> &'static str {
+        if self.cuda.is_some() {
+            "CUDA device memory in use (cudaMemGetInfo) above the trial's start"
+        } else {
+            "peak RSS of the process"
+        }
+    }
+}
+
 /// Peak resident memory of this process in MB (`VmHWM`), 0 where unknown.
 pub fn peak_rss_mb() -> f64 {
     proc_status_mb("VmHWM:")

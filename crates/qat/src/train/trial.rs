@@ -7,7 +7,7 @@ use super::data::TrainData;
 use super::health::{Gates, Health, HealthLog};
 use super::loss::{cross_entropy, distill_kl, extra_loss, topk_other_kl, weighted_sample_ce};
 use super::optim::AdamW;
-use super::outputs::{peak_rss_mb, RunFiles, StepRow, Summary};
+use super::outputs::{peak_rss_mb, MemMeter, RunFiles, StepRow, Summary};
 use super::traces::TraceData;
 use crate::error::{QatError, Result};
 use crate::quant::code_fractions;
@@ -83,7 +83,7 @@ pub fn run_trial(recipe: &Recipe, mut opts: TrialOptions<'_>) -> Summary {
         match RunFiles::open(&opts.run_dir, if opts.resume { checkpoint::saved_step(&opts.run_dir) } else { None }) {
             Ok(f) => f,
             Err(e) => {
-                let s = crash_summary(&e.to_string(), 0, 0, start.elapsed().as_secs_f64(), "?");
+                let s = crash_summary(&e.to_string(), &Progress { device: "?".into(), ..Progress::default() }, start);
                 let _ = super::outputs::write_summary(&opts.run_dir, &s);
                 return s;
             }
@@ -94,7 +94,7 @@ pub fn run_trial(recipe: &Recipe, mut opts: TrialOptions<'_>) -> Summary {
         Err(e) => {
             let msg = e.to_string();
             files.log(&format!("crash: {msg}"));
-            crash_summary(&msg, progress.steps, progress.tokens, progress.time_s(start), &progress.device)
+            crash_summary(&msg, &progress, start)
         }
     };
     if let Err(e) = files.summary(&summary) {
@@ -103,18 +103,18 @@ pub fn run_trial(recipe: &Recipe, mut opts: TrialOptions<'_>) -> Summary {
     summary
 }
 
-fn crash_summary(msg: &str, steps: u64, tokens: u64, time_s: f64, device: &str) -> Summary {
+fn crash_summary(msg: &str, progress: &Progress, start: Instant) -> Summary {
     Summary {
         status: "crash".into(),
         eval_ppl: None,
         eval_bpb: None,
         eval_loss: None,
         train_loss: None,
-        steps,
-        tokens,
-        time_s,
-        peak_mem_mb: peak_rss_mb(),
-        device: device.into(),
+        steps: progress.steps,
+        tokens: progress.tokens,
+        time_s: progress.time_s(start),
+        peak_mem_mb: progress.peak_mem_mb(),
+        device: progress.device.clone(),
         q_neg1: None,
         q_zero: None,
         q_pos1: None,
@@ -131,11 +131,16 @@ struct Progress {
     tokens: u64,
     prior_time_s: f64,
     device: String,
+    mem: Option<MemMeter>,
 }
 
 impl Progress {
     fn time_s(&self, start: Instant) -> f64 {
         self.prior_time_s + start.elapsed().as_secs_f64()
+    }
+
+    fn peak_mem_mb(&self) -> f64 {
+        self.mem.map_or_else(peak_rss_mb, |m| m.peak_mb())
     }
 }
 
@@ -158,6 +163,9 @@ fn train(
 ) -> Result<Summary> {
     let device = recipe_device(recipe)?;
     progress.device = autoqat_model::device_name(device);
+    let meter = MemMeter::start(device);
+    progress.mem = Some(meter);
+    files.log(&format!("peak_mem_mb is the {}", meter.source()));
     let bf16 = use_bf16(recipe, device)?;
     tch::manual_seed(recipe.optim.seed as i64);
     let student = load_student(recipe, device)?;
@@ -412,7 +420,7 @@ fn train(
         steps: progress.steps,
         tokens: progress.tokens,
         time_s: progress.time_s(start),
-        peak_mem_mb: peak_rss_mb(),
+        peak_mem_mb: progress.peak_mem_mb(),
         device: progress.device.clone(),
         q_neg1: r.map(|r| r.1[0]),
         q_zero: r.map(|r| r.1[1]),
