@@ -59,7 +59,7 @@ fn run_results_rebuild_and_log_through_the_cli() {
     std::fs::write(ws.join("trial.sh"), format!("{trial_sh}\n# edited\n")).unwrap();
     let out = autoqat(ws, &["run", "--max-experiments", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    // Exit code 3: a workspace the command cannot use is bad input (README, "Exit codes").
+    // Exit code 3: a workspace the command cannot use is bad input (docs/architecture.md, "Exit codes").
     assert_eq!(out.status.code(), Some(3));
     assert!(err.contains("uncommitted changes") && err.contains("trial.sh"), "{err}");
     std::fs::write(ws.join("trial.sh"), trial_sh).unwrap();
