@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use autoqat_model::load::{build_causal_lm, write_safetensors};
 use autoqat_model::{CausalLM, ModelConfig, PlainBuilder};
+use autoqat_workspace::atomic;
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 use tch::{nn, Device, Kind, Tensor};
@@ -220,37 +221,33 @@ pub struct Written {
     pub sha256: String,
 }
 
-/// Writes the artifact directory `dir` and its zip `zip_path`, each first under a temporary
-/// name and renamed when complete, so a failure (a full disk) leaves no artifact that looks
-/// finished.
+/// Writes the artifact directory `dir` and its zip `zip_path`, each built under a temporary
+/// name and renamed when complete (`atomic`), so a failure (a full disk) leaves no artifact
+/// that looks finished. The weights go to disk one tensor at a time and into the zip through a
+/// buffer: the host holds the packed tensors and nothing more (at 27B, the artifact's 7 GB once
+/// rather than three times).
 pub fn write(dir: &Path, zip_path: &Path, files: &TextFiles, tensors: &[(String, Tensor)]) -> Result<Written> {
-    let tmp_dir = dir.with_extension("partial");
-    let tmp_zip = zip_path.with_extension("zip.partial");
-    if let Err(e) = write_partial(&tmp_dir, &tmp_zip, files, tensors) {
-        // Nothing half-written stays behind, under any name.
-        let _ = std::fs::remove_dir_all(&tmp_dir);
-        let _ = std::fs::remove_file(&tmp_zip);
-        return Err(e);
-    }
-    let (sha256, size_bytes) = sha256_file(&tmp_zip)?;
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp_dir, dir).map_err(io_err(dir))?;
-    std::fs::rename(&tmp_zip, zip_path).map_err(io_err(zip_path))?;
+    let io = |p: &Path, e| io_err(p)(e);
+    let (sha256, size_bytes) = atomic::replace_with(
+        zip_path,
+        |tmp_zip| {
+            atomic::replace_dir_with(
+                dir,
+                |tmp_dir| {
+                    for (name, data) in files {
+                        let p = tmp_dir.join(name);
+                        std::fs::write(&p, data).map_err(io_err(&p))?;
+                    }
+                    write_safetensors(tensors, &tmp_dir.join(WEIGHTS))?;
+                    zip_dir(tmp_dir, tmp_zip)
+                },
+                io,
+            )?;
+            sha256_file(tmp_zip)
+        },
+        io,
+    )?;
     Ok(Written { dir: dir.to_path_buf(), zip: zip_path.to_path_buf(), size_bytes, sha256 })
-}
-
-/// Writes the directory and the zip under their temporary names. The weights go to disk one
-/// tensor at a time and into the zip through a buffer, so the host holds the packed tensors
-/// and nothing more (at 27B, the artifact's 7 GB once rather than three times).
-fn write_partial(tmp_dir: &Path, tmp_zip: &Path, files: &TextFiles, tensors: &[(String, Tensor)]) -> Result<()> {
-    let _ = std::fs::remove_dir_all(tmp_dir);
-    std::fs::create_dir_all(tmp_dir).map_err(io_err(tmp_dir))?;
-    for (name, data) in files {
-        let p = tmp_dir.join(name);
-        std::fs::write(&p, data).map_err(io_err(&p))?;
-    }
-    write_safetensors(tensors, &tmp_dir.join(WEIGHTS))?;
-    zip_dir(tmp_dir, tmp_zip)
 }
 
 /// Zips the artifact directory `dir` into `zip_path` deterministically: its files in name
@@ -273,8 +270,7 @@ pub fn zip_dir(dir: &Path, zip_path: &Path) -> Result<()> {
     entries.push((WEIGHTS, Body::StoredFile(&weights)));
     let out = std::fs::File::create(zip_path).map_err(io_err(zip_path))?;
     let out = write_zip(std::io::BufWriter::with_capacity(1 << 20, out), &entries)?;
-    let file = out.into_inner().map_err(|e| io_err(zip_path)(e.into_error()))?;
-    file.sync_all().map_err(io_err(zip_path))
+    out.into_inner().map(drop).map_err(|e| io_err(zip_path)(e.into_error()))
 }
 
 fn hex(bytes: &[u8]) -> String {

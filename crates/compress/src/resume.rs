@@ -88,15 +88,7 @@ impl ResumeState {
 
     /// Saves tensors whole (a kill mid-write leaves no file under the name).
     pub fn save_tensors(&self, name: &str, tensors: &[(String, Tensor)]) -> Result<()> {
-        let path = self.dir.join(name);
-        let tmp = autoqat_workspace::atomic::tmp_path(&path);
-        let cpu: Vec<(String, Tensor)> =
-            tensors.iter().map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
-        if let Err(e) = Tensor::write_safetensors(&cpu, &tmp) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+        Ok(autoqat_model::load::write_safetensors(tensors, &self.dir.join(name))?)
     }
 
     /// Removes the state: the run finished.

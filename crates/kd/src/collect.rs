@@ -105,7 +105,10 @@ fn open_index(opts: &CollectOptions, teacher: &str, tok_hash: &str) -> Result<Tr
     for entry in std::fs::read_dir(&opts.out).map_err(io_err(&opts.out))? {
         let entry = entry.map_err(io_err(&opts.out))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let stale = name.ends_with(".partial") || (name.starts_with("shard-") && !listed.contains(&name));
+        // `.tmp`: a shard being written when the collector died (`.partial` from older versions).
+        let stale = name.ends_with(".tmp")
+            || name.ends_with(".partial")
+            || (name.starts_with("shard-") && !listed.contains(&name));
         if stale {
             std::fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
         }

@@ -203,22 +203,30 @@ impl View for &LazyHost<'_> {
 }
 
 /// Writes named tensors as a safetensors file with the `{"format": "pt"}` metadata transformers
-/// expects. The file is streamed (one tensor on the host at a time) under a temporary name and
-/// renamed when complete, so a failure leaves no file that looks finished.
+/// expects, streamed (one tensor on the host at a time) and atomically (`atomic::replace_with`),
+/// so a failure leaves no file that looks finished.
 pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     let failed = RefCell::new(None);
     let views =
         tensors.iter().map(|(n, t)| Ok((n.as_str(), LazyHost::new(t, &failed)?))).collect::<Result<Vec<_>>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), Some(meta), path).map_err(|e| match e {
-        safetensors::SafeTensorError::IoError(err) => ModelError::Io { path: path.to_path_buf(), err },
-        other => ModelError::Unsupported(format!("serializing tensors to {}: {other}", path.display())),
-    })?;
-    if let Some(msg) = failed.take() {
-        let _ = std::fs::remove_file(path);
-        return Err(ModelError::Unsupported(format!("copying a tensor for {}: {msg}", path.display())));
-    }
-    Ok(())
+    let io = |p: &Path, err| ModelError::Io { path: p.to_path_buf(), err };
+    autoqat_workspace::atomic::replace_with(
+        path,
+        |tmp| {
+            safetensors::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), Some(meta), tmp).map_err(
+                |e| match e {
+                    safetensors::SafeTensorError::IoError(err) => io(tmp, err),
+                    other => ModelError::Unsupported(format!("serializing tensors to {}: {other}", path.display())),
+                },
+            )?;
+            match failed.take() {
+                Some(msg) => Err(ModelError::Unsupported(format!("copying a tensor for {}: {msg}", path.display()))),
+                None => Ok(()),
+            }
+        },
+        io,
+    )
 }
 
 /// Saves `vs` as `model.safetensors` and `cfg` as `config.json` in `dir` (created if needed),

@@ -273,9 +273,7 @@ impl Offload {
             }
             self.layers[layer].iter().zip(&state.vars[layer]).map(|(v, var)| (v.name.clone(), var.detach())).collect()
         };
-        let tmp = path.with_extension("tmp");
-        crate::load::write_safetensors(&tensors, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|err| ModelError::Io { path: path.to_path_buf(), err })?;
+        crate::load::write_safetensors(&tensors, path)?;
         self.redirect(layer, path)
     }
 

@@ -257,7 +257,7 @@ impl Recipe {
 
     /// The recipe as TOML text (all keys, defaults written out).
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
+        toml::to_string(self).unwrap_or_else(|e| format!("# the recipe cannot be written as TOML: {e}"))
     }
 
     /// The checked quantizer program: `Some` when `quant.method = "expr"`.

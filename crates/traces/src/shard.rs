@@ -1,5 +1,5 @@
 //! One Parquet shard of trace rows, with the column names and types of docs/contracts.md#the-distillation-traces-track. A shard is
-//! written to `<name>.partial` and renamed once closed and synced, so a killed collector leaves
+//! written to `<name>.tmp` and renamed once closed and synced, so a killed collector leaves
 //! either a whole shard or none.
 
 use std::fs::File;
@@ -52,17 +52,19 @@ fn batch(rows: &[TraceRow]) -> std::result::Result<RecordBatch, arrow_schema::Ar
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.into_iter().map(|(_, a)| a).collect())
 }
 
-/// Writes `rows` as one shard at `path` (atomically: a sibling `.partial` file, synced, renamed).
+/// Writes `rows` as one shard at `path`, atomically (`atomic::replace_with`).
 pub fn write_shard(path: &Path, rows: &[TraceRow]) -> Result<()> {
-    let partial = path.with_extension("parquet.partial");
     let batch = batch(rows).map_err(|e| format_err(path, e))?;
-    let file = File::create(&partial).map_err(io_err(&partial))?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| format_err(&partial, e))?;
-    writer.write(&batch).map_err(|e| format_err(&partial, e))?;
-    let file = writer.into_inner().map_err(|e| format_err(&partial, e))?;
-    file.sync_all().map_err(io_err(&partial))?;
-    drop(file);
-    std::fs::rename(&partial, path).map_err(io_err(path))
+    autoqat_workspace::atomic::replace_with(
+        path,
+        |tmp| {
+            let file = File::create(tmp).map_err(io_err(tmp))?;
+            let mut writer = ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| format_err(tmp, e))?;
+            writer.write(&batch).map_err(|e| format_err(tmp, e))?;
+            writer.close().map_err(|e| format_err(tmp, e)).map(drop)
+        },
+        |p, e| io_err(p)(e),
+    )
 }
 
 /// Reads every row of the shard at `path`.

@@ -16,17 +16,68 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Replaces the file `path` with what `make` writes, atomically: `make` writes the temporary
+/// sibling (its argument), which is then synced and renamed over `path`. On any failure the
+/// temporary is removed, so a full disk leaves no torn file beside the intact old one. `io`
+/// turns a sync or rename error into the caller's error type. Every file autoqat must not leave
+/// half written goes through here, whatever writes its bytes (JSON, safetensors, Parquet).
+pub fn replace_with<T, E>(
+    path: &Path,
+    make: impl FnOnce(&Path) -> std::result::Result<T, E>,
+    io: impl Fn(&Path, std::io::Error) -> E,
+) -> std::result::Result<T, E> {
+    let tmp = tmp_path(path);
+    let made = make(&tmp).and_then(|v| {
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(&tmp, e))?;
+        Ok(v)
+    });
+    match made {
+        Ok(v) => {
+            std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Replaces the directory `path` with what `make` writes into a fresh temporary sibling
+/// directory (its argument). The old directory is renamed aside to `<name>.old`, the new one
+/// renamed in, then the old removed: a kill at any point leaves a whole directory under `path`
+/// or `<name>.old`, never a half-written one under `path`. On failure the temporary is removed.
+pub fn replace_dir_with<T, E>(
+    path: &Path,
+    make: impl FnOnce(&Path) -> std::result::Result<T, E>,
+    io: impl Fn(&Path, std::io::Error) -> E,
+) -> std::result::Result<T, E> {
+    let tmp = tmp_path(path);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    let v = match make(&tmp) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".old");
+    let old = path.with_file_name(name);
+    let _ = std::fs::remove_dir_all(&old);
+    if path.exists() {
+        std::fs::rename(path, &old).map_err(|e| io(path, e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(v)
+}
+
 /// Replaces `path` with `bytes` atomically (temporary file, fsync, rename).
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    let done = f.write_all(bytes).and_then(|()| f.sync_data());
-    if let Err(e) = done {
-        // A full disk must not leave a torn temporary beside the intact old file.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(WorkspaceError::io(&tmp, e));
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    let io = |p: &Path, e| WorkspaceError::io(p, e);
+    replace_with(path, |tmp| std::fs::write(tmp, bytes).map_err(|e| io(tmp, e)), io)
 }
 
 /// Replaces `path` with `value` as pretty JSON (one trailing newline), atomically.
@@ -48,6 +99,25 @@ pub fn append_row(path: &Path, header: &str, row: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_writer_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shard.parquet");
+        std::fs::write(&p, "old").unwrap();
+        let err = super::replace_with(
+            &p,
+            |tmp| {
+                std::fs::write(tmp, "half").unwrap();
+                Err::<(), String>("disk full".into())
+            },
+            |path, e| format!("{}: {e}", path.display()),
+        )
+        .unwrap_err();
+        assert_eq!(err, "disk full");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "old");
+        assert!(!super::tmp_path(&p).exists());
+    }
+
     #[test]
     fn replaces_whole_file_and_leaves_no_temporary() {
         let dir = tempfile::tempdir().unwrap();

@@ -45,29 +45,23 @@ pub fn saved_step(run: &Path) -> Option<u64> {
 /// Writes the checkpoint (into a temporary directory renamed over the old one, so a kill
 /// while saving leaves the previous checkpoint intact).
 pub fn save(run: &Path, vs: &nn::VarStore, opt: &AdamW, meta: &Meta) -> Result<()> {
-    let final_dir = dir(run);
-    let tmp = run.join("checkpoint.tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     let mut tensors: Vec<(String, Tensor)> =
         vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
     for p in &opt.params {
         tensors.push((format!("adam_m.{}", p.name), p.m.shallow_clone()));
         tensors.push((format!("adam_v.{}", p.name), p.v.shallow_clone()));
     }
-    let cpu: Vec<(String, Tensor)> =
-        tensors.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
-    Tensor::write_safetensors(&cpu, tmp.join("state.safetensors"))?;
-    let meta_path = tmp.join("meta.json");
-    std::fs::write(&meta_path, serde_json::to_string_pretty(meta).unwrap_or_default()).map_err(io_err(&meta_path))?;
-    let old = run.join("checkpoint.old");
-    let _ = std::fs::remove_dir_all(&old);
-    if final_dir.exists() {
-        std::fs::rename(&final_dir, &old).map_err(io_err(&final_dir))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    let meta_text = serde_json::to_string_pretty(meta)
+        .map_err(|e| QatError::Checkpoint(format!("cannot serialize the checkpoint's meta.json: {e}")))?;
+    autoqat_workspace::atomic::replace_dir_with(
+        &dir(run),
+        |tmp| {
+            autoqat_model::load::write_safetensors(&tensors, &tmp.join("state.safetensors"))?;
+            let meta_path = tmp.join("meta.json");
+            std::fs::write(&meta_path, meta_text).map_err(io_err(&meta_path))
+        },
+        |p, e| io_err(p)(e),
+    )
 }
 
 /// Restores variables and optimizer state; returns the scalars.

@@ -37,7 +37,11 @@ impl Reporter for Console {
         match event {
             Event::Note(line) if !self.json => println!("{line}"),
             Event::Note(_) => {}
-            Event::Finished(rec) if self.json => println!("{}", serde_json::to_string(rec).unwrap_or_default()),
+            // A record that cannot be printed says so on stderr rather than printing an empty line.
+            Event::Finished(rec) if self.json => match serde_json::to_string(rec) {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("cannot print experiment {} as JSON: {e}", rec.exp),
+            },
             Event::Finished(rec) => println!("{}", prompt::record_line(rec)),
         }
     }
