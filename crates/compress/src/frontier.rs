@@ -35,26 +35,23 @@ impl Point {
 
 /// Reads one run directory's `summary.json`; a missing or crashed one is a point with a flag.
 pub fn read_run(run: &Path) -> Point {
-    let path = run.join(autoqat_workspace::run::SUMMARY_FILE);
     let mut flags = Vec::new();
-    let summary = match std::fs::read_to_string(&path) {
-        Err(e) => {
-            flags.push(format!("no summary.json ({e})"));
+    let summary = match autoqat_workspace::run::read_summary_as::<Summary>(run) {
+        Ok(Some(s)) => Some(s),
+        Ok(None) => {
+            flags.push("no summary.json".into());
             None
         }
-        Ok(text) => match serde_json::from_str::<Summary>(&text) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                match v["error"].as_str() {
-                    Some(why) if v["status"] == "crash" => flags.push(format!("crashed: {why}")),
-                    _ => {
-                        flags.push(format!("summary.json is not one this autoqat writes ({e}; rerun autoqat compress)"))
-                    }
+        Err(e) => {
+            // A crash summary is a plain run summary: say why the run crashed.
+            match autoqat_workspace::run::read_summary(run) {
+                Ok(Some(s)) if s.is_crash() => {
+                    flags.push(format!("crashed: {}", s.error.as_deref().unwrap_or("no reason recorded")))
                 }
-                None
+                _ => flags.push(format!("summary.json is not one this autoqat writes ({e}; rerun autoqat compress)")),
             }
-        },
+            None
+        }
     };
     Point { run: run.to_path_buf(), summary, on_frontier: false, dominated_by: None, flags }
 }

@@ -616,8 +616,6 @@ fn to_half(vars: &HashMap<String, Tensor>, name: &str) -> Result<(String, Tensor
 /// Quantizes `w` in place, row by row to `row_kinds`, returning the packed tensors and the mix.
 fn apply(w: &mut Tensor, prefix: &str, row_kinds: &[RowKind]) -> Result<(Vec<(String, Tensor)>, MatrixMix)> {
     let size = w.size();
-    let host = w.detach().to_device(Device::Cpu).to_kind(Kind::Float);
-    let mut dense = Tensor::zeros([size[0], size[1]], (Kind::Float, Device::Cpu));
     let mut out = vec![(format!("{prefix}.row_kind"), Tensor::from_slice(&rows::pack_kinds(row_kinds)))];
     let mut mm = MatrixMix {
         name: prefix.to_string(),
@@ -625,18 +623,30 @@ fn apply(w: &mut Tensor, prefix: &str, row_kinds: &[RowKind]) -> Result<(Vec<(St
         rows: HashMap::new(),
         bits: 0,
         sq_err: 0.0,
-        sq_norm: host.square().sum(Kind::Double).double_value(&[]),
+        sq_norm: 0.0,
     };
-    for (kind, idx_t) in rows::kind_groups(row_kinds, Device::Cpu) {
-        let q = rows::quantize(&host.index_select(0, &idx_t), kind)?;
-        let _ = dense.index_copy_(0, &idx_t, &q.dequant);
-        out.push((format!("{prefix}.{}.codes", kind.name()), q.packed));
-        out.push((format!("{prefix}.{}.scales", kind.name()), q.scales));
-        let n = idx_t.size()[0] as usize;
-        mm.rows.insert(kind, n);
-        mm.bits += n as i64 * kind.row_bits(size[1]);
+    // Block by block: a 27B model's embedding is 1.3B weights, and whole-matrix temporaries
+    // (a dense copy, f32 codes, int64 digits) would need tens of GB. A block's rows are copied
+    // to the host before the same rows are overwritten with their dequantized values, so `w`
+    // is the only full copy.
+    for (kind, idx_t) in rows::kind_groups(row_kinds, w.device()) {
+        let n = idx_t.size()[0];
+        let (mut packed, mut scales) = (Vec::new(), Vec::new());
+        for (start, len) in rows::row_blocks(n, size[1]) {
+            let idx = idx_t.narrow(0, start, len);
+            let block = w.detach().index_select(0, &idx).to_device(Device::Cpu).to_kind(Kind::Float);
+            let q = rows::quantize(&block, kind)?;
+            mm.sq_err += (&block - &q.dequant).square().sum(Kind::Double).double_value(&[]);
+            mm.sq_norm += block.square().sum(Kind::Double).double_value(&[]);
+            packed.push(q.packed);
+            scales.push(q.scales);
+            let dq = q.dequant.to_device(w.device()).to_kind(w.kind());
+            let _ = tch::no_grad(|| w.f_index_copy_(0, &idx, &dq))?;
+        }
+        out.push((format!("{prefix}.{}.codes", kind.name()), Tensor::cat(&packed, 0)));
+        out.push((format!("{prefix}.{}.scales", kind.name()), Tensor::cat(&scales, 0)));
+        mm.rows.insert(kind, n as usize);
+        mm.bits += n * kind.row_bits(size[1]);
     }
-    mm.sq_err = (&host - &dense).square().sum(Kind::Double).double_value(&[]);
-    tch::no_grad(|| w.f_copy_(&dense))?;
     Ok((out, mm))
 }

@@ -79,16 +79,28 @@ fn gram<'a>(grams: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor>
     grams.get(key).ok_or_else(|| CompressError::Calibration(format!("no calibration statistics for {key}")))
 }
 
-/// The error of every row of `w` under every kind, weighted by `weighting`.
+/// The error of every row of `w` under every kind, weighted by `weighting`, a block of rows at
+/// a time (a 27B model's embedding is 1.3B weights; its temporaries must not be).
 fn score_matrix(w: &Tensor, kinds: &[RowKind], weighting: &Weighting) -> Result<MatrixScores> {
-    let errors = kinds
-        .iter()
-        .map(|&k| {
-            let (codes, scale) = rows::quantize_codes(w, k);
-            row_errors(w, &rows::dequantize(&codes, &scale, k), weighting)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(MatrixScores { in_dim: w.size()[1], errors })
+    score_blocks(w, kinds, weighting, rows::row_blocks(w.size()[0], w.size()[1]))
+}
+
+fn score_blocks(
+    w: &Tensor,
+    kinds: &[RowKind],
+    weighting: &Weighting,
+    blocks: impl Iterator<Item = (i64, i64)>,
+) -> Result<MatrixScores> {
+    let (n_rows, n_in) = (w.size()[0], w.size()[1]);
+    let mut errors = vec![Vec::with_capacity(n_rows as usize); kinds.len()];
+    for (start, len) in blocks {
+        let block = w.narrow(0, start, len);
+        for (e, &k) in errors.iter_mut().zip(kinds) {
+            let (codes, scale) = rows::quantize_codes(&block, k);
+            e.extend(row_errors(&block, &rows::dequantize(&codes, &scale, k), weighting, start)?);
+        }
+    }
+    Ok(MatrixScores { in_dim: n_in, errors })
 }
 
 /// What scoring reads.
@@ -308,6 +320,39 @@ pub(crate) fn stream_fisher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scores_by_blocks_of_rows_equal_the_whole_matrix_for_every_weighting() {
+        tch::manual_seed(3);
+        let w = Tensor::randn([37, 300], (Kind::Float, Device::Cpu));
+        let h = {
+            let x = Tensor::randn([64, 300], (Kind::Float, Device::Cpu));
+            x.transpose(0, 1).matmul(&x)
+        };
+        let counts = Tensor::randint(9, [37], (Kind::Int64, Device::Cpu));
+        let f = Tensor::rand([37, 300], (Kind::Float, Device::Cpu));
+        let kinds = [RowKind::Binary, RowKind::Ternary, RowKind::Q4];
+        for weighting in [
+            Weighting::None,
+            Weighting::Gram(&h),
+            Weighting::Embedding { counts: &counts, head: Some(&h) },
+            Weighting::Fisher(&f),
+        ] {
+            let whole = score_blocks(&w, &kinds, &weighting, std::iter::once((0, 37))).unwrap();
+            // Blocks of 3 rows (1000 weights / 300 per row), the last one short.
+            let blocks: Vec<_> = rows::row_blocks_of(37, 300, 1000).collect();
+            assert_eq!((blocks.len(), blocks[12]), (13, (36, 1)));
+            let blocked = score_blocks(&w, &kinds, &weighting, blocks.into_iter()).unwrap();
+            // The Gram product is an f32 matmul, which BLAS may sum in another order for another
+            // shape: equal to f32 precision. A row read at the wrong offset would be off by O(1).
+            for (a, b) in whole.errors.iter().zip(&blocked.errors) {
+                assert_eq!(a.len(), 37);
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{weighting:?}: {x} vs {y}");
+                }
+            }
+        }
+    }
 
     fn config(extra: &str) -> ModelConfig {
         ModelConfig::from_json_str(&format!(

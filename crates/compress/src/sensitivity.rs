@@ -60,21 +60,24 @@ pub enum Weighting<'a> {
     Fisher(&'a Tensor),
 }
 
-/// The sensitivity of each row of `w` `[rows, in]` when replaced by `q` (same shape).
-pub fn row_errors(w: &Tensor, q: &Tensor, weighting: &Weighting) -> Result<Vec<f64>> {
+/// The sensitivity of each row of `w` `[rows, in]` when replaced by `q` (same shape). `w` may be
+/// a block of a larger matrix starting at row `first_row`: per-row weightings (token counts,
+/// the Fisher diagonal) are read at those rows.
+pub fn row_errors(w: &Tensor, q: &Tensor, weighting: &Weighting, first_row: i64) -> Result<Vec<f64>> {
     let d = (w.to_kind(Kind::Float) - q).to_kind(Kind::Float);
+    let rows = |t: &Tensor| t.narrow(0, first_row, d.size()[0]);
     let sq = |t: &Tensor| t.pow_tensor_scalar(2).sum_dim_intlist(-1, false, Kind::Double);
     let err = match weighting {
         Weighting::None => sq(&d),
         Weighting::Gram(h) => (d.matmul(h) * &d).sum_dim_intlist(-1, false, Kind::Double),
         Weighting::Embedding { counts, head } => {
-            let lookup = sq(&d) * counts.to_kind(Kind::Double);
+            let lookup = sq(&d) * rows(counts).to_kind(Kind::Double);
             match head {
                 Some(h) => lookup + (d.matmul(h) * &d).sum_dim_intlist(-1, false, Kind::Double),
                 None => lookup,
             }
         }
-        Weighting::Fisher(f) => (d.pow_tensor_scalar(2) * *f).sum_dim_intlist(-1, false, Kind::Double),
+        Weighting::Fisher(f) => (d.pow_tensor_scalar(2) * rows(f)).sum_dim_intlist(-1, false, Kind::Double),
     };
     Ok(Vec::<f64>::try_from(&err.to_device(tch::Device::Cpu))?)
 }

@@ -284,6 +284,12 @@ pub fn write_summary(dir: &Path, s: &Summary) -> Result<()> {
 /// Reads `dir/summary.json`; `Ok(None)` when there is none. NaN and infinities are not JSON
 /// but some trials write them: they read as missing values, so such a trial has no metric.
 pub fn read_summary(dir: &Path) -> Result<Option<Summary>> {
+    read_summary_as(dir)
+}
+
+/// Reads `dir/summary.json` as `T` (a track's summary that embeds [`Summary`]), with the same
+/// rule for NaN and infinities as [`read_summary`].
+pub fn read_summary_as<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Option<T>> {
     let path = dir.join(SUMMARY_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
