@@ -173,17 +173,23 @@ max_docs = 8
           f"artifact {size / 1e9:.3f} GB ({size * 8 / params:.4f} bits/param), q4 share {s.get('q4_share')}")
     print("stages (s):", json.dumps({k: round(v, 1) for k, v in s["stages"].items()}))
 
-    # Extrapolation: embedding and head are fixed, the decoder grows with depth.
+    # Extrapolation: embedding and head are fixed, the decoder grows with depth. The bits each
+    # part got come from the manifest (the allocation's per-matrix record).
+    with open(os.path.join(run, "manifest.json")) as f:
+        mats = json.load(f)["matrices"]
+    fixed_bits = sum(m["bits"] for m in mats if ".layers." not in m["name"])
+    layer_bits = sum(m["bits"] for m in mats if ".layers." in m["name"])
     embed = 2 * TEXT["vocab_size"] * TEXT["hidden_size"]
     per_layer_params = (params - embed - TEXT["hidden_size"]) / a.layers
     full_params = embed + TEXT["hidden_size"] + LAYERS_27B * per_layer_params
-    density = size * 8 / params  # the allocation fills the budget at any depth
-    full_bytes = full_params * density / 8
+    full_bytes = (fixed_bits + layer_bits * LAYERS_27B / a.layers) / 8
     budget = math.ceil(27e9 * 2.2125) / 8
+    grows = sum(v for k, v in s["stages"].items() if k != "load_s")
     print(f"extrapolated to {LAYERS_27B} layers: {full_params / 1e9:.2f}B parameters, artifact about "
-          f"{full_bytes / 1e9:.2f} GB at this run's {density:.4f} bits/param, against the reference "
-          f"budget of {budget / 1e9:.2f} GB; compress time about {wall / a.layers * LAYERS_27B / 3600:.1f} h "
-          f"if every stage grew with depth (an upper bound: loading and the embedding do not)")
+          f"{full_bytes / 1e9:.2f} GB (embedding and head {fixed_bits / embed:.3f} bits/weight, decoder "
+          f"{layer_bits / (per_layer_params * a.layers):.3f}), against the reference budget of {budget / 1e9:.2f} GB; "
+          f"compress time at most about {(s['stages']['load_s'] + grows * LAYERS_27B / a.layers) / 3600:.1f} h "
+          f"(every stage but loading taken to grow linearly with depth)")
 
     out = subprocess.run([sys.executable, "-c", LOAD, os.path.join(run, "artifact")], capture_output=True, text=True)
     if out.returncode != 0:
