@@ -31,6 +31,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python"))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from loader_memory import LOAD  # noqa: E402  (the validator-style load, measured in its own process)
 
 LAYERS_27B = 64
 TEXT = dict(hidden_size=5120, intermediate_size=17408, num_attention_heads=24, num_key_value_heads=4, head_dim=256,
@@ -102,20 +104,6 @@ def make_checkpoint(out, layers, text):
     return sum(p.numel() for p in model.parameters())
 
 
-LOAD = r"""
-import json, resource, sys, torch, transformers
-from transformers import AutoModelForCausalLM
-def rss():
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) * 1024
-transformers.AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True, local_files_only=True)
-base = rss()
-m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True, local_files_only=True,
-                                         low_cpu_mem_usage=True, torch_dtype=torch.float16)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"peak_above_runtime": peak - base, "dense": sum(p.numel() * p.element_size() for p in m.parameters()),
-                  "params": sum(p.numel() for p in m.parameters()), "dtype": str(next(m.parameters()).dtype)}))
-"""
 
 
 def main():
@@ -191,13 +179,15 @@ max_docs = 8
           f"compress time at most about {(s['stages']['load_s'] + grows * LAYERS_27B / a.layers) / 3600:.1f} h "
           f"(every stage but loading taken to grow linearly with depth)")
 
-    out = subprocess.run([sys.executable, "-c", LOAD, os.path.join(run, "artifact")], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", LOAD, os.path.join(run, "artifact"), "float16"], capture_output=True,
+                         text=True)
     if out.returncode != 0:
         sys.exit(f"the transformers reader failed:\n{out.stderr[-4000:]}")
     r = json.loads(out.stdout)
-    print(f"transformers reader, float16 on the CPU: peak RSS above the runtime {r['peak_above_runtime'] / 2**30:.2f} "
-          f"GiB for a dense model of {r['dense'] / 2**30:.2f} GiB ({r['params'] / 1e9:.3f}B parameters, {r['dtype']}), "
-          f"ratio {r['peak_above_runtime'] / r['dense']:.2f}")
+    above = r["peak"] - r["base"]
+    print(f"transformers reader, float16 on the CPU: peak RSS above the runtime {above / 2**30:.2f} GiB for a dense "
+          f"model of {r['dense'] / 2**30:.2f} GiB, ratio {above / r['dense']:.2f} (largest matrix in f32 "
+          f"{r['biggest_f32'] / 2**30:.2f} GiB)")
 
 
 if __name__ == "__main__":
