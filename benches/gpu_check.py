@@ -29,6 +29,8 @@ import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python"))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from qat_vs_pytorch import trial_recipe  # noqa: E402
 
 TINY = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=512, tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=10000.0)
@@ -39,34 +41,6 @@ TINY_QWEN3_5 = dict(TINY, num_hidden_layers=4, head_dim=32, linear_num_key_heads
 # to summation order; a trial's 30 optimizer steps let that order drift a little further.
 EVAL_RTOL, TRIAL_RTOL, BF16_RTOL = 1e-3, 1e-2, 1e-2
 
-TRIAL_RECIPE = """
-[model]
-source = "{model}"
-[data]
-train_text = "{text}"
-eval_text = "{text}"
-seq_len = 128
-eval_ctx = 128
-eval_stride = 128
-eval_max_tokens = 4096
-[budget]
-steps = {steps}
-eval_every = {steps}
-checkpoint_every = 0
-[quant]
-method = "ternary_absmean"
-granularity = "per_row"
-[optim]
-lr = 2e-3
-batch_size = 8
-grad_clip = 1.0
-seed = 7
-[distill]
-enabled = false
-[runtime]
-device = "{device}"
-precision = "{precision}"
-"""
 
 
 class Check:
@@ -158,8 +132,8 @@ class Check:
         os.makedirs(work, exist_ok=True)
         cfg = os.path.join(work, "recipe.toml")
         with open(cfg, "w") as f:
-            f.write(TRIAL_RECIPE.format(model=self.model_dirs["llama"], text=self.small_text, steps=steps,
-                                        device=device, precision=precision))
+            f.write(trial_recipe(self.model_dirs["llama"], self.small_text, batch=8, seq=128, steps=steps,
+                                 device=device, precision=precision, lr=2e-3, eval_tokens=4096))
         run_dir = os.path.join(work, "run")
         self.run([self.bin, "trial", "--config", cfg, "--run-dir", run_dir], f"trial-{tag}.log")
         with open(os.path.join(run_dir, "summary.json")) as f:

@@ -104,8 +104,10 @@ def pytorch_side(model_dir, text_path, batch, seq, steps, out_json, device):
     json.dump(out, open(out_json, "w"))
 
 
-def autoqat_side(binary, model_dir, text_path, batch, seq, steps, work, device):
-    recipe = f"""
+def trial_recipe(model_dir, text_path, batch, seq, steps, device, precision="fp32", lr=1e-4, eval_tokens=None):
+    """The benches' QAT recipe: ternary absmean per row in attention and MLP, lambda = 1, AdamW at
+    a constant `lr`, grad clip 1.0, one eval at the end (`scripts/gpu-check` runs it too)."""
+    return f"""
 [model]
 source = "{model_dir}"
 [data]
@@ -114,7 +116,7 @@ eval_text = "{text_path}"
 seq_len = {seq}
 eval_ctx = {seq}
 eval_stride = {seq}
-eval_max_tokens = {seq * 2}
+eval_max_tokens = {eval_tokens or seq * 2}
 [budget]
 steps = {steps}
 eval_every = {steps}
@@ -125,7 +127,7 @@ granularity = "per_row"
 [ste]
 lambda_schedule = "constant"
 [optim]
-lr = 1e-4
+lr = {lr}
 lr_schedule = "constant"
 lr_warmup_frac = 0.0
 batch_size = {batch}
@@ -134,8 +136,12 @@ grad_clip = 1.0
 enabled = false
 [runtime]
 device = "{device}"
-precision = "fp32"
+precision = "{precision}"
 """
+
+
+def autoqat_side(binary, model_dir, text_path, batch, seq, steps, work, device):
+    recipe = trial_recipe(model_dir, text_path, batch, seq, steps, device)
     path = os.path.join(work, "bench.toml")
     open(path, "w").write(recipe)
     run = os.path.join(work, "run")
