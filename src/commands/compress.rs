@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
-use autoqat_compress::pipeline::write_json;
 use autoqat_compress::{compress, CompressRecipe, Summary};
 
 use crate::cli::CompressArgs;
@@ -48,19 +47,10 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
         }
         verify(&recipe, s).map(Some).map_err(|e| autoqat_compress::CompressError::Verify(one_line(&e)))
     };
-    let result = compress(&recipe, &run_dir, args.resume, &mut log, &mut check).map_err(anyhow::Error::from);
-    let summary = match result {
-        Ok(s) => s,
-        Err(err) => {
-            // The loop reads the failure from summary.json like a crashed trial's.
-            if std::fs::create_dir_all(&run_dir).is_ok() {
-                let crash = serde_json::json!({"status": "crash", "eval_ppl": null, "error": one_line(&err)});
-                let _ = write_json(&summary_path, &crash);
-            }
-            return Err(err).with_context(|| format!("compress failed (run dir {})", run_dir.display()));
-        }
-    };
-    write_json(&summary_path, &summary)?;
+    // The pipeline writes summary.json either way (a crash summary on failure).
+    let summary = compress(&recipe, &run_dir, args.resume, &mut log, &mut check)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("compress failed (run dir {})", run_dir.display()))?;
     if json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {

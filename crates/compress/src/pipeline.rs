@@ -226,8 +226,41 @@ pub type Verify<'a> = &'a mut dyn FnMut(&Summary) -> Result<Option<f64>>;
 /// saved (the full-precision score, the teacher, the allocation, each distilled block, the
 /// fine-tune's last checkpoint); the saved state is dropped only once the artifact verified, so
 /// a run killed while verifying resumes and verifies again.
+///
+/// Either way `run_dir/summary.json` says how it ended: this summary, or a crash summary with
+/// the error (the research loop reads a failed compression as it reads a crashed trial).
 pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log, verify: Verify) -> Result<Summary> {
     let start = Instant::now();
+    let result = run_stages(recipe, run_dir, resume, log, verify, start);
+    match &result {
+        Ok(summary) => write_json(&run_dir.join(run::SUMMARY_FILE), summary)?,
+        Err(e) => {
+            let crash = autoqat_workspace::Summary {
+                status: "crash".into(),
+                error: Some(e.to_string()),
+                device: recipe.model.device.clone(),
+                time_s: start.elapsed().as_secs_f64(),
+                peak_mem_mb: autoqat_qat::train::outputs::peak_rss_mb(),
+                ..autoqat_workspace::Summary::default()
+            };
+            // The error is what the caller must see; a crash summary that cannot be written
+            // (no run directory) must not replace it.
+            if std::fs::create_dir_all(run_dir).is_ok() {
+                let _ = run::write_summary(run_dir, &crash);
+            }
+        }
+    }
+    result
+}
+
+fn run_stages(
+    recipe: &CompressRecipe,
+    run_dir: &Path,
+    resume: bool,
+    log: Log,
+    verify: Verify,
+    start: Instant,
+) -> Result<Summary> {
     let mut st = StageTimes::default();
     std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
     let state = ResumeState::open(run_dir, recipe, resume)?;
