@@ -239,11 +239,13 @@ pub fn write(dir: &Path, zip_path: &Path, files: &TextFiles, tensors: &[(String,
                         std::fs::write(&p, data).map_err(io_err(&p))?;
                     }
                     write_safetensors(tensors, &tmp_dir.join(WEIGHTS))?;
-                    zip_dir(tmp_dir, tmp_zip)
+                    zip_dir(tmp_dir, tmp_zip)?;
+                    // Hashed before the directory goes in, so nothing after that can fail
+                    // but the zip's own sync and rename.
+                    sha256_file(tmp_zip)
                 },
                 io,
-            )?;
-            sha256_file(tmp_zip)
+            )
         },
         io,
     )?;
@@ -277,21 +279,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// SHA-256 (hex) and size of a file, read through a buffer.
+/// SHA-256 (hex) and size of a file, streamed through the hasher.
 pub fn sha256_file(path: &Path) -> Result<(String, i64)> {
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0i64;
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as i64;
-    }
-    Ok((hex(&hasher.finalize()), len))
+    let len = std::io::copy(&mut f, &mut hasher).map_err(io_err(path))?;
+    Ok((hex(&hasher.finalize()), len as i64))
 }
 
 /// True when `path` is an autoqat artifact: a zip, or a directory whose config has an
