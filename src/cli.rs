@@ -143,6 +143,9 @@ pub struct CompressArgs {
     /// Only validate the recipe and exit.
     #[arg(long)]
     pub check: bool,
+    /// Print the recipe schema (keys, types, ranges, defaults, search ladders) as JSON and exit.
+    #[arg(long)]
+    pub schema: bool,
     /// Continue a killed run in --run-dir from what it saved (same recipe only).
     #[arg(long, requires = "run_dir")]
     pub resume: bool,

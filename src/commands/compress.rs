@@ -19,6 +19,10 @@ const VERIFY_REL_TOL: f64 = 1e-5;
 
 /// Runs `autoqat compress`.
 pub fn run(args: CompressArgs) -> anyhow::Result<()> {
+    if args.schema {
+        println!("{}", serde_json::to_string_pretty(&autoqat_compress::recipe::schema().to_json())?);
+        return Ok(());
+    }
     let recipe = CompressRecipe::from_file(&args.config)?;
     if args.check {
         println!(

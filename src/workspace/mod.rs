@@ -94,6 +94,32 @@ impl Default for TinySizes {
     }
 }
 
+/// The `[[validator.fields]]` blocks of a schema's searchable keys, so a workspace's search
+/// space is the schema's and is declared once.
+fn search_space(schema: &autoqat_recipe::Schema) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for f in schema.searchable() {
+        let choices: Vec<toml::Value> =
+            f.choices.iter().map(toml::Value::try_from).collect::<Result<_, _>>().context("a schema ladder")?;
+        out.push_str(&format!(
+            "\n[[validator.fields]]\nkey = {}\nchoices = {}\ndoc = {}\n",
+            toml::Value::String(f.key.clone()),
+            toml::Value::Array(choices),
+            toml::Value::String(f.doc.clone())
+        ));
+        if let Some(c) = &f.active_when {
+            let values: Vec<toml::Value> =
+                c.values.iter().map(toml::Value::try_from).collect::<Result<_, _>>().context("a schema condition")?;
+            out.push_str(&format!(
+                "active_when = {{ key = {}, values = {} }}\n",
+                toml::Value::String(c.key.clone()),
+                toml::Value::Array(values)
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// The files of a template: (path relative to the workspace, contents).
 pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let mut out = vec![(PathBuf::from(".gitignore"), GITIGNORE.to_string())];
@@ -105,7 +131,9 @@ pub fn files(template: Template, tiny: TinySizes) -> anyhow::Result<Vec<(PathBuf
                 if template == Template::QwenBinary { ("binary", "1.3125") } else { ("ternary", "2.2125") };
             recipe = PathBuf::from("experiments/compress.toml");
             let program = COMPRESS_PROGRAM.replace("{{track}}", track).replace("{{bpp}}", bpp);
-            let mut settings = COMPRESS_SETTINGS.replace("{{tag}}", &format!("qwen-{track}"));
+            let mut settings = COMPRESS_SETTINGS
+                .replace("{{tag}}", &format!("qwen-{track}"))
+                .replace("{{search_space}}", &search_space(&autoqat_compress::recipe::schema())?);
             let (model, doc_tokens) = match template {
                 Template::TinyCompress => ("teacher".to_string(), tiny.seq_len.to_string()),
                 _ => (QWEN_MODEL.to_string(), "512".to_string()),

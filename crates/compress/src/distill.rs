@@ -19,39 +19,7 @@ use crate::error::{CompressError, Result};
 use crate::resume::ResumeState;
 use crate::rows::{self, RowKind};
 
-/// `[distill]` of the recipe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DistillSection {
-    /// Run the stage.
-    #[serde(default)]
-    pub enabled: bool,
-    /// Optimizer steps per block.
-    #[serde(default = "default_steps")]
-    pub steps: usize,
-    /// AdamW learning rate of the latents.
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    /// Calibration sequences per step.
-    #[serde(default = "default_batch")]
-    pub batch: i64,
-}
-
-fn default_steps() -> usize {
-    20
-}
-fn default_lr() -> f64 {
-    1e-4
-}
-fn default_batch() -> i64 {
-    4
-}
-
-impl Default for DistillSection {
-    fn default() -> Self {
-        Self { enabled: false, steps: default_steps(), lr: default_lr(), batch: default_batch() }
-    }
-}
+use crate::recipe::DistillSection;
 
 /// What the stage did to one block.
 #[derive(Debug, Clone, Serialize, Deserialize)]

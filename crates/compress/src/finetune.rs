@@ -27,123 +27,12 @@ use crate::distill::{with_quantized, Matrix};
 use crate::error::{CompressError, Result};
 use crate::rows::RowKind;
 
+use crate::recipe::FinetuneSection;
+
 /// Sequences per teacher forward pass (the logits of a pass are `batch x seq x vocab` f32).
 const TEACHER_BATCH: i64 = 2;
 /// The learning rate decays to this fraction of `lr` by the last step.
 const MIN_LR_FRAC: f64 = 0.1;
-
-/// `[finetune]` of the recipe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FinetuneSection {
-    /// Run the stage.
-    #[serde(default)]
-    pub enabled: bool,
-    /// Optimizer steps over the whole model.
-    #[serde(default = "default_steps")]
-    pub steps: usize,
-    /// Peak AdamW learning rate of the latents (cosine to a tenth after `warmup` steps).
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    /// Linear warmup steps.
-    #[serde(default = "default_warmup")]
-    pub warmup: usize,
-    /// Calibration sequences per step.
-    #[serde(default = "default_batch")]
-    pub batch: i64,
-    /// Teacher alternatives kept per position (the rest is one "Other" bucket).
-    #[serde(default = "default_top_k")]
-    pub top_k: i64,
-    /// Softmax temperature of the KL term (scaled by its square).
-    #[serde(default = "default_temperature")]
-    pub temperature: f64,
-    /// Weight of the Top-K + Other KL to the teacher.
-    #[serde(default = "default_kl_weight")]
-    pub kl_weight: f64,
-    /// Weight of the cross entropy on the calibration text's next token.
-    #[serde(default)]
-    pub ce_weight: f64,
-    /// Global gradient-norm clip (0 = none).
-    #[serde(default = "default_clip")]
-    pub clip: f64,
-    /// Save a resumable checkpoint every this many steps (0 = never).
-    #[serde(default = "default_checkpoint_every")]
-    pub checkpoint_every: usize,
-}
-
-fn default_steps() -> usize {
-    50
-}
-fn default_lr() -> f64 {
-    5e-5
-}
-fn default_warmup() -> usize {
-    5
-}
-fn default_batch() -> i64 {
-    2
-}
-fn default_top_k() -> i64 {
-    32
-}
-fn default_temperature() -> f64 {
-    1.0
-}
-fn default_kl_weight() -> f64 {
-    1.0
-}
-fn default_clip() -> f64 {
-    1.0
-}
-fn default_checkpoint_every() -> usize {
-    25
-}
-
-impl Default for FinetuneSection {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            steps: default_steps(),
-            lr: default_lr(),
-            warmup: default_warmup(),
-            batch: default_batch(),
-            top_k: default_top_k(),
-            temperature: default_temperature(),
-            kl_weight: default_kl_weight(),
-            ce_weight: 0.0,
-            clip: default_clip(),
-            checkpoint_every: default_checkpoint_every(),
-        }
-    }
-}
-
-impl FinetuneSection {
-    /// The first out-of-range key, as one line.
-    pub fn check(&self) -> std::result::Result<(), String> {
-        if !(self.lr > 0.0 && self.lr <= 1.0) {
-            return Err(format!("finetune.lr = {} is out of range (0..1]", self.lr));
-        }
-        if !(1..=4096).contains(&self.batch) || self.steps > 1_000_000 {
-            return Err("finetune.batch must be 1..4096 and finetune.steps at most 1000000".into());
-        }
-        if !(1..=1024).contains(&self.top_k) {
-            return Err(format!("finetune.top_k = {} is out of range (1..1024)", self.top_k));
-        }
-        if !(self.temperature > 0.0 && self.temperature <= 20.0) {
-            return Err(format!("finetune.temperature = {} is out of range (0..20]", self.temperature));
-        }
-        if self.kl_weight < 0.0 || self.ce_weight < 0.0 || self.kl_weight + self.ce_weight == 0.0 {
-            return Err(format!(
-                "finetune.kl_weight = {} and finetune.ce_weight = {} must be >= 0 and not both 0",
-                self.kl_weight, self.ce_weight
-            ));
-        }
-        if self.clip < 0.0 {
-            return Err(format!("finetune.clip = {} must be >= 0 (0 = no clipping)", self.clip));
-        }
-        Ok(())
-    }
-}
 
 /// What the stage did.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,36 +22,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-/// `[widen]` of the recipe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WidenSection {
-    /// MLP width multiplier (1 = off).
-    #[serde(default = "one")]
-    pub mlp_factor: f64,
-    /// Query heads per key/value group multiplier (1 = off); rounded to whole heads per group.
-    #[serde(default = "one")]
-    pub heads_factor: f64,
-    /// Half-width of the uniform noise `u` of a copy's share `(1 + u) / 2` of the down column.
-    #[serde(default = "default_noise")]
-    pub split_noise: f64,
-    /// Seed of that noise.
-    #[serde(default)]
-    pub seed: u64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-fn default_noise() -> f64 {
-    1.5
-}
-
-impl Default for WidenSection {
-    fn default() -> Self {
-        Self { mlp_factor: 1.0, heads_factor: 1.0, split_noise: default_noise(), seed: 0 }
-    }
-}
+use crate::recipe::WidenSection;
 
 impl WidenSection {
     /// The widened intermediate size for `intermediate`, or None when widening is off.

@@ -15,6 +15,7 @@
 //! the validated, default-filled table with `deny_unknown_fields`, and a unit test checks that
 //! the table and the structs name exactly the same keys, so the two cannot drift apart.
 
+mod markdown;
 mod spec;
 mod types;
 mod validate;
@@ -23,6 +24,10 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 pub use autoqat_expr::{LossExpr, QuantProgram, ScaleForm, ScheduleExpr};
+pub use spec::{
+    bool_field, enum_field, enum_field_for_humans, expr_field, field, float_field, int_field, list_field,
+    required_enum_field, required_string_field, string_field,
+};
 pub use types::*;
 
 /// Errors from reading a recipe.
@@ -75,6 +80,11 @@ pub enum FieldType {
         /// The names it may read (and, for programs, assign).
         names: String,
     },
+    /// A non-empty list of distinct values from a fixed set.
+    List {
+        /// The allowed values.
+        values: Vec<String>,
+    },
 }
 
 /// One leaf key of the recipe.
@@ -87,7 +97,7 @@ pub struct FieldSpec {
     /// Type and allowed values.
     #[serde(flatten)]
     pub ty: FieldType,
-    /// Value used when the key is absent.
+    /// Value used when the key is absent; null when the file must set the key.
     pub default: serde_json::Value,
     /// Values the built-in proposer may try (all enum values; a ladder for numbers).
     pub choices: Vec<serde_json::Value>,
@@ -150,6 +160,11 @@ impl Schema {
     pub fn field(&self, key: &str) -> Option<&FieldSpec> {
         self.fields.iter().find(|f| f.key == key)
     }
+
+    /// The keys a search may change: not locked, with values to try.
+    pub fn searchable(&self) -> impl Iterator<Item = &FieldSpec> {
+        self.fields.iter().filter(|f| !f.locked && !f.choices.is_empty())
+    }
 }
 
 /// A TOML error of `text` as one line (`line L, column C: message`): toml's own rendering
@@ -179,14 +194,21 @@ pub fn frac_steps(frac: f64, total: u64) -> u64 {
 
 /// Parses and validates a recipe.
 pub fn parse(text: &str) -> Result<Recipe, RecipeError> {
-    let table: toml::Table =
-        text.parse().map_err(|e: toml::de::Error| RecipeError::Invalid(toml_error_line(text, &e)))?;
-    let filled = validate::validate_and_fill(&table, &schema())?;
-    let recipe: Recipe = toml::Value::Table(filled)
-        .try_into()
-        .map_err(|e: toml::de::Error| RecipeError::Invalid(e.to_string().trim().to_string()))?;
+    let recipe: Recipe = parse_with(text, &schema())?;
     recipe.check_consistency()?;
     Ok(recipe)
+}
+
+/// Reads `text` as a TOML file described by `schema`: checks every key against it, fills in
+/// the defaults and deserializes the result. Every typed recipe goes through here, so an
+/// unknown key, a wrong type or an out-of-range value reads the same whichever file it is in.
+pub fn parse_with<T: serde::de::DeserializeOwned>(text: &str, schema: &Schema) -> Result<T, RecipeError> {
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| RecipeError::Invalid(toml_error_line(text, &e)))?;
+    let filled = validate::validate_and_fill(&table, schema)?;
+    toml::Value::Table(filled)
+        .try_into()
+        .map_err(|e: toml::de::Error| RecipeError::Invalid(e.to_string().trim().to_string()))
 }
 
 /// Reads, parses and validates a recipe file; relative data paths are resolved against the

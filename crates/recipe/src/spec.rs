@@ -1,19 +1,24 @@
 //! The schema table: every recipe key with its doc, type, range, default, proposer ladder and
 //! lock. Validation reads this table, so ranges live in exactly one place.
+//!
+//! The builders are public so that every other typed recipe (the compression track's
+//! `experiments/compress.toml`) declares its keys with the same machinery.
 
 use crate::{FieldSpec, FieldType};
 use serde_json::{json, Value};
 
-fn field(key: &str, doc: &str, ty: FieldType, default: Value, choices: Vec<Value>, locked: bool) -> FieldSpec {
+/// A field of any type.
+pub fn field(key: &str, doc: &str, ty: FieldType, default: Value, choices: Vec<Value>, locked: bool) -> FieldSpec {
     FieldSpec { key: key.into(), doc: doc.into(), ty, default, choices, locked, active_when: None }
 }
 
-fn enum_field(key: &str, doc: &str, values: &[&str], default: &str, locked: bool) -> FieldSpec {
+/// One of `values`, all of them open to proposers unless `locked`.
+pub fn enum_field(key: &str, doc: &str, values: &[&str], default: &str, locked: bool) -> FieldSpec {
     enum_field_for_humans(key, doc, values, &[], default, locked)
 }
 
 /// An enum whose `humans_only` values parse but are kept out of the proposer's `choices`.
-fn enum_field_for_humans(
+pub fn enum_field_for_humans(
     key: &str,
     doc: &str,
     values: &[&str],
@@ -26,28 +31,49 @@ fn enum_field_for_humans(
     field(key, doc, FieldType::Enum { values: vals }, json!(default), choices, locked)
 }
 
-fn int_field(key: &str, doc: &str, min: i64, max: i64, default: i64, ladder: &[i64], locked: bool) -> FieldSpec {
+/// An integer in `[min, max]` with a proposer ladder.
+pub fn int_field(key: &str, doc: &str, min: i64, max: i64, default: i64, ladder: &[i64], locked: bool) -> FieldSpec {
     let choices = ladder.iter().map(|v| json!(v)).collect();
     field(key, doc, FieldType::Int { min, max }, json!(default), choices, locked)
 }
 
-fn float_field(key: &str, doc: &str, min: f64, max: f64, default: f64, ladder: &[f64], locked: bool) -> FieldSpec {
+/// A float in `[min, max]` with a proposer ladder.
+pub fn float_field(key: &str, doc: &str, min: f64, max: f64, default: f64, ladder: &[f64], locked: bool) -> FieldSpec {
     let choices = ladder.iter().map(|v| json!(v)).collect();
     field(key, doc, FieldType::Float { min, max }, json!(default), choices, locked)
 }
 
-fn bool_field(key: &str, doc: &str, default: bool, locked: bool) -> FieldSpec {
+/// A flag; proposers may flip it unless `locked`.
+pub fn bool_field(key: &str, doc: &str, default: bool, locked: bool) -> FieldSpec {
     let choices = if locked { vec![] } else { vec![json!(false), json!(true)] };
     field(key, doc, FieldType::Bool, json!(default), choices, locked)
 }
 
 /// An expression key the proposer may change: free text checked by `autoqat-expr`.
-fn expr_field(key: &str, doc: &str, names: &str) -> FieldSpec {
+pub fn expr_field(key: &str, doc: &str, names: &str) -> FieldSpec {
     field(key, doc, FieldType::Expr { names: names.into() }, json!(""), vec![], false)
 }
 
-fn string_field(key: &str, doc: &str, default: &str) -> FieldSpec {
+/// Free text (a path or hub id); always locked.
+pub fn string_field(key: &str, doc: &str, default: &str) -> FieldSpec {
     field(key, doc, FieldType::String, json!(default), vec![], true)
+}
+
+/// A string the file must set (no default): a path or hub id.
+pub fn required_string_field(key: &str, doc: &str) -> FieldSpec {
+    field(key, doc, FieldType::String, Value::Null, vec![], true)
+}
+
+/// One of `values` that the file must set (no default); locked.
+pub fn required_enum_field(key: &str, doc: &str, values: &[&str]) -> FieldSpec {
+    let values = values.iter().map(|s| s.to_string()).collect();
+    field(key, doc, FieldType::Enum { values }, Value::Null, vec![], true)
+}
+
+/// A non-empty list of distinct `values` (order does not matter); locked.
+pub fn list_field(key: &str, doc: &str, values: &[&str], default: &[&str]) -> FieldSpec {
+    let vals = values.iter().map(|s| s.to_string()).collect();
+    field(key, doc, FieldType::List { values: vals }, json!(default), vec![], true)
 }
 
 fn loss_names() -> String {

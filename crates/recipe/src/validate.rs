@@ -78,6 +78,9 @@ pub(crate) fn allowed(ty: &FieldType) -> String {
         FieldType::Bool => "true or false".into(),
         FieldType::String => "a string".into(),
         FieldType::Expr { .. } => "an expression (a string)".into(),
+        FieldType::List { values } => {
+            format!("a non-empty list of {}", values.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", "))
+        }
     }
 }
 
@@ -136,11 +139,36 @@ fn check_value(spec: &FieldSpec, v: &Value) -> Result<Value, RecipeError> {
             Value::String(_) => Ok(v.clone()),
             _ => Err(wrong_type(spec, v)),
         },
+        FieldType::List { values } => {
+            let Value::Array(items) = v else { return Err(wrong_type(spec, v)) };
+            let mut seen: Vec<String> = Vec::new();
+            for item in items {
+                let Value::String(text) = item else { return Err(wrong_type(spec, v)) };
+                if !values.contains(text) {
+                    return Err(out_of_range(spec, v));
+                }
+                if !seen.contains(text) {
+                    seen.push(text.clone());
+                }
+            }
+            if seen.is_empty() {
+                return Err(out_of_range(spec, v));
+            }
+            Ok(Value::Array(seen.into_iter().map(Value::String).collect()))
+        }
     }
 }
 
 fn default_value(spec: &FieldSpec) -> Result<Value, RecipeError> {
     let d = &spec.default;
+    if d.is_null() {
+        return Err(RecipeError::Invalid(format!(
+            "`{}` is missing: set it to {} ({})",
+            spec.key,
+            allowed(&spec.ty),
+            spec.doc
+        )));
+    }
     let v = match (&spec.ty, d) {
         (FieldType::Float { .. }, serde_json::Value::Number(n)) => n.as_f64().map(Value::Float),
         (FieldType::Int { .. }, serde_json::Value::Number(n)) => n.as_i64().map(Value::Integer),
@@ -148,6 +176,11 @@ fn default_value(spec: &FieldSpec) -> Result<Value, RecipeError> {
         (FieldType::Enum { .. } | FieldType::String | FieldType::Expr { .. }, serde_json::Value::String(s)) => {
             Some(Value::String(s.clone()))
         }
+        (FieldType::List { .. }, serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(|s| Value::String(s.to_string())))
+            .collect::<Option<Vec<_>>>()
+            .map(Value::Array),
         _ => None,
     };
     v.ok_or_else(|| RecipeError::Invalid(format!("internal: bad default for `{}`", spec.key)))

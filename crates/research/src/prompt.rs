@@ -64,6 +64,7 @@ pub fn schema_text(schema: Option<&Schema>, compact: bool) -> String {
             FieldType::Bool => "bool".into(),
             FieldType::String => "string".into(),
             FieldType::Expr { names } => format!("expression; {names}"),
+            FieldType::List { values } => format!("non-empty list of {}", values.join(" | ")),
         };
         let lock = if f.locked { " LOCKED" } else { "" };
         out.push_str(&format!("- {} ({ty}; default {}){lock}: {}\n", f.key, f.default, f.doc));
