@@ -39,6 +39,9 @@ pub enum Command {
     Kd(KdCommand),
     /// Forward a large packed ternary model at A8 then A4 without holding it dense.
     Dryrun(DryrunArgs),
+    /// CPU decode speed of a model: prefill and greedy decode tokens/s, weight bytes and
+    /// memory, on the packed low-bit kernels or the dense libtorch reference.
+    BenchDecode(BenchDecodeArgs),
     /// Run the research loop until a stop condition.
     Run(RunArgs),
     /// Print results.tsv, or rebuild it from git alone.
@@ -120,6 +123,62 @@ pub struct EvalArgs {
     pub offload: bool,
     #[command(flatten)]
     pub json: JsonArg,
+}
+
+/// Arguments of `autoqat bench-decode`.
+#[derive(Debug, Args)]
+pub struct BenchDecodeArgs {
+    /// A Hugging Face checkpoint directory, a packed export of `autoqat trial` (it has a
+    /// quant.json), or a compression artifact of `autoqat compress` (directory or .zip).
+    pub model: String,
+    /// CPU threads, for the packed kernels and for libtorch alike.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// auto: the packed low-bit kernels when the model has packed weights; dense: the weights
+    /// dequantized to f32 and multiplied by libtorch (the reference).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub kernel: KernelChoice,
+    /// How the packed kernels take their inputs: f32 (exact) or int8 (per token for a student,
+    /// per 128-value block for an artifact). Default: what the model's own quantizer implies
+    /// (int8 for a student trained with 8-bit per-token activations, else f32).
+    #[arg(long, value_enum)]
+    pub acts: Option<ActsChoice>,
+    /// Prompt length in tokens (the text is repeated or cut to this length).
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Greedy decoding steps after the prompt (one token each, with the KV cache).
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// tokenizer.json (or a directory holding one) instead of the model's. Without any
+    /// tokenizer the prompt is fixed synthetic token ids.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// UTF-8 text whose tokens make the prompt (default: a fixed built-in paragraph).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// cpu (the packed kernels run on the CPU only; the dense path may use another device).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+/// `autoqat bench-decode --kernel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelChoice {
+    /// The packed kernels when the model has packed weights, else dense.
+    Auto,
+    /// Dequantized f32 weights through libtorch.
+    Dense,
+}
+
+/// `autoqat bench-decode --acts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActsChoice {
+    /// Exact f32 inputs.
+    F32,
+    /// int8 inputs with absmax scales.
+    Int8,
 }
 
 /// How `autoqat eval` cuts the text.

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod demo;
 mod exit;
+mod fmt;
 mod host_alloc;
 mod prepare;
 mod report;

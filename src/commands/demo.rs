@@ -200,13 +200,13 @@ fn pick_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn print_summary(s: &Summary, diff: &str) {
-    let ppl = |p: Option<f64>| p.map(report::markdown::fmt_ppl).unwrap_or_else(|| "-".into());
+    let ppl = crate::fmt::ppl_or_dash;
     println!();
     println!("autoqat demo finished in {:.1} s", s.total_s);
     for p in &s.phases {
         println!("  {:<14} {:>7.1} s", p.name, p.seconds);
     }
-    println!("fp teacher eval PPL:     {}", report::markdown::fmt_ppl(s.teacher_fp_ppl));
+    println!("fp teacher eval PPL:     {}", crate::fmt::ppl(s.teacher_fp_ppl));
     println!("ternary baseline PPL:    {}", ppl(s.baseline_ppl));
     println!("best recipe PPL:         {} (experiment {})", ppl(s.best_ppl), s.best_exp.as_deref().unwrap_or("-"));
     println!("workspace:   {}", s.workspace.display());

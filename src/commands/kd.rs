@@ -4,12 +4,12 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use autoqat_http::HttpSettings;
 use autoqat_kd::baseline::{run_baseline, TeacherBaseline};
 use autoqat_kd::collect::{collect, read_prompts, CollectOptions};
 use autoqat_kd::report::{report, weight_bytes, ReportInputs};
-use autoqat_kd::teacher::{LocalTeacher, OpenAiTeacher, Teacher, TeacherSpec};
+use autoqat_kd::teacher::{LocalTeacher, OpenAiSettings, OpenAiTeacher, Teacher, TeacherSpec};
 use autoqat_model::{parse_device, TextTokenizer};
-use autoqat_research::settings::ProviderSettings;
 
 use crate::cli::{KdBaselineArgs, KdCollectArgs, KdCommand, KdReportArgs, TeacherArgs};
 
@@ -27,14 +27,11 @@ fn open_teacher(a: &TeacherArgs) -> anyhow::Result<(Box<dyn Teacher>, Option<std
     let spec: TeacherSpec = a.teacher.parse().map_err(anyhow::Error::msg)?;
     match spec {
         TeacherSpec::OpenAi { model } => {
-            let settings = ProviderSettings {
-                kind: "openai".into(),
+            let settings = OpenAiSettings {
                 model,
                 base_url: a.base_url.clone(),
                 api_key_env: a.api_key_env.clone(),
-                timeout_s: a.timeout_s,
-                max_retries: a.max_retries,
-                ..ProviderSettings::default()
+                http: HttpSettings { timeout_s: a.timeout_s, max_retries: a.max_retries, ..HttpSettings::default() },
             };
             Ok((Box::new(OpenAiTeacher::new(&settings, a.min_interval_s)?), None))
         }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each exposes `run(args) -> anyhow::Result<()>`.
 
+pub mod bench_decode;
 pub mod compress;
 pub mod demo;
 pub mod doctor;
@@ -29,6 +30,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Frontier(a) => frontier::run(a),
         Command::Kd(c) => kd::run(c),
         Command::Dryrun(a) => dryrun::run(a),
+        Command::BenchDecode(a) => bench_decode::run(a),
         Command::Run(a) => run::run(a),
         Command::Results(a) => results::run(a),
         Command::Log(a) => log::run(a),

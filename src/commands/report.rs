@@ -6,7 +6,7 @@ use crate::report;
 /// Runs `autoqat report`.
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let w = report::generate(&args.workspace, args.tag.as_deref(), args.out.as_deref())?;
-    let ppl = |p: Option<f64>| p.map(report::markdown::fmt_ppl).unwrap_or_else(|| "-".into());
+    let ppl = crate::fmt::ppl_or_dash;
     println!("experiments: {}", w.experiments);
     println!("fp_ppl: {}", ppl(w.fp_ppl));
     println!("baseline_ppl: {}", ppl(w.baseline_ppl));

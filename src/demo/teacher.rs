@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use autoqat_model::{eval, load, tokenizer::TextTokenizer, ModelConfig, PlainBuilder};
-use autoqat_qat::quant::schedule::lr_factor;
-use autoqat_qat::train::optim::AdamW;
 use autoqat_recipe::LrSchedule;
+use autoqat_toolkit::optim::AdamW;
+use autoqat_toolkit::schedule::lr_factor;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 

@@ -57,16 +57,22 @@ fn overview(md: &mut String, s: &Summary<'_>) {
     let _ = writeln!(md, "- experiments: {} ({counts})", rows.len());
     let base = s.baseline.and_then(|i| rows[i].eval_ppl);
     if let Some(fp) = s.fp_ppl {
-        let _ = writeln!(md, "- full-precision teacher eval PPL: {}", fmt_ppl(fp));
+        let _ = writeln!(md, "- full-precision teacher eval PPL: {}", crate::fmt::ppl(fp));
     }
     if let Some(b) = base {
-        let _ = writeln!(md, "- baseline eval PPL: {}", fmt_ppl(b));
+        let _ = writeln!(md, "- baseline eval PPL: {}", crate::fmt::ppl(b));
     }
     if let Some(i) = s.best {
         let r = &rows[i];
         let p = r.eval_ppl.unwrap_or(f64::NAN);
         let gain = base.map(|b| format!(" ({:+.2}% vs baseline)", (p / b - 1.0) * 100.0)).unwrap_or_default();
-        let _ = writeln!(md, "- best eval PPL: {} in experiment {} `{}`{gain}", fmt_ppl(p), r.exp, short(&r.commit));
+        let _ = writeln!(
+            md,
+            "- best eval PPL: {} in experiment {} `{}`{gain}",
+            crate::fmt::ppl(p),
+            r.exp,
+            short(&r.commit)
+        );
         if let Some(bpb) = r.eval_bpb {
             let _ = writeln!(md, "- best eval bits per byte: {bpb:.4}");
         }
@@ -105,14 +111,14 @@ fn best_recipe(md: &mut String, s: &Summary<'_>) {
                 for r in kept {
                     let confirmed = r
                         .confirm_ppl
-                        .map(|c| format!(", confirmed on a second seed: {}", fmt_ppl(c)))
+                        .map(|c| format!(", confirmed on a second seed: {}", crate::fmt::ppl(c)))
                         .unwrap_or_default();
                     let _ = writeln!(
                         md,
                         "1. {} — {} ({}{confirmed})",
                         r.exp,
                         r.description,
-                        r.eval_ppl.map(fmt_ppl).unwrap_or_else(|| "-".into())
+                        crate::fmt::ppl_or_dash(r.eval_ppl)
                     );
                 }
                 md.push('\n');
@@ -130,7 +136,7 @@ fn noise(md: &mut String, s: &Summary<'_>) {
                 "The baseline ran {} times: mean eval PPL {}, σ = {:.4} ({:.2}% of the mean). \
                  Improvements smaller than about 2σ are within noise.",
                 n.n,
-                fmt_ppl(n.mean),
+                crate::fmt::ppl(n.mean),
                 n.sigma,
                 n.relative() * 100.0
             );
@@ -172,8 +178,14 @@ fn heldout(md: &mut String, s: &Summary<'_>) {
     let _ = writeln!(md, "| exp | change | search PPL | held-out PPL |\n|---:|---|---:|---:|");
     for h in s.heldout {
         let desc = s.rows.iter().find(|r| r.record.exp == h.exp).map(|r| r.description.as_str()).unwrap_or("");
-        let search = h.search_ppl.map(fmt_ppl).unwrap_or_else(|| "-".into());
-        let _ = writeln!(md, "| {} | {} | {search} | {} |", h.exp, desc.replace('|', "\\|"), fmt_ppl(h.heldout_ppl));
+        let search = crate::fmt::ppl_or_dash(h.search_ppl);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {search} | {} |",
+            h.exp,
+            desc.replace('|', "\\|"),
+            crate::fmt::ppl(h.heldout_ppl)
+        );
     }
     md.push('\n');
 }
@@ -192,23 +204,12 @@ fn table(md: &mut String, rows: &[Row]) {
             "| {} | {} | {} | {} | {} | {q} | {} | {} |",
             r.exp,
             r.status(),
-            r.eval_ppl.map(fmt_ppl).unwrap_or_else(|| "-".into()),
+            crate::fmt::ppl_or_dash(r.eval_ppl),
             r.delta.map(|d| format!("{:+.2}%", d * 100.0)).unwrap_or_else(|| "-".into()),
             r.eval_bpb.map(|b| format!("{b:.4}")).unwrap_or_else(|| "-".into()),
             r.time_s.map(|t| format!("{t:.0}")).unwrap_or_else(|| "-".into()),
             r.description.replace('|', "\\|"),
         );
-    }
-}
-
-/// A PPL with four significant digits.
-pub fn fmt_ppl(p: f64) -> String {
-    if p >= 1000.0 {
-        format!("{p:.0}")
-    } else if p >= 100.0 {
-        format!("{p:.1}")
-    } else {
-        format!("{p:.3}")
     }
 }
 

@@ -127,7 +127,5 @@ fn fp_ppl(workspace: &Path, tag: &str, rows: &[Row]) -> Option<f64> {
 
 /// The tag of the checked-out `autoqat/<tag>` branch, if any.
 pub fn current_tag(workspace: &Path) -> Option<String> {
-    let repo = git2::Repository::discover(workspace).ok()?;
-    let head = repo.head().ok()?;
-    head.shorthand().ok()?.strip_prefix("autoqat/").map(str::to_string)
+    autoqat_research::git::Git::discover(workspace).ok()?.current_tag()
 }

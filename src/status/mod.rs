@@ -90,7 +90,7 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     let next = rows.iter().map(|r| r.record.exp).max().map_or(0, |m| m + 1);
     let mut settings = autoqat_research::settings::Settings::load(ws)?;
     let in_flight = in_flight(ws, &settings);
-    if let Some(tag) = crate::report::current_tag(ws) {
+    if let Some(tag) = autoqat_research::git::Git::discover(ws).ok().and_then(|g| g.current_tag()) {
         settings.for_tag(&tag);
     }
     let (current_exp, run_dir, trial, current_description) = if running && in_flight.is_empty() {
@@ -98,7 +98,7 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
         let dir = ws.join(&rel);
         let total = autoqat_recipe::load(&layout.recipe()).ok().map(|r| r.total_steps());
         let trial = progress(&dir.join(run::STEPS_FILE), total);
-        (Some(next), Some(rel), trial, head_subject(ws))
+        (Some(next), Some(rel), trial, autoqat_research::git::Git::discover(ws).ok().and_then(|g| g.head_subject()))
     } else {
         (None, None, None, None)
     };
@@ -172,12 +172,6 @@ fn lock_held(ws: &Path) -> bool {
     }
 }
 
-fn head_subject(ws: &Path) -> Option<String> {
-    let repo = git2::Repository::discover(ws).ok()?;
-    let commit = repo.head().ok()?.peel_to_commit().ok()?;
-    commit.summary().ok().flatten().map(str::to_string)
-}
-
 /// The last row of a trial's `steps.tsv` (docs/contracts.md#the-trial columns), read by the workspace's reader.
 pub fn progress(path: &Path, total_steps: Option<u64>) -> Option<TrialProgress> {
     let last = run::read_steps(path).ok()?.pop()?;
@@ -203,8 +197,7 @@ pub fn progress(path: &Path, total_steps: Option<u64>) -> Option<TrialProgress> 
 
 /// Human-readable lines.
 pub fn render(s: &Status) -> String {
-    use crate::report::markdown::fmt_ppl;
-    let ppl = |p: Option<f64>| p.map(fmt_ppl).unwrap_or_else(|| "-".into());
+    let ppl = crate::fmt::ppl_or_dash;
     let mut out = String::new();
     let counts: Vec<String> = s.counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     out.push_str(&format!(

@@ -225,8 +225,14 @@ pub struct Written {
 /// name and renamed when complete (`atomic`), so a failure (a full disk) leaves no artifact
 /// that looks finished. The weights go to disk one tensor at a time and into the zip through a
 /// buffer: the host holds the packed tensors and nothing more (at 27B, the artifact's 7 GB once
-/// rather than three times).
-pub fn write(dir: &Path, zip_path: &Path, files: &TextFiles, tensors: &[(String, Tensor)]) -> Result<Written> {
+/// rather than three times). A zip over `max_bits` is refused before anything is renamed in.
+pub fn write(
+    dir: &Path,
+    zip_path: &Path,
+    files: &TextFiles,
+    tensors: &[(String, Tensor)],
+    max_bits: i64,
+) -> Result<Written> {
     let io = |p: &Path, e| io_err(p)(e);
     let (sha256, size_bytes) = atomic::replace_with(
         zip_path,
@@ -242,7 +248,17 @@ pub fn write(dir: &Path, zip_path: &Path, files: &TextFiles, tensors: &[(String,
                     zip_dir(tmp_dir, tmp_zip)?;
                     // Hashed before the directory goes in, so nothing after that can fail
                     // but the zip's own sync and rename.
-                    sha256_file(tmp_zip)
+                    let (sha256, size) = sha256_file(tmp_zip)?;
+                    // The gate is the zip's size, known only once it is written: an artifact
+                    // over the budget never reaches the finished names.
+                    if size * 8 > max_bits {
+                        return Err(CompressError::Budget(format!(
+                            "the artifact would be {size} bytes = {} bits, {} over the budget of {max_bits} bits; nothing was written",
+                            size * 8,
+                            size * 8 - max_bits
+                        )));
+                    }
+                    Ok((sha256, size))
                 },
                 io,
             )
@@ -540,6 +556,20 @@ mod tests {
         assert_eq!(super::reference_params("/models/Qwen3.6-27B/"), Some(27_000_000_000));
         assert_eq!(super::reference_params("Qwen/Qwen3.6-27B-FP8"), None);
         assert_eq!(super::reference_params("HuggingFaceTB/SmolLM2-135M"), None);
+    }
+
+    #[test]
+    fn an_artifact_over_its_budget_is_refused_and_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, zip) = (tmp.path().join("artifact"), tmp.path().join("artifact.zip"));
+        let files: super::TextFiles = [("config.json".to_string(), b"{}".to_vec())].into_iter().collect();
+        let tensors = vec![("w".to_string(), tch::Tensor::zeros([64, 64], (tch::Kind::Half, tch::Device::Cpu)))];
+        let err = super::write(&dir, &zip, &files, &tensors, 8 * 1024).unwrap_err().to_string();
+        assert!(err.contains("over the budget of 8192 bits") && err.contains("nothing was written"), "{err}");
+        assert!(!dir.exists() && !zip.exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "no temporary left either");
+        let written = super::write(&dir, &zip, &files, &tensors, 8 * 1024 * 1024).unwrap();
+        assert!(zip.exists() && dir.join(super::WEIGHTS).exists() && written.size_bytes > 8192);
     }
 
     #[test]

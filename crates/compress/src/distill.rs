@@ -5,12 +5,13 @@
 //! The weights stay on their grid: the variables hold full-precision latents, each step swaps in
 //! their row-mix quantization for the forward and backward pass (the straight-through
 //! estimator: the gradient at the quantized weights updates the latents), and what is packed
-//! afterwards is the quantization of the final latents. The optimizer is the QAT trial's AdamW.
+//! afterwards is the quantization of the final latents. The optimizer is the toolkit's AdamW (the
+//! QAT trial's).
 
 use std::collections::HashMap;
 
 use autoqat_model::CausalLM;
-use autoqat_qat::train::optim::AdamW;
+use autoqat_toolkit::optim::AdamW;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Reduction, Tensor};
 

@@ -44,9 +44,9 @@ pub enum CompressError {
     /// Loading or running the model failed.
     #[error(transparent)]
     Model(#[from] autoqat_model::ModelError),
-    /// The QAT trial's machinery (the fine-tune's checkpoint) failed.
+    /// The shared training toolkit (the fine-tune's checkpoint) failed.
     #[error(transparent)]
-    Qat(#[from] autoqat_qat::QatError),
+    Toolkit(#[from] autoqat_toolkit::ToolkitError),
     /// libtorch failed.
     #[error("libtorch: {0}")]
     Torch(String),

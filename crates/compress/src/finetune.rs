@@ -3,10 +3,10 @@
 //! teacher's next-token distribution on the calibration sequences.
 //!
 //! Nothing here is a second trainer. The teacher is stored as the distillation-traces track's
-//! Top-K + Other targets ([`TraceTargets`]) and the loss is the QAT trial's
+//! Top-K + Other targets ([`TraceTargets`]) and the loss is the toolkit's (the QAT trial's)
 //! [`topk_other_kl`] (plus, optionally, its [`weighted_sample_ce`] on the real next token); the
-//! step is the trial's [`AdamW::clip_and_step`] with its [`lr_factor`] cosine schedule; the
-//! checkpoint is the trial's, so `--resume` continues from the last saved step. The
+//! step is the toolkit's [`AdamW::clip_and_step`] with its [`lr_factor`] cosine schedule; the
+//! checkpoint is the toolkit's, so `--resume` continues from the last saved step. The
 //! straight-through estimator is the layerwise stage's [`with_quantized`]: the forward and
 //! backward passes see the quantized rows, the gradient updates the full-precision latents.
 //! Norms are trained as they are (they are stored in f16 and cost what they cost either way).
@@ -15,11 +15,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use autoqat_model::CausalLM;
-use autoqat_qat::quant::schedule::lr_factor;
-use autoqat_qat::train::checkpoint::{self, Meta};
-use autoqat_qat::train::loss::{topk_other_kl, weighted_sample_ce, TraceTargets};
-use autoqat_qat::train::optim::AdamW;
 use autoqat_recipe::LrSchedule;
+use autoqat_toolkit::checkpoint::{self, Meta};
+use autoqat_toolkit::loss::{topk_other_kl, weighted_sample_ce, TraceTargets};
+use autoqat_toolkit::optim::AdamW;
+use autoqat_toolkit::schedule::lr_factor;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 

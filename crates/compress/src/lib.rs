@@ -6,10 +6,11 @@
 //! - [`calib`] and [`sensitivity`]: what a row loses as each kind, measured on calibration text.
 //! - [`allocate`]: rowmix, the kind of every row under the budget.
 //! - [`distill`]: layerwise distillation of the allocated blocks, weights kept on their grid.
-//! - [`finetune`]: end-to-end KD of the whole compressed model, with the QAT trial's loss,
-//!   optimizer and checkpoint.
+//! - [`finetune`]: end-to-end KD of the whole compressed model, with the toolkit's (the QAT
+//!   trial's) loss, optimizer and checkpoint (`autoqat-toolkit`).
 //! - [`resume`]: what a killed run keeps so that `--resume` continues it.
 //! - [`artifact`]: the Hugging Face directory, its deterministic zip, the gate, and the reader.
+//! - [`kernel_load`]: an artifact loaded onto the packed low-bit CPU kernels, for decoding.
 //! - [`pipeline`]: the stages in order, and `summary.json`.
 //!
 //! The model, its loading and the evaluation are `autoqat-model`'s; this crate adds a
@@ -22,6 +23,7 @@ pub mod distill;
 pub mod error;
 pub mod finetune;
 pub mod frontier;
+pub mod kernel_load;
 pub mod pipeline;
 pub mod recipe;
 pub mod resume;

@@ -1,7 +1,7 @@
 //! What a compression keeps so that `autoqat compress --resume` continues a killed run instead
 //! of starting over: in `<run>/resume/`, the recipe it was started with, the full-precision
 //! score, the teacher's targets, the allocation, each distilled block's latents, and the
-//! fine-tune's checkpoint (the QAT trial's). Every file is written whole (temporary, then
+//! fine-tune's checkpoint (`autoqat_toolkit::checkpoint`). Every file is written whole (temporary, then
 //! rename), so a kill leaves either the previous state or the new one. The directory is
 //! removed once the artifact is packed.
 

@@ -13,8 +13,8 @@ use autoqat_model::{
 };
 use autoqat_qat::export::{code_table, unpack_codes_into};
 use autoqat_qat::quant::act::act_quant_values;
-use autoqat_qat::train::outputs::{peak_rss_mb, rss_mb};
 use autoqat_recipe::ActGranularity;
+use autoqat_toolkit::resources::{peak_rss_mb, rss_mb};
 use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 

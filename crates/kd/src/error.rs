@@ -30,6 +30,17 @@ pub enum KdError {
     Torch(tch::TchError),
 }
 
+// A key or client that cannot be set up is the user's input; anything a request ran into is the
+// teacher's failure. The messages are already scrubbed of the key.
+impl From<autoqat_http::HttpError> for KdError {
+    fn from(e: autoqat_http::HttpError) -> Self {
+        match e {
+            autoqat_http::HttpError::Config(m) => KdError::Config(m),
+            other => KdError::Teacher(other.to_string()),
+        }
+    }
+}
+
 /// Result with [`KdError`].
 pub type Result<T> = std::result::Result<T, KdError>;
 

@@ -5,8 +5,9 @@
 //! student's quality, packed memory and decode speed against the teacher's (QEI).
 //!
 //! It reuses the model, generation and loading of `autoqat-model`, the trial and packed export
-//! of `autoqat-qat`, and the HTTP client (retries, Retry-After, key scrubbing) of
-//! `autoqat-research`'s proposers.
+//! of `autoqat-qat`, the losses and memory meters of `autoqat-toolkit`, and the HTTP client
+//! (retries, Retry-After, key scrubbing) of `autoqat-http`, which the research loop's
+//! proposers use too.
 
 pub mod baseline;
 pub mod collect;

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use autoqat_model::{greedy_decode, stop_ids, TextTokenizer};
-use autoqat_qat::train::loss::weighted_sample_ce;
 use autoqat_qat::train::traces::TraceData;
+use autoqat_toolkit::loss::weighted_sample_ce;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 

@@ -1,13 +1,13 @@
-//! Teachers: an OpenAI-compatible chat-completions endpoint (through the research loop's HTTP
-//! client, so retries, Retry-After, timeouts and key scrubbing are the same code), or a local
-//! Hugging Face checkpoint decoded greedily with tch, so the whole track runs offline.
+//! Teachers: an OpenAI-compatible chat-completions endpoint (through `autoqat-http`, the client
+//! the research loop's proposers use too, so retries, Retry-After, timeouts and key scrubbing
+//! are the same code), or a local Hugging Face checkpoint decoded greedily with tch, so the
+//! whole track runs offline.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use autoqat_http::{Http, HttpSettings, Secret};
 use autoqat_model::{greedy_decode, load_causal_lm, stop_ids, LoadedModel, PlainBuilder, TextTokenizer};
-use autoqat_research::proposer::http::{Http, Secret};
-use autoqat_research::settings::ProviderSettings;
 use serde_json::json;
 use tch::{Device, Kind};
 
@@ -66,6 +66,20 @@ impl std::str::FromStr for TeacherSpec {
     }
 }
 
+/// Where and how to reach an OpenAI-compatible teacher.
+#[derive(Debug, Clone, Default)]
+pub struct OpenAiSettings {
+    /// Model name sent to the API.
+    pub model: String,
+    /// Base URL; empty: `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Name of the environment variable that holds the API key (never the key itself); empty:
+    /// `OPENAI_API_KEY`.
+    pub api_key_env: String,
+    /// The client's timeout and retry policy.
+    pub http: HttpSettings,
+}
+
 /// The OpenAI-compatible teacher.
 pub struct OpenAiTeacher {
     http: Http,
@@ -79,17 +93,17 @@ pub struct OpenAiTeacher {
 impl OpenAiTeacher {
     /// A client for `settings.model` at `settings.base_url`, the key read from
     /// `settings.api_key_env`, at most one request per `min_interval_s`.
-    pub fn new(settings: &ProviderSettings, min_interval_s: f64) -> Result<Self> {
+    pub fn new(settings: &OpenAiSettings, min_interval_s: f64) -> Result<Self> {
         let var = if settings.api_key_env.is_empty() { "OPENAI_API_KEY" } else { &settings.api_key_env };
-        let secret = Secret::from_env(var).map_err(|e| KdError::Config(e.to_string()))?;
+        let secret = Secret::from_env(var)?;
         Self::with_secret(settings, secret, min_interval_s)
     }
 
     /// As [`OpenAiTeacher::new`] with the key given rather than read from the environment.
-    pub fn with_secret(settings: &ProviderSettings, secret: Secret, min_interval_s: f64) -> Result<Self> {
+    pub fn with_secret(settings: &OpenAiSettings, secret: Secret, min_interval_s: f64) -> Result<Self> {
         let base = if settings.base_url.is_empty() { "https://api.openai.com/v1" } else { &settings.base_url };
         Ok(OpenAiTeacher {
-            http: Http::new(settings).map_err(|e| KdError::Config(e.to_string()))?,
+            http: Http::new(&settings.http)?,
             secret,
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
             model: settings.model.clone(),
@@ -181,10 +195,7 @@ impl Teacher for OpenAiTeacher {
         }
         let headers = [("authorization", format!("Bearer {}", self.secret.expose()))];
         let start = Instant::now();
-        let v = self
-            .http
-            .post_json(&self.url, &headers, &body, &self.secret)
-            .map_err(|e| KdError::Teacher(e.to_string()))?;
+        let v = self.http.post_json(&self.url, &headers, &body, &self.secret)?;
         let latency_s = start.elapsed().as_secs_f64();
         let text = v["choices"][0]["message"]["content"]
             .as_str()

@@ -8,13 +8,12 @@ mod common;
 
 use std::path::Path;
 
+use autoqat_http::{HttpSettings, Secret};
 use autoqat_kd::collect::{collect, CollectOptions};
 use autoqat_kd::project::{project, Projector, TeacherPosition};
-use autoqat_kd::teacher::{token_bytes_table, Answer, LocalTeacher, OpenAiTeacher, Teacher};
+use autoqat_kd::teacher::{token_bytes_table, Answer, LocalTeacher, OpenAiSettings, OpenAiTeacher, Teacher};
 use autoqat_kd::KdError;
 use autoqat_model::TextTokenizer;
-use autoqat_research::proposer::http::Secret;
-use autoqat_research::settings::ProviderSettings;
 use autoqat_traces::tokenizer_hash;
 use autoqat_traces::TraceIndex;
 use tch::Device;
@@ -164,16 +163,12 @@ fn projection_matches_the_python_reference_across_vocabularies() {
     assert!(piece.row.is_valid(), "a piece of a character maps through the byte alphabet");
 }
 
-fn settings(url: &str) -> ProviderSettings {
-    ProviderSettings {
-        kind: "openai".into(),
+fn settings(url: &str) -> OpenAiSettings {
+    OpenAiSettings {
         model: "teacher".into(),
         base_url: url.into(),
-        timeout_s: 60.0,
-        max_retries: 3,
-        backoff_s: 0.01,
-        max_backoff_s: 0.1,
-        ..ProviderSettings::default()
+        http: HttpSettings { timeout_s: 60.0, max_retries: 3, backoff_s: 0.01, max_backoff_s: 0.1 },
+        ..OpenAiSettings::default()
     }
 }
 
@@ -434,7 +429,8 @@ fn a_key_echoed_by_the_server_never_reaches_the_traces() {
 fn a_body_that_stalls_is_reported_as_a_timeout_not_as_bad_json() {
     let Some(fx) = common::kd_fixture() else { return };
     let Some(server) = common::Server::start(&fx.join("teacher"), &["--quirk", "stall"]) else { return };
-    let quick = ProviderSettings { timeout_s: 2.0, max_retries: 0, ..settings(&server.url) };
+    let mut quick = settings(&server.url);
+    quick.http = HttpSettings { timeout_s: 2.0, max_retries: 0, ..quick.http };
     let mut api = OpenAiTeacher::with_secret(&quick, Secret::new("fake-key-0123456789ABCD"), 0.0).unwrap();
     let err = api.answer("hello", 4, 2).unwrap_err().to_string();
     assert!(err.contains("stopped arriving") && !err.contains("not valid JSON"), "{err}");

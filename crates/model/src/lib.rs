@@ -2,7 +2,10 @@
 //! tokenizer, device selection and perplexity evaluation.
 //!
 //! Linear layers are built in one place ([`linear::LinearBuilder`]), so a quantization crate
-//! swaps in its own layers without copying model code.
+//! swaps in its own layers without copying model code; [`kernel_linear`] builds layers that run
+//! on the packed low-bit CPU kernels (re-exported as [`autoqat_kernels`]).
+
+pub use autoqat_kernels;
 
 pub mod config;
 pub mod deltanet;
@@ -11,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod hub;
+pub mod kernel_linear;
 pub mod linear;
 pub mod llama;
 pub mod load;
@@ -22,6 +26,7 @@ pub use device::{device_name, parse_device, parse_kind};
 pub use error::{ModelError, Result};
 pub use eval::{line_documents, perplexity, perplexity_docs, DocEvalOptions, EvalOptions, EvalReport, EvalSet};
 pub use generate::{greedy_decode, stop_ids, DecodeStep, Decoded};
+pub use kernel_linear::{ActFakeQuant, KernelBuilder, KernelLinear, PackedWeight};
 pub use linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec, PlainBuilder, PlainLinear};
 pub use llama::{CausalLM, KvCache, LayerHook, LayerState, Mixer};
 pub use load::{build_causal_lm, load_causal_lm, load_weights, save_pretrained, LoadedModel};

@@ -46,6 +46,18 @@ impl From<autoqat_workspace::WorkspaceError> for QatError {
     }
 }
 
+impl From<autoqat_toolkit::ToolkitError> for QatError {
+    fn from(e: autoqat_toolkit::ToolkitError) -> Self {
+        use autoqat_toolkit::ToolkitError as T;
+        match e {
+            T::Model(e) => QatError::Model(e),
+            T::Torch(e) => QatError::Torch(e),
+            T::Io { path, cause } => QatError::Io { path, cause },
+            T::Checkpoint(m) => QatError::Checkpoint(m),
+        }
+    }
+}
+
 /// Result with [`QatError`].
 pub type Result<T> = std::result::Result<T, QatError>;
 

@@ -18,13 +18,17 @@ use crate::quant::act::act_quant_values;
 use crate::quant::bitlinear::deadzone_bias;
 use crate::quant::QuantHandle;
 use crate::student::Student;
+use autoqat_model::autoqat_kernels::{Granularity, Kernels};
+use autoqat_model::kernel_linear::{ActFakeQuant, ActMode, KernelBuilder, PackedMatrix, PackedWeight};
 use autoqat_model::linear::{Linear, LinearBuilder, LinearSpec, PlainLinear};
 use autoqat_model::load::{build_causal_lm, write_safetensors};
 use autoqat_model::{CausalLM, ModelConfig};
 use autoqat_recipe::{ActGranularity, Recipe};
+use half::f16;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use tch::{nn, Device, Kind, Tensor};
 
 /// `quant.json` of a packed export.
@@ -219,14 +223,13 @@ pub struct PackedModel {
     pub vs: nn::VarStore,
 }
 
-/// Loads a packed export (`<run>/export`) onto `device` in f32; `autoqat eval` calls this when
-/// [`is_packed`] is true. The tokenizer is `dir/tokenizer.json`.
-pub fn load_packed(dir: &Path, device: Device) -> Result<PackedModel> {
+/// `quant.json` of the packed export in `dir` and the activation quantization it records
+/// (bits, granularity), None when the layers take full-precision inputs.
+pub fn read_quant_info(dir: &Path) -> Result<(PackedInfo, Option<(u32, ActGranularity)>)> {
     let qpath = dir.join("quant.json");
     let text = std::fs::read_to_string(&qpath).map_err(io_err(&qpath))?;
     let info: PackedInfo =
         serde_json::from_str(&text).map_err(|e| QatError::Checkpoint(format!("{}: {e}", qpath.display())))?;
-    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let act = match (info.act_bits, info.act_granularity) {
         (0, _) => None,
         (bits @ (4 | 8), Some(gran)) => Some((bits, gran)),
@@ -237,6 +240,14 @@ pub fn load_packed(dir: &Path, device: Device) -> Result<PackedModel> {
             )))
         }
     };
+    Ok((info, act))
+}
+
+/// Loads a packed export (`<run>/export`) onto `device` in f32; `autoqat eval` calls this when
+/// [`is_packed`] is true. The tokenizer is `dir/tokenizer.json`.
+pub fn load_packed(dir: &Path, device: Device) -> Result<PackedModel> {
+    let (info, act) = read_quant_info(dir)?;
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let builder = PackedBuilder {
         biases: info.folded_biases.iter().cloned().collect(),
         packed: info.packed.iter().map(|(n, _)| n.clone()).collect(),
@@ -268,6 +279,94 @@ pub fn load_packed(dir: &Path, device: Device) -> Result<PackedModel> {
         Ok(())
     })?;
     Ok(PackedModel { cfg, model, vs })
+}
+
+/// A packed export loaded onto the packed low-bit CPU kernels: the quantized layers hold only
+/// their codes and scales ([`autoqat_model::KernelLinear`]); everything else is f32.
+#[derive(Debug)]
+pub struct KernelPackedModel {
+    /// The configuration.
+    pub cfg: ModelConfig,
+    /// The network.
+    pub model: CausalLM,
+    /// The variables other than the packed weights (embedding, norms, biases, plain layers).
+    pub vs: nn::VarStore,
+    /// Bytes of the packed weights (codes plus f32 scales).
+    pub packed_bytes: usize,
+    /// How the kernel layers consume their inputs.
+    pub mode: ActMode,
+    /// The kernels every packed layer runs on.
+    pub kernels: Arc<Kernels>,
+}
+
+/// The activation mode a student's own quantizer implies: int8 per vector for 8-bit per-token
+/// inputs (the same absmax rounding as [`act_quant_values`]), exact f32 otherwise.
+pub fn student_act_mode(act: Option<(u32, ActGranularity)>) -> ActMode {
+    match act {
+        Some((8, ActGranularity::PerToken)) => ActMode::Int8PerVector,
+        _ => ActMode::F32,
+    }
+}
+
+/// A packed weight of the export as the kernels store it: `codes` (four 2-bit digits a byte)
+/// and `scales` `[a, b, 1]` f16 in the quantizer's grouped view of `[rows, cols]`.
+fn packed_matrix(codes: &Tensor, scales: &Tensor, rows: usize, cols: usize) -> Result<PackedMatrix> {
+    let bytes = Vec::<u8>::try_from(codes.flatten(0, -1).to_kind(Kind::Uint8))?;
+    let s = scales.size();
+    let values = Vec::<f32>::try_from(scales.flatten(0, -1).to_kind(Kind::Float))?;
+    let f16s: Vec<f16> = values.into_iter().map(f16::from_f32).collect();
+    let gran = match (s.first().copied().unwrap_or(1), s.get(1).copied().unwrap_or(1)) {
+        (1, 1) => Granularity::PerTensor,
+        (_, 1) => Granularity::PerRow,
+        (_, b) => Granularity::Group(cols / b.max(1) as usize),
+    };
+    PackedMatrix::from_student(rows, cols, &bytes, &f16s, gran).map_err(|e| QatError::Checkpoint(e.to_string()))
+}
+
+/// Loads a packed export (`<run>/export`) for CPU decoding on the packed kernels with `threads`
+/// threads. `acts` picks how the packed layers consume their inputs (None: the mode the
+/// student's quantizer implies, [`student_act_mode`]); a student that quantizes its inputs in
+/// a way the chosen mode does not reproduce (4 bits, per channel, or any quantization under
+/// [`ActMode::F32`]) gets that quantization applied in f32 first, so it computes what
+/// [`load_packed`] computes.
+pub fn load_packed_kernels(dir: &Path, threads: usize, acts: Option<ActMode>) -> Result<KernelPackedModel> {
+    let (info, act) = read_quant_info(dir)?;
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let mode = acts.unwrap_or_else(|| student_act_mode(act));
+    let pre = match act {
+        Some((8, ActGranularity::PerToken)) if mode == ActMode::Int8PerVector => None,
+        Some((bits, gran)) => Some(ActFakeQuant { bits, per_channel: gran == ActGranularity::PerChannel }),
+        None => None,
+    };
+    let wpath = dir.join("model.safetensors");
+    let mut stored: HashMap<String, Tensor> = Tensor::read_safetensors(&wpath)?.into_iter().collect();
+    let missing = |n: &str| QatError::Checkpoint(format!("{} lacks {n}", wpath.display()));
+    let mut weights = HashMap::new();
+    for (name, shape) in &info.packed {
+        let codes = stored.remove(&format!("{name}.codes")).ok_or_else(|| missing(&format!("{name}.codes")))?;
+        let scales = stored.remove(&format!("{name}.scales")).ok_or_else(|| missing(&format!("{name}.scales")))?;
+        let (rows, cols) = match shape.as_slice() {
+            [r, c] => (*r as usize, *c as usize),
+            other => return Err(QatError::Checkpoint(format!("packed weight {name} has shape {other:?}, not 2-D"))),
+        };
+        let m = packed_matrix(&codes, &scales, rows, cols)
+            .map_err(|e| QatError::Checkpoint(format!("{}: {name}: {e}", wpath.display())))?;
+        weights.insert(name.trim_end_matches(".weight").to_string(), PackedWeight::Packed(m));
+    }
+    let kernels = Arc::new(Kernels::new(threads));
+    let builder = KernelBuilder::new(Device::Cpu, kernels.clone(), mode, weights)?
+        .with_biases(info.folded_biases.iter().map(|b| b.trim_end_matches(".bias").to_string()))
+        .with_pre(pre);
+    let (vs, model) = build_causal_lm(&cfg, Device::Cpu, Kind::Float, &builder)?;
+    builder.check_all_used()?;
+    tch::no_grad(|| -> Result<()> {
+        for (name, mut var) in vs.variables() {
+            let value = stored.get(&name).ok_or_else(|| missing(&name))?;
+            var.f_copy_(&value.to_kind(Kind::Float))?;
+        }
+        Ok(())
+    })?;
+    Ok(KernelPackedModel { cfg, model, vs, packed_bytes: builder.packed_bytes(), mode, kernels })
 }
 
 #[cfg(test)]

@@ -10,5 +10,5 @@ pub mod student;
 pub mod train;
 
 pub use error::{QatError, Result};
-pub use export::{is_packed, load_packed, PackedModel};
+pub use export::{is_packed, load_packed, load_packed_kernels, KernelPackedModel, PackedModel};
 pub use train::{run_trial, Summary, TrialOptions};

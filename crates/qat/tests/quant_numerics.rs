@@ -4,9 +4,10 @@
 mod common;
 
 use autoqat_qat::quant::act::act_quant;
-use autoqat_qat::quant::schedule::{lambda_at, lr_factor};
+use autoqat_qat::quant::schedule::lambda_at;
 use autoqat_qat::quant::{ste_blend, WeightQuant};
 use autoqat_recipe::{ActGranularity, Granularity, LambdaSchedule, LrSchedule, QuantMethod};
+use autoqat_toolkit::schedule::lr_factor;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 

@@ -37,11 +37,12 @@ pub fn diff_key(compact: &str) -> String {
     autoqat_workspace::hash::fnv1a_hex(lines.join("\n").as_bytes())
 }
 
-/// A unified diff with context, for `autoqat log`.
-pub fn unified(path: &str, old: &str, new: &str) -> String {
+/// A unified diff with `context` lines around each change and git-style `a/`, `b/` headers:
+/// the one diff every command shows (`autoqat log`, the report's best-recipe diff).
+pub fn unified(path: &str, old: &str, new: &str, context: usize) -> String {
     TextDiff::from_lines(old, new)
         .unified_diff()
-        .context_radius(2)
+        .context_radius(context)
         .header(&format!("a/{path}"), &format!("b/{path}"))
         .to_string()
 }

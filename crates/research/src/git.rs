@@ -139,6 +139,19 @@ impl Git {
         Ok(Git { repo, root })
     }
 
+    /// Opens the repository that contains `path` (the workspace or any folder inside it), for
+    /// readers such as `report` and `status` that may run from a subfolder.
+    pub fn discover(path: &Path) -> Result<Git> {
+        let repo = Repository::discover(path).map_err(|e| {
+            ResearchError::Workspace(format!("{} is not inside a git repository ({})", path.display(), e.message()))
+        })?;
+        let root = repo
+            .workdir()
+            .ok_or_else(|| ResearchError::Workspace("bare repositories are not supported".into()))?
+            .to_path_buf();
+        Ok(Git { repo, root })
+    }
+
     /// Adds the harness outputs to `.git/info/exclude` so they never dirty the worktree.
     pub fn ensure_excludes(&self) -> Result<()> {
         let path = self.repo.path().join("info").join("exclude");
@@ -387,6 +400,40 @@ impl Git {
     pub fn current_tag(&self) -> Option<String> {
         let head = self.repo.head().ok()?;
         head.shorthand().ok()?.strip_prefix("autoqat/").map(str::to_string)
+    }
+
+    /// The first line of HEAD's commit message.
+    pub fn head_subject(&self) -> Option<String> {
+        let commit = self.repo.head().ok()?.peel_to_commit().ok()?;
+        commit.summary().ok().flatten().map(str::to_string)
+    }
+
+    /// Every file that differs between two commits (full or abbreviated hashes, or any
+    /// revision git understands), as `(path, old text, new text)`; a side where the file does
+    /// not exist is empty.
+    pub fn changed_files(&self, base: &str, new: &str) -> Result<Vec<(String, String, String)>> {
+        let tree = |rev: &str| -> Result<git2::Tree<'_>> {
+            let obj = self.repo.revparse_single(rev).map_err(|e| {
+                ResearchError::Results(format!("commit {rev} is not in the repository ({})", e.message()))
+            })?;
+            Ok(obj.peel_to_commit()?.tree()?)
+        };
+        let (old_tree, new_tree) = (tree(base)?, tree(new)?);
+        let diff = self.repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), None)?;
+        let text = |id: Oid| -> String {
+            if id.is_zero() {
+                return String::new();
+            }
+            self.repo.find_blob(id).map(|b| String::from_utf8_lossy(b.content()).into_owned()).unwrap_or_default()
+        };
+        Ok(diff
+            .deltas()
+            .map(|d| {
+                let path = d.new_file().path().or_else(|| d.old_file().path());
+                let path = path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                (path, text(d.old_file().id()), text(d.new_file().id()))
+            })
+            .collect())
     }
 
     /// The commit message of `oid`.

@@ -22,7 +22,7 @@ pub fn entries(workspace: &Path, tag: &str, mutable: &[String]) -> Result<Vec<(R
                 let old = git.file_at(p, path).unwrap_or_default();
                 let new = git.file_at(c, path).unwrap_or_default();
                 if old != new {
-                    diff.push_str(&focus::unified(path, &old, &new));
+                    diff.push_str(&focus::unified(path, &old, &new, 2));
                 }
             }
         }

@@ -243,6 +243,18 @@ pub struct ProviderSettings {
     pub seed: u64,
 }
 
+impl ProviderSettings {
+    /// The HTTP client's timeout and retry policy of these settings.
+    pub fn http(&self) -> autoqat_http::HttpSettings {
+        autoqat_http::HttpSettings {
+            timeout_s: self.timeout_s,
+            max_retries: self.max_retries,
+            backoff_s: self.backoff_s,
+            max_backoff_s: self.max_backoff_s,
+        }
+    }
+}
+
 impl Default for ProviderSettings {
     fn default() -> Self {
         ProviderSettings {

@@ -1,9 +1,11 @@
-//! Step schedules: the STE blend factor lambda and the learning rate. Pure functions of the
-//! step, so a resumed trial recomputes them exactly. The lr schedules follow the formulas of
-//! Hugging Face `transformers.optimization` (checked against it in the tests).
+//! Step schedules: the STE blend factor lambda, and [`Schedules`], every schedule of one trial
+//! resolved from its recipe. Pure functions of the step, so a resumed trial recomputes them
+//! exactly. The learning-rate schedule itself is the toolkit's
+//! [`autoqat_toolkit::schedule::lr_factor`] (shared with the other tracks).
 
 pub use autoqat_recipe::frac_steps;
 use autoqat_recipe::{LambdaSchedule, LrSchedule, Recipe, ScheduleExpr};
+use autoqat_toolkit::schedule::lr_factor;
 use std::f64::consts::PI;
 
 /// lambda at 0-based `step`: ramps from 0 to 1 over `warmup` steps with the given shape, then 1.
@@ -28,44 +30,6 @@ pub fn lambda_at(kind: LambdaSchedule, step: u64, warmup: u64) -> f64 {
             let s = |x: f64| 1.0 / (1.0 + (-x).exp());
             let k = 10.0;
             (s(k * (p - 0.5)) - s(-k / 2.0)) / (s(k / 2.0) - s(-k / 2.0))
-        }
-    }
-}
-
-/// Multiplier of the peak lr at 0-based `step` out of `total` (as `LambdaLR` would apply it).
-pub fn lr_factor(kind: LrSchedule, step: u64, total: u64, warmup: u64, min_frac: f64, decay: u64) -> f64 {
-    let s = step as f64;
-    match kind {
-        LrSchedule::Constant => {
-            if step < warmup {
-                s / (warmup.max(1) as f64)
-            } else {
-                1.0
-            }
-        }
-        LrSchedule::Cosine => {
-            if step < warmup {
-                return s / (warmup.max(1) as f64);
-            }
-            let progress = (step - warmup) as f64 / (total.saturating_sub(warmup).max(1) as f64);
-            let f = 0.5 * (1.0 + (PI * progress).cos());
-            (f * (1.0 - min_frac) + min_frac).max(0.0)
-        }
-        LrSchedule::Wsd => {
-            let stable = total.saturating_sub(warmup).saturating_sub(decay);
-            if step < warmup {
-                let f = s / (warmup.max(1) as f64);
-                return (f * (1.0 - min_frac) + min_frac).max(0.0);
-            }
-            if step < warmup + stable {
-                return 1.0;
-            }
-            if step < warmup + stable + decay {
-                let progress = (step - warmup - stable) as f64 / (decay.max(1) as f64);
-                let f = 1.0 - progress;
-                return (f * (1.0 - min_frac) + min_frac).max(0.0);
-            }
-            min_frac
         }
     }
 }

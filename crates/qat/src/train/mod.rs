@@ -1,10 +1,9 @@
-//! The QAT trial: data, optimizer, losses, checkpoints, outputs and the loop itself.
+//! The QAT trial: data, the `loss.extra` term, health checks, outputs and the loop itself. The
+//! optimizer, the generic losses and the checkpoints are `autoqat-toolkit`'s.
 
-pub mod checkpoint;
 pub mod data;
 pub mod health;
 pub mod loss;
-pub mod optim;
 pub mod outputs;
 pub mod traces;
 pub mod trial;

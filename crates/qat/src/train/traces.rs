@@ -11,8 +11,8 @@ use autoqat_traces::{TraceIndex, TraceRow};
 use tch::{Device, Kind, Tensor};
 
 use super::data::Rng;
-use super::loss::TraceTargets;
 use crate::error::{QatError, Result};
+use autoqat_toolkit::loss::TraceTargets;
 
 /// One position's target.
 #[derive(Debug, Clone)]

@@ -2,12 +2,10 @@
 //! train with the recipe's schedules, evaluate every N steps, checkpoint, and write the run
 //! directory. Any failure ends the trial with `status: crash` and its reason in summary.json.
 
-use super::checkpoint;
 use super::data::TrainData;
 use super::health::{Gates, Health, HealthLog};
-use super::loss::{cross_entropy, distill_kl, extra_loss, topk_other_kl, weighted_sample_ce};
-use super::optim::AdamW;
-use super::outputs::{peak_rss_mb, MemMeter, RunFiles, StepRow, Summary};
+use super::loss::extra_loss;
+use super::outputs::{RunFiles, StepRow, Summary};
 use super::traces::TraceData;
 use crate::error::{QatError, Result};
 use crate::quant::code_fractions;
@@ -15,6 +13,10 @@ use crate::quant::schedule::Schedules;
 use crate::student::{load_student, recipe_device, use_bf16};
 use autoqat_model::{load_causal_lm, CausalLM, EvalOptions, EvalReport, EvalSet, PlainBuilder, TextTokenizer};
 use autoqat_recipe::Recipe;
+use autoqat_toolkit::checkpoint;
+use autoqat_toolkit::loss::{cross_entropy, distill_kl, topk_other_kl, weighted_sample_ce};
+use autoqat_toolkit::optim::AdamW;
+use autoqat_toolkit::resources::{peak_rss_mb, MemMeter};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};

@@ -633,23 +633,24 @@ impl Driver {
             let ppl = rec.eval_ppl.unwrap_or(f64::INFINITY);
             rec.delta = Some(policy::delta(ppl, bp));
             let sigma = self.sigma();
-            let status = match policy::verdict(ppl, bp, &self.s.noise, sigma) {
-                policy::Verdict::Discard => Status::Discard,
-                policy::Verdict::Keep => Status::Keep,
-                policy::Verdict::Confirm => match self.run_seeded(exp, &format!("{run_dir}-seed2"), 1)? {
+            let second = if policy::verdict(ppl, bp, &self.s.noise, sigma) == policy::Verdict::Confirm {
+                match self.run_seeded(exp, &format!("{run_dir}-seed2"), 1)? {
                     Some(o) if o.interrupted => return Err(self.set_aside(exp, commit)),
                     Some(o) if o.failure.is_none() => {
                         rec.confirm_ppl = o.summary.eval_ppl;
-                        policy::confirmed(o.summary.eval_ppl, bp, &self.s.noise)
+                        policy::Second::Scored(o.summary.eval_ppl)
                     }
                     Some(o) => {
                         rec.error = Some(format!("second-seed confirmation failed: {}", o.error.unwrap_or_default()));
-                        Status::Discard
+                        policy::Second::Failed
                     }
-                    // No seed key to shift: the first result stands.
-                    None => Status::Keep,
-                },
+                    None => policy::Second::NotRun,
+                }
+            } else {
+                policy::Second::NotRun
             };
+            let kept = policy::beats(ppl, bp, &self.s.noise, sigma, second);
+            let status = if kept { Status::Keep } else { Status::Discard };
             rec.near_miss = status == Status::Discard && policy::near_miss(ppl, bp, &self.s.noise, sigma);
             status
         } else {

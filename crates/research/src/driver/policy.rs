@@ -1,7 +1,8 @@
 //! The keep decision under noise: a finished trial is kept only if it beats the best by the
 //! configured relative margin, and only if a second seed beats it too when `noise.confirm_seed`
 //! is on or when its gain is under `noise.confirm_sigmas` times the measured σ. Pure functions
-//! of the numbers, so the rule reads (and is tested) in one place.
+//! of the numbers, so the rule reads (and is tested) in one place: [`beats`] is the only place
+//! either loop (one trial at a time, or several in worktrees) decides a keep.
 
 use crate::noise;
 use crate::results::Status;
@@ -37,6 +38,31 @@ pub(super) fn confirmed(confirm_ppl: Option<f64>, best_ppl: f64, n: &NoiseSettin
         Status::Keep
     } else {
         Status::Discard
+    }
+}
+
+/// What the second-seed run of a [`Verdict::Confirm`] gave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Second {
+    /// It was not run: the trial has no seed key to shift, so the first result stands.
+    NotRun,
+    /// It failed (crash, timeout, pruned).
+    Failed,
+    /// It finished with this PPL (None: no metric).
+    Scored(Option<f64>),
+}
+
+/// The keep decision: whether `ppl` beats `against` under the noise policy, with the second
+/// seed's result when the verdict asked for one.
+pub(super) fn beats(ppl: f64, against: f64, n: &NoiseSettings, sigma: Option<f64>, second: Second) -> bool {
+    match verdict(ppl, against, n, sigma) {
+        Verdict::Discard => false,
+        Verdict::Keep => true,
+        Verdict::Confirm => match second {
+            Second::NotRun => true,
+            Second::Failed => false,
+            Second::Scored(p) => confirmed(p, against, n) == Status::Keep,
+        },
     }
 }
 
@@ -78,5 +104,18 @@ mod tests {
         assert!(!near_miss(104.0, 100.0, &n, Some(1.5)));
         assert!(near_miss(101.5, 100.0, &n, None), "without σ: 2 margins of 1% = 2");
         assert!(!near_miss(f64::NAN, 100.0, &n, Some(1.5)));
+    }
+
+    #[test]
+    fn beats_follows_the_verdict_and_the_second_seed() {
+        let mut n = NoiseSettings { min_rel_improvement: 0.01, confirm_seed: false, ..NoiseSettings::default() };
+        assert!(!beats(99.5, 100.0, &n, None, Second::Scored(Some(90.0))), "a discard stays one");
+        assert!(beats(98.0, 100.0, &n, None, Second::Failed), "a clear keep needs no second seed");
+        n.confirm_seed = true;
+        assert!(beats(98.0, 100.0, &n, None, Second::Scored(Some(98.5))));
+        assert!(!beats(98.0, 100.0, &n, None, Second::Scored(Some(99.9))));
+        assert!(!beats(98.0, 100.0, &n, None, Second::Scored(None)));
+        assert!(!beats(98.0, 100.0, &n, None, Second::Failed));
+        assert!(beats(98.0, 100.0, &n, None, Second::NotRun), "no seed key: the first result stands");
     }
 }

@@ -412,20 +412,20 @@ impl Driver {
         } else {
             let ppl = rec.eval_ppl.unwrap_or(f64::INFINITY);
             rec.delta = Some(policy::delta(ppl, bp));
-            if let Some(o) = &confirm {
-                rec.confirm_ppl = o.summary.eval_ppl.filter(|_| o.failure.is_none());
-                if let Some(e) = o.error.as_ref().filter(|_| o.failure.is_some()) {
-                    rec.error = Some(format!("second-seed confirmation failed: {e}"));
+            let second = match &confirm {
+                None => policy::Second::NotRun,
+                Some(o) if o.failure.is_some() => {
+                    if let Some(e) = &o.error {
+                        rec.error = Some(format!("second-seed confirmation failed: {e}"));
+                    }
+                    policy::Second::Failed
                 }
-            }
-            // The first verdict against `against`, confirmed by the second seed when it ran.
-            let beats = |against: f64| match policy::verdict(ppl, against, n, sigma) {
-                policy::Verdict::Discard => false,
-                policy::Verdict::Keep => true,
-                policy::Verdict::Confirm => confirm.as_ref().is_none_or(|o| {
-                    policy::confirmed(rec.confirm_ppl, against, n) == Status::Keep && o.failure.is_none()
-                }),
+                Some(o) => {
+                    rec.confirm_ppl = o.summary.eval_ppl;
+                    policy::Second::Scored(o.summary.eval_ppl)
+                }
             };
+            let beats = |against: f64| policy::beats(ppl, against, n, sigma, second);
             if best.to_string() == f.parent {
                 let st = if beats(bp) { Status::Keep } else { Status::Discard };
                 rec.near_miss = st == Status::Discard && policy::near_miss(ppl, bp, n, sigma);

@@ -2,9 +2,9 @@
 //! is asked for as the input of a forced `propose` tool whose `input_schema` is the proposal's
 //! JSON Schema; a server that refuses tools is asked in free text for the rest of the run.
 
+use autoqat_http::{Http, Secret};
 use serde_json::json;
 
-use super::http::{Http, Secret};
 use super::openai::proposal_schema;
 use super::{cost, Proposer, ProposerError, Reply, Request};
 use crate::settings::ProviderSettings;
@@ -40,7 +40,7 @@ impl Anthropic {
             return Err(ProposerError::Config("provider.model is empty; name the model to ask".into()));
         }
         Ok(Anthropic {
-            http: Http::new(s)?,
+            http: Http::new(&s.http())?,
             secret: Secret::from_env(var)?,
             url: format!("{}/v1/messages", base.trim_end_matches('/')),
             settings: s.clone(),

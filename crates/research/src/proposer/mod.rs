@@ -1,10 +1,10 @@
-//! Proposers: who suggests the next edit. `openai` and `anthropic` speak HTTP APIs, `command`
-//! runs a program (prompt on stdin, answer on stdout), `builtin` searches the schema's values.
+//! Proposers: who suggests the next edit. `openai` and `anthropic` speak HTTP APIs (through
+//! `autoqat-http`'s client), `command` runs a program (prompt on stdin, answer on stdout),
+//! `builtin` searches the schema's values.
 
 pub mod anthropic;
 pub mod builtin;
 pub mod command;
-pub mod http;
 pub mod openai;
 pub mod tpe;
 
@@ -38,6 +38,19 @@ pub enum ProposerError {
     /// or in another dialect, may pass.
     #[error("{0}")]
     FormatRefused(String),
+}
+
+// Each kind of HTTP failure is the proposer failure of the same name.
+impl From<autoqat_http::HttpError> for ProposerError {
+    fn from(e: autoqat_http::HttpError) -> Self {
+        use autoqat_http::HttpError as H;
+        match e {
+            H::Config(m) => ProposerError::Config(m),
+            H::Failed(m) => ProposerError::Failed(m),
+            H::ContextTooLong(m) => ProposerError::ContextTooLong(m),
+            H::FormatRefused(m) => ProposerError::FormatRefused(m),
+        }
+    }
 }
 
 /// What the proposer sees besides the prompt text (the builtin one uses only this).

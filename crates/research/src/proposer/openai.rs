@@ -1,9 +1,9 @@
 //! Any OpenAI-compatible chat completions endpoint (OpenAI, DeepSeek, OpenRouter, vLLM,
 //! llama.cpp, Ollama).
 
+use autoqat_http::{Http, Secret};
 use serde_json::json;
 
-use super::http::{Http, Secret};
 use super::{cost, Proposer, ProposerError, Reply, Request};
 use crate::settings::ProviderSettings;
 
@@ -58,7 +58,7 @@ impl OpenAi {
             return Err(ProposerError::Config("provider.model is empty; name the model to ask".into()));
         }
         Ok(OpenAi {
-            http: Http::new(s)?,
+            http: Http::new(&s.http())?,
             secret: Secret::from_env(var)?,
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
             settings: s.clone(),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use autoqat_qat::train::loss::{topk_other_kl, weighted_sample_ce, TraceTargets};
+use autoqat_toolkit::loss::{topk_other_kl, weighted_sample_ce, TraceTargets};
 use tch::{Device, Kind, Tensor};
 
 /// Eight rows over a vocabulary of 11: rows 2 and 5 invalid, rows with 1..=4 real alternatives

@@ -3,7 +3,7 @@
 
 mod common;
 
-use autoqat_qat::train::optim::AdamW;
+use autoqat_toolkit::optim::AdamW;
 use tch::{Device, Kind, Tensor};
 
 #[test]

@@ -1,5 +1,5 @@
 """The trace losses of docs/contracts.md#the-distillation-traces-track in plain PyTorch, row by row, in float64, for
-crates/qat/tests/trace_loss.rs:
+crates/toolkit/tests/trace_loss.rs:
 
     python trace_loss_ref.py INPUTS.safetensors OUT.safetensors TAU
 

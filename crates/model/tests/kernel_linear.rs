@@ -1,0 +1,159 @@
+//! `KernelLinear` / `KernelBuilder`: the packed-kernel layers compute what a plain f32 layer
+//! with the dequantized weight computes, the builder creates no weight variable for the modules
+//! it packs, and a device other than the CPU is refused in one line.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use autoqat_model::autoqat_kernels::{Granularity, WeightKind};
+use autoqat_model::kernel_linear::{
+    var_bytes, ActMode, KernelBuilder, KernelLinear, Kernels, MixedRows, PackedMatrix, PackedWeight,
+};
+use autoqat_model::load::build_causal_lm;
+use autoqat_model::{Linear, ModelConfig};
+use tch::{Device, Kind, Tensor};
+
+/// Deterministic pseudo-random codes of `kind`.
+fn codes(kind: WeightKind, n: usize, seed: u64) -> Vec<i8> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let r = (s >> 33) as i64;
+            match kind {
+                WeightKind::Binary => {
+                    if r % 2 == 0 {
+                        1
+                    } else {
+                        -1
+                    }
+                }
+                WeightKind::Ternary => (r % 3 - 1) as i8,
+                WeightKind::Q4 => (r % 15 - 7) as i8,
+                WeightKind::Q8 => (r % 255 - 127) as i8,
+            }
+        })
+        .collect()
+}
+
+fn matrix(kind: WeightKind, rows: usize, cols: usize, gran: Granularity, seed: u64) -> PackedMatrix {
+    let n_scales = match gran {
+        Granularity::PerTensor => 1,
+        Granularity::PerRow => rows,
+        Granularity::Group(g) => rows * cols.div_ceil(g),
+    };
+    let scales: Vec<f32> = (0..n_scales).map(|i| 0.01 + 0.001 * (i % 17) as f32).collect();
+    PackedMatrix::from_codes(kind, rows, cols, &codes(kind, rows * cols, seed), &scales, gran).unwrap()
+}
+
+fn dense(w: &PackedWeight) -> Tensor {
+    Tensor::from_slice(&w.dequantize()).view([w.rows() as i64, w.cols() as i64])
+}
+
+fn check(weight: PackedWeight, mode: ActMode, tol: f64) {
+    tch::manual_seed(7);
+    let kernels = Arc::new(Kernels::new(2));
+    let (rows, cols) = (weight.rows() as i64, weight.cols() as i64);
+    let w = dense(&weight);
+    let bias = Tensor::randn([rows], (Kind::Float, Device::Cpu));
+    let layer = KernelLinear::new("test", weight, Some(bias.shallow_clone()), mode, kernels);
+    // Decode (one token) and prefill shapes.
+    for shape in [vec![1, 1, cols], vec![2, 5, cols], vec![cols]] {
+        let x = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu));
+        let want = x.linear(&w, Some(&bias));
+        let got = layer.forward(&x);
+        assert_eq!(got.size(), want.size());
+        let rel = (&got - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[]);
+        assert!(rel < tol, "{mode:?} {shape:?}: relative error {rel:e}");
+    }
+}
+
+#[test]
+fn kernel_linear_computes_the_dequantized_product() {
+    for (kind, gran) in [
+        (WeightKind::Ternary, Granularity::PerRow),
+        (WeightKind::Ternary, Granularity::Group(64)),
+        (WeightKind::Binary, Granularity::PerTensor),
+        (WeightKind::Q4, Granularity::Group(128)),
+        (WeightKind::Q8, Granularity::PerRow),
+    ] {
+        let m = matrix(kind, 40, 200, gran, 3);
+        check(PackedWeight::Packed(m), ActMode::F32, 1e-5);
+    }
+    // Mixed rows: every kind present.
+    let parts: Vec<(PackedMatrix, Vec<usize>)> = WeightKind::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            let gran = if k == WeightKind::Q4 { Granularity::Group(128) } else { Granularity::PerRow };
+            (matrix(k, 9, 300, gran, i as u64), (0..36).filter(|r| r % 4 == i).collect())
+        })
+        .collect();
+    check(PackedWeight::Mixed(MixedRows::new(36, parts).unwrap()), ActMode::F32, 1e-5);
+    // int8 inputs: close, not exact.
+    check(
+        PackedWeight::Packed(matrix(WeightKind::Ternary, 40, 256, Granularity::PerRow, 5)),
+        ActMode::Int8PerVector,
+        3e-2,
+    );
+}
+
+fn tiny_config() -> ModelConfig {
+    ModelConfig::from_json_str(
+        r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 100, "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true,
+            "hidden_act": "silu"}"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn kernel_builder_packs_only_the_named_modules() {
+    let cfg = tiny_config();
+    let q = PackedWeight::Packed(matrix(WeightKind::Ternary, 64, 64, Granularity::PerRow, 1));
+    let down = PackedWeight::Packed(matrix(WeightKind::Ternary, 64, 128, Granularity::PerRow, 2));
+    let packed_bytes = q.bytes() + down.bytes();
+    let weights = HashMap::from([
+        ("model.layers.0.self_attn.q_proj".to_string(), q),
+        ("model.layers.1.mlp.down_proj".to_string(), down),
+    ]);
+    let b = KernelBuilder::new(Device::Cpu, Arc::new(Kernels::new(1)), ActMode::F32, weights).unwrap();
+    let (vs, model) = build_causal_lm(&cfg, Device::Cpu, Kind::Float, &b).unwrap();
+    b.check_all_used().unwrap();
+    let vars = vs.variables();
+    assert!(!vars.contains_key("model.layers.0.self_attn.q_proj.weight"));
+    assert!(!vars.contains_key("model.layers.1.mlp.down_proj.weight"));
+    assert!(vars.contains_key("model.layers.1.self_attn.q_proj.weight"));
+    assert_eq!(b.packed_bytes(), packed_bytes);
+    assert!(var_bytes(&vs) > 0);
+    let logits = tch::no_grad(|| model.forward(&Tensor::from_slice(&[1i64, 2, 3]).unsqueeze(0)));
+    assert_eq!(logits.size(), vec![1, 3, 100]);
+
+    // A module the model does not have, or a wrong shape, is an error.
+    let stray = HashMap::from([(
+        "model.layers.9.mlp.up_proj".to_string(),
+        PackedWeight::Packed(matrix(WeightKind::Ternary, 128, 64, Granularity::PerRow, 1)),
+    )]);
+    let b = KernelBuilder::new(Device::Cpu, Arc::new(Kernels::new(1)), ActMode::F32, stray).unwrap();
+    let _ = build_causal_lm(&cfg, Device::Cpu, Kind::Float, &b).unwrap();
+    let err = b.check_all_used().unwrap_err().to_string();
+    assert!(err.contains("model.layers.9.mlp.up_proj"), "{err}");
+    let wrong = HashMap::from([(
+        "model.layers.0.mlp.up_proj".to_string(),
+        PackedWeight::Packed(matrix(WeightKind::Ternary, 64, 64, Granularity::PerRow, 1)),
+    )]);
+    let b = KernelBuilder::new(Device::Cpu, Arc::new(Kernels::new(1)), ActMode::F32, wrong).unwrap();
+    let err = build_causal_lm(&cfg, Device::Cpu, Kind::Float, &b).unwrap_err().to_string();
+    assert!(err.contains("64x64") && err.contains("128x64"), "{err}");
+}
+
+#[test]
+fn kernel_builder_refuses_a_non_cpu_device() {
+    for device in [Device::Cuda(0), Device::Mps] {
+        let err = KernelBuilder::new(device, Arc::new(Kernels::new(1)), ActMode::F32, HashMap::new()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("CPU only") && !msg.contains('\n'), "{msg}");
+    }
+}
