@@ -313,6 +313,13 @@ pub struct KdReportArgs {
     /// Compute device.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Decode the student on the packed kernels (auto, CPU only) or on its dequantized f32 copy
+    /// through libtorch (dense).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "dense"])]
+    pub kernel: String,
+    /// Threads of the packed kernels.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -184,6 +184,14 @@ print(json.dumps({"rows": sum(t.num_rows for t in tables), "types": {f.name: str
     let qei = f("quality_s") / f("quality_t") / (f("memory_s_bytes") / f("memory_t_bytes"));
     assert!((f("qei") - qei).abs() < 1e-9 * qei);
     assert!((f("qei_speed") - qei * f("tps_s") / f("tps_t")).abs() < 1e-9 * qei);
+    // On a CPU the student's speed is the packed kernels' (names the path), unless asked for the
+    // dequantized copy.
+    let path = r["decode_path"].as_str().unwrap();
+    assert!(path.contains("kernels, 1 thread(s)") && printed.contains(path), "{path}");
+    ok(&autoqat(dir, &["kd", "report", "--student", "kd/export", "--traces", "heldout", "--kernel", "dense"]));
+    let dense = json(&dir.join("kd_report.json"));
+    assert!(dense["decode_path"].as_str().unwrap().starts_with("libtorch"), "{dense}");
+    assert_eq!(dense["quality_s"], r["quality_s"], "the quality is measured the same way either way");
 }
 
 #[test]

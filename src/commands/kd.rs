@@ -155,6 +155,7 @@ fn report_cmd(a: KdReportArgs) -> anyhow::Result<()> {
         baseline: &baseline,
         teacher_bytes,
         device,
+        kernel_threads: (a.kernel == "auto").then_some(a.threads.max(1)),
     })?;
     write_json(&a.out, &r)?;
     if a.json {
@@ -166,7 +167,7 @@ fn report_cmd(a: KdReportArgs) -> anyhow::Result<()> {
     println!("{:<10} {:>12.4} {:>16} {:>12.1}", "teacher", r.quality_t, r.memory_t_bytes, r.tps_t);
     println!("quality: {} over {} positions (student NLL {:.4} nats)", r.quality_metric, r.positions, r.student_nll);
     println!("QEI = (quality_s / quality_t) / (memory_s / memory_t) = {:.4}", r.qei);
-    println!("QEIspeed = QEI * TPS_s / TPS_t = {:.4}", r.qei_speed);
+    println!("QEIspeed = QEI * TPS_s / TPS_t = {:.4} (student decoded by {})", r.qei_speed, r.decode_path);
     println!("-> {}", a.out.display());
     Ok(())
 }

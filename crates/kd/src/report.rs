@@ -5,6 +5,10 @@
 //! the baseline's prompts against the teacher's measured baseline.
 //!
 //! `QEI = (quality_s / quality_t) / (memory_s / memory_t)`, `QEIspeed = QEI * TPS_s / TPS_t`.
+//!
+//! On a CPU the student decodes on the packed low-bit kernels (`autoqat-kernels`), so `TPS_s`
+//! is what a ternary model delivers and not the speed of its dequantized f32 copy; the report
+//! names the path it measured (`decode_path`).
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +33,9 @@ pub struct ReportInputs<'a> {
     pub teacher_bytes: u64,
     /// Compute device.
     pub device: Device,
+    /// Decode the student on the packed kernels with this many threads (CPU only); None: the
+    /// dequantized f32 model through libtorch.
+    pub kernel_threads: Option<usize>,
 }
 
 /// `kd_report.json`.
@@ -56,6 +63,9 @@ pub struct KdReport {
     pub qei: f64,
     /// QEI times the relative decode speed.
     pub qei_speed: f64,
+    /// What decoded the student: the packed kernels (their path and threads) or libtorch.
+    #[serde(default)]
+    pub decode_path: String,
     /// Where the figures came from.
     pub student: String,
     /// The teacher.
@@ -113,10 +123,23 @@ pub fn report(inp: &ReportInputs<'_>) -> Result<KdReport> {
     }
 
     let stop = stop_ids(&inp.student);
+    // Speed is measured on the packed kernels where they run (the quality above is the same
+    // computation either way: the kernels' outputs equal the dequantized model's).
+    let on_kernels = match inp.kernel_threads.filter(|_| inp.device == Device::Cpu) {
+        Some(threads) => Some(
+            autoqat_qat::load_packed_kernels(&inp.student, threads, None)
+                .map_err(|e| KdError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let (decoder, decode_path) = match &on_kernels {
+        Some(k) => (&k.model, format!("{} kernels, {} thread(s)", k.kernels.path().name(), k.kernels.threads())),
+        None => (model, format!("libtorch, dequantized f32 ({})", autoqat_model::device_name(inp.device))),
+    };
     let (mut tokens, mut secs) = (0usize, 0.0f64);
     for a in &inp.baseline.answers {
         let ids = tok.encode(&a.prompt)?;
-        let out = greedy_decode(model, &ids, inp.baseline.max_tokens, &stop, 0, inp.device)?;
+        let out = greedy_decode(decoder, &ids, inp.baseline.max_tokens, &stop, 0, inp.device)?;
         tokens += out.steps.len();
         secs += out.total_s;
     }
@@ -139,6 +162,7 @@ pub fn report(inp: &ReportInputs<'_>) -> Result<KdReport> {
         tps_t,
         qei,
         qei_speed: qei * tps_s / tps_t.max(1e-9),
+        decode_path,
         student: inp.student.display().to_string(),
         teacher: inp.baseline.teacher.clone(),
     })
