@@ -25,6 +25,7 @@ llama.cpp: the `llama-cpp-python` wheel in .venv ships libllama but neither
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -143,12 +144,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--keep", help="build the models in this directory and keep them (for profiling)")
     args = ap.parse_args()
     if not os.path.exists(args.bin):
         sys.exit(f"no autoqat binary at {args.bin}; build it with `cargo build --release --locked --bin autoqat`")
     bw = bandwidth_gbs()
     print(f"read bandwidth (numpy sum over 512 MB): {bw:.1f} GB/s; torch {torch.__version__}")
-    with tempfile.TemporaryDirectory() as d:
+    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as d:
         src = os.path.join(d, "dense")
         spec = dict(CONFIGS[args.config])
         _, model = tiny_checkpoint(src, TEXT, 1024, special_tokens=(), **spec, rms_norm_eps=1e-5, rope_theta=10000.0)

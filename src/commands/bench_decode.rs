@@ -278,8 +278,11 @@ pub fn run(args: BenchDecodeArgs) -> anyhow::Result<()> {
     if kernels && !avx2 {
         eprintln!("note: this CPU has no AVX2+FMA: the packed kernels run on the portable (scalar) fallback");
     }
-    // The dense reference uses as many threads as the kernels.
-    tch::set_num_threads(args.threads as i32);
+    // The dense reference gives libtorch the threads. On the kernels the heavy products are
+    // the kernels' own (their pool has the threads); libtorch keeps the small ops between them
+    // on the calling thread, since its pool and the kernels' would otherwise fight over the
+    // same cores (measured: 2 threads decoded slower than 1).
+    tch::set_num_threads(if kernels { 1 } else { args.threads as i32 });
     let loaded = load(&args, source, kernels, device)?;
     let tokenizer = match &args.tokenizer {
         Some(p) => Some(TextTokenizer::from_path(p).with_context(|| format!("cannot load tokenizer {}", p.display()))?),

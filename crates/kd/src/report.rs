@@ -132,6 +132,10 @@ pub fn report(inp: &ReportInputs<'_>) -> Result<KdReport> {
         ),
         None => None,
     };
+    if on_kernels.is_some() {
+        // The kernels' pool has the threads; libtorch's would fight it for the same cores.
+        tch::set_num_threads(1);
+    }
     let (decoder, decode_path) = match &on_kernels {
         Some(k) => (&k.model, format!("{} kernels, {} thread(s)", k.kernels.path().name(), k.kernels.threads())),
         None => (model, format!("libtorch, dequantized f32 ({})", autoqat_model::device_name(inp.device))),

@@ -231,6 +231,58 @@ impl Linear for KernelLinear {
     }
 }
 
+/// A full-precision layer of a kernel model (the tied lm_head, above all): one token goes
+/// through the kernels' f32 matrix-vector product, which streams the weights at the memory's
+/// speed, where libtorch's single-row GEMV reaches about a third of it on the CPUs measured
+/// (docs/benchmarks.md); several tokens (prefill) stay with libtorch's GEMM. The same f32
+/// products, summed in another order.
+#[derive(Debug)]
+pub struct DenseKernelLinear {
+    inner: PlainLinear,
+    kernels: Arc<Kernels>,
+}
+
+impl DenseKernelLinear {
+    /// Wraps a plain layer.
+    pub fn new(inner: PlainLinear, kernels: Arc<Kernels>) -> Self {
+        Self { inner, kernels }
+    }
+}
+
+impl Linear for DenseKernelLinear {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let w = &self.inner.weight;
+        let [rows, cols] = w.size()[..] else { return self.inner.forward(xs) };
+        let direct = xs.device() == Device::Cpu
+            && xs.kind() == Kind::Float
+            && w.kind() == Kind::Float
+            && w.is_contiguous()
+            && xs.numel() as i64 == cols;
+        if !direct {
+            return self.inner.forward(xs);
+        }
+        let (rows, cols) = (rows as usize, cols as usize);
+        let mut x = vec![0.0f32; cols];
+        xs.detach().contiguous().view([-1]).copy_data(&mut x, cols);
+        let mut y = vec![0.0f32; rows];
+        // SAFETY: `w` is a contiguous f32 CPU tensor of `rows * cols` elements that outlives
+        // this borrow (the layer owns it), and nothing writes it during the product.
+        let weights = unsafe { std::slice::from_raw_parts(w.data_ptr() as *const f32, rows * cols) };
+        if let Err(e) = self.kernels.dense_matvec(weights, rows, cols, &x, &mut y) {
+            panic!("dense kernel product failed: {e}");
+        }
+        let mut shape = xs.size();
+        if let Some(last) = shape.last_mut() {
+            *last = rows as i64;
+        }
+        let mut out = Tensor::from_slice(&y).view(shape.as_slice());
+        if let Some(b) = &self.inner.bias {
+            out += b;
+        }
+        out
+    }
+}
+
 /// Packs the weight of module `name` (`[rows, cols]`) on demand, or None to leave it plain:
 /// for formats whose matrix shapes are known only from the model (a compression artifact).
 pub type WeightSource<'a> = dyn Fn(&str, usize, usize) -> Result<Option<PackedWeight>> + 'a;
@@ -357,7 +409,7 @@ impl LinearBuilder for KernelBuilder<'_> {
             packed = source(&name, spec.out_dim as usize, spec.in_dim as usize)?;
         }
         let Some(weight) = packed else {
-            return Ok(Box::new(PlainLinear::new(p, spec)?));
+            return Ok(Box::new(DenseKernelLinear::new(PlainLinear::new(p, spec)?, self.kernels.clone())));
         };
         if weight.rows() as i64 != spec.out_dim || weight.cols() as i64 != spec.in_dim {
             return Err(ModelError::Unsupported(format!(

@@ -157,3 +157,28 @@ fn kernel_builder_refuses_a_non_cpu_device() {
         assert!(msg.contains("CPU only") && !msg.contains('\n'), "{msg}");
     }
 }
+
+#[test]
+fn a_plain_layer_of_a_kernel_model_computes_what_libtorch_does() {
+    tch::manual_seed(7);
+    let kernels = Arc::new(Kernels::new(2));
+    for (rows, cols, bias) in [(1000, 576, false), (37, 130, true), (1, 1, false)] {
+        let weight = Tensor::randn([rows, cols], (Kind::Float, Device::Cpu));
+        let b = bias.then(|| Tensor::randn([rows], (Kind::Float, Device::Cpu)));
+        let layer = autoqat_model::DenseKernelLinear::new(
+            autoqat_model::PlainLinear { weight: weight.shallow_clone(), bias: b.as_ref().map(|t| t.shallow_clone()) },
+            kernels.clone(),
+        );
+        // One token goes through the kernels' f32 product, several through libtorch: both must
+        // equal the plain product.
+        for n in [1i64, 3] {
+            let x = Tensor::randn([1, n, cols], (Kind::Float, Device::Cpu));
+            let want = x.linear(&weight, b.as_ref());
+            let got = layer.forward(&x);
+            assert_eq!(got.size(), want.size());
+            let err = (&got - &want).abs().max().double_value(&[]);
+            let scale = want.abs().max().double_value(&[]).max(1.0);
+            assert!(err <= 1e-5 * scale, "{rows}x{cols} n={n}: max error {err}");
+        }
+    }
+}
