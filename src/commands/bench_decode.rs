@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use autoqat_compress::artifact::{self, ArtifactFiles};
 use autoqat_compress::kernel_load;
 use autoqat_model::autoqat_kernels::KernelPath;
-use autoqat_model::kernel_linear::{cpu_only_named, var_bytes, ActMode};
+use autoqat_model::kernel_linear::{cpu_only_named, var_bytes, ActMode, Kernels};
 use autoqat_model::{load_causal_lm, parse_device, CausalLM, KvCache, PlainBuilder, TextTokenizer};
 use tch::{Device, Kind, Tensor};
 
@@ -69,12 +69,33 @@ fn acts_name(mode: ActMode) -> &'static str {
     }
 }
 
+impl Loaded {
+    /// A model on the dense path (libtorch).
+    fn dense(model: CausalLM, vs: &tch::nn::VarStore, vocab: i64, tokenizer: Option<TextTokenizer>) -> Self {
+        let dense_bytes = var_bytes(vs);
+        Self { model, vocab, packed_bytes: 0, dense_bytes, path: "libtorch".into(), acts: None, tokenizer }
+    }
+
+    /// A model whose packed layers run on `kernels` in `mode`.
+    fn packed(
+        model: CausalLM,
+        vs: &tch::nn::VarStore,
+        vocab: i64,
+        packed_bytes: usize,
+        kernels: &Kernels,
+        mode: ActMode,
+        tokenizer: Option<TextTokenizer>,
+    ) -> Self {
+        let (dense_bytes, path) = (var_bytes(vs), kernels.path().name().to_string());
+        Self { model, vocab, packed_bytes, dense_bytes, path, acts: Some(mode), tokenizer }
+    }
+}
+
 fn load(args: &BenchDecodeArgs, source: Source, kernels: bool, device: Device) -> anyhow::Result<Loaded> {
     let path = Path::new(&args.model);
     let threads = args.threads;
-    let dense_path = "libtorch".to_string();
-    match (source, kernels) {
-        (Source::Artifact, _) => {
+    match source {
+        Source::Artifact => {
             let files = ArtifactFiles::read(path).with_context(|| format!("cannot read artifact {}", args.model))?;
             let tokenizer =
                 files.tokenizer().map(|b| TextTokenizer::from_bytes(b, &path.join("tokenizer.json"))).transpose()?;
@@ -85,35 +106,15 @@ fn load(args: &BenchDecodeArgs, source: Source, kernels: bool, device: Device) -
                     _ => ActMode::F32,
                 };
                 let a = kernel_load::load_kernels(&files, threads, mode).with_context(cannot)?;
-                let path = a.kernels.path().name().to_string();
                 let vocab = a.cfg.vocab_size;
-                let dense_bytes = var_bytes(&a.vs);
-                // The variables are owned by the model's tensors; the store may go.
-                Ok(Loaded {
-                    model: a.model,
-                    vocab,
-                    packed_bytes: a.packed_bytes,
-                    dense_bytes,
-                    path,
-                    acts: Some(mode),
-                    tokenizer,
-                })
+                Ok(Loaded::packed(a.model, &a.vs, vocab, a.packed_bytes, &a.kernels, mode, tokenizer))
             } else {
                 let a = artifact::load(&files, device, Kind::Float).with_context(cannot)?;
-                let dense_bytes = var_bytes(&a.vs);
                 let vocab = a.cfg.vocab_size;
-                Ok(Loaded {
-                    model: a.model,
-                    vocab,
-                    packed_bytes: 0,
-                    dense_bytes,
-                    path: dense_path,
-                    acts: None,
-                    tokenizer,
-                })
+                Ok(Loaded::dense(a.model, &a.vs, vocab, tokenizer))
             }
         }
-        (Source::Student, _) => {
+        Source::Student => {
             let tokenizer = TextTokenizer::from_path(path).ok();
             let cannot = || format!("cannot load packed model {}", args.model);
             if kernels {
@@ -122,48 +123,20 @@ fn load(args: &BenchDecodeArgs, source: Source, kernels: bool, device: Device) -
                     ActsChoice::Int8 => ActMode::Int8PerVector,
                 });
                 let m = autoqat_qat::load_packed_kernels(path, threads, mode).with_context(cannot)?;
-                let path = m.kernels.path().name().to_string();
-                let dense_bytes = var_bytes(&m.vs);
                 let vocab = m.cfg.vocab_size;
-                Ok(Loaded {
-                    model: m.model,
-                    vocab,
-                    packed_bytes: m.packed_bytes,
-                    dense_bytes,
-                    path,
-                    acts: Some(m.mode),
-                    tokenizer,
-                })
+                Ok(Loaded::packed(m.model, &m.vs, vocab, m.packed_bytes, &m.kernels, m.mode, tokenizer))
             } else {
                 let m = autoqat_qat::load_packed(path, device).with_context(cannot)?;
-                let dense_bytes = var_bytes(&m.vs);
                 let vocab = m.cfg.vocab_size;
-                Ok(Loaded {
-                    model: m.model,
-                    vocab,
-                    packed_bytes: 0,
-                    dense_bytes,
-                    path: dense_path,
-                    acts: None,
-                    tokenizer,
-                })
+                Ok(Loaded::dense(m.model, &m.vs, vocab, tokenizer))
             }
         }
-        (Source::Dense, _) => {
+        Source::Dense => {
             let loaded = load_causal_lm(&args.model, device, Kind::Float, &PlainBuilder)
                 .with_context(|| format!("cannot load model {}", args.model))?;
             let tokenizer = TextTokenizer::from_path(&loaded.dir).ok();
-            let dense_bytes = var_bytes(&loaded.vs);
             let vocab = loaded.cfg.vocab_size;
-            Ok(Loaded {
-                model: loaded.model,
-                vocab,
-                packed_bytes: 0,
-                dense_bytes,
-                path: dense_path,
-                acts: None,
-                tokenizer,
-            })
+            Ok(Loaded::dense(loaded.model, &loaded.vs, vocab, tokenizer))
         }
     }
 }

@@ -275,23 +275,9 @@ pub fn init(dir: &Path, template: Template, tiny: TinySizes) -> anyhow::Result<V
 }
 
 /// Commits `paths` (relative to `dir`) in the repository whose root is exactly `dir`, creating
-/// one there when there is none. Never the repository of an enclosing directory: a workspace
-/// made inside a project checkout (the demo's default) must not commit into that project, and
-/// `autoqat run` wants the workspace to be a repository root.
+/// one there when there is none (`Git::open_or_init`): `autoqat run` wants the workspace to be a
+/// repository root.
 pub fn commit_all(dir: &Path, paths: &[PathBuf], message: &str) -> anyhow::Result<git2::Oid> {
-    let repo = match git2::Repository::open(dir) {
-        Ok(r) => r,
-        Err(_) => git2::Repository::init(dir)
-            .with_context(|| format!("cannot create a git repository in {}", dir.display()))?,
-    };
-    let mut index = repo.index()?;
-    for p in paths {
-        index.add_path(p).with_context(|| format!("cannot stage {}", p.display()))?;
-    }
-    index.write()?;
-    let tree = repo.find_tree(index.write_tree()?)?;
-    let sig = repo.signature().or_else(|_| git2::Signature::now("autoqat", "autoqat@localhost"))?;
-    let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
-    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-    Ok(repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)?)
+    let git = autoqat_research::git::Git::open_or_init(dir)?;
+    git.commit_paths(paths, message).with_context(|| format!("cannot commit the workspace files in {}", dir.display()))
 }

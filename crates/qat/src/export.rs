@@ -149,8 +149,7 @@ pub fn export_all(recipe: &Recipe, student: &Student, run: &Path) -> Result<()> 
     let out = run.join("export");
     write_dir(&out, cfg, &tokenizer)?;
     write_safetensors(&packed_tensors, &out.join("model.safetensors"))?;
-    let qpath = out.join("quant.json");
-    std::fs::write(&qpath, serde_json::to_string_pretty(&info).unwrap_or_default()).map_err(io_err(&qpath))?;
+    autoqat_workspace::atomic::write_json(&out.join("quant.json"), &info)?;
     if info.folded_biases.is_empty() {
         let hf = run.join("hf");
         write_dir(&hf, cfg, &tokenizer)?;
@@ -161,9 +160,7 @@ pub fn export_all(recipe: &Recipe, student: &Student, run: &Path) -> Result<()> 
 
 fn write_dir(dir: &Path, cfg: &ModelConfig, tokenizer: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let cfg_path = dir.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg.to_hf_json()).unwrap_or_default())
-        .map_err(io_err(&cfg_path))?;
+    autoqat_workspace::atomic::write_json(&dir.join("config.json"), &cfg.to_hf_json())?;
     if tokenizer.is_file() {
         std::fs::copy(tokenizer, dir.join("tokenizer.json")).map_err(io_err(tokenizer))?;
     }

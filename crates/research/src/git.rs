@@ -132,11 +132,7 @@ impl Git {
                 e.message()
             ))
         })?;
-        let root = repo
-            .workdir()
-            .ok_or_else(|| ResearchError::Workspace("bare repositories are not supported".into()))?
-            .to_path_buf();
-        Ok(Git { repo, root })
+        Self::of(repo)
     }
 
     /// Opens the repository that contains `path` (the workspace or any folder inside it), for
@@ -145,11 +141,46 @@ impl Git {
         let repo = Repository::discover(path).map_err(|e| {
             ResearchError::Workspace(format!("{} is not inside a git repository ({})", path.display(), e.message()))
         })?;
+        Self::of(repo)
+    }
+
+    /// Opens the repository whose root is exactly `dir`, creating one there when there is none
+    /// (never the repository of an enclosing directory: a workspace made inside a project
+    /// checkout must not commit into that project).
+    pub fn open_or_init(dir: &Path) -> Result<Git> {
+        let repo = match Repository::open(dir) {
+            Ok(r) => r,
+            Err(_) => Repository::init(dir).map_err(|e| {
+                ResearchError::Workspace(format!(
+                    "cannot create a git repository in {} ({})",
+                    dir.display(),
+                    e.message()
+                ))
+            })?,
+        };
+        Self::of(repo)
+    }
+
+    fn of(repo: Repository) -> Result<Git> {
         let root = repo
             .workdir()
             .ok_or_else(|| ResearchError::Workspace("bare repositories are not supported".into()))?
             .to_path_buf();
         Ok(Git { repo, root })
+    }
+
+    /// Commits `paths` (relative to the root) on HEAD, whatever else the index holds.
+    pub fn commit_paths(&self, paths: &[PathBuf], message: &str) -> Result<Oid> {
+        let mut index = self.repo.index()?;
+        for p in paths {
+            index.add_path(p)?;
+        }
+        index.write()?;
+        let tree = self.repo.find_tree(index.write_tree()?)?;
+        let sig = self.signature()?;
+        let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        Ok(self.repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)?)
     }
 
     /// Adds the harness outputs to `.git/info/exclude` so they never dirty the worktree.
