@@ -157,6 +157,24 @@ impl Acts {
 /// Quantizes `src` into `dst` with one absmax scale; returns the dequantization multiplier.
 /// Codes stay in [-127, 127] (never -128), which the AVX2 `sign` trick for q8 weights needs.
 fn quantize(src: &[f32], dst: &mut [i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { quantize_avx2(src, dst) };
+    }
+    quantize_body(src, dst)
+}
+
+/// The same code compiled for AVX2: rounding becomes one vector instruction instead of a libm
+/// call per value (`rintf`, measured at 2.6% of a decode). Same results: ties to even either way.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_avx2(src: &[f32], dst: &mut [i8]) -> f32 {
+    quantize_body(src, dst)
+}
+
+#[inline(always)]
+fn quantize_body(src: &[f32], dst: &mut [i8]) -> f32 {
     let amax = src.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(AMAX_EPS);
     let inv = 127.0 / amax;
     for (d, &v) in dst.iter_mut().zip(src) {
