@@ -24,8 +24,13 @@ for f in "$stories" "$wiki"; do [ -f "$f" ] || { echo "error: $f is missing (see
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 [ -f "$work/smollm2/model.safetensors" ] || ../shared/tools/real-smollm2 "$work/smollm2" "$VENV/bin/python" >/dev/null
-cargo build --locked --quiet
-bin=$(pwd)/target/debug/autoqat
+# AUTOQAT_BIN: a binary already built (e.g. target/release/autoqat); else the debug build.
+if [ -n "${AUTOQAT_BIN:-}" ]; then
+    bin=$(cd "$(dirname "$AUTOQAT_BIN")" && pwd)/$(basename "$AUTOQAT_BIN")
+else
+    cargo build --locked --quiet
+    bin=$(pwd)/target/debug/autoqat
+fi
 
 # The student: the teacher's embedding, first $layers layers, final norm and head.
 if [ ! -f "$work/student/model.safetensors" ]; then
