@@ -363,7 +363,7 @@ impl ArtifactFiles {
 
 impl ArtifactFiles {
     /// The configuration's text, the configuration, and the weights' view.
-    fn parts(&self) -> Result<(&str, ModelConfig, SafeTensors<'_>)> {
+    pub(crate) fn parts(&self) -> Result<(&str, ModelConfig, SafeTensors<'_>)> {
         let path = &self.path;
         let cfg_text = std::str::from_utf8(&self.files["config.json"])
             .map_err(|_| CompressError::Artifact { path: path.clone(), msg: "config.json is not UTF-8".into() })?;
@@ -376,7 +376,7 @@ impl ArtifactFiles {
 
 /// Variable `name` of the model, dense f32 with shape `size`: a quantized matrix unpacked, any
 /// other tensor as stored.
-fn dense_tensor(st: &SafeTensors, name: &str, size: &[i64], path: &Path) -> Result<Tensor> {
+pub(crate) fn dense_tensor(st: &SafeTensors, name: &str, size: &[i64], path: &Path) -> Result<Tensor> {
     let unpacked = match name.strip_suffix(".weight") {
         Some(prefix) if size.len() == 2 => unpack_weight(st, prefix, size[0], size[1], path)?,
         _ => None,

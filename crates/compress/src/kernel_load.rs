@@ -20,7 +20,7 @@ use half::f16;
 use safetensors::{Dtype, SafeTensors};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::artifact::{ArtifactFiles, WEIGHTS};
+use crate::artifact::{dense_tensor, ArtifactFiles};
 use crate::error::{CompressError, Result};
 use crate::rows::RowKind;
 
@@ -67,39 +67,11 @@ pub fn mixed_rows(st: &SafeTensors, prefix: &str, rows: usize, cols: usize, path
     MixedRows::from_artifact(rows, cols, row_kind.data(), &refs).map(Some).map_err(|e| bad(format!("{prefix}: {e}")))
 }
 
-/// A non-packed tensor of the artifact as f32 on the CPU.
-fn dense(st: &SafeTensors, name: &str, size: &[i64], path: &Path) -> Result<Tensor> {
-    let bad = |msg: String| CompressError::Artifact { path: path.to_path_buf(), msg };
-    if let (Some(prefix), [r, c]) = (name.strip_suffix(".weight"), size) {
-        if let Some(m) = mixed_rows(st, prefix, *r as usize, *c as usize, path)? {
-            // A quantized matrix that is not a linear layer (a quantized embedding).
-            return Ok(Tensor::from_slice(&m.dequantize()).view([*r, *c]));
-        }
-    }
-    let view = st.tensor(name).map_err(|_| bad(format!("missing tensor {name}")))?;
-    let kind = match view.dtype() {
-        Dtype::F32 => Kind::Float,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        other => return Err(bad(format!("tensor {name} has dtype {other:?}"))),
-    };
-    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    if shape != size {
-        return Err(bad(format!("tensor {name} has shape {shape:?}, the config implies {size:?}")));
-    }
-    Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?.to_kind(Kind::Float))
-}
-
 /// Rebuilds the model of an artifact for CPU decoding on the packed kernels with `threads`
 /// threads, inputs of the packed layers consumed as `mode`.
 pub fn load_kernels(files: &ArtifactFiles, threads: usize, mode: ActMode) -> Result<KernelArtifact> {
     let path = files.path.as_path();
-    let bad = |msg: String| CompressError::Artifact { path: path.to_path_buf(), msg };
-    let cfg_bytes = files.files.get("config.json").ok_or_else(|| bad("no config.json".into()))?;
-    let cfg_text = std::str::from_utf8(cfg_bytes).map_err(|_| bad("config.json is not UTF-8".into()))?;
-    let cfg = ModelConfig::from_json_str(cfg_text)?;
-    let weights = files.files.get(WEIGHTS).ok_or_else(|| bad(format!("no {WEIGHTS}")))?;
-    let st = SafeTensors::deserialize(weights).map_err(|e| bad(format!("{WEIGHTS}: {e}")))?;
+    let (_, cfg, st) = files.parts()?;
     let source = |name: &str, rows: usize, cols: usize| -> autoqat_model::Result<Option<PackedWeight>> {
         mixed_rows(&st, name, rows, cols, path)
             .map(|m| m.map(PackedWeight::Mixed))
@@ -111,7 +83,9 @@ pub fn load_kernels(files: &ArtifactFiles, threads: usize, mode: ActMode) -> Res
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, mut var) in vars {
-        let value = dense(&st, &name, &var.size(), path)?;
+        // Everything not on the kernels (norms, the embedding, a quantized embedding unpacked)
+        // is read as the dense loader reads it.
+        let value = dense_tensor(&st, &name, &var.size(), path)?;
         tch::no_grad(|| var.f_copy_(&value))?;
     }
     let packed = builder.built();

@@ -249,7 +249,7 @@ impl CompressRecipe {
     /// Parses and checks recipe text; `path` names it in errors, `base` resolves relative paths.
     pub fn from_str(text: &str, path: &Path, base: PathBuf) -> Result<Self> {
         let bad = |msg: String| CompressError::Recipe { path: path.to_path_buf(), msg };
-        let mut r: CompressRecipe = autoqat_recipe::parse_with(text, &schema()).map_err(|e| bad(schema_error(e)))?;
+        let mut r: CompressRecipe = autoqat_recipe::parse_with(text, &schema()).map_err(|e| bad(e.detail()))?;
         r.base = base;
         r.allocate.kinds.sort();
         r.allocate.kinds.dedup();
@@ -297,13 +297,6 @@ impl CompressRecipe {
             self.model.source.clone()
         }
     }
-}
-
-/// The message of a schema error without the QAT recipe's "invalid recipe: " prefix (the
-/// compress error names the file already).
-fn schema_error(e: autoqat_recipe::RecipeError) -> String {
-    let text = e.to_string();
-    text.strip_prefix("invalid recipe: ").map(str::to_string).unwrap_or(text)
 }
 
 /// Every key of `experiments/compress.toml`: what `autoqat compress --schema`

@@ -201,34 +201,54 @@ impl Linear for KernelLinear {
             self.name
         );
         let in_kind = xs.kind();
-        let n = xs.numel().checked_div(cols).unwrap_or(0);
-        if let Some(last) = shape.last_mut() {
-            *last = rows as i64;
-        }
-        if n == 0 {
+        if xs.numel() == 0 {
+            if let Some(last) = shape.last_mut() {
+                *last = rows as i64;
+            }
             return Tensor::zeros(shape.as_slice(), (in_kind, Device::Cpu));
         }
-        let mut x = vec![0.0f32; n * cols];
-        let flat = xs.detach().to_kind(Kind::Float).contiguous().view([-1]);
-        flat.copy_data(&mut x, n * cols);
-        if let Some(pre) = &self.pre {
-            pre.apply(&mut x, n, cols);
-        }
-        let mut y = vec![0.0f32; n * rows];
-        if let Err(e) = self.product(&x, n, &mut y) {
+        let out = on_host(xs, rows, cols, self.bias.as_ref(), |x, n, y| {
+            if let Some(pre) = &self.pre {
+                pre.apply(x, n, cols);
+            }
+            self.product(x, n, y)
+        })
+        .unwrap_or_else(|e| {
             // Shapes were checked when the layer was built, so this is a bug, not bad input.
-            panic!("{}: packed kernel product failed: {e}", self.name);
-        }
-        let mut out = Tensor::from_slice(&y).view(shape.as_slice());
-        if let Some(b) = &self.bias {
-            out += b;
-        }
+            panic!("{}: packed kernel product failed: {e}", self.name)
+        });
         if in_kind == Kind::Float {
             out
         } else {
             out.to_kind(in_kind)
         }
     }
+}
+
+/// Runs `product` (`x` `[n, cols]` -> `y` `[n, rows]`, f32, row-major) on a host copy of the
+/// CPU tensor `xs` `[.., cols]`, and returns `[.., rows]` f32 with `bias` added: the round trip
+/// every kernel-backed layer makes between libtorch and the kernels' slices.
+fn on_host(
+    xs: &Tensor,
+    rows: usize,
+    cols: usize,
+    bias: Option<&Tensor>,
+    product: impl FnOnce(&mut [f32], usize, &mut [f32]) -> autoqat_kernels::Result<()>,
+) -> autoqat_kernels::Result<Tensor> {
+    let n = xs.numel() / cols;
+    let mut x = vec![0.0f32; n * cols];
+    xs.detach().to_kind(Kind::Float).contiguous().view([-1]).copy_data(&mut x, n * cols);
+    let mut y = vec![0.0f32; n * rows];
+    product(&mut x, n, &mut y)?;
+    let mut shape = xs.size();
+    if let Some(last) = shape.last_mut() {
+        *last = rows as i64;
+    }
+    let mut out = Tensor::from_slice(&y).view(shape.as_slice());
+    if let Some(b) = bias {
+        out += b;
+    }
+    Ok(out)
 }
 
 /// A full-precision layer of a kernel model (the tied lm_head, above all): one token goes
@@ -262,24 +282,12 @@ impl Linear for DenseKernelLinear {
             return self.inner.forward(xs);
         }
         let (rows, cols) = (rows as usize, cols as usize);
-        let mut x = vec![0.0f32; cols];
-        xs.detach().contiguous().view([-1]).copy_data(&mut x, cols);
-        let mut y = vec![0.0f32; rows];
         // SAFETY: `w` is a contiguous f32 CPU tensor of `rows * cols` elements that outlives
         // this borrow (the layer owns it), and nothing writes it during the product.
         let weights = unsafe { std::slice::from_raw_parts(w.data_ptr() as *const f32, rows * cols) };
-        if let Err(e) = self.kernels.dense_matvec(weights, rows, cols, &x, &mut y) {
-            panic!("dense kernel product failed: {e}");
-        }
-        let mut shape = xs.size();
-        if let Some(last) = shape.last_mut() {
-            *last = rows as i64;
-        }
-        let mut out = Tensor::from_slice(&y).view(shape.as_slice());
-        if let Some(b) = &self.inner.bias {
-            out += b;
-        }
-        out
+        let product = |x: &mut [f32], _n: usize, y: &mut [f32]| self.kernels.dense_matvec(weights, rows, cols, x, y);
+        on_host(xs, rows, cols, self.inner.bias.as_ref(), product)
+            .unwrap_or_else(|e| panic!("dense kernel product failed: {e}"))
     }
 }
 

@@ -48,6 +48,17 @@ pub enum RecipeError {
     },
 }
 
+impl RecipeError {
+    /// What is wrong, without the "invalid recipe" lead: for callers whose own error already
+    /// names the file (the compress recipe's).
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Invalid(msg) => msg.clone(),
+            Self::OutOfRange { key, value, allowed } => format!("`{key}` = {value} is not allowed; expected {allowed}"),
+        }
+    }
+}
+
 /// The type and allowed values of one recipe key.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
