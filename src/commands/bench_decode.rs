@@ -6,15 +6,14 @@
 //! first generated token ids so that two runs can be compared.
 
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 use autoqat_compress::artifact::{self, ArtifactFiles};
 use autoqat_compress::kernel_load;
 use autoqat_model::autoqat_kernels::KernelPath;
 use autoqat_model::kernel_linear::{cpu_only_named, var_bytes, ActMode, Kernels};
-use autoqat_model::{load_causal_lm, parse_device, CausalLM, KvCache, PlainBuilder, TextTokenizer};
-use tch::{Device, Kind, Tensor};
+use autoqat_model::{greedy_decode, load_causal_lm, parse_device, CausalLM, Decoded, PlainBuilder, TextTokenizer};
+use tch::{Device, Kind};
 
 use crate::cli::{ActsChoice, BenchDecodeArgs, KernelChoice};
 
@@ -181,35 +180,10 @@ fn rss() -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Timings of one prefill and `steps` greedy decode steps.
-struct Timing {
-    prefill_s: f64,
-    decode_s: f64,
-    ids: Vec<i64>,
-}
-
-fn argmax_last(logits: &Tensor) -> i64 {
-    logits.get(0).get(-1).to_kind(Kind::Float).argmax(-1, false).int64_value(&[])
-}
-
-/// Prefills `prompt`, then decodes `steps` tokens greedily, one forward each.
-fn time_decode(model: &CausalLM, prompt: &[i64], steps: usize, device: Device) -> Timing {
-    tch::no_grad(|| {
-        let mut cache = KvCache::new();
-        let input = Tensor::from_slice(prompt).unsqueeze(0).to_device(device);
-        let start = Instant::now();
-        let logits = model.forward_cached(&input, &mut cache);
-        let mut id = argmax_last(&logits);
-        let prefill_s = start.elapsed().as_secs_f64();
-        let mut ids = vec![id];
-        let start = Instant::now();
-        for _ in 0..steps {
-            let input = Tensor::from_slice(&[id]).unsqueeze(0).to_device(device);
-            id = argmax_last(&model.forward_cached(&input, &mut cache));
-            ids.push(id);
-        }
-        Timing { prefill_s, decode_s: start.elapsed().as_secs_f64(), ids }
-    })
+/// Prefills `prompt`, then decodes `steps` tokens greedily, one forward each (no stop token:
+/// every run decodes the same number): the decode every tokens/s figure of autoqat comes from.
+fn time_decode(model: &CausalLM, prompt: &[i64], steps: usize, device: Device) -> anyhow::Result<Decoded> {
+    Ok(greedy_decode(model, prompt, steps + 1, &[], 0, device)?)
 }
 
 fn mib(b: u64) -> f64 {
@@ -263,13 +237,14 @@ pub fn run(args: BenchDecodeArgs) -> anyhow::Result<()> {
     };
     let prompt = prompt_ids(&args, tokenizer.as_ref(), loaded.vocab)?;
     // Warm-up: first-touch of the weights, the thread pool, libtorch's allocator.
-    let _ = time_decode(&loaded.model, &prompt[..prompt.len().min(16)], 2.min(args.new_tokens), device);
-    let t = time_decode(&loaded.model, &prompt, args.new_tokens, device);
+    time_decode(&loaded.model, &prompt[..prompt.len().min(16)], 2.min(args.new_tokens), device)?;
+    let t = time_decode(&loaded.model, &prompt, args.new_tokens, device)?;
+    let decode_s = t.total_s - t.prefill_s;
     let (rss_now, rss_peak) = rss();
     let prefill_tps = prompt.len() as f64 / t.prefill_s.max(1e-12);
-    let decode_tps = if args.new_tokens == 0 { 0.0 } else { args.new_tokens as f64 / t.decode_s.max(1e-12) };
+    let decode_tps = if args.new_tokens == 0 { 0.0 } else { args.new_tokens as f64 / decode_s.max(1e-12) };
     let weight_bytes = (loaded.packed_bytes + loaded.dense_bytes) as u64;
-    let shown: Vec<i64> = t.ids.iter().take(SHOWN_IDS).copied().collect();
+    let shown: Vec<i64> = t.steps.iter().take(SHOWN_IDS).map(|s| s.id).collect();
     let kernel = if kernels { "packed" } else { "dense" };
     if args.json.on {
         let v = serde_json::json!({
@@ -285,7 +260,7 @@ pub fn run(args: BenchDecodeArgs) -> anyhow::Result<()> {
             "new_tokens": args.new_tokens,
             "prefill_s": t.prefill_s,
             "prefill_tokens_per_s": prefill_tps,
-            "decode_s": t.decode_s,
+            "decode_s": decode_s,
             "decode_tokens_per_s": decode_tps,
             "weight_bytes": weight_bytes,
             "packed_bytes": loaded.packed_bytes,
@@ -303,7 +278,7 @@ pub fn run(args: BenchDecodeArgs) -> anyhow::Result<()> {
         }
         println!("threads:        {}", args.threads);
         println!("prefill:        {} tokens in {:.3} s = {prefill_tps:.1} tokens/s", prompt.len(), t.prefill_s);
-        println!("decode:         {} tokens in {:.3} s = {decode_tps:.2} tokens/s", args.new_tokens, t.decode_s);
+        println!("decode:         {} tokens in {:.3} s = {decode_tps:.2} tokens/s", args.new_tokens, decode_s);
         println!(
             "weights:        {:.2} MiB ({:.2} MiB packed + {:.2} MiB dense)",
             mib(weight_bytes),

@@ -27,6 +27,9 @@ pub struct Decoded {
     pub steps: Vec<DecodeStep>,
     /// Seconds of the whole call, prompt included, as an API client would measure it.
     pub total_s: f64,
+    /// Seconds until the first token: the prompt's forward pass (prefill); the rest of
+    /// `total_s` is the token-by-token decode.
+    pub prefill_s: f64,
 }
 
 /// Greedily continues `prompt` by up to `max_new` tokens, stopping before any id in `stop`,
@@ -43,12 +46,14 @@ pub fn greedy_decode(
     tch::no_grad(|| {
         let mut cache = KvCache::new();
         let mut steps = Vec::with_capacity(max_new);
+        let mut prefill_s = None;
         let mut input = Tensor::from_slice(prompt).unsqueeze(0).to_device(device);
         while steps.len() < max_new {
             let logits = model.forward_cached(&input, &mut cache);
             let last = logits.get(0).get(-1).to_kind(Kind::Float);
             let logp = last.log_softmax(-1, Kind::Float);
             let id = logp.argmax(-1, false).int64_value(&[]);
+            prefill_s.get_or_insert_with(|| start.elapsed().as_secs_f64());
             if stop.contains(&id) {
                 break;
             }
@@ -63,7 +68,8 @@ pub fn greedy_decode(
             steps.push(DecodeStep { id, logprob: logp.double_value(&[id]), top });
             input = Tensor::from_slice(&[id]).unsqueeze(0).to_device(device);
         }
-        Ok(Decoded { steps, total_s: start.elapsed().as_secs_f64() })
+        let total_s = start.elapsed().as_secs_f64();
+        Ok(Decoded { steps, total_s, prefill_s: prefill_s.unwrap_or(total_s) })
     })
 }
 
