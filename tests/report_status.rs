@@ -167,3 +167,23 @@ fn status_lists_what_each_worker_of_the_parallel_loop_runs() {
     let md = std::fs::read_to_string(ws.join("report/report.md")).unwrap();
     assert!(md.contains("- in flight: worker 0: experiment 2: lr up again\n"), "{md}");
 }
+
+#[test]
+fn with_one_worker_the_journal_in_the_workspace_names_the_current_experiment() {
+    let tmp = workspace();
+    let ws = tmp.path().join("ws");
+    let _lock = hold_lock(&ws);
+    // One worker's journal, as `autoqat run` writes it: the trial runs in the workspace.
+    std::fs::create_dir_all(ws.join(".autoqat/inflight")).unwrap();
+    let journal = serde_json::json!({
+        "pending": {"tag": "demo", "exp": 2, "description": "group size 64", "rationale": "", "diff": "",
+                    "diff_key": "", "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0},
+        "commit": "", "parent": "", "worker": 0, "replays": null, "in_workspace": true
+    });
+    std::fs::write(ws.join(".autoqat/inflight/demo-0002.json"), journal.to_string()).unwrap();
+    let s = status_json(&ws);
+    assert_eq!(s["current_exp"], 2);
+    assert_eq!(s["current_description"], "group size 64");
+    assert_eq!(s["trial"]["step"], 10);
+    assert!(s["in_flight"].as_array().unwrap().is_empty(), "one worker's experiment is the current one: {s}");
+}

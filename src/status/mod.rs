@@ -90,15 +90,25 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     let next = rows.iter().map(|r| r.record.exp).max().map_or(0, |m| m + 1);
     let mut settings = autoqat_research::settings::Settings::load(ws)?;
     let in_flight = in_flight(ws, &settings);
-    if let Some(tag) = autoqat_research::git::Git::discover(ws).ok().and_then(|g| g.current_tag()) {
+    // One worker runs its experiment in the workspace: that is the current one.
+    let here = autoqat_research::driver::flights(ws).into_iter().find(|f| f.in_workspace);
+    if let Some(tag) = here
+        .as_ref()
+        .map(|f| f.tag().to_string())
+        .or_else(|| autoqat_research::git::Git::discover(ws).ok().and_then(|g| g.current_tag()))
+    {
         settings.for_tag(&tag);
     }
     let (current_exp, run_dir, trial, current_description) = if running && in_flight.is_empty() {
+        let next = here.as_ref().map_or(next, |f| f.exp());
         let rel = settings.run_dir(next);
         let dir = ws.join(&rel);
         let total = autoqat_recipe::load(&layout.recipe()).ok().map(|r| r.total_steps());
         let trial = progress(&dir.join(run::STEPS_FILE), total);
-        (Some(next), Some(rel), trial, autoqat_research::git::Git::discover(ws).ok().and_then(|g| g.head_subject()))
+        let description = here.as_ref().map(|f| f.description().to_string());
+        let description =
+            description.or_else(|| autoqat_research::git::Git::discover(ws).ok().and_then(|g| g.head_subject()));
+        (Some(next), Some(rel), trial, description)
     } else {
         (None, None, None, None)
     };
@@ -123,10 +133,12 @@ pub fn snapshot(ws: &Path) -> anyhow::Result<Status> {
     })
 }
 
-/// The parallel loop's experiments in flight, from its journals (every tag), in order.
+/// The experiments in flight in worktrees of their own (two workers or more), from the
+/// loop's journals (every tag), in order.
 pub fn in_flight(ws: &Path, settings: &autoqat_research::settings::Settings) -> Vec<InFlight> {
     autoqat_research::driver::flights(ws)
         .into_iter()
+        .filter(|f| !f.in_workspace)
         .map(|f| {
             let mut settings = settings.clone();
             settings.for_tag(f.tag());

@@ -327,21 +327,6 @@ impl Git {
         Ok(self.repo.head()?.peel_to_commit()?.id())
     }
 
-    /// Writes `files` (workspace-relative path, new content) and commits them on HEAD's branch.
-    pub fn commit_files(&self, files: &[(String, String)], msg: &str) -> Result<Oid> {
-        let mut index = self.repo.index()?;
-        for (path, content) in files {
-            let full = self.root.join(path);
-            std::fs::write(&full, content).map_err(|e| ResearchError::io(&full, e))?;
-            index.add_path(Path::new(path))?;
-        }
-        index.write()?;
-        let tree = self.repo.find_tree(index.write_tree()?)?;
-        let parent = self.repo.head()?.peel_to_commit()?;
-        let sig = self.signature()?;
-        Ok(self.repo.commit(Some("HEAD"), &sig, &sig, msg, &tree, &[&parent])?)
-    }
-
     /// A copy of `commit` (same tree and parents) with a new message; moves no ref.
     pub fn amend(&self, commit: Oid, msg: &str) -> Result<Oid> {
         let c = self.repo.find_commit(commit)?;

@@ -307,7 +307,8 @@ fn resume_after_sigkill_at_every_point_loses_and_duplicates_nothing() {
             );
             let killed = run_child(ws.path(), 6, false, &[("AUTOQAT_TEST_KILL_AT", point)]);
             assert_resume_loses_nothing(ws.path(), point, 6, killed, || run_child(ws.path(), 6, true, &[]));
-            assert!(!Path::new(&ws.path().join(".autoqat/pending.json")).exists());
+            let journals = std::fs::read_dir(ws.path().join(".autoqat/inflight")).map_or(0, |d| d.count());
+            assert_eq!(journals, 0, "{point}: a journal outlived its experiment");
         }));
     }
     for h in handles {

@@ -78,17 +78,12 @@ impl Layout {
         self.state_dir().join("trial.pgid")
     }
 
-    /// `.autoqat/pending.json`: the journal of the experiment in flight.
-    pub fn pending(&self) -> PathBuf {
-        self.state_dir().join("pending.json")
-    }
-
-    /// `.autoqat/inflight/`: the parallel loop's journals, one per experiment in flight.
+    /// `.autoqat/inflight/`: the research loop's journals, one per experiment in flight.
     pub fn inflight(&self) -> PathBuf {
         self.state_dir().join("inflight")
     }
 
-    /// `.autoqat/queue.json`: the parallel loop's changes waiting to be re-applied on a new best.
+    /// `.autoqat/queue.json`: the loop's changes waiting to be re-applied on a new best.
     pub fn queue(&self) -> PathBuf {
         self.state_dir().join("queue.json")
     }

@@ -1,15 +1,16 @@
-//! The research loop. Each experiment: prompt, proposal, edit, commit (`Autoqat-Status:
+//! The research loop. Each experiment: prompt, proposal, edit, journal, commit (`Autoqat-Status:
 //! running`), trial, decision, final commit with trailers, note, refs, results row.
 //!
 //! Crash safety: a finished experiment is defined by its git note. The order of writes is
-//! journal (`.autoqat/pending.json`) → running commit → trial → final commit → discarded ref →
-//! note → branch move/reset → results row. On `--resume`, a running commit at the branch head
-//! with a matching journal has its trial re-run; everything else is reconciled from the notes:
-//! discarded refs re-created, the branch reset to the best, results.tsv rewritten.
+//! journal (`.autoqat/inflight/<tag>-<exp>.json`) → running commit → trial → final commit →
+//! discarded ref → note → branch move/reset → results row → journal removed. On `--resume`,
+//! each journal without a note has its trial re-run; everything else is reconciled from the
+//! notes: discarded refs re-created, the branch reset to the best, results.tsv rewritten.
 //!
 //! The concerns live in submodules: [`signals`], the stop [`limits`], the [`journal`],
-//! [`recovery`], running [`trials`], the keep [`policy`], and the [`report`]er fed by events.
-//! This module is the experiment step that ties them together.
+//! [`recovery`], running [`trials`], the keep [`policy`], the [`pool`] of workers that runs
+//! them (one worker is the serial loop), and the [`report`]er fed by events. This module holds
+//! the driver's state and the proposer's turn.
 
 mod journal;
 mod limits;
@@ -27,8 +28,8 @@ use std::time::Instant;
 use git2::Oid;
 
 use journal::Pending;
+pub use journal::{flights, Flight};
 pub use limits::StopReason;
-pub use pool::{flights, Flight};
 use report::{Console, Event, Reporter};
 pub use signals::install_signal_handlers;
 
@@ -145,10 +146,8 @@ pub struct Driver {
     exe: Option<PathBuf>,
     reporter: Box<dyn Reporter>,
     executor: Executor,
-    /// What the parallel loop has running, as the prompt shows it.
+    /// What the other workers have running, as the prompt shows it.
     in_flight: Vec<String>,
-    /// Set while recovery re-runs a trial: a cluster job left running is followed, not resubmitted.
-    reattach: bool,
     _lock: Lock,
 }
 
@@ -269,7 +268,6 @@ impl Driver {
             reporter,
             executor: Executor::new(&s.executor),
             s,
-            reattach: false,
             in_flight: Vec::new(),
             _lock: lock,
         })
@@ -284,10 +282,7 @@ impl Driver {
     /// Runs experiments until a stop condition.
     pub fn run(mut self) -> Result<RunSummary> {
         self.recover()?;
-        // Experiments a parallel run left in flight are the parallel loop's to finish, whatever
-        // the worker count now.
-        let left = pool::flights(&self.ws).iter().any(|f| f.tag() == self.tag);
-        let stop = if self.s.executor.workers > 1 || left { self.run_pool()? } else { self.run_serial()? };
+        let stop = self.run_pool()?;
         if stop == StopReason::StopFile {
             let _ = std::fs::remove_file(self.ws.join(&self.s.run.stop_file));
         }
@@ -297,21 +292,6 @@ impl Driver {
             }
         }
         Ok(RunSummary { stop, records: self.records })
-    }
-
-    /// One experiment at a time, in the workspace.
-    fn run_serial(&mut self) -> Result<StopReason> {
-        Ok(loop {
-            if let Some(r) = limits::check(&self.ws, &self.s, &self.records, 0, self.started, self.invalid_streak) {
-                break r;
-            }
-            let exp = self.records.last().map(|r| r.exp + 1).unwrap_or(0);
-            match self.experiment(exp) {
-                Ok(()) => {}
-                Err(Halt::Stop(r)) => break r,
-                Err(Halt::Error(e)) => return Err(e),
-            }
-        })
     }
 
     /// Scores experiment `exp` on the held-out split once (heldout.tsv remembers it). Nothing
@@ -401,32 +381,6 @@ impl Driver {
                 in_flight: &self.in_flight,
             },
         )
-    }
-
-    /// One experiment: propose (or baseline), commit, trial, record.
-    fn experiment(&mut self, exp: u32) -> std::result::Result<(), Halt> {
-        if self.records.is_empty() {
-            let p = Pending {
-                tag: self.tag.clone(),
-                exp,
-                description: "baseline: the unmodified recipe".into(),
-                rationale: String::new(),
-                diff: String::new(),
-                diff_key: String::new(),
-                cost_usd: 0.0,
-                input_tokens: 0,
-                output_tokens: 0,
-            };
-            let commit = self.commit_pending(&p, &[])?;
-            return self.finish(p, commit);
-        }
-        match self.propose(exp)? {
-            Turn::Change(p, files) => {
-                let commit = self.commit_pending(&p, &files)?;
-                self.finish(p, commit)
-            }
-            Turn::Recorded => Ok(()),
-        }
     }
 
     /// The proposer's turn for experiment `exp`, against the recipe in the workspace (the
@@ -551,14 +505,6 @@ impl Driver {
         Err(Halt::Error(ResearchError::Proposer("the proposer gave no answer".into())))
     }
 
-    fn commit_pending(&mut self, p: &Pending, files: &[(String, String)]) -> std::result::Result<Oid, Halt> {
-        journal::write(&self.ws, p)?;
-        let msg = git::message(&p.description, &p.rationale, p.exp, "running", None);
-        let oid = self.git.commit_files(files, &msg)?;
-        hit("after_commit");
-        Ok(oid)
-    }
-
     fn record_invalid(
         &mut self,
         exp: u32,
@@ -600,7 +546,6 @@ impl Driver {
             all.insert(at, rec.clone());
             results::write_all(&self.results_path(), &all)?;
         }
-        journal::clear(&self.ws);
         self.reporter.event(Event::Finished(&rec));
         if !rec.diff_key.is_empty() {
             self.tried.insert(rec.diff_key.clone());
@@ -613,78 +558,6 @@ impl Driver {
         }
         self.records.insert(at, rec);
         Ok(())
-    }
-
-    /// Runs the trial(s) of a committed experiment and records the result.
-    fn finish(&mut self, p: Pending, commit: Oid) -> std::result::Result<(), Halt> {
-        let exp = p.exp;
-        let run_dir = self.s.run_dir(exp).to_string_lossy().to_string();
-        let best = results::best(&self.records).cloned();
-        let best_steps = best.as_ref().map(|b| run_curve(&self.ws, &self.s, b.exp));
-        let first = self.run_trial(exp, &run_dir, best_steps)?;
-        if first.interrupted {
-            return Err(self.set_aside(exp, commit));
-        }
-        let mut rec = p.record(&first);
-        let status = if let Some(f) = first.failure {
-            f
-        } else if let Some(b) = &best {
-            let bp = b.eval_ppl.unwrap_or(f64::INFINITY);
-            let ppl = rec.eval_ppl.unwrap_or(f64::INFINITY);
-            rec.delta = Some(policy::delta(ppl, bp));
-            let sigma = self.sigma();
-            let second = if policy::verdict(ppl, bp, &self.s.noise, sigma) == policy::Verdict::Confirm {
-                match self.run_seeded(exp, &format!("{run_dir}-seed2"), 1)? {
-                    Some(o) if o.interrupted => return Err(self.set_aside(exp, commit)),
-                    Some(o) if o.failure.is_none() => {
-                        rec.confirm_ppl = o.summary.eval_ppl;
-                        policy::Second::Scored(o.summary.eval_ppl)
-                    }
-                    Some(o) => {
-                        rec.error = Some(format!("second-seed confirmation failed: {}", o.error.unwrap_or_default()));
-                        policy::Second::Failed
-                    }
-                    None => policy::Second::NotRun,
-                }
-            } else {
-                policy::Second::NotRun
-            };
-            let kept = policy::beats(ppl, bp, &self.s.noise, sigma, second);
-            let status = if kept { Status::Keep } else { Status::Discard };
-            rec.near_miss = status == Status::Discard && policy::near_miss(ppl, bp, &self.s.noise, sigma);
-            status
-        } else {
-            // The baseline (no best yet). Repeats measure the noise floor.
-            let mut ppls: Vec<f64> = rec.eval_ppl.into_iter().collect();
-            for r in 1..self.s.noise.baseline_repeats.max(1) {
-                if signals::requested() {
-                    break;
-                }
-                if let Some(o) = self.run_seeded(exp, &format!("{run_dir}-r{r}"), r as i64)? {
-                    if o.interrupted {
-                        return Err(self.set_aside(exp, commit));
-                    }
-                    if let Some(v) = o.summary.eval_ppl.filter(|v| v.is_finite() && o.failure.is_none()) {
-                        ppls.push(v);
-                    }
-                }
-            }
-            if ppls.len() > 1 {
-                rec.sigma = noise::sigma(&ppls);
-                rec.baseline_ppls = ppls;
-            }
-            Status::Baseline
-        };
-        hit("after_trial");
-        rec.status = Some(status);
-        let parent = self.git.parent_of(commit)?.unwrap_or(commit);
-        rec.parent = parent.to_string();
-        self.seal(commit, &p, &p.rationale, &mut rec)?;
-        if !status.is_kept() {
-            let back = best.as_ref().and_then(|b| Oid::from_str(&b.commit).ok()).unwrap_or(parent);
-            self.git.reset_branch(&self.tag, back, || hit("reset"))?;
-        }
-        self.record(rec)
     }
 
     /// Writes the final commit of `rec` (the running `commit` with its status, PPL and any
@@ -720,27 +593,6 @@ impl Driver {
             self.heldout(exp);
         }
         Ok(())
-    }
-
-    /// Sets aside an experiment whose trial a signal stopped. It gets no row: it neither crashed
-    /// nor finished. Its commit moves to `refs/autoqat/<tag>/interrupted/<exp>`, the branch goes
-    /// back to the commit before it, and the journal stays, so `autoqat run --resume` re-runs
-    /// the same change.
-    fn set_aside(&mut self, exp: u32, commit: Oid) -> Halt {
-        let moved = (|| -> Result<()> {
-            self.git.set_ref(&Git::interrupted_ref(&self.tag, exp), commit, "autoqat: interrupted")?;
-            let parent = self.git.parent_of(commit)?.unwrap_or(commit);
-            self.git.reset_branch(&self.tag, parent, || {})
-        })();
-        match moved {
-            Ok(()) => {
-                self.say(&format!(
-                    "experiment {exp} interrupted before its trial finished: not recorded; `autoqat run --resume` re-runs it"
-                ));
-                Halt::Stop(StopReason::Signal)
-            }
-            Err(e) => Halt::Error(e),
-        }
     }
 }
 

@@ -9,7 +9,7 @@ use super::{signals, Driver};
 use crate::error::{ResearchError, Result};
 use crate::executor::shell_quote;
 use crate::prune;
-use crate::trial::{Outcome, TrialSpec};
+use crate::trial::TrialSpec;
 use crate::validate::Validator;
 
 /// What a trial (or its held-out scorer) learns from its environment: its experiment and run dir.
@@ -73,12 +73,6 @@ impl Driver {
         crate::executor::trial_name(&self.tag, exp)
     }
 
-    /// Runs a trial of `exp` in the workspace, one at a time.
-    pub(super) fn run_trial(&self, exp: u32, run_dir: &str, prune_against: Option<Vec<(u64, f64)>>) -> Result<Outcome> {
-        let spec = self.trial_spec(exp, &self.ws, run_dir, prune_against, Vec::new());
-        self.executor.run(&spec, &self.job_name(exp), self.reattach)
-    }
-
     /// The environment variables that hold API keys: no trial or scorer sees them.
     fn secret_env(&self) -> Vec<String> {
         let mut remove = vec!["OPENAI_API_KEY".to_string(), "ANTHROPIC_API_KEY".to_string()];
@@ -116,7 +110,7 @@ impl Driver {
     }
 
     /// Shifts the seed key of the recipe under `root` by `offset` (the file is rewritten; the
-    /// caller restores it). `false` when there is no seed key to shift.
+    /// caller restores it from the commit). `false` when there is no seed key to shift.
     pub(super) fn shift_seed(&self, root: &Path, offset: i64) -> Result<bool> {
         let Some(key) = self.s.trial.seed_key.clone() else { return Ok(false) };
         if matches!(self.validator, Validator::None) {
@@ -134,15 +128,5 @@ impl Driver {
         };
         std::fs::write(&path, text.replacen(&search, &replace, 1)).map_err(|e| ResearchError::io(&path, e))?;
         Ok(true)
-    }
-
-    /// Runs a trial with the seed key shifted by `offset` (the file is restored from git).
-    pub(super) fn run_seeded(&self, exp: u32, run_dir: &str, offset: i64) -> Result<Option<Outcome>> {
-        if !self.shift_seed(&self.ws, offset)? {
-            return Ok(None);
-        }
-        let out = self.run_trial(exp, run_dir, None);
-        self.git.force_checkout_head()?;
-        out.map(Some)
     }
 }
