@@ -61,13 +61,12 @@ impl Pending {
     }
 }
 
-/// The journal of one experiment in flight.
+/// The journal of one experiment in flight. Its running commit is not in it: it is made after
+/// the journal and held by `refs/autoqat/<tag>/running/<exp>`, which `--resume` reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Flight {
     /// What it is.
     pub(super) pending: Pending,
-    /// Its running commit (empty until it is made).
-    pub(super) commit: String,
     /// The commit it was proposed against (the best, or the branch head before the baseline).
     pub(super) parent: String,
     /// The worker slot (device) it runs on.

@@ -74,6 +74,8 @@ enum Stage {
 /// An experiment whose trial is running.
 struct Live {
     f: Flight,
+    /// Its running commit.
+    commit: Oid,
     /// Its worktree; `None` when it runs in the workspace.
     wt: Option<Worktree>,
     stage: Stage,
@@ -218,14 +220,11 @@ impl Driver {
             None => (self.git.head()?, true),
         };
         let exp = p.exp;
-        let mut f =
-            Flight { pending: p, commit: String::new(), parent: parent.to_string(), worker, replays, in_workspace };
+        let f = Flight { pending: p, parent: parent.to_string(), worker, replays, in_workspace };
         journal::write(&self.ws, &f)?;
         let msg = git::message(&f.pending.description, &f.pending.rationale, exp, "running", None);
         let commit = self.git.commit_on(parent, &files, &msg)?;
         self.git.set_ref(&Git::running_ref(&self.tag, exp), commit, "autoqat: running")?;
-        f.commit = commit.to_string();
-        journal::write(&self.ws, &f)?;
         hit("after_commit");
         // In flight counts as tried: the proposer is not to send the same change again.
         if !f.pending.diff_key.is_empty() {
@@ -235,7 +234,7 @@ impl Driver {
             self.tried.insert(k);
         }
         let wt = self.check_out(&f, commit)?;
-        self.start(pool, Live { f, wt, stage: Stage::First }, false)?;
+        self.start(pool, Live { f, commit, wt, stage: Stage::First }, false)?;
         Ok(())
     }
 
@@ -300,7 +299,7 @@ impl Driver {
             return Ok(());
         }
         let aside = self.git.ref_target(&interrupted);
-        let commit = Oid::from_str(&f.commit).ok().or_else(|| self.git.ref_target(&running)).or(aside);
+        let commit = self.git.ref_target(&running).or(aside);
         let Some(commit) = commit.filter(|c| self.git.repo.find_commit(*c).is_ok()) else {
             self.say(&format!(
                 "experiment {exp} was killed before its commit was made; dropped (it cost nothing to run)"
@@ -308,7 +307,6 @@ impl Driver {
             self.forget(&f, None);
             return Ok(());
         };
-        let f = Flight { commit: commit.to_string(), ..f };
         self.git.set_ref(&running, commit, "autoqat: running")?;
         self.git.delete_ref(&interrupted)?;
         let what = if aside.is_some() { "re-running its interrupted trial" } else { "re-running its trial" };
@@ -325,7 +323,7 @@ impl Driver {
             self.say(&format!("resuming experiment {exp}: {what} ({})", f.description()));
             self.check_out(&f, commit)?
         };
-        self.start(pool, Live { f, wt, stage: Stage::First }, true)
+        self.start(pool, Live { f, commit, wt, stage: Stage::First }, true)
     }
 
     /// Removes the journal, running ref and worktree of a flight.
@@ -344,8 +342,7 @@ impl Driver {
     fn set_aside(&mut self, live: Live) -> Halt {
         let exp = live.f.exp();
         let moved = (|| -> Result<()> {
-            let commit = oid(&live.f.commit)?;
-            self.git.set_ref(&Git::interrupted_ref(&self.tag, exp), commit, "autoqat: interrupted")?;
+            self.git.set_ref(&Git::interrupted_ref(&self.tag, exp), live.commit, "autoqat: interrupted")?;
             self.git.delete_ref(&Git::running_ref(&self.tag, exp))?;
             match &live.wt {
                 Some(wt) => {
@@ -434,14 +431,14 @@ impl Driver {
     /// Rewrites the tree's recipe as its commit has it (a seeded trial shifted its seed, and a
     /// resumed worktree may hold a shifted seed from before the kill).
     fn restore_recipe(&self, live: &Live) -> Result<()> {
-        let Some(text) = self.git.file_at(oid(&live.f.commit)?, self.recipe_path()) else { return Ok(()) };
+        let Some(text) = self.git.file_at(live.commit, self.recipe_path()) else { return Ok(()) };
         let path = self.tree(live).join(self.recipe_path());
         std::fs::write(&path, text).map_err(|e| ResearchError::io(&path, e))
     }
 
     /// Decides, commits and records a finished experiment (see the module's merge policy).
     fn settle(&mut self, pool: &mut Pool, live: Live, first: Outcome, later: Later) -> std::result::Result<(), Halt> {
-        let Live { f, wt, .. } = live;
+        let Live { f, commit, wt, .. } = live;
         let exp = f.exp();
         let p = &f.pending;
         let mut rec = Record { parent: f.parent.clone(), ..p.record(&first) };
@@ -502,7 +499,6 @@ impl Driver {
         };
         hit("after_trial");
         rec.status = Some(status);
-        let commit = oid(&f.commit)?;
         let mut body = p.rationale.clone();
         if status == Status::Superseded {
             if let Some((_, b)) = &best {

@@ -42,7 +42,7 @@ impl Driver {
         let resumed_here = journal::flights(&self.ws).into_iter().any(|f| {
             f.in_workspace
                 && f.tag() == self.tag
-                && f.commit == head.to_string()
+                && self.git.ref_target(&Git::running_ref(&self.tag, f.exp())) == Some(head)
                 && f.parent == best.to_string()
                 && !self.records.iter().any(|r| r.exp == f.exp())
         });
