@@ -1,5 +1,6 @@
 //! `autoqat compress`: from a Hugging Face checkpoint to a budgeted artifact, stage by stage:
-//! load, calibrate, score, allocate, apply, evaluate, pack. Verification in a fresh process is
+//! load (and widen), plan the budget, score full precision, the fine-tune's teacher, calibrate
+//! and allocate, distill, fine-tune, apply, evaluate, pack; each a method of one run context. Verification in a fresh process is
 //! the CLI's (it owns the binary); everything it needs is in the [`Summary`].
 
 use autoqat_workspace::run;
@@ -10,7 +11,7 @@ use std::time::Instant;
 
 use autoqat_model::offload::layer_prefix;
 use autoqat_model::{
-    load_offloaded, parse_device, DocEvalOptions, EvalReport, EvalSet, LayerHook, Offload, TextTokenizer,
+    load_offloaded, parse_device, DocEvalOptions, EvalReport, EvalSet, LayerHook, LoadedModel, Offload, TextTokenizer,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -18,12 +19,14 @@ use tch::{Device, Kind, Tensor};
 use crate::allocate::{all_cheapest_bits, allocate, over_budget_hint};
 use crate::artifact::{self, TextFiles};
 use crate::calib::{self, Recorder};
+use crate::distill::BlockReport;
 use crate::error::{io_err, CompressError, Result};
-use crate::finetune::Teacher;
+use crate::finetune::{FinetuneReport, Teacher};
 use crate::recipe::CompressRecipe;
 use crate::resume::ResumeState;
 use crate::rows::{self, RowKind};
-use crate::score::{targets, weight, Calibration};
+use crate::score::{targets, weight, Calibration, Target};
+use crate::widen::WidenReport;
 
 /// Resume files: the full-precision score, the fine-tune's teacher, the allocation.
 const FP_FILE: &str = "fp.json";
@@ -253,6 +256,58 @@ pub fn compress(recipe: &CompressRecipe, run_dir: &Path, resume: bool, log: Log,
     result
 }
 
+/// A compression between its stages: what every stage reads, the resume state and the clock.
+struct Run<'a, 'l> {
+    recipe: &'a CompressRecipe,
+    run_dir: &'a Path,
+    state: ResumeState,
+    device: Device,
+    recorder: Recorder,
+    times: StageTimes,
+    log: Log<'l>,
+    start: Instant,
+}
+
+/// The model as the stages see it: loaded (and widened), its calibration and eval inputs, its
+/// variables and their full shapes.
+struct Model {
+    loaded: LoadedModel,
+    paging: Paging,
+    calib: Tensor,
+    docs: EvalSet,
+    /// The artifact's config: the text decoder's, widened where the model was.
+    config: serde_json::Value,
+    widened: Option<WidenReport>,
+    vars: HashMap<String, Tensor>,
+    /// Full shapes: an offloaded layer's variables are empty while it is not resident.
+    shapes: HashMap<String, Vec<i64>>,
+}
+
+impl Model {
+    fn numel(&self, name: &str) -> i64 {
+        self.shapes.get(name).map(|s| s.iter().product::<i64>()).unwrap_or(0)
+    }
+}
+
+/// The artifact's tensors by name, as they are packed.
+type Packed = Vec<(String, Tensor)>;
+
+/// What the budget buys: the matrices to quantize and their candidate kinds, what stays in
+/// half precision, the bits, and the artifact's small files.
+struct Plan {
+    targets: Vec<Target>,
+    kinds: Vec<RowKind>,
+    passthrough: Vec<String>,
+    param_count: i64,
+    total_bits: i64,
+    /// Bits left for the rows' codes and scales once files, headers, norms and row kinds are
+    /// reserved.
+    row_budget: i64,
+    files: TextFiles,
+}
+
+/// The stages, in order. Each is a method of [`Run`]; what one hands the next is in its
+/// signature.
 fn run_stages(
     recipe: &CompressRecipe,
     run_dir: &Path,
@@ -261,367 +316,464 @@ fn run_stages(
     verify: Verify,
     start: Instant,
 ) -> Result<Summary> {
-    let mut st = StageTimes::default();
     std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
-    let state = ResumeState::open(run_dir, recipe, resume)?;
-    let device = parse_device(&recipe.model.device)?;
-    let recorder = Recorder::default();
-    let source = recipe.model_source();
-    log(&format!("load: {source}"));
-    let (loaded, offload, tok, calib_seqs, docs) = timed(&mut st.load_s, || {
-        let (loaded, offload) = load_offloaded(&source, device, Kind::Float, &recorder)?;
-        let tok = TextTokenizer::from_path(&loaded.dir)?;
-        let cpath = recipe.resolve(&recipe.calibration.text);
-        let ctext = std::fs::read_to_string(&cpath).map_err(io_err(&cpath))?;
-        let ids = tok.encode(&ctext)?;
-        let seqs = calib::sequences(&ids, recipe.calibration.tokens, recipe.calibration.seq_len)?;
-        let docs = eval_documents(recipe, &tok)?;
-        Ok((loaded, offload, tok, seqs, docs))
-    })?;
-    // Memory grows with one decoder layer, except where a stage needs the whole model: widening
-    // builds a new one, the fine-tune trains end to end.
-    let widens = recipe.widen.new_width(loaded.cfg.intermediate_size).is_some()
-        || recipe.widen.new_heads(loaded.cfg.num_attention_heads, loaded.cfg.num_key_value_heads).is_some();
-    if !recipe.model.offload || widens || recipe.finetune.enabled {
-        offload.pin_all()?;
-    } else {
-        log("load: decoder layers offloaded, read in one at a time");
-    }
-    // The artifact holds the text decoder alone (as transformers' AutoModelForCausalLM loads
-    // it), so an image-text wrapper's config becomes its text part.
-    let mut source_config: serde_json::Value = {
-        let p = loaded.dir.join("config.json");
-        let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-        let value =
-            serde_json::from_str(&text).map_err(|e| CompressError::Artifact { path: p.clone(), msg: e.to_string() })?;
-        autoqat_model::config::text_only_config(value).map_err(|msg| CompressError::Artifact { path: p, msg })?
+    let mut run = Run {
+        recipe,
+        run_dir,
+        state: ResumeState::open(run_dir, recipe, resume)?,
+        device: parse_device(&recipe.model.device)?,
+        recorder: Recorder::default(),
+        times: StageTimes::default(),
+        log,
+        start,
     };
-    let probe = calib_seqs.narrow(0, 0, 1);
-    let widening =
-        timed(&mut st.widen_s, || crate::widen::widen_model(&loaded, &recipe.widen, &recorder, &probe, device))?;
-    let (loaded, paging, widened) = match widening {
-        None => (loaded, Paging((!offload.pinned()).then_some(offload)), None),
-        Some((wider, report)) => {
-            log(&format!(
-                "widen: MLP {} -> {} units, query heads {} -> {}, max logit change {:.2e}",
-                report.intermediate_before,
-                report.intermediate_after,
-                report.heads_before,
-                report.heads_after,
-                report.max_logit_diff
-            ));
-            source_config["intermediate_size"] = report.intermediate_after.into();
-            source_config["num_attention_heads"] = report.heads_after.into();
-            // The head width stays: explicit, since hidden / heads no longer gives it.
-            source_config["head_dim"] = wider.cfg.head_dim.into();
-            (wider, Paging(None), Some(report))
+    let model = run.load()?;
+    let plan = run.plan(&model)?;
+    let fp = run.fp_eval(&model)?;
+    let teacher = run.teacher(&model)?;
+    let mix = run.allocate(&model, &plan)?;
+    let by_name: HashMap<String, Vec<RowKind>> =
+        plan.targets.iter().map(|t| t.prefix.clone()).zip(mix.iter().cloned()).collect();
+    let distilled = run.distill(&model, &by_name)?;
+    let finetuned = run.finetune(&model, &by_name, teacher.as_ref())?;
+    let (tensors, manifest) = run.apply(&model, &plan, &mix)?;
+    let report = run.eval(&model, &fp)?;
+    let written = run.pack(&plan, &tensors)?;
+    let mut summary = run.summary(&model, &plan, &fp, &report, &written, &manifest)?;
+    summary.widen = model.widened.clone();
+    summary.distill = distilled;
+    summary.finetune = finetuned;
+    write_json(&run_dir.join(run::MANIFEST_FILE), &serde_json::json!({ "summary": &summary, "matrices": manifest }))?;
+    drop(model);
+    summary.verify_ppl = verify(&summary)?;
+    run.state.finish()?;
+    Ok(summary)
+}
+
+impl Run<'_, '_> {
+    fn say(&mut self, line: &str) {
+        (self.log)(line)
+    }
+
+    /// Loads the model, the tokenizer, the calibration sequences and the eval documents, and
+    /// widens the model when the recipe asks.
+    fn load(&mut self) -> Result<Model> {
+        let (recipe, device, recorder) = (self.recipe, self.device, &self.recorder);
+        let source = recipe.model_source();
+        (self.log)(&format!("load: {source}"));
+        let (loaded, offload, calib, docs) = timed(&mut self.times.load_s, || {
+            let (loaded, offload) = load_offloaded(&source, device, Kind::Float, recorder)?;
+            let tok = TextTokenizer::from_path(&loaded.dir)?;
+            let cpath = recipe.resolve(&recipe.calibration.text);
+            let ctext = std::fs::read_to_string(&cpath).map_err(io_err(&cpath))?;
+            let ids = tok.encode(&ctext)?;
+            let seqs = calib::sequences(&ids, recipe.calibration.tokens, recipe.calibration.seq_len)?;
+            let docs = eval_documents(recipe, &tok)?;
+            Ok((loaded, offload, seqs, docs))
+        })?;
+        // Memory grows with one decoder layer, except where a stage needs the whole model:
+        // widening builds a new one, the fine-tune trains end to end.
+        let widens = recipe.widen.new_width(loaded.cfg.intermediate_size).is_some()
+            || recipe.widen.new_heads(loaded.cfg.num_attention_heads, loaded.cfg.num_key_value_heads).is_some();
+        if !recipe.model.offload || widens || recipe.finetune.enabled {
+            offload.pin_all()?;
+        } else {
+            self.say("load: decoder layers offloaded, read in one at a time");
         }
-    };
-    let cfg = loaded.cfg.clone();
-    let vars = loaded.vs.variables();
-    // Full shapes: an offloaded layer's variables are empty while it is not resident.
-    let mut shapes: HashMap<String, Vec<i64>> = vars.iter().map(|(n, v)| (n.clone(), v.size())).collect();
-    if let Some(o) = &paging.0 {
-        shapes.extend(o.shapes().map(|(n, s)| (n.to_string(), s.to_vec())));
-    }
-    let numel = |n: &str| shapes.get(n).map(|s| s.iter().product::<i64>()).unwrap_or(0);
-    let tied = cfg.tie_word_embeddings;
-    let targets = targets(&cfg);
-    let kinds = recipe.allocate.kinds.clone();
-    let sens = recipe.allocate.sensitivity;
-    // The budget: everything but the rows' codes and scales is reserved first, exactly or as
-    // an upper bound, so the allocation can spend the rest.
-    let param_count: i64 = shapes.keys().map(|n| numel(n)).sum();
-    let bpp = recipe.budget_bpp();
-    // The live tracks also gate on their reference model's count (27e9 for Qwen3.6-27B): a
-    // model widened past it gets no more bits than the reference would.
-    let reference = artifact::reference_params(&recipe.model.source);
-    let total_bits = artifact::budget_bits(reference.map_or(param_count, |r| param_count.min(r)), bpp);
-    if let Some(r) = reference.filter(|&r| r < param_count) {
-        log(&format!("budget: {param_count} parameters, gated at the track's reference count {r}"));
-    }
-    let quantized: std::collections::HashSet<String> = targets.iter().map(|t| format!("{}.weight", t.prefix)).collect();
-    let mut passthrough: Vec<String> = vars.keys().filter(|n| !quantized.contains(*n)).cloned().collect();
-    passthrough.sort();
-    // A budget that not even all-cheapest rows meet is refused before any model work (the
-    // full-precision eval and calibration take most of a run): the rows' codes and scales and
-    // the full-precision tensors alone are a floor that packing can only add to.
-    let cheapest = kinds.iter().copied().min().unwrap_or(RowKind::Binary);
-    let matrices = targets.iter().map(|t| {
-        let s = shapes.get(&format!("{}.weight", t.prefix)).map(Vec::as_slice).unwrap_or(&[]);
-        (s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0))
-    });
-    let floor_bits = all_cheapest_bits(matrices, cheapest) + passthrough.iter().map(|n| 16 * numel(n)).sum::<i64>();
-    if floor_bits > total_bits {
-        let need = floor_bits as f64 / param_count.max(1) as f64;
-        let hint = format!("{} to at least {:.3}", over_budget_hint(cheapest), need + 0.005);
-        return Err(CompressError::Budget(format!(
-            "a budget of {bpp} bits per parameter cannot hold this model: all-{cheapest} rows and the full-precision tensors alone take {need:.3} bits per parameter, {:.3} over the budget (hint: {hint})",
-            need - bpp
-        )));
-    }
-    let fp = match state.load::<EvalReport>(FP_FILE)? {
-        Some(fp) => fp,
-        None => {
-            let fp = timed(&mut st.fp_eval_s, || Ok(docs.score(&loaded.model, device)?))?;
-            paging.check()?;
-            state.save(FP_FILE, &fp)?;
-            fp
+        // The artifact holds the text decoder alone (as transformers' AutoModelForCausalLM
+        // loads it), so an image-text wrapper's config becomes its text part.
+        let mut config: serde_json::Value = {
+            let p = loaded.dir.join("config.json");
+            let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+            let value = serde_json::from_str(&text)
+                .map_err(|e| CompressError::Artifact { path: p.clone(), msg: e.to_string() })?;
+            autoqat_model::config::text_only_config(value).map_err(|msg| CompressError::Artifact { path: p, msg })?
+        };
+        let probe = calib.narrow(0, 0, 1);
+        let widening = timed(&mut self.times.widen_s, || {
+            crate::widen::widen_model(&loaded, &recipe.widen, &self.recorder, &probe, device)
+        })?;
+        let (loaded, paging, widened) = match widening {
+            None => (loaded, Paging((!offload.pinned()).then_some(offload)), None),
+            Some((wider, report)) => {
+                self.say(&format!(
+                    "widen: MLP {} -> {} units, query heads {} -> {}, max logit change {:.2e}",
+                    report.intermediate_before,
+                    report.intermediate_after,
+                    report.heads_before,
+                    report.heads_after,
+                    report.max_logit_diff
+                ));
+                config["intermediate_size"] = report.intermediate_after.into();
+                config["num_attention_heads"] = report.heads_after.into();
+                // The head width stays: explicit, since hidden / heads no longer gives it.
+                config["head_dim"] = wider.cfg.head_dim.into();
+                (wider, Paging(None), Some(report))
+            }
+        };
+        let vars = loaded.vs.variables();
+        let mut shapes: HashMap<String, Vec<i64>> = vars.iter().map(|(n, v)| (n.clone(), v.size())).collect();
+        if let Some(o) = &paging.0 {
+            shapes.extend(o.shapes().map(|(n, s)| (n.to_string(), s.to_vec())));
         }
-    };
-    log(&format!("fp: eval PPL {:.4} over {} documents ({} tokens)", fp.eval_ppl, docs.documents_len(), fp.tokens));
-    // The fine-tune's teacher is the full-precision model: measured before any weight changes.
-    let teacher = if recipe.finetune.enabled {
-        Some(timed(&mut st.teacher_s, || match state.load_tensors(TEACHER_FILE)? {
+        Ok(Model { loaded, paging, calib, docs, config, widened, vars, shapes })
+    }
+
+    /// The budget in bits, refused before any model work when not even all-cheapest rows meet
+    /// it, and the reserve for everything but the rows' codes and scales.
+    fn plan(&mut self, model: &Model) -> Result<Plan> {
+        let recipe = self.recipe;
+        let cfg = &model.loaded.cfg;
+        let targets = targets(cfg);
+        let kinds = recipe.allocate.kinds.clone();
+        let param_count: i64 = model.shapes.keys().map(|n| model.numel(n)).sum();
+        let bpp = recipe.budget_bpp();
+        // The live tracks also gate on their reference model's count (27e9 for Qwen3.6-27B): a
+        // model widened past it gets no more bits than the reference would.
+        let reference = artifact::reference_params(&recipe.model.source);
+        let total_bits = artifact::budget_bits(reference.map_or(param_count, |r| param_count.min(r)), bpp);
+        if let Some(r) = reference.filter(|&r| r < param_count) {
+            self.say(&format!("budget: {param_count} parameters, gated at the track's reference count {r}"));
+        }
+        let quantized: std::collections::HashSet<String> =
+            targets.iter().map(|t| format!("{}.weight", t.prefix)).collect();
+        let mut passthrough: Vec<String> = model.vars.keys().filter(|n| !quantized.contains(*n)).cloned().collect();
+        passthrough.sort();
+        // The rows' codes and scales at the cheapest kind and the full-precision tensors alone
+        // are a floor that packing can only add to; the full-precision eval and calibration
+        // take most of a run, so a budget under it is refused first.
+        let cheapest = kinds.iter().copied().min().unwrap_or(RowKind::Binary);
+        let matrices = targets.iter().map(|t| {
+            let s = model.shapes.get(&format!("{}.weight", t.prefix)).map(Vec::as_slice).unwrap_or(&[]);
+            (s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0))
+        });
+        let floor_bits =
+            all_cheapest_bits(matrices, cheapest) + passthrough.iter().map(|n| 16 * model.numel(n)).sum::<i64>();
+        if floor_bits > total_bits {
+            let need = floor_bits as f64 / param_count.max(1) as f64;
+            let hint = format!("{} to at least {:.3}", over_budget_hint(cheapest), need + 0.005);
+            return Err(CompressError::Budget(format!(
+                "a budget of {bpp} bits per parameter cannot hold this model: all-{cheapest} rows and the full-precision tensors alone take {need:.3} bits per parameter, {:.3} over the budget (hint: {hint})",
+                need - bpp
+            )));
+        }
+        let mut files = TextFiles::new();
+        let extra = serde_json::json!({
+            "format": artifact::FORMAT,
+            "track": recipe.budget.track.name(),
+            "budget_bits_per_param": bpp,
+            "sensitivity": recipe.allocate.sensitivity.name(),
+        });
+        files.insert("config.json".into(), artifact::artifact_config(&model.config, extra)?);
+        files.insert("modeling_autoqat.py".into(), artifact::modeling_py());
+        if recipe.package.tokenizer {
+            for (name, data) in artifact::tokenizer_files(&model.loaded.dir)? {
+                files.insert(name, data);
+            }
+        }
+        let mut names: Vec<String> = passthrough.clone();
+        for t in &targets {
+            names.push(format!("{}.row_kind", t.prefix));
+            for k in &kinds {
+                names.push(format!("{}.{}.codes", t.prefix, k.name()));
+                names.push(format!("{}.{}.scales", t.prefix, k.name()));
+            }
+        }
+        let max_dim = model.shapes.values().flatten().copied().max().unwrap_or(1);
+        let passthrough_bytes: i64 = passthrough.iter().map(|n| 2 * model.numel(n)).sum();
+        let rows_of = |prefix: &str| -> Result<i64> {
+            let name = format!("{prefix}.weight");
+            model
+                .shapes
+                .get(&name)
+                .and_then(|s| s.first().copied())
+                .ok_or_else(|| CompressError::Torch(format!("the model has no variable {name}")))
+        };
+        let kind_bytes: i64 = targets.iter().map(|t| Ok((rows_of(&t.prefix)? + 3) / 4)).sum::<Result<i64>>()?;
+        let reserve_bytes = artifact::zip_overhead(&files, (total_bits / 8).max(0) as u64)?
+            + artifact::safetensors_header_bound(names.iter().map(String::as_str), max_dim, total_bits / 8 + 1)
+            + passthrough_bytes
+            + kind_bytes;
+        let row_budget = total_bits - 8 * reserve_bytes;
+        Ok(Plan { targets, kinds, passthrough, param_count, total_bits, row_budget, files })
+    }
+
+    /// The full-precision model's score on the eval documents (saved for a resume).
+    fn fp_eval(&mut self, model: &Model) -> Result<EvalReport> {
+        let fp = match self.state.load::<EvalReport>(FP_FILE)? {
+            Some(fp) => fp,
+            None => {
+                let device = self.device;
+                let fp = timed(&mut self.times.fp_eval_s, || Ok(model.docs.score(&model.loaded.model, device)?))?;
+                model.paging.check()?;
+                self.state.save(FP_FILE, &fp)?;
+                fp
+            }
+        };
+        self.say(&format!(
+            "fp: eval PPL {:.4} over {} documents ({} tokens)",
+            fp.eval_ppl,
+            model.docs.documents_len(),
+            fp.tokens
+        ));
+        Ok(fp)
+    }
+
+    /// The fine-tune's teacher: the full-precision model's top-k, measured before any weight
+    /// changes. `None` without a fine-tune.
+    fn teacher(&mut self, model: &Model) -> Result<Option<Teacher>> {
+        if !self.recipe.finetune.enabled {
+            return Ok(None);
+        }
+        let (state, device, top_k) = (&self.state, self.device, self.recipe.finetune.top_k);
+        Ok(Some(timed(&mut self.times.teacher_s, || match state.load_tensors(TEACHER_FILE)? {
             Some(saved) => Teacher::from_tensors(&saved),
             None => {
-                let t = Teacher::measure(&loaded.model, &calib_seqs, recipe.finetune.top_k, device)?;
+                let t = Teacher::measure(&model.loaded.model, &model.calib, top_k, device)?;
                 state.save_tensors(TEACHER_FILE, &t.tensors())?;
                 Ok(t)
             }
-        })?)
-    } else {
-        None
-    };
-
-    let mut files = TextFiles::new();
-    let extra = serde_json::json!({
-        "format": artifact::FORMAT,
-        "track": recipe.budget.track.name(),
-        "budget_bits_per_param": bpp,
-        "sensitivity": sens.name(),
-    });
-    files.insert("config.json".into(), artifact::artifact_config(&source_config, extra)?);
-    files.insert("modeling_autoqat.py".into(), artifact::modeling_py());
-    if recipe.package.tokenizer {
-        for (name, data) in artifact::tokenizer_files(&loaded.dir)? {
-            files.insert(name, data);
-        }
+        })?))
     }
-    let mut names: Vec<String> = passthrough.clone();
-    for t in &targets {
-        names.push(format!("{}.row_kind", t.prefix));
-        for k in &kinds {
-            names.push(format!("{}.{}.codes", t.prefix, k.name()));
-            names.push(format!("{}.{}.scales", t.prefix, k.name()));
-        }
-    }
-    let max_dim = shapes.values().flatten().copied().max().unwrap_or(1);
-    let passthrough_bytes: i64 = passthrough.iter().map(|n| 2 * numel(n)).sum();
-    let rows_of = |prefix: &str| -> Result<i64> {
-        let name = format!("{prefix}.weight");
-        shapes
-            .get(&name)
-            .and_then(|s| s.first().copied())
-            .ok_or_else(|| CompressError::Torch(format!("the model has no variable {name}")))
-    };
-    let kind_bytes: i64 = targets.iter().map(|t| Ok((rows_of(&t.prefix)? + 3) / 4)).sum::<Result<i64>>()?;
-    let reserve_bytes = artifact::zip_overhead(&files, (total_bits / 8).max(0) as u64)?
-        + artifact::safetensors_header_bound(names.iter().map(String::as_str), max_dim, total_bits / 8 + 1)
-        + passthrough_bytes
-        + kind_bytes;
-    let row_budget = total_bits - 8 * reserve_bytes;
-    log(&format!(
-        "allocate: {param_count} parameters x {bpp} bits = {total_bits} bits; {} reserved for files, headers, norms and row kinds",
-        8 * reserve_bytes
-    ));
-    let mix: Vec<Vec<RowKind>> = match state.load(MIX_FILE)? {
-        Some(mix) => {
-            log("allocate: resumed");
-            mix
-        }
-        None => {
-            log(&format!(
-                "calibrate: {} sequences of {} tokens ({})",
-                calib_seqs.size()[0],
-                calib_seqs.size()[1],
-                sens.name()
-            ));
-            // Calibration and scoring are one layer-by-layer pass (see `score`), timed as one.
-            let check = || paging.check();
-            let calibration = Calibration {
-                model: &loaded.model,
-                vars: &vars,
-                recorder: &recorder,
-                seqs: &calib_seqs,
-                check: &check,
-                scratch: &state.dir().join("acts"),
-                device,
-            };
-            let scores =
-                timed(&mut st.calibrate_s, || crate::score::score(&calibration, &targets, &kinds, sens, tied))?;
-            paging.release();
-            // The track's rules: q4 rescue rows hold at most 10% of the parameters.
-            let q4_cap =
-                recipe.budget.track_rules.then(|| (param_count as f64 * crate::recipe::RESCUE_SHARE).floor() as i64);
-            let mix = timed(&mut st.allocate_s, || allocate(&scores, &kinds, row_budget, q4_cap))?;
-            state.save(MIX_FILE, &mix)?;
-            mix
-        }
-    };
 
-    let by_name: HashMap<String, Vec<RowKind>> =
-        targets.iter().map(|t| t.prefix.clone()).zip(mix.iter().cloned()).collect();
-    let distilled = if recipe.distill.enabled {
-        log(&format!("distill: {} steps per block, lr {}", recipe.distill.steps, recipe.distill.lr));
-        timed(&mut st.distill_s, || {
-            let opts = &recipe.distill;
+    /// Every row's kind: calibration and sensitivity scores, then the allocation under the row
+    /// budget (saved for a resume).
+    fn allocate(&mut self, model: &Model, plan: &Plan) -> Result<Vec<Vec<RowKind>>> {
+        let recipe = self.recipe;
+        let sens = recipe.allocate.sensitivity;
+        self.say(&format!(
+            "allocate: {} parameters x {} bits = {} bits; {} reserved for files, headers, norms and row kinds",
+            plan.param_count,
+            recipe.budget_bpp(),
+            plan.total_bits,
+            plan.total_bits - plan.row_budget
+        ));
+        if let Some(mix) = self.state.load(MIX_FILE)? {
+            self.say("allocate: resumed");
+            return Ok(mix);
+        }
+        let seqs = &model.calib;
+        self.say(&format!("calibrate: {} sequences of {} tokens ({})", seqs.size()[0], seqs.size()[1], sens.name()));
+        // Calibration and scoring are one layer-by-layer pass (see `score`), timed as one.
+        let check = || model.paging.check();
+        let calibration = Calibration {
+            model: &model.loaded.model,
+            vars: &model.vars,
+            recorder: &self.recorder,
+            seqs,
+            check: &check,
+            scratch: &self.state.dir().join("acts"),
+            device: self.device,
+        };
+        let tied = model.loaded.cfg.tie_word_embeddings;
+        let scores = timed(&mut self.times.calibrate_s, || {
+            crate::score::score(&calibration, &plan.targets, &plan.kinds, sens, tied)
+        })?;
+        model.paging.release();
+        // The track's rules: q4 rescue rows hold at most 10% of the parameters.
+        let q4_cap =
+            recipe.budget.track_rules.then(|| (plan.param_count as f64 * crate::recipe::RESCUE_SHARE).floor() as i64);
+        let mix = timed(&mut self.times.allocate_s, || allocate(&scores, &plan.kinds, plan.row_budget, q4_cap))?;
+        self.state.save(MIX_FILE, &mix)?;
+        Ok(mix)
+    }
+
+    /// Layerwise distillation of each block towards the full-precision one (empty when off).
+    fn distill(&mut self, model: &Model, by_name: &HashMap<String, Vec<RowKind>>) -> Result<Vec<BlockReport>> {
+        let opts = &self.recipe.distill;
+        if !opts.enabled {
+            return Ok(Vec::new());
+        }
+        (self.log)(&format!("distill: {} steps per block, lr {}", opts.steps, opts.lr));
+        let (state, device, log) = (&self.state, self.device, &mut *self.log);
+        timed(&mut self.times.distill_s, || {
             crate::distill::layerwise(
-                &loaded.model,
-                &vars,
-                &by_name,
-                &calib_seqs,
+                &model.loaded.model,
+                &model.vars,
+                by_name,
+                &model.calib,
                 opts,
                 device,
-                Some(&state),
-                &mut |layer, file| paging.redirect(layer, file),
-                &mut *log,
+                Some(state),
+                &mut |layer, file| model.paging.redirect(layer, file),
+                log,
             )
-        })?
-    } else {
-        Vec::new()
-    };
-    let finetuned = match &teacher {
-        Some(teacher) => {
-            let ft = &recipe.finetune;
-            log(&format!("finetune: {} steps of {} sequences, lr {}, top-{} KD", ft.steps, ft.batch, ft.lr, ft.top_k));
-            let report = timed(&mut st.finetune_s, || {
-                let model = &loaded.model;
-                crate::finetune::run(
-                    model,
-                    &loaded.vs,
-                    &by_name,
-                    &calib_seqs,
-                    teacher,
-                    ft,
-                    device,
-                    state.dir(),
-                    &mut *log,
-                )
-            })?;
-            Some(report)
-        }
-        None => None,
-    };
-
-    let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    let mut manifest: Vec<MatrixMix> = Vec::new();
-    timed(&mut st.apply_s, || {
-        // Layer by layer: each layer's quantized weights (and half-precision norms) are written
-        // back for the evaluation to read; the embedding and head stay resident.
-        let layer_dir = state.dir().join("layers");
-        // A layer is finished once its matrices are packed: its norms go to half precision
-        // (as the artifact holds them) and it is written back before the next is read in.
-        let finish = |layer: usize, tensors: &mut Vec<(String, Tensor)>| -> Result<()> {
-            for name in passthrough.iter().filter(|n| n.starts_with(&layer_prefix(layer))) {
-                tensors.push(to_half(&vars, name)?);
-            }
-            paging.write_back(layer, &layer_dir)
-        };
-        let mut current: Option<usize> = None;
-        for (t, row_kinds) in targets.iter().zip(&mix) {
-            if t.layer != current {
-                if let Some(done) = current {
-                    finish(done, &mut tensors)?;
-                }
-                if let Some(l) = t.layer {
-                    paging.enter(l);
-                }
-                current = t.layer;
-            }
-            let mut w = weight(&vars, &t.prefix)?;
-            let (packed, mm) = apply(&mut w, &t.prefix, row_kinds)?;
-            tensors.extend(packed);
-            manifest.push(mm);
-        }
-        if let Some(done) = current {
-            finish(done, &mut tensors)?;
-        }
-        for name in passthrough.iter().filter(|n| !n.starts_with("model.layers.")) {
-            tensors.push(to_half(&vars, name)?);
-        }
-        paging.check()?;
-        paging.release();
-        Ok(())
-    })?;
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-
-    let report: EvalReport = timed(&mut st.eval_s, || Ok(docs.score(&loaded.model, device)?))?;
-    paging.check()?;
-    paging.release();
-    log(&format!(
-        "eval: PPL {:.4} (fp {:.4}, {:+.2}%)",
-        report.eval_ppl,
-        fp.eval_ppl,
-        100.0 * (report.eval_ppl / fp.eval_ppl - 1.0)
-    ));
-
-    let written = timed(&mut st.pack_s, || {
-        let zip = run_dir.join(run::ARTIFACT_ZIP);
-        artifact::write(&run_dir.join(run::ARTIFACT_DIR), &zip, &files, &tensors, total_bits).map_err(|e| match e {
-            CompressError::Budget(msg) => {
-                CompressError::Budget(format!("{msg} ({param_count} parameters x {bpp} bits)"))
-            }
-            e => CompressError::Artifact {
-                path: zip.clone(),
-                msg: format!(
-                    "packing failed, nothing left under the finished names: {e} (hint: free disk space, then rerun)"
-                ),
-            },
         })
-    })?;
-    let bits_per_param = written.size_bytes as f64 * 8.0 / param_count as f64;
-    let mut total_mix: HashMap<RowKind, usize> = HashMap::new();
-    for m in &manifest {
-        for (k, n) in &m.rows {
-            *total_mix.entry(*k).or_default() += n;
-        }
     }
-    let summary = Summary {
-        run: autoqat_workspace::Summary {
-            status: "ok".into(),
-            eval_ppl: Some(report.eval_ppl),
-            eval_loss: Some(report.eval_loss),
-            eval_bpb: Some(report.eval_bpb),
-            fp_ppl: Some(fp.eval_ppl),
-            device: autoqat_model::device_name(device),
-            time_s: start.elapsed().as_secs_f64(),
-            peak_mem_mb: autoqat_toolkit::resources::peak_rss_mb(),
-            artifact_size_bytes: Some(written.size_bytes),
-            bits_per_param: Some(bits_per_param),
-            ..autoqat_workspace::Summary::default()
-        },
-        eval_tokens: report.tokens,
-        eval_docs: docs.documents_len(),
-        artifact_sha256: written.sha256.clone(),
-        artifact_zip: written.zip.clone(),
-        artifact_dir: written.dir.clone(),
-        param_count,
-        budget_bpp: bpp,
-        budget_bits: total_bits,
-        sensitivity: sens.name().into(),
-        weight_rel_mse: manifest.iter().map(|m| m.sq_err).sum::<f64>()
-            / manifest.iter().map(|m| m.sq_norm).sum::<f64>().max(f64::MIN_POSITIVE),
-        tokenizer_sha256: artifact::sha256_file(&loaded.dir.join("tokenizer.json"))?.0,
-        mix: total_mix,
-        q4_share: manifest
-            .iter()
-            .map(|m| m.rows.get(&RowKind::Q4).copied().unwrap_or(0) as f64 * m.shape[1] as f64)
-            .sum::<f64>()
-            / param_count.max(1) as f64,
-        offloaded: paging.0.is_some(),
-        stages: st,
-        widen: widened,
-        distill: distilled,
-        finetune: finetuned,
-        verify_ppl: None,
-    };
-    write_json(&run_dir.join(run::MANIFEST_FILE), &serde_json::json!({ "summary": &summary, "matrices": manifest }))?;
-    drop(tok);
-    let mut summary = summary;
-    summary.verify_ppl = verify(&summary)?;
-    state.finish()?;
-    Ok(summary)
+
+    /// The end-to-end fine-tune against the teacher's top-k (`None` when off).
+    fn finetune(
+        &mut self,
+        model: &Model,
+        by_name: &HashMap<String, Vec<RowKind>>,
+        teacher: Option<&Teacher>,
+    ) -> Result<Option<FinetuneReport>> {
+        let Some(teacher) = teacher else { return Ok(None) };
+        let ft = &self.recipe.finetune;
+        (self.log)(&format!(
+            "finetune: {} steps of {} sequences, lr {}, top-{} KD",
+            ft.steps, ft.batch, ft.lr, ft.top_k
+        ));
+        let (state, device, log) = (&self.state, self.device, &mut *self.log);
+        let report = timed(&mut self.times.finetune_s, || {
+            crate::finetune::run(
+                &model.loaded.model,
+                &model.loaded.vs,
+                by_name,
+                &model.calib,
+                teacher,
+                ft,
+                device,
+                state.dir(),
+                log,
+            )
+        })?;
+        Ok(Some(report))
+    }
+
+    /// Quantizes every target to its rows' kinds in the model (so the eval scores what the
+    /// artifact holds) and returns the packed tensors, sorted by name, and the manifest.
+    fn apply(&mut self, model: &Model, plan: &Plan, mix: &[Vec<RowKind>]) -> Result<(Packed, Vec<MatrixMix>)> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        let mut manifest: Vec<MatrixMix> = Vec::new();
+        let (paging, vars, passthrough) = (&model.paging, &model.vars, &plan.passthrough);
+        let layer_dir = self.state.dir().join("layers");
+        timed(&mut self.times.apply_s, || {
+            // Layer by layer: each layer's quantized weights (and half-precision norms) are
+            // written back for the evaluation to read; the embedding and head stay resident.
+            // A layer is finished once its matrices are packed: its norms go to half precision
+            // (as the artifact holds them) and it is written back before the next is read in.
+            let finish = |layer: usize, tensors: &mut Vec<(String, Tensor)>| -> Result<()> {
+                for name in passthrough.iter().filter(|n| n.starts_with(&layer_prefix(layer))) {
+                    tensors.push(to_half(vars, name)?);
+                }
+                paging.write_back(layer, &layer_dir)
+            };
+            let mut current: Option<usize> = None;
+            for (t, row_kinds) in plan.targets.iter().zip(mix) {
+                if t.layer != current {
+                    if let Some(done) = current {
+                        finish(done, &mut tensors)?;
+                    }
+                    if let Some(l) = t.layer {
+                        paging.enter(l);
+                    }
+                    current = t.layer;
+                }
+                let mut w = weight(vars, &t.prefix)?;
+                let (packed, mm) = apply(&mut w, &t.prefix, row_kinds)?;
+                tensors.extend(packed);
+                manifest.push(mm);
+            }
+            if let Some(done) = current {
+                finish(done, &mut tensors)?;
+            }
+            for name in passthrough.iter().filter(|n| !n.starts_with("model.layers.")) {
+                tensors.push(to_half(vars, name)?);
+            }
+            paging.check()?;
+            paging.release();
+            Ok(())
+        })?;
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((tensors, manifest))
+    }
+
+    /// The compressed model's score on the same documents.
+    fn eval(&mut self, model: &Model, fp: &EvalReport) -> Result<EvalReport> {
+        let device = self.device;
+        let report = timed(&mut self.times.eval_s, || Ok(model.docs.score(&model.loaded.model, device)?))?;
+        model.paging.check()?;
+        model.paging.release();
+        self.say(&format!(
+            "eval: PPL {:.4} (fp {:.4}, {:+.2}%)",
+            report.eval_ppl,
+            fp.eval_ppl,
+            100.0 * (report.eval_ppl / fp.eval_ppl - 1.0)
+        ));
+        Ok(report)
+    }
+
+    /// Writes the artifact directory and zip; over the budget, nothing is left under the
+    /// finished names.
+    fn pack(&mut self, plan: &Plan, tensors: &[(String, Tensor)]) -> Result<artifact::Written> {
+        let (run_dir, bpp) = (self.run_dir, self.recipe.budget_bpp());
+        timed(&mut self.times.pack_s, || {
+            let zip = run_dir.join(run::ARTIFACT_ZIP);
+            artifact::write(&run_dir.join(run::ARTIFACT_DIR), &zip, &plan.files, tensors, plan.total_bits).map_err(
+                |e| match e {
+                    CompressError::Budget(msg) => {
+                        CompressError::Budget(format!("{msg} ({} parameters x {bpp} bits)", plan.param_count))
+                    }
+                    e => CompressError::Artifact {
+                        path: zip.clone(),
+                        msg: format!(
+                            "packing failed, nothing left under the finished names: {e} (hint: free disk space, then rerun)"
+                        ),
+                    },
+                },
+            )
+        })
+    }
+
+    /// The run's summary (widening, distillation, fine-tune and verification are the caller's
+    /// to fill in).
+    fn summary(
+        &self,
+        model: &Model,
+        plan: &Plan,
+        fp: &EvalReport,
+        report: &EvalReport,
+        written: &artifact::Written,
+        manifest: &[MatrixMix],
+    ) -> Result<Summary> {
+        let param_count = plan.param_count;
+        let mut total_mix: HashMap<RowKind, usize> = HashMap::new();
+        for m in manifest {
+            for (k, n) in &m.rows {
+                *total_mix.entry(*k).or_default() += n;
+            }
+        }
+        Ok(Summary {
+            run: autoqat_workspace::Summary {
+                status: "ok".into(),
+                eval_ppl: Some(report.eval_ppl),
+                eval_loss: Some(report.eval_loss),
+                eval_bpb: Some(report.eval_bpb),
+                fp_ppl: Some(fp.eval_ppl),
+                device: autoqat_model::device_name(self.device),
+                time_s: self.start.elapsed().as_secs_f64(),
+                peak_mem_mb: autoqat_toolkit::resources::peak_rss_mb(),
+                artifact_size_bytes: Some(written.size_bytes),
+                bits_per_param: Some(written.size_bytes as f64 * 8.0 / param_count as f64),
+                ..autoqat_workspace::Summary::default()
+            },
+            eval_tokens: report.tokens,
+            eval_docs: model.docs.documents_len(),
+            artifact_sha256: written.sha256.clone(),
+            artifact_zip: written.zip.clone(),
+            artifact_dir: written.dir.clone(),
+            param_count,
+            budget_bpp: self.recipe.budget_bpp(),
+            budget_bits: plan.total_bits,
+            sensitivity: self.recipe.allocate.sensitivity.name().into(),
+            weight_rel_mse: manifest.iter().map(|m| m.sq_err).sum::<f64>()
+                / manifest.iter().map(|m| m.sq_norm).sum::<f64>().max(f64::MIN_POSITIVE),
+            tokenizer_sha256: artifact::sha256_file(&model.loaded.dir.join("tokenizer.json"))?.0,
+            mix: total_mix,
+            q4_share: manifest
+                .iter()
+                .map(|m| m.rows.get(&RowKind::Q4).copied().unwrap_or(0) as f64 * m.shape[1] as f64)
+                .sum::<f64>()
+                / param_count.max(1) as f64,
+            offloaded: model.paging.0.is_some(),
+            stages: self.times.clone(),
+            widen: None,
+            distill: Vec::new(),
+            finetune: None,
+            verify_ppl: None,
+        })
+    }
 }
 
 /// Writes pretty JSON atomically (the workspace's one writer).
