@@ -111,7 +111,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "autoqat"))
-    ap.add_argument("--text", default=os.path.join(ROOT, "..", "shared", "data", "wikitext-2-raw-test.txt"))
+    ap.add_argument("--text", default=os.path.join(os.environ.get("AUTOQAT_DATA", "."), "wikitext-2-raw-test.txt"))
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     with open(a.text, encoding="utf-8") as f:

@@ -16,7 +16,7 @@ hidden=${HIDDEN:-1024}
 ffn=${FFN:-4096}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
-data=../shared/data/wikitext-2-raw-test.txt
+data="${AUTOQAT_DATA:?set AUTOQAT_DATA to the directory of the real text}"/wikitext-2-raw-test.txt
 [ -f "$data" ] || { echo "error: $data is missing (WikiText-2 test split; see docs/contracts.md#data-the-tests-and-benchmarks-read)"; exit 1; }
 head -n 2000 "$data" > "$work/calib.txt"
 sed -n 2001,2400p "$data" > "$work/eval.txt"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The compression track on a real model: SmolLM2-135M-Instruct (built offline by
-# ../shared/tools/real-smollm2), calibrated on the first 4000 lines of WikiText-2 test and scored
+# $AUTOQAT_REAL_SMOLLM2, which scripts/env.sh sets), calibrated on the first 4000 lines of WikiText-2 test and scored
 # on the next documents by the validator's protocol (512 tokens, batch 8). For each budget
 # (ternary 2.2125, binary 1.3125 bits/param) it compresses with one kind everywhere (the plain
 # per-row baseline) and with the rowmix allocation under each sensitivity, and prints the PPL of
@@ -12,11 +12,11 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 work=${1:-target/bench-compress}
 max_docs=${2:-150}
-data=../shared/data/wikitext-2-raw-test.txt
+data="${AUTOQAT_DATA:?set AUTOQAT_DATA to the directory of the real text}"/wikitext-2-raw-test.txt
 [ -f "$data" ] || { echo "error: $data is missing (WikiText-2 test split; see docs/contracts.md#data-the-tests-and-benchmarks-read)"; exit 1; }
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
-../shared/tools/real-smollm2 "$work/smollm2" "$VENV/bin/python" >/dev/null
+"${AUTOQAT_REAL_SMOLLM2:?set AUTOQAT_REAL_SMOLLM2 to the offline SmolLM2 builder}" "$work/smollm2" "$VENV/bin/python" >/dev/null
 head -n 4000 "$data" > "$work/calib.txt"
 tail -n +4001 "$data" > "$work/eval.txt"
 cargo build --locked --quiet

@@ -51,7 +51,7 @@ def main():
     ap = argparse.ArgumentParser()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--bin", default=os.path.join(root, "target/release/autoqat"))
-    ap.add_argument("--text", default=os.path.join(root, "../shared/data/wikitext-2-raw-test.txt"))
+    ap.add_argument("--text", default=os.path.join(os.environ.get("AUTOQAT_DATA", "."), "wikitext-2-raw-test.txt"))
     ap.add_argument("--configs", default="tiny,smollm135m")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

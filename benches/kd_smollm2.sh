@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The distillation-traces track on real models: SmolLM2-135M-Instruct (built offline by
-# ../shared/tools/real-smollm2) is the teacher; the student is its first LAYERS decoder layers
+# $AUTOQAT_REAL_SMOLLM2, which scripts/env.sh sets) is the teacher; the student is its first LAYERS decoder layers
 # (same tokenizer, a smaller model) trained ternary from the teacher's traces. Prompts are story
 # openings from TinyStories and WikiText-2, asked through the model's chat template.
 #
@@ -18,12 +18,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 work=${1:-target/bench-kd}
 layers=${2:-6}
 tokens=${3:-48000}
-stories=../shared/data/tinystories-valid-sample.txt
-wiki=../shared/data/wikitext-2-raw-test.txt
+stories="${AUTOQAT_DATA:?set AUTOQAT_DATA to the directory of the real text}"/tinystories-valid-sample.txt
+wiki="${AUTOQAT_DATA:?set AUTOQAT_DATA to the directory of the real text}"/wikitext-2-raw-test.txt
 for f in "$stories" "$wiki"; do [ -f "$f" ] || { echo "error: $f is missing (see docs/contracts.md#data-the-tests-and-benchmarks-read)"; exit 1; }; done
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
-[ -f "$work/smollm2/model.safetensors" ] || ../shared/tools/real-smollm2 "$work/smollm2" "$VENV/bin/python" >/dev/null
+[ -f "$work/smollm2/model.safetensors" ] || "${AUTOQAT_REAL_SMOLLM2:?set AUTOQAT_REAL_SMOLLM2 to the offline SmolLM2 builder}" "$work/smollm2" "$VENV/bin/python" >/dev/null
 # AUTOQAT_BIN: a binary already built (e.g. target/release/autoqat); else the debug build.
 if [ -n "${AUTOQAT_BIN:-}" ]; then
     bin=$(cd "$(dirname "$AUTOQAT_BIN")" && pwd)/$(basename "$AUTOQAT_BIN")

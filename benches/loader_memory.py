@@ -46,7 +46,7 @@ def main():
     ap = argparse.ArgumentParser()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--bin", default=os.path.join(root, "target/debug/autoqat"))
-    ap.add_argument("--text", default=os.path.join(root, "../shared/data/wikitext-2-raw-test.txt"))
+    ap.add_argument("--text", default=os.path.join(os.environ.get("AUTOQAT_DATA", "."), "wikitext-2-raw-test.txt"))
     args = ap.parse_args()
     from autoqat_ref.tiny import tiny_checkpoint
 

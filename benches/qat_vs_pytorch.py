@@ -159,7 +159,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
                                                   "debug", "autoqat"))
-    ap.add_argument("--text", default=os.path.join(ROOT, "..", "shared", "data", "tinystories-valid-sample.txt"))
+    ap.add_argument("--text", default=os.path.join(os.environ.get("AUTOQAT_DATA", "."), "tinystories-valid-sample.txt"))
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--_pytorch", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()

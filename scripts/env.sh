@@ -37,4 +37,15 @@ export LIBTORCH_USE_PYTORCH=1
 TORCH_LIB="$("$VENV/bin/python" -W ignore -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export AUTOQAT_PYTHON="$VENV/bin/python"
+# Real text (WikiText-2, TinyStories) and the offline builder of a real SmolLM2 are not in the
+# repository; tests and benchmarks find them through these two variables and skip (or say
+# what to set) without them. On the development machine they sit beside the checkout.
+if [ -z "${AUTOQAT_DATA:-}" ] && [ -d "$ROOT/../shared/data" ]; then
+    AUTOQAT_DATA="$(cd "$ROOT/../shared/data" && pwd)"
+    export AUTOQAT_DATA
+fi
+if [ -z "${AUTOQAT_REAL_SMOLLM2:-}" ] && [ -x "$ROOT/../shared/tools/real-smollm2" ]; then
+    AUTOQAT_REAL_SMOLLM2="$(cd "$ROOT/../shared/tools" && pwd)/real-smollm2"
+    export AUTOQAT_REAL_SMOLLM2
+fi
 cd "$ROOT"

@@ -140,13 +140,13 @@ print(json.dumps({"rows": sum(t.num_rows for t in tables), "types": {f.name: str
     let untrained = trial(dir, "untrained", &recipe(fx, "traces", 0, 1e-7, 1, ""));
     let ppl = |s: &serde_json::Value| s["eval_ppl"].as_f64().unwrap();
     // The comparison needs a teacher that knows real language: on the generated fallback corpus
-    // (random words, used when ../shared/data is absent) its greedy answers carry nothing to
+    // (random words, used when $AUTOQAT_DATA has no WikiText-2) its greedy answers carry nothing to
     // learn, so the comparison is skipped there, and says so.
     if json(&fx.join("done.json"))["source"] == "wikitext" {
         assert!(ppl(&kd) < ppl(&untrained), "distilled {} vs untrained ternary {}", ppl(&kd), ppl(&untrained));
         assert!(ppl(&kd) < ppl(&hard), "Top-K+Other KL {} vs hard labels {}", ppl(&kd), ppl(&hard));
     } else {
-        eprintln!("skipping the quality comparison: ../shared/data/wikitext-2-raw-test.txt is absent (the teacher learned random words)");
+        eprintln!("skipping the quality comparison: $AUTOQAT_DATA/wikitext-2-raw-test.txt is absent (the teacher learned random words)");
     }
 
     let health = json(&dir.join("kd/health.json"));
@@ -300,7 +300,7 @@ fn the_qwen3_6_27b_shape_runs_forward_without_the_dense_model() {
 
 /// Software nobody here wrote: llama.cpp's OpenAI-compatible server (the `llama-cpp-python`
 /// package, built from source) serving the real SmolLM2-135M-Instruct GGUF that
-/// `../shared/tools/real-smollm2` leaves beside the Hugging Face directory. The traces it gives
+/// `$AUTOQAT_REAL_SMOLLM2` leaves beside the Hugging Face directory. The traces it gives
 /// (its `bytes` fields are null: token text is used) must be valid, and its greedy tokens must
 /// be the local teacher's on the same weights (the HF directory is the GGUF dequantized).
 #[test]

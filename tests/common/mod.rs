@@ -51,7 +51,7 @@ impl Drop for Reaped {
 }
 
 /// llama.cpp's OpenAI-compatible server (the `llama-cpp-python` package, built from source)
-/// serving the real SmolLM2-135M-Instruct GGUF that `../shared/tools/real-smollm2` leaves
+/// serving the real SmolLM2-135M-Instruct GGUF that `$AUTOQAT_REAL_SMOLLM2` leaves
 /// beside the Hugging Face directory; stopped when dropped.
 pub struct LlamaServer {
     _child: Reaped,
@@ -69,7 +69,8 @@ pub fn llama_server(n_ctx: u32, api_key: &str) -> Option<LlamaServer> {
     let py = model::python()?;
     let probe = Command::new(&py).args(["-c", "import llama_cpp.server"]).output().expect("python");
     assert!(probe.status.success(), "llama-cpp-python[server] is not installed in {}", py.display());
-    let tool = model::repo_root().join("../shared/tools/real-smollm2");
+    let tool = std::env::var_os("AUTOQAT_REAL_SMOLLM2")
+        .expect("AUTOQAT_REAL_SMOLLM2 is not set: the offline builder of the real SmolLM2 (scripts/env.sh sets it where it exists)");
     let model_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-smollm2");
     if !model_dir.join("model.safetensors").is_file() {
         let out = Command::new(&tool).arg(&model_dir).arg(&py).output().expect("real-smollm2");

@@ -32,9 +32,9 @@ pub fn python() -> Option<PathBuf> {
     venv.exists().then_some(venv)
 }
 
-/// `<repo>/../shared/data/wikitext-2-raw-test.txt` when present.
+/// `$AUTOQAT_DATA/wikitext-2-raw-test.txt` when present (scripts/env.sh sets `AUTOQAT_DATA`).
 pub fn wikitext() -> Option<PathBuf> {
-    let p = repo_root().join("../shared/data/wikitext-2-raw-test.txt");
+    let p = PathBuf::from(std::env::var_os("AUTOQAT_DATA")?).join("wikitext-2-raw-test.txt");
     p.is_file().then_some(p)
 }
 

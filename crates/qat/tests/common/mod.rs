@@ -34,9 +34,13 @@ pub fn python() -> Option<PathBuf> {
     None
 }
 
-/// A file of `../shared/data`, or `None` with a printed reason.
+/// A file of `$AUTOQAT_DATA` (scripts/env.sh sets it), or `None` with a printed reason.
 pub fn shared_data(name: &str) -> Option<PathBuf> {
-    let p = repo_root().join("../shared/data").join(name);
+    let Some(dir) = std::env::var_os("AUTOQAT_DATA") else {
+        eprintln!("skip: AUTOQAT_DATA is not set (the directory of the real test text)");
+        return None;
+    };
+    let p = PathBuf::from(dir).join(name);
     if p.exists() {
         Some(p)
     } else {
