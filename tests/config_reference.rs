@@ -46,3 +46,35 @@ fn the_configuration_reference_is_generated_from_the_schemas() {
         "stale configuration reference in {stale:?}: run `AUTOQAT_BLESS=1 cargo test --test config_reference`"
     );
 }
+
+/// The `autoqat.toml` table of docs/configuration.md names every key the settings parser
+/// accepts (it refuses unknown keys, so a key the table lacks would be one a user cannot learn).
+#[test]
+fn every_autoqat_toml_key_is_in_the_reference() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let at = text.find("## `autoqat.toml`").expect("docs/configuration.md has an autoqat.toml section");
+    let section = &text[at..at + text[at..].find("\n## ").unwrap_or(text.len() - at)];
+    let defaults = serde_json::to_value(autoqat_research::settings::Settings::default()).unwrap();
+    let mut missing = Vec::new();
+    let mut check = |name: &str, keys: &serde_json::Map<String, serde_json::Value>| {
+        let row = section
+            .lines()
+            .find(|l| l.starts_with(&format!("| `[{name}]`")))
+            .unwrap_or_else(|| panic!("no row for [{name}] in the autoqat.toml table"));
+        for key in keys.keys() {
+            let named = row.contains(&format!("`{key}`")) || row.contains(&format!("[[{name}.{key}]]"));
+            if !named && !keys[key].is_object() {
+                missing.push(format!("{name}.{key}"));
+            }
+        }
+    };
+    for (name, value) in defaults.as_object().unwrap() {
+        let keys = value.as_object().unwrap_or_else(|| panic!("[{name}] is not a table"));
+        check(name, keys);
+        for (sub, inner) in keys.iter().filter(|(_, v)| v.is_object()) {
+            check(&format!("{name}.{sub}"), inner.as_object().unwrap());
+        }
+    }
+    assert!(missing.is_empty(), "docs/configuration.md's autoqat.toml table lacks {missing:?}");
+}

@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ResearchError, Result};
 
 /// All harness settings of one workspace.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Loop settings.
@@ -31,7 +31,7 @@ pub struct Settings {
 
 /// Where trials run (`[executor]`): `local` runs `workers` trials at once on this machine, each
 /// in its own git worktree and on its own device; `slurm` hands each trial to `sbatch`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecutorSettings {
     /// `local` or `slurm`.
@@ -61,7 +61,7 @@ impl Default for ExecutorSettings {
 
 /// How a trial becomes a Slurm job (`[executor.slurm]`). The workspace must be on a file
 /// system the compute nodes share: a job runs in its worktree and writes its run dir there.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlurmSettings {
     /// `--partition` (empty: the cluster's default).
@@ -98,7 +98,7 @@ impl Default for SlurmSettings {
 /// The held-out split (`[heldout]`): a text the trial never reads, scored once for the best
 /// recipe when the run stops (and for each keep with `keeps = true`). Keep/discard and the
 /// proposer never see these figures; the report shows them beside the search PPL.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeldoutSettings {
     /// Command that scores an experiment's output on the held-out text (`{run_dir}` and
@@ -124,7 +124,7 @@ impl Default for HeldoutSettings {
 }
 
 /// Loop settings (`[run]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunSettings {
     /// Default run tag: the branch is `autoqat/<tag>`.
@@ -170,7 +170,7 @@ impl Default for RunSettings {
 }
 
 /// How a trial runs (`[trial]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrialSettings {
     /// Command line run by `sh -c`; `{exp}` becomes the experiment number, `{run_dir}` its
@@ -203,7 +203,7 @@ impl Default for TrialSettings {
 }
 
 /// Which proposer answers (`[provider]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderSettings {
     /// openai, anthropic, command or builtin.
@@ -278,7 +278,7 @@ impl Default for ProviderSettings {
 }
 
 /// Keep policy under noise (`[noise]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NoiseSettings {
     /// Keep only if `eval_ppl < best * (1 - min_rel_improvement)`.
@@ -308,7 +308,7 @@ impl Default for NoiseSettings {
 }
 
 /// Early stopping (`[prune]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PruneSettings {
     /// Compare the live steps.tsv with the best run's.
@@ -328,7 +328,7 @@ impl Default for PruneSettings {
 }
 
 /// Which validator checks the mutable file (`[validator]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidatorSettings {
     /// `autoqat` (the recipe schema), `toml` (the fields below), `python` (the fields are
@@ -346,7 +346,7 @@ impl Default for ValidatorSettings {
 }
 
 /// One searchable key for the `toml` validator.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldSetting {
     /// Dotted key, e.g. `optim.lr`.
@@ -364,7 +364,7 @@ pub struct FieldSetting {
 }
 
 /// `active_when` of a validator field.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveWhen {
     /// Dotted key of the switch.
