@@ -73,6 +73,34 @@ pub struct RunOptions {
     pub executor: Option<String>,
 }
 
+impl RunOptions {
+    /// Writes the overrides given into `s`; an executor other than `local` or `slurm` is refused.
+    fn apply(&self, s: &mut Settings) -> Result<()> {
+        if let Some(p) = &self.provider {
+            s.provider.kind = p.clone();
+        }
+        if let Some(n) = self.max_experiments {
+            s.run.max_experiments = Some(n);
+        }
+        if let Some(h) = self.hours {
+            s.run.hours = Some(h);
+        }
+        if let Some(c) = self.max_cost {
+            s.run.max_cost_usd = Some(c);
+        }
+        if let Some(w) = self.workers {
+            s.executor.workers = w.max(1);
+        }
+        if let Some(k) = &self.executor {
+            if !["local", "slurm"].contains(&k.as_str()) {
+                return Err(ResearchError::Workspace(format!("--executor {k}: expected local or slurm")));
+            }
+            s.executor.kind = k.clone();
+        }
+        Ok(())
+    }
+}
+
 /// What a finished `run` reports.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -160,27 +188,7 @@ impl Driver {
         opts: RunOptions,
         proposer: Option<Box<dyn Proposer>>,
     ) -> Result<Driver> {
-        if let Some(p) = &opts.provider {
-            s.provider.kind = p.clone();
-        }
-        if let Some(n) = opts.max_experiments {
-            s.run.max_experiments = Some(n);
-        }
-        if let Some(h) = opts.hours {
-            s.run.hours = Some(h);
-        }
-        if let Some(c) = opts.max_cost {
-            s.run.max_cost_usd = Some(c);
-        }
-        if let Some(w) = opts.workers {
-            s.executor.workers = w.max(1);
-        }
-        if let Some(k) = &opts.executor {
-            if !["local", "slurm"].contains(&k.as_str()) {
-                return Err(ResearchError::Workspace(format!("--executor {k}: expected local or slurm")));
-            }
-            s.executor.kind = k.clone();
-        }
+        opts.apply(&mut s)?;
         let lock = Lock::acquire(workspace)?;
         let git = Git::open(workspace)?;
         let ws = git.root.clone();
