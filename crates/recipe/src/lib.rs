@@ -34,10 +34,8 @@ pub use types::*;
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     /// The text is not valid TOML, or a key has the wrong type or an unknown name.
-    #[error("invalid recipe: {0}")]
     Invalid(String),
     /// A value is outside its allowed range or set.
-    #[error("invalid recipe: `{key}` = {value} is not allowed; expected {allowed}")]
     OutOfRange {
         /// Dotted key, e.g. `quant.granularity`.
         key: String,
@@ -46,6 +44,12 @@ pub enum RecipeError {
         /// What is allowed, human-readable.
         allowed: String,
     },
+}
+
+impl std::fmt::Display for RecipeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid recipe: {}", self.detail())
+    }
 }
 
 impl RecipeError {
