@@ -313,10 +313,7 @@ impl Driver {
         let wt = Worktree::of(&self.ws, &self.tag, exp);
         // A Slurm job may still be running in its worktree: that one stays as it is.
         let job_may_run = matches!(self.executor, crate::executor::Executor::Slurm(_)) && wt.path.join(".git").exists();
-        let wt = if f.in_workspace {
-            self.say(&format!("resuming experiment {exp}: {what} ({})", f.description()));
-            self.check_out(&f, commit)?
-        } else if job_may_run {
+        let wt = if job_may_run && !f.in_workspace {
             self.say(&format!("resuming experiment {exp}: following its Slurm job ({})", f.description()));
             Some(wt)
         } else {
