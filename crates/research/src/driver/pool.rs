@@ -295,7 +295,7 @@ impl Driver {
         let interrupted = Git::interrupted_ref(&self.tag, exp);
         if self.records.iter().any(|r| r.exp == exp) {
             // Recorded just before the kill: only the journal was left to remove.
-            self.forget(&f, None);
+            self.forget(&f);
             return Ok(());
         }
         let aside = self.git.ref_target(&interrupted);
@@ -304,7 +304,7 @@ impl Driver {
             self.say(&format!(
                 "experiment {exp} was killed before its commit was made; dropped (it cost nothing to run)"
             ));
-            self.forget(&f, None);
+            self.forget(&f);
             return Ok(());
         };
         self.git.set_ref(&running, commit, "autoqat: running")?;
@@ -324,12 +324,11 @@ impl Driver {
     }
 
     /// Removes the journal, running ref and worktree of a flight.
-    fn forget(&self, f: &Flight, wt: Option<&Worktree>) {
+    fn forget(&self, f: &Flight) {
         journal::remove(&self.ws, f.tag(), f.exp());
         let _ = self.git.delete_ref(&Git::running_ref(&self.tag, f.exp()));
-        let wt = wt.cloned().or_else(|| (!f.in_workspace).then(|| Worktree::of(&self.ws, &self.tag, f.exp())));
-        if let Some(wt) = wt {
-            wt.remove(&self.git);
+        if !f.in_workspace {
+            Worktree::of(&self.ws, &self.tag, f.exp()).remove(&self.git);
         }
     }
 
@@ -435,7 +434,7 @@ impl Driver {
 
     /// Decides, commits and records a finished experiment (see the module's merge policy).
     fn settle(&mut self, pool: &mut Pool, live: Live, first: Outcome, later: Later) -> std::result::Result<(), Halt> {
-        let Live { f, commit, wt, .. } = live;
+        let Live { f, commit, .. } = live;
         let exp = f.exp();
         let p = &f.pending;
         let mut rec = Record { parent: f.parent.clone(), ..p.record(&first) };
@@ -511,7 +510,7 @@ impl Driver {
             self.write_queue(&pool.queue)?;
         }
         self.seal(commit, p, &body, &mut rec)?;
-        if wt.is_none() && !status.is_kept() {
+        if f.in_workspace && !status.is_kept() {
             // The branch carried the experiment while it ran: back to the best.
             let back = match &best {
                 Some((b, _)) => *b,
@@ -520,7 +519,7 @@ impl Driver {
             self.git.reset_branch(&self.tag, back, || hit("reset"))?;
         }
         self.record(rec)?;
-        self.forget(&f, wt.as_ref());
+        self.forget(&f);
         Ok(())
     }
 
