@@ -1,7 +1,8 @@
 """Benchmark (not a test): CPU decode speed of ternary models on autoqat's packed low-bit kernels
 (`autoqat bench-decode --kernel auto`) against the dense reference of the same weights
-(`--kernel dense`: dequantized f32 through libtorch), at 1 and 2 threads. Prints tokens/s, the
-kernels/dense ratio and the share of the memory-bandwidth limit each run reaches (weight bytes
+(`--kernel dense`: dequantized f32 through libtorch), at 1 and 2 threads, each kernel model both
+with its one-token steps on host buffers (the default) and as libtorch ops between the products
+(`--libtorch-step`). Prints tokens/s, the ratio to dense and the share of the memory-bandwidth limit each run reaches (weight bytes
 read per token / measured bandwidth).
 
     source scripts/env.sh && cargo build --release --locked --bin autoqat
@@ -126,9 +127,9 @@ def bandwidth_gbs():
     return best / 1e9
 
 
-def bench(binary, model, kernel, threads, args):
+def bench(binary, model, kernel, threads, args, extra=()):
     cmd = [binary, "bench-decode", model, "--kernel", kernel, "--threads", str(threads),
-           "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--json"]
+           "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--json", *extra]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
@@ -164,23 +165,26 @@ def main():
         models = {"student W1.58A8": os.path.join(d, "student"), "artifact W1.58 (f32 acts)": os.path.join(d, "artifact")}
         write_student(src, models["student W1.58A8"], state, config)
         write_artifact(src, models["artifact W1.58 (f32 acts)"], state, config)
-        print(f"{'model':27s} {'thr':>3s} {'kernel':>7s} {'path':>12s} {'prefill tok/s':>13s} "
+        # The dense reference, the kernels with libtorch ops between the products, and the
+        # kernels with the host decode step (the default).
+        variants = {"dense": ("dense", ()), "libtorch": ("auto", ("--libtorch-step",)), "host": ("auto", ())}
+        print(f"{'model':27s} {'thr':>3s} {'step':>8s} {'path':>12s} {'prefill tok/s':>13s} "
               f"{'decode tok/s':>12s} {'ratio':>6s} {'weights MiB':>11s} {'rss MiB':>8s} {'% of BW limit':>13s}  first ids")
         for label, path in models.items():
             for threads in [int(t) for t in args.threads.split(",")]:
-                runs = {"dense": [], "auto": []}
+                runs = {v: [] for v in variants}
                 for _ in range(args.repeats):
-                    for kernel in ("dense", "auto"):
-                        runs[kernel].append(bench(args.bin, path, kernel, threads, args))
+                    for v, (kernel, extra) in variants.items():
+                        runs[v].append(bench(args.bin, path, kernel, threads, args, extra))
                 best = {k: max(v, key=lambda r: r["decode_tokens_per_s"]) for k, v in runs.items()}
-                for kernel in ("dense", "auto"):
-                    r = best[kernel]
+                for v in variants:
+                    r = best[v]
                     ratio = r["decode_tokens_per_s"] / best["dense"]["decode_tokens_per_s"]
                     # Every weight byte is read once per decoded token (the tied embedding is
                     # the lm_head); the embedding lookup itself reads one row.
                     limit = bw * 1e9 / r["weight_bytes"]
                     same = "same" if r["first_ids"] == best["dense"]["first_ids"] else "DIFFER"
-                    print(f"{label:27s} {threads:3d} {kernel:>7s} {r['kernel_path']:>12s} "
+                    print(f"{label:27s} {threads:3d} {v:>8s} {r['kernel_path']:>12s} "
                           f"{r['prefill_tokens_per_s']:13.1f} {r['decode_tokens_per_s']:12.2f} {ratio:6.2f} "
                           f"{r['weight_bytes'] / 2**20:11.1f} {r['peak_rss_bytes'] / 2**20:8.0f} "
                           f"{100 * r['decode_tokens_per_s'] / limit:12.1f}%  {r['first_ids'][:6]} ({same})")

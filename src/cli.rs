@@ -159,6 +159,11 @@ pub struct BenchDecodeArgs {
     /// cpu (the packed kernels run on the CPU only; the dense path may use another device).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Run each one-token step of a kernel model as libtorch ops between the products, instead
+    /// of the host step on plain buffers (the default where the model has one): what the host
+    /// step gains, measured.
+    #[arg(long)]
+    pub libtorch_step: bool,
     #[command(flatten)]
     pub json: JsonArg,
 }

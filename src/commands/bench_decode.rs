@@ -230,7 +230,9 @@ pub fn run(args: BenchDecodeArgs) -> anyhow::Result<()> {
     // on the calling thread, since its pool and the kernels' would otherwise fight over the
     // same cores (measured: 2 threads decoded slower than 1).
     tch::set_num_threads(if kernels { 1 } else { args.threads as i32 });
-    let loaded = load(&args, source, kernels, device)?;
+    let mut loaded = load(&args, source, kernels, device)?;
+    loaded.model.set_host_decode(!args.libtorch_step);
+    let step = if loaded.model.decodes_on_host() { "host" } else { "libtorch" };
     let tokenizer = match &args.tokenizer {
         Some(p) => Some(TextTokenizer::from_path(p).with_context(|| format!("cannot load tokenizer {}", p.display()))?),
         None => loaded.tokenizer,
@@ -254,6 +256,7 @@ pub fn run(args: BenchDecodeArgs) -> anyhow::Result<()> {
             "kernel_path": loaded.path,
             "avx2": avx2,
             "acts": loaded.acts.map(acts_name),
+            "step": step,
             "threads": args.threads,
             "device": autoqat_model::device_name(device),
             "prompt_tokens": prompt.len(),
@@ -276,6 +279,7 @@ pub fn run(args: BenchDecodeArgs) -> anyhow::Result<()> {
         if let Some(a) = loaded.acts {
             println!("acts:           {}", acts_name(a));
         }
+        println!("step:           {step} (one-token decode steps)");
         println!("threads:        {}", args.threads);
         println!("prefill:        {} tokens in {:.3} s = {prefill_tps:.1} tokens/s", prompt.len(), t.prefill_s);
         println!("decode:         {} tokens in {:.3} s = {decode_tps:.2} tokens/s", args.new_tokens, decode_s);

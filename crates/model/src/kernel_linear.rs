@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-pub use autoqat_kernels::{ActMode, Kernels, MixedRows, PackedMatrix};
+pub use autoqat_kernels::{ActMode, Acts, Kernels, MixedRows, PackedMatrix};
 use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -80,6 +80,77 @@ impl fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The packed bytes would flood any debug print; the shape and kinds say what it is.
         write!(f, "PackedWeight({}, {} bytes)", self.describe(), self.bytes())
+    }
+}
+
+/// One token's input to the layers that read it, prepared for the kernels at most once per
+/// activation mode: q, k and v (or gate and up) then quantize their shared input once.
+#[derive(Debug)]
+pub struct HostInput<'a> {
+    x: &'a [f32],
+    prepared: Vec<Acts>,
+}
+
+impl<'a> HostInput<'a> {
+    /// The input `x` (one token's features).
+    pub fn new(x: &'a [f32]) -> Self {
+        Self { x, prepared: Vec::new() }
+    }
+
+    /// The exact values.
+    pub fn x(&self) -> &[f32] {
+        self.x
+    }
+
+    /// The input prepared for `mode` (computed on the first request).
+    pub fn acts(&mut self, mode: ActMode) -> autoqat_kernels::Result<&Acts> {
+        let i = match self.prepared.iter().position(|a| a.mode() == mode) {
+            Some(i) => i,
+            None => {
+                self.prepared.push(Acts::new(self.x, 1, self.x.len(), mode)?);
+                self.prepared.len() - 1
+            }
+        };
+        Ok(&self.prepared[i])
+    }
+}
+
+/// A layer that runs one token on host slices, without a libtorch tensor: what the host decode
+/// step ([`crate::host`]) calls for every product of a kernel model.
+pub trait HostLinear {
+    /// Output features.
+    fn rows(&self) -> usize;
+    /// `y = W x (+ b)` for one token (`y` holds `rows()` values).
+    fn forward_host(&self, input: &mut HostInput<'_>, y: &mut [f32]) -> autoqat_kernels::Result<()>;
+}
+
+/// The elements of a contiguous f32 CPU tensor, borrowed without a copy; None for any other.
+pub fn host_f32(t: &Tensor) -> Option<&[f32]> {
+    if t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() {
+        return None;
+    }
+    let n = t.numel();
+    if n == 0 {
+        return Some(&[]);
+    }
+    // SAFETY: `t` is a contiguous f32 CPU tensor of `n` elements; the slice borrows `t`, which
+    // keeps the storage alive, and the model's weights are not written while it is read.
+    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) })
+}
+
+/// Whether `bias` (if any) can be read on the host: a layer whose bias cannot offers no host view.
+fn host_bias(bias: Option<&Tensor>) -> Option<Option<&[f32]>> {
+    match bias {
+        None => Some(None),
+        Some(b) => host_f32(b).map(Some),
+    }
+}
+
+fn add_bias(y: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for (v, b) in y.iter_mut().zip(b) {
+            *v += b;
+        }
     }
 }
 
@@ -223,6 +294,39 @@ impl Linear for KernelLinear {
             out.to_kind(in_kind)
         }
     }
+
+    fn host(&self) -> Option<&dyn HostLinear> {
+        host_bias(self.bias.as_ref())?;
+        Some(self)
+    }
+}
+
+impl HostLinear for KernelLinear {
+    fn rows(&self) -> usize {
+        self.weight.rows()
+    }
+
+    fn forward_host(&self, input: &mut HostInput<'_>, y: &mut [f32]) -> autoqat_kernels::Result<()> {
+        let k = &self.kernels;
+        let own;
+        let a = match &self.pre {
+            None => input.acts(self.mode)?,
+            Some(pre) => {
+                // Fake-quantized input: this layer's own copy, not shared.
+                let mut x = input.x().to_vec();
+                let cols = x.len();
+                pre.apply(&mut x, 1, cols);
+                own = autoqat_kernels::Acts::new(&x, 1, cols, self.mode)?;
+                &own
+            }
+        };
+        match &self.weight {
+            PackedWeight::Packed(m) => k.matmul_acts(m, a, y)?,
+            PackedWeight::Mixed(m) => k.mixed_matmul_acts(m, a, y)?,
+        }
+        add_bias(y, self.bias.as_ref().and_then(host_f32));
+        Ok(())
+    }
 }
 
 /// Runs `product` (`x` `[n, cols]` -> `y` `[n, rows]`, f32, row-major) on a host copy of the
@@ -269,25 +373,47 @@ impl DenseKernelLinear {
     }
 }
 
+impl DenseKernelLinear {
+    /// The weight as `(rows, cols, values)` when the kernels' f32 product can read it in place.
+    fn host_weight(&self) -> Option<(usize, usize, &[f32])> {
+        let w = &self.inner.weight;
+        let [rows, cols] = w.size()[..] else { return None };
+        Some((rows as usize, cols as usize, host_f32(w)?))
+    }
+}
+
 impl Linear for DenseKernelLinear {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let w = &self.inner.weight;
-        let [rows, cols] = w.size()[..] else { return self.inner.forward(xs) };
-        let direct = xs.device() == Device::Cpu
-            && xs.kind() == Kind::Float
-            && w.kind() == Kind::Float
-            && w.is_contiguous()
-            && xs.numel() as i64 == cols;
-        if !direct {
+        let Some((rows, cols, weights)) = self.host_weight() else { return self.inner.forward(xs) };
+        if xs.device() != Device::Cpu || xs.kind() != Kind::Float || xs.numel() != cols {
             return self.inner.forward(xs);
         }
-        let (rows, cols) = (rows as usize, cols as usize);
-        // SAFETY: `w` is a contiguous f32 CPU tensor of `rows * cols` elements that outlives
-        // this borrow (the layer owns it), and nothing writes it during the product.
-        let weights = unsafe { std::slice::from_raw_parts(w.data_ptr() as *const f32, rows * cols) };
         let product = |x: &mut [f32], _n: usize, y: &mut [f32]| self.kernels.dense_matvec(weights, rows, cols, x, y);
         on_host(xs, rows, cols, self.inner.bias.as_ref(), product)
             .unwrap_or_else(|e| panic!("dense kernel product failed: {e}"))
+    }
+
+    fn host(&self) -> Option<&dyn HostLinear> {
+        self.host_weight()?;
+        host_bias(self.inner.bias.as_ref())?;
+        Some(self)
+    }
+}
+
+impl HostLinear for DenseKernelLinear {
+    fn rows(&self) -> usize {
+        self.host_weight().map_or(0, |(rows, _, _)| rows)
+    }
+
+    fn forward_host(&self, input: &mut HostInput<'_>, y: &mut [f32]) -> autoqat_kernels::Result<()> {
+        let Some((rows, cols, w)) = self.host_weight() else {
+            return Err(autoqat_kernels::KernelError::Rows(
+                "the dense weight is not a contiguous f32 CPU tensor".into(),
+            ));
+        };
+        self.kernels.dense_matvec(w, rows, cols, input.x(), y)?;
+        add_bias(y, self.inner.bias.as_ref().and_then(host_f32));
+        Ok(())
     }
 }
 

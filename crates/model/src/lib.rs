@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod host;
 pub mod hub;
 pub mod kernel_linear;
 pub mod linear;
@@ -26,7 +27,9 @@ pub use device::{device_name, parse_device, parse_kind};
 pub use error::{ModelError, Result};
 pub use eval::{line_documents, perplexity, perplexity_docs, DocEvalOptions, EvalOptions, EvalReport, EvalSet};
 pub use generate::{greedy_decode, stop_ids, DecodeStep, Decoded};
-pub use kernel_linear::{ActFakeQuant, DenseKernelLinear, KernelBuilder, KernelLinear, PackedWeight};
+pub use kernel_linear::{
+    ActFakeQuant, DenseKernelLinear, HostInput, HostLinear, KernelBuilder, KernelLinear, PackedWeight,
+};
 pub use linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec, PlainBuilder, PlainLinear};
 pub use llama::{CausalLM, KvCache, LayerHook, LayerState, Mixer};
 pub use load::{build_causal_lm, load_causal_lm, load_weights, save_pretrained, LoadedModel};

@@ -24,6 +24,7 @@ use tch::nn::{self, Init};
 use tch::Tensor;
 
 use crate::error::Result;
+use crate::kernel_linear::HostLinear;
 
 /// Which projection a linear layer is, so a builder can quantize some modules and not others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,6 +138,12 @@ pub struct LinearSpec {
 pub trait Linear: fmt::Debug + Send {
     /// Applies the layer: `[.., in_dim] -> [.., out_dim]`.
     fn forward(&self, xs: &Tensor) -> Tensor;
+
+    /// The layer as one-token host code, when it has such a form (the packed-kernel layers):
+    /// a model whose every layer has one decodes through [`crate::host`].
+    fn host(&self) -> Option<&dyn HostLinear> {
+        None
+    }
 }
 
 /// A token embedding table.

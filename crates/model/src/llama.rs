@@ -15,15 +15,16 @@ use tch::{Kind, Tensor};
 use crate::config::{LayerType, ModelConfig, RopeScaling};
 use crate::deltanet::{DeltaState, GatedDeltaNet};
 use crate::error::Result;
+use crate::host::HostKv;
 use crate::linear::{Embedding, Linear, LinearBuilder, LinearRole, LinearSpec};
 
 /// RMSNorm as in HF: normalize in f32, cast back, then scale.
 #[derive(Debug)]
 pub struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
+    pub(crate) weight: Tensor,
+    pub(crate) eps: f64,
     /// Qwen3.5 stores the scale centred on zero and multiplies by `1 + weight`, in f32.
-    unit_offset: bool,
+    pub(crate) unit_offset: bool,
 }
 
 impl RmsNorm {
@@ -57,7 +58,7 @@ impl RmsNorm {
 #[derive(Debug)]
 pub struct RotaryEmbedding {
     /// `[D/2]` f32.
-    inv_freq: Tensor,
+    pub(crate) inv_freq: Tensor,
 }
 
 impl RotaryEmbedding {
@@ -125,14 +126,14 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 /// Multi-head attention with grouped key/value heads.
 #[derive(Debug)]
 pub struct Attention {
-    q_proj: Box<dyn Linear>,
-    k_proj: Box<dyn Linear>,
-    v_proj: Box<dyn Linear>,
-    o_proj: Box<dyn Linear>,
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
+    pub(crate) q_proj: Box<dyn Linear>,
+    pub(crate) k_proj: Box<dyn Linear>,
+    pub(crate) v_proj: Box<dyn Linear>,
+    pub(crate) o_proj: Box<dyn Linear>,
+    pub(crate) q_norm: Option<RmsNorm>,
+    pub(crate) k_norm: Option<RmsNorm>,
     /// `q_proj` yields `[query | gate]` per head; the output is scaled by `sigmoid(gate)`.
-    output_gate: bool,
+    pub(crate) output_gate: bool,
     n_heads: i64,
     n_kv_heads: i64,
     head_dim: i64,
@@ -254,9 +255,9 @@ pub fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
 /// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug)]
 pub struct Mlp {
-    gate_proj: Box<dyn Linear>,
-    up_proj: Box<dyn Linear>,
-    down_proj: Box<dyn Linear>,
+    pub(crate) gate_proj: Box<dyn Linear>,
+    pub(crate) up_proj: Box<dyn Linear>,
+    pub(crate) down_proj: Box<dyn Linear>,
 }
 
 impl Mlp {
@@ -299,15 +300,17 @@ pub enum LayerState {
     Kv(Tensor, Tensor),
     /// Gated DeltaNet's convolution window and recurrent state.
     Delta(DeltaState),
+    /// Attention's keys and values on the host, after a host decode step ([`crate::host`]).
+    HostKv(HostKv),
 }
 
 /// One pre-norm decoder block.
 #[derive(Debug)]
 pub struct DecoderLayer {
-    input_layernorm: RmsNorm,
-    mixer: Mixer,
-    post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    pub(crate) input_layernorm: RmsNorm,
+    pub(crate) mixer: Mixer,
+    pub(crate) post_attention_layernorm: RmsNorm,
+    pub(crate) mlp: Mlp,
 }
 
 impl DecoderLayer {
@@ -350,6 +353,7 @@ impl DecoderLayer {
             Mixer::Attention(a) => {
                 let mut kv = match std::mem::take(state) {
                     LayerState::Kv(k, v) => Some((k, v)),
+                    LayerState::HostKv(kv) => Some(kv.into_tensors(a.head_dim)),
                     _ => None,
                 };
                 let y = a.forward_cached(&x, cos, sin, &mut kv);
@@ -374,8 +378,8 @@ impl DecoderLayer {
 /// runs each new token through the stack once instead of re-reading the whole prefix.
 #[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<LayerState>,
-    len: i64,
+    pub(crate) layers: Vec<LayerState>,
+    pub(crate) len: i64,
 }
 
 impl KvCache {
@@ -407,11 +411,11 @@ pub trait LayerHook: std::fmt::Debug + Send + Sync {
 /// The decoder stack without the head (`model.*`).
 #[derive(Debug)]
 pub struct Model {
-    embed_tokens: Box<dyn Embedding>,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    rotary: RotaryEmbedding,
-    hook: Option<std::sync::Arc<dyn LayerHook>>,
+    pub(crate) embed_tokens: Box<dyn Embedding>,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) norm: RmsNorm,
+    pub(crate) rotary: RotaryEmbedding,
+    pub(crate) hook: Option<std::sync::Arc<dyn LayerHook>>,
 }
 
 impl Model {
@@ -488,8 +492,10 @@ impl Model {
 pub struct CausalLM {
     /// The resolved configuration it was built from.
     pub cfg: ModelConfig,
-    model: Model,
-    lm_head: Box<dyn Linear>,
+    pub(crate) model: Model,
+    pub(crate) lm_head: Box<dyn Linear>,
+    /// Whether one-token steps may take the host decode step ([`crate::host`]).
+    host_decode: bool,
 }
 
 impl CausalLM {
@@ -519,7 +525,7 @@ impl CausalLM {
                 tied,
             },
         )?;
-        Ok(Self { cfg: cfg.clone(), model, lm_head })
+        Ok(Self { cfg: cfg.clone(), model, lm_head, host_decode: true })
     }
 
     /// Decoder layers.
@@ -563,8 +569,39 @@ impl CausalLM {
     }
 
     /// Logits `[B, T, V]` of new positions after those in `cache` (see [`Model::forward_cached`]).
+    /// One new token of a kernel model goes through the host decode step ([`crate::host`]).
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Tensor {
+        if let Some(logits) = self.host_step(ids, cache) {
+            return logits;
+        }
         self.head(&self.model.forward_cached(ids, cache, false))
+    }
+
+    /// Lets one-token steps take the host decode step when the model has a host form (the
+    /// default), or keeps every step on libtorch (to compare the two).
+    pub fn set_host_decode(&mut self, on: bool) {
+        self.host_decode = on;
+    }
+
+    /// Whether one-token steps of this model run on host buffers ([`crate::host`]).
+    pub fn decodes_on_host(&self) -> bool {
+        self.host_decode && crate::host::Plan::of(self).is_some()
+    }
+
+    /// The logits `[1, 1, V]` of one new token through the host step, or None when the call is
+    /// not one token or the model has no host form.
+    fn host_step(&self, ids: &Tensor, cache: &mut KvCache) -> Option<Tensor> {
+        if !self.host_decode || ids.size() != [1, 1] || ids.device() != tch::Device::Cpu {
+            return None;
+        }
+        let plan = crate::host::Plan::of(self)?;
+        let id = ids.int64_value(&[0, 0]);
+        let logits = plan.step(self, id, cache).unwrap_or_else(|e| {
+            // Every shape was checked when the layers were built: a bug, not bad input.
+            panic!("host decode step failed: {e}")
+        });
+        let v = logits.len() as i64;
+        Some(Tensor::from_slice(&logits).view([1, 1, v]))
     }
 
     /// As [`CausalLM::forward_cached`] with Gated DeltaNet layers in their recurrent form over
