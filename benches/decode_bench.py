@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -116,14 +115,19 @@ def write_artifact(src, out, state, config):
     os.link(os.path.join(src, "tokenizer.json"), os.path.join(out, "tokenizer.json"))
 
 
-def bandwidth_gbs():
-    """Read bandwidth of this machine in GB/s: the best of a few sums over 512 MB (numpy)."""
-    a = np.ones(128 << 20, dtype=np.float32)
+def bandwidth_gbs(threads):
+    """Read bandwidth in GB/s at `threads` threads: the best of a few sums over 512 MB (torch's
+    sum is vectorized and splits over its threads; one thread's numpy sum read 16-24 GB/s here
+    where two threads read about 30, so a 2-thread decode must be held to the 2-thread figure)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a = torch.ones(128 << 20, dtype=torch.float32)
     best = 0.0
-    for _ in range(5):
+    for _ in range(7):
         t0 = time.perf_counter()
         a.sum()
-        best = max(best, a.nbytes / (time.perf_counter() - t0))
+        best = max(best, a.numel() * 4 / (time.perf_counter() - t0))
+    torch.set_num_threads(old)
     return best / 1e9
 
 
@@ -149,8 +153,10 @@ def main():
     args = ap.parse_args()
     if not os.path.exists(args.bin):
         sys.exit(f"no autoqat binary at {args.bin}; build it with `cargo build --release --locked --bin autoqat`")
-    bw = bandwidth_gbs()
-    print(f"read bandwidth (numpy sum over 512 MB): {bw:.1f} GB/s; torch {torch.__version__}")
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    bws = {t: bandwidth_gbs(t) for t in thread_counts}
+    print("read bandwidth (torch sum over 512 MB): "
+          + ", ".join(f"{bw:.1f} GB/s at {t} thread(s)" for t, bw in bws.items()) + f"; torch {torch.__version__}")
     with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as d:
         src = os.path.join(d, "dense")
         spec = dict(CONFIGS[args.config])
@@ -171,7 +177,7 @@ def main():
         print(f"{'model':27s} {'thr':>3s} {'step':>8s} {'path':>12s} {'prefill tok/s':>13s} "
               f"{'decode tok/s':>12s} {'ratio':>6s} {'weights MiB':>11s} {'rss MiB':>8s} {'% of BW limit':>13s}  first ids")
         for label, path in models.items():
-            for threads in [int(t) for t in args.threads.split(",")]:
+            for threads in thread_counts:
                 runs = {v: [] for v in variants}
                 for _ in range(args.repeats):
                     for v, (kernel, extra) in variants.items():
@@ -182,7 +188,7 @@ def main():
                     ratio = r["decode_tokens_per_s"] / best["dense"]["decode_tokens_per_s"]
                     # Every weight byte is read once per decoded token (the tied embedding is
                     # the lm_head); the embedding lookup itself reads one row.
-                    limit = bw * 1e9 / r["weight_bytes"]
+                    limit = bws[threads] * 1e9 / r["weight_bytes"]
                     same = "same" if r["first_ids"] == best["dense"]["first_ids"] else "DIFFER"
                     print(f"{label:27s} {threads:3d} {v:>8s} {r['kernel_path']:>12s} "
                           f"{r['prefill_tokens_per_s']:13.1f} {r['decode_tokens_per_s']:12.2f} {ratio:6.2f} "

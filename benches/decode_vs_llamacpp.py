@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from decode_bench import TEXT, bench, is_proj, write_student  # noqa: E402
+from decode_bench import TEXT, bandwidth_gbs, bench, is_proj, write_student  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 from autoqat_ref.tiny import tiny_checkpoint  # noqa: E402
@@ -137,12 +137,18 @@ def main():
 
         print("llama.cpp:", llama_cpp.llama_print_system_info().decode().strip())
         prompt = [(7 * i + 11) % (SHAPE["vocab_size"] - 2) + 1 for i in range(args.prompt_tokens)]
-        print(f"{'runtime':28s} {'thr':>3s} {'prefill tok/s':>13s} {'decode tok/s':>12s} {'vs llama.cpp':>12s}")
+        print(f"{'runtime':30s} {'thr':>3s} {'prefill tok/s':>13s} {'decode tok/s':>12s} {'vs llama.cpp':>12s} "
+              f"{'% of BW':>8s}")
         for threads in [int(t) for t in args.threads.split(",")]:
-            ours, ours_avx2, theirs = [], [], []
+            # Weight bytes read per token over the read bandwidth at this thread count.
+            bw = bandwidth_gbs(threads) * 1e9
+            print(f"read bandwidth at {threads} thread(s): {bw / 1e9:.1f} GB/s")
+            ours, ours_avx2, ours_libtorch, theirs = [], [], [], []
             for _ in range(args.repeats):
                 theirs.append(llama_decode(gguf, threads, prompt, args.new_tokens))
                 ours.append(bench(args.bin, student, "auto", threads, args))
+                # The same kernels with libtorch ops between the products (before the host step).
+                ours_libtorch.append(bench(args.bin, student, "auto", threads, args, ("--libtorch-step",)))
                 # The same instruction set as the llama.cpp build (scripts/test builds it with
                 # AVX2 and without AVX-512).
                 os.environ["AUTOQAT_KERNEL"] = "avx2"
@@ -151,11 +157,15 @@ def main():
                 finally:
                     del os.environ["AUTOQAT_KERNEL"]
             t_pre, t_dec, _ = max(theirs, key=lambda r: r[1])
-            print(f"{'llama.cpp TQ2_0 (Q8_K acts)':28s} {threads:3d} {t_pre:13.1f} {t_dec:12.2f} {1.0:12.2f}")
-            for runs in (ours, ours_avx2):
+            share = 100 * t_dec * os.path.getsize(gguf) / bw
+            print(f"{'llama.cpp TQ2_0 (Q8_K acts)':30s} {threads:3d} {t_pre:13.1f} {t_dec:12.2f} {1.0:12.2f} "
+                  f"{share:7.1f}%")
+            for name, runs in (("autoqat W1.58A8", ours), ("autoqat W1.58A8", ours_avx2),
+                               ("autoqat W1.58A8 libtorch step", ours_libtorch)):
                 o = max(runs, key=lambda r: r["decode_tokens_per_s"])
-                print(f"{'autoqat kernels W1.58A8':28s} {threads:3d} {o['prefill_tokens_per_s']:13.1f} "
-                      f"{o['decode_tokens_per_s']:12.2f} {o['decode_tokens_per_s'] / t_dec:12.2f}  "
+                share = 100 * o["decode_tokens_per_s"] * o["weight_bytes"] / bw
+                print(f"{name:30s} {threads:3d} {o['prefill_tokens_per_s']:13.1f} "
+                      f"{o['decode_tokens_per_s']:12.2f} {o['decode_tokens_per_s'] / t_dec:12.2f} {share:7.1f}%  "
                       f"({o['kernel_path']}, {o['weight_bytes'] / 2**20:.0f} MiB of weights)")
 
 
