@@ -87,7 +87,7 @@ def llama_decode(gguf, threads, prompt, new_tokens):
     """Prefill and greedy decode tokens/s of llama.cpp, from its own perf counters."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512,
+    llm = llama_cpp.Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=len(prompt) + new_tokens + 16, n_batch=512,
                           verbose=False)
     ctx = llm._ctx.ctx
     llama_cpp.llama_perf_context_reset(ctx)
