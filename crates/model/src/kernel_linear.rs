@@ -371,9 +371,7 @@ impl DenseKernelLinear {
     pub fn new(inner: PlainLinear, kernels: Arc<Kernels>) -> Self {
         Self { inner, kernels }
     }
-}
 
-impl DenseKernelLinear {
     /// The weight as `(rows, cols, values)` when the kernels' f32 product can read it in place.
     fn host_weight(&self) -> Option<(usize, usize, &[f32])> {
         let w = &self.inner.weight;
@@ -402,14 +400,16 @@ impl Linear for DenseKernelLinear {
 
 impl HostLinear for DenseKernelLinear {
     fn rows(&self) -> usize {
-        self.host_weight().map_or(0, |(rows, _, _)| rows)
+        self.inner.weight.size().first().map_or(0, |&r| r as usize)
     }
 
     fn forward_host(&self, input: &mut HostInput<'_>, y: &mut [f32]) -> autoqat_kernels::Result<()> {
         let Some((rows, cols, w)) = self.host_weight() else {
-            return Err(autoqat_kernels::KernelError::Rows(
-                "the dense weight is not a contiguous f32 CPU tensor".into(),
-            ));
+            // `host()` offers this layer only with a weight the kernels can read in place; any
+            // other still gets the right answer, from libtorch.
+            let out = self.inner.forward(&Tensor::from_slice(input.x())).to_kind(Kind::Float);
+            out.copy_data(y, y.len());
+            return Ok(());
         };
         self.kernels.dense_matvec(w, rows, cols, input.x(), y)?;
         add_bias(y, self.inner.bias.as_ref().and_then(host_f32));
