@@ -221,8 +221,12 @@ fn attention_body(shape: &Heads, q: &[f32], kv: &HostKv, scores: &mut Vec<f32>, 
     for (hq, y) in att.chunks_exact_mut(d).enumerate() {
         let q = &q[hq * q_stride..hq * q_stride + d];
         let (keys, values) = (&kv.k[hq / groups], &kv.v[hq / groups]);
-        scores.clear();
-        scores.extend(keys.chunks_exact(d).map(|k| dot(q, k) * scale));
+        // A plain loop, not `extend(map(..))`: the iterator's fold is a function of its own,
+        // compiled without AVX2, and perf showed the dot products there.
+        scores.resize(keys.len() / d, 0.0);
+        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+            *s = dot(q, k) * scale;
+        }
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let mut sum = 0.0f32;
         for p in scores.iter_mut() {
