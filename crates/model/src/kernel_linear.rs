@@ -244,14 +244,14 @@ impl KernelLinear {
 
     /// `[n, cols]` f32 (contiguous) -> `[n, rows]` f32.
     fn product(&self, x: &[f32], n: usize, y: &mut [f32]) -> autoqat_kernels::Result<()> {
-        let k = &self.kernels;
-        match (&self.weight, n) {
-            (PackedWeight::Packed(m), 1) => k.matvec(m, x, self.mode, y),
-            (PackedWeight::Packed(m), _) => k.matmul(m, x, n, self.mode, y),
-            (PackedWeight::Mixed(m), _) => {
-                let a = autoqat_kernels::Acts::new(x, n, m.cols(), self.mode)?;
-                k.mixed_matmul_acts(m, &a, y)
-            }
+        self.product_acts(&Acts::new(x, n, self.weight.cols(), self.mode)?, y)
+    }
+
+    /// `y = a Wᵀ` for activations already prepared in this layer's mode.
+    fn product_acts(&self, a: &Acts, y: &mut [f32]) -> autoqat_kernels::Result<()> {
+        match &self.weight {
+            PackedWeight::Packed(m) => self.kernels.matmul_acts(m, a, y),
+            PackedWeight::Mixed(m) => self.kernels.mixed_matmul_acts(m, a, y),
         }
     }
 }
@@ -307,22 +307,15 @@ impl HostLinear for KernelLinear {
     }
 
     fn forward_host(&self, input: &mut HostInput<'_>, y: &mut [f32]) -> autoqat_kernels::Result<()> {
-        let k = &self.kernels;
-        let own;
-        let a = match &self.pre {
-            None => input.acts(self.mode)?,
+        match &self.pre {
+            None => self.product_acts(input.acts(self.mode)?, y)?,
             Some(pre) => {
                 // Fake-quantized input: this layer's own copy, not shared.
                 let mut x = input.x().to_vec();
                 let cols = x.len();
                 pre.apply(&mut x, 1, cols);
-                own = autoqat_kernels::Acts::new(&x, 1, cols, self.mode)?;
-                &own
+                self.product(&x, 1, y)?;
             }
-        };
-        match &self.weight {
-            PackedWeight::Packed(m) => k.matmul_acts(m, a, y)?,
-            PackedWeight::Mixed(m) => k.mixed_matmul_acts(m, a, y)?,
         }
         add_bias(y, self.bias.as_ref().and_then(host_f32));
         Ok(())
