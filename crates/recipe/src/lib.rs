@@ -122,6 +122,21 @@ pub struct FieldSpec {
     /// `quant.deadzone_t` only with `quant.method = "ternary_deadzone"`); a search skips it otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_when: Option<Condition>,
+    /// What the literature or the program's brief expects of the key before any experiment:
+    /// a search polls keys with a prior first, by rank.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prior: Option<Prior>,
+}
+
+/// A domain prior on one key: where it stands in the poll order, and who says so.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prior {
+    /// Poll order among keys of one step size: 1 first; keys of equal rank tie, and keys
+    /// with no prior come after every ranked one.
+    pub rank: u32,
+    /// Where the expectation comes from: a paper, a brief, a measurement on another model.
+    pub source: String,
 }
 
 /// `key` has one of `values`.
@@ -149,6 +164,12 @@ impl FieldSpec {
     pub fn open_to_proposers(&self, value: &serde_json::Value) -> bool {
         self.choices.contains(value)
             || matches!(&self.ty, FieldType::Enum { values } if values.iter().any(|v| v == "expr") && value == "expr")
+    }
+
+    /// The same field with a domain prior (see [`Prior`]).
+    pub fn prior(mut self, rank: u32, source: &str) -> FieldSpec {
+        self.prior = Some(Prior { rank, source: source.to_string() });
+        self
     }
 
     /// The same field, active only when `key` has one of `values`.
@@ -179,6 +200,40 @@ impl Schema {
     /// The keys a search may change: not locked, with values to try.
     pub fn searchable(&self) -> impl Iterator<Item = &FieldSpec> {
         self.fields.iter().filter(|f| !f.locked && !f.choices.is_empty())
+    }
+
+    /// Sets the priors `(key, prior)`, replacing any the schema declares on those keys. A prior
+    /// must name a key a search may change, rank from 1, say where it comes from, and name
+    /// each key once; the error says which rule failed and how to fix it.
+    pub fn set_priors(&mut self, priors: &[(String, Prior)]) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for (key, prior) in priors {
+            if !seen.insert(key.as_str()) {
+                return Err(format!("a prior names `{key}` twice; keep one"));
+            }
+            if prior.rank == 0 {
+                return Err(format!("the prior on `{key}` has rank 0; ranks start at 1 (polled first)"));
+            }
+            if prior.source.trim().is_empty() {
+                return Err(format!(
+                    "the prior on `{key}` has no source; say where the expectation comes from (a paper, the brief)"
+                ));
+            }
+            let Some(f) = self.fields.iter_mut().find(|f| &f.key == key) else {
+                let keys: Vec<&str> = self.searchable().map(|f| f.key.as_str()).collect();
+                return Err(format!(
+                    "a prior names `{key}`, which is not a key of the schema; expected one of {}",
+                    keys.join(", ")
+                ));
+            };
+            if f.locked || f.choices.is_empty() {
+                return Err(format!(
+                    "a prior names `{key}`, which no search may change (locked or without values to try); remove it"
+                ));
+            }
+            f.prior = Some(prior.clone());
+        }
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 /// A field of any type.
 pub fn field(key: &str, doc: &str, ty: FieldType, default: Value, choices: Vec<Value>, locked: bool) -> FieldSpec {
-    FieldSpec { key: key.into(), doc: doc.into(), ty, default, choices, locked, active_when: None }
+    FieldSpec { key: key.into(), doc: doc.into(), ty, default, choices, locked, active_when: None, prior: None }
 }
 
 /// One of `values`, all of them open to proposers unless `locked`.

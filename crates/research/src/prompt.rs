@@ -67,7 +67,8 @@ pub fn schema_text(schema: Option<&Schema>, compact: bool) -> String {
             FieldType::List { values } => format!("non-empty list of {}", values.join(" | ")),
         };
         let lock = if f.locked { " LOCKED" } else { "" };
-        out.push_str(&format!("- {} ({ty}; default {}){lock}: {}\n", f.key, f.default, f.doc));
+        let prior = f.prior.as_ref().map(|p| format!("; prior rank {} ({})", p.rank, p.source)).unwrap_or_default();
+        out.push_str(&format!("- {} ({ty}; default {}{prior}){lock}: {}\n", f.key, f.default, f.doc));
     }
     if schema.fields.iter().any(|f| matches!(f.ty, FieldType::Expr { .. }) && !f.locked) {
         out.push_str(&expression_help());

@@ -337,12 +337,27 @@ pub struct ValidatorSettings {
     pub kind: String,
     /// For `toml` and `python`: the keys the builtin proposer may change and their values.
     pub fields: Vec<FieldSetting>,
+    /// Domain priors on the schema's keys (any kind but `none`), replacing those the schema
+    /// declares: the builtin search polls ranked keys first.
+    pub priors: Vec<PriorSetting>,
 }
 
 impl Default for ValidatorSettings {
     fn default() -> Self {
-        ValidatorSettings { kind: "autoqat".into(), fields: Vec::new() }
+        ValidatorSettings { kind: "autoqat".into(), fields: Vec::new(), priors: Vec::new() }
     }
+}
+
+/// One `[[validator.priors]]` entry: a key, its rank in the poll order, and its source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorSetting {
+    /// Dotted key (or constant name) of the schema.
+    pub key: String,
+    /// 1 is polled first; equal ranks tie.
+    pub rank: u32,
+    /// Where the expectation comes from.
+    pub source: String,
 }
 
 /// One searchable key for the `toml` validator.
@@ -422,6 +437,9 @@ impl Settings {
                     self.run.mutable_paths[0]
                 ));
             }
+        }
+        if let Err(e) = crate::validate::Validator::with_priors(self) {
+            return bad(format!("validator.priors: {e}"));
         }
         if !(self.noise.min_rel_improvement >= 0.0 && self.noise.min_rel_improvement < 1.0) {
             return bad("noise.min_rel_improvement must be in [0, 1)".into());

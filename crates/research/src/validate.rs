@@ -85,8 +85,41 @@ impl Format {
 }
 
 impl Validator {
-    /// The validator named in the settings.
+    /// The validator named in the settings, its schema carrying `[[validator.priors]]`
+    /// (which `Settings::parse` has checked; priors it would refuse are left out).
     pub fn from_settings(s: &Settings) -> Validator {
+        Validator::with_priors(s).unwrap_or_else(|_| Validator::declared(s))
+    }
+
+    /// [`Validator::from_settings`], or why its priors are refused (an unknown or locked key,
+    /// rank 0, no source, a key named twice, or no schema to rank).
+    pub fn with_priors(s: &Settings) -> Result<Validator, String> {
+        let mut v = Validator::declared(s);
+        if s.validator.priors.is_empty() {
+            return Ok(v);
+        }
+        let priors: Vec<(String, autoqat_recipe::Prior)> = s
+            .validator
+            .priors
+            .iter()
+            .map(|p| (p.key.clone(), autoqat_recipe::Prior { rank: p.rank, source: p.source.clone() }))
+            .collect();
+        match &mut v {
+            Validator::Autoqat(schema) | Validator::Toml(schema) | Validator::Python(schema) => {
+                schema.set_priors(&priors)?
+            }
+            Validator::None => {
+                return Err(
+                    "validator.kind = \"none\" declares no schema to rank; remove the priors or declare a schema"
+                        .into(),
+                )
+            }
+        }
+        Ok(v)
+    }
+
+    /// The validator and schema the settings declare, with the schema's own priors.
+    fn declared(s: &Settings) -> Validator {
         match s.validator.kind.as_str() {
             "autoqat" => Validator::Autoqat(autoqat_recipe::schema()),
             "toml" => Validator::Toml(schema_from_settings(&s.validator.fields)),
@@ -368,6 +401,7 @@ fn schema_from_settings(fields: &[FieldSetting]) -> Schema {
                     key: a.key.clone(),
                     values: a.values.iter().map(toml_to_json).collect(),
                 }),
+                prior: None,
             }
         })
         .collect();

@@ -333,3 +333,107 @@ fn each_seed_orders_the_first_tier_its_own_way() {
         .windows(2)
         .all(|w| w[0].rank.0 != w[1].rank.0 || w[0].rank.1 != w[1].rank.1 || pos(&w[0].key) <= pos(&w[1].key)));
 }
+
+/// Settings of a QAT workspace with `extra` appended (priors, a validator).
+fn settings_with(extra: &str) -> Result<autoqat_research::settings::Settings, String> {
+    let text = format!("[run]\nmutable_paths = [\"experiments/train.toml\"]\n\n{extra}");
+    autoqat_research::settings::Settings::parse(&text, std::path::Path::new("autoqat.toml")).map_err(|e| e.to_string())
+}
+
+/// One `[[validator.priors]]` entry.
+fn prior(key: &str, rank: u32, source: &str) -> String {
+    format!("[[validator.priors]]\nkey = \"{key}\"\nrank = {rank}\nsource = \"{source}\"\n\n")
+}
+
+/// The schema of settings with `priors` declared.
+fn schema_with(priors: &[(&str, u32)]) -> autoqat_recipe::Schema {
+    let text: String = priors.iter().map(|(k, r)| prior(k, *r, "a test's brief")).collect();
+    let settings = settings_with(&text).expect("valid priors");
+    autoqat_research::validate::Validator::from_settings(&settings).schema().expect("the recipe schema").clone()
+}
+
+#[test]
+fn priors_are_read_from_the_settings_and_shown_with_their_source() {
+    let schema = schema_with(&[("optim.beta2", 1), ("quant.granularity", 2)]);
+    let p = schema.field("optim.beta2").and_then(|f| f.prior.clone()).expect("beta2 has its prior");
+    assert_eq!((p.rank, p.source.as_str()), (1, "a test's brief"));
+    assert!(schema.field("optim.lr").unwrap().prior.is_none(), "a key no prior names has none");
+    // `autoqat trial --schema` and the proposer's prompt carry the prior and its source.
+    let json = schema.to_json();
+    let beta2 = json["fields"].as_array().unwrap().iter().find(|f| f["key"] == "optim.beta2").unwrap();
+    assert_eq!(beta2["prior"], json!({"rank": 1, "source": "a test's brief"}));
+    let text = autoqat_research::prompt::schema_text(Some(&schema), false);
+    let line = text.lines().find(|l| l.starts_with("- optim.beta2 ")).unwrap();
+    assert!(line.contains("prior rank 1 (a test's brief)"), "{line}");
+}
+
+#[test]
+fn a_prior_on_an_unknown_or_locked_key_without_rank_or_source_is_refused() {
+    let one = |key: &str, rank: u32, source: &str| settings_with(&prior(key, rank, source)).unwrap_err();
+    let e = one("optim.betta2", 1, "x");
+    assert!(e.contains("validator.priors") && e.contains("`optim.betta2`, which is not a key of the schema"), "{e}");
+    assert!(e.contains("optim.beta2"), "the error lists the keys a prior may name: {e}");
+    let e = one("optim.seed", 1, "x");
+    assert!(e.contains("`optim.seed`, which no search may change"), "{e}");
+    let e = one("optim.lr", 0, "x");
+    assert!(e.contains("rank 0"), "{e}");
+    let e = one("optim.lr", 1, " ");
+    assert!(e.contains("has no source"), "{e}");
+    let e = settings_with(&(prior("optim.lr", 1, "x") + &prior("optim.lr", 2, "y"))).unwrap_err();
+    assert!(e.contains("names `optim.lr` twice"), "{e}");
+    let e =
+        settings_with("[[validator.priors]]\nkey = \"optim.lr\"\nrank = 1\nsource = \"x\"\nweight = 2\n").unwrap_err();
+    assert!(e.contains("weight"), "an unknown field of a prior is named: {e}");
+    // A declared schema: only its fields may be ranked; without a schema there is nothing to rank.
+    let toml = "[validator]\nkind = \"toml\"\n\n[[validator.fields]]\nkey = \"optim.lr\"\nchoices = [0.001, 0.003]\n\n";
+    assert!(settings_with(&(toml.to_string() + &prior("optim.lr", 1, "x"))).is_ok());
+    let e = settings_with(&(toml.to_string() + &prior("optim.beta2", 1, "x"))).unwrap_err();
+    assert!(e.contains("`optim.beta2`, which is not a key of the schema; expected one of optim.lr"), "{e}");
+    let e = settings_with(&("[validator]\nkind = \"none\"\n\n".to_string() + &prior("optim.lr", 1, "x"))).unwrap_err();
+    assert!(e.contains("no schema to rank"), "{e}");
+}
+
+#[test]
+fn the_search_polls_keys_in_the_order_of_their_priors() {
+    // beta2 and weight_decay come late in the schema's order and granularity early: ranked,
+    // they are polled 1, 2, 3 whatever the seed, each tried once (a change that taught nothing
+    // moves the search to the next key), and every ranked key's first step comes before any
+    // unranked key's.
+    let schema = schema_with(&[("optim.beta2", 1), ("quant.granularity", 2), ("optim.weight_decay", 3)]);
+    for seed in [0u64, 7, 12345] {
+        let mut history = vec![obs(0, Status::Baseline, Some(2.0), &[], false)];
+        let mut tried: HashSet<String> = HashSet::new();
+        let mut polled = Vec::new();
+        for exp in 1..=3 {
+            let ctx = common::context(Some(&schema), RECIPE, &[], &tried, &history);
+            let c = builtin::choose(&schema, &ctx, seed).expect("something to propose");
+            assert_eq!(c.sets.len(), 1, "{c:?}");
+            let (k, v) = c.sets[0].clone();
+            let mut text = RECIPE.to_string();
+            for (s, r) in &c.edits {
+                text = text.replacen(s.as_str(), r, 1);
+            }
+            tried.extend(autoqat_research::validate::recipe_key(&schema, &text));
+            history.push(obs(exp, Status::Discard, Some(2.0), &[(k.as_str(), v)], false));
+            polled.push(k);
+        }
+        assert_eq!(polled, ["optim.beta2", "quant.granularity", "optim.weight_decay"], "seed {seed}");
+        let (base, untried) = ([obs(0, Status::Baseline, Some(2.0), &[], false)], HashSet::new());
+        let ctx = common::context(Some(&schema), RECIPE, &[], &untried, &base);
+        let first_tier: Vec<builtin::Candidate> =
+            builtin::candidates(&schema, &ctx, seed).into_iter().filter(|c| c.rank.0 == 0 && c.rank.1 == 1).collect();
+        let ranked = |c: &builtin::Candidate| schema.field(&c.key).unwrap().prior.is_some();
+        let last_ranked = first_tier.iter().rposition(ranked).unwrap();
+        let first_unranked = first_tier.iter().position(|c| !ranked(c)).unwrap();
+        assert!(
+            last_ranked < first_unranked,
+            "seed {seed}: {:?}",
+            first_tier.iter().map(|c| &c.key).collect::<Vec<_>>()
+        );
+    }
+    // Without priors, seed 0 polls in the schema's order: quant.method first.
+    let plain = autoqat_recipe::schema();
+    let none = HashSet::new();
+    let ctx = common::context(Some(&plain), RECIPE, &[], &none, &[]);
+    assert_eq!(builtin::choose(&plain, &ctx, 0).unwrap().sets[0].0, "quant.method");
+}

@@ -554,11 +554,14 @@ fn ranked_candidates(ctx: &Context, seed: u64, tiers: &Tiers) -> Vec<Candidate> 
         }
         let current = values.get(&f.key).cloned().unwrap_or_else(|| f.default.clone());
         let axis = Axis::of(f);
-        // The key's place among keys that nothing ranks apart: the schema's order for seed 0,
-        // else a hash of (seed, field) (a product XOR a constant would give every seed nearly
-        // one order: seeds 1 and 5 searched alike).
-        let tie =
+        // The key's place among keys that nothing ranks apart: its prior's rank first (keys
+        // without one after every ranked key), then the schema's order for seed 0, else a hash
+        // of (seed, field) (a product XOR a constant would give every seed nearly one order:
+        // seeds 1 and 5 searched alike).
+        let order =
             if seed == 0 { fi as u64 } else { Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fi as u64).word() };
+        let rank = f.prior.as_ref().map_or(u64::from(u32::MAX), |p| u64::from(p.rank));
+        let tie = (rank << 32) | (order >> 32 ^ order) & 0xffff_ffff;
         let from = tiers.kept_from(&f.key, &current);
         // Pattern search: a step that was kept, or that beat the best by more than 2σ without
         // being kept, is followed one step further the same way before anything else.
