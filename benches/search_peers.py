@@ -303,6 +303,9 @@ def configure(w, search, seed, python, space_path, state_path):
     assert n == 1, "autoqat.toml has no [provider] section"
     open(p, "w").write(t)
     subprocess.run(["git", "-C", w, "commit", "-qam", f"bench: {search} search, seed {seed}"], check=True)
+    # The loop reads these settings once, when it starts; its first reset to the best commit
+    # drops this commit from the branch (docs/benchmarks.md), so a copy records what ran.
+    shutil.copy(p, f"{w}.autoqat.toml")
 
 
 def run_search(args, out, base, tag, space_path, search, seed):

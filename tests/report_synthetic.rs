@@ -152,3 +152,32 @@ fn report_on_a_garbled_row_names_the_file_and_the_line() {
     assert!(err.contains("`eval_ppl` is `fast`"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn report_says_when_the_best_recipe_quantizes_no_activations() {
+    // A QAT workspace (autoqat recipe): the baseline runs A8, a kept change switches activation
+    // quantization off. The report must say so; with A8 kept, it must not.
+    for (best_bits, said) in [("none", true), ("8", false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("experiments")).unwrap();
+        std::fs::write(dir.join("autoqat.toml"), "[run]\nmutable_paths = [\"experiments/train.toml\"]\n").unwrap();
+        git(dir, &["init", "-q", "-b", "autoqat/acts"]);
+        git(dir, &["config", "user.name", "t"]);
+        git(dir, &["config", "user.email", "t@example.com"]);
+        let base = "[activations]\nbits = \"8\"\n\n[optim]\nlr = 0.001\n";
+        let c0 = commit_recipe(dir, base, "baseline");
+        let best = base.replace("bits = \"8\"", &format!("bits = \"{best_bits}\"")).replace("0.001", "0.003");
+        let c1 = commit_recipe(dir, &best, "a kept change");
+        let rows = [
+            format!("0000\t{c0}\t\tbaseline\t50.0\t1.5\t3.9\t0\t60\t40960\t900\t0.3\t0.4\t0.3\t0\tbaseline"),
+            format!("0001\t{c1}\t{c0}\tkeep\t45.0\t1.4\t3.7\t-0.1\t60\t40960\t900\t0.3\t0.4\t0.3\t0\ta kept change"),
+        ];
+        std::fs::write(dir.join("results.tsv"), format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_autoqat")).args(["report", "--workspace"]).arg(dir).output().unwrap();
+        assert!(out.status.success(), "report failed: {}", String::from_utf8_lossy(&out.stderr));
+        let md = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
+        assert_eq!(md.contains("The best recipe quantizes no activations"), said, "bits = {best_bits}: {md}");
+    }
+}

@@ -28,6 +28,8 @@ pub struct Summary<'a> {
     pub heldout: &'a [autoqat_workspace::heldout::Row],
     /// The parallel loop's experiments still in flight, one line per worker.
     pub in_flight: &'a [String],
+    /// The best recipe quantizes no activations (`activations.bits = "none"`).
+    pub float_inputs: bool,
 }
 
 /// The Markdown text of the report.
@@ -104,6 +106,12 @@ fn best_recipe(md: &mut String, s: &Summary<'_>) {
                     md.push_str(&f.unified);
                 }
                 let _ = writeln!(md, "```\n");
+            }
+            if s.float_inputs {
+                let _ = writeln!(
+                    md,
+                    "The best recipe quantizes no activations (`activations.bits = \"none\"`): its quantized linears take full-precision inputs, unlike W1.58A8 models such as BitNet b1.58.\n"
+                );
             }
             let kept: Vec<&Row> = s.rows.iter().filter(|r| r.status() == Status::Keep).collect();
             if !kept.is_empty() {

@@ -68,6 +68,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         Ok(settings) => crate::status::in_flight(workspace, &settings).iter().map(|f| f.line()).collect(),
         Err(_) => Vec::new(),
     };
+    let float_inputs = best.is_some_and(|i| best_quantizes_no_activations(workspace, &rows[i].commit));
     let md = markdown::render(&markdown::Summary {
         title: &title,
         rows: &rows,
@@ -79,6 +80,7 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         plot: "progress.png",
         heldout: &heldout,
         in_flight: &in_flight,
+        float_inputs,
     });
     let report_md = out.join("report.md");
     std::fs::write(&report_md, md).with_context(|| format!("cannot write {}", report_md.display()))?;
@@ -93,6 +95,19 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
         best_diff: diff.iter().map(|d| d.unified.as_str()).collect(),
         experiments: rows.len(),
     })
+}
+
+/// Whether the best recipe is an autoqat QAT recipe that quantizes no activations: a search
+/// may switch A8 off when that pays (`activations.bits` is free), and a reader comparing with
+/// W1.58A8 models must not miss it.
+fn best_quantizes_no_activations(workspace: &Path, commit: &str) -> bool {
+    let Ok(settings) = autoqat_research::settings::Settings::load(workspace) else { return false };
+    let Some(path) = settings.run.mutable_paths.first().filter(|_| settings.validator.kind == "autoqat") else {
+        return false;
+    };
+    recipe_diff::file_at(workspace, commit, path)
+        .and_then(|text| autoqat_recipe::parse(&text).ok())
+        .is_some_and(|r| r.activations.bits == autoqat_recipe::ActBits::None)
 }
 
 /// The noise the driver measured: its baseline repeats live in the baseline's git note (not

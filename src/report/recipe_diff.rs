@@ -25,3 +25,10 @@ pub fn between(workspace: &Path, base: &str, best: &str) -> anyhow::Result<Vec<F
         .map(|(path, old, new)| FileDiff { unified: autoqat_research::focus::unified(&path, &old, &new, 3), path })
         .collect())
 }
+
+/// `path` as it was at `commit` (a full or abbreviated hash) in the repository that contains
+/// `workspace`, if both exist.
+pub fn file_at(workspace: &Path, commit: &str, path: &str) -> Option<String> {
+    let git = Git::discover(workspace).ok()?;
+    git.file_at(git.revision(commit)?, path)
+}

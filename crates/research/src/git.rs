@@ -462,6 +462,11 @@ impl Git {
         Ok(self.repo.find_commit(oid)?.parent_ids().next())
     }
 
+    /// The commit a revision names (a full or abbreviated hash, a ref), if the repository has it.
+    pub fn revision(&self, rev: &str) -> Option<Oid> {
+        self.repo.revparse_single(rev).ok()?.peel_to_commit().ok().map(|c| c.id())
+    }
+
     /// A file's content at a commit, if it exists there.
     pub fn file_at(&self, oid: Oid, path: &str) -> Option<String> {
         let tree = self.repo.find_commit(oid).ok()?.tree().ok()?;
