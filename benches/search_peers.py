@@ -333,6 +333,41 @@ def run_search(args, out, base, tag, space_path, search, seed):
     print(f"  {search} seed {seed}: {took:.0f} s", flush=True)
 
 
+def budget_seconds(base, trials):
+    """The compute budget: `trials` full trials of the base recipe, at the median trial seconds
+    of the baseline's runs (the issue's "trial seconds of 20 full trials")."""
+    times = [json.load(open(p))["time_s"] for p in glob.glob(f"{base}/runs/0000*/summary.json")]
+    return trials * statistics.median(times)
+
+
+def top_up(args, out, base, tag, space_path, search, seed, budget):
+    """Runs the search on until its trial seconds reach `budget`: the loop's stop file is
+    written once they do, so the trial in flight finishes and the run ends (at most one trial
+    over). A search whose crashes cost no time, or whose recipes train faster, gets more trials."""
+    w = f"{out}/{search}/seed{seed}"
+    if os.path.exists(f"{w}/.bench-topped") or not os.path.exists(f"{w}/.bench-done"):
+        return
+    if trial_seconds(w) < budget:
+        state = f"{out}/{search}/seed{seed}.state.json"
+        # The loop's resets dropped the settings commit (see configure): write it again.
+        configure(w, search, seed, args.python, space_path, state)
+        provider = "builtin" if search.startswith("builtin") else "command"
+        proc = subprocess.Popen([args.bin, "run", "--workspace", w, "--tag", tag, "--provider", provider, "--resume",
+                                 "--max-experiments", str(10 * args.experiments)],
+                                stdout=open(f"{w}.topup.log", "w"), stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            if trial_seconds(w) >= budget and not os.path.exists(f"{w}/STOP"):
+                open(f"{w}/STOP", "w").close()
+            time.sleep(0.5)
+        if os.path.exists(f"{w}/STOP"):
+            os.remove(f"{w}/STOP")
+    open(f"{w}/.bench-topped", "w").write(f"{trial_seconds(w):.1f}\n")
+    with open(f"{w}/.git/info/exclude", "a") as f:
+        f.write(".bench-topped\n")
+    print(f"  {search} seed {seed}: {trial_seconds(w):.0f} trial seconds of {budget:.0f}, "
+          f"{len(rows_of(w)) - 1} experiments", flush=True)
+
+
 def rows_of(w):
     return [r for r in results_rows(w)]
 
@@ -410,10 +445,13 @@ def reference_ppl(args, out, base):
 
 def summary(args, out, base, seeds, searches, space):
     fp = reference_ppl(args, out, base)
-    done = {s: [k for k in seeds if os.path.exists(f"{out}/{s}/seed{k}/.bench-done")] for s in searches}
+    mark = ".bench-topped" if args.equal_compute else ".bench-done"
+    done = {s: [k for k in seeds if os.path.exists(f"{out}/{s}/seed{k}/{mark}")] for s in searches}
     common = [k for k in seeds if all(k in done[s] for s in searches)]
+    budget = budget_seconds(base, args.experiments)
     print(f"\n{args.landscape} landscape: {len(common)} seeds finished by every search; "
-          f"reference (full precision) PPL {fp:.4f}")
+          f"reference (full precision) PPL {fp:.4f}; budget {args.experiments} experiments"
+          + (f", then trial seconds up to {budget:.0f} ({args.experiments} base trials)" if args.equal_compute else ""))
     gaps = {}
     for s in searches:
         fr, secs, keeps = [], [], []
@@ -426,8 +464,10 @@ def summary(args, out, base, seeds, searches, space):
         gaps[s] = fr
         if fr:
             m, sd, se = describe(fr)
+            exps = statistics.mean(len(rows_of(f"{out}/{s}/seed{k}")) - 1 for k in common)
             print(f"  {s:8s} as selected: gap closed {m:6.1%} (sd {sd:.1%}, se {se:.1%}); "
-                  f"trial seconds {statistics.mean(secs):.0f} per seed; {statistics.mean(keeps):.1f} keeps")
+                  f"trial seconds {statistics.mean(secs):.0f} per seed ({min(secs):.0f}-{max(secs):.0f}), "
+                  f"{exps:.1f} experiments, {statistics.mean(keeps):.1f} keeps")
     if args.fresh and args.landscape == "qat" and common:
         fresh = Fresh(args.bin, out, space["recipe"])
         K = args.fresh
@@ -476,10 +516,13 @@ def bench(args):
     json.dump(space, open(space_path, "w"), indent=1)
     seeds = parse_seeds(args.seeds)
     searches = args.searches.split(",")
+    budget = budget_seconds(base, args.experiments)
     if not args.summary_only:
         for k in seeds:
             for s in searches:
                 run_search(args, out, base, tag, space_path, s, k)
+                if args.equal_compute:
+                    top_up(args, out, base, tag, space_path, s, k, budget)
     summary(args, out, base, seeds, searches, space)
 
 
@@ -502,6 +545,9 @@ def main():
         a.add_argument("--experiments", type=int, default=20, help="experiments after the baseline")
         a.add_argument("--fresh", type=int, default=0, help="qat: retrain each best on K fresh training seeds")
         a.add_argument("--summary-only", action="store_true")
+        a.add_argument("--equal-compute", action="store_true",
+                       help="after the experiments, run each search on until its trial seconds reach "
+                            "EXPERIMENTS full trials of the base recipe")
     args = ap.parse_args()
     if args.mode == "propose":
         propose(args)
