@@ -22,9 +22,14 @@ Landscapes:
   deterministic, so no retraining; the gap is the all-ternary baseline -> the full-precision
   teacher scored by the same protocol (`autoqat eval --protocol docs` on the teacher).
 
+Budget: `--experiments` (20) after the baseline; with `--equal-compute` each search then runs
+on until its trial seconds reach that many trials of the base recipe, so a search whose crashes
+cost no time gets more trials. `--searches builtin-priors` adds the builtin search with the QAT
+brief's ranking declared as `[[validator.priors]]`.
+
     source scripts/env.sh && cargo build --release --locked --bin autoqat
-    .venv/bin/python benches/search_peers.py --landscape qat --seeds 0-19 --fresh 5
-    .venv/bin/python benches/search_peers.py --landscape compress --seeds 0-19
+    .venv/bin/python benches/search_peers.py --landscape qat --seeds 100-119 --equal-compute --fresh 3
+    .venv/bin/python benches/search_peers.py --landscape compress --seeds 100-119 --equal-compute
 
 Runs already finished under --out are reused (delete a seed's directory to rerun it), so the
 script can be stopped and started again, and `--summary-only` prints the figures so far. Optuna
