@@ -63,12 +63,16 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
     let refs = plot::References { noise: noise.as_ref().map(|n| (n.mean, n.sigma)), fp_ppl };
     plot::write(&rows, &title, refs, &png, &svg)?;
     let heldout = autoqat_workspace::heldout::read(&autoqat_workspace::Layout::new(workspace).heldout())?;
+    let settings = autoqat_research::settings::Settings::load(workspace).ok();
     // A report taken while the parallel loop runs says what is still in flight.
-    let in_flight: Vec<String> = match autoqat_research::settings::Settings::load(workspace) {
-        Ok(settings) => crate::status::in_flight(workspace, &settings).iter().map(|f| f.line()).collect(),
-        Err(_) => Vec::new(),
+    let in_flight: Vec<String> = match &settings {
+        Some(settings) => crate::status::in_flight(workspace, settings).iter().map(|f| f.line()).collect(),
+        None => Vec::new(),
     };
-    let float_inputs = best.is_some_and(|i| best_quantizes_no_activations(workspace, &rows[i].commit));
+    let float_inputs = match (&settings, best) {
+        (Some(settings), Some(i)) => best_quantizes_no_activations(workspace, settings, &rows[i].commit),
+        _ => false,
+    };
     let md = markdown::render(&markdown::Summary {
         title: &title,
         rows: &rows,
@@ -100,8 +104,11 @@ pub fn generate(workspace: &Path, tag: Option<&str>, out: Option<&Path>) -> anyh
 /// Whether the best recipe is an autoqat QAT recipe that quantizes no activations: a search
 /// may switch A8 off when that pays (`activations.bits` is free), and a reader comparing with
 /// W1.58A8 models must not miss it.
-fn best_quantizes_no_activations(workspace: &Path, commit: &str) -> bool {
-    let Ok(settings) = autoqat_research::settings::Settings::load(workspace) else { return false };
+fn best_quantizes_no_activations(
+    workspace: &Path,
+    settings: &autoqat_research::settings::Settings,
+    commit: &str,
+) -> bool {
     let Some(path) = settings.run.mutable_paths.first().filter(|_| settings.validator.kind == "autoqat") else {
         return false;
     };

@@ -166,12 +166,6 @@ impl FieldSpec {
             || matches!(&self.ty, FieldType::Enum { values } if values.iter().any(|v| v == "expr") && value == "expr")
     }
 
-    /// The same field with a domain prior (see [`Prior`]).
-    pub fn prior(mut self, rank: u32, source: &str) -> FieldSpec {
-        self.prior = Some(Prior { rank, source: source.to_string() });
-        self
-    }
-
     /// The same field, active only when `key` has one of `values`.
     pub fn active_when(mut self, key: &str, values: &[serde_json::Value]) -> FieldSpec {
         self.active_when = Some(Condition { key: key.to_string(), values: values.to_vec() });

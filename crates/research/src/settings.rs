@@ -438,8 +438,10 @@ impl Settings {
                 ));
             }
         }
-        if let Err(e) = crate::validate::Validator::with_priors(self) {
-            return bad(format!("validator.priors: {e}"));
+        if !self.validator.priors.is_empty() {
+            if let Err(e) = crate::validate::Validator::with_priors(self) {
+                return bad(format!("validator.priors: {e}"));
+            }
         }
         if !(self.noise.min_rel_improvement >= 0.0 && self.noise.min_rel_improvement < 1.0) {
             return bad("noise.min_rel_improvement must be in [0, 1)".into());
