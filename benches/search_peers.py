@@ -185,9 +185,10 @@ def propose(args):
     text = open(recipe_path).read()
     rows = results_rows(args.workspace)
     state = json.load(open(args.state)) if os.path.exists(args.state) else {"proposals": []}
+    current = recipe_values(space, text)
     if "base" not in state:
         # Trial 0 is the base recipe, scored by the baseline: the recipe before any proposal.
-        state["base"] = recipe_values(space, text)
+        state["base"] = current
     fields = space["fields"]
     dists = {f["key"]: CategoricalDistribution(f["choices"]) for f in fields}
 
@@ -230,7 +231,6 @@ def propose(args):
         else:
             study.add_trial(create_trial(params=params, distributions=d, value=value))
 
-    current = recipe_values(space, text)
     for _ in range(200):
         trial = study.ask()
         values = dict(current)
@@ -269,9 +269,9 @@ def propose(args):
 # ---------------------------------------------------------------------------------------------
 # The bench.
 
-def sh(cmd, log, cwd=None, check=True):
+def sh(cmd, log, check=True):
     with open(log, "w") as f:
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, check=check)
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=check)
 
 
 def ensure_optuna(python):
@@ -313,6 +313,20 @@ def configure(w, search, seed, python, space_path, state_path):
     shutil.copy(p, f"{w}.autoqat.toml")
 
 
+def run_cmd(args, w, tag, search, max_experiments):
+    """`autoqat run` resuming the search's workspace up to `max_experiments` rows."""
+    provider = "builtin" if search.startswith("builtin") else "command"
+    return [args.bin, "run", "--workspace", w, "--tag", tag, "--provider", provider, "--resume",
+            "--max-experiments", str(max_experiments)]
+
+
+def mark(w, name, text):
+    """A bench marker in the workspace, kept out of git so that its status stays clean."""
+    open(f"{w}/{name}", "w").write(text)
+    with open(f"{w}/.git/info/exclude", "a") as f:
+        f.write(f"{name}\n")
+
+
 def run_search(args, out, base, tag, space_path, search, seed):
     w = f"{out}/{search}/seed{seed}"
     if os.path.exists(f"{w}/.bench-done"):
@@ -324,17 +338,12 @@ def run_search(args, out, base, tag, space_path, search, seed):
     if os.path.exists(state):
         os.remove(state)
     configure(w, search, seed, args.python, space_path, state)
-    provider = "builtin" if search.startswith("builtin") else "command"
     start = time.time()
-    r = sh([args.bin, "run", "--workspace", w, "--tag", tag, "--provider", provider, "--resume",
-            "--max-experiments", str(args.experiments + 1)], f"{w}.log", check=False)
+    r = sh(run_cmd(args, w, tag, search, args.experiments + 1), f"{w}.log", check=False)
     took = time.time() - start
     if r.returncode != 0:
         print(f"  {search} seed {seed}: run exited {r.returncode} (see {w}.log)", flush=True)
-    open(f"{w}/.bench-done", "w").write(f"{took:.1f}\n")
-    # .bench-done is not the loop's: keep the workspace's git status clean.
-    with open(f"{w}/.git/info/exclude", "a") as f:
-        f.write(".bench-done\n")
+    mark(w, ".bench-done", f"{took:.1f}\n")
     print(f"  {search} seed {seed}: {took:.0f} s", flush=True)
 
 
@@ -356,9 +365,7 @@ def top_up(args, out, base, tag, space_path, search, seed, budget):
         state = f"{out}/{search}/seed{seed}.state.json"
         # The loop's resets dropped the settings commit (see configure): write it again.
         configure(w, search, seed, args.python, space_path, state)
-        provider = "builtin" if search.startswith("builtin") else "command"
-        proc = subprocess.Popen([args.bin, "run", "--workspace", w, "--tag", tag, "--provider", provider, "--resume",
-                                 "--max-experiments", str(10 * args.experiments)],
+        proc = subprocess.Popen(run_cmd(args, w, tag, search, 10 * args.experiments),
                                 stdout=open(f"{w}.topup.log", "w"), stderr=subprocess.STDOUT)
         while proc.poll() is None:
             if trial_seconds(w) >= budget and not os.path.exists(f"{w}/STOP"):
@@ -366,20 +373,14 @@ def top_up(args, out, base, tag, space_path, search, seed, budget):
             time.sleep(0.5)
         if os.path.exists(f"{w}/STOP"):
             os.remove(f"{w}/STOP")
-    open(f"{w}/.bench-topped", "w").write(f"{trial_seconds(w):.1f}\n")
-    with open(f"{w}/.git/info/exclude", "a") as f:
-        f.write(".bench-topped\n")
-    print(f"  {search} seed {seed}: {trial_seconds(w):.0f} trial seconds of {budget:.0f}, "
-          f"{len(rows_of(w)) - 1} experiments", flush=True)
+    spent = trial_seconds(w)
+    mark(w, ".bench-topped", f"{spent:.1f}\n")
+    print(f"  {search} seed {seed}: {spent:.0f} trial seconds of {budget:.0f}, "
+          f"{len(results_rows(w)) - 1} experiments", flush=True)
 
 
-def rows_of(w):
-    return [r for r in results_rows(w)]
-
-
-def best_of(w):
+def best_of(rows):
     """The loop's best (the latest keep, else the baseline) and the baseline's PPL."""
-    rows = rows_of(w)
     base = next(float(r["eval_ppl"]) for r in rows if r["status"] == "baseline")
     best = base
     for r in rows:
@@ -395,10 +396,7 @@ def trial_seconds(w):
         exp = os.path.basename(os.path.dirname(path))
         if exp.startswith("0000"):
             continue
-        s = json.load(open(path))
-        total += float(s.get("time_s") or s.get("wall_s") or 0.0)
-    if total == 0.0:
-        total = sum(float(r["time_s"]) for r in rows_of(w) if r["status"] != "baseline" and r["time_s"] not in ("", "nan"))
+        total += float(json.load(open(path))["time_s"])
     return total
 
 
@@ -413,7 +411,7 @@ class Fresh:
     recipe's blob, so seeds and searches that found one recipe share its runs."""
 
     def __init__(self, bin_, out, recipe):
-        self.bin, self.out, self.recipe, self.cache = bin_, out, recipe, {}
+        self.bin, self.out, self.recipe = bin_, out, recipe
 
     def __call__(self, w, seed):
         blob = subprocess.check_output(["git", "-C", w, "rev-parse", f"HEAD:{self.recipe}"], text=True).strip()
@@ -459,17 +457,19 @@ def summary(args, out, base, seeds, searches, space):
           + (f", then trial seconds up to {budget:.0f} ({args.experiments} base trials)" if args.equal_compute else ""))
     gaps = {}
     for s in searches:
-        fr, secs, keeps = [], [], []
+        fr, secs, keeps, exps = [], [], [], []
         for k in common:
             w = f"{out}/{s}/seed{k}"
-            b, best = best_of(w)
+            rows = results_rows(w)
+            b, best = best_of(rows)
             fr.append((b - best) / (b - fp))
             secs.append(trial_seconds(w))
-            keeps.append(sum(1 for r in rows_of(w) if r["status"] == "keep"))
+            keeps.append(sum(1 for r in rows if r["status"] == "keep"))
+            exps.append(len(rows) - 1)
         gaps[s] = fr
         if fr:
             m, sd, se = describe(fr)
-            exps = statistics.mean(len(rows_of(f"{out}/{s}/seed{k}")) - 1 for k in common)
+            exps = statistics.mean(exps)
             print(f"  {s:8s} as selected: gap closed {m:6.1%} (sd {sd:.1%}, se {se:.1%}); "
                   f"trial seconds {statistics.mean(secs):.0f} per seed ({min(secs):.0f}-{max(secs):.0f}), "
                   f"{exps:.1f} experiments, {statistics.mean(keeps):.1f} keeps")
